@@ -1,0 +1,50 @@
+"""thespian_dd: Akka-style Distributed Data for Thespian, durable through SQLAlchemy.
+
+This module is the public API: everything a user may touch is named in ``__all__``.  Each data
+type lives in a module of its own (``ls thespian_dd/`` is the catalogue); modules whose names
+start with ``_`` are internals.
+"""
+
+import logging
+
+from thespian_dd.data import (
+    DeltaReplicatedData,
+    RemovedNodePruning,
+    ReplicaId,
+    ReplicatedData,
+    RequiresCausalDelivery,
+)
+from thespian_dd.flag import Flag
+from thespian_dd.gcounter import GCounter
+from thespian_dd.gset import GSet
+from thespian_dd.lwwmap import LWWMap
+from thespian_dd.lwwregister import LWWRegister
+from thespian_dd.mvregister import MVRegister
+from thespian_dd.ormap import ORMap
+from thespian_dd.ormultimap import ORMultiMap
+from thespian_dd.orset import ORSet
+from thespian_dd.pncounter import PNCounter
+from thespian_dd.pncountermap import PNCounterMap
+
+__all__ = [
+    "DeltaReplicatedData",
+    "Flag",
+    "GCounter",
+    "GSet",
+    "LWWMap",
+    "LWWRegister",
+    "MVRegister",
+    "ORMap",
+    "ORMultiMap",
+    "ORSet",
+    "PNCounter",
+    "PNCounterMap",
+    "RemovedNodePruning",
+    "ReplicaId",
+    "ReplicatedData",
+    "RequiresCausalDelivery",
+]
+
+__version__ = "0.1.0.dev0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,0 +1,295 @@
+"""Versioned bytes for every data type, with a checksum; the store and peers both use it.
+
+An encoding is ``b"TDD"``, one format-version byte, the canonical tree of ``[type name, state]``
+(see :mod:`thespian_dd._canonical`), and a 16-byte BLAKE2b checksum of everything before it.
+Equal values give equal bytes in every process, so the checksum doubles as the value's
+:func:`digest`, the change detector that gossip compares.
+
+:func:`decode` refuses, with :class:`CodecError`, anything that is truncated, corrupted, of an
+unknown format version or type, structurally invalid (a dot outside its causal context, an index
+out of range, a negative count) or over the :class:`Limits`.  It never returns a wrong value.
+User values inside a state (set elements, map keys, register values) are plain data or, for other
+objects, dill pickles: decoding a pickle runs code, so only decode bytes from a trusted store or
+peer (see the README's trust model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from thespian_dd._canonical import CodecError, Limits, decode_tree, encode_tree
+from thespian_dd.data import CausalContext, Dot, ReplicaId, ReplicatedData
+from thespian_dd.flag import Flag
+from thespian_dd.gcounter import GCounter
+from thespian_dd.gset import GSet
+from thespian_dd.lwwmap import LWWMap
+from thespian_dd.lwwregister import LWWRegister
+from thespian_dd.mvregister import MVRegister
+from thespian_dd.ormap import ORMap, ORMapBacked
+from thespian_dd.ormultimap import ORMultiMap
+from thespian_dd.orset import ORSet
+from thespian_dd.pncounter import PNCounter
+from thespian_dd.pncountermap import PNCounterMap
+
+__all__ = ["FORMAT_VERSION", "CodecError", "Limits", "decode", "digest", "encode", "type_name"]
+
+FORMAT_VERSION = 1
+_MAGIC = b"TDD"
+_CHECKSUM_SIZE = 16
+
+
+def _checksum(raw: bytes) -> bytes:
+    return hashlib.blake2b(raw, digest_size=_CHECKSUM_SIZE).digest()
+
+
+def encode(data: ReplicatedData) -> bytes:
+    """The versioned, checksummed, canonical bytes of ``data`` (its pending delta is not kept)."""
+    body = _MAGIC + bytes((FORMAT_VERSION,)) + encode_tree(_to_tree(data))
+    return body + _checksum(body)
+
+
+def digest(data: ReplicatedData) -> bytes:
+    """16 bytes that are equal for equal states, in any process (the checksum of the encoding)."""
+    return encode(data)[-_CHECKSUM_SIZE:]
+
+
+def decode(raw: bytes, limits: Limits | None = None) -> ReplicatedData:
+    """The value ``raw`` encodes; raises :class:`CodecError` naming what is wrong."""
+    limits = limits or Limits()
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise CodecError(f"expected bytes, not {type(raw).__name__}")
+    raw = bytes(raw)
+    if len(raw) < len(_MAGIC) + 1 + _CHECKSUM_SIZE:
+        raise CodecError(f"truncated: {len(raw)} bytes is shorter than any encoding")
+    if not raw.startswith(_MAGIC):
+        raise CodecError("not a thespian_dd encoding (bad magic bytes)")
+    version = raw[len(_MAGIC)]
+    if version != FORMAT_VERSION:
+        raise CodecError(
+            f"unknown format version {version} (this code reads version {FORMAT_VERSION})"
+        )
+    body, checksum = raw[:-_CHECKSUM_SIZE], raw[-_CHECKSUM_SIZE:]
+    if _checksum(body) != checksum:
+        raise CodecError("checksum mismatch: the bytes are corrupted or truncated")
+    return _from_tree(decode_tree(body[len(_MAGIC) + 1 :], limits), limits)
+
+
+def type_name(data: ReplicatedData) -> str:
+    """The name under which ``data``'s type is encoded (stored in the ``data type`` column)."""
+    try:
+        return _NAMES[type(data)]
+    except KeyError:
+        raise TypeError(f"{type(data).__name__} is not a known thespian_dd data type") from None
+
+
+# -- state <-> tree, one pair per type ---------------------------------------------------------
+
+
+def _to_tree(data: ReplicatedData) -> list[Any]:
+    name = type_name(data)
+    return [name, _ENCODERS[name](data)]
+
+
+def _from_tree(tree: Any, limits: Limits) -> ReplicatedData:
+    _expect(isinstance(tree, list) and len(tree) == 2, "a value is [type name, state]")
+    name, state = tree
+    decoder = _DECODERS.get(name) if isinstance(name, str) else None
+    if decoder is None:
+        raise CodecError(f"unknown data type {name!r}")
+    try:
+        return decoder(state, limits)
+    except CodecError as e:
+        raise CodecError(f"{name}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise CodecError(f"{name}: invalid state: {e}") from None
+
+
+def _expect(condition: bool, what: str) -> None:
+    if not condition:
+        raise CodecError(f"malformed state: {what}")
+
+
+def _count(n: Any, what: str) -> int:
+    _expect(type(n) is int and n > 0, f"{what} must be an int > 0, not {n!r}")
+    result: int = n
+    return result
+
+
+def _gcounter_tree(c: GCounter) -> Any:
+    return dict(c.state)
+
+
+def _gcounter(state: Any, limits: Limits) -> GCounter:
+    _expect(isinstance(state, dict), "GCounter state is a dict")
+    for r, n in state.items():
+        _expect(isinstance(r, ReplicaId), "GCounter slots are keyed by ReplicaId")
+        _count(n, "a GCounter slot")
+    return GCounter(state)
+
+
+def _pncounter(state: Any, limits: Limits) -> PNCounter:
+    _expect(isinstance(state, list) and len(state) == 2, "PNCounter state is [p, n]")
+    return PNCounter(_gcounter(state[0], limits), _gcounter(state[1], limits))
+
+
+def _gset(state: Any, limits: Limits) -> GSet:
+    _expect(isinstance(state, frozenset), "GSet state is a frozenset")
+    return GSet(state)
+
+
+def _flag(state: Any, limits: Limits) -> Flag:
+    _expect(isinstance(state, bool), "Flag state is a bool")
+    return Flag(state)
+
+
+def _lwwregister_tree(r: LWWRegister) -> Any:
+    return [r.val, r.timestamp, r.node]
+
+
+def _lwwregister(state: Any, limits: Limits) -> LWWRegister:
+    _expect(isinstance(state, list) and len(state) == 3, "LWWRegister state is [value, ts, node]")
+    value, timestamp, node = state
+    _expect(type(timestamp) is int, "an LWWRegister timestamp is an int")
+    _expect(isinstance(node, ReplicaId), "an LWWRegister writer is a ReplicaId")
+    register = LWWRegister(value, timestamp, node)
+    if limits.now_ms is not None:
+        register.check_clock_skew(limits.now_ms, limits.max_clock_skew_ms)
+    return register
+
+
+# Dot stores list their replicas once, sorted, and refer to them by index in every dot: a dot
+# costs two small ints instead of a node name.
+
+
+class _DotWriter:
+    def __init__(self, context: CausalContext, extra: Any = ()) -> None:
+        self.replicas = sorted(context.replicas().union(extra))
+        self.index = {r: i for i, r in enumerate(self.replicas)}
+
+    def flat(self, dots: Any) -> list[int]:
+        return [x for r, n in sorted(dots) for x in (self.index[r], n)]
+
+    def context(self, context: CausalContext) -> list[Any]:
+        runs = [[self.index[r], list(b)] for r, b in sorted(context.ranges.items())]
+        return [self.replicas, runs, self.flat(context.floor.items())]
+
+
+class _DotReader:
+    def __init__(self, tree: Any) -> None:
+        _expect(isinstance(tree, list) and len(tree) == 3, "a causal context has three parts")
+        replicas, runs, floor = tree
+        _expect(
+            isinstance(replicas, list) and all(isinstance(r, ReplicaId) for r in replicas),
+            "replicas are a list of ReplicaId",
+        )
+        self.replicas = replicas
+        _expect(isinstance(runs, list), "context runs are a list")
+        ranges = {}
+        for entry in runs:
+            _expect(isinstance(entry, list) and len(entry) == 2, "a run entry is [index, bounds]")
+            bounds = entry[1]
+            _expect(
+                isinstance(bounds, list)
+                and len(bounds) % 2 == 0
+                and all(type(b) is int for b in bounds)
+                and bounds == sorted(bounds)
+                and all(b >= 0 for b in bounds),
+                "run bounds are ascending ints >= 0, in pairs",
+            )
+            ranges[self.replica(entry[0])] = bounds
+        self.context = CausalContext(ranges, dict(self.dots(floor)))
+
+    def replica(self, index: Any) -> ReplicaId:
+        _expect(type(index) is int and 0 <= index < len(self.replicas), "replica index in range")
+        replica: ReplicaId = self.replicas[index]
+        return replica
+
+    def dots(self, flat: Any) -> list[Dot]:
+        _expect(isinstance(flat, list) and len(flat) % 2 == 0, "dots are [index, n, ...]")
+        return [
+            (self.replica(flat[i]), _count(flat[i + 1], "a dot counter"))
+            for i in range(0, len(flat), 2)
+        ]
+
+    def seen(self, flat: Any) -> list[Dot]:
+        dots = self.dots(flat)
+        _expect(bool(dots), "every entry holds a dot")
+        _expect(all(d in self.context for d in dots), "every dot is in the causal context")
+        return dots
+
+
+def _orset_tree(s: ORSet) -> Any:
+    w = _DotWriter(s.context)
+    return [w.context(s.context), {element: w.flat(dots) for element, dots in s.entries.items()}]
+
+
+def _orset(state: Any, limits: Limits) -> ORSet:
+    _expect(isinstance(state, list) and len(state) == 2, "ORSet state is [context, entries]")
+    r = _DotReader(state[0])
+    _expect(isinstance(state[1], dict), "ORSet entries are a dict")
+    return ORSet({e: frozenset(r.seen(flat)) for e, flat in state[1].items()}, r.context)
+
+
+def _mvregister(state: Any, limits: Limits) -> MVRegister:
+    return MVRegister(_orset(state, limits))
+
+
+def _ormap_tree(m: ORMap) -> Any:
+    w = _DotWriter(m.context, m.floors)
+    versions = {
+        key: [[*w.flat([dot]), _to_tree(v)] for dot, v in sorted(dots.items())]
+        for key, dots in m.versions.items()
+    }
+    return [w.context(m.context), w.flat(m.floors.items()), versions]
+
+
+def _ormap(state: Any, limits: Limits) -> ORMap:
+    _expect(isinstance(state, list) and len(state) == 3, "ORMap state is [context, floors, keys]")
+    r = _DotReader(state[0])
+    floors = dict(r.dots(state[1]))
+    _expect(isinstance(state[2], dict), "ORMap versions are a dict")
+    versions = {}
+    for key, entries in state[2].items():
+        _expect(isinstance(entries, list) and bool(entries), "every key holds a version")
+        dots = {}
+        for entry in entries:
+            _expect(isinstance(entry, list) and len(entry) == 3, "a version is [index, n, value]")
+            (dot,) = r.seen(entry[:2])
+            dots[dot] = _from_tree(entry[2], limits)
+        _expect(len({type(v) for v in dots.values()}) == 1, "a key's versions share one type")
+        versions[key] = dots
+    return ORMap(versions, r.context, floors)
+
+
+def _backed(cls: type[ORMapBacked], value_type: type[ReplicatedData]) -> Callable[..., Any]:
+    def decode_backed(state: Any, limits: Limits) -> ORMapBacked:
+        underlying = _ormap(state, limits)
+        _expect(
+            all(type(v) is value_type for v in underlying._all_values()),
+            f"every {cls.__name__} value is a {value_type.__name__}",
+        )
+        return cls(underlying)
+
+    return decode_backed
+
+
+_TYPES: list[
+    tuple[type[ReplicatedData], Callable[[Any], Any], Callable[[Any, Limits], ReplicatedData]]
+] = [
+    (GCounter, _gcounter_tree, _gcounter),
+    (PNCounter, lambda c: [_gcounter_tree(c.p), _gcounter_tree(c.n)], _pncounter),
+    (GSet, lambda s: s.elements, _gset),
+    (ORSet, _orset_tree, _orset),
+    (Flag, lambda f: f.enabled, _flag),
+    (LWWRegister, _lwwregister_tree, _lwwregister),
+    (MVRegister, lambda r: _orset_tree(r.writes), _mvregister),
+    (ORMap, _ormap_tree, _ormap),
+    (LWWMap, lambda m: _ormap_tree(m.underlying), _backed(LWWMap, LWWRegister)),
+    (PNCounterMap, lambda m: _ormap_tree(m.underlying), _backed(PNCounterMap, PNCounter)),
+    (ORMultiMap, lambda m: _ormap_tree(m.underlying), _backed(ORMultiMap, ORSet)),
+]
+_NAMES = {cls: cls.__name__ for cls, _, _ in _TYPES}
+_ENCODERS = {cls.__name__: enc for cls, enc, _ in _TYPES}
+_DECODERS = {cls.__name__: dec for cls, _, dec in _TYPES}

@@ -1,0 +1,422 @@
+"""What a replicated value can do: the capabilities the Replicator asks for.
+
+Every data type is an immutable value.  Mutators return a new value and take the acting replica
+first.  The Replicator never asks *what class* a value is, only *what it can do*:
+
+- :class:`ReplicatedData`: ``merge`` (a join: commutative, associative, idempotent) and ``value``.
+- :class:`DeltaReplicatedData`: the value also records the *delta* of the mutations made since the
+  last ``reset_delta()``; a peer that has seen the state before those mutations reaches the new
+  state with ``merge_delta(delta)``, which costs far less to ship than the whole state.
+- :class:`RequiresCausalDelivery`: deltas of this type must reach a peer in the order they were
+  made by their origin (the Replicator numbers them per origin and sends full state on a gap).
+- :class:`RemovedNodePruning`: the value holds :class:`ReplicaId` slots, and a slot of a replica
+  that is gone for good can be folded into a live one (``prune``) and then dropped everywhere
+  (``pruning_cleanup``), so that restarts and departures do not make values grow forever.
+
+These mirror Akka Distributed Data's traits of the same names.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from bisect import bisect_left
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any, NamedTuple, Self
+
+__all__ = [
+    "CausalContext",
+    "DeltaReplicatedData",
+    "Dot",
+    "DotBased",
+    "RemovedNodePruning",
+    "ReplicaId",
+    "ReplicatedData",
+    "RequiresCausalDelivery",
+    "check_hashable",
+]
+
+
+class _ReplicaIdFields(NamedTuple):
+    node: str
+    incarnation: int
+
+
+class ReplicaId(_ReplicaIdFields):
+    """Who made a change: the node's name and the incarnation of that node.
+
+    A node gets a new incarnation every time it starts (persisted in its store when durable), so a
+    restarted node never writes into a slot that peers may have seen higher.  Totally ordered (by
+    node, then incarnation), hashable, picklable, and cheap: it is a tuple.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, node: str, incarnation: int = 0) -> Self:
+        if not isinstance(node, str) or not node:
+            raise TypeError(f"ReplicaId node must be a non-empty str, not {node!r}")
+        if not isinstance(incarnation, int) or isinstance(incarnation, bool) or incarnation < 0:
+            raise TypeError(f"ReplicaId incarnation must be an int >= 0, not {incarnation!r}")
+        return super().__new__(cls, node, incarnation)
+
+    def __str__(self) -> str:
+        return f"{self.node}#{self.incarnation}"
+
+    def __repr__(self) -> str:
+        return f"ReplicaId({self.node!r}, {self.incarnation})"
+
+
+def check_replica(node: object) -> ReplicaId:
+    """Return ``node`` if it is a :class:`ReplicaId`, else raise a clear ``TypeError``."""
+    if not isinstance(node, ReplicaId):
+        raise TypeError(f"the acting node must be a ReplicaId, not {type(node).__name__}: {node!r}")
+    return node
+
+
+def check_hashable(what: str, value: object) -> None:
+    """Raise ``TypeError`` naming ``what`` when ``value`` cannot be a set element or map key."""
+    try:
+        hash(value)
+    except TypeError:
+        raise TypeError(f"{what} must be hashable, not {type(value).__name__}: {value!r}") from None
+
+
+def check_count(what: str, n: object) -> int:
+    """Return ``n`` if it is a plain int (not bool), else raise ``TypeError``."""
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise TypeError(f"{what} must be an int, not {type(n).__name__}: {n!r}")
+    return n
+
+
+class ReplicatedData(ABC):
+    """A state-based CRDT: a value with a join."""
+
+    __slots__ = ()
+
+    @property
+    @abstractmethod
+    def value(self) -> Any:
+        """The plain Python value this state stands for."""
+
+    @abstractmethod
+    def merge(self, other: Self) -> Self:
+        """The least upper bound of both states; commutative, associative and idempotent.
+
+        A pending delta (see :class:`DeltaReplicatedData`) is kept: what this replica changed
+        and has not shipped yet still has to be shipped.
+        """
+
+    def _require_same_type(self, other: object) -> None:
+        if type(other) is not type(self):
+            raise TypeError(f"cannot merge {type(self).__name__} with {type(other).__name__}")
+
+    @abstractmethod
+    def _state(self) -> tuple[Any, ...]:
+        """The constructor arguments that make the state (never the transient delta)."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable: mutators return a new value")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._state() == other._state()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}{self._state()!r}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The pending delta is local bookkeeping of one replica: never ship or store it.
+        return (type(self), self._state())
+
+
+class DeltaReplicatedData(ReplicatedData):
+    """A CRDT that also records the delta of its mutations since the last :meth:`reset_delta`.
+
+    Law: for a state ``old`` and ``new`` made from ``old.reset_delta()`` by mutators,
+    ``old.merge_delta(new.delta) == old.merge(new)``.  A delta is itself a state of the same type.
+    """
+
+    __slots__ = ()
+
+    @property
+    @abstractmethod
+    def delta(self) -> Self | None:
+        """What the mutations since the last reset added, or ``None`` when nothing changed."""
+
+    @abstractmethod
+    def reset_delta(self) -> Self:
+        """The same state with no pending delta."""
+
+    def merge_delta(self, delta: Self) -> Self:
+        """Apply a delta received from a peer (a delta is a state: this is a merge)."""
+        return self.merge(delta)
+
+
+class RequiresCausalDelivery:
+    """Marker: deltas of this type must be applied in the order their origin made them.
+
+    Out-of-order deltas would not be wrong for the dot-based types of this package (their causal
+    context records single dots), but they leave the context uncompacted until the gap is filled;
+    the Replicator numbers deltas per origin and sends the full state when it sees a gap.
+    """
+
+    __slots__ = ()
+
+
+class RemovedNodePruning(ABC):
+    """A CRDT with per-replica slots that can fold a removed replica's slot into a live one."""
+
+    __slots__ = ()
+
+    @abstractmethod
+    def modified_by_nodes(self) -> frozenset[ReplicaId]:
+        """Every replica that has a slot in this value."""
+
+    @abstractmethod
+    def needs_pruning_from(self, removed: ReplicaId) -> bool:
+        """Whether ``removed`` still has a slot here."""
+
+    @abstractmethod
+    def prune(self, removed: ReplicaId, collapse_into: ReplicaId) -> Self:
+        """Fold the slot of ``removed`` into ``collapse_into``; the value stays the same."""
+
+    @abstractmethod
+    def pruning_cleanup(self, removed: ReplicaId) -> Self:
+        """Drop what ``removed`` contributed (run on data merged in after pruning was done)."""
+
+
+Dot = tuple[ReplicaId, int]
+"""One event: the n-th change (from 1) made by a replica."""
+
+
+class CausalContext:
+    """The set of dots a replica has seen, as runs of counters per replica.
+
+    ``ranges[r] = (lo1, hi1, lo2, hi2, ...)`` means the dots ``(r, n)`` with ``lo1 < n <= hi1``, or
+    ``lo2 < n <= hi2``, ... are seen.  With in-order delivery every replica has one run ``(0, n]``
+    (a version vector entry), so removed elements leave no tombstones: the context is one pair of
+    ints per replica.  A run starting above 0 or a second run appears when a delta arrives before
+    its predecessors (the gap fills later) or in a value created again inside a map (its dots start
+    above the old ones, see ``floor``).
+
+    ``floor[r]`` reserves counters: replica ``r``'s next dot is above it even if nothing that high
+    has been seen.  A map uses it so that a value it creates again never reuses the dots of the
+    value it removed, without pretending to have seen them.
+
+    Immutable, and normalised (runs sorted, merged when they touch, a floor kept only while it is
+    above every seen dot of its replica), so equal sets of dots have equal representations.
+    """
+
+    __slots__ = ("floor", "ranges")
+
+    ranges: Mapping[ReplicaId, tuple[int, ...]]
+    floor: Mapping[ReplicaId, int]
+
+    def __init__(
+        self,
+        ranges: Mapping[ReplicaId, Iterable[int]] | None = None,
+        floor: Mapping[ReplicaId, int] | None = None,
+    ) -> None:
+        normal = {}
+        for r, bounds in (ranges or {}).items():
+            runs = _normalise_runs(tuple(bounds))
+            if runs:
+                normal[r] = runs
+        floors = {
+            r: n for r, n in (floor or {}).items() if n > (normal[r][-1] if r in normal else 0)
+        }
+        object.__setattr__(self, "ranges", normal)
+        object.__setattr__(self, "floor", floors)
+
+    @classmethod
+    def of_vv(cls, vv: Mapping[ReplicaId, int]) -> CausalContext:
+        """Dots ``(r, 1) .. (r, vv[r])`` for every ``r``."""
+        return cls({r: (0, n) for r, n in vv.items()})
+
+    @classmethod
+    def of_dots(cls, dots: Iterable[Dot]) -> CausalContext:
+        """Exactly the given dots."""
+        by_replica: dict[ReplicaId, list[int]] = {}
+        for r, n in dots:
+            by_replica.setdefault(r, []).append(n)
+        return cls({r: tuple(b for n in ns for b in (n - 1, n)) for r, ns in by_replica.items()})
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("CausalContext is immutable")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (CausalContext, (dict(self.ranges), dict(self.floor)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CausalContext):
+            return NotImplemented
+        return self.ranges == other.ranges and self.floor == other.floor
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        floor = f", floor={dict(sorted(self.floor.items()))!r}" if self.floor else ""
+        return f"CausalContext({dict(sorted(self.ranges.items()))!r}{floor})"
+
+    def __contains__(self, dot: Dot) -> bool:
+        runs = self.ranges.get(dot[0])
+        if runs is None:
+            return False
+        n = dot[1]
+        if len(runs) == 2:
+            return runs[0] < n <= runs[1]
+        return bisect_left(runs, n) % 2 == 1
+
+    def is_contiguous(self) -> bool:
+        """Whether every replica's seen dots are one run from 1 (a plain version vector)."""
+        return all(len(runs) == 2 and runs[0] == 0 for runs in self.ranges.values())
+
+    def high(self, node: ReplicaId) -> int:
+        """The highest counter of ``node`` seen or reserved."""
+        runs = self.ranges.get(node)
+        return max(runs[-1] if runs else 0, self.floor.get(node, 0))
+
+    def next_dot(self, node: ReplicaId) -> Dot:
+        """The dot ``node`` uses for its next change."""
+        return (node, self.high(node) + 1)
+
+    def add(self, dots: Iterable[Dot]) -> CausalContext:
+        return self.merge(CausalContext.of_dots(dots))
+
+    def with_floor(self, node: ReplicaId, n: int) -> CausalContext:
+        """The same dots, with ``node``'s next dot above ``n``."""
+        if n <= self.high(node):
+            return self
+        return CausalContext(self.ranges, {**self.floor, node: n})
+
+    def merge(self, other: CausalContext) -> CausalContext:
+        if other is self or (not other.floor and other.ranges.items() <= self.ranges.items()):
+            return self
+        ranges = dict(self.ranges)
+        for r, runs in other.ranges.items():
+            mine = ranges.get(r)
+            ranges[r] = runs if mine is None or mine == runs else mine + runs
+        floor = dict(self.floor)
+        for r, n in other.floor.items():
+            floor[r] = max(n, floor.get(r, 0))
+        return CausalContext(ranges, floor)
+
+    def replicas(self) -> frozenset[ReplicaId]:
+        return frozenset(self.ranges).union(self.floor)
+
+    def without(self, removed: ReplicaId) -> CausalContext:
+        return CausalContext(
+            {r: v for r, v in self.ranges.items() if r != removed},
+            {r: n for r, n in self.floor.items() if r != removed},
+        )
+
+
+def _normalise_runs(bounds: tuple[int, ...]) -> tuple[int, ...]:
+    """Sorted, disjoint, non-touching, non-empty runs from any list of ``(lo, hi]`` pairs."""
+    if len(bounds) == 2:
+        return bounds if bounds[0] < bounds[1] else ()
+    pairs = sorted((bounds[i], bounds[i + 1]) for i in range(0, len(bounds), 2))
+    out: list[int] = []
+    for lo, hi in pairs:
+        if lo >= hi:
+            continue
+        if out and lo <= out[-1]:
+            out[-1] = max(out[-1], hi)
+        else:
+            out += (lo, hi)
+    return tuple(out)
+
+
+def merge_dot_maps(
+    a: Mapping[Hashable, frozenset[Dot]],
+    a_ctx: CausalContext,
+    b: Mapping[Hashable, frozenset[Dot]],
+    b_ctx: CausalContext,
+) -> dict[Hashable, frozenset[Dot]]:
+    """The join of two dot stores (key -> dots) under their causal contexts.
+
+    A dot survives when both sides have it, or when one side has it and the other has not seen it
+    (a dot the other side has seen but does not hold was removed there).  Keys left without dots
+    are gone.  This is the ORSet merge of Almeida et al., "Delta State Replicated Data Types".
+    """
+    if a is b:
+        return dict(a)
+    out: dict[Hashable, frozenset[Dot]] = {}
+    for key, dots in a.items():
+        other = b.get(key)
+        if other is None:
+            kept = frozenset(d for d in dots if d not in b_ctx)
+        elif other == dots:
+            kept = dots
+        else:
+            kept = (dots & other).union(
+                (d for d in dots - other if d not in b_ctx),
+                (d for d in other - dots if d not in a_ctx),
+            )
+        if kept:
+            out[key] = kept
+    for key, dots in b.items():
+        if key not in a:
+            kept = frozenset(d for d in dots if d not in a_ctx)
+            if kept:
+                out[key] = kept
+    return out
+
+
+def merge_dotted(
+    a: Mapping[Hashable, Mapping[Dot, Any]],
+    a_ctx: CausalContext,
+    b: Mapping[Hashable, Mapping[Dot, Any]],
+    b_ctx: CausalContext,
+    join: Any,
+) -> dict[Hashable, dict[Dot, Any]]:
+    """The join of two stores of dotted values (key -> {dot: value}) under their contexts.
+
+    Dots survive as in :func:`merge_dot_maps`; a dot held on both sides joins its two values
+    with ``join`` (they are versions of one write).
+    """
+    out: dict[Hashable, dict[Dot, Any]] = {}
+    for key, dots in a.items():
+        other = b.get(key, {})
+        kept = {
+            dot: (value if other[dot] is value else join(value, other[dot]))
+            for dot, value in dots.items()
+            if dot in other or dot not in b_ctx
+        }
+        kept.update(
+            (dot, value) for dot, value in other.items() if dot not in dots and dot not in a_ctx
+        )
+        if kept:
+            out[key] = kept
+    for key, dots in b.items():
+        if key not in a:
+            kept = {dot: value for dot, value in dots.items() if dot not in a_ctx}
+            if kept:
+                out[key] = kept
+    return out
+
+
+class DotBased(ABC):
+    """A value whose changes are dots (ORSet, MVRegister, the maps).
+
+    A map that removes a key and later creates it again must not let the new value reuse dots
+    of the old one (two different adds would then look like one).  So the map remembers, per
+    replica, the highest dot counter it has seen inside its values, and starts a new value above
+    it with :meth:`with_floor`.
+    """
+
+    __slots__ = ()
+
+    @abstractmethod
+    def dot_high(self, node: ReplicaId) -> int:
+        """The highest counter of any dot of ``node`` this value has seen, nested ones included."""
+
+    @abstractmethod
+    def with_floor(self, node: ReplicaId, n: int) -> Self:
+        """This (empty) value with every dot of ``node`` up to ``n`` marked as seen."""
+
+    @abstractmethod
+    def is_empty(self) -> bool:
+        """Whether the value holds no dots (only then may it start a new map value)."""

@@ -1,0 +1,69 @@
+"""GSet: a grow-only set.
+
+- State: a frozenset of hashable elements.
+- Value: that frozenset.
+- Merge: union.  No conflicts: elements are only ever added.
+- Delta: the elements added since the last reset.
+- Garbage: none beyond the elements; holds no replica ids, so nothing to prune.
+- Paper: Shapiro et al. (2011), the G-Set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Iterator
+from typing import Any
+
+from thespian_dd.data import DeltaReplicatedData, ReplicaId, check_hashable, check_replica
+
+__all__ = ["GSet"]
+
+
+class GSet(DeltaReplicatedData):
+    """``GSet().add(node, "a").value == frozenset({"a"})``."""
+
+    __slots__ = ("_delta", "elements")
+
+    elements: frozenset[Any]
+    _delta: GSet | None
+
+    def __init__(self, elements: Iterable[Hashable] = (), *, _delta: GSet | None = None) -> None:
+        object.__setattr__(self, "elements", frozenset(elements))
+        object.__setattr__(self, "_delta", _delta)
+
+    def _state(self) -> tuple[Any, ...]:
+        return (self.elements,)
+
+    @property
+    def value(self) -> frozenset[Any]:
+        return self.elements
+
+    def __contains__(self, element: object) -> bool:
+        return element in self.elements
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.elements)
+
+    def __len__(self) -> int:
+        return len(self.elements)
+
+    def add(self, node: ReplicaId, element: Hashable) -> GSet:
+        """Add ``element`` (``node`` is taken for uniformity with the other types; not stored)."""
+        check_replica(node)
+        check_hashable("a GSet element", element)
+        if element in self.elements:
+            return self
+        delta = (self._delta.elements if self._delta else frozenset()) | {element}
+        return GSet(self.elements | {element}, _delta=GSet(delta))
+
+    def merge(self, other: GSet) -> GSet:
+        self._require_same_type(other)
+        if other.elements <= self.elements:
+            return self
+        return GSet(self.elements | other.elements, _delta=self._delta)
+
+    @property
+    def delta(self) -> GSet | None:
+        return self._delta
+
+    def reset_delta(self) -> GSet:
+        return self if self._delta is None else GSet(self.elements)

@@ -1,0 +1,97 @@
+"""MVRegister: a multi-value register that keeps every concurrent write.
+
+- State: the written values with the dots of the writes that put them there, plus a causal
+  context (the same dot store as :class:`~thespian_dd.orset.ORSet`).
+- Value: a frozenset: one value normally, several after concurrent writes, until a write that
+  has seen them all replaces them.  Values must be hashable.
+- Merge: as ORSet: a write survives unless the other side has seen it and overwritten it.
+  Merge is linear in the number of values (no pairwise comparison of writes).
+- Delta: the new write and the dots it overwrote.
+- Garbage: one context slot per replica that ever wrote; pruned like ORSet.
+- Not in Akka; this is the Dynamo/Riak multi-value register built as a delta-state CRDT
+  (Almeida et al., "Delta State Replicated Data Types", 2018).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
+
+from thespian_dd.data import (
+    DeltaReplicatedData,
+    DotBased,
+    RemovedNodePruning,
+    ReplicaId,
+    RequiresCausalDelivery,
+)
+from thespian_dd.orset import ORSet
+
+__all__ = ["MVRegister"]
+
+_EMPTY = ORSet()
+
+
+class MVRegister(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, DotBased):
+    """``MVRegister().assign(node, "a").value == frozenset({"a"})``."""
+
+    __slots__ = ("_delta", "writes")
+
+    writes: ORSet
+    _delta: MVRegister | None
+
+    def __init__(self, writes: ORSet = _EMPTY, *, _delta: MVRegister | None = None) -> None:
+        object.__setattr__(self, "writes", writes.reset_delta())
+        object.__setattr__(self, "_delta", _delta)
+
+    def _state(self) -> tuple[Any, ...]:
+        return (self.writes,)
+
+    @property
+    def value(self) -> frozenset[Any]:
+        return self.writes.value
+
+    def assign(self, node: ReplicaId, value: Hashable) -> MVRegister:
+        """Replace every value this replica has seen with ``value``."""
+        return self._change(self.writes.clear(node).add(node, value))
+
+    def clear(self, node: ReplicaId) -> MVRegister:
+        """Remove every value this replica has seen."""
+        return self._change(self.writes.clear(node))
+
+    def _change(self, writes: ORSet) -> MVRegister:
+        if writes.delta is None:
+            return self
+        delta = MVRegister(writes.delta)
+        return MVRegister(writes, _delta=delta if self._delta is None else self._delta.merge(delta))
+
+    def merge(self, other: MVRegister) -> MVRegister:
+        self._require_same_type(other)
+        return MVRegister(self.writes.merge(other.writes), _delta=self._delta)
+
+    @property
+    def delta(self) -> MVRegister | None:
+        return self._delta
+
+    def reset_delta(self) -> MVRegister:
+        return self if self._delta is None else MVRegister(self.writes)
+
+    def modified_by_nodes(self) -> frozenset[ReplicaId]:
+        return self.writes.modified_by_nodes()
+
+    def needs_pruning_from(self, removed: ReplicaId) -> bool:
+        return self.writes.needs_pruning_from(removed)
+
+    def prune(self, removed: ReplicaId, collapse_into: ReplicaId) -> MVRegister:
+        return MVRegister(self.writes.prune(removed, collapse_into))
+
+    def pruning_cleanup(self, removed: ReplicaId) -> MVRegister:
+        return MVRegister(self.writes.pruning_cleanup(removed))
+
+    def dot_high(self, node: ReplicaId) -> int:
+        return self.writes.dot_high(node)
+
+    def with_floor(self, node: ReplicaId, n: int) -> MVRegister:
+        return MVRegister(self.writes.with_floor(node, n))
+
+    def is_empty(self) -> bool:
+        return self.writes.is_empty()

@@ -1,0 +1,66 @@
+"""ORMultiMap: a map from keys to sets of values.
+
+- State: an :class:`~thespian_dd.ormap.ORMap` of :class:`~thespian_dd.orset.ORSet`.
+- Value: ``{key: frozenset(values)}``.
+- Merge: keys as in ORMap; each key's set merges as an ORSet (add-wins per value).
+- Removing the last value of a key removes the key (as Akka does).
+- Delta: the ORMap's, with the sets' own deltas inside.
+- Garbage: the contexts of the key set and of each value set; pruned through the ORMap.
+- Paper: Akka Distributed Data's ORMultiMap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from typing import Any
+
+from thespian_dd.data import ReplicaId, check_hashable
+from thespian_dd.ormap import ORMapBacked
+from thespian_dd.orset import ORSet
+
+__all__ = ["ORMultiMap"]
+
+
+class ORMultiMap(ORMapBacked):
+    """A map of sets.
+
+    ``ORMultiMap().add_binding(node, "k", 1).add_binding(node, "k", 2).value == {"k": {1, 2}}``
+    """
+
+    __slots__ = ()
+
+    @property
+    def value(self) -> dict[Any, frozenset[Any]]:
+        return {k: s.value for k, s in self.underlying.entries.items()}
+
+    def get(self, key: Hashable) -> frozenset[Any] | None:
+        values = self.underlying.get(key)
+        return None if values is None else values.value
+
+    def put(self, node: ReplicaId, key: Hashable, values: Iterable[Hashable]) -> ORMultiMap:
+        """Replace the values of ``key`` with ``values`` (an empty iterable removes the key)."""
+        values = list(values)
+        if not values:
+            result: ORMultiMap = self.remove(node, key)
+            return result
+        return self._update(node, key, lambda s: s.clear(node).add_all(node, values))
+
+    def add_binding(self, node: ReplicaId, key: Hashable, value: Hashable) -> ORMultiMap:
+        """Add ``value`` to the set of ``key``."""
+        return self._update(node, key, lambda s: s.add(node, value))
+
+    def remove_binding(self, node: ReplicaId, key: Hashable, value: Hashable) -> ORMultiMap:
+        """Remove ``value`` from the set of ``key``; the key goes when its set becomes empty."""
+        check_hashable("an ORMultiMap value", value)
+        values = self.underlying.get(key)
+        if values is None or value not in values:
+            return self
+        updated = self._update(node, key, lambda s: s.remove(node, value))
+        if updated.underlying.get(key):
+            return updated
+        result: ORMultiMap = updated.remove(node, key)
+        return result
+
+    def _update(self, node: ReplicaId, key: Hashable, fn: Any) -> ORMultiMap:
+        result: ORMultiMap = self._changed(self.underlying.update(node, key, ORSet(), fn))
+        return result

@@ -1,0 +1,93 @@
+"""PNCounter: a counter that goes up and down.
+
+- State: two :class:`GCounter` s, ``p`` for increments and ``n`` for decrements.
+- Value: ``p.value - n.value`` (an unbounded Python int).
+- Merge: each GCounter merged on its own; no conflicts.
+- Delta: the changed slots of either side.
+- Garbage: two slots per replica that ever changed it; pruned like GCounter.
+- Paper: Shapiro et al. (2011), the PN-Counter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from thespian_dd.data import DeltaReplicatedData, RemovedNodePruning, ReplicaId, check_count
+from thespian_dd.gcounter import GCounter
+
+__all__ = ["PNCounter"]
+
+_ZERO = GCounter()
+
+
+class PNCounter(DeltaReplicatedData, RemovedNodePruning):
+    """``PNCounter().increment(node, 5).decrement(node, 2).value == 3``."""
+
+    __slots__ = ("_delta", "n", "p")
+
+    p: GCounter
+    n: GCounter
+    _delta: PNCounter | None
+
+    def __init__(
+        self,
+        p: GCounter = _ZERO,
+        n: GCounter = _ZERO,
+        *,
+        _delta: PNCounter | None = None,
+    ) -> None:
+        object.__setattr__(self, "p", p.reset_delta())
+        object.__setattr__(self, "n", n.reset_delta())
+        object.__setattr__(self, "_delta", _delta)
+
+    def _state(self) -> tuple[Any, ...]:
+        return (self.p, self.n)
+
+    @property
+    def value(self) -> int:
+        return self.p.value - self.n.value
+
+    def __int__(self) -> int:
+        return self.value
+
+    def increment(self, node: ReplicaId, n: int = 1) -> PNCounter:
+        """Add ``n`` on behalf of ``node``; a negative ``n`` decrements."""
+        if check_count("PNCounter increment", n) < 0:
+            return self.decrement(node, -n)
+        return self._change(self.p.increment(node, n), self.n)
+
+    def decrement(self, node: ReplicaId, n: int = 1) -> PNCounter:
+        """Subtract ``n`` on behalf of ``node``; a negative ``n`` increments."""
+        if check_count("PNCounter decrement", n) < 0:
+            return self.increment(node, -n)
+        return self._change(self.p, self.n.increment(node, n))
+
+    def _change(self, p: GCounter, n: GCounter) -> PNCounter:
+        if p is self.p and n is self.n:
+            return self
+        d = self._delta or PNCounter()
+        delta = PNCounter(d.p.merge(p.delta or _ZERO), d.n.merge(n.delta or _ZERO))
+        return PNCounter(p, n, _delta=delta)
+
+    def merge(self, other: PNCounter) -> PNCounter:
+        self._require_same_type(other)
+        return PNCounter(self.p.merge(other.p), self.n.merge(other.n), _delta=self._delta)
+
+    @property
+    def delta(self) -> PNCounter | None:
+        return self._delta
+
+    def reset_delta(self) -> PNCounter:
+        return self if self._delta is None else PNCounter(self.p, self.n)
+
+    def modified_by_nodes(self) -> frozenset[ReplicaId]:
+        return self.p.modified_by_nodes() | self.n.modified_by_nodes()
+
+    def needs_pruning_from(self, removed: ReplicaId) -> bool:
+        return self.p.needs_pruning_from(removed) or self.n.needs_pruning_from(removed)
+
+    def prune(self, removed: ReplicaId, collapse_into: ReplicaId) -> PNCounter:
+        return PNCounter(self.p.prune(removed, collapse_into), self.n.prune(removed, collapse_into))
+
+    def pruning_cleanup(self, removed: ReplicaId) -> PNCounter:
+        return PNCounter(self.p.pruning_cleanup(removed), self.n.pruning_cleanup(removed))
