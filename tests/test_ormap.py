@@ -164,6 +164,7 @@ class ORMapAgainstTextbook(RuleBasedStateMachine):
         self.real[i] = self.real[i].update(node, key, ORSet(), lambda s: s.add(node, element))
 
         def model_add(s: TextbookORSet) -> TextbookORSet:
+            s.tombstones |= {t for e, t in s.tags if e == element}  # an add replaces (see ORSet)
             s.tags.add((element, self._fresh_tag(i)))
             return s
 

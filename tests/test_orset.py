@@ -76,7 +76,8 @@ def test_values_are_immutable() -> None:
 
 @dataclass
 class TextbookORSet:
-    """Shapiro et al.'s OR-Set: every add a unique tag, every remove tombstones the tags seen."""
+    """The OR-Set with unique tags and tombstones (Shapiro et al.): every add a new tag, every
+    remove a tombstone for each tag it has seen."""
 
     tags: set[tuple[object, tuple[int, int]]] = field(default_factory=set)
     tombstones: set[tuple[int, int]] = field(default_factory=set)
@@ -111,9 +112,14 @@ class ORSetAgainstTextbook(RuleBasedStateMachine):
     @rule(i=INDEX, element=ELEMENTS)
     def add(self, i: int, element: object) -> None:
         self.real[i] = self.real[i].add(REPLICAS[i], element)
+        # An add replaces the adds of the element it has seen (so a later remove that sees this
+        # add also removes those), as in Akka and Bieniusa et al.'s optimised OR-Set.
+        model = self.model[i]
+        seen = {t for e, t in model.tags if e == element and t not in model.tombstones}
         tag = (element, self._fresh_tag(i))
-        self.model[i].tags.add(tag)
-        self.unshipped[i].tags.add(tag)
+        for target in (model, self.unshipped[i]):
+            target.tombstones |= seen
+            target.tags.add(tag)
 
     @rule(i=INDEX, element=ELEMENTS)
     def remove(self, i: int, element: object) -> None:

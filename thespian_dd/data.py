@@ -381,7 +381,7 @@ def merge_dotted(
     for key, dots in a.items():
         other = b.get(key, {})
         kept = {
-            dot: (value if other[dot] is value else join(value, other[dot]))
+            dot: _join_versions(value, other.get(dot), join)
             for dot, value in dots.items()
             if dot in other or dot not in b_ctx
         }
@@ -396,6 +396,10 @@ def merge_dotted(
             if kept:
                 out[key] = kept
     return out
+
+
+def _join_versions(mine: Any, theirs: Any, join: Any) -> Any:
+    return mine if theirs is None or theirs is mine else join(mine, theirs)
 
 
 class DotBased(ABC):

@@ -1,0 +1,69 @@
+"""The command line: demo, bench, and clear errors for bad arguments."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from thespian_dd.__main__ import main
+
+
+def test_the_demo_converges(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "DIFFERENT" not in out
+    assert out.count(" same digest ") == 4
+    assert "cart={'apple': 6, 'pear': 1}" in out
+    assert "Converged in" in out
+
+
+def test_the_bench_prints_each_figure_with_its_baseline_and_ratio(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = tmp_path / "bench.json"
+    assert main(["bench", "--sizes", "200,2000", "--json", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "ORSet merge, 2,000 elements" in out
+    assert "ORMap encoded size, 200 elements" in out
+    rows = json.loads(results.read_text())
+    assert {row["section"] for row in rows} == {"crdt"}
+    assert all(row["baseline"] > 0 and row["ratio"] > 0 for row in rows)
+    assert any("growth" in row["name"] for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bench", "--sizes", "ten"], "--sizes takes comma-separated ints"),
+        (["bench", "--sizes", "0"], "at least one count >= 1"),
+        (["bench", "--section", "nope"], "invalid choice"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_get_a_one_line_error_not_a_traceback(args: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "thespian_dd", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_describes_every_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "thespian_dd", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "demo" in result.stdout
+    assert "bench" in result.stdout
