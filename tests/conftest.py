@@ -18,3 +18,5 @@ settings.register_profile(
 settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
 )
+
+pytest_plugins = ["thespian_dd.testing"]

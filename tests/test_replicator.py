@@ -1,0 +1,294 @@
+"""The Replicator on one real node (multiprocTCPBase: its admin and every actor are processes).
+
+Every request type and every reply type, bad input, subscriptions, and an Update whose modify is
+a lambda from another program's __main__.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+from thespian.actors import ActorExitRequest
+
+from thespian_dd import (
+    REPLICATOR_NAME,
+    Changed,
+    DataDeleted,
+    Delete,
+    Deleted,
+    DeleteResponse,
+    DeleteSuccess,
+    Flag,
+    FlushChanges,
+    GCounter,
+    Get,
+    GetDataDeleted,
+    GetFailure,
+    GetKeys,
+    GetReplicaCount,
+    GetResponse,
+    GetStats,
+    GetSuccess,
+    InvalidRequest,
+    Keys,
+    ModifyFailure,
+    NotFound,
+    ORSet,
+    ReadAll,
+    ReadConsistency,
+    ReadFrom,
+    ReadMajority,
+    ReplicaCount,
+    ReplicationDeleteFailure,
+    Replicator,
+    Stats,
+    Subscribe,
+    Unsubscribe,
+    Update,
+    UpdateDataDeleted,
+    UpdateResponse,
+    UpdateSuccess,
+    WriteAll,
+    WriteConsistency,
+    WriteMajority,
+    WriteTo,
+    start,
+)
+from thespian_dd.testing import Node, ProbeSend, eventually
+
+pytestmark = [pytest.mark.multinode, pytest.mark.timeout(120)]
+
+
+def _incr(n: int) -> Any:
+    return lambda counter, node: counter.increment(node, n)
+
+
+def _value(node: Node, key: str) -> Any:
+    reply = node.ask(Get(key, request="read"))
+    assert isinstance(reply, GetSuccess), reply
+    return reply.data.value
+
+
+def test_update_then_get_echoes_the_request(thespian_node: Node) -> None:
+    reply = thespian_node.ask(Update("hits", GCounter(), _incr(2), request=("req", 1)))
+    assert reply == UpdateSuccess("hits", ("req", 1))
+    assert isinstance(reply, UpdateResponse)
+    thespian_node.ask(Update("hits", GCounter(), _incr(3)))
+    reply = thespian_node.ask(Get("hits", request="r2"))
+    assert isinstance(reply, GetSuccess)
+    assert isinstance(reply, GetResponse)
+    assert reply.request == "r2"
+    assert reply.data.value == 5
+    assert len(reply.data.modified_by_nodes()) == 1  # both updates made by this node
+
+
+def test_a_missing_key_is_not_found(thespian_node: Node) -> None:
+    assert thespian_node.ask(Get("nothing", request=7)) == NotFound("nothing", 7)
+
+
+def test_every_consistency_level_is_met_by_a_single_node(thespian_node: Node) -> None:
+    writes: list[WriteConsistency] = [WriteTo(1, 1.0), WriteMajority(1.0, min_cap=3), WriteAll(1.0)]
+    for i, write in enumerate(writes):
+        reply = thespian_node.ask(Update("c", GCounter(), _incr(1), write, request=i))
+        assert reply == UpdateSuccess("c", i)
+    reads: list[ReadConsistency] = [ReadFrom(2, 1.0), ReadMajority(1.0), ReadAll(1.0)]
+    for read in reads:
+        reply = thespian_node.ask(Get("c", read))
+        assert isinstance(reply, GetSuccess)
+        assert reply.data.value == 3
+
+
+def test_a_modify_that_raises_or_changes_the_type_applies_nothing(thespian_node: Node) -> None:
+    thespian_node.ask(Update("k", GCounter(), _incr(1)))
+
+    def boom(counter: Any, node: Any) -> Any:
+        raise RuntimeError("no thanks")
+
+    reply = thespian_node.ask(Update("k", GCounter(), boom, request="x"))
+    assert isinstance(reply, ModifyFailure)
+    assert reply.request == "x"
+    assert "RuntimeError: no thanks" in reply.error
+    reply = thespian_node.ask(Update("k", GCounter(), lambda c, n: ORSet()))
+    assert isinstance(reply, ModifyFailure)
+    assert "must return a GCounter, not ORSet" in reply.error
+    reply = thespian_node.ask(Update("k", GCounter(), lambda c, n: c.increment(n, -1)))
+    assert isinstance(reply, ModifyFailure)
+    assert "can only grow" in reply.error
+    assert _value(thespian_node, "k") == 1
+
+
+@pytest.mark.parametrize(
+    ("message", "reply_type", "error"),
+    [
+        (Update(5, GCounter(), _incr(1)), ModifyFailure, "key must be a str"),  # type: ignore[arg-type]
+        (Update("", GCounter(), _incr(1)), ModifyFailure, "key must not be empty"),
+        (Update("k", 5, _incr(1)), ModifyFailure, "initial must be a CRDT"),  # type: ignore[arg-type]
+        (Update("k", GCounter(), _incr(1), "all"), ModifyFailure, "WriteConsistency"),  # type: ignore[arg-type]
+        (Update("k", ORSet(), _incr(1)), ModifyFailure, "holds a GCounter"),
+        (Update("k", GCounter(), "not callable"), ModifyFailure, "must be callable"),  # type: ignore[arg-type]
+        (Get(["k"]), GetFailure, "key must be a str"),  # type: ignore[arg-type]
+        (Get("k", "majority"), GetFailure, "ReadConsistency"),  # type: ignore[arg-type]
+        (Delete(None), ReplicationDeleteFailure, "key must be a str"),  # type: ignore[arg-type]
+        (Subscribe(42), InvalidRequest, "key must be a str"),  # type: ignore[arg-type]
+        ("hello", InvalidRequest, "does not understand a str"),
+        ({"op": "get"}, InvalidRequest, "does not understand a dict"),
+        (GCounter(), InvalidRequest, "does not understand a GCounter"),
+    ],
+)
+def test_bad_input_gets_a_failure_naming_the_problem_and_changes_nothing(
+    thespian_node: Node, message: Any, reply_type: type[Any], error: str
+) -> None:
+    thespian_node.ask(Update("k", GCounter(), _incr(1)))
+    reply: Any = thespian_node.ask(message)
+    assert isinstance(reply, reply_type), reply
+    assert error in reply.error
+    assert _value(thespian_node, "k") == 1
+    stats = thespian_node.ask(GetStats())
+    assert isinstance(stats, Stats)
+    assert stats.keys == 1
+
+
+def test_rejected_inputs_are_counted(thespian_node: Node) -> None:
+    for garbage in ["a", 1, b"x", Get(1)]:  # type: ignore[arg-type]
+        thespian_node.ask(garbage)
+    stats = thespian_node.ask(GetStats(request="s"))
+    assert isinstance(stats, Stats)
+    assert stats.rejected_inputs == 4
+    assert stats.request == "s"
+
+
+def test_delete_leaves_a_tombstone(thespian_node: Node) -> None:
+    thespian_node.ask(Update("gone", Flag(), lambda f, n: f.switch_on(n)))
+    reply = thespian_node.ask(Delete("gone", request=1))
+    assert reply == DeleteSuccess("gone", 1)
+    assert isinstance(reply, DeleteResponse)
+    assert thespian_node.ask(Delete("gone", request=2)) == DataDeleted("gone", 2)
+    assert thespian_node.ask(Get("gone", request=3)) == GetDataDeleted("gone", 3)
+    reply = thespian_node.ask(Update("gone", Flag(), lambda f, n: f.switch_on(n), request=4))
+    assert reply == UpdateDataDeleted("gone", 4)
+    keys = thespian_node.ask(GetKeys(request=5))
+    assert keys == Keys(frozenset(), 5)
+
+
+def test_keys_and_replica_count(thespian_node: Node) -> None:
+    for key in ["a", "b"]:
+        thespian_node.ask(Update(key, GCounter(), _incr(1)))
+    assert thespian_node.ask(GetKeys()) == Keys(frozenset({"a", "b"}))
+    assert thespian_node.ask(GetReplicaCount(request="n")) == ReplicaCount(1, "n")
+
+
+def _changes(node: Node, probe: Any) -> list[Any]:
+    return [m for m in node.received(probe) if isinstance(m, (Changed, Deleted))]
+
+
+def test_a_subscriber_gets_the_current_value_first_then_each_change(thespian_node: Node) -> None:
+    node = thespian_node
+    node.ask(Update("cart", ORSet(), lambda s, n: s.add(n, "apple")))
+    probe = node.probe()
+    node.asys.tell(probe, ProbeSend(node.replicator, Subscribe("cart")))
+    first = eventually(lambda: _changes(node, probe), what="the current value")
+    assert [(c.key, c.data.value) for c in first] == [("cart", {"apple"})]
+    node.ask(Update("cart", ORSet(), lambda s, n: s.add(n, "pear")))
+    changes = eventually(lambda: _changes(node, probe)[1:], what="the change")
+    assert changes[-1].data.value == {"apple", "pear"}
+    node.ask(Delete("cart"))
+    eventually(lambda: Deleted("cart") in _changes(node, probe), what="Deleted")
+
+
+def test_a_wildcard_subscription_sees_every_key_with_the_prefix(thespian_node: Node) -> None:
+    node = thespian_node
+    probe = node.probe()
+    node.asys.tell(node.replicator, Subscribe("page-*", subscriber=probe))
+    for key in ["page-home", "page-about", "other"]:
+        node.ask(Update(key, GCounter(), _incr(1)))
+    node.asys.tell(node.replicator, FlushChanges())
+
+    def keys_seen() -> set[str]:
+        keys = {c.key for c in _changes(node, probe)}
+        assert keys >= {"page-home", "page-about"}, keys
+        return keys
+
+    assert "other" not in eventually(keys_seen, what="both pages")
+
+
+def test_unsubscribe_stops_the_changes(thespian_node: Node) -> None:
+    node = thespian_node
+    probe = node.probe()
+    node.asys.tell(node.replicator, Subscribe("k", subscriber=probe))
+    node.ask(Update("k", GCounter(), _incr(1)))
+    node.asys.tell(node.replicator, FlushChanges())
+    eventually(lambda: _changes(node, probe), what="the first change")
+    node.asys.tell(node.replicator, Unsubscribe("k", subscriber=probe))
+    node.received(probe, clear=True)
+    node.ask(Update("k", GCounter(), _incr(1)))
+    node.asys.tell(node.replicator, FlushChanges())
+    assert node.ask(Get("k")).data.value == 2  # the flush has been handled by now
+    assert _changes(node, probe) == []
+
+
+def test_a_subscriber_that_dies_is_dropped(thespian_node: Node) -> None:
+    node = thespian_node
+    probe = node.probe()
+    node.asys.tell(node.replicator, Subscribe("k", subscriber=probe))
+    eventually(lambda: node.ask(GetStats()).subscribers == 1, what="the subscription")
+    node.asys.tell(probe, ActorExitRequest())
+    node.ask(Update("k", GCounter(), _incr(1)))
+    node.asys.tell(node.replicator, FlushChanges())
+    eventually(lambda: node.ask(GetStats()).subscribers == 0, what="the subscriber dropped")
+    assert _value(node, "k") == 1
+
+
+def test_start_is_idempotent_and_createactor_reaches_the_same_replicator(
+    thespian_node: Node,
+) -> None:
+    node = thespian_node
+    node.ask(Update("k", GCounter(), _incr(1)))
+    assert start(node.asys) == node.replicator
+    assert node.asys.createActor(Replicator, globalName=REPLICATOR_NAME) == node.replicator
+    assert _value(node, "k") == 1
+
+
+def test_start_refuses_unknown_settings_and_conflicting_ones(thespian_node: Node) -> None:
+    with pytest.raises(TypeError, match="unknown thespian_dd setting"):
+        start(thespian_node.asys, gossip_intervall=1)
+    with pytest.raises(ValueError, match="notify_interval must be seconds > 0"):
+        start(thespian_node.asys, notify_interval=-1)
+    with pytest.raises(RuntimeError, match="already running with other settings"):
+        start(thespian_node.asys, notify_interval=3.0)
+
+
+CLIENT = textwrap.dedent(
+    """
+    import sys
+    from thespian.actors import ActorSystem
+    import thespian_dd
+    from thespian_dd import Get, GSet, Update
+
+    greeting = "hello from " + sys.argv[2]   # a global of this __main__, used by the closure
+
+    def make_modify(suffix):
+        return lambda s, node: s.add(node, greeting + suffix)
+
+    asys = ActorSystem("multiprocTCPBase", {"Admin Port": int(sys.argv[1])})
+    replicator = thespian_dd.start(asys)
+    print(asys.ask(replicator, Update("greetings", GSet(), make_modify("!"), request=1), 10))
+    print(sorted(asys.ask(replicator, Get("greetings"), 10).data.value))
+    """
+)
+
+
+def test_a_lambda_from_another_programs_main_crosses_processes(thespian_node: Node) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", CLIENT, str(thespian_node.port), "the client"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "UpdateSuccess(key='greetings', request=1)" in result.stdout
+    assert "['hello from the client!']" in result.stdout
+    assert _value(thespian_node, "greetings") == {"hello from the client!"}

@@ -1,0 +1,486 @@
+"""The public protocol: requests to the Replicator, their families of replies, consistency levels.
+
+Every reply carries the request's ``key`` (where it has one) and the caller's ``request`` value,
+untouched, so a caller can match replies to requests (Thespian's ``ask`` returns whatever reaches
+the caller first).  Each request has a family of replies with a common base class, so a Thespian
+actor can handle a whole family in one ``receiveMsg_GetResponse`` / ``receiveMsg_UpdateResponse``
+/ ``receiveMsg_DeleteResponse`` handler.
+
+``Update.modify`` may be a lambda or a closure from the caller's ``__main__``: the message carries
+it pickled with dill, since Thespian pickles messages with plain pickle.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import dill
+
+from thespian_dd.data import ReplicaId, ReplicatedData
+
+__all__ = [
+    "Changed",
+    "DataDeleted",
+    "Delete",
+    "DeleteResponse",
+    "DeleteSuccess",
+    "Deleted",
+    "FlushChanges",
+    "Get",
+    "GetDataDeleted",
+    "GetFailure",
+    "GetKeys",
+    "GetReplicaCount",
+    "GetResponse",
+    "GetStats",
+    "GetSuccess",
+    "InvalidRequest",
+    "Keys",
+    "ModifyFailure",
+    "NotFound",
+    "ReadAll",
+    "ReadConsistency",
+    "ReadFrom",
+    "ReadLocal",
+    "ReadMajority",
+    "ReplicaCount",
+    "ReplicationDeleteFailure",
+    "Stats",
+    "StoreFailure",
+    "Subscribe",
+    "Unsubscribe",
+    "Update",
+    "UpdateDataDeleted",
+    "UpdateResponse",
+    "UpdateSuccess",
+    "UpdateTimeout",
+    "WriteAll",
+    "WriteConsistency",
+    "WriteLocal",
+    "WriteMajority",
+    "WriteTo",
+    "majority",
+]
+
+# -- consistency levels -------------------------------------------------------------------------
+
+
+def majority(n: int, min_cap: int = 0) -> int:
+    """A majority of ``n`` replicas (this one included): ``min(n, max(n // 2 + 1, min_cap))``."""
+    return min(n, max(n // 2 + 1, min_cap))
+
+
+def _check_timeout(timeout: object) -> None:
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
+        raise ValueError(f"timeout must be a number of seconds > 0, not {timeout!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadConsistency(ABC):
+    """How many replicas a read must hear from (this one included)."""
+
+    @abstractmethod
+    def replicas_needed(self, n: int) -> int:
+        """How many of ``n`` reachable replicas must answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadLocal(ReadConsistency):
+    """Read this node's replica only."""
+
+    def replicas_needed(self, n: int) -> int:  # noqa: ARG002 - only this replica, whatever n
+        return 1
+
+
+@dataclass(frozen=True, slots=True)
+class ReadFrom(ReadConsistency):
+    """Read from ``n`` replicas, this one included, within ``timeout`` seconds."""
+
+    n: int
+    timeout: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
+            raise ValueError(f"ReadFrom n must be an int >= 1, not {self.n!r}")
+        _check_timeout(self.timeout)
+
+    def replicas_needed(self, n: int) -> int:
+        return min(self.n, n)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadMajority(ReadConsistency):
+    """Read from a majority of the reachable replicas (at least ``min_cap`` of them)."""
+
+    timeout: float
+    min_cap: int = 0
+
+    def __post_init__(self) -> None:
+        _check_timeout(self.timeout)
+
+    def replicas_needed(self, n: int) -> int:
+        return majority(n, self.min_cap)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAll(ReadConsistency):
+    """Read from every reachable replica."""
+
+    timeout: float
+
+    def __post_init__(self) -> None:
+        _check_timeout(self.timeout)
+
+    def replicas_needed(self, n: int) -> int:
+        return n
+
+
+@dataclass(frozen=True, slots=True)
+class WriteConsistency(ABC):
+    """How many replicas must have applied a write before it is acknowledged."""
+
+    @abstractmethod
+    def replicas_needed(self, n: int) -> int:
+        """How many of ``n`` reachable replicas must have the write."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteLocal(WriteConsistency):
+    """Apply locally and acknowledge; peers learn it by delta and gossip."""
+
+    def replicas_needed(self, n: int) -> int:  # noqa: ARG002 - only this replica, whatever n
+        return 1
+
+
+@dataclass(frozen=True, slots=True)
+class WriteTo(WriteConsistency):
+    """Acknowledge once ``n`` replicas (this one included) have the write."""
+
+    n: int
+    timeout: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
+            raise ValueError(f"WriteTo n must be an int >= 1, not {self.n!r}")
+        _check_timeout(self.timeout)
+
+    def replicas_needed(self, n: int) -> int:
+        return min(self.n, n)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteMajority(WriteConsistency):
+    """Acknowledge once a majority of the reachable replicas (at least ``min_cap``) have it."""
+
+    timeout: float
+    min_cap: int = 0
+
+    def __post_init__(self) -> None:
+        _check_timeout(self.timeout)
+
+    def replicas_needed(self, n: int) -> int:
+        return majority(n, self.min_cap)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteAll(WriteConsistency):
+    """Acknowledge once every reachable replica has it."""
+
+    timeout: float
+
+    def __post_init__(self) -> None:
+        _check_timeout(self.timeout)
+
+    def replicas_needed(self, n: int) -> int:
+        return n
+
+
+# -- requests -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Get:
+    """Read ``key``.  Replies: GetSuccess, NotFound, GetFailure, GetDataDeleted."""
+
+    key: str
+    consistency: ReadConsistency = field(default_factory=ReadLocal)
+    request: Any = None
+
+
+def _load_update(
+    key: Any, initial: Any, modify_blob: bytes, consistency: Any, request: Any
+) -> Update:
+    update = Update.__new__(Update)
+    object.__setattr__(update, "key", key)
+    object.__setattr__(update, "initial", initial)
+    object.__setattr__(update, "_modify", None)
+    object.__setattr__(update, "_modify_blob", modify_blob)
+    object.__setattr__(update, "consistency", consistency)
+    object.__setattr__(update, "request", request)
+    return update
+
+
+class Update:
+    """Set ``key`` to ``modify(current, node)``; current is the stored value or ``initial``.
+
+    ``modify`` runs inside the Replicator and receives the node's :class:`ReplicaId`, which the
+    data type's mutators take: ``Update("hits", GCounter(), lambda c, node: c.increment(node))``.
+    If it raises, or returns a value of another type, the reply is ``ModifyFailure`` and nothing is
+    applied.  Replies: UpdateSuccess, UpdateTimeout, ModifyFailure, StoreFailure,
+    UpdateDataDeleted.
+    """
+
+    __slots__ = ("_modify", "_modify_blob", "consistency", "initial", "key", "request")
+
+    key: Any
+    initial: Any
+    consistency: Any
+    request: Any
+    _modify: Any
+    _modify_blob: bytes | None
+
+    def __init__(
+        self,
+        key: str,
+        initial: ReplicatedData,
+        modify: Callable[[Any, ReplicaId], Any],
+        consistency: WriteConsistency | None = None,
+        request: Any = None,
+    ) -> None:
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "initial", initial)
+        object.__setattr__(self, "_modify", modify)
+        object.__setattr__(self, "_modify_blob", None)
+        object.__setattr__(
+            self, "consistency", WriteLocal() if consistency is None else consistency
+        )
+        object.__setattr__(self, "request", request)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Update is immutable")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Thespian pickles messages with plain pickle, which cannot carry a lambda or a closure
+        # from __main__: dill can, by value.
+        blob = self._modify_blob
+        if blob is None:
+            blob = dill.dumps(self._modify, recurse=True)
+        return (_load_update, (self.key, self.initial, blob, self.consistency, self.request))
+
+    @property
+    def modify(self) -> Callable[[Any, ReplicaId], Any]:
+        """The modify function (loaded from its dill bytes on first use after a transfer)."""
+        if self._modify is None:
+            object.__setattr__(self, "_modify", dill.loads(self._modify_blob))
+        modify: Callable[[Any, ReplicaId], Any] = self._modify
+        return modify
+
+    def __repr__(self) -> str:
+        return (
+            f"Update(key={self.key!r}, initial={self.initial!r}, consistency={self.consistency!r}"
+            f", request={self.request!r})"
+        )
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Delete ``key`` everywhere (a tombstone that wins every merge).
+
+    Replies: DeleteSuccess, DataDeleted, ReplicationDeleteFailure, StoreFailure.
+    """
+
+    key: str
+    consistency: WriteConsistency = field(default_factory=WriteLocal)
+    request: Any = None
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    """Send ``Changed`` (and ``Deleted``) for ``key`` to ``subscriber`` (default: the sender).
+
+    ``key`` may end in ``*`` to subscribe to every key with that prefix.  A new subscriber first
+    receives the current value of each matching key that exists.
+    """
+
+    key: str
+    subscriber: Any = None
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    """Stop sending changes of ``key`` (the same string as subscribed) to ``subscriber``."""
+
+    key: str
+    subscriber: Any = None
+
+
+@dataclass(frozen=True)
+class FlushChanges:
+    """Notify subscribers of pending changes now instead of at the next notify interval."""
+
+
+@dataclass(frozen=True)
+class GetKeys:
+    """Ask for the keys this node holds.  Reply: Keys."""
+
+    request: Any = None
+
+
+@dataclass(frozen=True)
+class GetReplicaCount:
+    """Ask how many replicas (this one included) are known and reachable.  Reply: ReplicaCount."""
+
+    request: Any = None
+
+
+@dataclass(frozen=True)
+class GetStats:
+    """Ask for counters about this node's Replicator.  Reply: Stats."""
+
+    request: Any = None
+
+
+# -- replies ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GetResponse:
+    key: str
+    request: Any
+
+
+@dataclass(frozen=True)
+class GetSuccess(GetResponse):
+    data: Any
+
+
+@dataclass(frozen=True)
+class NotFound(GetResponse):
+    pass
+
+
+@dataclass(frozen=True)
+class GetFailure(GetResponse):
+    """The read could not reach enough replicas in time (or the request was invalid)."""
+
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class GetDataDeleted(GetResponse):
+    pass
+
+
+@dataclass(frozen=True)
+class UpdateResponse:
+    key: str
+    request: Any
+
+
+@dataclass(frozen=True)
+class UpdateSuccess(UpdateResponse):
+    pass
+
+
+@dataclass(frozen=True)
+class UpdateTimeout(UpdateResponse):
+    """Applied locally, but not confirmed by enough replicas in time (it will still spread)."""
+
+
+@dataclass(frozen=True)
+class ModifyFailure(UpdateResponse):
+    """Nothing was applied: the request was invalid, or modify raised or returned a wrong type."""
+
+    error: str
+
+
+@dataclass(frozen=True)
+class StoreFailure(UpdateResponse):
+    """Applied in memory but not durably stored (replies to Update and Delete)."""
+
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class UpdateDataDeleted(UpdateResponse):
+    pass
+
+
+@dataclass(frozen=True)
+class DeleteResponse:
+    key: str
+    request: Any
+
+
+@dataclass(frozen=True)
+class DeleteSuccess(DeleteResponse):
+    pass
+
+
+@dataclass(frozen=True)
+class DataDeleted(DeleteResponse):
+    """The key was already deleted."""
+
+
+@dataclass(frozen=True)
+class ReplicationDeleteFailure(DeleteResponse):
+    """Deleted locally but not confirmed by enough replicas in time, or the request was invalid."""
+
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Changed:
+    """To subscribers: ``key`` now holds ``data``."""
+
+    key: str
+    data: Any
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """To subscribers: ``key`` was deleted."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class Keys:
+    keys: frozenset[str]
+    request: Any = None
+
+
+@dataclass(frozen=True)
+class ReplicaCount:
+    n: int
+    request: Any = None
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Counters of one Replicator (see the README's table for each field)."""
+
+    node: str
+    keys: int
+    peers: int
+    gossip_bytes_in: int
+    gossip_bytes_out: int
+    store_queue_depth: int
+    last_flush: float | None
+    recovery_time: float | None
+    rejected_inputs: int
+    subscribers: int
+    request: Any = None
+
+
+@dataclass(frozen=True)
+class InvalidRequest:
+    """A message the Replicator does not understand, or a request without a family of replies
+    whose fields are wrong.  Nothing was changed."""
+
+    message_type: str
+    error: str
+    request: Any = None
