@@ -25,6 +25,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(run=_run_demo)
 
+    node = commands.add_parser(
+        "node",
+        help="run one node (an ActorSystem with its Replicator) until SIGTERM or SIGINT",
+        description="Run one node in the foreground: a multiprocTCPBase ActorSystem on --port "
+        "with its Replicator. Without --join the node leads a convention; with --join it joins "
+        "the leader's. Stops gracefully on SIGTERM or SIGINT.",
+    )
+    node.add_argument("--name", required=True, help="the node's name (unique in the cluster)")
+    node.add_argument("--port", required=True, type=_port, help="the ActorSystem's admin port")
+    node.add_argument(
+        "--join", type=_host_port, metavar="HOST:PORT", help="the convention leader's admin address"
+    )
+    for setting, help_text in [
+        ("gossip-interval", "seconds between gossip rounds (default 2.0)"),
+        ("delta-interval", "seconds between delta propagations, 0 for none (default 0.2)"),
+        ("notify-interval", "seconds between notifications to subscribers (default 0.5)"),
+        ("failure-timeout", "seconds of silence before a peer is unreachable (default 10)"),
+    ]:
+        node.add_argument(f"--{setting}", type=float, help=help_text)
+    node.set_defaults(run=_run_node)
+
     bench = commands.add_parser(
         "bench",
         help="measure throughput and sizes against baselines taken in the same run",
@@ -52,6 +73,34 @@ def _run_demo(_: argparse.Namespace) -> int:
 
     run_demo(print)
     return 0
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 1-65535: {port}")
+    return port
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
+    return host, _port(port)
+
+
+def _run_node(args: argparse.Namespace) -> int:
+    from thespian_dd._node import run_node
+
+    settings = {
+        name: value
+        for name in ("gossip_interval", "delta_interval", "notify_interval", "failure_timeout")
+        if (value := getattr(args, name)) is not None
+    }
+    return run_node(args.name, args.port, args.join, settings, print)
 
 
 def _run_bench(args: argparse.Namespace) -> int:

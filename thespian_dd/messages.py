@@ -473,6 +473,7 @@ class Stats:
     recovery_time: float | None
     rejected_inputs: int
     subscribers: int
+    reachable_peers: int = 0
     request: Any = None
 
 

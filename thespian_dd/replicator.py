@@ -1,8 +1,21 @@
 """The Replicator: one actor per node (ActorSystem) that owns the node's replicated data.
 
-It answers the protocol of :mod:`thespian_dd.messages`.  This version serves one node: every
-consistency level is met by the node's own replica (its replica count is 1).  Peers, gossip and
-quorums build on it.
+It answers the protocol of :mod:`thespian_dd.messages` and keeps the node's replicas in step with
+its peers (the Replicators of the other nodes):
+
+- Membership: the Thespian convention tells the leader about every member and each member about
+  the leader only; Replicators therefore introduce themselves (through an Introducer actor placed
+  on the peer's node) and spread their peer directories in every gossip message.  Peers are keyed
+  by node name; a new incarnation of a name replaces the old one.
+- Failure detection: every gossip tick is a heartbeat to every peer; a peer not heard from for
+  ``failure_timeout`` is unreachable until it is heard again.  Unreachable peers get no quorum
+  requests and cannot acknowledge, but still count in N (so ``WriteAll`` with a node down fails).
+- Deltas: local changes are sent to reachable peers every ``delta_interval``, numbered per
+  origin; a gap makes the receiver ask for the full state of causally-delivered keys.
+- Anti-entropy: every ``gossip_interval`` each peer gets the digests of 64 hashed key buckets;
+  only differing buckets are compared key by key, and only differing keys travel.
+- Quorums: ``Write*``/``Read*`` levels other than local are aggregated here (no actor per
+  request: on multiproc bases that would be a process); acks count only from the peer asked.
 
 Thespian facts it relies on (see the project notes): an exception escaping a handler makes
 Thespian retry the message and then bounce it, with the actor's state as the first attempt left
@@ -13,11 +26,13 @@ subscribers are kept in lists and compared with ``==``.
 from __future__ import annotations
 
 import logging
+import os
+import pickle
 import secrets
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from thespian.actors import (
@@ -28,7 +43,36 @@ from thespian.actors import (
     WakeupMessage,
 )
 
-from thespian_dd.data import DeltaReplicatedData, ReplicaId, ReplicatedData
+from thespian_dd import codec
+from thespian_dd._canonical import Limits
+from thespian_dd._peers import (
+    NODE_CAPABILITY,
+    PROTOCOL_VERSION,
+    TOMBSTONE,
+    DeltaPropagation,
+    GossipEntries,
+    GossipKeys,
+    GossipStatus,
+    Introduce,
+    Introduced,
+    Introducer,
+    IntroducerDone,
+    PartitionForTests,
+    PeerHello,
+    PeerMessage,
+    PeerRead,
+    PeerReadResult,
+    PeerWrite,
+    PeerWriteAck,
+    bucket_digests,
+    bucket_of,
+)
+from thespian_dd.data import (
+    DeltaReplicatedData,
+    ReplicaId,
+    ReplicatedData,
+    RequiresCausalDelivery,
+)
 from thespian_dd.messages import (
     Changed,
     DataDeleted,
@@ -56,6 +100,7 @@ from thespian_dd.messages import (
     Update,
     UpdateDataDeleted,
     UpdateSuccess,
+    UpdateTimeout,
     WriteConsistency,
 )
 
@@ -76,22 +121,34 @@ class Settings:
 
     - ``node_name``: this node's name in every ReplicaId it writes; default ``host:admin-port``.
     - ``notify_interval``: seconds between notifications of changes to subscribers.
+    - ``gossip_interval``: seconds between gossip rounds (also the heartbeat).
+    - ``delta_interval``: seconds between delta propagations; 0 turns deltas off (gossip only).
+    - ``failure_timeout``: seconds without a word from a peer before it counts as unreachable.
+    - ``max_value_bytes``: the largest encoded value accepted from a peer or kept after a merge.
+    - ``max_gossip_bytes``: the budget of values in one gossip message.
     """
 
     node_name: str | None = None
     notify_interval: float = 0.5
+    gossip_interval: float = 2.0
+    delta_interval: float = 0.2
+    failure_timeout: float = 10.0
+    max_value_bytes: int = 16 * 1024 * 1024
+    max_gossip_bytes: int = 512 * 1024
 
     def __post_init__(self) -> None:
         if self.node_name is not None and (
             not isinstance(self.node_name, str) or not self.node_name
         ):
             raise ValueError(f"node_name must be a non-empty str, not {self.node_name!r}")
-        if (
-            not isinstance(self.notify_interval, (int, float))
-            or isinstance(self.notify_interval, bool)
-            or not self.notify_interval > 0
-        ):
-            raise ValueError(f"notify_interval must be seconds > 0, not {self.notify_interval!r}")
+        for name in ("notify_interval", "gossip_interval", "failure_timeout"):
+            _check_positive(name, getattr(self, name))
+        if self.delta_interval != 0:
+            _check_positive("delta_interval", self.delta_interval)
+        for name in ("max_value_bytes", "max_gossip_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, not {value!r}")
 
     @classmethod
     def names(cls) -> frozenset[str]:
@@ -117,6 +174,11 @@ class Settings:
         }
 
 
+def _check_positive(name: str, value: object) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f"{name} must be seconds > 0, not {value!r}")
+
+
 @dataclass(frozen=True)
 class StartReplicator:
     """Sent by :func:`thespian_dd.start`: start with these settings (if not running yet) and reply
@@ -135,8 +197,62 @@ class ReplicatorStarted:
 
 
 @dataclass(frozen=True)
+class DescribeProcess:
+    """Ask a Replicator for its process (the node CLI reports it, so a node can be killed)."""
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    pgid: int
+
+
+@dataclass(frozen=True)
 class _NotifyTick:
     """Wakeup payload: time to send pending changes to subscribers."""
+
+
+@dataclass(frozen=True)
+class _GossipTick:
+    """Wakeup payload: heartbeat and anti-entropy round."""
+
+
+@dataclass(frozen=True)
+class _DeltaTick:
+    """Wakeup payload: send pending deltas."""
+
+
+@dataclass(frozen=True)
+class _RequestTimeout:
+    """Wakeup payload: a quorum request ran out of time."""
+
+    request_id: str
+
+
+@dataclass
+class _Peer:
+    replica: ReplicaId
+    address: Any
+    last_seen: float
+    reachable: bool = True
+
+
+@dataclass
+class _Pending:
+    """A quorum request waiting for peers: an Update, Delete or Get."""
+
+    kind: str  # "update" | "delete" | "get"
+    client: Any
+    key: str
+    request: Any
+    needed: int
+    asked: dict[str, Any]  # node name -> the address asked
+    answered: set[str] = field(default_factory=set)
+    results: list[bytes | None] = field(default_factory=list)
+    id_: str = field(default_factory=lambda: secrets.token_hex(16))
+
+
+TOMBSTONE_DIGEST = b"thespian_dd:deleted"[:16]
 
 
 def _key_error(key: object) -> str | None:
@@ -145,6 +261,12 @@ def _key_error(key: object) -> str | None:
     if not key:
         return "key must not be empty"
     return None
+
+
+def _timeout(consistency: ReadConsistency | WriteConsistency) -> float:
+    """The timeout of a non-local consistency level (local ones have none)."""
+    timeout: float = getattr(consistency, "timeout", 0.0)
+    return timeout
 
 
 def _describe(error: BaseException) -> str:
@@ -162,15 +284,26 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         super().__init__(*args, **kw)
         self._capabilities = dict(capabilities or {})
         self._settings: Settings | None = None
-        self._explicit: dict[str, Any] = {}
         self._node: ReplicaId | None = None
         self._data: dict[str, ReplicatedData] = {}
         self._deleted: set[str] = set()
+        self._digests: dict[str, bytes] = {}
+        self._bucket_keys: dict[int, set[str]] = {}
+        self._bucket_cache: dict[int, bytes] = {}
+        self._dirty_buckets: set[int] = set()
         self._subscriptions: list[tuple[str, Any]] = []
-        self._pending: set[str] = set()
+        self._pending_notify: set[str] = set()
         self._tick_scheduled = False
+        self._peers: dict[str, _Peer] = {}
+        self._blocked: frozenset[str] = frozenset()
+        self._outbox: dict[str, ReplicatedData | None] = {}  # key -> delta, None: tombstone
+        self._delta_seq = 0
+        self._seq_seen: dict[ReplicaId, int] = {}
+        self._requests: dict[str, _Pending] = {}
         self._rejected = 0
-        self._started_at = 0.0
+        self._gossip_in = 0
+        self._gossip_out = 0
+        self._logged_rejections: set[tuple[str, str]] = set()
 
     # -- start-up --------------------------------------------------------------------------------
 
@@ -196,14 +329,16 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             settings_error = str(e)
             settings = Settings()
         self._settings = settings
-        self._explicit = dict(explicit or {})
         name = settings.node_name or (
             f"{socket.gethostname()}:{self._capabilities.get('Admin Port', 'local')}"
         )
         # In memory, a new incarnation per start: the start time in milliseconds.
         self._node = ReplicaId(name, time.time_ns() // 1_000_000)
-        self._started_at = time.time()
         self.handleDeadLetters(startHandling=True)
+        self.notifyOnSystemRegistrationChanges(True)
+        self.wakeupAfter(settings.gossip_interval, _GossipTick())
+        if settings.delta_interval:
+            self.wakeupAfter(settings.delta_interval, _DeltaTick())
         log.info("thespian_dd Replicator %s ready", self._node)
         return settings_error
 
@@ -222,10 +357,88 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             error = self._ensure_started(msg.settings)
         except Exception as e:  # noqa: BLE001 - a bad start request must not kill the Replicator
             error = _describe(e)
-        self.send(
-            sender,
-            ReplicatorStarted(self.node, asdict(self.settings), msg.token, error),
-        )
+        self.send(sender, ReplicatorStarted(self.node, asdict(self.settings), msg.token, error))
+
+    # -- local state -----------------------------------------------------------------------------
+
+    def _store(self, key: str, value: ReplicatedData | None, digest: bytes | None = None) -> None:
+        """Keep ``value`` (None: a tombstone) for ``key`` and tell subscribers."""
+        if value is None:
+            self._data.pop(key, None)
+            self._deleted.add(key)
+            self._digests[key] = TOMBSTONE_DIGEST
+        else:
+            self._data[key] = value
+            self._digests[key] = digest or codec.digest(value)
+        bucket = bucket_of(key)
+        self._bucket_keys.setdefault(bucket, set()).add(key)
+        self._dirty_buckets.add(bucket)
+        self._changed(key)
+
+    def _payload(self, key: str) -> bytes | None:
+        """What a peer gets for ``key``: codec bytes, TOMBSTONE, or None if unknown here."""
+        if key in self._deleted:
+            return TOMBSTONE
+        value = self._data.get(key)
+        return None if value is None else codec.encode(value)
+
+    def _buckets(self) -> dict[int, bytes]:
+        for bucket in self._dirty_buckets:
+            keys = self._bucket_keys.get(bucket, set())
+            self._bucket_cache.update(bucket_digests(self._digests, keys))
+        self._dirty_buckets.clear()
+        return self._bucket_cache
+
+    def _merge_remote(self, key: object, payload: object, origin: str) -> bool:
+        """Merge a peer's value into ``key``; returns whether anything changed.  A payload that
+        is malformed, of another type than the local value, or too big after the merge is
+        rejected for this key only: counted, logged once, and nothing changes."""
+        try:
+            merged = self._merged(key, payload)
+        except Exception as e:  # noqa: BLE001 - peer data must never raise in the Replicator
+            self._rejected += 1
+            reason = _describe(e)
+            if (origin, reason) not in self._logged_rejections:
+                self._logged_rejections.add((origin, reason))
+                log.warning("rejected the value of %r from %s: %s", key, origin, reason)
+            return False
+        if merged is None:
+            return False
+        assert isinstance(key, str)
+        value, raw = merged
+        self._store(key, value, raw[-16:] if value is not None else None)
+        return True
+
+    def _merged(self, key: object, payload: object) -> tuple[ReplicatedData | None, bytes] | None:
+        """The new value of ``key`` with ``payload`` merged in (None: nothing changes)."""
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"bad key {key!r}")
+        if key in self._deleted:
+            return None
+        if payload == TOMBSTONE:
+            return (None, TOMBSTONE)
+        if not isinstance(payload, bytes):
+            raise TypeError(f"payload is a {type(payload).__name__}, not bytes")
+        limits = Limits(max_bytes=self.settings.max_value_bytes, now_ms=time.time_ns() // 10**6)
+        incoming = codec.decode(payload, limits)
+        current = self._data.get(key)
+        if current is None:
+            merged = incoming
+        elif type(current) is not type(incoming):
+            raise TypeError(
+                f"a {type(incoming).__name__} for a key holding a {type(current).__name__}"
+            )
+        else:
+            merged = current.merge(incoming)
+            if merged == current:
+                return None
+        raw = codec.encode(merged)
+        if len(raw) > self.settings.max_value_bytes:
+            raise ValueError(
+                f"merged value of {len(raw)} bytes exceeds max_value_bytes="
+                f"{self.settings.max_value_bytes}"
+            )
+        return (merged, raw)
 
     # -- reads and writes ------------------------------------------------------------------------
 
@@ -238,12 +451,25 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         )
         if error:
             self._reject(sender, GetFailure(msg.key, msg.request, error))
-        elif msg.key in self._deleted:
-            self.send(sender, GetDataDeleted(msg.key, msg.request))
-        elif msg.key in self._data:
-            self.send(sender, GetSuccess(msg.key, msg.request, self._data[msg.key]))
+            return
+        needed = msg.consistency.replicas_needed(self._replica_count())
+        if needed <= 1 or msg.key in self._deleted:
+            self._reply_get(sender, msg.key, msg.request)
+            return
+        pending = _Pending("get", sender, msg.key, msg.request, needed, self._targets())
+        if self._ask_peers(pending, _timeout(msg.consistency)):
+            for name, address in pending.asked.items():
+                self._peer_send(
+                    name, address, PeerRead(PROTOCOL_VERSION, self.node, pending.id_, msg.key)
+                )
+
+    def _reply_get(self, client: Any, key: str, request: Any) -> None:
+        if key in self._deleted:
+            self.send(client, GetDataDeleted(key, request))
+        elif key in self._data:
+            self.send(client, GetSuccess(key, request, self._data[key]))
         else:
-            self.send(sender, NotFound(msg.key, msg.request))
+            self.send(client, NotFound(key, request))
 
     def receiveMsg_Update(self, msg: Update, sender: Any) -> None:
         self._ensure_started()
@@ -255,13 +481,13 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self.send(sender, UpdateDataDeleted(msg.key, msg.request))
             return
         try:
-            new = self._modified(msg)
+            new, delta = self._modified(msg)
         except Exception as e:  # noqa: BLE001 - whatever modify raises is the caller's failure
             self.send(sender, ModifyFailure(msg.key, msg.request, f"modify failed: {_describe(e)}"))
             return
-        self._data[msg.key] = new
-        self._changed(msg.key)
-        self.send(sender, UpdateSuccess(msg.key, msg.request))
+        self._store(msg.key, new)
+        self._queue_delta(msg.key, delta)
+        self._replicate("update", sender, msg.key, msg.request, msg.consistency)
 
     def _update_error(self, msg: Update) -> str | None:
         error = _key_error(msg.key)
@@ -282,7 +508,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             )
         return None
 
-    def _modified(self, msg: Update) -> ReplicatedData:
+    def _modified(self, msg: Update) -> tuple[ReplicatedData, ReplicatedData]:
+        """The new value and what to ship as its delta (the whole value for types without)."""
         try:
             modify = msg.modify
         except Exception as e:  # noqa: BLE001 - the dill bytes are the caller's
@@ -297,10 +524,12 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             raise TypeError(
                 f"modify must return a {type(current).__name__}, not {type(new).__name__}"
             )
-        if isinstance(new, DeltaReplicatedData):
-            new = new.reset_delta()
-        result: ReplicatedData = new
-        return result
+        if not isinstance(new, DeltaReplicatedData):
+            return new, new
+        delta = new.delta
+        new = new.reset_delta()
+        # A key new here ships whole: a delta alone could be a partial state for a peer.
+        return new, new if delta is None or msg.key not in self._data else delta
 
     def receiveMsg_Delete(self, msg: Delete, sender: Any) -> None:
         self._ensure_started()
@@ -314,10 +543,81 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         elif msg.key in self._deleted:
             self.send(sender, DataDeleted(msg.key, msg.request))
         else:
-            self._data.pop(msg.key, None)
-            self._deleted.add(msg.key)
-            self._changed(msg.key)
-            self.send(sender, DeleteSuccess(msg.key, msg.request))
+            self._store(msg.key, None)
+            self._queue_delta(msg.key, None)
+            self._replicate("delete", sender, msg.key, msg.request, msg.consistency)
+
+    def _replicate(
+        self, kind: str, client: Any, key: str, request: Any, consistency: WriteConsistency
+    ) -> None:
+        """Acknowledge a local write now, or once enough peers have it."""
+        needed = consistency.replicas_needed(self._replica_count())
+        if needed > 1:
+            pending = _Pending(kind, client, key, request, needed, self._targets())
+            if not self._ask_peers(pending, _timeout(consistency)):
+                return
+            payload = self._payload(key)
+            assert payload is not None
+            for name, address in pending.asked.items():
+                self._peer_send(
+                    name, address, PeerWrite(PROTOCOL_VERSION, self.node, pending.id_, key, payload)
+                )
+            return
+        self.send(client, (UpdateSuccess if kind == "update" else DeleteSuccess)(key, request))
+
+    def _targets(self) -> dict[str, Any]:
+        """The peers a quorum request goes to: the reachable ones."""
+        return {
+            name: peer.address
+            for name, peer in self._peers.items()
+            if peer.reachable and name not in self._blocked
+        }
+
+    def _ask_peers(self, pending: _Pending, timeout: float) -> bool:
+        """Register a quorum request; if it cannot succeed, answer it now and return False."""
+        if len(pending.asked) + 1 < pending.needed:
+            self._finish(pending, timed_out=True)
+            return False
+        self._requests[pending.id_] = pending
+        self.wakeupAfter(timeout, _RequestTimeout(pending.id_))
+        return True
+
+    def _finish(self, pending: _Pending, *, timed_out: bool) -> None:
+        self._requests.pop(pending.id_, None)
+        key, request, client = pending.key, pending.request, pending.client
+        if pending.kind == "update":
+            reply: Any = UpdateTimeout(key, request) if timed_out else UpdateSuccess(key, request)
+        elif pending.kind == "delete":
+            reply = (
+                ReplicationDeleteFailure(key, request, "not confirmed by enough replicas in time")
+                if timed_out
+                else DeleteSuccess(key, request)
+            )
+        elif timed_out:
+            reply = GetFailure(key, request, "not enough replicas answered in time")
+        else:
+            for payload in pending.results:
+                if payload is not None:
+                    self._merge_remote(key, payload, "read repair")
+            self._reply_get(client, key, request)
+            return
+        self.send(client, reply)
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+        payload = msg.payload
+        if isinstance(payload, _NotifyTick):
+            self._tick_scheduled = False
+            self._notify()
+        elif isinstance(payload, _GossipTick):
+            self._gossip_round()
+            self.wakeupAfter(self.settings.gossip_interval, _GossipTick())
+        elif isinstance(payload, _DeltaTick):
+            self._send_deltas()
+            self.wakeupAfter(self.settings.delta_interval, _DeltaTick())
+        elif isinstance(payload, _RequestTimeout):
+            pending = self._requests.get(payload.request_id)
+            if pending is not None:
+                self._finish(pending, timed_out=True)
 
     # -- subscriptions ---------------------------------------------------------------------------
 
@@ -345,19 +645,14 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._ensure_started()
         self._notify()
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
-        if isinstance(msg.payload, _NotifyTick):
-            self._tick_scheduled = False
-            self._notify()
-
     def _changed(self, key: str) -> None:
-        self._pending.add(key)
+        self._pending_notify.add(key)
         if not self._tick_scheduled:
             self._tick_scheduled = True
             self.wakeupAfter(self.settings.notify_interval, _NotifyTick())
 
     def _notify(self) -> None:
-        pending, self._pending = self._pending, set()
+        pending, self._pending_notify = self._pending_notify, set()
         for key in sorted(pending):
             message: Changed | Deleted = (
                 Deleted(key) if key in self._deleted else Changed(key, self._data[key])
@@ -367,9 +662,12 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                     self.send(subscriber, message)
 
     def receiveMsg_DeadEnvelope(self, msg: DeadEnvelope, sender: Any) -> None:
-        # A subscriber that died: stop writing to it.
         if isinstance(msg.deadMessage, (Changed, Deleted)):
-            self._drop_subscriber(msg.deadAddress)
+            self._drop_subscriber(msg.deadAddress)  # a subscriber that died
+        elif isinstance(msg.deadMessage, PeerMessage):
+            for peer in self._peers.values():
+                if peer.address == msg.deadAddress:
+                    peer.reachable = False  # its node is gone: no need to wait for the timeout
 
     def receiveMsg_PoisonMessage(self, msg: PoisonMessage, sender: Any) -> None:
         if isinstance(msg.poisonMessage, (Changed, Deleted)):
@@ -381,6 +679,289 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if len(self._subscriptions) < before:
             log.info("dropped a subscriber that is gone: %s", address)
 
+    # -- peers: membership and failure detection -------------------------------------------------
+
+    def _replica_count(self) -> int:
+        """N: this replica and every known peer, reachable or not."""
+        return 1 + len(self._peers)
+
+    def _directory(self) -> dict[str, tuple[ReplicaId, Any]]:
+        return {name: (p.replica, p.address) for name, p in self._peers.items()}
+
+    def _hello(self, *, reply: bool) -> PeerHello:
+        return PeerHello(PROTOCOL_VERSION, self.node, self.myAddress, self._directory(), reply)
+
+    def _peer_send(self, name: str, address: Any, message: PeerMessage) -> None:
+        if name in self._blocked:
+            return
+        if isinstance(message, (GossipStatus, GossipKeys, GossipEntries, DeltaPropagation)):
+            self._gossip_out += len(pickle.dumps(message))
+        self.send(address, message)
+
+    def _accept(self, msg: Any, sender: Any) -> bool:
+        """Whether a peer message may be handled: right version, sender not cut off.  Marks the
+        sender alive."""
+        if not isinstance(msg, PeerMessage) or not isinstance(msg.sender, ReplicaId):
+            self._rejected += 1
+            return False
+        if msg.sender.node in self._blocked or msg.sender == self._node:
+            return False
+        if msg.version != PROTOCOL_VERSION:
+            self._rejected += 1
+            reason = f"protocol version {msg.version!r} (this node speaks {PROTOCOL_VERSION})"
+            if (msg.sender.node, reason) not in self._logged_rejections:
+                self._logged_rejections.add((msg.sender.node, reason))
+                log.warning("ignoring %s from %s: %s", type(msg).__name__, msg.sender, reason)
+            return False
+        if isinstance(msg, (GossipStatus, GossipKeys, GossipEntries, DeltaPropagation)):
+            self._gossip_in += len(pickle.dumps(msg))
+        peer = self._peers.get(msg.sender.node)
+        if peer is not None and peer.replica == msg.sender:
+            peer.last_seen = time.monotonic()
+            peer.reachable = True
+        return True
+
+    def _learn(self, replica: ReplicaId, address: Any) -> bool:
+        """Add or refresh a peer; returns whether it is new (or a new incarnation)."""
+        if replica.node == self.node.node:
+            return False
+        known = self._peers.get(replica.node)
+        if known is not None and known.replica >= replica:
+            return False
+        self._peers[replica.node] = _Peer(replica, address, time.monotonic())
+        self._seq_seen.pop(known.replica, None) if known else None
+        log.info("peer %s joined (%d peers)", replica, len(self._peers))
+        return True
+
+    def _learn_directory(self, peers: Mapping[str, tuple[ReplicaId, Any]]) -> None:
+        for replica, address in peers.values():
+            if isinstance(replica, ReplicaId) and self._learn(replica, address):
+                self._peer_send(replica.node, address, self._hello(reply=True))
+
+    def receiveMsg_ActorSystemConventionUpdate(self, msg: Any, sender: Any) -> None:
+        self._ensure_started()
+        name = (msg.remoteCapabilities or {}).get(NODE_CAPABILITY)
+        if not isinstance(name, str) or name == self.node.node:
+            return
+        if not msg.remoteAdded:
+            gone = self._peers.pop(name, None)  # left gracefully: no longer counts in N
+            if gone is not None:
+                log.info("peer %s left (%d peers)", gone.replica, len(self._peers))
+            return
+        introducer = self.createActor(Introducer, targetActorRequirements={NODE_CAPABILITY: name})
+        self.send(introducer, Introduce(self._hello(reply=True)))
+
+    def receiveMsg_IntroducerDone(self, msg: IntroducerDone, sender: Any) -> None:
+        self.send(sender, Introduced())
+
+    def receiveMsg_PeerHello(self, msg: PeerHello, sender: Any) -> None:
+        self._ensure_started()
+        if not self._accept(msg, sender):
+            return
+        self._learn(msg.sender, msg.address)
+        self._learn_directory(msg.peers)
+        if msg.reply:
+            self._peer_send(msg.sender.node, msg.address, self._hello(reply=False))
+        self._peer_send(msg.sender.node, msg.address, self._status())
+
+    def _status(self) -> GossipStatus:
+        return GossipStatus(PROTOCOL_VERSION, self.node, dict(self._buckets()), self._directory())
+
+    def _gossip_round(self) -> None:
+        now = time.monotonic()
+        status = self._status()
+        for name, peer in self._peers.items():
+            if peer.reachable and now - peer.last_seen > self.settings.failure_timeout:
+                peer.reachable = False
+                log.warning("peer %s is unreachable", peer.replica)
+            self._peer_send(name, peer.address, status)
+
+    def receiveMsg_PartitionForTests(self, msg: PartitionForTests, sender: Any) -> None:
+        self._ensure_started()
+        self._blocked = frozenset(msg.blocked)
+        log.warning("TEST ONLY partition: ignoring peers %s", sorted(self._blocked))
+
+    # -- peers: anti-entropy ---------------------------------------------------------------------
+
+    def receiveMsg_GossipStatus(self, msg: GossipStatus, sender: Any) -> None:
+        self._ensure_started()
+        if not self._accept(msg, sender):
+            return
+        self._learn_directory(msg.peers)
+        peer = self._peers.get(msg.sender.node)
+        if peer is None or not isinstance(msg.buckets, dict):
+            return
+        mine = self._buckets()
+        differ = frozenset(
+            b for b in set(mine) | set(msg.buckets) if mine.get(b) != msg.buckets.get(b)
+        )
+        if differ:
+            digests = {
+                key: self._digests[key] for b in differ for key in self._bucket_keys.get(b, ())
+            }
+            self._peer_send(
+                peer.replica.node,
+                peer.address,
+                GossipKeys(PROTOCOL_VERSION, self.node, digests, differ),
+            )
+
+    def receiveMsg_GossipKeys(self, msg: GossipKeys, sender: Any) -> None:
+        self._ensure_started()
+        if not self._accept(msg, sender):
+            return
+        peer = self._peers.get(msg.sender.node)
+        if peer is None or not isinstance(msg.digests, dict):
+            return
+        mine = {
+            key: self._digests[key]
+            for b in msg.buckets
+            if isinstance(b, int)
+            for key in self._bucket_keys.get(b, ())
+        }
+        send = [k for k, d in mine.items() if msg.digests.get(k) != d]
+        want = frozenset(
+            k for k, d in msg.digests.items() if isinstance(k, str) and mine.get(k) != d
+        )
+        self._send_entries(peer, send, want)
+
+    def _send_entries(self, peer: _Peer, keys: list[str], want: frozenset[str]) -> None:
+        """Send the values of ``keys`` within the gossip budget; what does not fit goes in the
+        next round (smallest first, so one big value cannot hold back the others)."""
+        payloads = [(k, p) for k in keys if (p := self._payload(k)) is not None]
+        payloads.sort(key=lambda kp: len(kp[1]))
+        entries: dict[str, bytes] = {}
+        size = 0
+        for key, payload in payloads:
+            if entries and size + len(payload) > self.settings.max_gossip_bytes:
+                break
+            if len(payload) > self.settings.max_gossip_bytes:
+                log.warning(
+                    "value of %r (%d bytes) exceeds max_gossip_bytes: sent alone", key, len(payload)
+                )
+            entries[key] = payload
+            size += len(payload)
+        if entries or want:
+            self._peer_send(
+                peer.replica.node,
+                peer.address,
+                GossipEntries(PROTOCOL_VERSION, self.node, entries, want),
+            )
+
+    def receiveMsg_GossipEntries(self, msg: GossipEntries, sender: Any) -> None:
+        self._ensure_started()
+        if not self._accept(msg, sender) or not isinstance(msg.entries, dict):
+            return
+        for key, payload in msg.entries.items():
+            self._merge_remote(key, payload, str(msg.sender))
+        peer = self._peers.get(msg.sender.node)
+        if msg.want and peer is not None:
+            wanted = [k for k in msg.want if isinstance(k, str) and k in self._digests]
+            self._send_entries(peer, wanted, frozenset())
+
+    # -- peers: deltas ---------------------------------------------------------------------------
+
+    def _queue_delta(self, key: str, delta: ReplicatedData | None) -> None:
+        if not self.settings.delta_interval or not self._peers:
+            return
+        queued = self._outbox.get(key)
+        if delta is None or key not in self._outbox or queued is None:
+            self._outbox[key] = delta
+        else:
+            self._outbox[key] = queued.merge(delta)
+
+    def _send_deltas(self) -> None:
+        if not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, {}
+        entries = {
+            key: TOMBSTONE if delta is None else codec.encode(delta)
+            for key, delta in outbox.items()
+        }
+        self._delta_seq += 1
+        message = DeltaPropagation(PROTOCOL_VERSION, self.node, self._delta_seq, entries)
+        for name, peer in self._peers.items():
+            if peer.reachable:
+                self._peer_send(name, peer.address, message)
+
+    def receiveMsg_DeltaPropagation(self, msg: DeltaPropagation, sender: Any) -> None:
+        self._ensure_started()
+        if not self._accept(msg, sender) or not isinstance(msg.entries, dict):
+            return
+        last = self._seq_seen.get(msg.sender)
+        self._seq_seen[msg.sender] = msg.seq
+        gap = last is not None and msg.seq != last + 1
+        want: list[str] = []
+        for key, payload in msg.entries.items():
+            current = self._data.get(key) if isinstance(key, str) else None
+            if gap and isinstance(current, RequiresCausalDelivery):
+                want.append(key)  # deltas were lost: ask for the whole value instead
+            else:
+                self._merge_remote(key, payload, str(msg.sender))
+        peer = self._peers.get(msg.sender.node)
+        if want and peer is not None:
+            self._peer_send(
+                peer.replica.node,
+                peer.address,
+                GossipEntries(PROTOCOL_VERSION, self.node, {}, frozenset(want)),
+            )
+
+    # -- peers: quorum requests ------------------------------------------------------------------
+
+    def receiveMsg_PeerWrite(self, msg: PeerWrite, sender: Any) -> None:
+        self._ensure_started()
+        if not self._accept(msg, sender):
+            return
+        self._merge_remote(msg.key, msg.payload, str(msg.sender))
+        peer = self._peers.get(msg.sender.node)
+        if peer is not None:
+            self._peer_send(
+                peer.replica.node,
+                peer.address,
+                PeerWriteAck(PROTOCOL_VERSION, self.node, msg.request_id),
+            )
+
+    def receiveMsg_PeerRead(self, msg: PeerRead, sender: Any) -> None:
+        self._ensure_started()
+        if not self._accept(msg, sender):
+            return
+        peer = self._peers.get(msg.sender.node)
+        if peer is not None and isinstance(msg.key, str):
+            self._peer_send(
+                peer.replica.node,
+                peer.address,
+                PeerReadResult(
+                    PROTOCOL_VERSION, self.node, msg.request_id, msg.key, self._payload(msg.key)
+                ),
+            )
+
+    def _answered(self, msg: PeerWriteAck | PeerReadResult, sender: Any) -> _Pending | None:
+        """The pending request an answer belongs to, if it comes from the peer that was asked."""
+        pending = self._requests.get(msg.request_id) if isinstance(msg.request_id, str) else None
+        name = msg.sender.node
+        if pending is None or name in pending.answered or pending.asked.get(name) != sender:
+            return None
+        pending.answered.add(name)
+        return pending
+
+    def receiveMsg_PeerWriteAck(self, msg: PeerWriteAck, sender: Any) -> None:
+        self._ensure_started()
+        if not self._accept(msg, sender):
+            return
+        pending = self._answered(msg, sender)
+        if pending is not None and len(pending.answered) + 1 >= pending.needed:
+            self._finish(pending, timed_out=False)
+
+    def receiveMsg_PeerReadResult(self, msg: PeerReadResult, sender: Any) -> None:
+        self._ensure_started()
+        if not self._accept(msg, sender):
+            return
+        pending = self._answered(msg, sender)
+        if pending is None:
+            return
+        pending.results.append(msg.payload if isinstance(msg.payload, bytes) else None)
+        if len(pending.answered) + 1 >= pending.needed:
+            self._finish(pending, timed_out=False)
+
     # -- information -----------------------------------------------------------------------------
 
     def receiveMsg_GetKeys(self, msg: GetKeys, sender: Any) -> None:
@@ -389,7 +970,10 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     def receiveMsg_GetReplicaCount(self, msg: GetReplicaCount, sender: Any) -> None:
         self._ensure_started()
-        self.send(sender, ReplicaCount(1, msg.request))
+        reachable = sum(
+            1 for name, p in self._peers.items() if p.reachable and name not in self._blocked
+        )
+        self.send(sender, ReplicaCount(1 + reachable, msg.request))
 
     def receiveMsg_GetStats(self, msg: GetStats, sender: Any) -> None:
         self._ensure_started()
@@ -398,22 +982,29 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             Stats(
                 node=str(self.node),
                 keys=len(self._data),
-                peers=0,
-                gossip_bytes_in=0,
-                gossip_bytes_out=0,
+                peers=len(self._peers),
+                gossip_bytes_in=self._gossip_in,
+                gossip_bytes_out=self._gossip_out,
                 store_queue_depth=0,
                 last_flush=None,
                 recovery_time=None,
                 rejected_inputs=self._rejected,
                 subscribers=len(self._subscriptions),
+                reachable_peers=sum(1 for p in self._peers.values() if p.reachable),
                 request=msg.request,
             ),
         )
+
+    def receiveMsg_DescribeProcess(self, msg: DescribeProcess, sender: Any) -> None:
+        self.send(sender, ProcessInfo(os.getpid(), os.getpgid(0)))
 
     # -- everything else -------------------------------------------------------------------------
 
     def receiveMsg_ActorSystemMessage(self, msg: ActorSystemMessage, sender: Any) -> None:
         """Thespian's own messages that need nothing from us (exit requests, child exits)."""
+
+    def receiveMsg_PeerMessage(self, msg: PeerMessage, sender: Any) -> None:
+        self._rejected += 1  # a peer message of a kind this version does not know
 
     def receiveUnrecognizedMessage(self, msg: Any, sender: Any) -> None:
         self._ensure_started()

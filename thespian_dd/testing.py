@@ -8,30 +8,41 @@ Use it as a pytest plugin: ``pytest_plugins = ["thespian_dd.testing"]`` in a ``c
   subscribe an actor and look at what the Replicator sent it.
 - fixture ``thespian_node``: a real ``multiprocTCPBase`` ActorSystem on a fresh port, with its
   Replicator started; shut down after the test.
+- :class:`Cluster` and fixture ``cluster_factory``: N nodes, each a separate OS process
+  (``python -m thespian_dd node``) on its own loopback port, with a client handle per node;
+  ``kill`` (SIGKILL to the node's processes), ``restart`` on the same port, ``partition`` and
+  ``heal`` (a TEST-ONLY switch in the Replicators, see ``PartitionForTests``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import pytest
 from thespian.actors import ActorSystem, ActorSystemMessage, ActorTypeDispatcher
 
+from thespian_dd._peers import PartitionForTests
 from thespian_dd.replicator import start
 
 __all__ = [
+    "Cluster",
     "Node",
     "Probe",
     "ProbeSend",
     "ProbeTake",
     "Received",
+    "cluster_factory",
     "eventually",
     "free_port",
     "start_node",
@@ -164,3 +175,147 @@ def thespian_node() -> Iterator[Node]:
         yield node
     finally:
         node.asys.shutdown()
+
+
+FAST = {
+    "gossip_interval": 0.2,
+    "delta_interval": 0.1,
+    "notify_interval": 0.05,
+    "failure_timeout": 1.5,
+}
+"""Intervals short enough for tests: a killed node is unreachable within about 2 seconds."""
+
+
+@dataclass
+class _Process:
+    name: str
+    port: int
+    popen: subprocess.Popen[bytes] | None = None
+    actors_pgid: int | None = None
+    client: Any = None
+    replicator: Any = None
+    starts: int = 0
+
+
+class Cluster:
+    """Real nodes, each its own OS process group, on loopback ports; node 0 leads the convention.
+
+    ``Cluster(tmp_path, 3)`` starts nothing until :meth:`start`; use it as a context manager or
+    through the ``cluster_factory`` fixture so every process is stopped after the test.
+    """
+
+    def __init__(self, workdir: Path, n: int, **settings: float) -> None:
+        self.workdir = Path(workdir)
+        self.settings = {**FAST, **settings}
+        self.nodes = [_Process(f"node-{i + 1}", free_port()) for i in range(n)]
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def names(self) -> list[str]:
+        return [node.name for node in self.nodes]
+
+    def start(self) -> Cluster:
+        """Start every node, the leader first (members register with it as they start)."""
+        for i in range(len(self.nodes)):
+            self.start_node(i)
+        return self
+
+    def start_node(self, i: int, timeout: float = 30.0) -> None:
+        node = self.nodes[i]
+        log = self.workdir / f"{node.name}.log"
+        args = [sys.executable, "-m", "thespian_dd", "node", "--name", node.name]
+        args += ["--port", str(node.port)]
+        if i > 0:
+            args += ["--join", f"127.0.0.1:{self.nodes[0].port}"]
+        for setting, value in self.settings.items():
+            args += [f"--{setting.replace('_', '-')}", str(value)]
+        env = {**os.environ, "THESPLOG_FILE": str(self.workdir / f"{node.name}.thespian.log")}
+        with log.open("ab") as out:
+            # Output to a file, never a pipe: the daemonised admin would hold a pipe open.
+            node.popen = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+
+        node.starts += 1
+
+        def ready() -> str:
+            assert node.popen is not None
+            if node.popen.poll() is not None:
+                raise RuntimeError(f"{node.name} exited: {log.read_text()[-2000:]}")
+            lines = [ln for ln in log.read_text().splitlines() if " ready: " in ln]
+            return lines[-1] if len(lines) >= node.starts else ""
+
+        line = eventually(ready, timeout, what=f"{node.name} ready")
+        node.actors_pgid = int(line.rsplit(" ", 1)[1])
+        node.client = ActorSystem(
+            "multiprocTCPBase", {"Admin Port": node.port}, transientUnique=True
+        )
+        node.replicator = start(node.client)
+
+    def ask(self, i: int, message: Any, timeout: float = 10.0) -> Any:
+        node = self.nodes[i]
+        return node.client.ask(node.replicator, message, timeout)
+
+    def tell(self, i: int, message: Any) -> None:
+        node = self.nodes[i]
+        node.client.tell(node.replicator, message)
+
+    def kill(self, i: int) -> None:
+        """SIGKILL the node: its admin and actors' process group, and the node CLI process."""
+        node = self.nodes[i]
+        for pgid in (node.actors_pgid, node.popen.pid if node.popen else None):
+            if pgid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+        if node.popen is not None:
+            node.popen.wait(10)
+        node.client = node.replicator = None
+
+    def restart(self, i: int) -> None:
+        """Start a killed or stopped node again on the same port."""
+        self.start_node(i)
+
+    def partition(self, i: int, *others: int) -> None:
+        """TEST ONLY: node ``i`` drops all traffic to and from ``others``, and they from it."""
+        blocked = {self.nodes[j].name for j in others}
+        self.tell(i, PartitionForTests(frozenset(blocked)))
+        for j in others:
+            self.tell(j, PartitionForTests(frozenset({self.nodes[i].name})))
+
+    def heal(self) -> None:
+        for i, node in enumerate(self.nodes):
+            if node.client is not None:
+                self.tell(i, PartitionForTests(frozenset()))
+
+    def stop(self) -> None:
+        """Stop every node gracefully (SIGTERM), and kill what does not stop."""
+        for node in self.nodes:
+            if node.popen is not None and node.popen.poll() is None:
+                node.popen.send_signal(signal.SIGTERM)
+        for i, node in enumerate(self.nodes):
+            if node.popen is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    node.popen.wait(15)
+                self.kill(i)
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    """``cluster_factory(3, gossip_interval=0.5)`` starts a :class:`Cluster`; stopped after."""
+    clusters: list[Cluster] = []
+
+    def make(n: int, **settings: float) -> Cluster:
+        cluster = Cluster(tmp_path, n, **settings)
+        clusters.append(cluster)
+        return cluster.start()
+
+    try:
+        yield make
+    finally:
+        for cluster in clusters:
+            cluster.stop()

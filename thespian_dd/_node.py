@@ -1,0 +1,53 @@
+"""``python -m thespian_dd node``: one node in the foreground until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from thespian.actors import ActorSystem
+
+from thespian_dd._peers import NODE_CAPABILITY
+from thespian_dd.replicator import DescribeProcess, ProcessInfo, start
+
+__all__ = ["run_node"]
+
+
+def run_node(
+    name: str,
+    port: int,
+    join: tuple[str, int] | None,
+    settings: dict[str, Any],
+    out: Callable[[str], object],
+) -> int:
+    # Thespian logs to a file of its own; keep it per node, and warnings only.
+    log_dir = Path(tempfile.gettempdir())
+    os.environ.setdefault("THESPLOG_FILE", str(log_dir / f"thespian_dd-{name}-{port}.log"))
+    os.environ.setdefault("THESPLOG_THRESHOLD", "WARNING")
+    capabilities: dict[str, Any] = {"Admin Port": port, NODE_CAPABILITY: name}
+    if join is not None:
+        capabilities["Convention Address.IPv4"] = join
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    asys = ActorSystem("multiprocTCPBase", capabilities, logDefs=None)
+    try:
+        replicator = start(asys, node_name=name, **settings)
+        info = asys.ask(replicator, DescribeProcess(), 10)
+        pgid = info.pgid if isinstance(info, ProcessInfo) else "?"
+        leader = f"{join[0]}:{join[1]}" if join else "itself"
+        out(
+            f"thespian_dd node {name} ready: port {port}, convention leader {leader}, "
+            f"pid {os.getpid()}, actors' process group {pgid}",
+        )
+        while not stop.wait(0.5):
+            pass
+        out(f"thespian_dd node {name} stopping")
+    finally:
+        asys.shutdown()
+    return 0
