@@ -209,3 +209,122 @@ def test_bad_peer_payloads_are_rejected_per_key_and_the_rest_converges(
     # The node keeps serving and converging.
     cluster.ask(1, Update("after", GCounter(), lambda c, n: c.increment(n, 2)))
     assert _converged(cluster, ["after", "good"]) == {"after": 2, "good": 7}
+
+
+def test_chaos_partition_kill_restart_gives_exact_sums_and_unions(cluster_factory: Any) -> None:
+    """Akka's ReplicatorChaosSpec, on five nodes."""
+    cluster = cluster_factory(5)
+    _wait_for_peers(cluster, 5)
+
+    def add(i: int, amount: int, element: str, level: Any = None) -> Any:
+        cluster.ask(i, Update("c", GCounter(), lambda c, n: c.increment(n, amount), level))
+        return cluster.ask(i, Update("s", ORSet(), lambda s, n: s.add(n, element), level))
+
+    for i in range(5):
+        add(i, i + 1, f"e{i}")
+    assert _converged(cluster, ["c", "s"])["c"] == 15
+    cluster.split([0, 1], [2, 3, 4])
+    add(0, 10, "p0")
+    add(3, 20, "p3")
+    # Node 4 reaches a majority (itself, 2 and 3) on its side, then dies.
+    assert isinstance(add(4, 100, "p4", WriteMajority(5.0)), UpdateSuccess)
+    cluster.kill(4)
+    add(1, 1000, "p1")
+    _converged(cluster, ["c", "s"], nodes=[0, 1])
+    _converged(cluster, ["c", "s"], nodes=[2, 3])
+    cluster.heal()
+    cluster.restart(4)
+    _wait_for_peers(cluster, 5)
+    values = _converged(cluster, ["c", "s"])
+    assert values["c"] == 15 + 10 + 20 + 100 + 1000
+    assert values["s"] == {f"e{i}" for i in range(5)} | {"p0", "p1", "p3", "p4"}
+
+
+def test_deltas_and_full_state_gossip_reach_the_same_values(cluster_factory: Any) -> None:
+    """The same random operations through a delta cluster and a gossip-only cluster.
+
+    Node i only removes what node i added, so the outcome does not depend on how fast each
+    cluster propagates; batches are separated by convergence."""
+    import random
+
+    rng = random.Random(20261125)
+    with_deltas = cluster_factory(3, delta_interval=0.05, gossip_interval=0.5)
+    gossip_only = cluster_factory(3, delta_interval=0, gossip_interval=0.2)
+    for cluster in (with_deltas, gossip_only):
+        _wait_for_peers(cluster, 3)
+    keys = ["count", "set", "map", "multi"]
+    for _batch in range(4):
+        ops = []
+        for _ in range(30):
+            i, item, amount = rng.randrange(3), f"{rng.randrange(3)}", rng.randrange(1, 9)
+            own = f"n{i}-{item}"
+            kind = rng.choice(["count", "add", "remove", "map", "map-remove", "bind", "unbind"])
+            ops.append((i, kind, own, amount))
+        for cluster in (with_deltas, gossip_only):
+            for i, kind, own, amount in ops:
+                cluster.ask(i, _operation(kind, own, amount))
+        values = [_converged(cluster, keys) for cluster in (with_deltas, gossip_only)]
+        assert values[0] == values[1]
+
+
+def _operation(kind: str, own: str, amount: int) -> Update:
+    if kind == "count":
+        return Update("count", PNCounter(), lambda c, n: c.increment(n, amount - 4))
+    if kind in ("add", "remove"):
+        verb = "add" if kind == "add" else "remove"
+        return Update("set", ORSet(), lambda s, n: getattr(s, verb)(n, own))
+    if kind == "map":
+        return Update(
+            "map",
+            ORMap(),
+            lambda m, n: m.update(n, own, GCounter(), lambda c: c.increment(n, amount)),
+        )
+    if kind == "map-remove":
+        return Update("map", ORMap(), lambda m, n: m.remove(n, own))
+    verb = "add_binding" if kind == "bind" else "remove_binding"
+    return Update("multi", ORMultiMap(), lambda m, n: getattr(m, verb)(n, own[:2], own))
+
+
+@pytest.mark.timeout(300)
+def test_a_new_node_catches_up_on_20000_keys_and_idle_gossip_does_not_grow_with_keys(
+    tmp_path: Any,
+) -> None:
+    with Cluster(tmp_path, 2, gossip_interval=0.2) as cluster:
+        cluster.start_node(0)
+
+        def load(start: int, stop: int) -> None:
+            # One ask each: unread replies to tells would fill the Replicator's send queue.
+            # A lambda travels by value; a function of this module would travel by reference,
+            # and node processes cannot import test modules.
+            increment = lambda c, n: c.increment(n, 1)  # noqa: E731
+            for k in range(start, stop):
+                update = Update(f"key-{k}", GCounter(), increment)
+                assert isinstance(cluster.ask(0, update), UpdateSuccess)
+
+        def idle_bytes_per_round() -> float:
+            settled = cluster.ask(0, GetStats()).gossip_rounds + 5  # let the last exchange end
+            eventually(lambda: cluster.ask(0, GetStats()).gossip_rounds >= settled)
+            before = cluster.ask(0, GetStats())
+            eventually(
+                lambda: cluster.ask(0, GetStats()).gossip_rounds >= before.gossip_rounds + 10
+            )
+            after = cluster.ask(0, GetStats())
+            sent: int = after.gossip_bytes_out - before.gossip_bytes_out
+            rounds: int = after.gossip_rounds - before.gossip_rounds
+            return sent / rounds
+
+        def node_1_has(n: int) -> bool:
+            stats = cluster.ask(1, GetStats())
+            assert stats.keys == n, stats.keys
+            return True
+
+        load(0, 2_000)
+        cluster.start_node(1)
+        eventually(lambda: node_1_has(2_000), timeout=60, what="node 1 catches up on 2,000 keys")
+        small = idle_bytes_per_round()
+        load(2_000, 20_000)
+        eventually(lambda: node_1_has(20_000), timeout=120, what="node 1 catches up on 20,000 keys")
+        large = idle_bytes_per_round()
+        assert _value(cluster, 1, "key-19999") == 1
+        # The same 64 bucket digests per round, whatever the number of keys.
+        assert large < small * 1.2, (small, large)

@@ -474,6 +474,7 @@ class Stats:
     rejected_inputs: int
     subscribers: int
     reachable_peers: int = 0
+    gossip_rounds: int = 0
     request: Any = None
 
 

@@ -303,6 +303,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._rejected = 0
         self._gossip_in = 0
         self._gossip_out = 0
+        self._gossip_rounds = 0
         self._logged_rejections: set[tuple[str, str]] = set()
 
     # -- start-up --------------------------------------------------------------------------------
@@ -768,6 +769,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         return GossipStatus(PROTOCOL_VERSION, self.node, dict(self._buckets()), self._directory())
 
     def _gossip_round(self) -> None:
+        self._gossip_rounds += 1
         now = time.monotonic()
         status = self._status()
         for name, peer in self._peers.items():
@@ -991,6 +993,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                 rejected_inputs=self._rejected,
                 subscribers=len(self._subscriptions),
                 reachable_peers=sum(1 for p in self._peers.values() if p.reachable),
+                gossip_rounds=self._gossip_rounds,
                 request=msg.request,
             ),
         )

@@ -17,7 +17,9 @@ Use it as a pytest plugin: ``pytest_plugins = ["thespian_dd.testing"]`` in a ``c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -33,6 +35,7 @@ import pytest
 from thespian.actors import ActorSystem, ActorSystemMessage, ActorTypeDispatcher
 
 from thespian_dd._peers import PartitionForTests
+from thespian_dd.messages import Update
 from thespian_dd.replicator import start
 
 __all__ = [
@@ -40,6 +43,7 @@ __all__ = [
     "Node",
     "Probe",
     "ProbeSend",
+    "ProbeSendAll",
     "ProbeTake",
     "Received",
     "cluster_factory",
@@ -92,6 +96,15 @@ class ProbeSend:
 
 
 @dataclass(frozen=True)
+class ProbeSendAll:
+    """Ask a :class:`Probe` to send each of ``messages`` to ``target``, in order (a burst from
+    an actor is much faster than one external send per message)."""
+
+    target: Any
+    messages: list[Any]
+
+
+@dataclass(frozen=True)
 class ProbeTake:
     """Ask a :class:`Probe` for what it has received so far; it replies :class:`Received`."""
 
@@ -112,6 +125,10 @@ class Probe(ActorTypeDispatcher):  # type: ignore[misc]
 
     def receiveMsg_ProbeSend(self, msg: ProbeSend, sender: Any) -> None:
         self.send(msg.target, msg.message)
+
+    def receiveMsg_ProbeSendAll(self, msg: ProbeSendAll, sender: Any) -> None:
+        for message in msg.messages:
+            self.send(msg.target, message)
 
     def receiveMsg_ProbeTake(self, msg: ProbeTake, sender: Any) -> None:
         self.send(sender, Received(list(self.received)))
@@ -186,6 +203,17 @@ FAST = {
 """Intervals short enough for tests: a killed node is unreachable within about 2 seconds."""
 
 
+def _with_request(message: Any, token: Any) -> Any:
+    """``message`` with ``request=token``, if it is a request that echoes one."""
+    if isinstance(message, Update):
+        return Update(message.key, message.initial, message.modify, message.consistency, token)
+    if dataclasses.is_dataclass(message) and any(
+        f.name == "request" for f in dataclasses.fields(message)
+    ):
+        return dataclasses.replace(message, request=token)  # type: ignore[type-var]
+    return message
+
+
 @dataclass
 class _Process:
     name: str
@@ -205,7 +233,8 @@ class Cluster:
     """
 
     def __init__(self, workdir: Path, n: int, **settings: float) -> None:
-        self.workdir = Path(workdir)
+        # A directory of its own: node logs are read to see a node come up.
+        self.workdir = Path(tempfile.mkdtemp(prefix="cluster-", dir=workdir))
         self.settings = {**FAST, **settings}
         self.nodes = [_Process(f"node-{i + 1}", free_port()) for i in range(n)]
 
@@ -258,8 +287,25 @@ class Cluster:
         node.replicator = start(node.client)
 
     def ask(self, i: int, message: Any, timeout: float = 10.0) -> Any:
+        """Send ``message`` to node ``i``'s Replicator and return its reply (None on timeout).
+
+        Thespian's ``ask`` returns whatever reaches this endpoint first, such as the reply to an
+        earlier ``tell``: the request is tagged, and only the reply that echoes the tag counts.
+        """
         node = self.nodes[i]
-        return node.client.ask(node.replicator, message, timeout)
+        original = getattr(message, "request", None)
+        token = ("thespian_dd.testing", secrets.token_hex(8))
+        tagged = _with_request(message, token)
+        deadline = time.monotonic() + timeout
+        reply = node.client.ask(node.replicator, tagged, timeout)
+        while tagged is not message and getattr(reply, "request", None) != token:
+            remaining = deadline - time.monotonic()
+            if reply is None or remaining <= 0:
+                return None
+            reply = node.client.listen(remaining)
+        if tagged is not message and dataclasses.is_dataclass(reply):
+            reply = dataclasses.replace(reply, request=original)  # type: ignore[type-var]
+        return reply
 
     def tell(self, i: int, message: Any) -> None:
         node = self.nodes[i]
@@ -280,12 +326,17 @@ class Cluster:
         """Start a killed or stopped node again on the same port."""
         self.start_node(i)
 
+    def split(self, *groups: list[int]) -> None:
+        """TEST ONLY: cut the cluster into ``groups`` (node indexes); nodes in no group stay
+        connected to everyone.  Each node drops all traffic to and from the other groups."""
+        for group in groups:
+            others = {self.nodes[j].name for g in groups if g is not group for j in g}
+            for i in group:
+                self.tell(i, PartitionForTests(frozenset(others)))
+
     def partition(self, i: int, *others: int) -> None:
-        """TEST ONLY: node ``i`` drops all traffic to and from ``others``, and they from it."""
-        blocked = {self.nodes[j].name for j in others}
-        self.tell(i, PartitionForTests(frozenset(blocked)))
-        for j in others:
-            self.tell(j, PartitionForTests(frozenset({self.nodes[i].name})))
+        """TEST ONLY: node ``i`` and ``others`` stop hearing each other."""
+        self.split([i], list(others))
 
     def heal(self) -> None:
         for i, node in enumerate(self.nodes):
