@@ -25,12 +25,15 @@ def test_the_bench_prints_each_figure_with_its_baseline_and_ratio(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     results = tmp_path / "bench.json"
-    assert main(["bench", "--sizes", "200,2000", "--json", str(results)]) == 0
+    args = ["bench", "--sizes", "200,2000", "--scale", "0.05", "--json", str(results)]
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "ORSet merge, 2,000 elements" in out
     assert "ORMap encoded size, 200 elements" in out
     rows = json.loads(results.read_text())
-    assert {row["section"] for row in rows} == {"crdt"}
+    assert {row["section"] for row in rows} == {"crdt", "replicator"}
+    assert "Update (WriteLocal) throughput" in out
+    assert "idle gossip per round, 1,000 keys" in out
     assert all(row["baseline"] > 0 and row["ratio"] > 0 for row in rows)
     assert any("growth" in row["name"] for row in rows)
 
@@ -41,6 +44,9 @@ def test_the_bench_prints_each_figure_with_its_baseline_and_ratio(
         (["bench", "--sizes", "ten"], "--sizes takes comma-separated ints"),
         (["bench", "--sizes", "0"], "at least one count >= 1"),
         (["bench", "--section", "nope"], "invalid choice"),
+        (["bench", "--scale", "0"], "--scale must be > 0"),
+        (["node", "--name", "n", "--port", "70000"], "port out of range"),
+        (["node", "--name", "n", "--port", "1", "--join", "nohost"], "expected HOST:PORT"),
         (["frobnicate"], "invalid choice"),
     ],
 )

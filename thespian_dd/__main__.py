@@ -55,13 +55,19 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--section",
         action="append",
-        choices=["crdt"],
+        choices=["crdt", "replicator"],
         help="run only this section (repeatable; default: all)",
     )
     bench.add_argument(
         "--sizes",
         default="1000,10000,100000",
         help="element counts for the crdt section, comma-separated (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply the replicator section's message and key counts (default: %(default)s)",
     )
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     bench.set_defaults(run=_run_bench)
@@ -104,7 +110,7 @@ def _run_node(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from thespian_dd._bench import run_bench
+    from thespian_dd._bench import SECTIONS, run_bench
 
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -112,7 +118,10 @@ def _run_bench(args: argparse.Namespace) -> int:
         raise SystemExit(f"bench: --sizes takes comma-separated ints, not {args.sizes!r}") from None
     if not sizes or min(sizes) < 1:
         raise SystemExit("bench: --sizes needs at least one count >= 1")
-    run_bench(args.section or ["crdt"], sizes=sizes, json_path=args.json, out=print)
+    if not args.scale > 0:
+        raise SystemExit("bench: --scale must be > 0")
+    sections = args.section or list(SECTIONS)
+    run_bench(sections, sizes=sizes, scale=args.scale, json_path=args.json, out=print)
     return 0
 
 

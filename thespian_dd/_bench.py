@@ -1,5 +1,14 @@
 """The benchmark: every figure is printed next to a baseline measured in the same run.
 
+Section ``replicator`` (real ``multiprocTCPBase`` nodes on loopback):
+- Update (WriteLocal) and Get throughput: an actor makes sequential request/response round trips
+  to the Replicator; the baseline is the same actor doing round trips with an echo actor, i.e.
+  raw Thespian messaging.  Target: at least 0.8x the baseline.
+- Convergence: one node updates 10,000 keys; the time until the other two nodes hold all of
+  them, against the time the updates themselves took.
+- Idle gossip: bytes per gossip round between two converged nodes at 2,000 and 20,000 keys; the
+  baseline is the 2,000-key figure (the ratio should stay near 1).
+
 Section ``crdt``: merge time and encoded size of ORSet and ORMap states of n elements.
 - Merge: two replicas that share half their elements and each removed some; the baseline is the
   same-size merge of plain Python containers (``set | set``, ``{**dict, **dict}``), i.e. the
@@ -18,6 +27,7 @@ import json
 import pickle
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,7 +36,10 @@ from operator import or_
 from pathlib import Path
 from typing import Any
 
-from thespian_dd import GCounter, ORMap, ORSet, ReplicaId
+from thespian.actors import ActorTypeDispatcher
+
+from thespian_dd import GCounter, Get, GetStats, ORMap, ORSet, ReplicaId, Stats, Update
+from thespian_dd._harness import Cluster, eventually, start_node
 from thespian_dd.codec import encode
 from thespian_dd.data import CausalContext
 
@@ -91,6 +104,7 @@ def _dict_merge(a: dict[Any, Any], b: dict[Any, Any]) -> dict[Any, Any]:
 
 
 def _crdt(sizes: list[int], out: Callable[[str], object]) -> list[Result]:
+    """Merge time and encoded size at each size of ``sizes``."""
     results: list[Result] = []
     merge_times: dict[str, dict[int, tuple[float, float]]] = {"ORSet": {}, "ORMap": {}}
     for n in sizes:
@@ -144,13 +158,180 @@ def _crdt(sizes: list[int], out: Callable[[str], object]) -> list[Result]:
     return results
 
 
-SECTIONS: dict[str, Callable[[list[int], Callable[[str], object]], list[Result]]] = {
-    "crdt": _crdt,
-}
+@dataclass(frozen=True)
+class _Ping:
+    pass
+
+
+@dataclass(frozen=True)
+class _RoundTrips:
+    """To a :class:`_Driver`: make ``n`` sequential round trips to ``target`` and report."""
+
+    target: Any
+    kind: str  # "ping" | "update" | "get" | "fill"
+    n: int
+
+
+@dataclass(frozen=True)
+class _Done:
+    seconds: float
+
+
+def _increment(counter: GCounter, node: ReplicaId) -> GCounter:
+    return counter.increment(node, 1)
+
+
+class _Echo(ActorTypeDispatcher):  # type: ignore[misc]
+    def receiveMsg__Ping(self, msg: _Ping, sender: Any) -> None:
+        self.send(sender, msg)
+
+
+class _Driver(ActorTypeDispatcher):  # type: ignore[misc]
+    """Sequential request/response from inside the actor system, timed end to end."""
+
+    def receiveMsg__RoundTrips(self, msg: _RoundTrips, sender: Any) -> None:
+        self.job, self.client, self.left = msg, sender, msg.n
+        self.started = time.perf_counter()
+        self._next()
+
+    def _next(self) -> None:
+        job = self.job
+        i = job.n - self.left
+        if job.kind == "ping":
+            self.send(job.target, _Ping())
+        elif job.kind == "update":
+            self.send(job.target, Update("bench", GCounter(), _increment))
+        elif job.kind == "fill":
+            self.send(job.target, Update(f"key-{i}", GCounter(), _increment))
+        else:
+            self.send(job.target, Get("bench"))
+
+    def _reply(self) -> None:
+        self.left -= 1
+        if self.left:
+            self._next()
+        else:
+            self.send(self.client, _Done(time.perf_counter() - self.started))
+
+    def receiveMsg__Ping(self, msg: _Ping, sender: Any) -> None:
+        self._reply()
+
+    def receiveMsg_UpdateResponse(self, msg: Any, sender: Any) -> None:
+        self._reply()
+
+    def receiveMsg_GetResponse(self, msg: Any, sender: Any) -> None:
+        self._reply()
+
+
+def _round_trips(asys: Any, driver: Any, target: Any, kind: str, n: int) -> float:
+    done = asys.ask(driver, _RoundTrips(target, kind, n), 600)
+    if not isinstance(done, _Done):
+        raise TypeError(f"the bench driver answered {done!r}")
+    return done.seconds
+
+
+def _replicator(scale: float, out: Callable[[str], object]) -> list[Result]:
+    def scaled(n: int) -> int:
+        return max(10, int(n * scale))
+
+    results: list[Result] = []
+    n = scaled(2000)
+    out(f"  replicator: {n:,} sequential round trips each: echo, Update, Get ...")
+    node = start_node()
+    try:
+        driver = node.asys.createActor(_Driver)
+        echo = node.asys.createActor(_Echo)
+        _round_trips(node.asys, driver, echo, "ping", 200)  # warm up both paths
+        _round_trips(node.asys, driver, node.replicator, "update", 200)
+        base = n / _round_trips(node.asys, driver, echo, "ping", n)
+        for kind in ("update", "get"):
+            rate = n / _round_trips(node.asys, driver, node.replicator, kind, n)
+            name = "Update (WriteLocal)" if kind == "update" else "Get (ReadLocal)"
+            results.append(
+                Result("replicator", f"{name} throughput", "msg/s", rate, base, "Thespian echo")
+            )
+    finally:
+        node.asys.shutdown()
+
+    with tempfile.TemporaryDirectory() as workdir:
+        keys = scaled(10_000)
+        out(f"  replicator: 3 nodes, {keys:,} keys updated on one, until all have them ...")
+        with Cluster(Path(workdir), 3) as cluster:
+            cluster.start()
+            first = cluster.nodes[0]
+            driver = first.client.createActor(_Driver)
+            started = time.perf_counter()
+            writing = _round_trips(first.client, driver, first.replicator, "fill", keys)
+            for i in (1, 2):
+                _wait_for_keys(cluster, i, keys)
+            converged = time.perf_counter() - started
+            results.append(
+                Result(
+                    "replicator",
+                    f"convergence of {keys:,} updated keys on 3 nodes",
+                    "s",
+                    converged,
+                    writing,
+                    "time to make the updates",
+                )
+            )
+
+        out("  replicator: idle gossip at two key counts ...")
+        with Cluster(Path(workdir), 2) as cluster:
+            cluster.start()
+            first = cluster.nodes[0]
+            driver = first.client.createActor(_Driver)
+            per_round = {}
+            small, large = scaled(2_000), scaled(20_000)
+            for total in (small, large):
+                _round_trips(first.client, driver, first.replicator, "fill", total)
+                _wait_for_keys(cluster, 1, total)
+                per_round[total] = _idle_gossip(cluster)
+            results += [
+                Result(
+                    "replicator",
+                    f"idle gossip per round, {total:,} keys",
+                    "bytes",
+                    per_round[total],
+                    per_round[small],
+                    f"idle gossip at {small:,} keys",
+                )
+                for total in (small, large)
+            ]
+    return results
+
+
+def _wait_for_keys(cluster: Cluster, i: int, keys: int) -> None:
+    def has_all() -> bool:
+        stats = cluster.ask(i, GetStats())
+        return isinstance(stats, Stats) and stats.keys == keys
+
+    eventually(has_all, timeout=300, what=f"node {i} holds {keys} keys")
+
+
+def _idle_gossip(cluster: Cluster) -> float:
+    """Bytes node 0 sends per gossip round, once the last exchanges have settled."""
+
+    def rounds_so_far() -> int:
+        stats = cluster.ask(0, GetStats())
+        assert isinstance(stats, Stats)
+        return stats.gossip_rounds
+
+    settle = rounds_so_far() + 5
+    eventually(lambda: rounds_so_far() >= settle, timeout=60)
+    before = cluster.ask(0, GetStats())
+    eventually(lambda: rounds_so_far() >= before.gossip_rounds + 10, timeout=60)
+    after = cluster.ask(0, GetStats())
+    sent: int = after.gossip_bytes_out - before.gossip_bytes_out
+    rounds: int = after.gossip_rounds - before.gossip_rounds
+    return sent / rounds
+
+
+SECTIONS = ("crdt", "replicator")
 
 
 def _fmt(value: float, unit: str) -> str:
-    text = f"{value:,.0f}" if unit == "bytes" else f"{value:,.3f}"
+    text = f"{value:,.0f}" if unit in ("bytes", "msg/s") else f"{value:,.3f}"
     return f"{text} {unit}"
 
 
@@ -169,13 +350,17 @@ def run_bench(
     sections: list[str],
     *,
     sizes: list[int],
+    scale: float,
     json_path: str | None,
     out: Callable[[str], object],
 ) -> list[Result]:
+    """Run ``sections``: crdt at each of ``sizes``; replicator with counts times ``scale``."""
     out(f"thespian_dd bench on Python {platform.python_version()}, {platform.machine()}")
     results: list[Result] = []
-    for section in sections:
-        results += SECTIONS[section](sizes, out)
+    if "crdt" in sections:
+        results += _crdt(sizes, out)
+    if "replicator" in sections:
+        results += _replicator(scale, out)
     for line in _table(results):
         out(line)
     if json_path:

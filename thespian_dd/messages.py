@@ -15,6 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import dill
@@ -210,6 +211,12 @@ class Get:
     request: Any = None
 
 
+@lru_cache(maxsize=256)
+def _load_modify(blob: bytes) -> Any:
+    # Clients send the same few functions over and over: load each once.
+    return dill.loads(blob)
+
+
 def _load_update(
     key: Any, initial: Any, modify_blob: bytes, consistency: Any, request: Any
 ) -> Update:
@@ -274,7 +281,7 @@ class Update:
     def modify(self) -> Callable[[Any, ReplicaId], Any]:
         """The modify function (loaded from its dill bytes on first use after a transfer)."""
         if self._modify is None:
-            object.__setattr__(self, "_modify", dill.loads(self._modify_blob))
+            object.__setattr__(self, "_modify", _load_modify(self._modify_blob))
         modify: Callable[[Any, ReplicaId], Any] = self._modify
         return modify
 

@@ -288,6 +288,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._data: dict[str, ReplicatedData] = {}
         self._deleted: set[str] = set()
         self._digests: dict[str, bytes] = {}
+        self._stale_digests: set[str] = set()
         self._bucket_keys: dict[int, set[str]] = {}
         self._bucket_cache: dict[int, bytes] = {}
         self._dirty_buckets: set[int] = set()
@@ -368,9 +369,16 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._data.pop(key, None)
             self._deleted.add(key)
             self._digests[key] = TOMBSTONE_DIGEST
+            self._stale_digests.discard(key)
         else:
             self._data[key] = value
-            self._digests[key] = digest or codec.digest(value)
+            if digest is None:
+                # Computed when gossip next needs it, not on the path of every update.
+                self._digests.pop(key, None)
+                self._stale_digests.add(key)
+            else:
+                self._digests[key] = digest
+                self._stale_digests.discard(key)
         bucket = bucket_of(key)
         self._bucket_keys.setdefault(bucket, set()).add(key)
         self._dirty_buckets.add(bucket)
@@ -383,10 +391,18 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         value = self._data.get(key)
         return None if value is None else codec.encode(value)
 
+    def _fresh_digests(self) -> dict[str, bytes]:
+        """Every key's digest, computing those that changed since they were last needed."""
+        for key in self._stale_digests:
+            self._digests[key] = codec.digest(self._data[key])
+        self._stale_digests.clear()
+        return self._digests
+
     def _buckets(self) -> dict[int, bytes]:
+        digests = self._fresh_digests()
         for bucket in self._dirty_buckets:
             keys = self._bucket_keys.get(bucket, set())
-            self._bucket_cache.update(bucket_digests(self._digests, keys))
+            self._bucket_cache.update(bucket_digests(digests, keys))
         self._dirty_buckets.clear()
         return self._bucket_cache
 
@@ -798,9 +814,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             b for b in set(mine) | set(msg.buckets) if mine.get(b) != msg.buckets.get(b)
         )
         if differ:
-            digests = {
-                key: self._digests[key] for b in differ for key in self._bucket_keys.get(b, ())
-            }
+            known = self._fresh_digests()
+            digests = {key: known[key] for b in differ for key in self._bucket_keys.get(b, ())}
             self._peer_send(
                 peer.replica.node,
                 peer.address,
@@ -814,8 +829,9 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         peer = self._peers.get(msg.sender.node)
         if peer is None or not isinstance(msg.digests, dict):
             return
+        known = self._fresh_digests()
         mine = {
-            key: self._digests[key]
+            key: known[key]
             for b in msg.buckets
             if isinstance(b, int)
             for key in self._bucket_keys.get(b, ())

@@ -10,35 +10,33 @@ Use it as a pytest plugin: ``pytest_plugins = ["thespian_dd.testing"]`` in a ``c
   Replicator started; shut down after the test.
 - :class:`Cluster` and fixture ``cluster_factory``: N nodes, each a separate OS process
   (``python -m thespian_dd node``) on its own loopback port, with a client handle per node;
-  ``kill`` (SIGKILL to the node's processes), ``restart`` on the same port, ``partition`` and
-  ``heal`` (a TEST-ONLY switch in the Replicators, see ``PartitionForTests``).
+  ``kill`` (SIGKILL to the node's processes), ``restart`` on the same port, ``split``,
+  ``partition`` and ``heal`` (a TEST-ONLY switch in the Replicators, see ``PartitionForTests``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import os
-import secrets
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self, TypeVar
 
 import pytest
-from thespian.actors import ActorSystem, ActorSystemMessage, ActorTypeDispatcher
 
-from thespian_dd._peers import PartitionForTests
-from thespian_dd.messages import Update
-from thespian_dd.replicator import start
+from thespian_dd._harness import (
+    FAST,
+    Cluster,
+    Node,
+    Probe,
+    ProbeSend,
+    ProbeSendAll,
+    ProbeTake,
+    Received,
+    eventually,
+    free_port,
+    start_node,
+)
 
 __all__ = [
+    "FAST",
     "Cluster",
     "Node",
     "Probe",
@@ -53,136 +51,6 @@ __all__ = [
     "thespian_node",
 ]
 
-T = TypeVar("T")
-
-
-def eventually(
-    condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = ""
-) -> T:
-    """Call ``condition`` until it returns something true, and return that; ``AssertionError``
-    (with the last value or exception) if it has not by ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            result = condition()
-        except AssertionError as e:
-            last = e
-        else:
-            if result:
-                return result
-            last = result
-        if time.monotonic() >= deadline:
-            raise AssertionError(
-                f"not true after {timeout} s{': ' + what if what else ''} (last: {last!r})"
-            )
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass(frozen=True)
-class ProbeSend:
-    """Ask a :class:`Probe` to send ``message`` to ``target`` (so the probe is the sender)."""
-
-    target: Any
-    message: Any
-
-
-@dataclass(frozen=True)
-class ProbeSendAll:
-    """Ask a :class:`Probe` to send each of ``messages`` to ``target``, in order (a burst from
-    an actor is much faster than one external send per message)."""
-
-    target: Any
-    messages: list[Any]
-
-
-@dataclass(frozen=True)
-class ProbeTake:
-    """Ask a :class:`Probe` for what it has received so far; it replies :class:`Received`."""
-
-    clear: bool = False
-
-
-@dataclass(frozen=True)
-class Received:
-    messages: list[Any] = field(default_factory=list)
-
-
-class Probe(ActorTypeDispatcher):  # type: ignore[misc]
-    """Records every message it receives (Thespian's own messages aside)."""
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.received: list[Any] = []
-
-    def receiveMsg_ProbeSend(self, msg: ProbeSend, sender: Any) -> None:
-        self.send(msg.target, msg.message)
-
-    def receiveMsg_ProbeSendAll(self, msg: ProbeSendAll, sender: Any) -> None:
-        for message in msg.messages:
-            self.send(msg.target, message)
-
-    def receiveMsg_ProbeTake(self, msg: ProbeTake, sender: Any) -> None:
-        self.send(sender, Received(list(self.received)))
-        if msg.clear:
-            self.received.clear()
-
-    def receiveMsg_ActorSystemMessage(self, msg: ActorSystemMessage, sender: Any) -> None:
-        """Exit requests and the like are not what a test looks for."""
-
-    def receiveUnrecognizedMessage(self, msg: Any, sender: Any) -> None:
-        self.received.append(msg)
-
-
-@dataclass
-class Node:
-    """A running ActorSystem with its Replicator, as the ``thespian_node`` fixture gives it."""
-
-    asys: Any
-    port: int
-    replicator: Any
-
-    def ask(self, message: Any, timeout: float = 10.0) -> Any:
-        """Send ``message`` to the Replicator and return the reply (``None`` on timeout)."""
-        return self.asys.ask(self.replicator, message, timeout)
-
-    def probe(self) -> Any:
-        """A new :class:`Probe` actor on this node."""
-        return self.asys.createActor(Probe)
-
-    def received(self, probe: Any, clear: bool = False) -> list[Any]:
-        reply = self.asys.ask(probe, ProbeTake(clear), 10)
-        assert isinstance(reply, Received), f"the probe answered {reply!r}"
-        return reply.messages
-
-
-def _thespian_environment(log_dir: str) -> None:
-    # Thespian's own log goes to a per-run file, and only warnings; see the project notes.
-    os.environ.setdefault("THESPLOG_FILE", str(Path(log_dir) / "thespian.log"))
-    os.environ.setdefault("THESPLOG_FILE_MAXSIZE", str(1024 * 1024))
-    os.environ.setdefault("THESPLOG_THRESHOLD", "WARNING")
-
-
-def start_node(port: int | None = None, **settings: Any) -> Node:
-    """Start an ActorSystem (``multiprocTCPBase``) on ``port`` with its Replicator."""
-    _thespian_environment(tempfile.gettempdir())
-    port = port or free_port()
-    asys = ActorSystem("multiprocTCPBase", {"Admin Port": port}, transientUnique=True, logDefs=None)
-    try:
-        replicator = start(asys, **settings)
-    except BaseException:
-        asys.shutdown()
-        raise
-    return Node(asys, port, replicator)
-
 
 @pytest.fixture
 def thespian_node() -> Iterator[Node]:
@@ -192,167 +60,6 @@ def thespian_node() -> Iterator[Node]:
         yield node
     finally:
         node.asys.shutdown()
-
-
-FAST = {
-    "gossip_interval": 0.2,
-    "delta_interval": 0.1,
-    "notify_interval": 0.05,
-    "failure_timeout": 1.5,
-}
-"""Intervals short enough for tests: a killed node is unreachable within about 2 seconds."""
-
-
-def _with_request(message: Any, token: Any) -> Any:
-    """``message`` with ``request=token``, if it is a request that echoes one."""
-    if isinstance(message, Update):
-        return Update(message.key, message.initial, message.modify, message.consistency, token)
-    if dataclasses.is_dataclass(message) and any(
-        f.name == "request" for f in dataclasses.fields(message)
-    ):
-        return dataclasses.replace(message, request=token)  # type: ignore[type-var]
-    return message
-
-
-@dataclass
-class _Process:
-    name: str
-    port: int
-    popen: subprocess.Popen[bytes] | None = None
-    actors_pgid: int | None = None
-    client: Any = None
-    replicator: Any = None
-    starts: int = 0
-
-
-class Cluster:
-    """Real nodes, each its own OS process group, on loopback ports; node 0 leads the convention.
-
-    ``Cluster(tmp_path, 3)`` starts nothing until :meth:`start`; use it as a context manager or
-    through the ``cluster_factory`` fixture so every process is stopped after the test.
-    """
-
-    def __init__(self, workdir: Path, n: int, **settings: float) -> None:
-        # A directory of its own: node logs are read to see a node come up.
-        self.workdir = Path(tempfile.mkdtemp(prefix="cluster-", dir=workdir))
-        self.settings = {**FAST, **settings}
-        self.nodes = [_Process(f"node-{i + 1}", free_port()) for i in range(n)]
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def names(self) -> list[str]:
-        return [node.name for node in self.nodes]
-
-    def start(self) -> Cluster:
-        """Start every node, the leader first (members register with it as they start)."""
-        for i in range(len(self.nodes)):
-            self.start_node(i)
-        return self
-
-    def start_node(self, i: int, timeout: float = 30.0) -> None:
-        node = self.nodes[i]
-        log = self.workdir / f"{node.name}.log"
-        args = [sys.executable, "-m", "thespian_dd", "node", "--name", node.name]
-        args += ["--port", str(node.port)]
-        if i > 0:
-            args += ["--join", f"127.0.0.1:{self.nodes[0].port}"]
-        for setting, value in self.settings.items():
-            args += [f"--{setting.replace('_', '-')}", str(value)]
-        env = {**os.environ, "THESPLOG_FILE": str(self.workdir / f"{node.name}.thespian.log")}
-        with log.open("ab") as out:
-            # Output to a file, never a pipe: the daemonised admin would hold a pipe open.
-            node.popen = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-
-        node.starts += 1
-
-        def ready() -> str:
-            assert node.popen is not None
-            if node.popen.poll() is not None:
-                raise RuntimeError(f"{node.name} exited: {log.read_text()[-2000:]}")
-            lines = [ln for ln in log.read_text().splitlines() if " ready: " in ln]
-            return lines[-1] if len(lines) >= node.starts else ""
-
-        line = eventually(ready, timeout, what=f"{node.name} ready")
-        node.actors_pgid = int(line.rsplit(" ", 1)[1])
-        node.client = ActorSystem(
-            "multiprocTCPBase", {"Admin Port": node.port}, transientUnique=True
-        )
-        node.replicator = start(node.client)
-
-    def ask(self, i: int, message: Any, timeout: float = 10.0) -> Any:
-        """Send ``message`` to node ``i``'s Replicator and return its reply (None on timeout).
-
-        Thespian's ``ask`` returns whatever reaches this endpoint first, such as the reply to an
-        earlier ``tell``: the request is tagged, and only the reply that echoes the tag counts.
-        """
-        node = self.nodes[i]
-        original = getattr(message, "request", None)
-        token = ("thespian_dd.testing", secrets.token_hex(8))
-        tagged = _with_request(message, token)
-        deadline = time.monotonic() + timeout
-        reply = node.client.ask(node.replicator, tagged, timeout)
-        while tagged is not message and getattr(reply, "request", None) != token:
-            remaining = deadline - time.monotonic()
-            if reply is None or remaining <= 0:
-                return None
-            reply = node.client.listen(remaining)
-        if tagged is not message and dataclasses.is_dataclass(reply):
-            reply = dataclasses.replace(reply, request=original)  # type: ignore[type-var]
-        return reply
-
-    def tell(self, i: int, message: Any) -> None:
-        node = self.nodes[i]
-        node.client.tell(node.replicator, message)
-
-    def kill(self, i: int) -> None:
-        """SIGKILL the node: its admin and actors' process group, and the node CLI process."""
-        node = self.nodes[i]
-        for pgid in (node.actors_pgid, node.popen.pid if node.popen else None):
-            if pgid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pgid, signal.SIGKILL)
-        if node.popen is not None:
-            node.popen.wait(10)
-        node.client = node.replicator = None
-
-    def restart(self, i: int) -> None:
-        """Start a killed or stopped node again on the same port."""
-        self.start_node(i)
-
-    def split(self, *groups: list[int]) -> None:
-        """TEST ONLY: cut the cluster into ``groups`` (node indexes); nodes in no group stay
-        connected to everyone.  Each node drops all traffic to and from the other groups."""
-        for group in groups:
-            others = {self.nodes[j].name for g in groups if g is not group for j in g}
-            for i in group:
-                self.tell(i, PartitionForTests(frozenset(others)))
-
-    def partition(self, i: int, *others: int) -> None:
-        """TEST ONLY: node ``i`` and ``others`` stop hearing each other."""
-        self.split([i], list(others))
-
-    def heal(self) -> None:
-        for i, node in enumerate(self.nodes):
-            if node.client is not None:
-                self.tell(i, PartitionForTests(frozenset()))
-
-    def stop(self) -> None:
-        """Stop every node gracefully (SIGTERM), and kill what does not stop."""
-        for node in self.nodes:
-            if node.popen is not None and node.popen.poll() is None:
-                node.popen.send_signal(signal.SIGTERM)
-        for i, node in enumerate(self.nodes):
-            if node.popen is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    node.popen.wait(15)
-                self.kill(i)
 
 
 @pytest.fixture
