@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from thespian_dd import (
+    Changed,
     Delete,
+    Deleted,
     Flag,
     GCounter,
     Get,
@@ -32,6 +34,7 @@ from thespian_dd import (
     ReplicaCount,
     ReplicaId,
     Stats,
+    Subscribe,
     Update,
     UpdateSuccess,
     UpdateTimeout,
@@ -40,7 +43,7 @@ from thespian_dd import (
 )
 from thespian_dd._peers import PROTOCOL_VERSION, GossipEntries
 from thespian_dd.codec import encode
-from thespian_dd.testing import Cluster, eventually
+from thespian_dd.testing import Cluster, Probe, ProbeTake, Received, eventually
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(180)]
 
@@ -328,3 +331,41 @@ def test_a_new_node_catches_up_on_20000_keys_and_idle_gossip_does_not_grow_with_
         assert _value(cluster, 1, "key-19999") == 1
         # The same 64 bucket digests per round, whatever the number of keys.
         assert large < small * 1.2, (small, large)
+
+
+def test_a_value_too_big_after_merging_is_refused_and_the_rest_still_converges(
+    cluster_factory: Any,
+) -> None:
+    cluster = cluster_factory(2, max_value_bytes=4000, max_gossip_bytes=3000)
+    _wait_for_peers(cluster, 2)
+    big = Update("big", ORSet(), lambda s, n: s.add_all(n, range(2000)))  # ~24 KB encoded
+    assert cluster.ask(0, big) == UpdateSuccess("big", None)  # local values are not capped
+    for k in range(20):
+        cluster.ask(0, Update(f"small-{k}", GCounter(), lambda c, n: c.increment(n, 3)))
+    values = _converged(cluster, [f"small-{k}" for k in range(20)])
+    assert set(values.values()) == {3}  # the big value does not hold back the small ones
+    assert isinstance(cluster.ask(1, Get("big")), NotFound)
+    eventually(lambda: cluster.ask(1, GetStats()).rejected_inputs > 0, timeout=10)
+
+
+def test_a_subscriber_hears_of_changes_made_on_other_nodes(cluster_factory: Any) -> None:
+    cluster = cluster_factory(3)
+    _wait_for_peers(cluster, 3)
+    node = cluster.nodes[2]
+    probe = node.client.createActor(Probe)
+    node.client.tell(node.replicator, Subscribe("cart-*", subscriber=probe))
+    cluster.ask(0, Update("cart-1", ORSet(), lambda s, n: s.add(n, "apple")))
+    cluster.ask(1, Update("cart-1", ORSet(), lambda s, n: s.add(n, "pear")))
+
+    def heard(wanted: Any) -> bool:
+        reply = node.client.ask(probe, ProbeTake(), 5)
+        assert isinstance(reply, Received)
+        assert any(wanted(m) for m in reply.messages), reply.messages
+        return True
+
+    both = {"apple", "pear"}
+    eventually(lambda: heard(lambda m: isinstance(m, Changed) and m.data.value == both), 20)
+    # Changes within one notify interval reach subscribers as one notification: the delete
+    # comes after the merged value has been told.
+    cluster.ask(1, Delete("cart-1"))
+    eventually(lambda: heard(lambda m: m == Deleted("cart-1")), 20)

@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
         ("failure-timeout", "seconds of silence before a peer is unreachable (default 10)"),
     ]:
         node.add_argument(f"--{setting}", type=float, help=help_text)
+    for setting, help_text in [
+        ("max-value-bytes", "largest encoded value taken from a peer (default 16 MiB)"),
+        ("max-gossip-bytes", "budget of values in one gossip message (default 512 KiB)"),
+    ]:
+        node.add_argument(f"--{setting}", type=int, help=help_text)
     node.set_defaults(run=_run_node)
 
     bench = commands.add_parser(
@@ -103,7 +108,14 @@ def _run_node(args: argparse.Namespace) -> int:
 
     settings = {
         name: value
-        for name in ("gossip_interval", "delta_interval", "notify_interval", "failure_timeout")
+        for name in (
+            "gossip_interval",
+            "delta_interval",
+            "notify_interval",
+            "failure_timeout",
+            "max_value_bytes",
+            "max_gossip_bytes",
+        )
         if (value := getattr(args, name)) is not None
     }
     return run_node(args.name, args.port, args.join, settings, print)

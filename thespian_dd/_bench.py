@@ -337,9 +337,9 @@ def _fmt(value: float, unit: str) -> str:
 
 def _table(results: list[Result]) -> list[str]:
     width = max(len(r.name) for r in results)
-    lines = [f"{'section':8} {'measure':{width}} {'value':>16} {'baseline':>16} {'ratio':>8}"]
+    lines = [f"{'section':10} {'measure':{width}} {'value':>16} {'baseline':>16} {'ratio':>8}"]
     lines += [
-        f"{r.section:8} {r.name:{width}} {_fmt(r.value, r.unit):>16} "
+        f"{r.section:10} {r.name:{width}} {_fmt(r.value, r.unit):>16} "
         f"{_fmt(r.baseline, r.unit):>16} {r.ratio:>7.2f}x  (baseline: {r.baseline_name})"
         for r in results
     ]

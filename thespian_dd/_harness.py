@@ -212,6 +212,7 @@ class Cluster:
     """
 
     def __init__(self, workdir: Path, n: int, **settings: float) -> None:
+        """``settings`` are the node command's options (``gossip_interval=0.5`` and so on)."""
         # A directory of its own: node logs are read to see a node come up.
         self.workdir = Path(tempfile.mkdtemp(prefix="cluster-", dir=workdir))
         self.settings = {**FAST, **settings}

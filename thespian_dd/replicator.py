@@ -852,7 +852,10 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         for key, payload in payloads:
             if entries and size + len(payload) > self.settings.max_gossip_bytes:
                 break
-            if len(payload) > self.settings.max_gossip_bytes:
+            if len(payload) > self.settings.max_gossip_bytes and (
+                ("budget", key) not in self._logged_rejections
+            ):
+                self._logged_rejections.add(("budget", key))
                 log.warning(
                     "value of %r (%d bytes) exceeds max_gossip_bytes: sent alone", key, len(payload)
                 )
