@@ -46,6 +46,7 @@ def test_the_bench_prints_each_figure_with_its_baseline_and_ratio(
         (["bench", "--section", "nope"], "invalid choice"),
         (["bench", "--scale", "0"], "--scale must be > 0"),
         (["node", "--name", "n", "--port", "70000"], "port out of range"),
+        (["node", "--name", "n", "--port", "1", "--gossip-interval", "-1"], "must be seconds > 0"),
         (["node", "--name", "n", "--port", "1", "--join", "nohost"], "expected HOST:PORT"),
         (["frobnicate"], "invalid choice"),
     ],

@@ -118,6 +118,12 @@ def _run_node(args: argparse.Namespace) -> int:
         )
         if (value := getattr(args, name)) is not None
     }
+    from thespian_dd.replicator import Settings
+
+    try:
+        Settings.from_mapping({"node_name": args.name, **settings})
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"node: {e}") from None
     return run_node(args.name, args.port, args.join, settings, print)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from thespian.actors import ActorSystem
 
 from thespian_dd._peers import NODE_CAPABILITY
-from thespian_dd.replicator import DescribeProcess, ProcessInfo, start
+from thespian_dd.replicator import CAPABILITY_PREFIX, DescribeProcess, ProcessInfo, start
 
 __all__ = ["run_node"]
 
@@ -29,7 +29,10 @@ def run_node(
     log_dir = Path(tempfile.gettempdir())
     os.environ.setdefault("THESPLOG_FILE", str(log_dir / f"thespian_dd-{name}-{port}.log"))
     os.environ.setdefault("THESPLOG_THRESHOLD", "WARNING")
+    # Settings travel as capabilities: a peer's Introducer may create this node's Replicator
+    # before our own start() reaches it, and it must start with the same settings.
     capabilities: dict[str, Any] = {"Admin Port": port, NODE_CAPABILITY: name}
+    capabilities.update({CAPABILITY_PREFIX + k: v for k, v in settings.items()})
     if join is not None:
         capabilities["Convention Address.IPv4"] = join
     stop = threading.Event()
@@ -37,7 +40,7 @@ def run_node(
         signal.signal(signum, lambda *_: stop.set())
     asys = ActorSystem("multiprocTCPBase", capabilities, logDefs=None)
     try:
-        replicator = start(asys, node_name=name, **settings)
+        replicator = start(asys)
         info = asys.ask(replicator, DescribeProcess(), 10)
         pgid = info.pgid if isinstance(info, ProcessInfo) else "?"
         leader = f"{join[0]}:{join[1]}" if join else "itself"

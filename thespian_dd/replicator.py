@@ -1055,6 +1055,10 @@ def start(asys: Any, *, timeout: float = 30.0, **settings: Any) -> Any:
     Idempotent: a second call returns the same Replicator.  ``settings`` (see :class:`Settings`)
     apply when this call creates it; asking a running Replicator for different settings raises
     ``RuntimeError``.  Raises ``TimeoutError`` if the Replicator does not answer in ``timeout``.
+
+    On a node that joins a cluster, a peer may create the Replicator (to introduce itself) before
+    this call does: give such a node its settings as ``thespian_dd.<setting>`` capabilities of
+    its ActorSystem, as ``python -m thespian_dd node`` does.
     """
     Settings.from_mapping(settings)  # a bad name or value fails here, in the caller
     address = asys.createActor(Replicator, globalName=REPLICATOR_NAME)
