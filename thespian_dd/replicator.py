@@ -263,6 +263,12 @@ def _key_error(key: object) -> str | None:
     return None
 
 
+def _consistency_error(consistency: object, expected: type) -> str | None:
+    if isinstance(consistency, expected):
+        return None
+    return f"consistency must be a {expected.__name__}, not {type(consistency).__name__}"
+
+
 def _timeout(consistency: ReadConsistency | WriteConsistency) -> float:
     """The timeout of a non-local consistency level (local ones have none)."""
     timeout: float = getattr(consistency, "timeout", 0.0)
@@ -461,11 +467,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     def receiveMsg_Get(self, msg: Get, sender: Any) -> None:
         self._ensure_started()
-        error = _key_error(msg.key) or (
-            None
-            if isinstance(msg.consistency, ReadConsistency)
-            else f"consistency must be a ReadConsistency, not {type(msg.consistency).__name__}"
-        )
+        error = _key_error(msg.key) or _consistency_error(msg.consistency, ReadConsistency)
         if error:
             self._reject(sender, GetFailure(msg.key, msg.request, error))
             return
@@ -514,9 +516,10 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if not isinstance(msg.initial, ReplicatedData):
             self._rejected += 1
             return f"initial must be a CRDT (ReplicatedData), not {type(msg.initial).__name__}"
-        if not isinstance(msg.consistency, WriteConsistency):
+        error = _consistency_error(msg.consistency, WriteConsistency)
+        if error:
             self._rejected += 1
-            return f"consistency must be a WriteConsistency, not {type(msg.consistency).__name__}"
+            return error
         current = self._data.get(msg.key)
         if current is not None and type(current) is not type(msg.initial):
             return (
@@ -550,11 +553,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     def receiveMsg_Delete(self, msg: Delete, sender: Any) -> None:
         self._ensure_started()
-        error = _key_error(msg.key) or (
-            None
-            if isinstance(msg.consistency, WriteConsistency)
-            else f"consistency must be a WriteConsistency, not {type(msg.consistency).__name__}"
-        )
+        error = _key_error(msg.key) or _consistency_error(msg.consistency, WriteConsistency)
         if error:
             self._reject(sender, ReplicationDeleteFailure(msg.key, msg.request, error))
         elif msg.key in self._deleted:
@@ -746,7 +745,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if known is not None and known.replica >= replica:
             return False
         self._peers[replica.node] = _Peer(replica, address, time.monotonic())
-        self._seq_seen.pop(known.replica, None) if known else None
+        if known is not None:
+            self._seq_seen.pop(known.replica, None)  # its deltas were numbered per incarnation
         log.info("peer %s joined (%d peers)", replica, len(self._peers))
         return True
 
