@@ -369,3 +369,15 @@ def test_a_subscriber_hears_of_changes_made_on_other_nodes(cluster_factory: Any)
     # comes after the merged value has been told.
     cluster.ask(1, Delete("cart-1"))
     eventually(lambda: heard(lambda m: m == Deleted("cart-1")), 20)
+
+
+def test_a_restarted_convention_leader_rejoins_its_members(cluster_factory: Any) -> None:
+    cluster = cluster_factory(3)
+    _wait_for_peers(cluster, 3)
+    cluster.ask(1, Update("k", GCounter(), lambda c, n: c.increment(n, 2)))
+    _converged(cluster, ["k"])
+    cluster.kill(0)  # the leader: the members only ever heard of each other through it
+    cluster.ask(1, Update("k", GCounter(), lambda c, n: c.increment(n, 3)))
+    cluster.restart(0)
+    _wait_for_peers(cluster, 3)
+    assert _converged(cluster, ["k"]) == {"k": 5}

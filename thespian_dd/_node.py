@@ -29,6 +29,12 @@ def run_node(
     log_dir = Path(tempfile.gettempdir())
     os.environ.setdefault("THESPLOG_FILE", str(log_dir / f"thespian_dd-{name}-{port}.log"))
     os.environ.setdefault("THESPLOG_THRESHOLD", "WARNING")
+    # Members re-register with the convention leader every few seconds (Thespian's default is
+    # minutes), so a restarted leader hears of them, and its Replicator meets them, quickly.
+    # Both must be set: a short re-registration period alone makes the leader drop healthy
+    # members (see the project notes).
+    os.environ.setdefault("CONVENTION_REREGISTRATION_PERIOD", "0:02")
+    os.environ.setdefault("CONVENTION_RESTART_PERIOD", "0:01")
     # Settings travel as capabilities: a peer's Introducer may create this node's Replicator
     # before our own start() reaches it, and it must start with the same settings.
     capabilities: dict[str, Any] = {"Admin Port": port, NODE_CAPABILITY: name}

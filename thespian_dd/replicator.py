@@ -761,9 +761,13 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if not isinstance(name, str) or name == self.node.node:
             return
         if not msg.remoteAdded:
-            gone = self._peers.pop(name, None)  # left gracefully: no longer counts in N
-            if gone is not None:
-                log.info("peer %s left (%d peers)", gone.replica, len(self._peers))
+            # The convention saw the node go (a graceful stop, or missed re-registrations).  It
+            # is unreachable until heard again; it still counts in N until it is removed for
+            # good (a departed node's removal comes with pruning).
+            gone = self._peers.get(name)
+            if gone is not None and gone.reachable:
+                gone.reachable = False
+                log.info("peer %s left the convention", gone.replica)
             return
         introducer = self.createActor(Introducer, targetActorRequirements={NODE_CAPABILITY: name})
         self.send(introducer, Introduce(self._hello(reply=True)))
