@@ -37,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument(
         "--join", type=_host_port, metavar="HOST:PORT", help="the convention leader's admin address"
     )
+    node.add_argument(
+        "--store",
+        metavar="URL",
+        help="SQLAlchemy URL of the durable store, e.g. sqlite:///n1.db (default: in memory)",
+    )
     for setting, help_text in [
         ("gossip-interval", "seconds between gossip rounds (default 2.0)"),
         ("delta-interval", "seconds between delta propagations, 0 for none (default 0.2)"),
@@ -115,6 +120,7 @@ def _run_node(args: argparse.Namespace) -> int:
             "failure_timeout",
             "max_value_bytes",
             "max_gossip_bytes",
+            "store",
         )
         if (value := getattr(args, name)) is not None
     }

@@ -33,6 +33,7 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from typing import Any
 
 from thespian.actors import (
@@ -44,7 +45,7 @@ from thespian.actors import (
 )
 
 from thespian_dd import codec
-from thespian_dd._canonical import Limits
+from thespian_dd._canonical import CodecError, Limits
 from thespian_dd._peers import (
     NODE_CAPABILITY,
     PROTOCOL_VERSION,
@@ -73,6 +74,7 @@ from thespian_dd.data import (
     ReplicatedData,
     RequiresCausalDelivery,
 )
+from thespian_dd.durable import DurableWriter, Load, Loaded, Write, Written
 from thespian_dd.messages import (
     Changed,
     DataDeleted,
@@ -95,6 +97,7 @@ from thespian_dd.messages import (
     ReplicaCount,
     ReplicationDeleteFailure,
     Stats,
+    StoreFailure,
     Subscribe,
     Unsubscribe,
     Update,
@@ -126,6 +129,7 @@ class Settings:
     - ``failure_timeout``: seconds without a word from a peer before it counts as unreachable.
     - ``max_value_bytes``: the largest encoded value accepted from a peer or kept after a merge.
     - ``max_gossip_bytes``: the budget of values in one gossip message.
+    - ``store``: an SQLAlchemy URL (``sqlite:///path``); ``None`` keeps the data in memory only.
     """
 
     node_name: str | None = None
@@ -135,6 +139,7 @@ class Settings:
     failure_timeout: float = 10.0
     max_value_bytes: int = 16 * 1024 * 1024
     max_gossip_bytes: int = 512 * 1024
+    store: str | None = None
 
     def __post_init__(self) -> None:
         if self.node_name is not None and (
@@ -145,6 +150,8 @@ class Settings:
             _check_positive(name, getattr(self, name))
         if self.delta_interval != 0:
             _check_positive("delta_interval", self.delta_interval)
+        if self.store is not None and (not isinstance(self.store, str) or not self.store):
+            raise ValueError(f"store must be an SQLAlchemy URL or None, not {self.store!r}")
         for name in ("max_value_bytes", "max_gossip_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -220,6 +227,11 @@ class _GossipTick:
 @dataclass(frozen=True)
 class _DeltaTick:
     """Wakeup payload: send pending deltas."""
+
+
+@dataclass(frozen=True)
+class _StoreRetry:
+    """Wakeup payload: try the store again (loading, or a failed batch)."""
 
 
 @dataclass(frozen=True)
@@ -312,43 +324,178 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._gossip_out = 0
         self._gossip_rounds = 0
         self._logged_rejections: set[tuple[str, str]] = set()
+        self._settings_error: str | None = None
+        # Durability (with a store): recovery before serving, then group-committed writes.
+        self._writer: Any = None
+        self._loading = False
+        self._store_error: str | None = None
+        self._stash: list[tuple[Any, Any]] = []
+        self._unwritten: dict[str, tuple[str, bytes] | None] = {}
+        self._in_flight: dict[str, tuple[str, bytes] | None] | None = None
+        self._batch = 0
+        self._after_commit: list[tuple[int, Any, Any, Any]] = []
+        self._recovery_time: float | None = None
+        self._last_flush: float | None = None
+        self._skipped_rows = 0
 
     # -- start-up --------------------------------------------------------------------------------
 
-    def _ensure_started(self, explicit: Mapping[str, Any] | None = None) -> str | None:
-        """Start on the first message; returns an error if ``explicit`` conflicts or is invalid."""
-        if self._settings is not None:
-            if explicit:
-                running = asdict(self._settings)
-                clash = {k: v for k, v in explicit.items() if running.get(k) != v}
-                if clash:
-                    return (
-                        f"the Replicator is already running with other settings: asked {clash}, "
-                        f"running { ({k: running.get(k) for k in clash}) }"
-                    )
+    def receiveMessage(self, msg: Any, sender: Any) -> Any:
+        if self._settings is None and not isinstance(msg, ActorSystemMessage):
+            self._configure(msg.settings if isinstance(msg, StartReplicator) else None)
+        if self._loading or self._store_error is not None:
+            if isinstance(msg, (Loaded, WakeupMessage, ActorSystemMessage)):
+                return super().receiveMessage(msg, sender)
+            if isinstance(msg, GetReplicaCount):
+                self.send(sender, ReplicaCount(0, msg.request))  # not serving yet
+            elif self._store_error is not None:
+                self._refuse(msg, sender, f"the store cannot be loaded: {self._store_error}")
+            else:
+                self._stash.append((msg, sender))  # answered in order once recovered
             return None
+        return super().receiveMessage(msg, sender)
+
+    def _configure(self, explicit: Mapping[str, Any] | None) -> None:
+        """Take the settings (capabilities, then ``explicit``) and start: at once in memory, or
+        after loading every stored row of this node."""
         values = Settings.from_capabilities(self._capabilities)
         values.update(explicit or {})
-        settings_error: str | None = None
         try:
             settings = Settings.from_mapping(values)
         except (TypeError, ValueError) as e:
             log.warning("thespian_dd settings refused, using the defaults: %s", e)
-            settings_error = str(e)
+            self._settings_error = str(e)
             settings = Settings()
         self._settings = settings
         name = settings.node_name or (
             f"{socket.gethostname()}:{self._capabilities.get('Admin Port', 'local')}"
         )
-        # In memory, a new incarnation per start: the start time in milliseconds.
+        # A new incarnation per start: the start time in ms (with a store, above every stored one).
         self._node = ReplicaId(name, time.time_ns() // 1_000_000)
+        if settings.store is None:
+            self._serve()
+            return
+        self._loading = True
+        self._writer = self.createActor(DurableWriter)
+        self.send(self._writer, Load(settings.store, name))
+
+    def receiveMsg_Loaded(self, msg: Loaded, sender: Any) -> None:
+        if msg.error is not None:
+            if self._store_error is None:
+                log.error("thespian_dd cannot load its store: %s (retrying)", msg.error)
+                stashed, self._stash = self._stash, []
+                for message, client in stashed:
+                    self._refuse(message, client, f"the store cannot be loaded: {msg.error}")
+            self._store_error = msg.error
+            self._loading = False
+            self.wakeupAfter(1.0, _StoreRetry())
+            return
+        self._node = ReplicaId(self.node.node, msg.incarnation)
+        for key, payload in msg.rows:
+            self._restore(key, payload)
+        self._skipped_rows += len(msg.skipped)
+        self._rejected += len(msg.skipped)
+        self._recovery_time = msg.seconds
+        self._loading = False
+        self._store_error = None
+        log.info(
+            "thespian_dd %s recovered %d keys in %.3f s (%d rows skipped)",
+            self._node,
+            len(self._data) + len(self._deleted),
+            msg.seconds,
+            len(msg.skipped),
+        )
+        self._serve()
+        stashed, self._stash = self._stash, []
+        for message, client in stashed:
+            self.receiveMessage(message, client)
+
+    def _restore(self, key: str, payload: bytes | None) -> None:
+        """Put a stored row back in memory (no write, no notification: nobody is served yet)."""
+        bucket = bucket_of(key)
+        self._bucket_keys.setdefault(bucket, set()).add(key)
+        self._dirty_buckets.add(bucket)
+        if payload is None:
+            self._deleted.add(key)
+            self._digests[key] = TOMBSTONE_DIGEST
+            return
+        try:
+            self._data[key] = codec.decode(payload, Limits(max_bytes=self.settings.max_value_bytes))
+        except CodecError as e:
+            self._rejected += 1
+            self._skipped_rows += 1
+            log.warning("skipped stored key %r: %s", key, e)
+            return
+        self._digests[key] = payload[-16:]
+
+    def _serve(self) -> None:
         self.handleDeadLetters(startHandling=True)
         self.notifyOnSystemRegistrationChanges(True)
-        self.wakeupAfter(settings.gossip_interval, _GossipTick())
-        if settings.delta_interval:
-            self.wakeupAfter(settings.delta_interval, _DeltaTick())
+        self.wakeupAfter(self.settings.gossip_interval, _GossipTick())
+        if self.settings.delta_interval:
+            self.wakeupAfter(self.settings.delta_interval, _DeltaTick())
         log.info("thespian_dd Replicator %s ready", self._node)
-        return settings_error
+
+    def _refuse(self, msg: Any, sender: Any, error: str) -> None:
+        """Answer a request the Replicator cannot serve (its store does not load)."""
+        key, request = str(getattr(msg, "key", "")), getattr(msg, "request", None)
+        if isinstance(msg, Get):
+            self.send(sender, GetFailure(key, request, error))
+        elif isinstance(msg, Update):
+            self.send(sender, ModifyFailure(key, request, error))
+        elif isinstance(msg, Delete):
+            self.send(sender, ReplicationDeleteFailure(key, request, error))
+        elif isinstance(msg, StartReplicator):
+            self.send(sender, ReplicatorStarted(self.node, asdict(self.settings), msg.token, error))
+        elif not isinstance(msg, PeerMessage):
+            self.send(sender, InvalidRequest(type(msg).__name__, error, request))
+
+    # -- durable writes --------------------------------------------------------------------------
+
+    def _write_durably(self, key: str, value: ReplicatedData | None, raw: bytes | None) -> None:
+        if self._writer is None:
+            return
+        if value is None:
+            self._unwritten[key] = None
+        else:
+            self._unwritten[key] = (codec.type_name(value), raw or codec.encode(value))
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send what is unwritten as one batch, unless a batch is being committed (group commit:
+        what arrives meanwhile goes in the next one)."""
+        if self._in_flight is not None or not self._unwritten or self._store_error is not None:
+            return
+        self._in_flight, self._unwritten = self._unwritten, {}
+        self._batch += 1
+        self.send(self._writer, Write(self._batch, dict(self._in_flight)))
+
+    def _reply_when_stored(self, key: str, client: Any, reply: Any, failure: Any) -> None:
+        """Send ``reply`` once ``key``'s latest write is committed (``failure`` if it fails)."""
+        if self._writer is None:
+            self.send(client, reply)
+            return
+        batch = self._batch + (1 if key in self._unwritten else 0)
+        self._after_commit.append((batch, client, reply, failure))
+
+    def receiveMsg_Written(self, msg: Written, sender: Any) -> None:
+        committed = self._in_flight or {}
+        self._in_flight = None
+        done = [w for w in self._after_commit if w[0] <= msg.seq]
+        self._after_commit = [w for w in self._after_commit if w[0] > msg.seq]
+        if msg.error is None:
+            self._last_flush = time.time()
+            for _, client, reply, _ in done:
+                self.send(client, reply)
+        else:
+            # Keep the batch (newer writes of the same keys win) and try again shortly.
+            self._unwritten = {**committed, **self._unwritten}
+            for _, client, _, failure in done:
+                if failure is not None:
+                    self.send(client, failure(msg.error))
+            self.wakeupAfter(1.0, _StoreRetry())
+            return
+        self._flush()
 
     @property
     def node(self) -> ReplicaId:
@@ -361,16 +508,25 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         return self._settings
 
     def receiveMsg_StartReplicator(self, msg: StartReplicator, sender: Any) -> None:
-        try:
-            error = self._ensure_started(msg.settings)
-        except Exception as e:  # noqa: BLE001 - a bad start request must not kill the Replicator
-            error = _describe(e)
-        self.send(sender, ReplicatorStarted(self.node, asdict(self.settings), msg.token, error))
+        error = self._settings_error
+        running = asdict(self.settings)
+        clash = {k: v for k, v in msg.settings.items() if running.get(k, v) != v}
+        if clash:
+            error = (
+                f"the Replicator is already running with other settings: asked {clash}, "
+                f"running { ({k: running.get(k) for k in clash}) }"
+            )
+        unknown = set(msg.settings) - Settings.names()
+        if unknown:
+            error = f"unknown thespian_dd setting(s) {sorted(unknown)}"
+        self.send(sender, ReplicatorStarted(self.node, running, msg.token, error))
 
     # -- local state -----------------------------------------------------------------------------
 
-    def _store(self, key: str, value: ReplicatedData | None, digest: bytes | None = None) -> None:
-        """Keep ``value`` (None: a tombstone) for ``key`` and tell subscribers."""
+    def _store(self, key: str, value: ReplicatedData | None, raw: bytes | None = None) -> None:
+        """Keep ``value`` (None: a tombstone) for ``key``, tell subscribers, and write it to the
+        store if there is one.  ``raw`` is its encoding when the caller has it already."""
+        digest = None if raw is None else raw[-16:]
         if value is None:
             self._data.pop(key, None)
             self._deleted.add(key)
@@ -389,6 +545,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._bucket_keys.setdefault(bucket, set()).add(key)
         self._dirty_buckets.add(bucket)
         self._changed(key)
+        self._write_durably(key, value, raw)
 
     def _payload(self, key: str) -> bytes | None:
         """What a peer gets for ``key``: codec bytes, TOMBSTONE, or None if unknown here."""
@@ -429,7 +586,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             return False
         assert isinstance(key, str)
         value, raw = merged
-        self._store(key, value, raw[-16:] if value is not None else None)
+        self._store(key, value, raw if value is not None else None)
         return True
 
     def _merged(self, key: object, payload: object) -> tuple[ReplicatedData | None, bytes] | None:
@@ -466,7 +623,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     # -- reads and writes ------------------------------------------------------------------------
 
     def receiveMsg_Get(self, msg: Get, sender: Any) -> None:
-        self._ensure_started()
         error = _key_error(msg.key) or _consistency_error(msg.consistency, ReadConsistency)
         if error:
             self._reject(sender, GetFailure(msg.key, msg.request, error))
@@ -491,7 +647,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self.send(client, NotFound(key, request))
 
     def receiveMsg_Update(self, msg: Update, sender: Any) -> None:
-        self._ensure_started()
         error = self._update_error(msg)
         if error is not None:
             self.send(sender, ModifyFailure(msg.key, msg.request, error))
@@ -552,7 +707,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         return new, new if delta is None or msg.key not in self._data else delta
 
     def receiveMsg_Delete(self, msg: Delete, sender: Any) -> None:
-        self._ensure_started()
         error = _key_error(msg.key) or _consistency_error(msg.consistency, WriteConsistency)
         if error:
             self._reject(sender, ReplicationDeleteFailure(msg.key, msg.request, error))
@@ -579,7 +733,12 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                     name, address, PeerWrite(PROTOCOL_VERSION, self.node, pending.id_, key, payload)
                 )
             return
-        self.send(client, (UpdateSuccess if kind == "update" else DeleteSuccess)(key, request))
+        self._reply_when_stored(
+            key,
+            client,
+            (UpdateSuccess if kind == "update" else DeleteSuccess)(key, request),
+            partial(StoreFailure, key, request),
+        )
 
     def _targets(self) -> dict[str, Any]:
         """The peers a quorum request goes to: the reachable ones."""
@@ -601,13 +760,17 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     def _finish(self, pending: _Pending, *, timed_out: bool) -> None:
         self._requests.pop(pending.id_, None)
         key, request, client = pending.key, pending.request, pending.client
+        if pending.kind in ("update", "delete") and not timed_out:
+            success = UpdateSuccess if pending.kind == "update" else DeleteSuccess
+            self._reply_when_stored(
+                key, client, success(key, request), partial(StoreFailure, key, request)
+            )
+            return
         if pending.kind == "update":
-            reply: Any = UpdateTimeout(key, request) if timed_out else UpdateSuccess(key, request)
+            reply: Any = UpdateTimeout(key, request)
         elif pending.kind == "delete":
-            reply = (
-                ReplicationDeleteFailure(key, request, "not confirmed by enough replicas in time")
-                if timed_out
-                else DeleteSuccess(key, request)
+            reply = ReplicationDeleteFailure(
+                key, request, "not confirmed by enough replicas in time"
             )
         elif timed_out:
             reply = GetFailure(key, request, "not enough replicas answered in time")
@@ -630,6 +793,12 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         elif isinstance(payload, _DeltaTick):
             self._send_deltas()
             self.wakeupAfter(self.settings.delta_interval, _DeltaTick())
+        elif isinstance(payload, _StoreRetry):
+            if self._store_error is not None and not self._loading:
+                self._loading = True
+                self.send(self._writer, Load(self.settings.store or "", self.node.node))
+            else:
+                self._flush()
         elif isinstance(payload, _RequestTimeout):
             pending = self._requests.get(payload.request_id)
             if pending is not None:
@@ -638,7 +807,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     # -- subscriptions ---------------------------------------------------------------------------
 
     def receiveMsg_Subscribe(self, msg: Subscribe, sender: Any) -> None:
-        self._ensure_started()
         error = _key_error(msg.key)
         if error:
             self._reject(sender, InvalidRequest("Subscribe", error))
@@ -651,14 +819,12 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                 self.send(subscriber, Changed(key, self._data[key]))
 
     def receiveMsg_Unsubscribe(self, msg: Unsubscribe, sender: Any) -> None:
-        self._ensure_started()
         subscriber = sender if msg.subscriber is None else msg.subscriber
         self._subscriptions = [
             (k, s) for k, s in self._subscriptions if not (k == msg.key and s == subscriber)
         ]
 
     def receiveMsg_FlushChanges(self, msg: FlushChanges, sender: Any) -> None:
-        self._ensure_started()
         self._notify()
 
     def _changed(self, key: str) -> None:
@@ -756,7 +922,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                 self._peer_send(replica.node, address, self._hello(reply=True))
 
     def receiveMsg_ActorSystemConventionUpdate(self, msg: Any, sender: Any) -> None:
-        self._ensure_started()
         name = (msg.remoteCapabilities or {}).get(NODE_CAPABILITY)
         if not isinstance(name, str) or name == self.node.node:
             return
@@ -776,7 +941,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self.send(sender, Introduced())
 
     def receiveMsg_PeerHello(self, msg: PeerHello, sender: Any) -> None:
-        self._ensure_started()
         if not self._accept(msg, sender):
             return
         self._learn(msg.sender, msg.address)
@@ -799,14 +963,12 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._peer_send(name, peer.address, status)
 
     def receiveMsg_PartitionForTests(self, msg: PartitionForTests, sender: Any) -> None:
-        self._ensure_started()
         self._blocked = frozenset(msg.blocked)
         log.warning("TEST ONLY partition: ignoring peers %s", sorted(self._blocked))
 
     # -- peers: anti-entropy ---------------------------------------------------------------------
 
     def receiveMsg_GossipStatus(self, msg: GossipStatus, sender: Any) -> None:
-        self._ensure_started()
         if not self._accept(msg, sender):
             return
         self._learn_directory(msg.peers)
@@ -827,7 +989,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             )
 
     def receiveMsg_GossipKeys(self, msg: GossipKeys, sender: Any) -> None:
-        self._ensure_started()
         if not self._accept(msg, sender):
             return
         peer = self._peers.get(msg.sender.node)
@@ -873,7 +1034,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             )
 
     def receiveMsg_GossipEntries(self, msg: GossipEntries, sender: Any) -> None:
-        self._ensure_started()
         if not self._accept(msg, sender) or not isinstance(msg.entries, dict):
             return
         for key, payload in msg.entries.items():
@@ -909,7 +1069,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                 self._peer_send(name, peer.address, message)
 
     def receiveMsg_DeltaPropagation(self, msg: DeltaPropagation, sender: Any) -> None:
-        self._ensure_started()
         if not self._accept(msg, sender) or not isinstance(msg.entries, dict):
             return
         last = self._seq_seen.get(msg.sender)
@@ -933,20 +1092,16 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     # -- peers: quorum requests ------------------------------------------------------------------
 
     def receiveMsg_PeerWrite(self, msg: PeerWrite, sender: Any) -> None:
-        self._ensure_started()
         if not self._accept(msg, sender):
             return
         self._merge_remote(msg.key, msg.payload, str(msg.sender))
         peer = self._peers.get(msg.sender.node)
-        if peer is not None:
-            self._peer_send(
-                peer.replica.node,
-                peer.address,
-                PeerWriteAck(PROTOCOL_VERSION, self.node, msg.request_id),
-            )
+        if peer is not None and peer.replica.node not in self._blocked and isinstance(msg.key, str):
+            # A durable key is acknowledged only once stored here.
+            ack = PeerWriteAck(PROTOCOL_VERSION, self.node, msg.request_id)
+            self._reply_when_stored(msg.key, peer.address, ack, None)
 
     def receiveMsg_PeerRead(self, msg: PeerRead, sender: Any) -> None:
-        self._ensure_started()
         if not self._accept(msg, sender):
             return
         peer = self._peers.get(msg.sender.node)
@@ -969,7 +1124,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         return pending
 
     def receiveMsg_PeerWriteAck(self, msg: PeerWriteAck, sender: Any) -> None:
-        self._ensure_started()
         if not self._accept(msg, sender):
             return
         pending = self._answered(msg, sender)
@@ -977,7 +1131,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._finish(pending, timed_out=False)
 
     def receiveMsg_PeerReadResult(self, msg: PeerReadResult, sender: Any) -> None:
-        self._ensure_started()
         if not self._accept(msg, sender):
             return
         pending = self._answered(msg, sender)
@@ -990,18 +1143,15 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     # -- information -----------------------------------------------------------------------------
 
     def receiveMsg_GetKeys(self, msg: GetKeys, sender: Any) -> None:
-        self._ensure_started()
         self.send(sender, Keys(frozenset(self._data), msg.request))
 
     def receiveMsg_GetReplicaCount(self, msg: GetReplicaCount, sender: Any) -> None:
-        self._ensure_started()
         reachable = sum(
             1 for name, p in self._peers.items() if p.reachable and name not in self._blocked
         )
         self.send(sender, ReplicaCount(1 + reachable, msg.request))
 
     def receiveMsg_GetStats(self, msg: GetStats, sender: Any) -> None:
-        self._ensure_started()
         self.send(
             sender,
             Stats(
@@ -1010,9 +1160,9 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                 peers=len(self._peers),
                 gossip_bytes_in=self._gossip_in,
                 gossip_bytes_out=self._gossip_out,
-                store_queue_depth=0,
-                last_flush=None,
-                recovery_time=None,
+                store_queue_depth=len(self._unwritten) + len(self._in_flight or ()),
+                last_flush=self._last_flush,
+                recovery_time=self._recovery_time,
                 rejected_inputs=self._rejected,
                 subscribers=len(self._subscriptions),
                 reachable_peers=sum(1 for p in self._peers.values() if p.reachable),
@@ -1033,7 +1183,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._rejected += 1  # a peer message of a kind this version does not know
 
     def receiveUnrecognizedMessage(self, msg: Any, sender: Any) -> None:
-        self._ensure_started()
         self._reject(
             sender,
             InvalidRequest(

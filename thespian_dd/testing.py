@@ -67,7 +67,7 @@ def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     """``cluster_factory(3, gossip_interval=0.5)`` starts a :class:`Cluster`; stopped after."""
     clusters: list[Cluster] = []
 
-    def make(n: int, **settings: float) -> Cluster:
+    def make(n: int, **settings: float | str) -> Cluster:
         cluster = Cluster(tmp_path, n, **settings)
         clusters.append(cluster)
         return cluster.start()
