@@ -79,93 +79,43 @@ def _check_timeout(timeout: object) -> None:
         raise ValueError(f"timeout must be a number of seconds > 0, not {timeout!r}")
 
 
-@dataclass(frozen=True, slots=True)
 class ReadConsistency(ABC):
     """How many replicas a read must hear from (this one included)."""
 
+    __slots__ = ()
+
     @abstractmethod
     def replicas_needed(self, n: int) -> int:
-        """How many of ``n`` reachable replicas must answer."""
+        """How many of the ``n`` known replicas must answer."""
 
 
-@dataclass(frozen=True, slots=True)
-class ReadLocal(ReadConsistency):
-    """Read this node's replica only."""
-
-    def replicas_needed(self, n: int) -> int:  # noqa: ARG002 - only this replica, whatever n
-        return 1
-
-
-@dataclass(frozen=True, slots=True)
-class ReadFrom(ReadConsistency):
-    """Read from ``n`` replicas, this one included, within ``timeout`` seconds."""
-
-    n: int
-    timeout: float
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
-            raise ValueError(f"ReadFrom n must be an int >= 1, not {self.n!r}")
-        _check_timeout(self.timeout)
-
-    def replicas_needed(self, n: int) -> int:
-        return min(self.n, n)
-
-
-@dataclass(frozen=True, slots=True)
-class ReadMajority(ReadConsistency):
-    """Read from a majority of the reachable replicas (at least ``min_cap`` of them)."""
-
-    timeout: float
-    min_cap: int = 0
-
-    def __post_init__(self) -> None:
-        _check_timeout(self.timeout)
-
-    def replicas_needed(self, n: int) -> int:
-        return majority(n, self.min_cap)
-
-
-@dataclass(frozen=True, slots=True)
-class ReadAll(ReadConsistency):
-    """Read from every reachable replica."""
-
-    timeout: float
-
-    def __post_init__(self) -> None:
-        _check_timeout(self.timeout)
-
-    def replicas_needed(self, n: int) -> int:
-        return n
-
-
-@dataclass(frozen=True, slots=True)
 class WriteConsistency(ABC):
     """How many replicas must have applied a write before it is acknowledged."""
 
+    __slots__ = ()
+
     @abstractmethod
     def replicas_needed(self, n: int) -> int:
-        """How many of ``n`` reachable replicas must have the write."""
+        """How many of the ``n`` known replicas must have the write."""
+
+
+# The rules, shared by the read and write levels of the same name.
 
 
 @dataclass(frozen=True, slots=True)
-class WriteLocal(WriteConsistency):
-    """Apply locally and acknowledge; peers learn it by delta and gossip."""
-
+class _Local:
     def replicas_needed(self, n: int) -> int:  # noqa: ARG002 - only this replica, whatever n
         return 1
 
 
 @dataclass(frozen=True, slots=True)
-class WriteTo(WriteConsistency):
-    """Acknowledge once ``n`` replicas (this one included) have the write."""
-
+class _FromN:
     n: int
     timeout: float
 
     def __post_init__(self) -> None:
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
-            raise ValueError(f"WriteTo n must be an int >= 1, not {self.n!r}")
+            raise ValueError(f"{type(self).__name__} n must be an int >= 1, not {self.n!r}")
         _check_timeout(self.timeout)
 
     def replicas_needed(self, n: int) -> int:
@@ -173,9 +123,7 @@ class WriteTo(WriteConsistency):
 
 
 @dataclass(frozen=True, slots=True)
-class WriteMajority(WriteConsistency):
-    """Acknowledge once a majority of the reachable replicas (at least ``min_cap``) have it."""
-
+class _Majority:
     timeout: float
     min_cap: int = 0
 
@@ -187,9 +135,7 @@ class WriteMajority(WriteConsistency):
 
 
 @dataclass(frozen=True, slots=True)
-class WriteAll(WriteConsistency):
-    """Acknowledge once every reachable replica has it."""
-
+class _All:
     timeout: float
 
     def __post_init__(self) -> None:
@@ -197,6 +143,46 @@ class WriteAll(WriteConsistency):
 
     def replicas_needed(self, n: int) -> int:
         return n
+
+
+@dataclass(frozen=True, slots=True)
+class ReadLocal(_Local, ReadConsistency):
+    """Read this node's replica only."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadFrom(_FromN, ReadConsistency):
+    """Read from ``n`` replicas (this one included; all of them if fewer) within ``timeout`` s."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadMajority(_Majority, ReadConsistency):
+    """Read from a majority of the known replicas (at least ``min_cap``) within ``timeout`` s."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAll(_All, ReadConsistency):
+    """Read from every known replica within ``timeout`` s."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteLocal(_Local, WriteConsistency):
+    """Apply locally and acknowledge; peers learn it by delta and gossip."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteTo(_FromN, WriteConsistency):
+    """Acknowledge once ``n`` replicas (this one included; all if fewer) have the write."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteMajority(_Majority, WriteConsistency):
+    """Acknowledge once a majority of the known replicas (at least ``min_cap``) have it."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteAll(_All, WriteConsistency):
+    """Acknowledge once every known replica has it."""
 
 
 # -- requests -----------------------------------------------------------------------------------
