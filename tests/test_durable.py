@@ -25,6 +25,7 @@ from thespian_dd import (
     Subscribe,
     Update,
     UpdateSuccess,
+    WriteAll,
 )
 from thespian_dd.codec import encode
 from thespian_dd.durable import Store, StoreError
@@ -197,3 +198,19 @@ def test_the_store_round_trips_rows_and_tombstones(tmp_path: Path) -> None:
     store.write("n", {"k": None})  # an upsert: one row per (node, key)
     assert {key for key, payload, _ in store.load("n") if payload is None} == {"gone", "k"}
     store.close()
+
+
+def test_quorum_writes_between_durable_nodes_are_acknowledged_after_commit(
+    cluster_factory: Any, tmp_path: Path
+) -> None:
+    cluster = cluster_factory(3, store=_store(tmp_path), gossip_interval=30.0, delta_interval=0)
+    eventually(lambda: all(cluster.ask(i, GetStats()).peers == 2 for i in range(3)), timeout=20)
+    write = Update("q", GCounter(), _increment(1), WriteAll(5.0))
+    assert isinstance(cluster.ask(0, write), UpdateSuccess)
+    # The same value again: the peers already hold it (nothing new to store) and must still ack.
+    same = Update("q", GCounter(), lambda c, n: c, WriteAll(5.0))
+    assert isinstance(cluster.ask(0, same), UpdateSuccess)
+    for i in range(3):
+        cluster.kill(i)
+    cluster.restart(1)
+    assert _value(cluster, 1, "q").value == 1  # node 1 stored it before acknowledging

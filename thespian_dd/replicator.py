@@ -472,8 +472,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     def _reply_when_stored(self, key: str, client: Any, reply: Any, failure: Any) -> None:
         """Send ``reply`` once ``key``'s latest write is committed (``failure`` if it fails)."""
-        if self._writer is None:
-            self.send(client, reply)
+        if self._writer is None or (key not in self._unwritten and self._in_flight is None):
+            self.send(client, reply)  # in memory only, or nothing of it left to write
             return
         batch = self._batch + (1 if key in self._unwritten else 0)
         self._after_commit.append((batch, client, reply, failure))
