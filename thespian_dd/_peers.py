@@ -40,6 +40,7 @@ __all__ = [
     "PeerWriteAck",
     "bucket_digests",
     "bucket_of",
+    "gossip_bytes",
 ]
 
 PROTOCOL_VERSION = 1
@@ -80,6 +81,19 @@ def bucket_digests(digests: Mapping[str, bytes], keys: Iterable[str]) -> dict[in
 class PeerMessage:
     version: int
     sender: ReplicaId
+
+
+def gossip_bytes(msg: PeerMessage) -> int:
+    """What a gossip message carries: digests, keys and values, counted from its fields (no
+    second pickling of what Thespian pickles anyway).  Counts the same for sender and receiver."""
+    if isinstance(msg, GossipStatus):
+        return sum(1 + len(d) for d in msg.buckets.values())
+    if isinstance(msg, GossipKeys):
+        return sum(len(k) + len(d) for k, d in msg.digests.items())
+    if isinstance(msg, (GossipEntries, DeltaPropagation)):
+        size = sum(len(k) + len(p) for k, p in msg.entries.items())
+        return size + sum(len(k) for k in getattr(msg, "want", ()))
+    return 0
 
 
 @dataclass(frozen=True)

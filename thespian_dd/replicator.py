@@ -25,9 +25,9 @@ subscribers are kept in lists and compared with ``==``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import pickle
 import secrets
 import socket
 import time
@@ -67,6 +67,7 @@ from thespian_dd._peers import (
     PeerWriteAck,
     bucket_digests,
     bucket_of,
+    gossip_bytes,
 )
 from thespian_dd.data import (
     DeltaReplicatedData,
@@ -876,8 +877,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     def _peer_send(self, name: str, address: Any, message: PeerMessage) -> None:
         if name in self._blocked:
             return
-        if isinstance(message, (GossipStatus, GossipKeys, GossipEntries, DeltaPropagation)):
-            self._gossip_out += len(pickle.dumps(message))
+        self._gossip_out += gossip_bytes(message)
         self.send(address, message)
 
     def _accept(self, msg: Any, sender: Any) -> bool:
@@ -895,8 +895,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                 self._logged_rejections.add((msg.sender.node, reason))
                 log.warning("ignoring %s from %s: %s", type(msg).__name__, msg.sender, reason)
             return False
-        if isinstance(msg, (GossipStatus, GossipKeys, GossipEntries, DeltaPropagation)):
-            self._gossip_in += len(pickle.dumps(msg))
+        with contextlib.suppress(TypeError, AttributeError):  # malformed: the handler rejects it
+            self._gossip_in += gossip_bytes(msg)
         peer = self._peers.get(msg.sender.node)
         if peer is not None and peer.replica == msg.sender:
             peer.last_seen = time.monotonic()
