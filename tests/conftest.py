@@ -2,7 +2,12 @@
 or with HYPOTHESIS_PROFILE=ci)."""
 
 import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -20,3 +25,41 @@ settings.load_profile(
 )
 
 pytest_plugins = ["thespian_dd.testing"]
+
+
+# -- stores ---------------------------------------------------------------------------------------
+# SQLite always; PostgreSQL and MariaDB when .ci/databases has started them and exported their
+# admin URLs.  Without a URL their tests skip here, and fail in CI (CI=true), where they must run.
+
+SERVER_URLS = {
+    "postgresql": "THESPIAN_DD_TEST_POSTGRESQL_URL",
+    "mariadb": "THESPIAN_DD_TEST_MARIADB_URL",
+}
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty store of each kind.  SQLite: one file per node (``{name}`` in the URL is
+    the node's name); a server: one new database shared by the nodes, dropped afterwards."""
+    kind = request.param
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path}/{{name}}.db"
+        return
+    admin = os.environ.get(SERVER_URLS[kind])
+    if not admin:
+        reason = f"no {kind} server: set {SERVER_URLS[kind]} (.ci/databases does)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must run the {kind} tests")
+        pytest.skip(reason)
+    name = f"tdd_{secrets.token_hex(6)}"
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    create = f"CREATE DATABASE {name}" + (" CHARACTER SET utf8mb4" if kind == "mariadb" else "")
+    with engine.connect() as conn:
+        conn.execute(sa.text(create))
+    try:
+        yield sa.make_url(admin).set(database=name).render_as_string(hide_password=False)
+    finally:
+        drop = f"DROP DATABASE {name}" + (" WITH (FORCE)" if kind == "postgresql" else "")
+        with engine.connect() as conn:
+            conn.execute(sa.text(drop))
+        engine.dispose()

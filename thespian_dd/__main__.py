@@ -42,7 +42,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="SQLAlchemy URL of the durable store, e.g. sqlite:///n1.db (default: in memory)",
     )
+    node.add_argument(
+        "--durable-keys",
+        type=_patterns,
+        metavar="PATTERNS",
+        help="with --store, the keys that persist: comma-separated keys or prefix* patterns "
+        "(default: *, every key)",
+    )
+    node.add_argument(
+        "--write-mode",
+        choices=["sync", "write-behind"],
+        help="sync: acknowledge an update once committed (default); write-behind: acknowledge "
+        "at once and commit every --write-behind-interval seconds and on stop",
+    )
     for setting, help_text in [
+        ("write-behind-interval", "seconds between write-behind commits (default 1.0)"),
         ("gossip-interval", "seconds between gossip rounds (default 2.0)"),
         ("delta-interval", "seconds between delta propagations, 0 for none (default 0.2)"),
         ("notify-interval", "seconds between notifications to subscribers (default 0.5)"),
@@ -108,6 +122,13 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, _port(port)
 
 
+def _patterns(text: str) -> list[str]:
+    patterns = [p.strip() for p in text.split(",")]
+    if not all(patterns):
+        raise argparse.ArgumentTypeError(f"expected comma-separated keys or patterns: {text!r}")
+    return patterns
+
+
 def _run_node(args: argparse.Namespace) -> int:
     from thespian_dd._node import run_node
 
@@ -121,6 +142,9 @@ def _run_node(args: argparse.Namespace) -> int:
             "max_value_bytes",
             "max_gossip_bytes",
             "store",
+            "durable_keys",
+            "write_mode",
+            "write_behind_interval",
         )
         if (value := getattr(args, name)) is not None
     }

@@ -211,11 +211,11 @@ class Cluster:
     through the ``cluster_factory`` fixture so every process is stopped after the test.
     """
 
-    def __init__(self, workdir: Path, n: int, **settings: float | str) -> None:
+    def __init__(self, workdir: Path, n: int, **settings: float | str | list[str]) -> None:
         """``settings`` are the node command's options (``gossip_interval=0.5`` and so on)."""
         # A directory of its own: node logs are read to see a node come up.
         self.workdir = Path(tempfile.mkdtemp(prefix="cluster-", dir=workdir))
-        self.settings: dict[str, float | str] = {**FAST, **settings}
+        self.settings: dict[str, float | str | list[str]] = {**FAST, **settings}
         self.nodes = [_Process(f"node-{i + 1}", free_port()) for i in range(n)]
 
     def __enter__(self) -> Self:
@@ -243,7 +243,8 @@ class Cluster:
             args += ["--join", f"127.0.0.1:{self.nodes[0].port}"]
         for setting, value in self.settings.items():
             # A str setting may name the node: store="sqlite:///{dir}/{name}.db".
-            text = value.format(name=node.name) if isinstance(value, str) else str(value)
+            text = ",".join(value) if isinstance(value, (list, tuple)) else value
+            text = text.format(name=node.name) if isinstance(text, str) else str(text)
             args += [f"--{setting.replace('_', '-')}", text]
         env = {**os.environ, "THESPLOG_FILE": str(self.workdir / f"{node.name}.thespian.log")}
         with log.open("ab") as out:

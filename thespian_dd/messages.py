@@ -468,6 +468,8 @@ class Stats:
     subscribers: int
     reachable_peers: int = 0
     gossip_rounds: int = 0
+    store_failures: int = 0
+    store_error: str | None = None
     request: Any = None
 
 

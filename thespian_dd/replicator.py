@@ -37,8 +37,10 @@ from functools import partial
 from typing import Any
 
 from thespian.actors import (
+    ActorExitRequest,
     ActorSystemMessage,
     ActorTypeDispatcher,
+    ChildActorExited,
     DeadEnvelope,
     PoisonMessage,
     WakeupMessage,
@@ -71,11 +73,12 @@ from thespian_dd._peers import (
 )
 from thespian_dd.data import (
     DeltaReplicatedData,
+    RemovedNodePruning,
     ReplicaId,
     ReplicatedData,
     RequiresCausalDelivery,
 )
-from thespian_dd.durable import DurableWriter, Load, Loaded, Write, Written
+from thespian_dd.durable import DurableWriter, Entry, Load, LoadChunk, Loaded, Write, Written
 from thespian_dd.messages import (
     Changed,
     DataDeleted,
@@ -116,6 +119,8 @@ REPLICATOR_NAME = "thespian_dd.replicator"
 CAPABILITY_PREFIX = "thespian_dd."
 """Settings can be given as ActorSystem capabilities named ``thespian_dd.<setting>``."""
 
+WRITE_MODES = ("sync", "write-behind")
+
 log = logging.getLogger(__name__)
 
 
@@ -131,6 +136,9 @@ class Settings:
     - ``max_value_bytes``: the largest encoded value accepted from a peer or kept after a merge.
     - ``max_gossip_bytes``: the budget of values in one gossip message.
     - ``store``: an SQLAlchemy URL (``sqlite:///path``); ``None`` keeps the data in memory only.
+    - ``durable_keys``: with a store, the keys that persist: exact keys or ``prefix*`` patterns.
+    - ``write_mode``: ``"sync"`` (acknowledge after commit) or ``"write-behind"`` (acknowledge at
+      once, commit every ``write_behind_interval`` seconds and on a graceful stop).
     """
 
     node_name: str | None = None
@@ -141,18 +149,36 @@ class Settings:
     max_value_bytes: int = 16 * 1024 * 1024
     max_gossip_bytes: int = 512 * 1024
     store: str | None = None
+    durable_keys: tuple[str, ...] = ("*",)
+    write_mode: str = "sync"
+    write_behind_interval: float = 1.0
 
     def __post_init__(self) -> None:
         if self.node_name is not None and (
             not isinstance(self.node_name, str) or not self.node_name
         ):
             raise ValueError(f"node_name must be a non-empty str, not {self.node_name!r}")
-        for name in ("notify_interval", "gossip_interval", "failure_timeout"):
+        for name in (
+            "notify_interval",
+            "gossip_interval",
+            "failure_timeout",
+            "write_behind_interval",
+        ):
             _check_positive(name, getattr(self, name))
         if self.delta_interval != 0:
             _check_positive("delta_interval", self.delta_interval)
         if self.store is not None and (not isinstance(self.store, str) or not self.store):
             raise ValueError(f"store must be an SQLAlchemy URL or None, not {self.store!r}")
+        patterns = self.durable_keys
+        if isinstance(patterns, list):  # from a capability or a caller: keep it hashable
+            patterns = tuple(patterns)
+            object.__setattr__(self, "durable_keys", patterns)
+        if not isinstance(patterns, tuple) or not all(isinstance(p, str) and p for p in patterns):
+            raise ValueError(
+                f"durable_keys must be a list of keys or 'prefix*' patterns, not {patterns!r}"
+            )
+        if self.write_mode not in WRITE_MODES:
+            raise ValueError(f"write_mode must be one of {WRITE_MODES}, not {self.write_mode!r}")
         for name in ("max_value_bytes", "max_gossip_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -236,6 +262,11 @@ class _StoreRetry:
 
 
 @dataclass(frozen=True)
+class _FlushTick:
+    """Wakeup payload: write-behind mode's interval is over; commit what is unwritten."""
+
+
+@dataclass(frozen=True)
 class _RequestTimeout:
     """Wakeup payload: a quorum request ran out of time."""
 
@@ -273,6 +304,13 @@ def _key_error(key: object) -> str | None:
         return f"key must be a str, not {type(key).__name__}: {key!r}"
     if not key:
         return "key must not be empty"
+    # Every SQL store must hold the key as text: no NUL (PostgreSQL), valid Unicode.
+    if "\x00" in key:
+        return f"key must not contain NUL characters: {key!r}"
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        return f"key must be valid Unicode text (no lone surrogates): {key!r}"
     return None
 
 
@@ -329,28 +367,35 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         # Durability (with a store): recovery before serving, then group-committed writes.
         self._writer: Any = None
         self._loading = False
-        self._store_error: str | None = None
+        self._loaded_rows = 0
+        self._load_error: str | None = None
         self._stash: list[tuple[Any, Any]] = []
-        self._unwritten: dict[str, tuple[str, bytes] | None] = {}
-        self._in_flight: dict[str, tuple[str, bytes] | None] | None = None
+        self._unwritten: dict[str, bytes | None] = {}  # key -> its encoding, if known
+        self._in_flight: set[str] | None = None
         self._batch = 0
         self._after_commit: list[tuple[int, Any, Any, Any]] = []
+        self._flush_timer = False
+        self._flush_due = False
+        self._retry_delay = 0.0
+        self._retry_pending = False
+        self._store_failure: str | None = None
+        self._store_failures = 0
         self._recovery_time: float | None = None
         self._last_flush: float | None = None
-        self._skipped_rows = 0
+        self._exiting = False
 
     # -- start-up --------------------------------------------------------------------------------
 
     def receiveMessage(self, msg: Any, sender: Any) -> Any:
         if self._settings is None and not isinstance(msg, ActorSystemMessage):
             self._configure(msg.settings if isinstance(msg, StartReplicator) else None)
-        if self._loading or self._store_error is not None:
-            if isinstance(msg, (Loaded, WakeupMessage, ActorSystemMessage)):
+        if self._loading or self._load_error is not None:
+            if isinstance(msg, (LoadChunk, Loaded, WakeupMessage, ActorSystemMessage)):
                 return super().receiveMessage(msg, sender)
             if isinstance(msg, GetReplicaCount):
                 self.send(sender, ReplicaCount(0, msg.request))  # not serving yet
-            elif self._store_error is not None:
-                self._refuse(msg, sender, f"the store cannot be loaded: {self._store_error}")
+            elif self._load_error is not None:
+                self._refuse(msg, sender, f"the store cannot be loaded: {self._load_error}")
             else:
                 self._stash.append((msg, sender))  # answered in order once recovered
             return None
@@ -380,36 +425,54 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._writer = self.createActor(DurableWriter)
         self.send(self._writer, Load(settings.store, name))
 
-    def receiveMsg_Loaded(self, msg: Loaded, sender: Any) -> None:
-        if msg.error is not None:
-            if self._store_error is None:
-                log.error("thespian_dd cannot load its store: %s (retrying)", msg.error)
-                stashed, self._stash = self._stash, []
-                for message, client in stashed:
-                    self._refuse(message, client, f"the store cannot be loaded: {msg.error}")
-            self._store_error = msg.error
-            self._loading = False
-            self.wakeupAfter(1.0, _StoreRetry())
-            return
-        self._node = ReplicaId(self.node.node, msg.incarnation)
+    def receiveMsg_LoadChunk(self, msg: LoadChunk, sender: Any) -> None:
         for key, payload in msg.rows:
             self._restore(key, payload)
-        self._skipped_rows += len(msg.skipped)
         self._rejected += len(msg.skipped)
+        self._loaded_rows += len(msg.rows) + len(msg.skipped)
+
+    def receiveMsg_Loaded(self, msg: Loaded, sender: Any) -> None:
+        if not self._loading:
+            return  # from a DurableWriter that was replaced
+        error = msg.error
+        if error is None and msg.rows != self._loaded_rows:
+            error = f"{msg.rows} rows were read but {self._loaded_rows} arrived"
+        if error is not None:
+            if self._load_error is None:
+                log.error("thespian_dd cannot load its store: %s (retrying)", error)
+                stashed, self._stash = self._stash, []
+                for message, client in stashed:
+                    self._refuse(message, client, f"the store cannot be loaded: {error}")
+            self._load_error = error
+            self._loading = False
+            self._forget_loaded()
+            self._retry_later()
+            return
+        self._node = ReplicaId(self.node.node, msg.incarnation)
         self._recovery_time = msg.seconds
         self._loading = False
-        self._store_error = None
+        self._load_error = None
+        self._retry_delay = 0.0
         log.info(
             "thespian_dd %s recovered %d keys in %.3f s (%d rows skipped)",
             self._node,
             len(self._data) + len(self._deleted),
             msg.seconds,
-            len(msg.skipped),
+            self._rejected,
         )
         self._serve()
         stashed, self._stash = self._stash, []
         for message, client in stashed:
             self.receiveMessage(message, client)
+
+    def _forget_loaded(self) -> None:
+        """Drop what a failed or abandoned load restored: the next load starts from nothing."""
+        self._data.clear()
+        self._deleted.clear()
+        self._digests.clear()
+        self._bucket_keys.clear()
+        self._dirty_buckets.clear()
+        self._rejected = self._loaded_rows = 0
 
     def _restore(self, key: str, payload: bytes | None) -> None:
         """Put a stored row back in memory (no write, no notification: nobody is served yet)."""
@@ -424,7 +487,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._data[key] = codec.decode(payload, Limits(max_bytes=self.settings.max_value_bytes))
         except CodecError as e:
             self._rejected += 1
-            self._skipped_rows += 1
             log.warning("skipped stored key %r: %s", key, e)
             return
         self._digests[key] = payload[-16:]
@@ -453,50 +515,112 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     # -- durable writes --------------------------------------------------------------------------
 
-    def _write_durably(self, key: str, value: ReplicatedData | None, raw: bytes | None) -> None:
-        if self._writer is None:
+    def _write_durably(self, key: str, raw: bytes | None) -> None:
+        """Queue ``key``'s current state (``raw``: its encoding, if the caller has it) for the
+        store: at once in sync mode (group commit), within the interval in write-behind mode."""
+        if self._writer is None or not any(_matches(p, key) for p in self.settings.durable_keys):
             return
-        if value is None:
-            self._unwritten[key] = None
-        else:
-            self._unwritten[key] = (codec.type_name(value), raw or codec.encode(value))
-        self._flush()
+        self._unwritten[key] = raw
+        if self.settings.write_mode == "sync":
+            self._flush()
+        elif not self._flush_timer:
+            # Armed by the first write after a flush and never pushed back by later ones, so
+            # steady writes cannot postpone the commit.
+            self._flush_timer = True
+            self.wakeupAfter(self.settings.write_behind_interval, _FlushTick())
 
     def _flush(self) -> None:
         """Send what is unwritten as one batch, unless a batch is being committed (group commit:
-        what arrives meanwhile goes in the next one)."""
-        if self._in_flight is not None or not self._unwritten or self._store_error is not None:
+        what arrives meanwhile goes in the next one) or the store is failing (a retry is due)."""
+        if self._in_flight is not None or not self._unwritten or self._retry_pending:
             return
-        self._in_flight, self._unwritten = self._unwritten, {}
+        keys, self._unwritten = self._unwritten, {}
+        self._in_flight = set(keys)
         self._batch += 1
-        self.send(self._writer, Write(self._batch, dict(self._in_flight)))
+        self._send_batch(self._batch, {key: self._entry(key, raw) for key, raw in keys.items()})
+
+    def _send_batch(self, seq: int, entries: dict[str, Entry | None]) -> None:
+        self.send(self._writer, Write(self.settings.store or "", self.node.node, seq, entries))
+
+    def _entry(self, key: str, raw: bytes | None) -> Entry | None:
+        """What the store gets for ``key``: its current state, encoded once per batch."""
+        value = self._data.get(key)
+        if value is None:
+            return None  # deleted
+        replicas = value.modified_by_nodes() if isinstance(value, RemovedNodePruning) else ()
+        return Entry(
+            codec.type_name(value),
+            raw if raw is not None else codec.encode(value),
+            " ".join(sorted(str(r) for r in replicas)),
+        )
 
     def _reply_when_stored(self, key: str, client: Any, reply: Any, failure: Any) -> None:
-        """Send ``reply`` once ``key``'s latest write is committed (``failure`` if it fails)."""
-        if self._writer is None or (key not in self._unwritten and self._in_flight is None):
-            self.send(client, reply)  # in memory only, or nothing of it left to write
+        """Send ``reply`` once ``key``'s latest write is committed (``failure`` if it fails); at
+        once in memory, in write-behind mode, or when nothing of it is left to write."""
+        if (
+            self._writer is None
+            or self.settings.write_mode == "write-behind"
+            or (key not in self._unwritten and self._in_flight is None)
+        ):
+            self.send(client, reply)
             return
         batch = self._batch + (1 if key in self._unwritten else 0)
         self._after_commit.append((batch, client, reply, failure))
 
     def receiveMsg_Written(self, msg: Written, sender: Any) -> None:
-        committed = self._in_flight or {}
-        self._in_flight = None
+        if msg.seq != self._batch or self._in_flight is None:
+            return  # from a DurableWriter that was replaced; its batch was sent again
+        committed, self._in_flight = self._in_flight, None
         done = [w for w in self._after_commit if w[0] <= msg.seq]
         self._after_commit = [w for w in self._after_commit if w[0] > msg.seq]
         if msg.error is None:
             self._last_flush = time.time()
+            self._store_failure = None
+            self._retry_delay = 0.0
             for _, client, reply, _ in done:
                 self.send(client, reply)
-        else:
-            # Keep the batch (newer writes of the same keys win) and try again shortly.
-            self._unwritten = {**committed, **self._unwritten}
-            for _, client, _, failure in done:
-                if failure is not None:
-                    self.send(client, failure(msg.error))
-            self.wakeupAfter(1.0, _StoreRetry())
+            if self.settings.write_mode == "sync" or self._flush_due:
+                self._flush_due = False
+                self._flush()
             return
-        self._flush()
+        # Keep the keys (their state now is at least what failed) and try again with backoff.
+        for key in committed:
+            self._unwritten.setdefault(key, None)
+        self._store_failures += 1
+        if self._store_failure is None:
+            log.error("thespian_dd store write failed: %s (retrying)", msg.error)
+        self._store_failure = msg.error
+        for _, client, _, failure in done:
+            if failure is not None:
+                self.send(client, failure(msg.error))
+        self._retry_later()
+
+    def _retry_later(self) -> None:
+        """Try the store again after a backoff: 0.5 s, doubling up to 30 s while it fails."""
+        self._retry_delay = min(max(2 * self._retry_delay, 0.5), 30.0)
+        self._retry_pending = True
+        self.wakeupAfter(self._retry_delay, _StoreRetry())
+
+    def _writer_exited(self) -> None:
+        """The DurableWriter died (killed, crashed): start another and send it again what the
+        dead one had not confirmed."""
+        log.error("thespian_dd DurableWriter exited; starting a new one")
+        self._writer = self.createActor(DurableWriter)
+        if self._loading:
+            self._forget_loaded()
+            self.send(self._writer, Load(self.settings.store or "", self.node.node))
+        elif self._in_flight is not None:
+            self._send_batch(self._batch, {k: self._entry(k, None) for k in self._in_flight})
+
+    def _final_flush(self) -> None:
+        """A graceful stop: hand every unwritten key to the DurableWriter now (it commits them
+        before it handles its own exit request)."""
+        if self._writer is None or not self._unwritten or self._loading:
+            return
+        keys, self._unwritten = self._unwritten, {}
+        self._batch += 1
+        self._send_batch(self._batch, {key: self._entry(key, raw) for key, raw in keys.items()})
+        log.info("thespian_dd flushed %d keys to the store on stop", len(keys))
 
     @property
     def node(self) -> ReplicaId:
@@ -511,7 +635,11 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     def receiveMsg_StartReplicator(self, msg: StartReplicator, sender: Any) -> None:
         error = self._settings_error
         running = asdict(self.settings)
-        clash = {k: v for k, v in msg.settings.items() if running.get(k, v) != v}
+        clash = {
+            k: v
+            for k, v in msg.settings.items()
+            if running.get(k, v) != (tuple(v) if isinstance(v, list) else v)
+        }
         if clash:
             error = (
                 f"the Replicator is already running with other settings: asked {clash}, "
@@ -546,7 +674,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._bucket_keys.setdefault(bucket, set()).add(key)
         self._dirty_buckets.add(bucket)
         self._changed(key)
-        self._write_durably(key, value, raw)
+        self._write_durably(key, raw)
 
     def _payload(self, key: str) -> bytes | None:
         """What a peer gets for ``key``: codec bytes, TOMBSTONE, or None if unknown here."""
@@ -592,8 +720,9 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     def _merged(self, key: object, payload: object) -> tuple[ReplicatedData | None, bytes] | None:
         """The new value of ``key`` with ``payload`` merged in (None: nothing changes)."""
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"bad key {key!r}")
+        error = _key_error(key)
+        if error or not isinstance(key, str):
+            raise ValueError(error)
         if key in self._deleted:
             return None
         if payload == TOMBSTONE:
@@ -795,11 +924,18 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._send_deltas()
             self.wakeupAfter(self.settings.delta_interval, _DeltaTick())
         elif isinstance(payload, _StoreRetry):
-            if self._store_error is not None and not self._loading:
+            self._retry_pending = False
+            if self._load_error is not None and not self._loading:
                 self._loading = True
                 self.send(self._writer, Load(self.settings.store or "", self.node.node))
             else:
                 self._flush()
+        elif isinstance(payload, _FlushTick):
+            self._flush_timer = False
+            if self._in_flight is None:
+                self._flush()
+            else:
+                self._flush_due = True  # right after the batch being committed
         elif isinstance(payload, _RequestTimeout):
             pending = self._requests.get(payload.request_id)
             if pending is not None:
@@ -1167,6 +1303,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                 subscribers=len(self._subscriptions),
                 reachable_peers=sum(1 for p in self._peers.values() if p.reachable),
                 gossip_rounds=self._gossip_rounds,
+                store_failures=self._store_failures,
+                store_error=self._store_failure,
                 request=msg.request,
             ),
         )
@@ -1176,8 +1314,16 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     # -- everything else -------------------------------------------------------------------------
 
+    def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
+        self._exiting = True
+        self._final_flush()
+
+    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
+        if msg.childAddress == self._writer and not self._exiting:
+            self._writer_exited()
+
     def receiveMsg_ActorSystemMessage(self, msg: ActorSystemMessage, sender: Any) -> None:
-        """Thespian's own messages that need nothing from us (exit requests, child exits)."""
+        """Thespian's own messages that need nothing from us."""
 
     def receiveMsg_PeerMessage(self, msg: PeerMessage, sender: Any) -> None:
         self._rejected += 1  # a peer message of a kind this version does not know
