@@ -42,8 +42,9 @@ from thespian_dd import (
     WriteAll,
     start,
 )
+from thespian_dd.__main__ import main
 from thespian_dd.codec import encode
-from thespian_dd.durable import Entry, Store, StoreError
+from thespian_dd.durable import Entry, Store, StoreError, _checksum
 from thespian_dd.replicator import REPLICATOR_NAME, DescribeProcess, ProcessInfo
 from thespian_dd.testing import (
     Cluster,
@@ -169,13 +170,29 @@ def test_a_subscriber_of_a_restarted_node_first_sees_the_recovered_value(
     assert message.data.value == {"apple"}
 
 
+def _reseal(conn: Any, key: str) -> None:
+    """Give ``key``'s row a valid checksum again after a change (as a careless tool would)."""
+    row = conn.execute(
+        sa.text(
+            "SELECT node, data_type, format_version, payload FROM thespian_dd_entries "
+            "WHERE key = :k"
+        ),
+        {"k": key},
+    ).one()
+    check = _checksum(row.node, key, row.data_type, row.format_version, bytes(row.payload))
+    conn.execute(
+        sa.text("UPDATE thespian_dd_entries SET checksum = :c WHERE key = :k"),
+        {"c": check, "k": key},
+    )
+
+
 def test_rows_are_one_per_node_and_key_and_corrupted_ones_are_skipped(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = f"sqlite:///{tmp_path}/n.db"
     node = start_node(store=url, node_name="n")
     try:
-        for key in ("a", "b", "c"):
+        for key in ("a", "flipped", "truncated", "future", "e"):
             node.ask(Update(key, GCounter(), lambda c, n: c.increment(n, 2)))
     finally:
         node.asys.shutdown()
@@ -183,19 +200,40 @@ def test_rows_are_one_per_node_and_key_and_corrupted_ones_are_skipped(
     with engine.begin() as conn:
         rows = conn.execute(sa.text("SELECT node, key, data_type FROM thespian_dd_entries")).all()
         assert sorted(rows) == [
-            ("n", "a", "GCounter"),
-            ("n", "b", "GCounter"),
-            ("n", "c", "GCounter"),
+            ("n", key, "GCounter") for key in ("a", "e", "flipped", "future", "truncated")
         ]
-        conn.execute(sa.text("UPDATE thespian_dd_entries SET payload = x'00' WHERE key = 'b'"))
+        payload = bytes(
+            conn.execute(
+                sa.text("SELECT payload FROM thespian_dd_entries WHERE key = 'flipped'")
+            ).scalar_one()
+        )
+        flipped = payload[:5] + bytes([payload[5] ^ 0x01]) + payload[6:]
+        conn.execute(
+            sa.text("UPDATE thespian_dd_entries SET payload = :p WHERE key = 'flipped'"),
+            {"p": flipped},
+        )
+        conn.execute(
+            sa.text("UPDATE thespian_dd_entries SET payload = :p WHERE key = 'truncated'"),
+            {"p": payload[: len(payload) // 2]},
+        )
+        _reseal(conn, "truncated")  # the checksum passes: the codec must refuse it
+        conn.execute(
+            sa.text("UPDATE thespian_dd_entries SET format_version = 99 WHERE key = 'future'")
+        )
+        _reseal(conn, "future")
     engine.dispose()
+    assert main(["inspect", "--store", url]) == 0
+    out = capsys.readouterr().out
+    assert out.count("UNREADABLE") == 3
+    assert "format version 99" in out
     node = start_node(store=url, node_name="n")
     try:
         assert node.ask(Get("a")).data.value == 2
-        assert isinstance(node.ask(Get("b")), NotFound)  # skipped, not loaded as garbage
-        assert node.ask(Get("c")).data.value == 2
+        assert node.ask(Get("e")).data.value == 2
+        for key in ("flipped", "truncated", "future"):  # skipped, never loaded as garbage
+            assert isinstance(node.ask(Get(key)), NotFound), key
         stats = node.ask(GetStats())
-        assert stats.rejected_inputs == 1
+        assert stats.rejected_inputs == 3
     finally:
         node.asys.shutdown()
 
@@ -576,3 +614,41 @@ def test_a_restarted_node_recovers_from_its_store_then_catches_up_by_gossip(
     assert stats.recovery_time is not None
     eventually(lambda: _value(cluster, 2, "k").value == 11, timeout=30)
     eventually(lambda: _value(cluster, 2, "later").value == {"news"}, timeout=30)
+
+
+# -- inspect --------------------------------------------------------------------------------------
+
+
+def test_inspect_prints_what_each_node_stored(
+    cluster_factory: Any, store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = cluster_factory(1, store=store_url)
+    cluster.ask(0, Update("hits", GCounter(), _increment(7)))
+    cluster.ask(0, Update("cart", ORSet(), _add("pear")))
+    cluster.ask(0, Update("gone", GCounter(), _increment(1)))
+    cluster.ask(0, Delete("gone"))
+    cluster.stop()
+    url = store_url.format(name="node-1")
+    assert main(["inspect", "--store", url]) == 0
+    out = capsys.readouterr().out
+    assert "node node-1: incarnation " in out
+    assert ", 3 rows" in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert "GCounter" in lines["hits"]
+    assert lines["hits"].endswith(" 7")
+    assert lines["cart"].endswith("frozenset({'pear'})")
+    assert lines["gone"].endswith("(deleted)")
+    assert main(["inspect", "--store", url, "--key", "hits"]) == 0
+    detail = capsys.readouterr().out
+    assert "replicas:       node-1#" in detail
+    assert "value:          7" in detail
+    assert main(["inspect", "--store", url, "--node", "nobody"]) == 1
+    assert "no node 'nobody'" in capsys.readouterr().out
+    assert main(["inspect", "--store", url, "--key", "nothing"]) == 1
+
+
+def test_inspect_never_creates_a_store(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.db"
+    with pytest.raises(SystemExit, match=r"cannot open the store .*no such file"):
+        main(["inspect", "--store", f"sqlite:///{missing}"])
+    assert not missing.exists()

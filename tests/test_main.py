@@ -49,6 +49,10 @@ def test_the_bench_prints_each_figure_with_its_baseline_and_ratio(
         (["node", "--name", "n", "--port", "1", "--gossip-interval", "-1"], "must be seconds > 0"),
         (["node", "--name", "n", "--port", "1", "--join", "nohost"], "expected HOST:PORT"),
         (["frobnicate"], "invalid choice"),
+        (["inspect"], "the following arguments are required: --store"),
+        (["inspect", "--store", "nonsense"], "inspect: cannot open the store <not an SQLAlchemy"),
+        (["node", "--name", "n", "--port", "1", "--write-mode", "later"], "invalid choice"),
+        (["node", "--name", "n", "--port", "1", "--durable-keys", "a,,b"], "comma-separated"),
     ],
 )
 def test_bad_arguments_get_a_one_line_error_not_a_traceback(args: list[str], message: str) -> None:
@@ -74,3 +78,4 @@ def test_help_describes_every_command() -> None:
     )
     assert "demo" in result.stdout
     assert "bench" in result.stdout
+    assert "inspect" in result.stdout

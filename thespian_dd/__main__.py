@@ -1,4 +1,5 @@
-"""Command line: ``python -m thespian_dd {demo,bench} ...`` (also installed as ``thespian-dd``)."""
+"""Command line: ``python -m thespian_dd {demo,node,inspect,bench} ...`` (also installed as
+``thespian-dd``)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,17 @@ def _parser() -> argparse.ArgumentParser:
     ]:
         node.add_argument(f"--{setting}", type=int, help=help_text)
     node.set_defaults(run=_run_node)
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="print what a store holds: nodes, keys, types, sizes, values, updated-at",
+        description="Print the nodes of a durable store and the rows each has stored (reads "
+        "only). Rows that fail their checksum or do not decode are shown as UNREADABLE.",
+    )
+    inspect.add_argument("--store", required=True, metavar="URL", help="SQLAlchemy URL")
+    inspect.add_argument("--node", metavar="NAME", help="only this node's rows")
+    inspect.add_argument("--key", metavar="KEY", help="only this key, with its whole value")
+    inspect.set_defaults(run=_run_inspect)
 
     bench = commands.add_parser(
         "bench",
@@ -155,6 +167,16 @@ def _run_node(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as e:
         raise SystemExit(f"node: {e}") from None
     return run_node(args.name, args.port, args.join, settings, print)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from thespian_dd._inspect import inspect_store
+    from thespian_dd.durable import StoreError
+
+    try:
+        return inspect_store(args.store, args.node, args.key, print)
+    except StoreError as e:
+        raise SystemExit(f"inspect: {e}") from None
 
 
 def _run_bench(args: argparse.Namespace) -> int:

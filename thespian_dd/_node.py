@@ -13,6 +13,8 @@ from typing import Any
 from thespian.actors import ActorSystem
 
 from thespian_dd._peers import NODE_CAPABILITY
+from thespian_dd.durable import safe_url
+from thespian_dd.messages import GetStats, Stats
 from thespian_dd.replicator import CAPABILITY_PREFIX, DescribeProcess, ProcessInfo, start
 
 __all__ = ["run_node"]
@@ -50,8 +52,18 @@ def run_node(
         info = asys.ask(replicator, DescribeProcess(), 10)
         pgid = info.pgid if isinstance(info, ProcessInfo) else "?"
         leader = f"{join[0]}:{join[1]}" if join else "itself"
+        store = settings.get("store")
+        if store:
+            stats = asys.ask(replicator, GetStats(), 10)
+            keys = stats.keys if isinstance(stats, Stats) else "?"
+            seconds = stats.recovery_time if isinstance(stats, Stats) else None
+            recovered = f"{keys} keys recovered in {seconds or 0:.3f} s"
+            where = f"store {safe_url(store)} ({settings.get('write_mode', 'sync')}), {recovered}"
+        else:
+            where = "in memory"
+        # The harness reads the process group from the end of this line: keep it last.
         out(
-            f"thespian_dd node {name} ready: port {port}, convention leader {leader}, "
+            f"thespian_dd node {name} ready: port {port}, convention leader {leader}, {where}, "
             f"pid {os.getpid()}, actors' process group {pgid}",
         )
         while not stop.wait(0.5):

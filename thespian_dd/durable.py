@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -144,14 +145,32 @@ def safe_url(url: str) -> str:
 class Store:
     """The SQL side: used inside the DurableWriter's process, and by ``inspect``."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        """Open the store at ``url``, creating its tables if missing; with ``create=False``
+        (to read only) a store without them is an error, and nothing is created."""
         try:
             self.engine = sa.create_engine(url)
             if self.engine.dialect.name == "sqlite":
                 sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-            _metadata.create_all(self.engine)
+            problem = None
+            if create:
+                _metadata.create_all(self.engine)
+            else:
+                problem = self._missing()
         except Exception as e:
             raise StoreError(f"cannot open the store {safe_url(url)}: {_describe(e)}") from e
+        if problem:
+            raise StoreError(f"cannot open the store {safe_url(url)}: {problem}")
+
+    def _missing(self) -> str | None:
+        """Why the store cannot be read as it is (without creating anything), or None."""
+        path = self.engine.url.database
+        in_a_file = self.engine.dialect.name == "sqlite" and path not in (None, "", ":memory:")
+        if in_a_file and not Path(str(path)).exists():
+            return f"no such file: {path}"
+        if not sa.inspect(self.engine).has_table(_entries.name):
+            return "it has no thespian_dd tables"
+        return None
 
     def next_incarnation(self, node: str, at_least: int = 1) -> int:
         """Count one more start of ``node`` and return the new incarnation: above every earlier
