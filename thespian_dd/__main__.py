@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -91,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--section",
         action="append",
-        choices=["crdt", "replicator"],
+        choices=["crdt", "replicator", "durable"],
         help="run only this section (repeatable; default: all)",
     )
     bench.add_argument(
@@ -103,7 +104,15 @@ def _parser() -> argparse.ArgumentParser:
         "--scale",
         type=float,
         default=1.0,
-        help="multiply the replicator section's message and key counts (default: %(default)s)",
+        help="multiply the replicator and durable sections' message and key counts "
+        "(default: %(default)s)",
+    )
+    bench.add_argument(
+        "--postgresql",
+        metavar="URL",
+        default=os.environ.get("THESPIAN_DD_TEST_POSTGRESQL_URL"),
+        help="a PostgreSQL URL whose user may create databases: the durable section also "
+        "measures PostgreSQL (default: $THESPIAN_DD_TEST_POSTGRESQL_URL)",
     )
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     bench.set_defaults(run=_run_bench)
@@ -191,7 +200,14 @@ def _run_bench(args: argparse.Namespace) -> int:
     if not args.scale > 0:
         raise SystemExit("bench: --scale must be > 0")
     sections = args.section or list(SECTIONS)
-    run_bench(sections, sizes=sizes, scale=args.scale, json_path=args.json, out=print)
+    run_bench(
+        sections,
+        sizes=sizes,
+        scale=args.scale,
+        json_path=args.json,
+        out=print,
+        postgresql=args.postgresql,
+    )
     return 0
 
 

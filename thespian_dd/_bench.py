@@ -22,26 +22,30 @@ Section ``crdt``: merge time and encoded size of ORSet and ORMap states of n ele
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import pickle
 import platform
+import secrets
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
 from operator import or_
 from pathlib import Path
 from typing import Any
 
-from thespian.actors import ActorTypeDispatcher
+import sqlalchemy as sa
+from thespian.actors import ActorExitRequest, ActorTypeDispatcher
 
 from thespian_dd import GCounter, Get, GetStats, ORMap, ORSet, ReplicaId, Stats, Update
-from thespian_dd._harness import Cluster, eventually, start_node
-from thespian_dd.codec import encode
+from thespian_dd._harness import Cluster, Node, eventually, start_node
+from thespian_dd.codec import decode, encode
 from thespian_dd.data import CausalContext
+from thespian_dd.durable import Entry, Store
 
 __all__ = ["Result", "run_bench"]
 
@@ -170,6 +174,7 @@ class _RoundTrips:
     target: Any
     kind: str  # "ping" | "update" | "get" | "fill"
     n: int
+    key: str = "bench"
 
 
 @dataclass(frozen=True)
@@ -200,7 +205,7 @@ class _Driver(ActorTypeDispatcher):  # type: ignore[misc]
         if job.kind == "ping":
             self.send(job.target, _Ping())
         elif job.kind == "update":
-            self.send(job.target, Update("bench", GCounter(), _increment))
+            self.send(job.target, Update(job.key, GCounter(), _increment))
         elif job.kind == "fill":
             self.send(job.target, Update(f"key-{i}", GCounter(), _increment))
         else:
@@ -327,7 +332,146 @@ def _idle_gossip(cluster: Cluster) -> float:
     return sent / rounds
 
 
-SECTIONS = ("crdt", "replicator")
+def _clients_rate(node: Node, clients: int, n: int) -> float:
+    """Updates per second when ``clients`` driver actors each make ``n // clients`` sequential
+    Updates (of their own key) at the same time."""
+    drivers = [node.asys.createActor(_Driver) for _ in range(clients)]
+    each = max(1, n // clients)
+    for c, driver in enumerate(drivers):  # warm up: every key exists, every path is hot
+        node.asys.ask(driver, _RoundTrips(node.replicator, "update", 20, f"bench-{c}"), 60)
+    started = time.perf_counter()
+    for c, driver in enumerate(drivers):
+        node.asys.tell(driver, _RoundTrips(node.replicator, "update", each, f"bench-{c}"))
+    done = 0
+    while done < clients:
+        reply = node.asys.listen(600)
+        if reply is None:
+            raise TimeoutError("the bench drivers did not finish")
+        done += isinstance(reply, _Done)
+    elapsed = time.perf_counter() - started
+    for driver in drivers:
+        node.asys.tell(driver, ActorExitRequest())
+    return each * clients / elapsed
+
+
+@contextlib.contextmanager
+def _server_database(admin_url: str) -> Iterator[str]:
+    """A new database on the server of ``admin_url`` (dropped afterwards), as a URL."""
+    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"tdd_bench_{secrets.token_hex(4)}"
+    with engine.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    try:
+        yield sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with engine.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
+        engine.dispose()
+
+
+def _stores(workdir: str, postgresql: str | None) -> Iterator[tuple[str, str]]:
+    """(label, URL template) of each store to measure; ``{mode}`` names the node's own."""
+    yield "SQLite", f"sqlite:///{workdir}/{{mode}}.db"
+    if postgresql:
+        with _server_database(postgresql) as url:
+            yield "PostgreSQL", url
+
+
+def _durable(scale: float, postgresql: str | None, out: Callable[[str], object]) -> list[Result]:
+    results: list[Result] = []
+    n = max(64, int(2000 * scale))
+    with tempfile.TemporaryDirectory() as workdir:
+        if not postgresql:
+            out(
+                "  durable: no PostgreSQL URL (--postgresql or THESPIAN_DD_TEST_POSTGRESQL_URL): "
+                "SQLite only"
+            )
+        for label, template in _stores(workdir, postgresql):
+            for clients in (1, 16):
+                out(f"  durable: {label}, {clients} client(s), {n:,} Updates per mode ...")
+                rates = {}
+                for mode in ("memory", "sync", "write-behind"):
+                    settings: dict[str, Any] = {"node_name": f"bench-{mode}-{clients}"}
+                    if mode != "memory":
+                        settings["store"] = template.format(mode=f"{mode}-{clients}")
+                        settings["write_mode"] = mode
+                    node = start_node(**settings)
+                    try:
+                        rates[mode] = _clients_rate(node, clients, n)
+                    finally:
+                        node.asys.shutdown()
+                results += [
+                    Result(
+                        "durable",
+                        f"{label} {mode} Update throughput, {clients} client(s)",
+                        "msg/s",
+                        rates[mode],
+                        rates["memory"],
+                        f"in memory, {clients} client(s)",
+                    )
+                    for mode in ("sync", "write-behind")
+                ]
+            for keys in (max(100, int(10_000 * scale)), max(1000, int(100_000 * scale))):
+                out(f"  durable: {label}, recovery of {keys:,} keys ...")
+                url = template.format(mode=f"recovery-{keys}")
+                name = f"bench-recovery-{keys}"
+                _fill_store(url, name, keys)
+                raw = _best_of(partial(_select_and_decode, url, name), 3)
+                node = start_node(store=url, node_name=name)
+                try:
+                    stats = node.asys.ask(node.replicator, GetStats(), 60)
+                    assert isinstance(stats, Stats), stats
+                    assert stats.keys == keys, stats
+                    assert stats.recovery_time is not None
+                    recovery = stats.recovery_time
+                finally:
+                    node.asys.shutdown()
+                results.append(
+                    Result(
+                        "durable",
+                        f"{label} recovery of {keys:,} keys",
+                        "s",
+                        recovery,
+                        raw,
+                        "SELECT and decode the rows in one process",
+                    )
+                )
+    return results
+
+
+def _fill_store(url: str, node: str, keys: int) -> None:
+    """``keys`` rows for ``node``: GCounters of three replicas and ORSets of five elements."""
+    store = Store(url)
+    try:
+        replicas = [ReplicaId(f"n{i}", 1) for i in range(3)]
+        counter = GCounter()
+        for i, r in enumerate(replicas):
+            counter = counter.increment(r, i + 1)
+        small_set = ORSet().add_all(replicas[0], [f"element-{i}" for i in range(5)])
+        entries = {}
+        for k in range(keys):
+            value = counter if k % 2 else small_set
+            entries[f"key-{k}"] = Entry(type(value).__name__, encode(value), "")
+        for start in range(0, keys, 10_000):
+            chunk = dict(list(entries.items())[start : start + 10_000])
+            store.write(node, chunk)
+    finally:
+        store.close()
+
+
+def _select_and_decode(url: str, node: str) -> int:
+    """The baseline of recovery: read the same rows with SQLAlchemy and decode each."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            query = sa.text("SELECT key, payload FROM thespian_dd_entries WHERE node = :n")
+            values = {key: decode(bytes(raw)) for key, raw in conn.execute(query, {"n": node})}
+        return len(values)
+    finally:
+        engine.dispose()
+
+
+SECTIONS = ("crdt", "replicator", "durable")
 
 
 def _fmt(value: float, unit: str) -> str:
@@ -346,21 +490,25 @@ def _table(results: list[Result]) -> list[str]:
     return lines
 
 
-def run_bench(
+def run_bench(  # noqa: PLR0913 - one keyword per command-line option
     sections: list[str],
     *,
     sizes: list[int],
     scale: float,
     json_path: str | None,
     out: Callable[[str], object],
+    postgresql: str | None = None,
 ) -> list[Result]:
-    """Run ``sections``: crdt at each of ``sizes``; replicator with counts times ``scale``."""
+    """Run ``sections``: crdt at each of ``sizes``; replicator and durable with counts times
+    ``scale``; durable on SQLite and, given its admin URL, PostgreSQL."""
     out(f"thespian_dd bench on Python {platform.python_version()}, {platform.machine()}")
     results: list[Result] = []
     if "crdt" in sections:
         results += _crdt(sizes, out)
     if "replicator" in sections:
         results += _replicator(scale, out)
+    if "durable" in sections:
+        results += _durable(scale, postgresql, out)
     for line in _table(results):
         out(line)
     if json_path:

@@ -332,7 +332,6 @@ class LoadChunk:
 class Loaded:
     incarnation: int
     rows: int  # how many rows the chunks held, so the Replicator knows it got them all
-    seconds: float
     error: str | None = None
 
 
@@ -366,7 +365,6 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
         return self.store
 
     def receiveMsg_Load(self, msg: Load, sender: Any) -> None:
-        started = time.perf_counter()
         count = 0
         try:
             store = self._open(msg.url)
@@ -389,9 +387,9 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
             count += len(rows) + len(skipped)
         except Exception as e:  # noqa: BLE001 - reported to the Replicator, which retries
             self._close()
-            self.send(sender, Loaded(0, count, 0.0, _describe(e)))
+            self.send(sender, Loaded(0, count, _describe(e)))
             return
-        self.send(sender, Loaded(incarnation, count, time.perf_counter() - started))
+        self.send(sender, Loaded(incarnation, count))
 
     def receiveMsg_Write(self, msg: Write, sender: Any) -> None:
         try:
