@@ -577,9 +577,9 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if (
             self._writer is None
             or self.settings.write_mode == "write-behind"
-            or (key not in self._unwritten and self._in_flight is None)
+            or (key not in self._unwritten and key not in (self._in_flight or ()))
         ):
-            self.send(client, reply)
+            self.send(client, reply)  # not durable, or already committed
             return
         batch = self._batch + (1 if key in self._unwritten else 0)
         self._after_commit.append((batch, client, reply, failure))
