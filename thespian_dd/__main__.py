@@ -63,6 +63,20 @@ def _parser() -> argparse.ArgumentParser:
         ("delta-interval", "seconds between delta propagations, 0 for none (default 0.2)"),
         ("notify-interval", "seconds between notifications to subscribers (default 0.5)"),
         ("failure-timeout", "seconds of silence before a peer is unreachable (default 10)"),
+        ("removal-timeout", "seconds unreachable before a peer is removed for good (default 300)"),
+        ("pruning-interval", "seconds between pruning rounds (default 120)"),
+        (
+            "max-pruning-dissemination",
+            "seconds a replica must be seen removed before it is pruned (default 300)",
+        ),
+        ("pruning-marker-ttl", "seconds a pruning marker is kept, keys in memory (default 6 h)"),
+        (
+            "durable-pruning-marker-ttl",
+            (
+                "seconds a pruning marker is kept, durable keys (default 10 days); a node "
+                "offline longer must have its store wiped"
+            ),
+        ),
     ]:
         node.add_argument(f"--{setting}", type=float, help=help_text)
     for setting, help_text in [
@@ -152,24 +166,13 @@ def _patterns(text: str) -> list[str]:
 
 def _run_node(args: argparse.Namespace) -> int:
     from thespian_dd._node import run_node
+    from thespian_dd.replicator import Settings
 
     settings = {
         name: value
-        for name in (
-            "gossip_interval",
-            "delta_interval",
-            "notify_interval",
-            "failure_timeout",
-            "max_value_bytes",
-            "max_gossip_bytes",
-            "store",
-            "durable_keys",
-            "write_mode",
-            "write_behind_interval",
-        )
-        if (value := getattr(args, name)) is not None
+        for name in sorted(Settings.names() - {"node_name"})
+        if (value := getattr(args, name, None)) is not None
     }
-    from thespian_dd.replicator import Settings
 
     try:
         Settings.from_mapping({"node_name": args.name, **settings})

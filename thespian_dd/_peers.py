@@ -36,6 +36,7 @@ __all__ = [
     "PeerHello",
     "PeerRead",
     "PeerReadResult",
+    "PeerRemoved",
     "PeerWrite",
     "PeerWriteAck",
     "bucket_digests",
@@ -104,6 +105,14 @@ class PeerHello(PeerMessage):
     address: Any
     peers: dict[str, tuple[ReplicaId, Any]] = field(default_factory=dict)
     reply: bool = True
+
+
+@dataclass(frozen=True)
+class PeerRemoved(PeerMessage):
+    """Your replica ``removed`` was removed from the cluster (unreachable past the removal
+    timeout) or pruned: take a new incarnation before you write on."""
+
+    removed: ReplicaId
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,9 @@ _nodes = sa.Table(
     sa.Column("node", sa.String(255), primary_key=True),
     sa.Column("incarnation", sa.BigInteger, nullable=False),
     sa.Column("schema_version", sa.Integer, nullable=False),
+    # The last commit of the node (every batch, and a keep-alive while idle): how long it was
+    # offline when it starts again.
+    sa.Column("last_alive", sa.Double, nullable=True),
     mysql_charset="utf8mb4",
 )
 _UPDATED = ("key", "data_type", "format_version", "payload", "replicas", "checksum", "updated_at")
@@ -172,27 +175,45 @@ class Store:
             return "it has no thespian_dd tables"
         return None
 
-    def next_incarnation(self, node: str, at_least: int = 1) -> int:
+    def next_incarnation(
+        self, node: str, at_least: int = 1, max_offline: float | None = None
+    ) -> int:
         """Count one more start of ``node`` and return the new incarnation: above every earlier
         one, and at least ``at_least`` (the caller passes the time in ms, so an incarnation is
-        never lower than one the node had while it ran without this store)."""
+        never lower than one the node had while it ran without this store).  Refuses a node
+        whose last commit is more than ``max_offline`` seconds old."""
         with self.engine.begin() as conn:
             row = conn.execute(
-                sa.select(_nodes.c.incarnation, _nodes.c.schema_version)
+                sa.select(_nodes.c.incarnation, _nodes.c.schema_version, _nodes.c.last_alive)
                 .where(_nodes.c.node == node)
                 .with_for_update()
             ).first()
+            now = time.time()
             if row is None:
                 conn.execute(
                     _nodes.insert().values(
-                        node=node, incarnation=at_least, schema_version=SCHEMA_VERSION
+                        node=node,
+                        incarnation=at_least,
+                        schema_version=SCHEMA_VERSION,
+                        last_alive=now,
                     )
                 )
                 return at_least
             self._check_schema(row.schema_version)
+            offline = now - row.last_alive if row.last_alive is not None else 0.0
+            if max_offline is not None and offline > max_offline:
+                raise StoreError(
+                    f"node {node} last committed {offline / 86400:.1f} days ago, longer than "
+                    f"durable_pruning_marker_ttl ({max_offline / 86400:.1f} days): its peers may "
+                    "have pruned replicas whose state its store still holds, which would then "
+                    "count twice. Delete its rows from the thespian_dd_entries table to let it "
+                    "rejoin empty; its peers hold the data"
+                )
             incarnation = max(int(row.incarnation) + 1, at_least)
             conn.execute(
-                _nodes.update().where(_nodes.c.node == node).values(incarnation=incarnation)
+                _nodes.update()
+                .where(_nodes.c.node == node)
+                .values(incarnation=incarnation, last_alive=now)
             )
             return incarnation
 
@@ -245,7 +266,8 @@ class Store:
             return [(n, int(i), int(v)) for n, i, v in conn.execute(query.order_by(_nodes.c.node))]
 
     def write(self, node: str, entries: Mapping[str, Entry | None]) -> None:
-        """Upsert every entry (None: deleted) in one transaction."""
+        """Upsert every entry (None: deleted) in one transaction, which also records that the
+        node is alive (no entries: only that)."""
         now = time.time()
         rows = []
         for key, entry in entries.items():
@@ -263,10 +285,10 @@ class Store:
                     "updated_at": now,
                 }
             )
-        if not rows:
-            return
         with self.engine.begin() as conn:
-            self._upsert(conn, rows)
+            if rows:
+                self._upsert(conn, rows)
+            conn.execute(_nodes.update().where(_nodes.c.node == node).values(last_alive=now))
 
     def _upsert(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         dialect = self.engine.dialect.name
@@ -315,11 +337,13 @@ def _describe(error: BaseException) -> str:
 
 @dataclass(frozen=True)
 class Load:
-    """To the DurableWriter: open ``url``, count a new incarnation of ``node``, then send every
-    row of it in :class:`LoadChunk` messages and finish with :class:`Loaded`."""
+    """To the DurableWriter: open ``url``, count a new incarnation of ``node`` (refused if it
+    was offline more than ``max_offline`` seconds), then send every row of it in
+    :class:`LoadChunk` messages and finish with :class:`Loaded`."""
 
     url: str
     node: str
+    max_offline: float | None = None
 
 
 @dataclass(frozen=True)
@@ -368,7 +392,9 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
         count = 0
         try:
             store = self._open(msg.url)
-            incarnation = store.next_incarnation(msg.node, time.time_ns() // 1_000_000)
+            incarnation = store.next_incarnation(
+                msg.node, time.time_ns() // 1_000_000, msg.max_offline
+            )
             rows: list[tuple[str, bytes | None]] = []
             skipped: list[tuple[str, str]] = []
             size = 0

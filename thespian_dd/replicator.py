@@ -38,6 +38,7 @@ from functools import partial
 from typing import Any
 
 from thespian.actors import (
+    ActorAddress,
     ActorExitRequest,
     ActorSystemMessage,
     ActorTypeDispatcher,
@@ -66,11 +67,23 @@ from thespian_dd._peers import (
     PeerMessage,
     PeerRead,
     PeerReadResult,
+    PeerRemoved,
     PeerWrite,
     PeerWriteAck,
     bucket_digests,
     bucket_of,
     gossip_bytes,
+)
+from thespian_dd._pruning import (
+    Initialized,
+    Marker,
+    Markers,
+    Performed,
+    envelope_digest,
+    join_envelope,
+    merge_markers,
+    only_performed,
+    split_envelope,
 )
 from thespian_dd.data import (
     DeltaReplicatedData,
@@ -140,6 +153,14 @@ class Settings:
     - ``durable_keys``: with a store, the keys that persist: exact keys or ``prefix*`` patterns.
     - ``write_mode``: ``"sync"`` (acknowledge after commit) or ``"write-behind"`` (acknowledge at
       once, commit every ``write_behind_interval`` seconds and on a graceful stop).
+    - ``removal_timeout``: seconds a peer may stay unreachable before it is removed for good (it
+      no longer counts in N, and its replicas are pruned).
+    - ``pruning_interval``: seconds between pruning rounds.
+    - ``max_pruning_dissemination``: seconds a replica must have been seen removed before pruning
+      of it starts.
+    - ``pruning_marker_ttl`` / ``durable_pruning_marker_ttl``: seconds a performed-pruning marker
+      is kept (keys in memory / durable keys); a node offline longer than the durable one must
+      have its store wiped before it rejoins.
     """
 
     node_name: str | None = None
@@ -153,6 +174,11 @@ class Settings:
     durable_keys: tuple[str, ...] = ("*",)
     write_mode: str = "sync"
     write_behind_interval: float = 1.0
+    removal_timeout: float = 300.0
+    pruning_interval: float = 120.0
+    max_pruning_dissemination: float = 300.0
+    pruning_marker_ttl: float = 6 * 3600.0
+    durable_pruning_marker_ttl: float = 10 * 86400.0
 
     def __post_init__(self) -> None:
         if self.node_name is not None and (
@@ -164,6 +190,11 @@ class Settings:
             "gossip_interval",
             "failure_timeout",
             "write_behind_interval",
+            "removal_timeout",
+            "pruning_interval",
+            "max_pruning_dissemination",
+            "pruning_marker_ttl",
+            "durable_pruning_marker_ttl",
         ):
             _check_positive(name, getattr(self, name))
         if self.delta_interval != 0:
@@ -248,13 +279,12 @@ class _NotifyTick:
 
 
 @dataclass(frozen=True)
-class _GossipTick:
-    """Wakeup payload: heartbeat and anti-entropy round."""
+class _Every:
+    """Wakeup payload of a periodic round: call the method ``round``, then wake up again after
+    the setting ``interval``."""
 
-
-@dataclass(frozen=True)
-class _DeltaTick:
-    """Wakeup payload: send pending deltas."""
+    round: str  # "_gossip_round" | "_send_deltas" | "_pruning_round"
+    interval: str  # the Settings field
 
 
 @dataclass(frozen=True)
@@ -345,6 +375,10 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._node: ReplicaId | None = None
         self._data: dict[str, ReplicatedData] = {}
         self._deleted: set[str] = set()
+        self._markers: dict[str, dict[ReplicaId, Marker]] = {}  # key -> removed -> marker
+        self._removed_since: dict[ReplicaId, float] = {}
+        self._departed: set[ReplicaId] = set()
+        self._pruned_ids: set[ReplicaId] = set()  # replicas pruned here: never peers again
         self._digests: dict[str, bytes] = {}
         self._stale_digests: set[str] = set()
         self._bucket_keys: dict[int, set[str]] = {}
@@ -437,7 +471,14 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             gc.disable()
         self._loading = True
         self._load_started = time.perf_counter()
-        self.send(self._writer, Load(self.settings.store or "", self.node.node))
+        self.send(
+            self._writer,
+            Load(
+                self.settings.store or "",
+                self.node.node,
+                self.settings.durable_pruning_marker_ttl,
+            ),
+        )
 
     def receiveMsg_LoadChunk(self, msg: LoadChunk, sender: Any) -> None:
         for key, payload in msg.rows:
@@ -486,6 +527,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         """Drop what a failed or abandoned load restored: the next load starts from nothing."""
         self._data.clear()
         self._deleted.clear()
+        self._markers.clear()
         self._digests.clear()
         self._bucket_keys.clear()
         self._dirty_buckets.clear()
@@ -501,19 +543,24 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._digests[key] = TOMBSTONE_DIGEST
             return
         try:
-            self._data[key] = codec.decode(payload, Limits(max_bytes=self.settings.max_value_bytes))
+            limits = Limits(max_bytes=self.settings.max_value_bytes)
+            markers, raw = split_envelope(payload, limits)
+            self._data[key] = codec.decode(raw, limits)
         except CodecError as e:
             self._rejected += 1
             log.warning("skipped stored key %r: %s", key, e)
             return
-        self._digests[key] = payload[-16:]
+        self._set_markers(key, markers)
+        self._digests[key] = self._digest(key, raw[-16:])
 
     def _serve(self) -> None:
         self.handleDeadLetters(startHandling=True)
         self.notifyOnSystemRegistrationChanges(True)
-        self.wakeupAfter(self.settings.gossip_interval, _GossipTick())
+        rounds = [("_gossip_round", "gossip_interval"), ("_pruning_round", "pruning_interval")]
         if self.settings.delta_interval:
-            self.wakeupAfter(self.settings.delta_interval, _DeltaTick())
+            rounds.append(("_send_deltas", "delta_interval"))
+        for method, interval in rounds:
+            self.wakeupAfter(getattr(self.settings, interval), _Every(method, interval))
         log.info("thespian_dd Replicator %s ready", self._node)
 
     def _refuse(self, msg: Any, sender: Any, error: str) -> None:
@@ -567,7 +614,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         replicas = value.modified_by_nodes() if isinstance(value, RemovedNodePruning) else ()
         return Entry(
             codec.type_name(value),
-            raw if raw is not None else codec.encode(value),
+            join_envelope(raw or codec.encode(value), self._markers.get(key, {})),
             " ".join(sorted(str(r) for r in replicas)),
         )
 
@@ -669,12 +716,21 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     # -- local state -----------------------------------------------------------------------------
 
-    def _store(self, key: str, value: ReplicatedData | None, raw: bytes | None = None) -> None:
-        """Keep ``value`` (None: a tombstone) for ``key``, tell subscribers, and write it to the
-        store if there is one.  ``raw`` is its encoding when the caller has it already."""
-        digest = None if raw is None else raw[-16:]
+    def _store(
+        self,
+        key: str,
+        value: ReplicatedData | None,
+        raw: bytes | None = None,
+        *,
+        notify: bool = True,
+    ) -> None:
+        """Keep ``value`` (None: a tombstone) for ``key``, tell subscribers (if ``notify``), and
+        write it (with its pruning markers) to the store if there is one.  ``raw`` is its
+        encoding when the caller has it already."""
+        digest = None if raw is None else self._digest(key, raw[-16:])
         if value is None:
             self._data.pop(key, None)
+            self._markers.pop(key, None)
             self._deleted.add(key)
             self._digests[key] = TOMBSTONE_DIGEST
             self._stale_digests.discard(key)
@@ -690,20 +746,28 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         bucket = bucket_of(key)
         self._bucket_keys.setdefault(bucket, set()).add(key)
         self._dirty_buckets.add(bucket)
-        self._changed(key)
+        if notify:
+            self._changed(key)
         self._write_durably(key, raw)
 
     def _payload(self, key: str) -> bytes | None:
-        """What a peer gets for ``key``: codec bytes, TOMBSTONE, or None if unknown here."""
+        """What a peer gets for ``key``: the value's codec bytes with its pruning markers (an
+        envelope), TOMBSTONE, or None if unknown here."""
         if key in self._deleted:
             return TOMBSTONE
         value = self._data.get(key)
-        return None if value is None else codec.encode(value)
+        if value is None:
+            return None
+        return join_envelope(codec.encode(value), self._markers.get(key, {}))
+
+    def _digest(self, key: str, value_digest: bytes) -> bytes:
+        markers = self._markers.get(key)
+        return envelope_digest(value_digest, markers) if markers else value_digest
 
     def _fresh_digests(self) -> dict[str, bytes]:
         """Every key's digest, computing those that changed since they were last needed."""
         for key in self._stale_digests:
-            self._digests[key] = codec.digest(self._data[key])
+            self._digests[key] = self._digest(key, codec.digest(self._data[key]))
         self._stale_digests.clear()
         return self._digests
 
@@ -731,41 +795,75 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if merged is None:
             return False
         assert isinstance(key, str)
-        value, raw = merged
-        self._store(key, value, raw if value is not None else None)
+        value, raw, markers = merged
+        changed = value != self._data.get(key) or value is None
+        if value is not None:
+            self._set_markers(key, markers)
+        self._store(key, value, raw if value is not None else None, notify=changed)
         return True
 
-    def _merged(self, key: object, payload: object) -> tuple[ReplicatedData | None, bytes] | None:
-        """The new value of ``key`` with ``payload`` merged in (None: nothing changes)."""
+    def _set_markers(self, key: str, markers: Markers) -> None:
+        if markers:
+            self._markers[key] = dict(markers)
+            self._pruned_ids.update(r for r, m in markers.items() if isinstance(m, Performed))
+        else:
+            self._markers.pop(key, None)
+
+    def receiveMsg_PeerRemoved(self, msg: PeerRemoved, sender: Any) -> None:
+        if isinstance(msg, PeerMessage) and msg.removed == self._node:
+            self._reincarnate()
+
+    def _seen_here(self, markers: Markers, now_ms: int) -> dict[ReplicaId, Marker]:
+        """``markers`` with this node added to every Initialized one's ``seen`` (it is merging
+        the value that came with them) and expired Performed ones dropped."""
+        return {
+            removed: Initialized(m.owner, m.seen | {self.node.node})
+            if isinstance(m, Initialized)
+            else m
+            for removed, m in markers.items()
+            if isinstance(m, Initialized) or m.expires_ms > now_ms
+        }
+
+    def _merged(
+        self, key: object, payload: object
+    ) -> tuple[ReplicatedData | None, bytes, Markers] | None:
+        """The new value of ``key`` and its pruning markers with ``payload`` (an envelope) merged
+        in (None: nothing changes).  Slots of pruned replicas are cleaned from both sides first,
+        so they cannot come back or count twice."""
         error = _key_error(key)
         if error or not isinstance(key, str):
             raise ValueError(error)
         if key in self._deleted:
             return None
         if payload == TOMBSTONE:
-            return (None, TOMBSTONE)
+            return (None, TOMBSTONE, {})
         if not isinstance(payload, bytes):
             raise TypeError(f"payload is a {type(payload).__name__}, not bytes")
-        limits = Limits(max_bytes=self.settings.max_value_bytes, now_ms=time.time_ns() // 10**6)
-        incoming = codec.decode(payload, limits)
-        current = self._data.get(key)
-        if current is None:
-            merged = incoming
-        elif type(current) is not type(incoming):
+        now_ms = time.time_ns() // 10**6
+        limits = Limits(max_bytes=self.settings.max_value_bytes, now_ms=now_ms)
+        markers_in, raw_in = split_envelope(payload, limits)
+        if self.node in markers_in:
+            self._reincarnate()
+            raise ValueError(f"the peer pruned this node's replica {markers_in[self.node]}")
+        incoming = codec.decode(raw_in, limits)
+        original = current = self._data.get(key)
+        if current is not None and type(current) is not type(incoming):
             raise TypeError(
                 f"a {type(incoming).__name__} for a key holding a {type(current).__name__}"
             )
-        else:
-            merged = current.merge(incoming)
-            if merged == current:
-                return None
+        mine = self._markers.get(key, {})
+        markers = self._seen_here(merge_markers(mine, markers_in), now_ms)
+        incoming = _cleaned(incoming, markers)
+        merged = incoming if current is None else _cleaned(current, markers).merge(incoming)
+        if merged == original and markers == mine:
+            return None
         raw = codec.encode(merged)
         if len(raw) > self.settings.max_value_bytes:
             raise ValueError(
                 f"merged value of {len(raw)} bytes exceeds max_value_bytes="
                 f"{self.settings.max_value_bytes}"
             )
-        return (merged, raw)
+        return (merged, raw, markers)
 
     # -- reads and writes ------------------------------------------------------------------------
 
@@ -934,12 +1032,9 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if isinstance(payload, _NotifyTick):
             self._tick_scheduled = False
             self._notify()
-        elif isinstance(payload, _GossipTick):
-            self._gossip_round()
-            self.wakeupAfter(self.settings.gossip_interval, _GossipTick())
-        elif isinstance(payload, _DeltaTick):
-            self._send_deltas()
-            self.wakeupAfter(self.settings.delta_interval, _DeltaTick())
+        elif isinstance(payload, _Every):
+            getattr(self, payload.round)()
+            self.wakeupAfter(getattr(self.settings, payload.interval), payload)
         elif isinstance(payload, _StoreRetry):
             self._retry_pending = False
             if self._load_error is not None and not self._loading:
@@ -956,6 +1051,137 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             pending = self._requests.get(payload.request_id)
             if pending is not None:
                 self._finish(pending, timed_out=True)
+
+    # -- pruning ---------------------------------------------------------------------------------
+
+    def _in_majority(self) -> bool:
+        """Whether this node and the peers it reaches are more than half the cluster: only such
+        a side may remove a peer (on both sides of a partition, each would remove the other and
+        prune what the other counted)."""
+        reached = 1 + sum(1 for p in self._peers.values() if p.reachable)
+        return reached > (1 + len(self._peers)) / 2
+
+    def _live(self) -> dict[str, ReplicaId]:
+        """The current replica of this node and of every peer, by node name."""
+        return {self.node.node: self.node, **{n: p.replica for n, p in self._peers.items()}}
+
+    def _removed(self, replica: ReplicaId, live: Mapping[str, ReplicaId]) -> bool:
+        """Whether ``replica`` writes no more: an earlier start of a live node, or a node that is
+        no member (it left, was removed, or never came back after a restart).  A node that is
+        merely new counts too, which is why pruning waits ``max_pruning_dissemination``."""
+        current = live.get(replica.node)
+        return current is None or replica.incarnation < current.incarnation
+
+    def _pruning_round(self) -> None:
+        """Expire markers; then, only while every peer is reachable: the leader marks keys that
+        hold state of removed replicas, and the owner of a marker every live node has seen
+        prunes."""
+        live = self._live()
+        self._expire_markers(live)
+        self._keep_alive()
+        if not all(p.reachable for p in self._peers.values()):
+            return
+        self._note_removed(live)
+        now = time.monotonic()
+        to_mark: set[ReplicaId] = set()
+        if min(live) == self.node.node:  # the leader
+            to_mark = {
+                r
+                for r, since in self._removed_since.items()
+                if now - since >= self.settings.max_pruning_dissemination
+            }
+        for key, value in list(self._data.items()):
+            if isinstance(value, RemovedNodePruning):
+                self._prune_key(key, value, to_mark, live)
+
+    def _expire_markers(self, live: Mapping[str, ReplicaId]) -> None:
+        """Drop expired Performed markers, and Initialized ones whose owner is gone (the leader
+        marks the key again)."""
+        now_ms = time.time_ns() // 10**6
+        for key, markers in list(self._markers.items()):
+            kept = {
+                r: m
+                for r, m in markers.items()
+                if (isinstance(m, Performed) and m.expires_ms > now_ms)
+                or (isinstance(m, Initialized) and live.get(m.owner.node) == m.owner)
+            }
+            if kept != markers:
+                self._set_markers(key, kept)
+                self._store(key, self._data[key], notify=False)
+
+    def _prune_key(
+        self,
+        key: str,
+        value: RemovedNodePruning,
+        to_mark: set[ReplicaId],
+        live: Mapping[str, ReplicaId],
+    ) -> None:
+        markers = self._markers.get(key, {})
+        updated = dict(markers)
+        for removed in to_mark:
+            if removed not in markers and value.needs_pruning_from(removed):
+                updated[removed] = Initialized(self.node, frozenset({self.node.node}))
+        pruned = value
+        expires_ms = time.time_ns() // 10**6 + int(self._marker_ttl(key) * 1000)
+        for removed, marker in updated.items():
+            if (
+                isinstance(marker, Initialized)
+                and marker.owner == self.node
+                and marker.seen >= live.keys()
+            ):
+                pruned = pruned.prune(removed, self.node)
+                updated[removed] = Performed(expires_ms)
+                log.info("pruned %s from %r", removed, key)
+        if updated != markers or pruned is not value:
+            self._set_markers(key, updated)
+            assert isinstance(pruned, ReplicatedData)
+            self._store(key, pruned, notify=False)
+
+    def _note_removed(self, live: Mapping[str, ReplicaId]) -> None:
+        """Track since when each replica in the data has been removed."""
+        present: set[ReplicaId] = set()
+        for value in self._data.values():
+            if isinstance(value, RemovedNodePruning):
+                present |= value.modified_by_nodes()
+        removed = {r for r in present if self._removed(r, live)}
+        now = time.monotonic()
+        self._removed_since = {r: self._removed_since.get(r, now) for r in removed}
+
+    def _keep_alive(self) -> None:
+        """An idle durable node commits an empty batch now and then, so its store tells how long
+        it has really been offline (see ``durable_pruning_marker_ttl``)."""
+        period = min(self.settings.durable_pruning_marker_ttl / 10, 3600.0)
+        idle = time.time() - (self._last_flush or 0.0)
+        if self._writer is not None and self._in_flight is None and idle > period:
+            self._in_flight = set()
+            self._batch += 1
+            self._send_batch(self._batch, {})
+
+    def _marker_ttl(self, key: str) -> float:
+        durable = self._writer is not None and any(
+            _matches(p, key) for p in self.settings.durable_keys
+        )
+        return (
+            self.settings.durable_pruning_marker_ttl
+            if durable
+            else self.settings.pruning_marker_ttl
+        )
+
+    def _reincarnate(self) -> None:
+        """Peers pruned this node's replica (it was removed while it still ran: unreachable
+        longer than ``removal_timeout``).  Writing on under it would lose every new write, so it
+        takes a new incarnation, as a restart would, and introduces itself again."""
+        old = self.node
+        self._node = ReplicaId(old.node, max(time.time_ns() // 10**6, old.incarnation + 1))
+        log.error(
+            "thespian_dd %s was removed by its peers (unreachable longer than removal_timeout); "
+            "it goes on as %s, and its writes its peers had not seen are lost",
+            old,
+            self._node,
+        )
+        hello = self._hello(reply=True)
+        for name, peer in self._peers.items():
+            self._peer_send(name, peer.address, hello)
 
     # -- subscriptions ---------------------------------------------------------------------------
 
@@ -1040,6 +1266,11 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             return False
         if msg.sender.node in self._blocked or msg.sender == self._node:
             return False
+        if msg.sender in self._departed or msg.sender in self._pruned_ids:
+            # Removed for good, or pruned: it must not write on under that replica.
+            if isinstance(sender, ActorAddress) and not isinstance(msg, PeerRemoved):
+                self.send(sender, PeerRemoved(PROTOCOL_VERSION, self.node, msg.sender))
+            return False
         if msg.version != PROTOCOL_VERSION:
             self._rejected += 1
             reason = f"protocol version {msg.version!r} (this node speaks {PROTOCOL_VERSION})"
@@ -1057,7 +1288,10 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     def _learn(self, replica: ReplicaId, address: Any) -> bool:
         """Add or refresh a peer; returns whether it is new (or a new incarnation)."""
-        if replica.node == self.node.node:
+        if replica.node == self.node.node or replica in self._departed:
+            return False
+        if replica in self._pruned_ids:
+            self.send(address, PeerRemoved(PROTOCOL_VERSION, self.node, replica))
             return False
         known = self._peers.get(replica.node)
         if known is not None and known.replica >= replica:
@@ -1108,10 +1342,22 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._gossip_rounds += 1
         now = time.monotonic()
         status = self._status()
-        for name, peer in self._peers.items():
+        for name, peer in list(self._peers.items()):
             if peer.reachable and now - peer.last_seen > self.settings.failure_timeout:
                 peer.reachable = False
                 log.warning("peer %s is unreachable", peer.replica)
+            if (
+                not peer.reachable
+                and now - peer.last_seen > self.settings.removal_timeout
+                and self._in_majority()
+            ):
+                # Gone for good: it no longer counts in N, and its replica will be pruned.
+                del self._peers[name]
+                self._departed.add(peer.replica)
+                log.warning(
+                    "peer %s removed: unreachable for %.0f s", peer.replica, now - peer.last_seen
+                )
+                continue
             self._peer_send(name, peer.address, status)
 
     def receiveMsg_PartitionForTests(self, msg: PartitionForTests, sender: Any) -> None:
@@ -1211,7 +1457,9 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             return
         outbox, self._outbox = self._outbox, {}
         entries = {
-            key: TOMBSTONE if delta is None else codec.encode(delta)
+            key: TOMBSTONE
+            if delta is None
+            else join_envelope(codec.encode(delta), only_performed(self._markers.get(key, {})))
             for key, delta in outbox.items()
         }
         self._delta_seq += 1
@@ -1358,6 +1606,16 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     def _reject(self, sender: Any, reply: Any) -> None:
         self._rejected += 1
         self.send(sender, reply)
+
+
+def _cleaned(value: ReplicatedData, markers: Markers) -> ReplicatedData:
+    """``value`` without the slots of every replica whose pruning is performed."""
+    if not isinstance(value, RemovedNodePruning):
+        return value
+    for removed, marker in markers.items():
+        if isinstance(marker, Performed) and value.needs_pruning_from(removed):
+            value = value.pruning_cleanup(removed)
+    return value
 
 
 def _matches(pattern: str, key: str) -> bool:
