@@ -13,11 +13,14 @@ import sqlalchemy as sa
 from thespian_dd import (
     Delete,
     Deleted,
+    Expired,
     GCounter,
     Get,
     GetDataDeleted,
+    GetKeys,
     GetStats,
     GetSuccess,
+    NotFound,
     ORSet,
     ReplicaId,
     Stats,
@@ -270,3 +273,51 @@ def _last_alive(url: str) -> float:
             return float(conn.execute(query).scalar_one())
     finally:
         engine.dispose()
+
+
+def test_idle_keys_expire_everywhere_and_used_ones_stay(
+    cluster_factory: Any, tmp_path: Path
+) -> None:
+    expiry = {"cache-*": 2.0, "cache-forever": 3600.0}
+    cluster = cluster_factory(
+        2, store=f"sqlite:///{tmp_path}/{{name}}.db", expire_keys_after_inactivity=expiry
+    )
+    eventually(lambda: all(cluster.ask(i, GetStats()).reachable_peers == 1 for i in range(2)))
+    keys = ("cache-idle", "cache-read", "cache-forever", "kept")
+    for key in keys:
+        cluster.ask(0, Update(key, GCounter(), _increment(1)))
+    node = cluster.nodes[1]
+    probe = node.client.createActor(Probe)
+    node.client.tell(node.replicator, Subscribe("cache-*", subscriber=probe))
+    eventually(lambda: all(isinstance(cluster.ask(1, Get(k)), GetSuccess) for k in keys))
+    started = time.monotonic()
+    while time.monotonic() - started < 4.0:  # reads keep cache-read alive, on node 1 only
+        assert isinstance(cluster.ask(1, Get("cache-read")), GetSuccess)
+        time.sleep(0.2)
+    for i in range(2):
+        assert cluster.ask(i, Get("cache-idle")) == NotFound("cache-idle", None), i
+        assert isinstance(cluster.ask(i, Get("cache-read")), GetSuccess), i
+        assert _data(cluster, i, "cache-forever").value == 1
+        assert _data(cluster, i, "kept").value == 1
+
+    def told() -> bool:
+        reply = node.client.ask(probe, ProbeTake(), 5)
+        assert isinstance(reply, Received)
+        return Expired("cache-idle") in reply.messages
+
+    eventually(told, what="the subscriber hears that cache-idle expired")
+    # Not a delete: the key can be created again, and the expired row is gone from the store.
+    reply = cluster.ask(0, Update("cache-idle", GCounter(), _increment(7)))
+    assert isinstance(reply, UpdateSuccess)
+    eventually(lambda: _data(cluster, 1, "cache-idle").value == 7)
+    # Reads stopped: it expires too (GetKeys is no read of it).
+    eventually(
+        lambda: all("cache-read" not in cluster.ask(i, GetKeys()).keys for i in range(2)), 10
+    )
+    _stored(cluster)
+    for i in range(2):
+        cluster.kill(i)
+    for i in range(2):
+        cluster.restart(i)
+    for i in range(2):  # the expired keys' rows are gone; the others' are not
+        assert cluster.ask(i, GetKeys()).keys == {"cache-forever", "kept"}, i

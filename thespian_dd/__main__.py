@@ -52,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
         "(default: *, every key)",
     )
     node.add_argument(
+        "--expire-keys-after-inactivity",
+        type=_expiries,
+        metavar="RULES",
+        help="keys removed after SECONDS without an update or read: comma-separated "
+        "KEY=SECONDS or PREFIX*=SECONDS (default: none)",
+    )
+    node.add_argument(
         "--write-mode",
         choices=["sync", "write-behind"],
         help="sync: acknowledge an update once committed (default); write-behind: acknowledge "
@@ -162,6 +169,19 @@ def _patterns(text: str) -> list[str]:
     if not all(patterns):
         raise argparse.ArgumentTypeError(f"expected comma-separated keys or patterns: {text!r}")
     return patterns
+
+
+def _expiries(text: str) -> dict[str, float]:
+    rules = {}
+    for rule in text.split(","):
+        pattern, sep, seconds = rule.strip().rpartition("=")
+        try:
+            rules[pattern] = float(seconds)
+        except ValueError:
+            sep = ""
+        if not sep or not pattern:
+            raise argparse.ArgumentTypeError(f"expected KEY=SECONDS rules, not {rule!r}")
+    return rules
 
 
 def _run_node(args: argparse.Namespace) -> int:

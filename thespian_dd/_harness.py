@@ -193,6 +193,16 @@ def _with_request(message: Any, token: Any) -> Any:
     return message
 
 
+def _option(value: Any, name: str) -> str:
+    """A setting as the node command's option takes it; a str may name the node
+    (``store="sqlite:///{dir}/{name}.db"``)."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ",".join(value)
+    return value.format(name=name) if isinstance(value, str) else str(value)
+
+
 @dataclass
 class _Process:
     name: str
@@ -211,11 +221,11 @@ class Cluster:
     through the ``cluster_factory`` fixture so every process is stopped after the test.
     """
 
-    def __init__(self, workdir: Path, n: int, **settings: float | str | list[str]) -> None:
+    def __init__(self, workdir: Path, n: int, **settings: Any) -> None:
         """``settings`` are the node command's options (``gossip_interval=0.5`` and so on)."""
         # A directory of its own: node logs are read to see a node come up.
         self.workdir = Path(tempfile.mkdtemp(prefix="cluster-", dir=workdir))
-        self.settings: dict[str, float | str | list[str]] = {**FAST, **settings}
+        self.settings: dict[str, Any] = {**FAST, **settings}
         self.nodes = [_Process(f"node-{i + 1}", free_port()) for i in range(n)]
 
     def __enter__(self) -> Self:
@@ -242,10 +252,7 @@ class Cluster:
         if i > 0:
             args += ["--join", f"127.0.0.1:{self.nodes[0].port}"]
         for setting, value in self.settings.items():
-            # A str setting may name the node: store="sqlite:///{dir}/{name}.db".
-            text = ",".join(value) if isinstance(value, (list, tuple)) else value
-            text = text.format(name=node.name) if isinstance(text, str) else str(text)
-            args += [f"--{setting.replace('_', '-')}", text]
+            args += [f"--{setting.replace('_', '-')}", _option(value, node.name)]
         env = {**os.environ, "THESPLOG_FILE": str(self.workdir / f"{node.name}.thespian.log")}
         with log.open("ab") as out:
             # Output to a file, never a pipe: the daemonised admin would hold a pipe open.

@@ -88,7 +88,7 @@ def gossip_bytes(msg: PeerMessage) -> int:
     """What a gossip message carries: digests, keys and values, counted from its fields (no
     second pickling of what Thespian pickles anyway).  Counts the same for sender and receiver."""
     if isinstance(msg, GossipStatus):
-        return sum(1 + len(d) for d in msg.buckets.values())
+        return sum(1 + len(d) for d in msg.buckets.values()) + sum(8 + len(k) for k in msg.used)
     if isinstance(msg, GossipKeys):
         return sum(len(k) + len(d) for k, d in msg.digests.items())
     if isinstance(msg, (GossipEntries, DeltaPropagation)):
@@ -117,10 +117,12 @@ class PeerRemoved(PeerMessage):
 
 @dataclass(frozen=True)
 class GossipStatus(PeerMessage):
-    """Heartbeat and anti-entropy summary: the digest of every non-empty bucket."""
+    """Heartbeat and anti-entropy summary: the digest of every non-empty bucket; ``used``: keys
+    that expire after inactivity and were used on the sender since its last round (when)."""
 
     buckets: dict[int, bytes]
     peers: dict[str, tuple[ReplicaId, Any]] = field(default_factory=dict)
+    used: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -133,10 +135,12 @@ class GossipKeys(PeerMessage):
 
 @dataclass(frozen=True)
 class GossipEntries(PeerMessage):
-    """Values (codec bytes, or TOMBSTONE) to merge, and keys whose values the sender wants."""
+    """Values (envelopes, or TOMBSTONE) to merge, and keys whose values the sender wants.
+    ``used``: when keys that expire after inactivity were last used (wall clock, seconds)."""
 
     entries: dict[str, bytes]
     want: frozenset[str] = frozenset()
+    used: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,7 @@ class DeltaPropagation(PeerMessage):
 
     seq: int
     entries: dict[str, bytes]
+    used: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

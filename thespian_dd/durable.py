@@ -30,6 +30,7 @@ from thespian.actors import ActorTypeDispatcher
 from thespian_dd import codec
 
 __all__ = [
+    "FORGOTTEN",
     "SCHEMA_VERSION",
     "DurableWriter",
     "Entry",
@@ -105,11 +106,16 @@ class StoreError(RuntimeError):
 
 
 class Entry(NamedTuple):
-    """What the Replicator sends to be stored for one key (``None`` instead: deleted)."""
+    """What the Replicator sends to be stored for one key (``None`` instead: deleted, a
+    tombstone; :data:`FORGOTTEN`: no row at all)."""
 
     data_type: str
     payload: bytes
     replicas: str
+
+
+FORGOTTEN = Entry("", b"", "")
+"""The entry of a key that expired: its row is deleted (no tombstone is kept)."""
 
 
 class StoredRow(NamedTuple):
@@ -270,7 +276,10 @@ class Store:
         node is alive (no entries: only that)."""
         now = time.time()
         rows = []
+        forgotten = [key_id(key) for key, entry in entries.items() if entry == FORGOTTEN]
         for key, entry in entries.items():
+            if entry == FORGOTTEN:
+                continue
             data_type, raw, replicas = (DELETED, b"", "") if entry is None else entry
             rows.append(
                 {
@@ -288,6 +297,12 @@ class Store:
         with self.engine.begin() as conn:
             if rows:
                 self._upsert(conn, rows)
+            if forgotten:
+                conn.execute(
+                    _entries.delete().where(
+                        _entries.c.node == node, _entries.c.key_id.in_(forgotten)
+                    )
+                )
             conn.execute(_nodes.update().where(_nodes.c.node == node).values(last_alive=now))
 
     def _upsert(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "DeleteResponse",
     "DeleteSuccess",
     "Deleted",
+    "Expired",
     "FlushChanges",
     "Get",
     "GetDataDeleted",
@@ -436,6 +437,14 @@ class Changed:
 @dataclass(frozen=True)
 class Deleted:
     """To subscribers: ``key`` was deleted."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class Expired:
+    """To subscribers: ``key`` was removed after a period of inactivity (see the setting
+    ``expire_keys_after_inactivity``); unlike a delete, it may be created again."""
 
     key: str
 

@@ -32,7 +32,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from typing import Any
@@ -92,13 +92,23 @@ from thespian_dd.data import (
     ReplicatedData,
     RequiresCausalDelivery,
 )
-from thespian_dd.durable import DurableWriter, Entry, Load, LoadChunk, Loaded, Write, Written
+from thespian_dd.durable import (
+    FORGOTTEN,
+    DurableWriter,
+    Entry,
+    Load,
+    LoadChunk,
+    Loaded,
+    Write,
+    Written,
+)
 from thespian_dd.messages import (
     Changed,
     DataDeleted,
     Delete,
     Deleted,
     DeleteSuccess,
+    Expired,
     FlushChanges,
     Get,
     GetDataDeleted,
@@ -161,6 +171,9 @@ class Settings:
     - ``pruning_marker_ttl`` / ``durable_pruning_marker_ttl``: seconds a performed-pruning marker
       is kept (keys in memory / durable keys); a node offline longer than the durable one must
       have its store wiped before it rejoins.
+    - ``expire_keys_after_inactivity``: ``{key or 'prefix*': seconds}``; such a key is removed
+      (no tombstone; subscribers get ``Expired``) once nobody has updated or read it for that
+      long on any node.
     """
 
     node_name: str | None = None
@@ -179,6 +192,7 @@ class Settings:
     max_pruning_dissemination: float = 300.0
     pruning_marker_ttl: float = 6 * 3600.0
     durable_pruning_marker_ttl: float = 10 * 86400.0
+    expire_keys_after_inactivity: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.node_name is not None and (
@@ -201,14 +215,11 @@ class Settings:
             _check_positive("delta_interval", self.delta_interval)
         if self.store is not None and (not isinstance(self.store, str) or not self.store):
             raise ValueError(f"store must be an SQLAlchemy URL or None, not {self.store!r}")
-        patterns = self.durable_keys
-        if isinstance(patterns, list):  # from a capability or a caller: keep it hashable
-            patterns = tuple(patterns)
-            object.__setattr__(self, "durable_keys", patterns)
-        if not isinstance(patterns, tuple) or not all(isinstance(p, str) and p for p in patterns):
-            raise ValueError(
-                f"durable_keys must be a list of keys or 'prefix*' patterns, not {patterns!r}"
-            )
+        # From a capability or a caller: a list becomes a tuple, any mapping a dict.
+        object.__setattr__(self, "durable_keys", _patterns(self.durable_keys))
+        object.__setattr__(
+            self, "expire_keys_after_inactivity", _expiries(self.expire_keys_after_inactivity)
+        )
         if self.write_mode not in WRITE_MODES:
             raise ValueError(f"write_mode must be one of {WRITE_MODES}, not {self.write_mode!r}")
         for name in ("max_value_bytes", "max_gossip_bytes"):
@@ -238,6 +249,30 @@ class Settings:
             for name, value in capabilities.items()
             if isinstance(name, str) and name.startswith(CAPABILITY_PREFIX)
         }
+
+
+def _patterns(patterns: object) -> tuple[str, ...]:
+    if isinstance(patterns, (list, tuple)) and all(isinstance(p, str) and p for p in patterns):
+        return tuple(patterns)
+    raise ValueError(f"durable_keys must be a list of keys or 'prefix*' patterns, not {patterns!r}")
+
+
+def _expiries(rules: object) -> dict[str, float]:
+    if isinstance(rules, Mapping) and all(
+        isinstance(k, str) and k and (_seconds(v) or 0) > 0 for k, v in rules.items()
+    ):
+        return dict(rules)
+    raise ValueError(
+        f"expire_keys_after_inactivity must map keys or 'prefix*' patterns to seconds > 0, "
+        f"not {rules!r}"
+    )
+
+
+def _seconds(value: object) -> float | None:
+    """``value`` as a number of seconds, or None if it is no number (bools are not)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def _check_positive(name: str, value: object) -> None:
@@ -366,7 +401,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     ``asys.createActor(Replicator, globalName=REPLICATOR_NAME)`` (settings then come from the
     ActorSystem's ``thespian_dd.*`` capabilities)."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - a line per piece of the node's state
         self, capabilities: Mapping[str, Any] | None = None, *args: Any, **kw: Any
     ) -> None:
         super().__init__(*args, **kw)
@@ -377,6 +412,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._deleted: set[str] = set()
         self._markers: dict[str, dict[ReplicaId, Marker]] = {}  # key -> removed -> marker
         self._removed_since: dict[ReplicaId, float] = {}
+        self._last_used: dict[str, float] = {}  # keys that expire -> last update or read
+        self._used_here: set[str] = set()  # of those, used here since the last gossip round
         self._departed: set[ReplicaId] = set()
         self._pruned_ids: set[ReplicaId] = set()  # replicas pruned here: never peers again
         self._digests: dict[str, bytes] = {}
@@ -552,6 +589,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             return
         self._set_markers(key, markers)
         self._digests[key] = self._digest(key, raw[-16:])
+        self._touch(key)  # its last use before the restart is not stored: a full period again
 
     def _serve(self) -> None:
         self.handleDeadLetters(startHandling=True)
@@ -610,7 +648,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         """What the store gets for ``key``: its current state, encoded once per batch."""
         value = self._data.get(key)
         if value is None:
-            return None  # deleted
+            return None if key in self._deleted else FORGOTTEN
         replicas = value.modified_by_nodes() if isinstance(value, RemovedNodePruning) else ()
         return Entry(
             codec.type_name(value),
@@ -779,10 +817,14 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._dirty_buckets.clear()
         return self._bucket_cache
 
-    def _merge_remote(self, key: object, payload: object, origin: str) -> bool:
+    def _merge_remote(self, key: object, payload: object, origin: str, used: object = None) -> bool:
         """Merge a peer's value into ``key``; returns whether anything changed.  A payload that
         is malformed, of another type than the local value, or too big after the merge is
-        rejected for this key only: counted, logged once, and nothing changes."""
+        rejected for this key only: counted, logged once, and nothing changes.  ``used``: when
+        the peer says the key was last used, if it expires after inactivity."""
+        at = _seconds(used)
+        if isinstance(key, str) and key not in self._data and self._expired(key, at):
+            return False  # it expired there; it must not come back here
         try:
             merged = self._merged(key, payload)
         except Exception as e:  # noqa: BLE001 - peer data must never raise in the Replicator
@@ -800,6 +842,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if value is not None:
             self._set_markers(key, markers)
         self._store(key, value, raw if value is not None else None, notify=changed)
+        if value is not None:
+            self._touch(key, at)
         return True
 
     def _set_markers(self, key: str, markers: Markers) -> None:
@@ -872,6 +916,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if error:
             self._reject(sender, GetFailure(msg.key, msg.request, error))
             return
+        if msg.key in self._data:
+            self._touch(msg.key)
         needed = msg.consistency.replicas_needed(self._replica_count())
         if needed <= 1 or msg.key in self._deleted:
             self._reply_get(sender, msg.key, msg.request)
@@ -905,6 +951,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self.send(sender, ModifyFailure(msg.key, msg.request, f"modify failed: {_describe(e)}"))
             return
         self._store(msg.key, new)
+        self._touch(msg.key)
         self._queue_delta(msg.key, delta)
         self._replicate("update", sender, msg.key, msg.request, msg.consistency)
 
@@ -1183,6 +1230,50 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         for name, peer in self._peers.items():
             self._peer_send(name, peer.address, hello)
 
+    # -- expiry of idle keys ---------------------------------------------------------------------
+
+    def _expiry(self, key: str) -> float | None:
+        """Seconds of inactivity after which ``key`` expires (an exact key before the longest
+        matching prefix), or None."""
+        rules = self.settings.expire_keys_after_inactivity
+        if key in rules:
+            return rules[key]
+        matching = [p for p in rules if p.endswith("*") and key.startswith(p[:-1])]
+        return rules[max(matching, key=len)] if matching else None
+
+    def _expired(self, key: str, used: float | None) -> bool:
+        expiry = self._expiry(key)
+        return expiry is not None and used is not None and time.time() - used > expiry
+
+    def _touch(self, key: str, at: float | None = None) -> None:
+        """``key`` was used (updated or read) at ``at`` (default: now), here or on a peer."""
+        if self._expiry(key) is not None:
+            if at is None:
+                at = time.time()
+                self._used_here.add(key)  # peers hear of it in the next gossip round
+            self._last_used[key] = max(self._last_used.get(key, at), at)
+
+    def _expire_keys(self) -> None:
+        """Remove every key idle longer than its expiry: no tombstone, its row deleted, its
+        subscribers told ``Expired``.  Used anywhere meanwhile, it comes back by gossip."""
+        for key, used in list(self._last_used.items()):
+            if key in self._data and self._expired(key, used):
+                del self._data[key]
+                del self._last_used[key]
+                self._markers.pop(key, None)
+                self._digests.pop(key, None)
+                self._stale_digests.discard(key)
+                self._outbox.pop(key, None)
+                bucket = bucket_of(key)
+                self._bucket_keys.get(bucket, set()).discard(key)
+                self._dirty_buckets.add(bucket)
+                self._changed(key)
+                self._write_durably(key, None)
+                log.info("key %r expired after %.0f s without use", key, time.time() - used)
+
+    def _used(self, keys: Iterable[str]) -> dict[str, float]:
+        return {k: self._last_used[k] for k in keys if k in self._last_used}
+
     # -- subscriptions ---------------------------------------------------------------------------
 
     def receiveMsg_Subscribe(self, msg: Subscribe, sender: Any) -> None:
@@ -1215,15 +1306,19 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     def _notify(self) -> None:
         pending, self._pending_notify = self._pending_notify, set()
         for key in sorted(pending):
-            message: Changed | Deleted = (
-                Deleted(key) if key in self._deleted else Changed(key, self._data[key])
+            message: Changed | Deleted | Expired = (
+                Deleted(key)
+                if key in self._deleted
+                else Changed(key, self._data[key])
+                if key in self._data
+                else Expired(key)
             )
             for pattern, subscriber in self._subscriptions:
                 if _matches(pattern, key):
                     self.send(subscriber, message)
 
     def receiveMsg_DeadEnvelope(self, msg: DeadEnvelope, sender: Any) -> None:
-        if isinstance(msg.deadMessage, (Changed, Deleted)):
+        if isinstance(msg.deadMessage, (Changed, Deleted, Expired)):
             self._drop_subscriber(msg.deadAddress)  # a subscriber that died
         elif isinstance(msg.deadMessage, PeerMessage):
             for peer in self._peers.values():
@@ -1231,7 +1326,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                     peer.reachable = False  # its node is gone: no need to wait for the timeout
 
     def receiveMsg_PoisonMessage(self, msg: PoisonMessage, sender: Any) -> None:
-        if isinstance(msg.poisonMessage, (Changed, Deleted)):
+        if isinstance(msg.poisonMessage, (Changed, Deleted, Expired)):
             self._drop_subscriber(sender)
 
     def _drop_subscriber(self, address: Any) -> None:
@@ -1336,10 +1431,14 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._peer_send(msg.sender.node, msg.address, self._status())
 
     def _status(self) -> GossipStatus:
-        return GossipStatus(PROTOCOL_VERSION, self.node, dict(self._buckets()), self._directory())
+        used, self._used_here = self._used(self._used_here), set()
+        return GossipStatus(
+            PROTOCOL_VERSION, self.node, dict(self._buckets()), self._directory(), used
+        )
 
     def _gossip_round(self) -> None:
         self._gossip_rounds += 1
+        self._expire_keys()
         now = time.monotonic()
         status = self._status()
         for name, peer in list(self._peers.items()):
@@ -1373,6 +1472,10 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         peer = self._peers.get(msg.sender.node)
         if peer is None or not isinstance(msg.buckets, dict):
             return
+        if isinstance(msg.used, dict):
+            for key, at in msg.used.items():
+                if key in self._data and (seconds := _seconds(at)) is not None:
+                    self._touch(key, seconds)
         mine = self._buckets()
         differ = frozenset(
             b for b in set(mine) | set(msg.buckets) if mine.get(b) != msg.buckets.get(b)
@@ -1428,14 +1531,15 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._peer_send(
                 peer.replica.node,
                 peer.address,
-                GossipEntries(PROTOCOL_VERSION, self.node, entries, want),
+                GossipEntries(PROTOCOL_VERSION, self.node, entries, want, self._used(entries)),
             )
 
     def receiveMsg_GossipEntries(self, msg: GossipEntries, sender: Any) -> None:
         if not self._accept(msg, sender) or not isinstance(msg.entries, dict):
             return
+        used = msg.used if isinstance(msg.used, dict) else {}
         for key, payload in msg.entries.items():
-            self._merge_remote(key, payload, str(msg.sender))
+            self._merge_remote(key, payload, str(msg.sender), used.get(key))
         peer = self._peers.get(msg.sender.node)
         if msg.want and peer is not None:
             wanted = [k for k in msg.want if isinstance(k, str) and k in self._digests]
@@ -1463,7 +1567,9 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             for key, delta in outbox.items()
         }
         self._delta_seq += 1
-        message = DeltaPropagation(PROTOCOL_VERSION, self.node, self._delta_seq, entries)
+        message = DeltaPropagation(
+            PROTOCOL_VERSION, self.node, self._delta_seq, entries, self._used(entries)
+        )
         for name, peer in self._peers.items():
             if peer.reachable:
                 self._peer_send(name, peer.address, message)
@@ -1471,6 +1577,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     def receiveMsg_DeltaPropagation(self, msg: DeltaPropagation, sender: Any) -> None:
         if not self._accept(msg, sender) or not isinstance(msg.entries, dict):
             return
+        used = msg.used if isinstance(msg.used, dict) else {}
         last = self._seq_seen.get(msg.sender)
         self._seq_seen[msg.sender] = msg.seq
         gap = last is not None and msg.seq != last + 1
@@ -1480,7 +1587,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             if gap and isinstance(current, RequiresCausalDelivery):
                 want.append(key)  # deltas were lost: ask for the whole value instead
             else:
-                self._merge_remote(key, payload, str(msg.sender))
+                self._merge_remote(key, payload, str(msg.sender), used.get(key))
         peer = self._peers.get(msg.sender.node)
         if want and peer is not None:
             self._peer_send(
