@@ -31,7 +31,8 @@ def test_the_bench_prints_each_figure_with_its_baseline_and_ratio(
     assert "ORSet merge, 2,000 elements" in out
     assert "ORMap encoded size, 200 elements" in out
     rows = json.loads(results.read_text())
-    assert {row["section"] for row in rows} == {"crdt", "replicator", "durable"}
+    assert {row["section"] for row in rows} == {"crdt", "replicator", "durable", "pruning"}
+    assert "GCounter key size after 3 restarts, pruned" in out
     assert "SQLite write-behind Update throughput, 16 client(s)" in out
     assert "SQLite recovery of 5,000 keys" in out
     assert "Update (WriteLocal) throughput" in out

@@ -113,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--section",
         action="append",
-        choices=["crdt", "replicator", "durable"],
+        choices=["crdt", "replicator", "durable", "pruning"],
         help="run only this section (repeatable; default: all)",
     )
     bench.add_argument(

@@ -41,7 +41,20 @@ from typing import Any
 import sqlalchemy as sa
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher
 
-from thespian_dd import GCounter, Get, GetStats, ORMap, ORSet, ReplicaId, Stats, Update
+from thespian_dd import (
+    GCounter,
+    Get,
+    GetStats,
+    GetSuccess,
+    ORMap,
+    ORSet,
+    ReplicaId,
+    Stats,
+    Update,
+    UpdateSuccess,
+    WriteAll,
+    WriteLocal,
+)
 from thespian_dd._harness import Cluster, Node, eventually, start_node
 from thespian_dd.codec import decode, encode
 from thespian_dd.data import CausalContext
@@ -471,7 +484,102 @@ def _select_and_decode(url: str, node: str) -> int:
         engine.dispose()
 
 
-SECTIONS = ("crdt", "replicator", "durable")
+PRUNING = {"pruning_interval": 0.3, "max_pruning_dissemination": 1.0, "removal_timeout": 4.0}
+NO_PRUNING = {"max_pruning_dissemination": 1e9}
+
+
+def _add_own_element(s: ORSet, node: ReplicaId) -> ORSet:
+    """The same element for every start of a node: only the replicas behind it change."""
+    return s.add(node, f"element-of-{node.node}")
+
+
+def _hit(m: ORMap, node: ReplicaId) -> ORMap:
+    return m.update(node, "hits", GCounter(), lambda c: c.increment(node, 1))
+
+
+def _restart_workload(cluster: Cluster, restarts: int) -> None:
+    """Every node updates a GCounter, an ORSet and an ORMap key; node 3 (whose writes reach
+    every node first) is killed and restarted, ``restarts`` times."""
+    for r in range(restarts + 1):
+        for i in range(3):
+            consistency = WriteAll(10.0) if i == 2 else WriteLocal()
+            updates = [
+                Update("counter", GCounter(), _increment, consistency),
+                Update("set", ORSet(), _add_own_element, consistency),
+                Update("map", ORMap(), _hit, consistency),
+            ]
+            for update in updates:
+                reply = cluster.ask(i, update, 15)
+                if not isinstance(reply, UpdateSuccess):
+                    raise TypeError(f"bench update on node {i + 1} failed: {reply!r}")
+        if r < restarts:
+            cluster.kill(2)
+            cluster.restart(2)
+
+
+def _sizes(cluster: Cluster) -> dict[str, float]:
+    """Encoded bytes of each key on node 1, and its idle gossip bytes per round."""
+    sizes: dict[str, float] = {}
+    for key in ("counter", "set", "map"):
+        reply = cluster.ask(0, Get(key))
+        if not isinstance(reply, GetSuccess):
+            raise TypeError(f"bench: {key} is missing: {reply!r}")
+        sizes[key] = len(encode(reply.data))
+    sizes["gossip"] = _idle_gossip(cluster)
+    return sizes
+
+
+def _pruned(cluster: Cluster) -> bool:
+    live = set()
+    for i in range(3):
+        stats = cluster.ask(i, GetStats())
+        assert isinstance(stats, Stats)
+        name, incarnation = stats.node.rsplit("#", 1)
+        live.add(ReplicaId(name, int(incarnation)))
+    for i in range(3):
+        for key in ("counter", "set", "map"):
+            reply = cluster.ask(i, Get(key))
+            assert isinstance(reply, GetSuccess)
+            assert reply.data.modified_by_nodes() <= live
+    return True
+
+
+def _pruning(scale: float, out: Callable[[str], object]) -> list[Result]:
+    restarts = max(3, int(30 * scale))
+    found: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        out(f"  pruning: 3 nodes, {restarts} restarts of one, pruning held back ...")
+        with Cluster(Path(workdir), 3, **NO_PRUNING) as cluster:
+            cluster.start()
+            _restart_workload(cluster, 0)
+            found["before"] = _sizes(cluster)
+            _restart_workload(cluster, restarts)
+            found["restarted"] = _sizes(cluster)
+        out(f"  pruning: 3 nodes, {restarts} restarts of one, pruning on ...")
+        with Cluster(Path(workdir), 3, **PRUNING) as cluster:
+            cluster.start()
+            _restart_workload(cluster, restarts)
+            eventually(lambda: _pruned(cluster), timeout=120, what="every old replica pruned")
+            found["pruned"] = _sizes(cluster)
+    names = {"counter": "GCounter", "set": "ORSet", "map": "ORMap"}
+    results = []
+    for key, label in [*names.items(), ("gossip", "idle gossip per round")]:
+        what = f"{label} key size" if key in names else label
+        for phase, words in (("restarted", "not pruned"), ("pruned", "pruned")):
+            results.append(
+                Result(
+                    "pruning",
+                    f"{what} after {restarts} restarts, {words}",
+                    "bytes",
+                    found[phase][key],
+                    found["before"][key],
+                    "before the restarts",
+                )
+            )
+    return results
+
+
+SECTIONS = ("crdt", "replicator", "durable", "pruning")
 
 
 def _fmt(value: float, unit: str) -> str:
@@ -509,6 +617,8 @@ def run_bench(  # noqa: PLR0913 - one keyword per command-line option
         results += _replicator(scale, out)
     if "durable" in sections:
         results += _durable(scale, postgresql, out)
+    if "pruning" in sections:
+        results += _pruning(scale, out)
     for line in _table(results):
         out(line)
     if json_path:
