@@ -88,6 +88,15 @@ def _idle_gossip_bytes(cluster: Cluster) -> float:
     return float(sent / rounds)
 
 
+def _full_restart(cluster: Cluster) -> None:
+    """Every node killed at once once its store is up to date, then started again."""
+    _stored(cluster)
+    for i in range(len(cluster.nodes)):
+        cluster.kill(i)
+    for i in range(len(cluster.nodes)):
+        cluster.restart(i)
+
+
 def _stored(cluster: Cluster) -> None:
     """Wait until every node has committed everything it holds."""
     for i in range(len(cluster.nodes)):
@@ -143,20 +152,12 @@ def test_a_full_cluster_restart_prunes_every_old_incarnation(
         cluster.ask(i, Update("s", ORSet(), _add(f"x{i}")))
     expected = {"c": 60, "s": {"x0", "x1", "x2"}}
     eventually(lambda: _pruned_everywhere(cluster, expected, [0, 1, 2]), timeout=30)
-    _stored(cluster)
-    for i in range(3):
-        cluster.kill(i)
-    for i in range(3):
-        cluster.restart(i)
+    _full_restart(cluster)
     for i in range(3):  # exact at once, from each node's own store
         assert _data(cluster, i, "c").value == 60
     eventually(lambda: _pruned_everywhere(cluster, expected, [0, 1, 2]), timeout=60)
     # Pruned state is durable too: another full restart brings back the pruned values.
-    _stored(cluster)
-    for i in range(3):
-        cluster.kill(i)
-    for i in range(3):
-        cluster.restart(i)
+    _full_restart(cluster)
     eventually(lambda: _pruned_everywhere(cluster, expected, [0, 1, 2]), timeout=60)
 
 
@@ -231,11 +232,7 @@ def test_a_delete_wins_everywhere_and_survives_a_full_restart(
             return Deleted("gone") in reply.messages
 
         eventually(told, timeout=20, what=f"node {i + 1}'s subscriber hears of the delete")
-    _stored(cluster)
-    for i in range(3):
-        cluster.kill(i)
-    for i in range(3):
-        cluster.restart(i)
+    _full_restart(cluster)
     deleted_everywhere()
     reply = cluster.ask(1, Update("gone", GCounter(), _increment(1)))
     assert reply == UpdateDataDeleted("gone", None)
@@ -314,10 +311,6 @@ def test_idle_keys_expire_everywhere_and_used_ones_stay(
     eventually(
         lambda: all("cache-read" not in cluster.ask(i, GetKeys()).keys for i in range(2)), 10
     )
-    _stored(cluster)
-    for i in range(2):
-        cluster.kill(i)
-    for i in range(2):
-        cluster.restart(i)
+    _full_restart(cluster)
     for i in range(2):  # the expired keys' rows are gone; the others' are not
         assert cluster.ask(i, GetKeys()).keys == {"cache-forever", "kept"}, i

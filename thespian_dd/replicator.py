@@ -1169,7 +1169,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             if removed not in markers and value.needs_pruning_from(removed):
                 updated[removed] = Initialized(self.node, frozenset({self.node.node}))
         pruned = value
-        expires_ms = time.time_ns() // 10**6 + int(self._marker_ttl(key) * 1000)
         for removed, marker in updated.items():
             if (
                 isinstance(marker, Initialized)
@@ -1177,7 +1176,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                 and marker.seen >= live.keys()
             ):
                 pruned = pruned.prune(removed, self.node)
-                updated[removed] = Performed(expires_ms)
+                ttl_ms = int(self._marker_ttl(key) * 1000)
+                updated[removed] = Performed(time.time_ns() // 10**6 + ttl_ms)
                 log.info("pruned %s from %r", removed, key)
         if updated != markers or pruned is not value:
             self._set_markers(key, updated)
@@ -1199,7 +1199,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         it has really been offline (see ``durable_pruning_marker_ttl``)."""
         period = min(self.settings.durable_pruning_marker_ttl / 10, 3600.0)
         idle = time.time() - (self._last_flush or 0.0)
-        if self._writer is not None and self._in_flight is None and idle > period:
+        ready = self._writer is not None and self._in_flight is None and not self._retry_pending
+        if ready and idle > period:
             self._in_flight = set()
             self._batch += 1
             self._send_batch(self._batch, {})
