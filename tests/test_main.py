@@ -12,13 +12,18 @@ import pytest
 from thespian_dd.__main__ import main
 
 
-def test_the_demo_converges(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo"]) == 0
+@pytest.mark.multinode
+def test_the_demo_keeps_every_value_through_a_full_cluster_kill(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "DIFFERENT" not in out
-    assert out.count(" same digest ") == 4
-    assert "cart={'apple': 6, 'pear': 1}" in out
-    assert "Converged in" in out
+    assert out.count(" intact") == 12  # 4 keys on each of 3 nodes
+    assert "cart={'apple': 5}" in out
+    assert "hits=7" in out
+    assert "Every acknowledged value survived the full-cluster kill -9." in out
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["node-1.db", "node-2.db", "node-3.db"]
 
 
 def test_the_bench_prints_each_figure_with_its_baseline_and_ratio(
