@@ -1,6 +1,7 @@
 """Hypothesis profiles: ``dev`` (quick, the default) and ``ci`` (thorough; chosen when CI is set,
 or with HYPOTHESIS_PROFILE=ci)."""
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -41,10 +42,17 @@ SERVER_URLS = {
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty store of each kind.  SQLite: one file per node (``{name}`` in the URL is
     the node's name); a server: one new database shared by the nodes, dropped afterwards."""
-    kind = request.param
-    if kind == "sqlite":
+    if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/{{name}}.db"
-        return
+    else:
+        with server_database(request.param) as url:
+            yield url
+
+
+@contextlib.contextmanager
+def server_database(kind: str) -> Iterator[str]:
+    """A new database on the ``kind`` server, dropped afterwards (skips, or fails in CI, when
+    there is no server)."""
     admin = os.environ.get(SERVER_URLS[kind])
     if not admin:
         reason = f"no {kind} server: set {SERVER_URLS[kind]} (.ci/databases does)"

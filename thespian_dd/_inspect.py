@@ -6,7 +6,8 @@ import datetime as dt
 from collections.abc import Callable
 
 from thespian_dd import codec
-from thespian_dd._canonical import CodecError
+from thespian_dd._canonical import CodecError, Limits
+from thespian_dd._pruning import split_envelope
 from thespian_dd.durable import DELETED, Store, StoredRow
 
 __all__ = ["inspect_store"]
@@ -65,9 +66,21 @@ def _value(row: StoredRow) -> str:
     if row.data_type == DELETED:
         return "(deleted)"
     try:
-        return repr(codec.decode(row.payload).value)
+        markers, raw = split_envelope(row.payload, Limits())
+        value = _shown(codec.decode(raw).value)
     except CodecError as e:
         return f"UNREADABLE: {e} (skipped on load)"
+    return f"{value}  (pruning markers: {len(markers)})" if markers else value
+
+
+def _shown(value: object) -> str:
+    """``repr`` with the members of sets in a stable order (a set's own order is not)."""
+    if isinstance(value, (set, frozenset)):
+        return "{" + ", ".join(sorted(_shown(v) for v in value)) + "}"
+    if isinstance(value, dict):
+        items = sorted((_shown(k), _shown(v)) for k, v in value.items())
+        return "{" + ", ".join(f"{k}: {v}" for k, v in items) + "}"
+    return repr(value)
 
 
 def _when(timestamp: float) -> str:
