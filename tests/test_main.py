@@ -30,7 +30,9 @@ def test_the_bench_prints_each_figure_with_its_baseline_and_ratio(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     results = tmp_path / "bench.json"
+    plot = tmp_path / "bench.png"
     args = ["bench", "--sizes", "200,2000", "--scale", "0.05", "--json", str(results)]
+    args += ["--plot", str(plot)]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "ORSet merge, 2,000 elements" in out
@@ -43,6 +45,7 @@ def test_the_bench_prints_each_figure_with_its_baseline_and_ratio(
     assert "Update (WriteLocal) throughput" in out
     assert "idle gossip per round, 1,000 keys" in out
     assert all(row["baseline"] > 0 and row["ratio"] > 0 for row in rows)
+    assert plot.read_bytes().startswith(b"\x89PNG")
     assert any("growth" in row["name"] for row in rows)
 
 

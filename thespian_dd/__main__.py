@@ -143,6 +143,12 @@ def _parser() -> argparse.ArgumentParser:
         "measures PostgreSQL (default: $THESPIAN_DD_TEST_POSTGRESQL_URL)",
     )
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    bench.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also draw throughput by write mode and recovery time by key count (the durable "
+        "section) into FILE.png; needs matplotlib: pip install 'thespian_dd[plot]'",
+    )
     bench.set_defaults(run=_run_bench)
     return parser
 
@@ -233,7 +239,9 @@ def _run_bench(args: argparse.Namespace) -> int:
     if not args.scale > 0:
         raise SystemExit("bench: --scale must be > 0")
     sections = args.section or list(SECTIONS)
-    run_bench(
+    if args.plot and "durable" not in sections:
+        raise SystemExit("bench: --plot draws the durable section: add --section durable")
+    results = run_bench(
         sections,
         sizes=sizes,
         scale=args.scale,
@@ -241,6 +249,11 @@ def _run_bench(args: argparse.Namespace) -> int:
         out=print,
         postgresql=args.postgresql,
     )
+    if args.plot:
+        from thespian_dd._plot import plot_results
+
+        plot_results(results, args.plot)
+        print(f"plot written to {args.plot}")
     return 0
 
 

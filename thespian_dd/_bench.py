@@ -29,14 +29,15 @@ import pickle
 import platform
 import secrets
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
 from operator import or_
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher
@@ -63,6 +64,7 @@ from thespian_dd.durable import Entry, Store
 __all__ = ["Result", "run_bench"]
 
 A, B = ReplicaId("bench-a", 1), ReplicaId("bench-b", 1)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,18 @@ class Result:
     @property
     def ratio(self) -> float:
         return self.value / self.baseline if self.baseline else float("inf")
+
+
+def _progress(steps: Iterable[T], what: str, total: int | None = None) -> Iterable[T]:
+    """``steps`` with a progress bar on a terminal (tqdm, the ``bench`` extra), plain otherwise."""
+    if not sys.stderr.isatty():
+        return steps
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return steps
+    bar: Iterable[T] = tqdm(steps, desc=f"  {what}", total=total, leave=False, unit="step")
+    return bar
 
 
 def _best_of(fn: Callable[[], object], repeat: int) -> float:
@@ -465,7 +479,7 @@ def _fill_store(url: str, node: str, keys: int) -> None:
         for k in range(keys):
             value = counter if k % 2 else small_set
             entries[f"key-{k}"] = Entry(type(value).__name__, encode(value), "")
-        for start in range(0, keys, 10_000):
+        for start in _progress(range(0, keys, 10_000), f"writing {keys:,} rows"):
             chunk = dict(list(entries.items())[start : start + 10_000])
             store.write(node, chunk)
     finally:
@@ -500,7 +514,7 @@ def _hit(m: ORMap, node: ReplicaId) -> ORMap:
 def _restart_workload(cluster: Cluster, restarts: int) -> None:
     """Every node updates a GCounter, an ORSet and an ORMap key; node 3 (whose writes reach
     every node first) is killed and restarted, ``restarts`` times."""
-    for r in range(restarts + 1):
+    for r in _progress(range(restarts + 1), f"{restarts} restarts"):
         for i in range(3):
             consistency = WriteAll(10.0) if i == 2 else WriteLocal()
             updates = [
