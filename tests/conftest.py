@@ -3,13 +3,13 @@ or with HYPOTHESIS_PROFILE=ci)."""
 
 import contextlib
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from hypothesis import HealthCheck, settings
+
+from thespian_dd._harness import scratch_database  # not .testing: pytest loads that plugin itself
 
 settings.register_profile(
     "ci",
@@ -59,15 +59,5 @@ def server_database(kind: str) -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail(f"{reason}; CI must run the {kind} tests")
         pytest.skip(reason)
-    name = f"tdd_{secrets.token_hex(6)}"
-    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
-    create = f"CREATE DATABASE {name}" + (" CHARACTER SET utf8mb4" if kind == "mariadb" else "")
-    with engine.connect() as conn:
-        conn.execute(sa.text(create))
-    try:
-        yield sa.make_url(admin).set(database=name).render_as_string(hide_password=False)
-    finally:
-        drop = f"DROP DATABASE {name}" + (" WITH (FORCE)" if kind == "postgresql" else "")
-        with engine.connect() as conn:
-            conn.execute(sa.text(drop))
-        engine.dispose()
+    with scratch_database(admin) as url:
+        yield url

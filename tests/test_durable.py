@@ -370,12 +370,11 @@ def test_write_behind_commits_every_interval_even_under_steady_writes(tmp_path: 
     try:
         started = time.time()
         first_commit = None
-        # Steady writes, one every 20 ms for 3 s: the flush timer must not be pushed back.
+        # Writes back to back for 3 s: the flush timer must not be pushed back.
         while time.time() - started < 3.0:
             assert isinstance(node.ask(Update("hot", GCounter(), _increment(1))), UpdateSuccess)
             if first_commit is None and "hot" in _rows(url):
                 first_commit = time.time() - started
-            time.sleep(0.02)
         assert first_commit is not None, "nothing committed during 3 s of steady writes"
         assert first_commit < 2.0, "the commit waited for the writes to stop"
         # Coalesced: one row, holding the latest value, once the interval is over.

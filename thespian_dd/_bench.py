@@ -22,12 +22,10 @@ Section ``crdt``: merge time and encoded size of ORSet and ORMap states of n ele
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import pickle
 import platform
-import secrets
 import statistics
 import sys
 import tempfile
@@ -56,7 +54,7 @@ from thespian_dd import (
     WriteAll,
     WriteLocal,
 )
-from thespian_dd._harness import Cluster, Node, eventually, start_node
+from thespian_dd._harness import Cluster, Node, eventually, scratch_database, start_node
 from thespian_dd.codec import decode, encode
 from thespian_dd.data import CausalContext
 from thespian_dd.durable import Entry, Store
@@ -381,26 +379,11 @@ def _clients_rate(node: Node, clients: int, n: int) -> float:
     return each * clients / elapsed
 
 
-@contextlib.contextmanager
-def _server_database(admin_url: str) -> Iterator[str]:
-    """A new database on the server of ``admin_url`` (dropped afterwards), as a URL."""
-    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"tdd_bench_{secrets.token_hex(4)}"
-    with engine.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    try:
-        yield sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with engine.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
-        engine.dispose()
-
-
 def _stores(workdir: str, postgresql: str | None) -> Iterator[tuple[str, str]]:
     """(label, URL template) of each store to measure; ``{mode}`` names the node's own."""
     yield "SQLite", f"sqlite:///{workdir}/{{mode}}.db"
     if postgresql:
-        with _server_database(postgresql) as url:
+        with scratch_database(postgresql) as url:
             yield "PostgreSQL", url
 
 

@@ -3,7 +3,8 @@
 - :func:`eventually`, :func:`free_port`, the :class:`Probe` actor;
 - :func:`start_node`: an ActorSystem in this process with its Replicator (its actors are
   processes of their own);
-- :class:`Cluster`: N nodes, each a ``python -m thespian_dd node`` process group.
+- :class:`Cluster`: N nodes, each a ``python -m thespian_dd node`` process group;
+- :func:`scratch_database`: a new, empty database on a PostgreSQL or MariaDB/MySQL server.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
+import sqlalchemy as sa
 from thespian.actors import ActorSystem, ActorSystemMessage, ActorTypeDispatcher
 
 from thespian_dd._peers import PartitionForTests
@@ -39,6 +41,7 @@ __all__ = [
     "Received",
     "eventually",
     "free_port",
+    "scratch_database",
     "start_node",
 ]
 
@@ -66,6 +69,23 @@ def eventually(
                 f"not true after {timeout} s{': ' + what if what else ''} (last: {last!r})"
             )
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def scratch_database(admin_url: str) -> Iterator[str]:
+    """A new database on the server of ``admin_url`` (a user who may create databases), as a
+    URL; dropped afterwards."""
+    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    mysql = engine.dialect.name in ("mysql", "mariadb")
+    name = f"tdd_{secrets.token_hex(6)}"
+    with engine.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}" + (" CHARACTER SET utf8mb4" * mysql)))
+    try:
+        yield sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with engine.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE {name}" + ("" if mysql else " WITH (FORCE)")))
+        engine.dispose()
 
 
 def free_port() -> int:

@@ -631,17 +631,25 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._flush_timer = True
             self.wakeupAfter(self.settings.write_behind_interval, _FlushTick())
 
-    def _flush(self) -> None:
+    def _flush(self, *, stopping: bool = False) -> None:
         """Send what is unwritten as one batch, unless a batch is being committed (group commit:
-        what arrives meanwhile goes in the next one) or the store is failing (a retry is due)."""
-        if self._in_flight is not None or not self._unwritten or self._retry_pending:
+        what arrives meanwhile goes in the next one) or the store is failing (a retry is due).
+        ``stopping``: a graceful stop sends it anyway (the DurableWriter commits its batches in
+        order, before it handles its own exit request)."""
+        busy = self._in_flight is not None or self._retry_pending
+        if not self._unwritten or (busy and not stopping):
             return
         keys, self._unwritten = self._unwritten, {}
+        self._commit(keys)
+
+    def _commit(self, keys: Mapping[str, bytes | None]) -> None:
+        """Send ``keys`` (their encodings, where known) as the next batch."""
         self._in_flight = set(keys)
         self._batch += 1
-        self._send_batch(self._batch, {key: self._entry(key, raw) for key, raw in keys.items()})
+        self._send_batch(self._batch, keys)
 
-    def _send_batch(self, seq: int, entries: dict[str, Entry | None]) -> None:
+    def _send_batch(self, seq: int, keys: Mapping[str, bytes | None]) -> None:
+        entries = {key: self._entry(key, raw) for key, raw in keys.items()}
         self.send(self._writer, Write(self.settings.store or "", self.node.node, seq, entries))
 
     def _entry(self, key: str, raw: bytes | None) -> Entry | None:
@@ -712,17 +720,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._forget_loaded()
             self._load()
         elif self._in_flight is not None:
-            self._send_batch(self._batch, {k: self._entry(k, None) for k in self._in_flight})
-
-    def _final_flush(self) -> None:
-        """A graceful stop: hand every unwritten key to the DurableWriter now (it commits them
-        before it handles its own exit request)."""
-        if self._writer is None or not self._unwritten or self._loading:
-            return
-        keys, self._unwritten = self._unwritten, {}
-        self._batch += 1
-        self._send_batch(self._batch, {key: self._entry(key, raw) for key, raw in keys.items()})
-        log.info("thespian_dd flushed %d keys to the store on stop", len(keys))
+            self._send_batch(self._batch, dict.fromkeys(self._in_flight))
 
     @property
     def node(self) -> ReplicaId:
@@ -837,8 +835,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if merged is None:
             return False
         assert isinstance(key, str)
-        value, raw, markers = merged
-        changed = value != self._data.get(key) or value is None
+        value, raw, markers, changed = merged
         if value is not None:
             self._set_markers(key, markers)
         self._store(key, value, raw if value is not None else None, notify=changed)
@@ -870,17 +867,17 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     def _merged(
         self, key: object, payload: object
-    ) -> tuple[ReplicatedData | None, bytes, Markers] | None:
+    ) -> tuple[ReplicatedData | None, bytes, Markers, bool] | None:
         """The new value of ``key`` and its pruning markers with ``payload`` (an envelope) merged
-        in (None: nothing changes).  Slots of pruned replicas are cleaned from both sides first,
-        so they cannot come back or count twice."""
+        in, and whether the value changed (None: nothing changes).  Slots of pruned replicas are
+        cleaned from both sides first, so they cannot come back or count twice."""
         error = _key_error(key)
         if error or not isinstance(key, str):
             raise ValueError(error)
         if key in self._deleted:
             return None
         if payload == TOMBSTONE:
-            return (None, TOMBSTONE, {})
+            return (None, TOMBSTONE, {}, True)
         if not isinstance(payload, bytes):
             raise TypeError(f"payload is a {type(payload).__name__}, not bytes")
         now_ms = time.time_ns() // 10**6
@@ -907,7 +904,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                 f"merged value of {len(raw)} bytes exceeds max_value_bytes="
                 f"{self.settings.max_value_bytes}"
             )
-        return (merged, raw, markers)
+        return (merged, raw, markers, merged != original)
 
     # -- reads and writes ------------------------------------------------------------------------
 
@@ -1201,9 +1198,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         idle = time.time() - (self._last_flush or 0.0)
         ready = self._writer is not None and self._in_flight is None and not self._retry_pending
         if ready and idle > period:
-            self._in_flight = set()
-            self._batch += 1
-            self._send_batch(self._batch, {})
+            self._commit({})
 
     def _marker_ttl(self, key: str) -> float:
         durable = self._writer is not None and any(
@@ -1688,7 +1683,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         self._exiting = True
-        self._final_flush()
+        self._flush(stopping=True)
 
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
         if msg.childAddress == self._writer and not self._exiting:

@@ -6,6 +6,8 @@ Use it as a pytest plugin: ``pytest_plugins = ["thespian_dd.testing"]`` in a ``c
 - :func:`free_port`: a free loopback TCP port for a new ActorSystem (never Thespian's 1900).
 - :class:`Probe`: an actor that records what it receives, and sends on request, so a test can
   subscribe an actor and look at what the Replicator sent it.
+- :func:`scratch_database`: a new, empty database on a PostgreSQL or MariaDB server (dropped
+  afterwards), to test an application against a real store.
 - fixture ``thespian_node``: a real ``multiprocTCPBase`` ActorSystem on a fresh port, with its
   Replicator started; shut down after the test.
 - :class:`Cluster` and fixture ``cluster_factory``: N nodes, each a separate OS process
@@ -32,6 +34,7 @@ from thespian_dd._harness import (
     Received,
     eventually,
     free_port,
+    scratch_database,
     start_node,
 )
 
@@ -47,6 +50,7 @@ __all__ = [
     "cluster_factory",
     "eventually",
     "free_port",
+    "scratch_database",
     "start_node",
     "thespian_node",
 ]
