@@ -31,6 +31,7 @@ from thespian_dd import (
     Stats,
     Update,
     UpdateSuccess,
+    WriteLocal,
     WriteMajority,
 )
 from thespian_dd._harness import Cluster, eventually
@@ -96,13 +97,8 @@ def _show(view: dict[str, Any]) -> str:
 
 
 def _update(cluster: Cluster, i: int, key: str, modify: Any, majority: bool = False) -> None:
-    consistency = WriteMajority(5.0) if majority else None
-    update = (
-        Update(key, INITIAL[key], modify, consistency)
-        if consistency
-        else Update(key, INITIAL[key], modify)
-    )
-    reply = cluster.ask(i, update)
+    consistency = WriteMajority(5.0) if majority else WriteLocal()
+    reply = cluster.ask(i, Update(key, INITIAL[key], modify, consistency))
     if not isinstance(reply, UpdateSuccess):
         raise TypeError(f"node-{i + 1} could not update {key}: {reply!r}")
 
