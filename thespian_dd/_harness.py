@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -29,7 +30,7 @@ from thespian.actors import ActorSystem, ActorSystemMessage, ActorTypeDispatcher
 
 from thespian_dd._peers import PartitionForTests
 from thespian_dd.messages import Update
-from thespian_dd.replicator import start
+from thespian_dd.replicator import DescribeProcess, ProcessInfo, start
 
 __all__ = [
     "Cluster",
@@ -39,6 +40,7 @@ __all__ = [
     "ProbeSendAll",
     "ProbeTake",
     "Received",
+    "StoreOutage",
     "eventually",
     "free_port",
     "scratch_database",
@@ -122,7 +124,10 @@ class ProbeTake:
 
 @dataclass(frozen=True)
 class Received:
+    """What a :class:`Probe` received, in order, with the time (``time.time()``) of each."""
+
     messages: list[Any] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
 
 
 class Probe(ActorTypeDispatcher):  # type: ignore[misc]
@@ -131,6 +136,7 @@ class Probe(ActorTypeDispatcher):  # type: ignore[misc]
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.received: list[Any] = []
+        self.times: list[float] = []
 
     def receiveMsg_ProbeSend(self, msg: ProbeSend, sender: Any) -> None:
         self.send(msg.target, msg.message)
@@ -140,15 +146,17 @@ class Probe(ActorTypeDispatcher):  # type: ignore[misc]
             self.send(msg.target, message)
 
     def receiveMsg_ProbeTake(self, msg: ProbeTake, sender: Any) -> None:
-        self.send(sender, Received(list(self.received)))
+        self.send(sender, Received(list(self.received), list(self.times)))
         if msg.clear:
             self.received.clear()
+            self.times.clear()
 
     def receiveMsg_ActorSystemMessage(self, msg: ActorSystemMessage, sender: Any) -> None:
         """Exit requests and the like are not what a test looks for."""
 
     def receiveUnrecognizedMessage(self, msg: Any, sender: Any) -> None:
         self.received.append(msg)
+        self.times.append(time.time())
 
 
 @dataclass
@@ -221,6 +229,54 @@ def _option(value: Any, name: str) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(value)
     return value.format(name=name) if isinstance(value, str) else str(value)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                children.append(int(stat.parent.name))
+    return children
+
+
+class StoreOutage:
+    """A store that refuses writes while this holds its lock (see :meth:`Cluster.store_outage`).
+
+    Open it only after the nodes have started: an SQLite connection open in a process that then
+    forks a Thespian ActorSystem breaks SQLite's locking for the forked actors."""
+
+    def __init__(self, url: str) -> None:
+        self._sqlite: sqlite3.Connection | None = None
+        self._conn: sa.Connection | None = None
+        parsed = sa.make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            self._sqlite = sqlite3.connect(str(parsed.database), isolation_level=None)
+            self._sqlite.execute("BEGIN EXCLUSIVE")
+            return
+        self._engine = sa.create_engine(url)
+        self._conn = self._engine.connect()
+        self._conn.begin()
+        if self._engine.dialect.name == "postgresql":
+            self._conn.execute(sa.text("LOCK TABLE thespian_dd_entries IN ACCESS EXCLUSIVE MODE"))
+        else:
+            self._conn.execute(sa.text("LOCK TABLES thespian_dd_entries WRITE"))
+
+    def end(self) -> None:
+        """The store is back."""
+        if self._sqlite is not None:
+            self._sqlite.execute("ROLLBACK")
+            self._sqlite.close()
+            self._sqlite = None
+        if self._conn is not None:
+            if self._engine.dialect.name != "postgresql":
+                self._conn.execute(sa.text("UNLOCK TABLES"))
+            self._conn.rollback()
+            self._conn.close()
+            self._engine.dispose()
+            self._conn = None
 
 
 @dataclass
@@ -331,6 +387,26 @@ class Cluster:
         if node.popen is not None:
             node.popen.wait(10)
         node.client = node.replicator = None
+
+    def kill_writer(self, i: int) -> int:
+        """SIGKILL node ``i``'s DurableWriter (the Replicator creates a new one); how many
+        processes were killed (0 for a node without a store)."""
+        info = self.ask(i, DescribeProcess())
+        assert isinstance(info, ProcessInfo), f"{self.nodes[i].name} answered {info!r}"
+        children = _children(info.pid)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return len(children)
+
+    def store_url(self, i: int) -> str:
+        """Node ``i``'s store URL (the ``store`` setting with its name filled in)."""
+        return _option(self.settings["store"], self.nodes[i].name)
+
+    def store_outage(self, i: int) -> StoreOutage:
+        """Make node ``i``'s store refuse its writes until :meth:`StoreOutage.end`: an SQLite
+        file is locked exclusively, a server's table is locked by another session."""
+        return StoreOutage(self.store_url(i))
 
     def restart(self, i: int) -> None:
         """Start a killed or stopped node again on the same port."""
