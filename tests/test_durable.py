@@ -4,9 +4,6 @@ is refused loudly rather than served empty."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -45,8 +42,8 @@ from thespian_dd import (
 )
 from thespian_dd.__main__ import main
 from thespian_dd.codec import encode
-from thespian_dd.durable import Entry, Store, StoreError, _checksum
-from thespian_dd.replicator import REPLICATOR_NAME, DescribeProcess, ProcessInfo
+from thespian_dd.durable import Entry, Store, StoreError, _checksum, _parts
+from thespian_dd.replicator import REPLICATOR_NAME
 from thespian_dd.testing import (
     Cluster,
     Probe,
@@ -175,12 +172,15 @@ def _reseal(conn: Any, key: str) -> None:
     """Give ``key``'s row a valid checksum again after a change (as a careless tool would)."""
     row = conn.execute(
         sa.text(
-            "SELECT node, data_type, format_version, payload FROM thespian_dd_entries "
+            "SELECT node, data_type, format_version, payload, replicas FROM thespian_dd_entries "
             "WHERE key = :k"
         ),
         {"k": key},
     ).one()
-    check = _checksum(row.node, key, row.data_type, row.format_version, bytes(row.payload))
+    parts = _parts(
+        row.node, key, row.data_type, row.format_version, bytes(row.payload), row.replicas
+    )
+    check = _checksum(parts)
     conn.execute(
         sa.text("UPDATE thespian_dd_entries SET checksum = :c WHERE key = :k"),
         {"c": check, "k": key},
@@ -237,6 +237,77 @@ def test_rows_are_one_per_node_and_key_and_corrupted_ones_are_skipped(
         assert stats.rejected_inputs == 3
     finally:
         node.asys.shutdown()
+
+
+def _set_column(url: str, key: str, column: str, value: Any) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(f"UPDATE thespian_dd_entries SET {column} = :v WHERE key = :k"),
+            {"v": value, "k": key},
+        )
+    engine.dispose()
+
+
+def test_a_signed_store_loads_only_rows_signed_with_its_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path}/n.db"
+    key_file, other_file = tmp_path / "signing.key", tmp_path / "other.key"
+    key_file.write_bytes(b"a secret of the nodes' operators")
+    other_file.write_bytes(b"someone else's secret")
+    node = start_node(store=url, node_name="n")  # no key yet: a checksum only
+    try:
+        assert isinstance(node.ask(Update("plain", GCounter(), _increment(1))), UpdateSuccess)
+    finally:
+        node.asys.shutdown()
+    node = start_node(store=url, node_name="n", signing_key_file=str(key_file))
+    try:
+        assert isinstance(node.ask(Get("plain")), NotFound)  # not signed: refused
+        assert node.ask(GetStats()).refused_rows == 1
+        for key in ("signed", "tampered", "moved"):
+            assert isinstance(node.ask(Update(key, GCounter(), _increment(7))), UpdateSuccess)
+    finally:
+        node.asys.shutdown()
+    _set_column(url, "tampered", "replicas", "n#1")  # any column the MAC covers
+    _set_column(url, "moved", "node", "m")  # a row passed off as another node's
+    # A careless tool recomputing the plain checksum does not make a row loadable either.
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        _reseal(conn, "plain")
+    engine.dispose()
+
+    assert main(["inspect", "--store", url, "--signing-key-file", str(key_file)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("UNREADABLE") == 2  # plain, tampered ("moved" is now unknown node m's)
+    assert "not signed" in out
+    assert "MAC does not match" in out
+    assert main(["inspect", "--store", url, "--node", "n"]) == 0  # without the key
+    assert "signing key" in capsys.readouterr().out
+
+    node = start_node(store=url, node_name="n", signing_key_file=str(key_file))
+    try:
+        assert node.ask(Get("signed")).data.value == 7
+        for key in ("plain", "tampered", "moved"):
+            assert isinstance(node.ask(Get(key)), NotFound), key
+        stats = node.ask(GetStats())
+        assert stats.refused_rows == 2  # "moved" is node m's row now, and m is not loaded
+    finally:
+        node.asys.shutdown()
+    # Another key verifies no row; no key verifies only the plain checksum.
+    for other, refused in ((str(other_file), 3), (None, 2)):
+        node = start_node(store=url, node_name="n", signing_key_file=other)
+        try:
+            assert isinstance(node.ask(Get("signed")), NotFound)
+            assert node.ask(GetStats()).refused_rows == refused
+        finally:
+            node.asys.shutdown()
+
+
+def test_a_missing_signing_key_file_fails_the_start_with_the_reason(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.key"
+    with pytest.raises(RuntimeError, match=r"signing key file .*nowhere\.key"):
+        start_node(store=f"sqlite:///{tmp_path}/n.db", signing_key_file=str(missing))
 
 
 def test_a_store_that_cannot_be_opened_is_refused_with_the_reason(tmp_path: Path) -> None:
@@ -495,30 +566,15 @@ def _reply(asys: Any, target: Any, message: Any, kind: type) -> Any:
     return reply
 
 
-def _children(pid: int) -> list[int]:
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                children.append(int(stat.parent.name))
-    return children
-
-
 def test_a_killed_durable_writer_is_replaced_and_nothing_acknowledged_is_lost(
     cluster_factory: Any, tmp_path: Path
 ) -> None:
     cluster = cluster_factory(1, store=_store(tmp_path))
-    info = cluster.ask(0, DescribeProcess())
-    assert isinstance(info, ProcessInfo)
     acknowledged = 0
     kills = 0
     for k in range(300):
         if k % 60 == 30:  # SIGKILL the DurableWriter mid-stream, five times
-            writers = _children(info.pid)
-            assert writers, "the Replicator has no DurableWriter process"
-            for pid in writers:
-                os.kill(pid, signal.SIGKILL)
+            assert cluster.kill_writer(0), "the Replicator has no DurableWriter process"
             kills += 1
             cluster.tell(0, Update("hits", GCounter(), _increment(1)))  # in flight at the kill
         reply = cluster.ask(0, Update("hits", GCounter(), _increment(1)), timeout=20)

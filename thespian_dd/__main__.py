@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
         help="SQLAlchemy URL of the durable store, e.g. sqlite:///n1.db (default: in memory)",
     )
     node.add_argument(
+        "--signing-key-file",
+        metavar="FILE",
+        help="with --store, sign every stored row with the secret held in FILE (HMAC-SHA256) "
+        "and refuse, at load, rows that do not verify (default: a checksum only)",
+    )
+    node.add_argument(
         "--durable-keys",
         type=_patterns,
         metavar="PATTERNS",
@@ -104,9 +110,15 @@ def _parser() -> argparse.ArgumentParser:
         "inspect",
         help="print what a store holds: nodes, keys, types, sizes, values, updated-at",
         description="Print the nodes of a durable store and the rows each has stored (reads "
-        "only). Rows that fail their checksum or do not decode are shown as UNREADABLE.",
+        "only). Rows that fail their checksum or MAC, or do not decode, are shown as UNREADABLE.",
     )
     inspect.add_argument("--store", required=True, metavar="URL", help="SQLAlchemy URL")
+    inspect.add_argument(
+        "--signing-key-file",
+        metavar="FILE",
+        help="the nodes' signing key: verify each row's MAC with it (needed to read a signed "
+        "store)",
+    )
     inspect.add_argument("--node", metavar="NAME", help="only this node's rows")
     inspect.add_argument("--key", metavar="KEY", help="only this key, with its whole value")
     inspect.set_defaults(run=_run_inspect)
@@ -219,10 +231,11 @@ def _run_node(args: argparse.Namespace) -> int:
 
 def _run_inspect(args: argparse.Namespace) -> int:
     from thespian_dd._inspect import inspect_store
-    from thespian_dd.durable import StoreError
+    from thespian_dd.durable import StoreError, read_signing_key
 
     try:
-        return inspect_store(args.store, args.node, args.key, print)
+        key = read_signing_key(args.signing_key_file) if args.signing_key_file else None
+        return inspect_store(args.store, args.node, args.key, print, signing_key=key)
     except StoreError as e:
         raise SystemExit(f"inspect: {e}") from None
 

@@ -16,10 +16,18 @@ WIDTH = 60
 """Values longer than this are cut in the table (``--key`` prints them whole)."""
 
 
-def inspect_store(url: str, node: str | None, key: str | None, out: Callable[[str], object]) -> int:
-    """Print the nodes of the store at ``url`` and their rows; returns the exit status (1 if
-    nothing matched).  Raises :class:`~thespian_dd.durable.StoreError` if it cannot be read."""
-    store = Store(url, create=False)
+def inspect_store(
+    url: str,
+    node: str | None,
+    key: str | None,
+    out: Callable[[str], object],
+    *,
+    signing_key: bytes | None = None,
+) -> int:
+    """Print the nodes of the store at ``url`` and their rows (each verified with
+    ``signing_key``, if given, as the nodes load them); returns the exit status (1 if nothing
+    matched).  Raises :class:`~thespian_dd.durable.StoreError` if it cannot be read."""
+    store = Store(url, create=False, signing_key=signing_key)
     try:
         nodes = [n for n in store.nodes() if node is None or n[0] == node]
         if not nodes:

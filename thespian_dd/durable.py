@@ -2,9 +2,10 @@
 
 One row per ``(node, key)`` holds the key's codec bytes (or an empty payload for a deleted key),
 its data type, the codec's format version, the replicas the value holds state from, a checksum
-and the time of the write.  A second table holds each node's incarnation counter and the schema
-version.  SQLAlchemy Core, so any database it speaks works; SQLite (one file per node) is the
-embedded default, PostgreSQL and MariaDB/MySQL get a native upsert.
+(an HMAC-SHA256 when the store has a signing key) and the time of the write.  A second table
+holds each node's incarnation counter and the schema version.  SQLAlchemy Core, so any database
+it speaks works; SQLite (one file per node) is the embedded default, PostgreSQL and
+MariaDB/MySQL get a native upsert.
 
 The engine is created inside the DurableWriter's own process (never before a fork).  The
 Replicator sends it one batch of writes at a time and sends the next batch, holding every write
@@ -16,6 +17,7 @@ so a DurableWriter that died and was created again picks up where the old one wa
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -42,6 +44,7 @@ __all__ = [
     "StoredRow",
     "Write",
     "Written",
+    "read_signing_key",
     "safe_url",
 ]
 
@@ -100,6 +103,17 @@ _UPDATED = ("key", "data_type", "format_version", "payload", "replicas", "checks
 DELETED = "deleted"
 """The data type recorded for a deleted key (its payload is empty)."""
 
+CHECKSUM_BYTES = 16
+"""The checksum of a row written without a signing key (BLAKE2b)."""
+
+MAC_BYTES = 32
+"""The checksum column of a row written with a signing key: an HMAC-SHA256."""
+
+NOT_SIGNED = "the row is not signed (written without the signing key)"
+BAD_MAC = "the row's MAC does not match (tampered, or signed with another key)"
+SIGNED = "the row is signed: configure its signing key to load it"
+BAD_CHECKSUM = "the row's checksum does not match (tampered or corrupted)"
+
 
 class StoreError(RuntimeError):
     """The store cannot be opened, read or written; the message names the cause."""
@@ -135,12 +149,43 @@ def key_id(key: str) -> str:
     return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
-def _checksum(node: str, key: str, data_type: str, format_version: int, payload: bytes) -> bytes:
-    h = hashlib.blake2b(digest_size=16)
-    for part in (node.encode(), key.encode(), data_type.encode(), b"%d" % format_version, payload):
+def _parts(*columns: str | int | bytes) -> list[bytes]:
+    """A row's columns as its checksum (or MAC) covers them: node, key, data type, format
+    version, payload and replicas, all that loading reads."""
+    return [
+        c.encode() if isinstance(c, str) else b"%d" % c if isinstance(c, int) else c
+        for c in columns
+    ]
+
+
+def _checksum(parts: list[bytes]) -> bytes:
+    """The checksum of a row written without a signing key (BLAKE2b, 16 bytes)."""
+    return _digest(hashlib.blake2b(digest_size=CHECKSUM_BYTES), parts)
+
+
+def _mac(signing_key: bytes, parts: list[bytes]) -> bytes:
+    """The MAC of a row written with a signing key (HMAC-SHA256, 32 bytes)."""
+    return _digest(hmac.new(signing_key, digestmod=hashlib.sha256), parts)
+
+
+def _digest(h: hashlib.blake2b | hmac.HMAC, parts: list[bytes]) -> bytes:
+    for part in parts:  # length-prefixed: no two different rows feed the same bytes
         h.update(len(part).to_bytes(8, "big"))
         h.update(part)
     return h.digest()
+
+
+def read_signing_key(path: str) -> bytes:
+    """The signing key held in the file ``path`` (its whole content, which must not be empty).
+    Errors name the file, never its content."""
+    try:
+        key = Path(path).read_bytes()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise StoreError(f"cannot read the signing key file {path}: {reason}") from None
+    if not key:
+        raise StoreError(f"the signing key file {path} is empty")
+    return key
 
 
 def safe_url(url: str) -> str:
@@ -154,9 +199,17 @@ def safe_url(url: str) -> str:
 class Store:
     """The SQL side: used inside the DurableWriter's process, and by ``inspect``."""
 
-    def __init__(self, url: str, *, create: bool = True) -> None:
+    def __init__(self, url: str, *, create: bool = True, signing_key: bytes | None = None) -> None:
         """Open the store at ``url``, creating its tables if missing; with ``create=False``
-        (to read only) a store without them is an error, and nothing is created."""
+        (to read only) a store without them is an error, and nothing is created.
+
+        With a ``signing_key``, every row written is signed (HMAC-SHA256), and a row is loaded
+        only if its MAC verifies: rows written without the key, or with another, are refused.
+        Without one, rows carry a checksum, and signed rows are refused (they cannot be
+        verified)."""
+        if signing_key is not None and (not isinstance(signing_key, bytes) or not signing_key):
+            raise StoreError("the signing key must be non-empty bytes")
+        self._signing_key = signing_key
         try:
             self.engine = sa.create_engine(url)
             if self.engine.dialect.name == "sqlite":
@@ -243,6 +296,7 @@ class Store:
         """The stored rows (of ``node``, of ``key``), each checked; streamed, not all at once."""
         query = sa.select(
             _entries.c.node,
+            _entries.c.key_id,
             _entries.c.key,
             _entries.c.data_type,
             _entries.c.format_version,
@@ -257,13 +311,45 @@ class Store:
             query = query.where(_entries.c.key_id == key_id(key))
         with self.engine.connect() as conn:
             result = conn.execution_options(yield_per=LOAD_CHUNK_ROWS).execute(query)
-            for n, k, data_type, version, stored, replicas, updated_at, check in result:
-                payload, error = bytes(stored), None
-                if _checksum(n, k, data_type, version, payload) != bytes(check):
-                    error = "the row's checksum does not match (tampered or corrupted)"
-                elif version != codec.FORMAT_VERSION:
-                    error = f"format version {version} is not the codec's {codec.FORMAT_VERSION}"
-                yield StoredRow(n, k, data_type, version, payload, replicas, updated_at, error)
+            for row in result:
+                try:
+                    error = self._problem(row)
+                except Exception as e:  # noqa: BLE001 - a row that cannot even be checked
+                    error = f"the row cannot be checked (tampered or corrupted): {_describe(e)}"
+                yield _stored_row(row, error)
+
+    def _problem(self, row: Any) -> str | None:
+        """Why a row must not be loaded, or None: its columns' types, its checksum (or MAC), its
+        key id and its format version."""
+        node, key, data_type, version = row.node, row.key, row.data_type, row.format_version
+        replicas, payload, check = row.replicas, row.payload, row.checksum
+        if not (
+            isinstance(node, str)
+            and isinstance(key, str)
+            and isinstance(data_type, str)
+            and isinstance(replicas, str)
+            and isinstance(payload, (bytes, memoryview))
+            and isinstance(check, (bytes, memoryview))
+            and type(version) is int
+        ):
+            return "a column of the row has the wrong type (tampered or corrupted)"
+        parts = _parts(node, key, data_type, version, bytes(payload), replicas)
+        problem = self._seal_problem(parts, bytes(check))
+        if problem is None and row.key_id != key_id(key):
+            problem = "the row's key id does not match its key (tampered or corrupted)"
+        if problem is None and version != codec.FORMAT_VERSION:
+            problem = f"format version {version} is not the codec's {codec.FORMAT_VERSION}"
+        return problem
+
+    def _seal_problem(self, parts: list[bytes], check: bytes) -> str | None:
+        """Why a row's checksum column does not vouch for it, or None."""
+        if self._signing_key is None:
+            if len(check) == MAC_BYTES:
+                return SIGNED  # it cannot be verified without the key: never load it unverified
+            return None if hmac.compare_digest(_checksum(parts), check) else BAD_CHECKSUM
+        if len(check) == CHECKSUM_BYTES:
+            return NOT_SIGNED
+        return None if hmac.compare_digest(_mac(self._signing_key, parts), check) else BAD_MAC
 
     def nodes(self) -> list[tuple[str, int, int]]:
         """Every node of the store: (name, incarnation, schema version)."""
@@ -290,7 +376,7 @@ class Store:
                     "format_version": codec.FORMAT_VERSION,
                     "payload": raw,
                     "replicas": replicas,
-                    "checksum": _checksum(node, key, data_type, codec.FORMAT_VERSION, raw),
+                    "checksum": self._seal(node, key, data_type, raw, replicas),
                     "updated_at": now,
                 }
             )
@@ -304,6 +390,12 @@ class Store:
                     )
                 )
             conn.execute(_nodes.update().where(_nodes.c.node == node).values(last_alive=now))
+
+    def _seal(self, node: str, key: str, data_type: str, payload: bytes, replicas: str) -> bytes:
+        """The checksum column of a row written now: its MAC with a signing key, else its
+        checksum."""
+        parts = _parts(node, key, data_type, codec.FORMAT_VERSION, payload, replicas)
+        return _checksum(parts) if self._signing_key is None else _mac(self._signing_key, parts)
 
     def _upsert(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         dialect = self.engine.dialect.name
@@ -350,15 +442,30 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}".splitlines()[0]
 
 
+def _stored_row(row: Any, error: str | None) -> StoredRow:
+    """``row`` as a :class:`StoredRow`; a refused row's columns may be of any type (tampered):
+    they are made printable."""
+    payload = bytes(row.payload) if isinstance(row.payload, (bytes, memoryview)) else b""
+    texts: list[Any] = [row.node, row.key, row.data_type, row.replicas]
+    if error is not None:
+        texts = [v if isinstance(v, str) else repr(v) for v in texts]
+    node, key, data_type, replicas = texts
+    return StoredRow(
+        node, key, data_type, row.format_version, payload, replicas, row.updated_at, error
+    )
+
+
 @dataclass(frozen=True)
 class Load:
-    """To the DurableWriter: open ``url``, count a new incarnation of ``node`` (refused if it
-    was offline more than ``max_offline`` seconds), then send every row of it in
-    :class:`LoadChunk` messages and finish with :class:`Loaded`."""
+    """To the DurableWriter: open ``url`` (with the key in ``signing_key_file``, if given),
+    count a new incarnation of ``node`` (refused if it was offline more than ``max_offline``
+    seconds), then send every row of it in :class:`LoadChunk` messages and finish with
+    :class:`Loaded`."""
 
     url: str
     node: str
     max_offline: float | None = None
+    signing_key_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -377,12 +484,14 @@ class Loaded:
 @dataclass(frozen=True)
 class Write:
     """To the DurableWriter: commit these entries (None: deleted) of ``node`` in ``url`` as
-    batch ``seq``, then answer :class:`Written`."""
+    batch ``seq``, then answer :class:`Written`.  ``signing_key_file`` as for :class:`Load`: a
+    DurableWriter started again after a crash opens the store with it too."""
 
     url: str
     node: str
     seq: int
     entries: dict[str, Entry | None]
+    signing_key_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -398,15 +507,17 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
         super().__init__(*args, **kw)
         self.store: Store | None = None
 
-    def _open(self, url: str) -> Store:
+    def _open(self, url: str, signing_key_file: str | None) -> Store:
         if self.store is None:
-            self.store = Store(url)
+            # Read here, in this process: only the file's path travels in settings and messages.
+            key = read_signing_key(signing_key_file) if signing_key_file else None
+            self.store = Store(url, signing_key=key)
         return self.store
 
     def receiveMsg_Load(self, msg: Load, sender: Any) -> None:
         count = 0
         try:
-            store = self._open(msg.url)
+            store = self._open(msg.url, msg.signing_key_file)
             incarnation = store.next_incarnation(
                 msg.node, time.time_ns() // 1_000_000, msg.max_offline
             )
@@ -434,7 +545,7 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
 
     def receiveMsg_Write(self, msg: Write, sender: Any) -> None:
         try:
-            self._open(msg.url).write(msg.node, msg.entries)
+            self._open(msg.url, msg.signing_key_file).write(msg.node, msg.entries)
         except Exception as e:  # noqa: BLE001 - reported with the batch
             log.warning("store write of %d keys failed: %s", len(msg.entries), e)
             self._close()  # open afresh next time: the server may have restarted

@@ -479,6 +479,7 @@ class Stats:
     gossip_rounds: int = 0
     store_failures: int = 0
     store_error: str | None = None
+    refused_rows: int = 0
     request: Any = None
 
 

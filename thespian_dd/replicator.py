@@ -160,6 +160,9 @@ class Settings:
     - ``max_value_bytes``: the largest encoded value accepted from a peer or kept after a merge.
     - ``max_gossip_bytes``: the budget of values in one gossip message.
     - ``store``: an SQLAlchemy URL (``sqlite:///path``); ``None`` keeps the data in memory only.
+    - ``signing_key_file``: with a store, a file holding a secret key: every stored row is then
+      signed (HMAC-SHA256) and a row that does not verify is refused at load.  A path, not the
+      key: settings travel to other nodes as capabilities; the DurableWriter reads the file.
     - ``durable_keys``: with a store, the keys that persist: exact keys or ``prefix*`` patterns.
     - ``write_mode``: ``"sync"`` (acknowledge after commit) or ``"write-behind"`` (acknowledge at
       once, commit every ``write_behind_interval`` seconds and on a graceful stop).
@@ -184,6 +187,7 @@ class Settings:
     max_value_bytes: int = 16 * 1024 * 1024
     max_gossip_bytes: int = 512 * 1024
     store: str | None = None
+    signing_key_file: str | None = None
     durable_keys: tuple[str, ...] = ("*",)
     write_mode: str = "sync"
     write_behind_interval: float = 1.0
@@ -215,6 +219,12 @@ class Settings:
             _check_positive("delta_interval", self.delta_interval)
         if self.store is not None and (not isinstance(self.store, str) or not self.store):
             raise ValueError(f"store must be an SQLAlchemy URL or None, not {self.store!r}")
+        if self.signing_key_file is not None and (
+            not isinstance(self.signing_key_file, str) or not self.signing_key_file
+        ):
+            raise ValueError(
+                f"signing_key_file must be a file's path or None, not {self.signing_key_file!r}"
+            )
         # From a capability or a caller: a list becomes a tuple, any mapping a dict.
         object.__setattr__(self, "durable_keys", _patterns(self.durable_keys))
         object.__setattr__(
@@ -431,6 +441,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._seq_seen: dict[ReplicaId, int] = {}
         self._requests: dict[str, _Pending] = {}
         self._rejected = 0
+        self._refused = 0  # stored rows refused at load
         self._gossip_in = 0
         self._gossip_out = 0
         self._gossip_rounds = 0
@@ -468,6 +479,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                 return super().receiveMessage(msg, sender)
             if isinstance(msg, GetReplicaCount):
                 self.send(sender, ReplicaCount(0, msg.request))  # not serving yet
+            elif isinstance(msg, GetStats) and self._load_error is not None:
+                self.receiveMsg_GetStats(msg, sender)  # store_error tells why it does not serve
             elif self._load_error is not None:
                 self._refuse(msg, sender, f"the store cannot be loaded: {self._load_error}")
             else:
@@ -514,6 +527,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                 self.settings.store or "",
                 self.node.node,
                 self.settings.durable_pruning_marker_ttl,
+                self.settings.signing_key_file,
             ),
         )
 
@@ -521,6 +535,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         for key, payload in msg.rows:
             self._restore(key, payload)
         self._rejected += len(msg.skipped)
+        self._refused += len(msg.skipped)
         self._loaded_rows += len(msg.rows) + len(msg.skipped)
 
     def receiveMsg_Loaded(self, msg: Loaded, sender: Any) -> None:
@@ -549,11 +564,11 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._load_error = None
         self._retry_delay = 0.0
         log.info(
-            "thespian_dd %s recovered %d keys in %.3f s (%d rows skipped)",
+            "thespian_dd %s recovered %d keys in %.3f s (%d stored rows refused)",
             self._node,
             len(self._data) + len(self._deleted),
             self._recovery_time,
-            self._rejected,
+            self._refused,
         )
         self._serve()
         stashed, self._stash = self._stash, []
@@ -568,7 +583,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._digests.clear()
         self._bucket_keys.clear()
         self._dirty_buckets.clear()
-        self._rejected = self._loaded_rows = 0
+        self._rejected = self._refused = self._loaded_rows = 0
 
     def _restore(self, key: str, payload: bytes | None) -> None:
         """Put a stored row back in memory (no write, no notification: nobody is served yet)."""
@@ -585,6 +600,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._data[key] = codec.decode(raw, limits)
         except CodecError as e:
             self._rejected += 1
+            self._refused += 1
             log.warning("skipped stored key %r: %s", key, e)
             return
         self._set_markers(key, markers)
@@ -650,7 +666,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     def _send_batch(self, seq: int, keys: Mapping[str, bytes | None]) -> None:
         entries = {key: self._entry(key, raw) for key, raw in keys.items()}
-        self.send(self._writer, Write(self.settings.store or "", self.node.node, seq, entries))
+        store, key_file = self.settings.store or "", self.settings.signing_key_file
+        self.send(self._writer, Write(store, self.node.node, seq, entries, key_file))
 
     def _entry(self, key: str, raw: bytes | None) -> Entry | None:
         """What the store gets for ``key``: its current state, encoded once per batch."""
@@ -1671,7 +1688,12 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                 reachable_peers=sum(1 for p in self._peers.values() if p.reachable),
                 gossip_rounds=self._gossip_rounds,
                 store_failures=self._store_failures,
-                store_error=self._store_failure,
+                store_error=(
+                    self._store_failure
+                    if self._load_error is None
+                    else f"the store cannot be loaded: {self._load_error}"
+                ),
+                refused_rows=self._refused,
                 request=msg.request,
             ),
         )
