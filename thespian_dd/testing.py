@@ -14,6 +14,10 @@ Use it as a pytest plugin: ``pytest_plugins = ["thespian_dd.testing"]`` in a ``c
   (``python -m thespian_dd node``) on its own loopback port, with a client handle per node;
   ``kill`` (SIGKILL to the node's processes), ``restart`` on the same port, ``split``,
   ``partition`` and ``heal`` (a TEST-ONLY switch in the Replicators, see ``PartitionForTests``).
+- :func:`run_chaos`: a recorded workload on a :class:`Cluster` under a seeded
+  :func:`fault_schedule` (partitions, ``kill -9`` of nodes and of the whole cluster, DurableWriter
+  kills, store outages), then a check that every acknowledged operation is on every node
+  (:meth:`ChaosReport.check`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from thespian_dd._chaos import ChaosReport, Fault, Operation, fault_schedule, run_chaos
 from thespian_dd._harness import (
     FAST,
     Cluster,
@@ -40,8 +45,11 @@ from thespian_dd._harness import (
 
 __all__ = [
     "FAST",
+    "ChaosReport",
     "Cluster",
+    "Fault",
     "Node",
+    "Operation",
     "Probe",
     "ProbeSend",
     "ProbeSendAll",
@@ -49,7 +57,9 @@ __all__ = [
     "Received",
     "cluster_factory",
     "eventually",
+    "fault_schedule",
     "free_port",
+    "run_chaos",
     "scratch_database",
     "start_node",
     "thespian_node",

@@ -1,0 +1,121 @@
+"""The chaos harness (``thespian_dd.testing.run_chaos``) on five real durable nodes: a recorded
+workload under a seeded schedule of partitions, kills, full-cluster kills, DurableWriter kills and
+store outages, then every acknowledged operation looked for with ReadAll on every node.
+
+The short schedules run with the suite; the long ones (10,000 operations, 10 faults, two
+full-cluster kills) with ``pytest -m chaos``.  Every run prints its seed; set
+``THESPIAN_DD_CHAOS_SEED`` to run a schedule again."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from thespian_dd.testing import Fault, fault_schedule, run_chaos
+
+WRITE_BEHIND_INTERVAL = 0.5
+COMMIT_ALLOWANCE = 1.0
+"""The time of one commit, on top of the write-behind interval, in the documented loss bound
+(the README's table); generous for a loaded 2-core machine."""
+
+
+def _seed() -> int:
+    return int(os.environ.get("THESPIAN_DD_CHAOS_SEED") or random.SystemRandom().randrange(10**6))
+
+
+def _settings(tmp_path: Path, write_mode: str) -> dict[str, Any]:
+    settings: dict[str, Any] = {"store": f"sqlite:///{tmp_path}/{{name}}.db"}
+    if write_mode == "write-behind":
+        settings.update(write_mode=write_mode, write_behind_interval=WRITE_BEHIND_INTERVAL)
+    return settings
+
+
+def _run(
+    cluster_factory: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    write_mode: str,
+    operations: int,
+    faults: int,
+    full_kills: int,
+) -> None:
+    seed = _seed()
+    with capsys.disabled():
+        print(f"\nchaos seed {seed} ({write_mode}); THESPIAN_DD_CHAOS_SEED={seed} repeats it")  # noqa: T201
+    cluster = cluster_factory(5, **_settings(tmp_path, write_mode))
+    report = run_chaos(
+        cluster, seed, operations=operations, keys=100, faults=faults, full_kills=full_kills
+    )
+    with capsys.disabled():
+        print(report.summary())  # noqa: T201 - the figures belong in CI's log
+    bound = None if write_mode == "sync" else WRITE_BEHIND_INTERVAL + COMMIT_ALLOWANCE
+    report.check(loss_bound=bound)
+    assert report.count("acknowledged") > operations // 2, report.summary()
+    assert len(report.faults) == faults
+
+
+@pytest.mark.multinode
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("write_mode", ["sync", "write-behind"])
+def test_a_short_chaos_schedule_loses_no_acknowledged_operation(
+    cluster_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], write_mode: str
+) -> None:
+    _run(
+        cluster_factory,
+        tmp_path,
+        capsys,
+        write_mode=write_mode,
+        operations=1500,
+        faults=5,
+        full_kills=1,
+    )
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("write_mode", ["sync", "write-behind"])
+def test_a_long_chaos_schedule_loses_no_acknowledged_operation(
+    cluster_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], write_mode: str
+) -> None:
+    _run(
+        cluster_factory,
+        tmp_path,
+        capsys,
+        write_mode=write_mode,
+        operations=10_000,
+        faults=10,
+        full_kills=2,
+    )
+
+
+def test_a_seed_always_gives_the_same_schedule() -> None:
+    assert fault_schedule(7, 5, 10) == fault_schedule(7, 5, 10)
+    assert fault_schedule(7, 5, 10) != fault_schedule(8, 5, 10)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_schedules_hold_the_asked_faults_and_partitions_cover_every_node(seed: int) -> None:
+    schedule = fault_schedule(seed, 5, 10, full_kills=2)
+    assert len(schedule) == 10
+    assert sum(f.kind == "kill-all" for f in schedule) == 2
+    for fault in schedule:
+        if fault.kind == "partition":
+            assert len(fault.groups) >= 2
+            assert sorted(i for g in fault.groups for i in g) == list(range(5))
+        elif fault.kind == "kill":
+            assert 1 <= len(fault.nodes) <= 2  # a majority stays up
+        else:
+            assert all(0 <= i < 5 for i in fault.nodes)
+
+
+def test_a_schedule_refuses_unknown_kinds_and_impossible_counts() -> None:
+    with pytest.raises(ValueError, match="unknown fault kinds"):
+        fault_schedule(1, 5, 3, kinds=["meteor"])
+    with pytest.raises(ValueError, match="full_kills"):
+        fault_schedule(1, 5, 3, full_kills=4)
+    assert str(Fault("partition", groups=((0, 1), (2,)))) == "partition n1+n2 | n3"
