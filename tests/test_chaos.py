@@ -2,6 +2,10 @@
 workload under a seeded schedule of partitions, kills, full-cluster kills, DurableWriter kills and
 store outages, then every acknowledged operation looked for with ReadAll on every node.
 
+Partitions are the Replicators' TEST-ONLY switch, except in the run with ``network=True``, where
+every node is in a Linux network namespace of its own and a partition drops packets (needs root:
+skipped without it, failed in CI).
+
 The short schedules run with the suite; the long ones (10,000 operations, 10 faults, two
 full-cluster kills) with ``pytest -m chaos``.  Every run prints its seed; set
 ``THESPIAN_DD_CHAOS_SEED`` to run a schedule again."""
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +47,22 @@ def _run(
     write_mode: str,
     operations: int,
     faults: int,
-    full_kills: int,
+    full_kills: int = 0,
+    network: bool = False,
+    schedule: Callable[[int], list[Fault]] | None = None,
 ) -> None:
     seed = _seed()
     with capsys.disabled():
         print(f"\nchaos seed {seed} ({write_mode}); THESPIAN_DD_CHAOS_SEED={seed} repeats it")  # noqa: T201
-    cluster = cluster_factory(5, **_settings(tmp_path, write_mode))
+    cluster = cluster_factory(5, network=network, **_settings(tmp_path, write_mode))
     report = run_chaos(
-        cluster, seed, operations=operations, keys=100, faults=faults, full_kills=full_kills
+        cluster,
+        seed,
+        operations=operations,
+        keys=100,
+        schedule=None if schedule is None else schedule(seed),
+        faults=faults,
+        full_kills=full_kills,
     )
     with capsys.disabled():
         print(report.summary())  # noqa: T201 - the figures belong in CI's log
@@ -73,6 +86,36 @@ def test_a_short_chaos_schedule_loses_no_acknowledged_operation(
         operations=1500,
         faults=5,
         full_kills=1,
+    )
+
+
+def _partitions_and_kills(seed: int) -> list[Fault]:
+    """Two partitions, a kill and a full-cluster kill of five nodes, in an order of ``seed``."""
+    schedule = [
+        *fault_schedule(seed, 5, 2, full_kills=0, kinds=["partition"]),
+        *fault_schedule(seed + 1, 5, 1, full_kills=0, kinds=["kill"]),
+        Fault("kill-all", tuple(range(5))),
+    ]
+    random.Random(seed).shuffle(schedule)
+    return schedule
+
+
+@pytest.mark.multinode
+@pytest.mark.timeout(300)
+def test_a_short_chaos_schedule_with_real_partitions_loses_no_acknowledged_operation(
+    cluster_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every node in a network namespace of its own: a partition drops packets, so senders see
+    silence and TCP retransmissions, not a switch in the Replicators."""
+    _run(
+        cluster_factory,
+        tmp_path,
+        capsys,
+        write_mode="sync",
+        operations=1000,
+        faults=4,
+        network=True,
+        schedule=_partitions_and_kills,
     )
 
 

@@ -481,8 +481,12 @@ def _select_and_decode(url: str, node: str) -> int:
         engine.dispose()
 
 
-PRUNING = {"pruning_interval": 0.3, "max_pruning_dissemination": 1.0, "removal_timeout": 4.0}
-NO_PRUNING = {"max_pruning_dissemination": 1e9}
+PRUNING: dict[str, Any] = {
+    "pruning_interval": 0.3,
+    "max_pruning_dissemination": 1.0,
+    "removal_timeout": 4.0,
+}
+NO_PRUNING: dict[str, Any] = {"max_pruning_dissemination": 1e9}
 
 
 def _add_own_element(s: ORSet, node: ReplicaId) -> ORSet:

@@ -3,7 +3,8 @@
 - :func:`eventually`, :func:`free_port`, the :class:`Probe` actor;
 - :func:`start_node`: an ActorSystem in this process with its Replicator (its actors are
   processes of their own);
-- :class:`Cluster`: N nodes, each a ``python -m thespian_dd node`` process group;
+- :class:`Cluster`: N nodes, each a ``python -m thespian_dd node`` process group, on loopback or
+  (``network=True``) each in a Linux network namespace of its own, for real partitions;
 - :func:`scratch_database`: a new, empty database on a PostgreSQL or MariaDB/MySQL server.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import secrets
 import signal
@@ -28,6 +30,7 @@ from typing import Any, Self, TypeVar
 import sqlalchemy as sa
 from thespian.actors import ActorSystem, ActorSystemMessage, ActorTypeDispatcher
 
+from thespian_dd._netns import Network, unavailable
 from thespian_dd._peers import PartitionForTests
 from thespian_dd.messages import Update
 from thespian_dd.replicator import DescribeProcess, ProcessInfo, start
@@ -279,6 +282,34 @@ class StoreOutage:
             self._conn = None
 
 
+class _InsideHost:
+    """An ActorSystem of this process whose every method runs inside host ``host`` of ``net``:
+    its sockets were made there and reach only that host's namespace.  Other attributes are the
+    ActorSystem's own."""
+
+    def __init__(self, asys: Any, net: Network, host: int) -> None:
+        self._asys = asys
+        self._net = net
+        self._host = host
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("_asys", "_net", "_host"):  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
+        value = getattr(self._asys, name)
+        if not callable(value):
+            return value
+
+        @functools.wraps(value)
+        def inside(*args: Any, **kwargs: Any) -> Any:
+            with self._net.inside(self._host):
+                return value(*args, **kwargs)
+
+        return inside
+
+    def __repr__(self) -> str:
+        return f"<{self._asys!r} inside {self._net.hosts[self._host]}>"
+
+
 @dataclass
 class _Process:
     name: str
@@ -291,18 +322,46 @@ class _Process:
 
 
 class Cluster:
-    """Real nodes, each its own OS process group, on loopback ports; node 0 leads the convention.
+    """Real nodes, each its own OS process group; node 0 leads the convention.
 
     ``Cluster(tmp_path, 3)`` starts nothing until :meth:`start`; use it as a context manager or
     through the ``cluster_factory`` fixture so every process is stopped after the test.
+
+    By default the nodes share loopback, and :meth:`split` is a TEST-ONLY switch in their
+    Replicators.  With ``network=True`` node ``i`` runs in host ``i`` of a
+    :class:`~thespian_dd._netns.Network` (a Linux network namespace of its own; needs root, see
+    :func:`~thespian_dd._netns.unavailable`) and :meth:`split` drops the packets between hosts:
+    a real partition.  Each node's ``client`` is then a proxy that runs every call of its
+    ActorSystem inside the node's host.  The hosts reach only each other: a store must be a file
+    (SQLite), not a server.
     """
 
-    def __init__(self, workdir: Path, n: int, **settings: Any) -> None:
-        """``settings`` are the node command's options (``gossip_interval=0.5`` and so on)."""
+    def __init__(self, workdir: Path, n: int, network: bool = False, **settings: Any) -> None:
+        """``settings`` are the node command's options (``gossip_interval=0.5`` and so on).
+        ``network=True`` raises ``RuntimeError`` (with the reason) on a machine that cannot
+        run network namespaces, and ``ValueError`` for a server store."""
+        self.settings: dict[str, Any] = {**FAST, **settings}
+        self.net: Network | None = None
+        """The hosts' network with ``network=True`` (closed by :meth:`stop`), else None."""
+        if network:
+            reason = unavailable()
+            if reason:
+                raise RuntimeError(f"Cluster(network=True) needs network namespaces: {reason}")
+            store = self.settings.get("store")
+            if store and sa.make_url(_option(store, "node")).get_backend_name() != "sqlite":
+                raise ValueError(
+                    f"Cluster(network=True): the store {store!r} is a server, which the nodes' "
+                    "hosts cannot reach; use SQLite"
+                )
         # A directory of its own: node logs are read to see a node come up.
         self.workdir = Path(tempfile.mkdtemp(prefix="cluster-", dir=workdir))
-        self.settings: dict[str, Any] = {**FAST, **settings}
+        # Every host has a port space of its own, but distinct ports keep Thespian (which takes
+        # every address it has seen in this process as its own) from mistaking one admin for
+        # another.
         self.nodes = [_Process(f"node-{i + 1}", free_port()) for i in range(n)]
+        self._net_closed = False
+        if network:
+            self.net = Network(n)
 
     def __enter__(self) -> Self:
         return self
@@ -325,11 +384,17 @@ class Cluster:
         log = self.workdir / f"{node.name}.log"
         args = [sys.executable, "-m", "thespian_dd", "node", "--name", node.name]
         args += ["--port", str(node.port)]
+        leader = "127.0.0.1" if self.net is None else self.net.address(0)
         if i > 0:
-            args += ["--join", f"127.0.0.1:{self.nodes[0].port}"]
+            args += ["--join", f"{leader}:{self.nodes[0].port}"]
         for setting, value in self.settings.items():
             args += [f"--{setting.replace('_', '-')}", _option(value, node.name)]
         env = {**os.environ, "THESPLOG_FILE": str(self.workdir / f"{node.name}.thespian.log")}
+        if self.net is not None:
+            args = self.net.command(i) + args
+            # Thespian would otherwise guess its address (a UDP connect towards 8.8.8.8, which
+            # fails in a host with no default route) and fall back to 127.0.0.1.
+            env["THESPIAN_BASE_IPADDR"] = self.net.address(i)
         with log.open("ab") as out:
             # Output to a file, never a pipe: the daemonised admin would hold a pipe open.
             node.popen = subprocess.Popen(  # noqa: S603 - our own interpreter and module
@@ -347,9 +412,16 @@ class Cluster:
 
         line = eventually(ready, timeout, what=f"{node.name} ready")
         node.actors_pgid = int(line.rsplit(" ", 1)[1])
-        node.client = ActorSystem(
-            "multiprocTCPBase", {"Admin Port": node.port}, transientUnique=True
-        )
+        if self.net is None:
+            node.client = ActorSystem(
+                "multiprocTCPBase", {"Admin Port": node.port}, transientUnique=True
+            )
+        else:
+            with self.net.inside(i):
+                client = ActorSystem(
+                    "multiprocTCPBase", {"Admin Port": node.port}, transientUnique=True
+                )
+            node.client = _InsideHost(client, self.net, i)
         node.replicator = start(node.client)
 
     def ask(self, i: int, message: Any, timeout: float = 10.0) -> Any:
@@ -413,24 +485,37 @@ class Cluster:
         self.start_node(i)
 
     def split(self, *groups: list[int]) -> None:
-        """TEST ONLY: cut the cluster into ``groups`` (node indexes); nodes in no group stay
-        connected to everyone.  Each node drops all traffic to and from the other groups."""
+        """Cut the cluster into ``groups`` (node indexes); nodes in no group stay connected to
+        everyone; replaces an earlier split.  With ``network=True`` the hosts drop every packet
+        between groups; otherwise (TEST ONLY) each Replicator drops all traffic to and from the
+        other groups."""
+        if self.net is not None:
+            self.net.split(*groups)
+            return
         for group in groups:
             others = {self.nodes[j].name for g in groups if g is not group for j in g}
             for i in group:
                 self.tell(i, PartitionForTests(frozenset(others)))
 
     def partition(self, i: int, *others: int) -> None:
-        """TEST ONLY: node ``i`` and ``others`` stop hearing each other."""
+        """Node ``i`` and ``others`` stop hearing each other (see :meth:`split`)."""
         self.split([i], list(others))
 
     def heal(self) -> None:
+        """Every node hears every node again."""
+        if self.net is not None:
+            self.net.heal()
+            return
         for i, node in enumerate(self.nodes):
             if node.client is not None:
                 self.tell(i, PartitionForTests(frozenset()))
 
     def stop(self) -> None:
-        """Stop every node gracefully (SIGTERM), and kill what does not stop."""
+        """Stop every node gracefully (SIGTERM), and kill what does not stop; then remove the
+        network, if any."""
+        live_net = self.net is not None and not self._net_closed
+        if self.net is not None and live_net:
+            self.net.heal()  # a node cut off from its peers stops slowly
         for node in self.nodes:
             if node.popen is not None and node.popen.poll() is None:
                 node.popen.send_signal(signal.SIGTERM)
@@ -439,3 +524,6 @@ class Cluster:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     node.popen.wait(15)
                 self.kill(i)
+        if self.net is not None and live_net:
+            self._net_closed = True
+            self.net.close()

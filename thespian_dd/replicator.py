@@ -26,12 +26,14 @@ subscribers are kept in lists and compared with ``==``.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import gc
 import logging
 import os
 import secrets
 import socket
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
@@ -47,6 +49,7 @@ from thespian.actors import (
     PoisonMessage,
     WakeupMessage,
 )
+from thespian.system.transport import TransmitIntent, asyncTransportBase
 
 from thespian_dd import codec
 from thespian_dd._canonical import CodecError, Limits
@@ -355,6 +358,16 @@ class _Peer:
     address: Any
     last_seen: float
     reachable: bool = True
+    in_flight: int = 0  # messages handed to Thespian and not yet delivered or failed
+    held: deque[PeerMessage] = field(default_factory=deque)  # waiting for the window
+
+
+HELD_PER_PEER = 256
+"""Messages kept for a peer whose window is full; beyond it the oldest is dropped (anti-entropy
+repairs what a dropped delta or status carried; a dropped quorum request times out)."""
+
+RESERVED_TRANSMITS = 6
+"""Thespian's transmit slots kept for clients, subscribers and the store (see _window)."""
 
 
 @dataclass
@@ -1361,10 +1374,56 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         return PeerHello(PROTOCOL_VERSION, self.node, self.myAddress, self._directory(), reply)
 
     def _peer_send(self, name: str, address: Any, message: PeerMessage) -> None:
+        """Send ``message`` to a peer, at most a window of messages in flight per peer.
+
+        Thespian lets an actor have 20 transmits in flight, for all targets together, and keeps a
+        transmit to a silent host (a real partition) in flight for minutes: a few gossip rounds
+        to a cut-off peer would stall every other send of the Replicator, its replies to clients
+        too.  So each peer gets a share of the slots; what exceeds it waits (bounded, newest
+        kept), and a transmit that is not delivered within ``failure_timeout`` fails and frees
+        its slot."""
         if name in self._blocked:
             return
+        peer = self._peers.get(name)
+        if peer is None or peer.address != address:
+            self._transmit(None, address, message)  # a hello to a peer not met yet: once
+        elif peer.in_flight >= self._window():
+            if isinstance(message, GossipStatus):  # only the latest status matters
+                peer.held = deque(m for m in peer.held if not isinstance(m, GossipStatus))
+            peer.held.append(message)
+            while len(peer.held) > HELD_PER_PEER:
+                peer.held.popleft()
+        else:
+            self._transmit(peer, address, message)
+
+    def _window(self) -> int:
+        """How many messages each peer may have in flight: Thespian's slots, less a reserve,
+        shared among the peers (at least one each; raise THESPIAN_MAX_PENDING_TRANSMITS for
+        clusters of more than about a dozen nodes)."""
+        slots: int = asyncTransportBase.MAX_PENDING_TRANSMITS - RESERVED_TRANSMITS
+        return max(1, slots // max(1, len(self._peers)))
+
+    def _transmit(self, peer: _Peer | None, address: Any, message: PeerMessage) -> None:
         self._gossip_out += gossip_bytes(message)
-        self.send(address, message)
+        send_intent = getattr(self._myRef, "_send_intent", None)
+        if send_intent is None:  # a base without transmit intents (simpleSystemBase)
+            self.send(address, message)
+            return
+        if peer is not None:
+            peer.in_flight += 1
+        done = partial(self._transmitted, peer)
+        limit = dt.timedelta(seconds=self.settings.failure_timeout)
+        send_intent(TransmitIntent(address, message, onSuccess=done, onError=done, maxPeriod=limit))
+
+    def _transmitted(self, peer: _Peer | None, _result: Any, _intent: Any) -> None:
+        """A peer message was delivered, or failed: its slot is free for the next held one."""
+        if peer is None:
+            return
+        peer.in_flight -= 1
+        if self._peers.get(peer.replica.node) is not peer:
+            return  # removed, or a new incarnation: what it held is moot
+        while peer.held and peer.in_flight < self._window():
+            self._transmit(peer, peer.address, peer.held.popleft())
 
     def _accept(self, msg: Any, sender: Any) -> bool:
         """Whether a peer message may be handled: right version, sender not cut off.  Marks the

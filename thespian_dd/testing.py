@@ -14,6 +14,9 @@ Use it as a pytest plugin: ``pytest_plugins = ["thespian_dd.testing"]`` in a ``c
   (``python -m thespian_dd node``) on its own loopback port, with a client handle per node;
   ``kill`` (SIGKILL to the node's processes), ``restart`` on the same port, ``split``,
   ``partition`` and ``heal`` (a TEST-ONLY switch in the Replicators, see ``PartitionForTests``).
+  With ``network=True`` every node runs in a Linux network namespace of its own and partitions
+  are real: packets dropped by nftables (needs root; :func:`require_network_namespaces` skips
+  the test without it, or fails it when ``THESPIAN_DD_REQUIRE_NETNS`` is set).
 - :func:`run_chaos`: a recorded workload on a :class:`Cluster` under a seeded
   :func:`fault_schedule` (partitions, ``kill -9`` of nodes and of the whole cluster, DurableWriter
   kills, store outages), then a check that every acknowledged operation is on every node
@@ -22,6 +25,7 @@ Use it as a pytest plugin: ``pytest_plugins = ["thespian_dd.testing"]`` in a ``c
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -42,6 +46,7 @@ from thespian_dd._harness import (
     scratch_database,
     start_node,
 )
+from thespian_dd._netns import unavailable
 
 __all__ = [
     "FAST",
@@ -59,6 +64,7 @@ __all__ = [
     "eventually",
     "fault_schedule",
     "free_port",
+    "require_network_namespaces",
     "run_chaos",
     "scratch_database",
     "start_node",
@@ -76,13 +82,28 @@ def thespian_node() -> Iterator[Node]:
         node.asys.shutdown()
 
 
+def require_network_namespaces() -> None:
+    """Skip the calling test if this machine cannot run hosts in network namespaces of their
+    own (``Cluster(network=True)``), with the reason; fail it instead when the environment
+    variable ``THESPIAN_DD_REQUIRE_NETNS`` is set (where these tests must run)."""
+    reason = unavailable()
+    if reason:
+        if os.environ.get("THESPIAN_DD_REQUIRE_NETNS"):
+            pytest.fail(f"{reason}; THESPIAN_DD_REQUIRE_NETNS is set: these tests must run")
+        pytest.skip(reason)
+
+
 @pytest.fixture
 def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
-    """``cluster_factory(3, gossip_interval=0.5)`` starts a :class:`Cluster`; stopped after."""
+    """``cluster_factory(3, gossip_interval=0.5)`` starts a :class:`Cluster`; stopped after.
+    ``cluster_factory(3, network=True)``: nodes in network namespaces, real partitions (see
+    :func:`require_network_namespaces` for when the test is skipped instead)."""
     clusters: list[Cluster] = []
 
-    def make(n: int, **settings: float | str) -> Cluster:
-        cluster = Cluster(tmp_path, n, **settings)
+    def make(n: int, network: bool = False, **settings: float | str) -> Cluster:
+        if network:
+            require_network_namespaces()
+        cluster = Cluster(tmp_path, n, network=network, **settings)
         clusters.append(cluster)
         return cluster.start()
 

@@ -1,0 +1,242 @@
+"""Real network partitions (:mod:`thespian_dd._netns`): hosts in Linux network namespaces whose
+traffic nftables drops, on their own and under ``Cluster(network=True)``.  Needs root, ``ip`` and
+``nft``: skipped without them, failed in CI."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from thespian.system.messages.status import Thespian_StatusReq
+
+from thespian_dd import (
+    GCounter,
+    Get,
+    GetReplicaCount,
+    GetSuccess,
+    ReplicaCount,
+    Update,
+    UpdateSuccess,
+)
+from thespian_dd._netns import Network
+from thespian_dd.testing import (
+    Cluster,
+    Probe,
+    ProbeSendAll,
+    ProbeTake,
+    Received,
+    eventually,
+    require_network_namespaces,
+)
+
+
+@pytest.fixture
+def network() -> Iterator[Callable[[int], Network]]:
+    """``network(n)``: a new :class:`Network` of ``n`` hosts, closed after the test."""
+    require_network_namespaces()
+    made: list[Network] = []
+
+    def make(n: int) -> Network:
+        made.append(Network(n))
+        return made[-1]
+
+    yield make
+    for net in made:
+        net.close()
+
+
+def _ns() -> str:
+    return str(Path("/proc/thread-self/ns/net").readlink())
+
+
+def _connect(net: Network, i: int, address: tuple[str, int], timeout: float = 1.0) -> str:
+    """From host ``i``: 'ok', or the name of the error a TCP connect to ``address`` met."""
+    with net.inside(i):
+        try:
+            socket.create_connection(address, timeout).close()
+        except OSError as e:
+            return type(e).__name__
+    return "ok"
+
+
+@pytest.mark.timeout(60)
+def test_inside_enters_a_host_and_always_comes_back(network: Callable[[int], Network]) -> None:
+    net = network(2)
+    root = _ns()
+    with net.inside(0):
+        host0 = _ns()
+        with net.inside(1):
+            host1 = _ns()
+        assert _ns() == host0
+    assert _ns() == root
+    assert len({root, host0, host1}) == 3
+    with pytest.raises(ZeroDivisionError), net.inside(1):
+        _ = 1 / 0
+    assert _ns() == root
+    with net.inside(0):
+        names = socket.if_nameindex()
+    assert sorted(name for _, name in names) == ["eth0", "lo"]
+
+
+@pytest.mark.timeout(60)
+def test_a_split_is_silence_and_heal_ends_it(network: Callable[[int], Network]) -> None:
+    net = network(3)
+    with net.inside(1):
+        server = socket.create_server((net.address(1), 0), backlog=64)
+    port = server.getsockname()[1]
+    served = (net.address(1), port)
+    closed = (net.address(1), port + 1 if port < 65535 else port - 1)
+    try:
+        assert [_connect(net, i, served) for i in (0, 2)] == ["ok", "ok"]
+        assert _connect(net, 0, closed) == "ConnectionRefusedError"
+
+        net.split([0], [1, 2])
+        started = time.monotonic()
+        assert _connect(net, 0, served, timeout=1.0) == "TimeoutError"
+        assert time.monotonic() - started >= 0.9  # silence: nothing came back, not even a reset
+        assert _connect(net, 0, closed) == "TimeoutError"  # a refusal is silenced too
+        assert _connect(net, 2, served) == "ok"
+
+        net.heal()
+        assert [_connect(net, i, served) for i in (0, 2)] == ["ok", "ok"]
+
+        net.split([0], [1])  # host 2 is in no group: it still talks to both sides
+        assert [_connect(net, i, served) for i in (0, 2)] == ["TimeoutError", "ok"]
+        net.isolate(2)  # replaces the earlier split
+        assert [_connect(net, i, served) for i in (0, 2)] == ["ok", "TimeoutError"]
+        net.heal()
+        assert [_connect(net, i, served) for i in (0, 2)] == ["ok", "ok"]
+    finally:
+        server.close()
+
+
+def _value(cluster: Cluster, i: int, key: str, timeout: float = 5.0) -> Any:
+    reply = cluster.ask(i, Get(key), timeout)
+    return reply.data.value if isinstance(reply, GetSuccess) else reply
+
+
+def _add(cluster: Cluster, i: int, key: str, n: int) -> None:
+    def increment(counter: GCounter, node: Any) -> GCounter:
+        return counter.increment(node, n)
+
+    reply = cluster.ask(i, Update(key, GCounter(), increment), 5)
+    assert reply == UpdateSuccess(key, None), reply
+
+
+def _replicas(cluster: Cluster, i: int, timeout: float = 5.0) -> int | None:
+    reply = cluster.ask(i, GetReplicaCount(), timeout)
+    return reply.n if isinstance(reply, ReplicaCount) else None
+
+
+def _convention_members(cluster: Cluster) -> int | None:
+    """How many members the leader's admin counts (itself aside), or None."""
+    assert cluster.net is not None
+    client = cluster.nodes[0].client
+    where = (cluster.net.address(0), cluster.nodes[0].port)
+    admin = client._systemBase.transport.getAddressFromString(where)
+    status = client.ask(admin, Thespian_StatusReq(), 2)
+    return None if status is None else len(status.conventionAttendees)
+
+
+@pytest.fixture
+def cluster(cluster_factory: Callable[..., Cluster]) -> Cluster:
+    """Two nodes, each in a host of its own, with the test settings; stopped after the test."""
+    return cluster_factory(2, network=True)
+
+
+@pytest.mark.timeout(30)
+def test_a_cluster_on_a_network_refuses_a_server_store(tmp_path: Path) -> None:
+    require_network_namespaces()
+    with pytest.raises(ValueError, match="cannot reach"):
+        Cluster(tmp_path, 2, network=True, store="postgresql://user@localhost/db")
+
+
+@pytest.mark.multinode
+@pytest.mark.timeout(60)
+def test_replicas_diverge_in_a_real_partition_and_converge_after_heal(
+    cluster: Cluster, record_property: Callable[[str, object], None]
+) -> None:
+    eventually(lambda: [_replicas(cluster, i) for i in range(2)] == [2, 2], 20, what="2 replicas")
+    assert _convention_members(cluster) == 1
+    _add(cluster, 0, "k", 1)
+    eventually(lambda: _value(cluster, 1, "k") == 1, 10, what="gossip to node 1")
+
+    cluster.split([0], [1])
+    _add(cluster, 0, "k", 10)
+    _add(cluster, 1, "k", 100)
+    # Five gossip rounds and ten delta rounds would have carried the updates across by now.
+    time.sleep(1.0)
+    assert [_value(cluster, i, "k") for i in range(2)] == [11, 101]
+
+    cluster.heal()
+    healed = time.monotonic()
+    eventually(
+        lambda: [_value(cluster, i, "k", 1) for i in range(2)] == [111, 111],
+        30,
+        what="convergence",
+    )
+    record_property("seconds to converge after heal", round(time.monotonic() - healed, 2))
+    eventually(lambda: [_replicas(cluster, i) for i in range(2)] == [2, 2], 10, what="2 replicas")
+
+
+@pytest.mark.multinode
+@pytest.mark.timeout(60)
+def test_twenty_sends_to_a_silent_peer_stall_every_send_of_the_actor(cluster: Cluster) -> None:
+    """Thespian (4.0.1) lets an actor have 20 transmits in flight (THESPIAN_MAX_PENDING_TRANSMITS)
+    and queues the rest in one FIFO, whatever their target.  A peer cut off by a partition never
+    completes a connect, so its 20th message stalls everything the sender sends afterwards,
+    replies to local clients included, until the network heals (or 5 minutes pass)."""
+    near, far = cluster.nodes[0].client, cluster.nodes[1].client
+    target = far.createActor(Probe)
+    senders = [near.createActor(Probe) for _ in range(2)]
+    cluster.split([0], [1])
+    for sender, n in zip(senders, [19, 20], strict=True):
+        near.tell(sender, ProbeSendAll(target, list(range(n))))
+    assert isinstance(near.ask(senders[0], ProbeTake(), 3), Received)  # 19: fine
+    assert near.ask(senders[1], ProbeTake(), 3) is None  # 20: stalled
+
+    cluster.heal()
+
+    # The stalled connect goes through at the kernel's next SYN retransmission (1, 3, 7, 15 s
+    # after the first try), then the queue drains, and everything is delivered.
+    def received(client: Any, probe: Any) -> list[Any] | None:
+        reply = client.ask(probe, ProbeTake(), 1)
+        return reply.messages if isinstance(reply, Received) else None
+
+    eventually(
+        lambda: len(received(far, target) or []) == 19 + 20, 30, what="every message delivered"
+    )
+    eventually(lambda: received(near, senders[1]) is not None, 10, what="the sender answers")
+
+
+@pytest.mark.multinode
+@pytest.mark.timeout(90)
+def test_a_cut_off_replicator_keeps_answering_its_clients_while_it_writes(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    """Thespian keeps a transmit to a silent host in flight for as long as it may take (here
+    ``failure_timeout``, 10 s), and stalls every send of an actor with 20 in flight: a node cut
+    off from its two peers, updated every 50 ms (a delta to each peer every 0.1 s), must still
+    answer every request at once, and the cluster converge after the heal."""
+    cluster = cluster_factory(3, network=True, failure_timeout=10.0)
+    eventually(lambda: [_replicas(cluster, i) for i in range(3)] == [3] * 3, 20, what="3 replicas")
+    cluster.split([0], [1, 2])
+    end, writes = time.monotonic() + 12, 0
+    while time.monotonic() < end:
+        began = time.monotonic()
+        _add(cluster, 0, "k", 1)
+        _add(cluster, 1, "k", 1)
+        assert time.monotonic() - began < 2.0, "a cut-off Replicator answered late"
+        writes += 1
+        time.sleep(0.05)
+    assert _replicas(cluster, 0) == 1  # it saw its peers go
+    cluster.heal()
+    eventually(
+        lambda: [_value(cluster, i, "k") for i in range(3)] == [2 * writes] * 3,
+        40,
+        what="convergence after the heal",
+    )
