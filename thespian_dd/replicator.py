@@ -404,9 +404,23 @@ def _key_error(key: object) -> str | None:
 
 
 def _consistency_error(consistency: object, expected: type) -> str | None:
-    if isinstance(consistency, expected):
-        return None
-    return f"consistency must be a {expected.__name__}, not {type(consistency).__name__}"
+    if not isinstance(consistency, expected):
+        return f"consistency must be a {expected.__name__}, not {type(consistency).__name__}"
+    # A level that arrives pickled skipped its constructor's checks: run them again, and check
+    # that its rule gives a number and its timeout fits a timer (inf or 1e300 do not).
+    try:
+        check = getattr(consistency, "__post_init__", None)
+        if check is not None:
+            check()
+        needed = consistency.replicas_needed(3)  # type: ignore[attr-defined]
+        timeout = getattr(consistency, "timeout", None)
+        if timeout is not None:
+            dt.timedelta(seconds=timeout)
+    except Exception as e:  # noqa: BLE001 - whatever is wrong with it is the caller's
+        return f"consistency {type(consistency).__name__} is invalid: {_describe(e)}"
+    if not isinstance(needed, (int, float)) or isinstance(needed, bool):
+        return f"consistency {type(consistency).__name__} is invalid: it needs {needed!r} replicas"
+    return None
 
 
 def _timeout(consistency: ReadConsistency | WriteConsistency) -> float:
@@ -499,7 +513,20 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             else:
                 self._stash.append((msg, sender))  # answered in order once recovered
             return None
-        return super().receiveMessage(msg, sender)
+        if isinstance(msg, ActorSystemMessage):
+            return super().receiveMessage(msg, sender)
+        try:
+            return super().receiveMessage(msg, sender)
+        except Exception as e:  # noqa: BLE001 - bad input must not escape the Replicator
+            # A field missing (another version) or of a type a handler trips on.  Escaping, it
+            # would make Thespian retry the message and bounce it: no reply of its family.
+            self._rejected += 1
+            reason = _describe(e)
+            if (type(msg).__name__, reason) not in self._logged_rejections:
+                self._logged_rejections.add((type(msg).__name__, reason))
+                log.warning("rejected a malformed %s: %s", type(msg).__name__, reason)
+            self._refuse(msg, sender, f"malformed {type(msg).__name__}: {reason}")
+            return None
 
     def _configure(self, explicit: Mapping[str, Any] | None) -> None:
         """Take the settings (capabilities, then ``explicit``) and start: at once in memory, or
@@ -545,6 +572,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         )
 
     def receiveMsg_LoadChunk(self, msg: LoadChunk, sender: Any) -> None:
+        if sender != self._writer:
+            return  # from a replaced DurableWriter, or forged by another actor
         for key, payload in msg.rows:
             self._restore(key, payload)
         self._rejected += len(msg.skipped)
@@ -552,8 +581,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._loaded_rows += len(msg.rows) + len(msg.skipped)
 
     def receiveMsg_Loaded(self, msg: Loaded, sender: Any) -> None:
-        if not self._loading:
-            return  # from a DurableWriter that was replaced
+        if not self._loading or sender != self._writer:
+            return  # from a DurableWriter that was replaced, or forged by another actor
         if self._gc_was_enabled:
             gc.enable()
         error = msg.error
@@ -708,8 +737,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._after_commit.append((batch, client, reply, failure))
 
     def receiveMsg_Written(self, msg: Written, sender: Any) -> None:
-        if msg.seq != self._batch or self._in_flight is None:
-            return  # from a DurableWriter that was replaced; its batch was sent again
+        if msg.seq != self._batch or self._in_flight is None or sender != self._writer:
+            return  # from a DurableWriter that was replaced (its batch was sent again), or forged
         committed, self._in_flight = self._in_flight, None
         done = [w for w in self._after_commit if w[0] <= msg.seq]
         self._after_commit = [w for w in self._after_commit if w[0] > msg.seq]
@@ -974,7 +1003,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             return
         try:
             new, delta = self._modified(msg)
-        except Exception as e:  # noqa: BLE001 - whatever modify raises is the caller's failure
+        except BaseException as e:  # noqa: BLE001 - whatever modify raises (SystemExit too) is
+            # the caller's failure: it must not end the node's Replicator
             self.send(sender, ModifyFailure(msg.key, msg.request, f"modify failed: {_describe(e)}"))
             return
         self._store(msg.key, new)
@@ -1000,6 +1030,14 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                 f"key {msg.key!r} holds a {type(current).__name__}; initial is a "
                 f"{type(msg.initial).__name__}"
             )
+        if current is None and msg.key not in self._deleted:
+            # A new key starts from initial: a state the codec cannot encode (broken internals,
+            # a type it does not know) would make every later gossip round raise.
+            try:
+                codec.decode(codec.encode(msg.initial))
+            except Exception as e:  # noqa: BLE001 - whatever is wrong with it is the caller's
+                self._rejected += 1
+                return f"initial is not a valid {type(msg.initial).__name__}: {_describe(e)}"
         return None
 
     def _modified(self, msg: Update) -> tuple[ReplicatedData, ReplicatedData]:
@@ -1102,13 +1140,18 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self.send(client, reply)
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+        if sender != self.myAddress:  # a timer is only ever our own; another actor forged it
+            self._rejected += 1
+            return
         payload = msg.payload
         if isinstance(payload, _NotifyTick):
             self._tick_scheduled = False
             self._notify()
         elif isinstance(payload, _Every):
-            getattr(self, payload.round)()
-            self.wakeupAfter(getattr(self.settings, payload.interval), payload)
+            try:
+                getattr(self, payload.round)()
+            finally:  # a round that fails must not end the rounds
+                self.wakeupAfter(getattr(self.settings, payload.interval), payload)
         elif isinstance(payload, _StoreRetry):
             self._retry_pending = False
             if self._load_error is not None and not self._loading:
@@ -1308,6 +1351,10 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._reject(sender, InvalidRequest("Subscribe", error))
             return
         subscriber = sender if msg.subscriber is None else msg.subscriber
+        if not isinstance(subscriber, ActorAddress):
+            error = f"subscriber must be an ActorAddress or None, not {type(subscriber).__name__}"
+            self._reject(sender, InvalidRequest("Subscribe", error))
+            return
         if (msg.key, subscriber) not in self._subscriptions:
             self._subscriptions.append((msg.key, subscriber))
         for key in sorted(self._data):
@@ -1455,6 +1502,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     def _learn(self, replica: ReplicaId, address: Any) -> bool:
         """Add or refresh a peer; returns whether it is new (or a new incarnation)."""
+        if not isinstance(address, ActorAddress):
+            return False  # every gossip round would fail sending to it
         if replica.node == self.node.node or replica in self._departed:
             return False
         if replica in self._pruned_ids:
@@ -1495,6 +1544,9 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     def receiveMsg_PeerHello(self, msg: PeerHello, sender: Any) -> None:
         if not self._accept(msg, sender):
+            return
+        if not isinstance(msg.address, ActorAddress):
+            self._rejected += 1
             return
         self._learn(msg.sender, msg.address)
         self._learn_directory(msg.peers)
