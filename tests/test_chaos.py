@@ -83,8 +83,8 @@ def test_a_short_chaos_schedule_loses_no_acknowledged_operation(
         tmp_path,
         capsys,
         write_mode=write_mode,
-        operations=1500,
-        faults=5,
+        operations=1000,
+        faults=4,
         full_kills=1,
     )
 
@@ -121,9 +121,17 @@ def test_a_short_chaos_schedule_with_real_partitions_loses_no_acknowledged_opera
 
 @pytest.mark.chaos
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize("write_mode", ["sync", "write-behind"])
+@pytest.mark.parametrize(
+    ("write_mode", "network"),
+    [("sync", False), ("write-behind", False), ("sync", True)],
+    ids=["sync", "write-behind", "sync-real-partitions"],
+)
 def test_a_long_chaos_schedule_loses_no_acknowledged_operation(
-    cluster_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], write_mode: str
+    cluster_factory: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    write_mode: str,
+    network: bool,
 ) -> None:
     _run(
         cluster_factory,
@@ -133,6 +141,7 @@ def test_a_long_chaos_schedule_loses_no_acknowledged_operation(
         operations=10_000,
         faults=10,
         full_kills=2,
+        network=network,
     )
 
 

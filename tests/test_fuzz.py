@@ -12,8 +12,8 @@
 - Stored rows mutated byte by byte in any column are refused at load (checksum or MAC), never
   loaded as a wrong value; and the codec refuses random and mutated bytes with CodecError only.
 
-In CI (``CI`` set: the 'ci' Hypothesis profile, 500 examples) each node fuzz test sends at least
-5,000 inputs; the counts are asserted.
+In CI (``CI`` set: the 'ci' Hypothesis profile, 250 examples of 22 to 32 inputs) each node fuzz
+test sends at least 5,000 inputs; the counts are asserted.
 """
 
 from __future__ import annotations
@@ -601,7 +601,7 @@ def _other_cases() -> Any:
 CLIENT_CASES = st.one_of(
     _get_cases(), _update_cases(), _delete_cases(), _subscribe_cases(), _other_cases()
 )
-CLIENT_BATCHES = st.lists(CLIENT_CASES, min_size=10, max_size=16)
+CLIENT_BATCHES = st.lists(CLIENT_CASES, min_size=22, max_size=32)
 
 
 def _build(case: Case, request: Any, probe: Any) -> Any:  # noqa: PLR0911 - one per kind
@@ -1215,7 +1215,7 @@ def test_random_peer_payloads_are_rejected_and_counted_or_ignored(fuzzed: Fuzzed
     sent: list[int] = []
     sentinels = fuzzed.sentinels
 
-    @given(batch=st.lists(peer_cases(sentinels), min_size=10, max_size=16))
+    @given(batch=st.lists(peer_cases(sentinels), min_size=22, max_size=32))
     @example(batch=PEER_REGRESSIONS)
     def run(batch: list[PeerCase]) -> None:
         before = fuzzed.ask(GetStats())
