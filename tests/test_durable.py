@@ -652,6 +652,9 @@ def test_a_store_unreadable_at_start_is_never_overwritten_and_served_when_back(
         assert "locked" in failure.error
         update = asys.ask(replicator, Update("k", GCounter(), _increment(1)), 10)
         assert isinstance(update, ModifyFailure)
+        stats = asys.ask(replicator, GetStats(), 10)  # still answered: it says why
+        assert isinstance(stats, Stats)
+        assert "the store cannot be loaded" in (stats.store_error or "")
         lock.execute("ROLLBACK")
         lock.close()
 
