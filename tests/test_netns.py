@@ -14,11 +14,13 @@ import pytest
 from thespian.system.messages.status import Thespian_StatusReq
 
 from thespian_dd import (
+    Changed,
     GCounter,
     Get,
     GetReplicaCount,
     GetSuccess,
     ReplicaCount,
+    Subscribe,
     Update,
     UpdateSuccess,
 )
@@ -240,3 +242,36 @@ def test_a_cut_off_replicator_keeps_answering_its_clients_while_it_writes(
         40,
         what="convergence after the heal",
     )
+
+
+@pytest.mark.multinode
+@pytest.mark.timeout(90)
+def test_a_subscriber_on_a_cut_off_node_does_not_stall_the_replicator(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    """Notifications to a subscriber whose node is cut off wait (one in flight, the latest value
+    per key held): the Replicator keeps answering, and the subscriber hears the last value once
+    the network heals."""
+    cluster = cluster_factory(2, network=True, failure_timeout=10.0)
+    eventually(lambda: [_replicas(cluster, i) for i in range(2)] == [2, 2], 20, what="2 replicas")
+    far = cluster.nodes[1].client
+    probe = far.createActor(Probe)
+    cluster.tell(0, Subscribe("k", subscriber=probe))
+    _add(cluster, 0, "k", 1)
+
+    def last_heard() -> Any:
+        reply = far.ask(probe, ProbeTake(), 2)
+        changes = [m for m in reply.messages if isinstance(m, Changed)]
+        return changes[-1].data.value if changes else None
+
+    eventually(lambda: last_heard() == 1, 10, what="the subscriber hears the first value")
+    cluster.split([0], [1])
+    end, writes = time.monotonic() + 12, 1
+    while time.monotonic() < end:
+        began = time.monotonic()
+        _add(cluster, 0, "k", 1)
+        assert time.monotonic() - began < 2.0, "the Replicator answered late"
+        writes += 1
+        time.sleep(0.05)
+    cluster.heal()
+    eventually(lambda: last_heard() == writes, 40, what="the last value after the heal")

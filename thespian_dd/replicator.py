@@ -34,7 +34,7 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from typing import Any
@@ -49,7 +49,7 @@ from thespian.actors import (
     PoisonMessage,
     WakeupMessage,
 )
-from thespian.system.transport import TransmitIntent, asyncTransportBase
+from thespian.system.transport import SendStatus, TransmitIntent, asyncTransportBase
 
 from thespian_dd import codec
 from thespian_dd._canonical import CodecError, Limits
@@ -371,6 +371,16 @@ RESERVED_TRANSMITS = 6
 
 
 @dataclass
+class _Outbox:
+    """Notifications for one subscriber: at most one in flight, the rest held, the latest per
+    key (a subscriber on a cut-off node must not take the Replicator's transmit slots)."""
+
+    address: Any
+    in_flight: bool = False
+    held: dict[str, Changed | Deleted | Expired] = field(default_factory=dict)
+
+
+@dataclass
 class _Pending:
     """A quorum request waiting for peers: an Update, Delete or Get."""
 
@@ -460,6 +470,9 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._dirty_buckets: set[int] = set()
         self._subscriptions: list[tuple[str, Any]] = []
         self._pending_notify: set[str] = set()
+        # Per subscriber, by str(address): ActorAddress is unhashable, and its str is stable
+        # within this process.
+        self._outboxes: dict[str, _Outbox] = {}
         self._tick_scheduled = False
         self._peers: dict[str, _Peer] = {}
         self._blocked: frozenset[str] = frozenset()
@@ -1359,13 +1372,15 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._subscriptions.append((msg.key, subscriber))
         for key in sorted(self._data):
             if _matches(msg.key, key):
-                self.send(subscriber, Changed(key, self._data[key]))
+                self._tell_subscriber(subscriber, Changed(key, self._data[key]))
 
     def receiveMsg_Unsubscribe(self, msg: Unsubscribe, sender: Any) -> None:
         subscriber = sender if msg.subscriber is None else msg.subscriber
         self._subscriptions = [
             (k, s) for k, s in self._subscriptions if not (k == msg.key and s == subscriber)
         ]
+        if all(s != subscriber for _, s in self._subscriptions):
+            self._outboxes.pop(str(subscriber), None)
 
     def receiveMsg_FlushChanges(self, msg: FlushChanges, sender: Any) -> None:
         self._notify()
@@ -1388,21 +1403,39 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             )
             for pattern, subscriber in self._subscriptions:
                 if _matches(pattern, key):
-                    self.send(subscriber, message)
+                    self._tell_subscriber(subscriber, message)
+
+    def _tell_subscriber(self, subscriber: Any, message: Changed | Deleted | Expired) -> None:
+        box = self._outboxes.setdefault(str(subscriber), _Outbox(subscriber))
+        if box.in_flight:
+            box.held[message.key] = message  # a later value of a key replaces an older one
+            return
+        box.in_flight = True
+        self._send_within_timeout(subscriber, message, partial(self._told, box))
+
+    def _told(self, box: _Outbox, status: Any) -> None:
+        """A notification was delivered, or failed: send the next held one."""
+        box.in_flight = False
+        if self._outboxes.get(str(box.address)) is not box:
+            return  # unsubscribed or dropped meanwhile
+        if status == SendStatus.DeadTarget:
+            self._drop_subscriber(box.address)
+        elif box.held:
+            key = next(iter(box.held))
+            self._tell_subscriber(box.address, box.held.pop(key))
 
     def receiveMsg_DeadEnvelope(self, msg: DeadEnvelope, sender: Any) -> None:
+        # Notifications and peer messages learn of a dead target from their send (_told,
+        # _transmitted); a subscriber may also be told of by the dead-letter route.
         if isinstance(msg.deadMessage, (Changed, Deleted, Expired)):
-            self._drop_subscriber(msg.deadAddress)  # a subscriber that died
-        elif isinstance(msg.deadMessage, PeerMessage):
-            for peer in self._peers.values():
-                if peer.address == msg.deadAddress:
-                    peer.reachable = False  # its node is gone: no need to wait for the timeout
+            self._drop_subscriber(msg.deadAddress)
 
     def receiveMsg_PoisonMessage(self, msg: PoisonMessage, sender: Any) -> None:
         if isinstance(msg.poisonMessage, (Changed, Deleted, Expired)):
             self._drop_subscriber(sender)
 
     def _drop_subscriber(self, address: Any) -> None:
+        self._outboxes.pop(str(address), None)
         before = len(self._subscriptions)
         self._subscriptions = [(k, s) for k, s in self._subscriptions if s != address]
         if len(self._subscriptions) < before:
@@ -1452,23 +1485,36 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     def _transmit(self, peer: _Peer | None, address: Any, message: PeerMessage) -> None:
         self._gossip_out += gossip_bytes(message)
+        if peer is not None:
+            peer.in_flight += 1
+        self._send_within_timeout(address, message, partial(self._transmitted, peer))
+
+    def _send_within_timeout(self, address: Any, message: Any, done: Callable[[Any], None]) -> None:
+        """Send ``message``; ``done(status)`` once it is delivered, or has failed: at the latest
+        after ``failure_timeout`` (Thespian's own limit is minutes)."""
         send_intent = getattr(self._myRef, "_send_intent", None)
         if send_intent is None:  # a base without transmit intents (simpleSystemBase)
             self.send(address, message)
+            done(SendStatus.Sent)
             return
-        if peer is not None:
-            peer.in_flight += 1
-        done = partial(self._transmitted, peer)
-        limit = dt.timedelta(seconds=self.settings.failure_timeout)
-        send_intent(TransmitIntent(address, message, onSuccess=done, onError=done, maxPeriod=limit))
 
-    def _transmitted(self, peer: _Peer | None, _result: Any, _intent: Any) -> None:
+        def finished(status: Any, _intent: Any) -> None:
+            done(status)
+
+        limit = dt.timedelta(seconds=self.settings.failure_timeout)
+        send_intent(
+            TransmitIntent(address, message, onSuccess=finished, onError=finished, maxPeriod=limit)
+        )
+
+    def _transmitted(self, peer: _Peer | None, status: Any) -> None:
         """A peer message was delivered, or failed: its slot is free for the next held one."""
         if peer is None:
             return
         peer.in_flight -= 1
         if self._peers.get(peer.replica.node) is not peer:
             return  # removed, or a new incarnation: what it held is moot
+        if status == SendStatus.DeadTarget:
+            peer.reachable = False  # its node is gone: no need to wait for the timeout
         while peer.held and peer.in_flight < self._window():
             self._transmit(peer, peer.address, peer.held.popleft())
 
