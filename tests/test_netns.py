@@ -18,8 +18,10 @@ from thespian_dd import (
     GCounter,
     Get,
     GetReplicaCount,
+    GetStats,
     GetSuccess,
     ReplicaCount,
+    Stats,
     Subscribe,
     Update,
     UpdateSuccess,
@@ -129,6 +131,12 @@ def _add(cluster: Cluster, i: int, key: str, n: int) -> None:
     assert reply == UpdateSuccess(key, None), reply
 
 
+def _gossip_rounds(cluster: Cluster, i: int) -> int:
+    stats = cluster.ask(i, GetStats(), 5)
+    assert isinstance(stats, Stats), stats
+    return stats.gossip_rounds
+
+
 def _replicas(cluster: Cluster, i: int, timeout: float = 5.0) -> int | None:
     reply = cluster.ask(i, GetReplicaCount(), timeout)
     return reply.n if isinstance(reply, ReplicaCount) else None
@@ -170,8 +178,14 @@ def test_replicas_diverge_in_a_real_partition_and_converge_after_heal(
     cluster.split([0], [1])
     _add(cluster, 0, "k", 10)
     _add(cluster, 1, "k", 100)
-    # Five gossip rounds and ten delta rounds would have carried the updates across by now.
-    time.sleep(1.0)
+    # Five gossip rounds (and ten delta rounds) on both nodes would have carried the updates
+    # across, were the network not cut.
+    start = [_gossip_rounds(cluster, i) for i in range(2)]
+    eventually(
+        lambda: all(_gossip_rounds(cluster, i) >= start[i] + 5 for i in range(2)),
+        10,
+        what="five gossip rounds on each side",
+    )
     assert [_value(cluster, i, "k") for i in range(2)] == [11, 101]
 
     cluster.heal()
@@ -222,7 +236,7 @@ def test_a_cut_off_replicator_keeps_answering_its_clients_while_it_writes(
 ) -> None:
     """Thespian keeps a transmit to a silent host in flight for as long as it may take (here
     ``failure_timeout``, 10 s), and stalls every send of an actor with 20 in flight: a node cut
-    off from its two peers, updated every 50 ms (a delta to each peer every 0.1 s), must still
+    off from its two peers, updated back to back (a delta to each peer every 0.1 s), must still
     answer every request at once, and the cluster converge after the heal."""
     cluster = cluster_factory(3, network=True, failure_timeout=10.0)
     eventually(lambda: [_replicas(cluster, i) for i in range(3)] == [3] * 3, 20, what="3 replicas")
@@ -234,7 +248,6 @@ def test_a_cut_off_replicator_keeps_answering_its_clients_while_it_writes(
         _add(cluster, 1, "k", 1)
         assert time.monotonic() - began < 2.0, "a cut-off Replicator answered late"
         writes += 1
-        time.sleep(0.05)
     assert _replicas(cluster, 0) == 1  # it saw its peers go
     cluster.heal()
     eventually(
@@ -272,6 +285,5 @@ def test_a_subscriber_on_a_cut_off_node_does_not_stall_the_replicator(
         _add(cluster, 0, "k", 1)
         assert time.monotonic() - began < 2.0, "the Replicator answered late"
         writes += 1
-        time.sleep(0.05)
     cluster.heal()
     eventually(lambda: last_heard() == writes, 40, what="the last value after the heal")

@@ -359,7 +359,6 @@ class Cluster:
         # every address it has seen in this process as its own) from mistaking one admin for
         # another.
         self.nodes = [_Process(f"node-{i + 1}", free_port()) for i in range(n)]
-        self._net_closed = False
         if network:
             self.net = Network(n)
 
@@ -513,9 +512,9 @@ class Cluster:
     def stop(self) -> None:
         """Stop every node gracefully (SIGTERM), and kill what does not stop; then remove the
         network, if any."""
-        live_net = self.net is not None and not self._net_closed
-        if self.net is not None and live_net:
-            self.net.heal()  # a node cut off from its peers stops slowly
+        net = self.net if self.net is not None and not self.net.closed else None
+        if net is not None:
+            net.heal()  # a node cut off from its peers stops slowly
         for node in self.nodes:
             if node.popen is not None and node.popen.poll() is None:
                 node.popen.send_signal(signal.SIGTERM)
@@ -524,6 +523,5 @@ class Cluster:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     node.popen.wait(15)
                 self.kill(i)
-        if self.net is not None and live_net:
-            self._net_closed = True
-            self.net.close()
+        if net is not None:
+            net.close()

@@ -229,6 +229,11 @@ class Network:
         """Every host talks to every host again."""
         self.split()
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has removed every namespace."""
+        return not self._created
+
     def close(self) -> None:
         """Delete every namespace this Network created (again: nothing to do)."""
         errors = []
