@@ -17,8 +17,10 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/python -m thespian_dd demo
 
+# Two workers: the tests that start real nodes run one at a time on one of them (see
+# tests/conftest.py), the pure ones on the other.
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -3,7 +3,7 @@ or with HYPOTHESIS_PROFILE=ci)."""
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,9 +23,11 @@ settings.register_profile(
 settings.register_profile(
     "dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
-settings.load_profile(
-    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+# The profile's name stays in the environment: tests that scale their own counts read it.
+os.environ["HYPOTHESIS_PROFILE"] = os.environ.get("HYPOTHESIS_PROFILE") or (
+    "ci" if os.environ.get("CI") else "dev"
 )
+settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
 
 pytest_plugins = ["thespian_dd.testing"]
 
@@ -68,3 +70,41 @@ def server_database(kind: str) -> Iterator[str]:
         pytest.skip(reason)
     with scratch_database(admin) as url:
         yield url
+
+
+# -- the run as a whole ---------------------------------------------------------------------------
+# `make test` runs two pytest-xdist workers: every test that starts real nodes or network
+# namespaces goes to one of them, in turn as before (they measure time and share the machine's
+# ports), while the pure tests use the other core.
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("multinode") or item.path.name == "test_netns.py":
+            item.add_marker(pytest.mark.xdist_group("nodes"))
+
+
+@pytest.fixture
+def figure(record_property: Callable[[str, object], None]) -> Callable[[str], None]:
+    """``figure(line)`` reports a measured figure: printed at the end of the run, with xdist too
+    (a test's own output shows only when it fails)."""
+
+    def report(line: str) -> None:
+        record_property("figure", line)
+
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    lines = [
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == "figure"
+    ]
+    if lines:
+        terminalreporter.section("figures")
+        for line in lines:
+            terminalreporter.write_line(str(line))

@@ -21,7 +21,7 @@ from thespian_dd import (
     ORSet,
     ReplicaId,
 )
-from thespian_dd._canonical import encode_tree
+from thespian_dd._canonical import decode_tree, encode_tree
 from thespian_dd.codec import FORMAT_VERSION, CodecError, Limits, decode, digest, encode
 
 A, B = ReplicaId("a", 1), ReplicaId("b", 1)
@@ -107,28 +107,53 @@ def _with_valid_checksum(body: bytes) -> bytes:
         (["ORSet", [[[A], [[0, [1, 0]]], []], {}]], "ascending"),
         (["ORSet", [[[A], [[0, [0, 1]]], []], {"x": []}]], "holds a dot"),
         (["ORSet", [[[A], [[0, [0, 1]]], []], {"x": [0]}]], "dots are"),
+        # Every state has one spelling (its digest is that of its bytes): no other is accepted.
+        (["ORSet", [[[A], [[0, [0, 2, 2, 5]]], []], {}]], "runs apart"),
+        (["ORSet", [[[A], [[0, [0, 2, 3, 3]]], []], {}]], "runs apart"),
+        (["ORSet", [[[A], [[0, [0, 2]]], [0, 2]], {}]], "floor is above what is seen"),
+        (["ORSet", [[[A], [[0, [0, 2]]], []], {"x": [0, 1, 0, 1]}]], "once each"),
+        (["ORSet", [[[A, B], [[0, [0, 2]]], []], {}]], "every listed replica is used"),
+        (["ORSet", [[[B, A], [[0, [0, 1]], [1, [0, 1]]], []], {}]], "sorted list of distinct"),
+        (["ORSet", [[[A, B], [[1, [0, 1]], [0, [0, 2]]], []], {}]], "sorted by replica"),
+        (["GCounter", [[A], [[0, [0, 3]]], []]], "written as slots"),
         (["LWWRegister", ["v", "soon", A]], "timestamp is an int"),
-        (["ORMap", [[[A], [[0, [0, 1]]], []], [], {"k": [[0, 1, 5]]}]], "type name, state"),
+        (["ORMap", [[[A], [[0, [0, 1]]], []], {}, {"k": [[0, 1, 5]]}]], "type name, state"),
+        (["ORMap", [[[A], [[0, [0, 1]]], []], [], {}]], "marks are a dict"),
         (
             [
                 "ORMap",
                 [
                     [[A], [[0, [0, 2]]], []],
-                    [],
+                    {},
                     {"k": [[0, 1, ["GCounter", {}]], [0, 2, ["Flag", True]]]},
                 ],
             ],
             "share one type",
         ),
         (
-            ["PNCounterMap", [[[A], [[0, [0, 1]]], []], [], {"k": [[0, 1, ["Flag", True]]]}]],
-            "PNCounter",
+            ["PNCounterMap", [[[A], [[0, [0, 1]]], []], {}, {"k": [[0, 1, ["Flag", True]]]}]],
+            "value is a PNCounter",
         ),
     ],
 )
 def test_structurally_invalid_states_are_refused(tree: object, message: str) -> None:
     with pytest.raises(CodecError, match=message):
         decode(_with_valid_checksum(encode_tree(tree)))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"i\x02\x00\x05", "integer is not in its shortest form"),  # 5 in two bytes
+        (b"s\x81\x00", "shortest form"),  # a length of 1 in two bytes
+        (b"z\x02i\x01\x02i\x01\x01", "out of order"),  # {2, 1}
+        (b"z\x02i\x01\x01i\x01\x01", "repeated"),  # {1, 1}
+        (b"d\x02s\x01bi\x01\x01s\x01ai\x01\x02", "out of order"),  # {"b": 1, "a": 2}
+    ],
+)
+def test_trees_have_one_spelling(body: bytes, message: str) -> None:
+    with pytest.raises(CodecError, match=message):
+        decode_tree(body, Limits())
 
 
 def test_caps_apply_to_what_a_decode_produces() -> None:

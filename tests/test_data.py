@@ -9,6 +9,7 @@ import pytest
 from thespian_dd import ReplicaId
 from thespian_dd.data import CausalContext
 
+B, C = ReplicaId("b", 1), ReplicaId("c", 1)
 A = ReplicaId("a", 1)
 
 
@@ -49,10 +50,37 @@ def test_runs_with_gaps_answer_membership_exactly() -> None:
 
 
 def test_a_floor_reserves_counters_without_claiming_them_seen() -> None:
-    ctx = CausalContext.of_vv({A: 2}).with_floor(A, 7)
+    ctx = CausalContext.of_vv({A: 2}).merge(CausalContext({}, {A: 7}))
     assert (A, 5) not in ctx
     assert ctx.next_dot(A) == (A, 8)
     assert ctx.add([(A, 8)]).floor == {}  # a floor below a seen dot is dropped
+
+
+def test_reserved_keeps_every_counter_and_sees_none() -> None:
+    ctx = CausalContext.of_dots([(A, 1), (A, 2), (A, 5), (B, 3)])
+    reserved = ctx.reserved()
+    assert reserved.ranges == {}
+    assert reserved.next_dot(A) == (A, 6)
+    assert reserved.next_dot(B) == (B, 4)
+    assert ctx.merge(reserved) is ctx  # nothing above what ctx has seen
+
+
+def test_includes_is_exactly_merge_changing_nothing() -> None:
+    ctx = CausalContext.of_dots([(A, 1), (A, 2), (A, 5), (A, 6), (B, 3)])
+    cases = [
+        CausalContext.of_dots([(A, 5)]),
+        CausalContext.of_dots([(A, 1), (A, 6)]),
+        CausalContext.of_dots([(A, 3)]),
+        CausalContext.of_dots([(A, 4), (A, 5)]),
+        CausalContext.of_dots([(B, 1)]),
+        CausalContext({}, {A: 6}),
+        CausalContext({}, {A: 7}),
+        CausalContext({}, {C: 1}),
+        CausalContext(),
+        ctx,
+    ]
+    for other in cases:
+        assert ctx.includes(other) == (ctx.merge(other) == ctx), other
 
 
 def test_a_context_is_immutable_and_equal_by_content() -> None:

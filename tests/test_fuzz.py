@@ -105,6 +105,7 @@ from thespian_dd._peers import (
     PeerWriteAck,
 )
 from thespian_dd.codec import FORMAT_VERSION, CodecError, Limits, decode, encode
+from thespian_dd.data import CausalContext
 from thespian_dd.durable import Entry, Store
 from thespian_dd.messages import _load_update
 
@@ -432,11 +433,22 @@ CRDT_INITIALS = st.sampled_from(
 BAD_INITIALS: Any = st.one_of(
     st.sampled_from([5, "x", None, {}, [1], b"", 1.5, GCounter, ORMap]), st.builds(FuzzThing, JUNK)
 )
+
+
+def _broken_gcounter(units: Any) -> GCounter:
+    """A GCounter holding ``units`` as they are (its constructor would refuse them)."""
+    counter = GCounter.__new__(GCounter)
+    object.__setattr__(counter, "units", units)
+    object.__setattr__(counter, "_delta", None)
+    return counter
+
+
 BROKEN_INITIALS = st.sampled_from(
     [
         ORSet({"a": 5}, None),  # type: ignore[arg-type, dict-item]
-        GCounter({"x": "y"}),  # type: ignore[dict-item]
-        GCounter({FAKE: -5}),
+        _broken_gcounter({"x": "y"}),
+        _broken_gcounter(CausalContext({"x": (0, 5)})),  # type: ignore[dict-item]
+        _broken_gcounter(CausalContext({FAKE: (-5, 0)})),
         FuzzCRDT(),
     ]
 )
@@ -1486,6 +1498,9 @@ def test_a_mutated_body_with_a_valid_checksum_decodes_to_its_own_encoding_or_is_
     result = _decode_or_codec_error(damaged, limits)
     if not isinstance(result, CodecError):
         _assert_usable(result)
+        # Bytes that decode are the one encoding of what they decode to: equal values have
+        # equal bytes (digests compare them), so no second spelling may be accepted.
+        assert encode(result) == damaged, result
 
 
 def _assert_usable(value: Any) -> None:
@@ -1511,7 +1526,9 @@ def _assert_usable(value: Any) -> None:
     name=st.sampled_from(["GCounter", "ORSet", "ORMap", "LWWMap", "LWWRegister", "Flag", "X"]),
 )
 def test_well_formed_trees_of_the_wrong_shape_are_refused(tree: Any, name: str) -> None:
-    result = _decode_or_codec_error(_with_checksum(encode_tree([name, tree])))
+    raw = _with_checksum(encode_tree([name, tree]))
+    result = _decode_or_codec_error(raw)
     if not isinstance(result, CodecError):
         assert type(result).__name__ == name
         _assert_usable(result)
+        assert encode(result) == raw, result

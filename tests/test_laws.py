@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from thespian_dd import DeltaReplicatedData, RemovedNodePruning
 from thespian_dd.codec import decode, digest, encode
+from thespian_dd.data import DotBased
 
 
 def _rows(rows: list[Row]) -> pytest.MarkDecorator:
@@ -27,6 +28,8 @@ delta_types = _rows([row for row in ROWS if row.has_deltas])
 # GSet, Flag and LWWRegister keep no per-replica slots (an LWW writer id is a tie-breaker that
 # the next write replaces), so there is nothing to prune.
 pruning_types = _rows([row for row in ROWS if isinstance(row.zero(), RemovedNodePruning)])
+# Values whose changes are dots (sets, registers, counters, maps): they have marks.
+dot_types = _rows([row for row in ROWS if isinstance(row.zero(), DotBased)])
 
 
 @every_type
@@ -69,6 +72,33 @@ def test_mutations_only_move_a_state_up(row: Row, data: st.DataObject) -> None:
     assume(row.inflationary(op))
     new = row.apply(snapshot.state, REPLICAS[snapshot.owner], op)
     assert snapshot.state.merge(new) == _without_delta(new)
+    # What the Replicator and the maps ask of an update (new dots only above the old ones).
+    assert snapshot.state is None or new.is_inflation_of(snapshot.state)
+
+
+@delta_types
+@given(data=st.data())
+def test_a_merge_keeps_the_pending_delta(row: Row, data: st.DataObject) -> None:
+    """What this replica changed and has not shipped yet still has to be shipped."""
+    snapshot = data.draw(st.sampled_from(data.draw(histories(row))))
+    (other,) = data.draw(states_of(row, 1))
+    changed = row.apply(
+        snapshot.state.reset_delta(), REPLICAS[snapshot.owner], data.draw(row.ops())
+    )
+    assume(changed.delta is not None)
+    assert changed.merge(other).delta == changed.delta
+    assert changed.merge_delta(other).delta == changed.delta
+
+
+@dot_types
+@given(data=st.data())
+def test_marks_reserve_every_dot_and_change_no_value(row: Row, data: st.DataObject) -> None:
+    (a,) = data.draw(states_of(row, 1))
+    marks = a.marks()
+    assert marks.is_empty()
+    assert marks.marks() == marks
+    assert a.merge(marks) == a  # a value holds its marks...
+    assert not marks.is_inflation_of(a) or a.is_empty()  # ...and its marks hold none of it
 
 
 @delta_types

@@ -108,11 +108,10 @@ class TextbookORMap:
             for v in versions:
                 joined.merge(v)
             return joined
-        slots: dict[int, int] = {}
+        increments: dict[Tag, int] = {}  # a counter is the increments its versions saw
         for v in versions:
-            for r, n in v.items():
-                slots[r] = max(slots.get(r, 0), n)
-        return slots
+            increments.update(v)
+        return increments
 
     @property
     def value(self) -> dict[str, Any]:
@@ -186,9 +185,9 @@ class ORMapAgainstTextbook(RuleBasedStateMachine):
         node = REPLICAS[i]
         self.real[i] = self.real[i].update(node, "c", GCounter(), lambda c: c.increment(node, n))
 
-        def model_count(slots: dict[int, int]) -> dict[int, int]:
-            slots[i] = slots.get(i, 0) + n
-            return slots
+        def model_count(increments: dict[Tag, int]) -> dict[Tag, int]:
+            increments[self._fresh_tag(i)] = n
+            return increments
 
         self._model_update(i, "c", {}, model_count)
 

@@ -155,6 +155,8 @@ class _Reader:
             self.pos += 1
             n |= (byte & 0x7F) << shift
             if not byte & 0x80:
+                if byte == 0 and shift:
+                    raise CodecError("a length field is not in its shortest form")
                 return n
             shift += 7
             if shift > 63:
@@ -168,6 +170,14 @@ class _Reader:
         if n > len(self.buf) - self.pos:  # every item takes at least one byte
             raise CodecError(f"truncated input: {n} items announced at offset {self.pos}")
         return n
+
+    def _ascending(self, start: int, previous: bytes) -> bytes:
+        """The bytes of the member read from ``start``, which must sort after ``previous``: set
+        members and dict keys are written in the order of their bytes, each once."""
+        raw = bytes(self.buf[start : self.pos])
+        if raw <= previous:
+            raise CodecError("set members or dict keys out of order, or repeated")
+        return raw
 
     def text(self) -> str:
         try:
@@ -185,7 +195,10 @@ class _Reader:
             size = self.varint()
             if size > 4096:
                 raise CodecError(f"integer of {size} bytes is too large")
-            return int.from_bytes(self.take(size), "big", signed=True)
+            n = int.from_bytes(self.take(size), "big", signed=True)
+            if size != (n.bit_length() + 8) // 8:
+                raise CodecError("an integer is not in its shortest form")
+            return n
         if tag == _REPLICA:
             node = self.text()
             try:
@@ -196,13 +209,24 @@ class _Reader:
             items = [self.read(depth + 1) for _ in range(self.count())]
             return items if tag == _LIST else tuple(items)
         if tag in (_FROZENSET, _SET):
-            members = [self.read(depth + 1) for _ in range(self.count())]
+            members = []
+            previous = b""
+            for _ in range(self.count()):
+                start = self.pos
+                members.append(self.read(depth + 1))
+                previous = self._ascending(start, previous)
             try:
                 return frozenset(members) if tag == _FROZENSET else set(members)
             except TypeError as e:
                 raise CodecError(f"unhashable set member: {e}") from None
         if tag == _DICT:
-            pairs = [(self.read(depth + 1), self.read(depth + 1)) for _ in range(self.count())]
+            pairs = []
+            previous = b""
+            for _ in range(self.count()):
+                start = self.pos
+                key = self.read(depth + 1)
+                previous = self._ascending(start, previous)
+                pairs.append((key, self.read(depth + 1)))
             try:
                 return dict(pairs)
             except TypeError as e:

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
 from thespian_dd._canonical import CodecError, Limits, decode_tree, encode_tree
-from thespian_dd.data import CausalContext, Dot, ReplicaId, ReplicatedData
+from thespian_dd.data import CausalContext, Dot, DotBased, ReplicaId, ReplicatedData
 from thespian_dd.flag import Flag
 from thespian_dd.gcounter import GCounter
 from thespian_dd.gset import GSet
@@ -118,11 +119,18 @@ def _count(n: Any, what: str) -> int:
 
 
 def _gcounter_tree(c: GCounter) -> Any:
-    return dict(c.state)
+    # Units 1..n per replica (every counter but one created again in a map): a slot per replica.
+    if c.units.is_contiguous() and not c.units.floor:
+        return c.state
+    return _DotWriter(c.units).context(c.units)
 
 
 def _gcounter(state: Any, limits: Limits) -> GCounter:
-    _expect(isinstance(state, dict), "GCounter state is a dict")
+    if isinstance(state, list):
+        units = _DotReader(state).context
+        _expect(not (units.is_contiguous() and not units.floor), "units 1..n are written as slots")
+        return GCounter.of_units(units)
+    _expect(isinstance(state, dict), "GCounter state is a dict of slots or a units context")
     for r, n in state.items():
         _expect(isinstance(r, ReplicaId), "GCounter slots are keyed by ReplicaId")
         _count(n, "a GCounter slot")
@@ -163,9 +171,14 @@ def _lwwregister(state: Any, limits: Limits) -> LWWRegister:
 # costs two small ints instead of a node name.
 
 
+def _ascending(items: list[Any]) -> bool:
+    """Whether ``items`` are in strictly ascending order (sorted, each once)."""
+    return all(a < b for a, b in pairwise(items))
+
+
 class _DotWriter:
-    def __init__(self, context: CausalContext, extra: Any = ()) -> None:
-        self.replicas = sorted(context.replicas().union(extra))
+    def __init__(self, context: CausalContext) -> None:
+        self.replicas = sorted(context.replicas())
         self.index = {r: i for i, r in enumerate(self.replicas)}
 
     def flat(self, dots: Any) -> list[int]:
@@ -177,29 +190,40 @@ class _DotWriter:
 
 
 class _DotReader:
+    """Reads a causal context written by :class:`_DotWriter`, in that one spelling only: the
+    replicas sorted and each used, runs ascending and apart, floors above what is seen."""
+
     def __init__(self, tree: Any) -> None:
         _expect(isinstance(tree, list) and len(tree) == 3, "a causal context has three parts")
         replicas, runs, floor = tree
         _expect(
-            isinstance(replicas, list) and all(isinstance(r, ReplicaId) for r in replicas),
-            "replicas are a list of ReplicaId",
+            isinstance(replicas, list)
+            and all(isinstance(r, ReplicaId) for r in replicas)
+            and _ascending(replicas),
+            "replicas are a sorted list of distinct ReplicaId",
         )
         self.replicas = replicas
         _expect(isinstance(runs, list), "context runs are a list")
-        ranges = {}
+        ranges: dict[ReplicaId, list[int]] = {}
         for entry in runs:
             _expect(isinstance(entry, list) and len(entry) == 2, "a run entry is [index, bounds]")
             bounds = entry[1]
             _expect(
                 isinstance(bounds, list)
+                and bool(bounds)
                 and len(bounds) % 2 == 0
                 and all(type(b) is int for b in bounds)
-                and bounds == sorted(bounds)
-                and all(b >= 0 for b in bounds),
-                "run bounds are ascending ints >= 0, in pairs",
+                and bounds[0] >= 0
+                and _ascending(bounds),
+                "run bounds are ascending ints >= 0 in pairs, the runs apart",
             )
             ranges[self.replica(entry[0])] = bounds
-        self.context = CausalContext(ranges, dict(self.dots(floor)))
+        _expect(_ascending([entry[0] for entry in runs]), "run entries are sorted by replica")
+        floors = self.dots(floor)
+        for r, n in floors:
+            _expect(n > (ranges[r][-1] if r in ranges else 0), "a floor is above what is seen")
+        self.context = CausalContext(ranges, dict(floors))
+        _expect(self.context.replicas() == frozenset(replicas), "every listed replica is used")
 
     def replica(self, index: Any) -> ReplicaId:
         _expect(type(index) is int and 0 <= index < len(self.replicas), "replica index in range")
@@ -208,10 +232,9 @@ class _DotReader:
 
     def dots(self, flat: Any) -> list[Dot]:
         _expect(isinstance(flat, list) and len(flat) % 2 == 0, "dots are [index, n, ...]")
-        return [
-            (self.replica(flat[i]), _count(flat[i + 1], "a dot counter"))
-            for i in range(0, len(flat), 2)
-        ]
+        pairs = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+        _expect(_ascending(pairs), "dots are sorted, once each")
+        return [(self.replica(i), _count(n, "a dot counter")) for i, n in pairs]
 
     def seen(self, flat: Any) -> list[Dot]:
         dots = self.dots(flat)
@@ -237,29 +260,43 @@ def _mvregister(state: Any, limits: Limits) -> MVRegister:
 
 
 def _ormap_tree(m: ORMap) -> Any:
-    w = _DotWriter(m.context, m.floors)
+    w = _DotWriter(m.context)
     versions = {
         key: [[*w.flat([dot]), _to_tree(v)] for dot, v in sorted(dots.items())]
         for key, dots in m.versions.items()
     }
-    return [w.context(m.context), w.flat(m.floors.items()), versions]
+    return [w.context(m.context), {key: _to_tree(f) for key, f in m.floors.items()}, versions]
 
 
 def _ormap(state: Any, limits: Limits) -> ORMap:
-    _expect(isinstance(state, list) and len(state) == 3, "ORMap state is [context, floors, keys]")
+    _expect(isinstance(state, list) and len(state) == 3, "ORMap state is [context, marks, keys]")
     r = _DotReader(state[0])
-    floors = dict(r.dots(state[1]))
+    marks = state[1]
+    _expect(isinstance(marks, dict), "ORMap marks are a dict")
     _expect(isinstance(state[2], dict), "ORMap versions are a dict")
     versions = {}
     for key, entries in state[2].items():
         _expect(isinstance(entries, list) and bool(entries), "every key holds a version")
-        dots = {}
+        dots: dict[Dot, ReplicatedData] = {}
         for entry in entries:
             _expect(isinstance(entry, list) and len(entry) == 3, "a version is [index, n, value]")
             (dot,) = r.seen(entry[:2])
             dots[dot] = _from_tree(entry[2], limits)
+        _expect(_ascending([entry[:2] for entry in entries]), "a key's versions are sorted by dot")
         _expect(len({type(v) for v in dots.values()}) == 1, "a key's versions share one type")
         versions[key] = dots
+    m = ORMap(versions, r.context)
+    floors = {}
+    for key, tree in marks.items():
+        floor = _from_tree(tree, limits)
+        _expect(isinstance(floor, DotBased) and floor == floor.marks(), "marks reserve dots only")
+        live = m.get(key)
+        _expect(live is None or type(live) is type(floor), "a key's marks share its type")
+        _expect(
+            live is None or (floor.is_inflation_of(live.marks()) and floor != live.marks()),
+            "marks are stored only where they reserve more than the key's versions",
+        )
+        floors[key] = floor
     return ORMap(versions, r.context, floors)
 
 
@@ -267,7 +304,8 @@ def _backed(cls: type[ORMapBacked], value_type: type[ReplicatedData]) -> Callabl
     def decode_backed(state: Any, limits: Limits) -> ORMapBacked:
         underlying = _ormap(state, limits)
         _expect(
-            all(type(v) is value_type for v in underlying._all_values()),
+            all(type(v) is value_type for v in underlying._all_values())
+            and all(type(v) is value_type for v in underlying.floors.values()),
             f"every {cls.__name__} value is a {value_type.__name__}",
         )
         return cls(underlying)

@@ -14,6 +14,21 @@ first.  The Replicator never asks *what class* a value is, only *what it can do*
   (``pruning_cleanup``), so that restarts and departures do not make values grow forever.
 
 These mirror Akka Distributed Data's traits of the same names.
+
+Every change a replica makes is numbered: an ORSet add or an MVRegister write is a *dot*
+``(replica, n)``, a counter increment of ``k`` is ``k`` dots (its *units*), and a merge keeps or
+drops changes by their dots.  So the one invariant every data type keeps is:
+
+    **A replica never issues the same dot twice for two different changes of one value**,
+    nested values and values created again after a remove included.
+
+A replica numbers its next change above every dot its state has seen or *reserved*
+(:attr:`CausalContext.floor`).  Inside maps, where a key's value can be removed and created again,
+the map keeps per key the highest dot each replica has used in it (its *marks*, see
+:class:`DotBased`) and every update starts from them; a restarted node is a new replica (a new
+incarnation), so it starts its own numbering.  The second rule keeps what was seen: an update
+must be an *inflation* of the current state (:meth:`ReplicatedData.is_inflation_of`), so a value
+rebuilt from scratch, which could drop or reuse dots, is refused rather than merged.
 """
 
 from __future__ import annotations
@@ -104,6 +119,16 @@ class ReplicatedData(ABC):
         A pending delta (see :class:`DeltaReplicatedData`) is kept: what this replica changed
         and has not shipped yet still has to be shipped.
         """
+
+    def is_inflation_of(self, older: Self) -> bool:
+        """Whether this state can be what updates made of ``older``: it holds everything
+        ``older`` holds (merging ``older`` into it changes nothing), and every dot it adds is new
+        (above every dot ``older`` has seen or reserved), so no other write holds it.
+
+        An update must be one; otherwise the next merge with a replica that still holds
+        ``older``, or that has seen a reused dot, would drop part of the update or of ``older``.
+        This default is the first half, by a merge; the dot-based types check both, cheaply."""
+        return type(older) is type(self) and older.merge(self) == self
 
     def _require_same_type(self, other: object) -> None:
         if type(other) is not type(self):
@@ -231,6 +256,16 @@ class CausalContext:
         object.__setattr__(self, "floor", floors)
 
     @classmethod
+    def _normal(
+        cls, ranges: dict[ReplicaId, tuple[int, ...]], floor: Mapping[ReplicaId, int]
+    ) -> CausalContext:
+        """A context from parts already in normal form (the hot paths' shortcut)."""
+        context = cls.__new__(cls)
+        object.__setattr__(context, "ranges", ranges)
+        object.__setattr__(context, "floor", floor)
+        return context
+
+    @classmethod
     def of_vv(cls, vv: Mapping[ReplicaId, int]) -> CausalContext:
         """Dots ``(r, 1) .. (r, vv[r])`` for every ``r``."""
         return cls({r: (0, n) for r, n in vv.items()})
@@ -278,21 +313,67 @@ class CausalContext:
         runs = self.ranges.get(node)
         return max(runs[-1] if runs else 0, self.floor.get(node, 0))
 
+    def highs(self) -> dict[ReplicaId, int]:
+        """:meth:`high` of every replica."""
+        return {r: self.high(r) for r in self.replicas()}
+
     def next_dot(self, node: ReplicaId) -> Dot:
         """The dot ``node`` uses for its next change."""
         return (node, self.high(node) + 1)
 
+    def count(self, node: ReplicaId) -> int:
+        """How many dots of ``node`` are seen (reserved ones do not count)."""
+        runs = self.ranges.get(node, ())
+        return sum(runs[i + 1] - runs[i] for i in range(0, len(runs), 2))
+
     def add(self, dots: Iterable[Dot]) -> CausalContext:
         return self.merge(CausalContext.of_dots(dots))
 
-    def with_floor(self, node: ReplicaId, n: int) -> CausalContext:
-        """The same dots, with ``node``'s next dot above ``n``."""
-        if n <= self.high(node):
-            return self
-        return CausalContext(self.ranges, {**self.floor, node: n})
+    def reserved(self) -> CausalContext:
+        """No dot seen, and every replica's next dot above every dot seen or reserved here."""
+        return CausalContext({}, self.highs())
+
+    def includes(self, other: CausalContext) -> bool:
+        """Whether merging ``other`` in changes nothing: every dot it has seen is seen here, and
+        every counter it reserves is seen or reserved here."""
+        if other is self:
+            return True
+        for r, runs in other.ranges.items():
+            mine = self.ranges.get(r)
+            if mine is runs or mine == runs:
+                continue
+            if mine is None:
+                return False
+            if len(mine) == 2 and len(runs) == 2:  # one run each: the usual case
+                if not mine[0] <= runs[0] < runs[1] <= mine[1]:
+                    return False
+            elif not _runs_within(runs, mine):
+                return False
+        return all(n <= self.high(r) for r, n in other.floor.items())
+
+    def extends(self, older: CausalContext) -> bool:
+        """Whether this context is ``older``'s with new dots only: it includes ``older``, and
+        every dot it adds is above every dot ``older`` has seen or reserved of that replica.
+        That is what an update may do; a dot added below could be one another write holds."""
+        if not self.includes(older):
+            return False
+        for r, runs in self.ranges.items():
+            theirs = older.ranges.get(r, ())
+            if runs is theirs or runs == theirs:
+                continue
+            if len(runs) == 2 and len(theirs) == 2 and not older.floor:  # one run each
+                if runs[0] != theirs[0]:
+                    return False
+                continue  # includes() has seen that it reaches at least as high
+            if _clipped(runs, older.high(r)) != theirs:
+                return False
+        return True
 
     def merge(self, other: CausalContext) -> CausalContext:
-        if other is self or (not other.floor and other.ranges.items() <= self.ranges.items()):
+        if other is self or (
+            other.ranges.items() <= self.ranges.items()
+            and all(n <= self.high(r) for r, n in other.floor.items())
+        ):
             return self
         ranges = dict(self.ranges)
         for r, runs in other.ranges.items():
@@ -311,6 +392,26 @@ class CausalContext:
             {r: v for r, v in self.ranges.items() if r != removed},
             {r: n for r, n in self.floor.items() if r != removed},
         )
+
+
+def _clipped(runs: tuple[int, ...], high: int) -> tuple[int, ...]:
+    """``runs`` without the counters above ``high``."""
+    out: list[int] = []
+    for i in range(0, len(runs), 2):
+        if runs[i] >= high:
+            break
+        out += (runs[i], min(runs[i + 1], high))
+    return tuple(out)
+
+
+def _runs_within(runs: tuple[int, ...], outer: tuple[int, ...]) -> bool:
+    """Whether every run of ``runs`` lies inside one run of ``outer`` (both normalised)."""
+    for i in range(0, len(runs), 2):
+        lo, hi = runs[i], runs[i + 1]
+        j = bisect_left(outer, lo + 1)  # odd: lo + 1 falls inside the run ending at outer[j]
+        if j % 2 == 0 or outer[j] < hi:
+            return False
+    return True
 
 
 def _normalise_runs(bounds: tuple[int, ...]) -> tuple[int, ...]:
@@ -365,61 +466,22 @@ def merge_dot_maps(
     return out
 
 
-def merge_dotted(
-    a: Mapping[Hashable, Mapping[Dot, Any]],
-    a_ctx: CausalContext,
-    b: Mapping[Hashable, Mapping[Dot, Any]],
-    b_ctx: CausalContext,
-    join: Any,
-) -> dict[Hashable, dict[Dot, Any]]:
-    """The join of two stores of dotted values (key -> {dot: value}) under their contexts.
-
-    Dots survive as in :func:`merge_dot_maps`; a dot held on both sides joins its two values
-    with ``join`` (they are versions of one write).
-    """
-    out: dict[Hashable, dict[Dot, Any]] = {}
-    for key, dots in a.items():
-        other = b.get(key, {})
-        kept = {
-            dot: _join_versions(value, other.get(dot), join)
-            for dot, value in dots.items()
-            if dot in other or dot not in b_ctx
-        }
-        kept.update(
-            (dot, value) for dot, value in other.items() if dot not in dots and dot not in a_ctx
-        )
-        if kept:
-            out[key] = kept
-    for key, dots in b.items():
-        if key not in a:
-            kept = {dot: value for dot, value in dots.items() if dot not in a_ctx}
-            if kept:
-                out[key] = kept
-    return out
-
-
-def _join_versions(mine: Any, theirs: Any, join: Any) -> Any:
-    return mine if theirs is None or theirs is mine else join(mine, theirs)
-
-
 class DotBased(ABC):
-    """A value whose changes are dots (ORSet, MVRegister, the maps).
+    """A value whose changes are dots (ORSet, MVRegister, the counters, the maps).
 
-    A map that removes a key and later creates it again must not let the new value reuse dots
-    of the old one (two different adds would then look like one).  So the map remembers, per
-    replica, the highest dot counter it has seen inside its values, and starts a new value above
-    it with :meth:`with_floor`.
+    Its :meth:`marks` are an empty value of the same type in which every dot this value has seen
+    or reserved is reserved again, and none is seen.  Merging marks into a value changes nothing
+    it holds; it only makes each replica's next dot start above them.  A map keeps the marks of
+    every key, also after the key is removed, and merges them into the key's value before each
+    update: so a value created again after a remove, here or by another replica, never reuses a
+    dot of the value it replaced, which a replica that missed the remove may still hold.
     """
 
     __slots__ = ()
 
     @abstractmethod
-    def dot_high(self, node: ReplicaId) -> int:
-        """The highest counter of any dot of ``node`` this value has seen, nested ones included."""
-
-    @abstractmethod
-    def with_floor(self, node: ReplicaId, n: int) -> Self:
-        """This (empty) value with every dot of ``node`` up to ``n`` marked as seen."""
+    def marks(self) -> Self:
+        """An empty value reserving every dot this value has seen or reserved."""
 
     @abstractmethod
     def is_empty(self) -> bool:

@@ -1,13 +1,22 @@
 """GCounter: a grow-only counter.
 
-- State: one non-negative int per replica, the sum of the increments that replica made.
-- Value: the sum of all slots.
-- Merge: the per-replica maximum.  There are no conflicts: increments only add.
-- Delta: the slots changed since the last reset (absolute values, so a delta merges like a state).
-- Garbage: one slot per replica that ever incremented; ``prune`` adds a removed replica's slot
-  into a live one so restarts and departures do not make the counter grow.
+- State: the *units* of the increments, as dots: an increment of ``k`` by a replica is ``k`` new
+  dots of that replica, numbered on from its highest (see :mod:`thespian_dd.data`).  Normally a
+  replica's units are one run ``1..n``, stored as one int per replica; a counter created again
+  inside a map starts its units above the removed counter's (reserved, not counted), so a replica
+  that still holds the old counter merges both instead of hiding the new increments under the old
+  total.
+- Value: the number of units.
+- Merge: the union of the units (per replica, the maximum when both are one run from 1).  There
+  are no conflicts: increments only add.
+- Delta: the whole units of the replicas that incremented since the last reset (a delta
+  merges like a state, and a lost one is made good by the next).
+- Garbage: one run per replica that ever incremented (two after a re-creation in a map);
+  ``prune`` adds a removed replica's units to a live one so restarts and departures do not make
+  the counter grow.
 - Paper: Shapiro et al., "A comprehensive study of Convergent and Commutative Replicated Data
-  Types" (2011), the G-Counter.
+  Types" (2011), the G-Counter; units as dots as in Almeida et al., "Delta State Replicated Data
+  Types" (2018).
 """
 
 from __future__ import annotations
@@ -16,7 +25,9 @@ from collections.abc import Mapping
 from typing import Any, Self
 
 from thespian_dd.data import (
+    CausalContext,
     DeltaReplicatedData,
+    DotBased,
     RemovedNodePruning,
     ReplicaId,
     check_count,
@@ -25,30 +36,63 @@ from thespian_dd.data import (
 
 __all__ = ["GCounter"]
 
+_NONE = CausalContext()
 
-class GCounter(DeltaReplicatedData, RemovedNodePruning):
+
+class GCounter(DeltaReplicatedData, RemovedNodePruning, DotBased):
     """A counter that only grows.  ``GCounter().increment(node, 5).value == 5``."""
 
-    __slots__ = ("_delta", "state")
+    __slots__ = ("_delta", "units")
 
-    state: Mapping[ReplicaId, int]
+    units: CausalContext
     _delta: GCounter | None
 
     def __init__(
         self, state: Mapping[ReplicaId, int] | None = None, *, _delta: GCounter | None = None
     ) -> None:
-        object.__setattr__(self, "state", {r: n for r, n in (state or {}).items() if n})
-        object.__setattr__(self, "_delta", _delta)
+        """``state``: each replica's total (its units ``1..n``)."""
+        ranges = {}
+        for r, n in (state or {}).items():
+            check_replica(r)
+            if check_count("a GCounter slot", n) < 0:
+                raise ValueError(f"a GCounter slot must be >= 0, not {n}")
+            ranges[r] = (0, n)
+        self._set(CausalContext(ranges), _delta)
+
+    @classmethod
+    def of_units(cls, units: CausalContext, delta: GCounter | None = None) -> Self:
+        """The counter whose increments are ``units`` (see the module docs)."""
+        counter = cls.__new__(cls)
+        counter._set(units, delta)
+        return counter
+
+    def _set(self, units: CausalContext, delta: GCounter | None) -> None:
+        object.__setattr__(self, "units", units)
+        object.__setattr__(self, "_delta", delta)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_of_units, (type(self), self.units))
 
     def _state(self) -> tuple[Any, ...]:
-        return (dict(self.state),)
+        return (self.units,)
+
+    @property
+    def state(self) -> dict[ReplicaId, int]:
+        """Each replica's total."""
+        return {r: self.units.count(r) for r in self.units.ranges}
 
     def __repr__(self) -> str:
-        return f"GCounter({dict(sorted(self.state.items()))!r})"
+        if self.units.is_contiguous() and not self.units.floor:
+            return f"GCounter({dict(sorted(self.state.items()))!r})"
+        return f"GCounter.of_units({self.units!r})"
 
     @property
     def value(self) -> int:
-        return sum(self.state.values())
+        ranges = self.units.ranges
+        return sum(
+            runs[1] - runs[0] if len(runs) == 2 else self.units.count(r)
+            for r, runs in ranges.items()
+        )
 
     def __int__(self) -> int:
         return self.value
@@ -60,44 +104,64 @@ class GCounter(DeltaReplicatedData, RemovedNodePruning):
             raise ValueError(f"GCounter can only grow: increment must be >= 0, not {n}")
         if n == 0:
             return self
-        slot = self.state.get(node, 0) + n
-        state = dict(self.state)
-        state[node] = slot
-        delta = dict(self._delta.state) if self._delta is not None else {}
-        delta[node] = slot
-        return GCounter(state, _delta=GCounter(delta))
+        runs = self.units.ranges.get(node)
+        if node not in self.units.floor and (runs is None or len(runs) == 2):
+            # One run of units (or none), nothing reserved above: it grows by n.
+            ranges = dict(self.units.ranges)
+            ranges[node] = (0, n) if runs is None else (runs[0], runs[1] + n)
+            units = CausalContext._normal(ranges, self.units.floor)
+        else:
+            high = self.units.high(node)
+            units = self.units.merge(CausalContext({node: (high, high + n)}))
+        # The delta holds the changed replicas' whole units: a lost delta is made good by the next.
+        changed = dict(self._delta.units.ranges) if self._delta is not None else {}
+        changed[node] = units.ranges[node]
+        delta = CausalContext._normal(changed, {})
+        return GCounter.of_units(units, GCounter.of_units(delta))
 
     def merge(self, other: GCounter) -> GCounter:
         self._require_same_type(other)
-        if other.state.items() <= self.state.items():
-            return self
-        state = dict(self.state)
-        for r, n in other.state.items():
-            if n > state.get(r, 0):
-                state[r] = n
-        return GCounter(state, _delta=self._delta)
+        units = self.units.merge(other.units)
+        return self if units is self.units else GCounter.of_units(units, self._delta)
+
+    def is_inflation_of(self, older: GCounter) -> bool:
+        return type(older) is GCounter and self.units.extends(older.units)
 
     @property
     def delta(self) -> GCounter | None:
         return self._delta
 
     def reset_delta(self) -> GCounter:
-        return self if self._delta is None else GCounter(self.state)
+        return self if self._delta is None else GCounter.of_units(self.units)
+
+    def marks(self) -> GCounter:
+        return GCounter.of_units(self.units.reserved())
+
+    def is_empty(self) -> bool:
+        return not self.units.ranges
 
     def modified_by_nodes(self) -> frozenset[ReplicaId]:
-        return frozenset(self.state)
+        return self.units.replicas()
 
     def needs_pruning_from(self, removed: ReplicaId) -> bool:
-        return removed in self.state
+        return removed in self.units.replicas()
 
     def prune(self, removed: ReplicaId, collapse_into: ReplicaId) -> Self:
-        if removed not in self.state:
+        if not self.needs_pruning_from(removed):
             return self
-        state = dict(self.state)
-        state[collapse_into] = state.get(collapse_into, 0) + state.pop(removed)
-        return type(self)(state)
+        moved = self.units.count(removed)
+        units = self.units.without(removed)
+        if moved:
+            high = units.high(collapse_into)
+            units = units.merge(CausalContext({collapse_into: (high, high + moved)}))
+        return type(self).of_units(units)
 
     def pruning_cleanup(self, removed: ReplicaId) -> Self:
-        if removed not in self.state:
+        if not self.needs_pruning_from(removed):
             return self
-        return type(self)({r: n for r, n in self.state.items() if r != removed})
+        return type(self).of_units(self.units.without(removed))
+
+
+def _of_units(cls: type[GCounter], units: CausalContext) -> GCounter:
+    """Unpickle a counter of class ``cls`` (its pending delta is never pickled)."""
+    return cls.of_units(units)

@@ -61,6 +61,9 @@ class GSet(DeltaReplicatedData):
             return self
         return GSet(self.elements | other.elements, _delta=self._delta)
 
+    def is_inflation_of(self, older: GSet) -> bool:
+        return type(older) is GSet and older.elements <= self.elements
+
     @property
     def delta(self) -> GSet | None:
         return self._delta

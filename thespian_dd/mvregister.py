@@ -87,11 +87,11 @@ class MVRegister(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery
     def pruning_cleanup(self, removed: ReplicaId) -> MVRegister:
         return MVRegister(self.writes.pruning_cleanup(removed))
 
-    def dot_high(self, node: ReplicaId) -> int:
-        return self.writes.dot_high(node)
+    def is_inflation_of(self, older: MVRegister) -> bool:
+        return type(older) is MVRegister and self.writes.is_inflation_of(older.writes)
 
-    def with_floor(self, node: ReplicaId, n: int) -> MVRegister:
-        return MVRegister(self.writes.with_floor(node, n))
+    def marks(self) -> MVRegister:
+        return MVRegister(self.writes.marks())
 
     def is_empty(self) -> bool:
         return self.writes.is_empty()

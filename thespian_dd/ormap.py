@@ -12,17 +12,24 @@
   value never comes back through a stale replica.  This differs from Akka, whose ORMap merges every
   surviving key's values from both sides (which can bring a removed value back, and which is not
   associative: the result then depends on the order of merges).
-- A key created again after a remove starts from the given initial value.  Dot-based values
-  (ORSet, MVRegister, nested maps) number their dots above every dot the map has used for that
-  replica (``floors``), so a new add is never mistaken for a removed one; the initial value of such
-  a type must be empty.  Counters restart from zero: if a replica that had not seen the remove
-  increments the old counter concurrently, the two versions merge slot by slot, so the re-creating
-  replica's new increments count only beyond its old total.
+- Updates: ``modify`` gets the key's value (or the empty ``initial``) and must return an
+  *inflation* of it, made through the value's own methods; a value built anew is refused with
+  ``ValueError``, since merged with a concurrent version it would drop writes.
+- Dots: no replica ever numbers two changes of one key's values alike (the invariant of
+  :mod:`thespian_dd.data`).  The map keeps, per key, the *marks* of every value the key has held
+  (:meth:`~thespian_dd.data.DotBased.marks`: the highest dot of each replica, counters' units
+  included) and merges them into the key's value before every update.  So a value created again
+  after a remove, or created again by another replica and then updated here, starts above every
+  dot of the values it replaced, which a replica that missed the remove may still hold: merged
+  with them, the new writes and the concurrent old ones all survive.  Marks are stored only when
+  they say more than the key's live versions do (after a remove, or after a merge dropped a
+  version), so a map that only updates stores none.
 - Delta: per updated key, its new version (the whole value of that key) and the versions it
-  replaces; per removed key, the versions removed.  In-order delivery per origin keeps the context
-  compact (:class:`~thespian_dd.data.RequiresCausalDelivery`).
-- Garbage: no tombstones for removed keys: the context is one run of counters per replica that
-  ever updated, plus ``floors``, one int per replica (the highest dot used inside values).
+  replaces; per removed key, the versions removed and the key's marks.  In-order delivery per
+  origin keeps the context compact (:class:`~thespian_dd.data.RequiresCausalDelivery`).
+- Garbage: no tombstones for removed values: the context is one run of counters per replica that
+  ever updated, and a removed key of a dot-based type leaves its marks (one int per replica that
+  wrote it, or two for PNCounters), until pruning drops those of removed replicas.
 - Paper: Almeida, Shoker, Baquero, "Delta State Replicated Data Types" (2018), the observed-remove
   map of dotted values; Akka Distributed Data's ORMap for the interface.
 """
@@ -44,7 +51,6 @@ from thespian_dd.data import (
     RequiresCausalDelivery,
     check_hashable,
     check_replica,
-    merge_dotted,
 )
 
 __all__ = ["ORMap", "ORMapBacked"]
@@ -61,6 +67,83 @@ def _join(a: ReplicatedData, b: ReplicatedData) -> ReplicatedData:
     return a.merge(b)
 
 
+def _joined(versions: Mapping[Dot, ReplicatedData]) -> ReplicatedData:
+    if len(versions) == 1:
+        return next(iter(versions.values()))
+    return reduce(_join, (versions[d] for d in sorted(versions)))
+
+
+def _marks_of(versions: Mapping[Dot, ReplicatedData] | None) -> Any:
+    """The marks of the key holding ``versions`` (None: no versions, or not dot-based)."""
+    if not versions:
+        return None
+    value = _joined(versions)
+    return value.marks() if isinstance(value, DotBased) else None
+
+
+def _stored(marks: Any, versions: Mapping[Dot, ReplicatedData] | None) -> Any:
+    """What a key with ``versions`` stores of ``marks``: joined with its versions' own marks (so
+    stored marks always cover the live values, whatever rewrote them), or None when the
+    versions say as much."""
+    if marks is None:
+        return None
+    live = _marks_of(versions)
+    if live is None:
+        return marks
+    joined = _join(marks, live)
+    return None if joined == live else joined
+
+
+def _merge_versions(
+    a: ORMap, b: ORMap
+) -> tuple[dict[Hashable, Mapping[Dot, ReplicatedData]], set[Hashable], bool]:
+    """The versions of ``a`` merged with ``b``'s (an update survives unless the other side has
+    seen it and does not hold it), the keys that lost a version, and whether ``a``'s changed."""
+    versions: dict[Hashable, Mapping[Dot, ReplicatedData]] = {}
+    lost: set[Hashable] = set()
+    changed = False
+    for key, dots in a.versions.items():
+        theirs = b.versions.get(key)
+        if theirs is dots:
+            versions[key] = dots
+            continue
+        kept = _surviving(dots, b.context, theirs)
+        kept.update(_surviving(theirs or {}, a.context, dots))
+        if len(kept) < len(dots.keys() | (theirs or {}).keys()):
+            lost.add(key)
+        if kept == dots:
+            versions[key] = dots
+            continue
+        changed = True
+        if kept:
+            versions[key] = kept
+    for key, dots in b.versions.items():
+        if key not in a.versions:
+            kept = _surviving(dots, a.context, None)
+            if len(kept) < len(dots):
+                lost.add(key)
+            if kept:
+                versions[key] = kept
+                changed = True
+    return versions, lost, changed
+
+
+def _surviving(
+    dots: Mapping[Dot, ReplicatedData],
+    their_context: CausalContext,
+    theirs: Mapping[Dot, ReplicatedData] | None,
+) -> dict[Dot, ReplicatedData]:
+    """The versions of ``dots`` the other side holds too (joined), or has not seen."""
+    kept = {}
+    for dot, value in dots.items():
+        other = None if theirs is None else theirs.get(dot)
+        if other is not None:
+            kept[dot] = value if other is value else _join(value, other)
+        elif dot not in their_context:
+            kept[dot] = value
+    return kept
+
+
 class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, DotBased):
     """A map of CRDTs.
 
@@ -71,20 +154,21 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
 
     versions: Mapping[Any, Mapping[Dot, ReplicatedData]]
     context: CausalContext
-    floors: Mapping[ReplicaId, int]
+    floors: Mapping[Any, Any]
+    """Per key, the marks of every value it has held, where they say more than its versions."""
     _delta: ORMap | None
 
     def __init__(
         self,
         versions: Mapping[Hashable, Mapping[Dot, ReplicatedData]] | None = None,
         context: CausalContext = _EMPTY_CONTEXT,
-        floors: Mapping[ReplicaId, int] | None = None,
+        floors: Mapping[Hashable, Any] | None = None,
         *,
         _delta: ORMap | None = None,
     ) -> None:
         object.__setattr__(self, "versions", dict(versions or {}))
         object.__setattr__(self, "context", context)
-        object.__setattr__(self, "floors", {r: n for r, n in (floors or {}).items() if n})
+        object.__setattr__(self, "floors", dict(floors or {}))
         object.__setattr__(self, "_delta", _delta)
 
     def _state(self) -> tuple[Any, ...]:
@@ -93,11 +177,12 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
     def get(self, key: Hashable) -> Any:
         """The CRDT stored under ``key`` (its surviving versions merged), or ``None``."""
         versions = self.versions.get(key)
-        if not versions:
-            return None
-        if len(versions) == 1:
-            return next(iter(versions.values()))
-        return reduce(_join, (versions[d] for d in sorted(versions)))
+        return _joined(versions) if versions else None
+
+    def _marks(self, key: Hashable) -> Any:
+        """The marks of every value ``key`` has held (None: none, or not dot-based)."""
+        stored = self.floors.get(key)
+        return stored if stored is not None else _marks_of(self.versions.get(key))
 
     @property
     def entries(self) -> dict[Any, Any]:
@@ -126,8 +211,9 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
     ) -> ORMap:
         """Set ``key`` to ``modify(current)``; current is the stored value, or ``initial``.
 
-        ``modify`` must return a value of the same type.  The update is made on behalf of
-        ``node`` and wins over a concurrent remove of the key.
+        ``modify`` must return an inflation of what it is given, of the same type, made through
+        its methods on behalf of ``node`` (``ValueError`` otherwise: a value built anew would
+        lose writes in the next merge).  The update wins over a concurrent remove of the key.
         """
         check_replica(node)
         check_hashable("an ORMap key", key)
@@ -136,12 +222,16 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
                 f"ORMap initial value must be a CRDT (ReplicatedData), not {type(initial).__name__}"
             )
         current = self.get(key)
-        if current is not None and type(current) is not type(initial):
+        marks = self.floors.get(key)
+        held = current if current is not None else marks
+        if held is not None and type(held) is not type(initial):
             raise TypeError(
-                f"ORMap key {key!r} holds a {type(current).__name__}; a key's value type never "
+                f"ORMap key {key!r} holds a {type(held).__name__}; a key's value type never "
                 f"changes (initial is a {type(initial).__name__})"
             )
-        base = self._fresh(node, initial) if current is None else current
+        base = self._fresh(initial) if current is None else current
+        if marks is not None:
+            base = base.merge(marks)  # start above every dot of the values this key held
         if isinstance(base, DeltaReplicatedData):
             base = base.reset_delta()
         new = modify(base)
@@ -150,31 +240,31 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
                 f"modify for ORMap key {key!r} must return a {type(base).__name__}, "
                 f"not {type(new).__name__}"
             )
+        if not new.is_inflation_of(base):
+            raise ValueError(
+                f"modify for ORMap key {key!r} must change the {type(base).__name__} it is "
+                "given through its methods: what it returned is not an inflation of it (a value "
+                "built anew loses or reuses what the key holds, so a merge would drop writes)"
+            )
         if isinstance(new, DeltaReplicatedData):
             new = new.reset_delta()
         dot = self.context.next_dot(node)
         replaced = frozenset(self.versions.get(key, ()))
         versions = dict(self.versions)
         versions[key] = {dot: new}
-        floors = dict(self.floors)
-        if isinstance(new, DotBased):
-            floors[node] = max(floors.get(node, 0), new.dot_high(node))
-        delta = ORMap(
-            {key: {dot: new}},
-            CausalContext.of_dots(replaced | {dot}),
-            {node: floors.get(node, 0)},
-        )
+        floors = self.floors
+        if marks is not None:  # the new value reserves them all now
+            floors = {k: m for k, m in floors.items() if k != key}
+        delta = ORMap({key: {dot: new}}, CausalContext.of_dots(replaced | {dot}))
         return ORMap(versions, self.context.add((dot,)), floors, _delta=self._with_delta(delta))
 
-    def _fresh(self, node: ReplicaId, initial: ReplicatedData) -> ReplicatedData:
-        if not isinstance(initial, DotBased):
-            return initial
-        if not initial.is_empty():
+    def _fresh(self, initial: ReplicatedData) -> ReplicatedData:
+        if isinstance(initial, DotBased) and not initial.is_empty():
             raise ValueError(
                 f"the initial {type(initial).__name__} of an ORMap key must be empty: "
                 "make the first changes in modify"
             )
-        return initial.with_floor(node, self.floors.get(node, 0))
+        return initial
 
     def remove(self, node: ReplicaId, key: Hashable) -> ORMap:
         """Remove ``key`` as observed here (a concurrent update of it wins)."""
@@ -182,10 +272,14 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         check_hashable("an ORMap key", key)
         if key not in self.versions:
             return self
+        marks = self._marks(key)
         versions = dict(self.versions)
         removed = versions.pop(key)
-        delta = ORMap({}, CausalContext.of_dots(removed))
-        return ORMap(versions, self.context, self.floors, _delta=self._with_delta(delta))
+        floors = dict(self.floors)
+        kept = {} if marks is None else {key: marks}
+        floors.update(kept)
+        delta = ORMap({}, CausalContext.of_dots(removed), kept)
+        return ORMap(versions, self.context, floors, _delta=self._with_delta(delta))
 
     def _with_delta(self, delta: ORMap) -> ORMap:
         return delta if self._delta is None else self._delta.merge(delta)
@@ -194,12 +288,50 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         self._require_same_type(other)
         if other is self:
             return self
-        versions = merge_dotted(self.versions, self.context, other.versions, other.context, _join)
-        floors = dict(self.floors)
-        for r, n in other.floors.items():
-            if n > floors.get(r, 0):
-                floors[r] = n
-        return ORMap(versions, self.context.merge(other.context), floors, _delta=self._delta)
+        versions, lost, changed = _merge_versions(self, other)
+        # Marks to work out: of keys holding stored marks, or losing a version here (the marks
+        # of what they lose must stay).
+        floors = {}
+        for key in lost.union(self.floors, other.floors):
+            a, b = self._marks(key), other._marks(key)
+            stored = _stored(a if b is None else b if a is None else _join(a, b), versions.get(key))
+            if stored is not None:
+                floors[key] = stored
+        context = self.context.merge(other.context)
+        if not changed and context is self.context and floors == self.floors:
+            return self
+        return ORMap(versions, context, floors, _delta=self._delta)
+
+    def is_inflation_of(self, older: ORMap) -> bool:
+        """Whether merging ``older`` in changes nothing, and every version ``older`` holds is
+        still held unchanged or replaced (a new version under an old dot would be dropped by a
+        replica that replaced that dot)."""
+        if type(older) is not type(self) or not self.context.extends(older.context):
+            return False
+        seen = older.context
+        for key, dots in self.versions.items():
+            old = older.versions.get(key)
+            if old is dots:
+                continue
+            for dot, value in dots.items():
+                if dot not in seen:
+                    continue  # a new version: the merge keeps it
+                # A version is one write: a replica that replaced it drops it whole, so it
+                # cannot take more (a map built anew reuses dots this way).
+                old_value = None if old is None else old.get(dot)
+                if old_value is None or not (old_value is value or old_value == value):
+                    return False
+        for key, dots in older.versions.items():
+            if self.versions.get(key) is not dots and not self._keeps_marks(key, older):
+                return False
+        return all(self._keeps_marks(key, older) for key in older.floors)
+
+    def _keeps_marks(self, key: Hashable, older: ORMap) -> bool:
+        theirs = older._marks(key)
+        if theirs is None:
+            return True
+        mine = self._marks(key)
+        return mine is not None and mine.is_inflation_of(theirs)
 
     @property
     def delta(self) -> ORMap | None:
@@ -208,13 +340,11 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
     def reset_delta(self) -> ORMap:
         return self if self._delta is None else ORMap(self.versions, self.context, self.floors)
 
-    def dot_high(self, node: ReplicaId) -> int:
-        return max(self.context.high(node), self.floors.get(node, 0))
-
-    def with_floor(self, node: ReplicaId, n: int) -> ORMap:
-        floors = dict(self.floors)
-        floors[node] = max(floors.get(node, 0), n)
-        return ORMap(self.versions, self.context.with_floor(node, n), floors)
+    def marks(self) -> ORMap:
+        keys = set(self.versions).union(self.floors)
+        floors = {key: self._marks(key) for key in keys}
+        kept = {k: m for k, m in floors.items() if m is not None}
+        return ORMap({}, self.context.reserved(), kept)
 
     def is_empty(self) -> bool:
         return not self.versions
@@ -224,8 +354,8 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
             yield from versions.values()
 
     def modified_by_nodes(self) -> frozenset[ReplicaId]:
-        nodes = set(self.context.replicas()) | set(self.floors)
-        for v in self._all_values():
+        nodes = set(self.context.replicas())
+        for v in (*self._all_values(), *self.floors.values()):
             if isinstance(v, RemovedNodePruning):
                 nodes.update(v.modified_by_nodes())
         return frozenset(nodes)
@@ -242,7 +372,6 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         if not self.needs_pruning_from(removed):
             return self
         context = self.context.without(removed)
-        floors = self._floors_without(removed)
         versions: dict[Hashable, Mapping[Dot, ReplicatedData]] = {}
         for key, dots in self.versions.items():
             value = self.get(key)
@@ -251,35 +380,46 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
             ):
                 versions[key] = dots
                 continue
-            if isinstance(value, DotBased):
-                # New dots made by pruning must not reuse dots of removed versions of the key.
-                value = value.with_floor(collapse_into, floors.get(collapse_into, 0))
+            marks = self.floors.get(key)
+            if marks is not None:
+                # Dots made by pruning must not reuse dots of values this key held before.
+                value = value.merge(marks)
             if isinstance(value, RemovedNodePruning):
                 value = value.prune(removed, collapse_into)
-            if isinstance(value, DotBased):
-                high = value.dot_high(collapse_into)
-                floors[collapse_into] = max(floors.get(collapse_into, 0), high)
             dot = context.next_dot(collapse_into)
             context = context.add((dot,))
             versions[key] = {dot: value}
-        return ORMap(versions, context, floors)
+        return ORMap(versions, context, self._floors_without(removed, versions))
 
     def pruning_cleanup(self, removed: ReplicaId) -> ORMap:
         if not self.needs_pruning_from(removed):
             return self
         versions: dict[Hashable, dict[Dot, ReplicatedData]] = {}
+        floors = dict(self.floors)
         for key, dots in self.versions.items():
             kept = {
                 dot: v.pruning_cleanup(removed) if isinstance(v, RemovedNodePruning) else v
                 for dot, v in dots.items()
                 if dot[0] != removed
             }
+            if len(kept) < len(dots) and (marks := self._marks(key)) is not None:
+                floors[key] = marks  # the marks of the versions it drops stay
             if kept:
                 versions[key] = kept
-        return ORMap(versions, self.context.without(removed), self._floors_without(removed))
+        kept_marks = ORMap(versions, self.context, floors)
+        floors = kept_marks._floors_without(removed, versions)
+        return ORMap(versions, self.context.without(removed), floors)
 
-    def _floors_without(self, removed: ReplicaId) -> dict[ReplicaId, int]:
-        return {r: n for r, n in self.floors.items() if r != removed}
+    def _floors_without(
+        self, removed: ReplicaId, versions: Mapping[Hashable, Mapping[Dot, ReplicatedData]]
+    ) -> dict[Hashable, Any]:
+        """The stored marks without ``removed``'s, for a map holding ``versions``."""
+        floors = {}
+        for key, marks in self.floors.items():
+            stored = _stored(marks.pruning_cleanup(removed), versions.get(key))
+            if stored is not None:
+                floors[key] = stored
+        return floors
 
 
 class ORMapBacked(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, DotBased):
@@ -346,11 +486,11 @@ class ORMapBacked(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDeliver
     def pruning_cleanup(self, removed: ReplicaId) -> Any:
         return type(self)(self.underlying.pruning_cleanup(removed))
 
-    def dot_high(self, node: ReplicaId) -> int:
-        return self.underlying.dot_high(node)
+    def is_inflation_of(self, older: Any) -> bool:
+        return type(older) is type(self) and self.underlying.is_inflation_of(older.underlying)
 
-    def with_floor(self, node: ReplicaId, n: int) -> Any:
-        return type(self)(self.underlying.with_floor(node, n))
+    def marks(self) -> Any:
+        return type(self)(self.underlying.marks())
 
     def is_empty(self) -> bool:
         return self.underlying.is_empty()

@@ -142,6 +142,17 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         entries = merge_dot_maps(self.entries, self.context, other.entries, other.context)
         return ORSet(entries, self.context.merge(other.context), _delta=self._delta)
 
+    def is_inflation_of(self, older: ORSet) -> bool:
+        if type(older) is not ORSet or not self.context.extends(older.context):
+            return False
+        # The merge drops what this state holds and ``older`` has seen but does not hold.
+        seen, theirs = older.context, older.entries
+        for element, dots in self.entries.items():
+            old = theirs.get(element)
+            if old is not dots and any(d in seen for d in (dots if old is None else dots - old)):
+                return False
+        return True
+
     @property
     def delta(self) -> ORSet | None:
         return self._delta
@@ -179,11 +190,8 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
                 entries[element] = kept
         return ORSet(entries, self.context.without(removed))
 
-    def dot_high(self, node: ReplicaId) -> int:
-        return self.context.high(node)
-
-    def with_floor(self, node: ReplicaId, n: int) -> ORSet:
-        return ORSet(self.entries, self.context.with_floor(node, n))
+    def marks(self) -> ORSet:
+        return ORSet({}, self.context.reserved())
 
     def is_empty(self) -> bool:
         return not self.entries

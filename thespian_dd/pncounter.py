@@ -5,6 +5,8 @@
 - Merge: each GCounter merged on its own; no conflicts.
 - Delta: the changed slots of either side.
 - Garbage: two slots per replica that ever changed it; pruned like GCounter.
+- Inside a map, a counter created again after a remove starts both sides above the removed
+  counter's units (see :class:`~thespian_dd.gcounter.GCounter`), so no increment is ever hidden.
 - Paper: Shapiro et al. (2011), the PN-Counter.
 """
 
@@ -12,7 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from thespian_dd.data import DeltaReplicatedData, RemovedNodePruning, ReplicaId, check_count
+from thespian_dd.data import (
+    DeltaReplicatedData,
+    DotBased,
+    RemovedNodePruning,
+    ReplicaId,
+    check_count,
+)
 from thespian_dd.gcounter import GCounter
 
 __all__ = ["PNCounter"]
@@ -20,7 +28,7 @@ __all__ = ["PNCounter"]
 _ZERO = GCounter()
 
 
-class PNCounter(DeltaReplicatedData, RemovedNodePruning):
+class PNCounter(DeltaReplicatedData, RemovedNodePruning, DotBased):
     """``PNCounter().increment(node, 5).decrement(node, 2).value == 3``."""
 
     __slots__ = ("_delta", "n", "p")
@@ -72,6 +80,19 @@ class PNCounter(DeltaReplicatedData, RemovedNodePruning):
     def merge(self, other: PNCounter) -> PNCounter:
         self._require_same_type(other)
         return PNCounter(self.p.merge(other.p), self.n.merge(other.n), _delta=self._delta)
+
+    def is_inflation_of(self, older: PNCounter) -> bool:
+        return (
+            type(older) is PNCounter
+            and self.p.is_inflation_of(older.p)
+            and self.n.is_inflation_of(older.n)
+        )
+
+    def marks(self) -> PNCounter:
+        return PNCounter(self.p.marks(), self.n.marks())
+
+    def is_empty(self) -> bool:
+        return self.p.is_empty() and self.n.is_empty()
 
     @property
     def delta(self) -> PNCounter | None:

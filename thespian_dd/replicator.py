@@ -637,6 +637,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._markers.clear()
         self._digests.clear()
         self._bucket_keys.clear()
+        self._bucket_cache.clear()
         self._dirty_buckets.clear()
         self._rejected = self._refused = self._loaded_rows = 0
 
@@ -880,10 +881,15 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         return self._digests
 
     def _buckets(self) -> dict[int, bytes]:
+        """The digest of every non-empty bucket (a bucket whose last key left has none)."""
         digests = self._fresh_digests()
         for bucket in self._dirty_buckets:
-            keys = self._bucket_keys.get(bucket, set())
-            self._bucket_cache.update(bucket_digests(digests, keys))
+            keys = self._bucket_keys.get(bucket)
+            if keys:
+                self._bucket_cache.update(bucket_digests(digests, keys))
+            else:
+                self._bucket_keys.pop(bucket, None)
+                self._bucket_cache.pop(bucket, None)
         self._dirty_buckets.clear()
         return self._bucket_cache
 
@@ -1068,6 +1074,13 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if type(new) is not type(current):
             raise TypeError(
                 f"modify must return a {type(current).__name__}, not {type(new).__name__}"
+            )
+        if not new.is_inflation_of(current):
+            raise ValueError(
+                f"what modify returned for key {msg.key!r} is not an inflation of the current "
+                f"{type(current).__name__}: merged with a replica that holds the current value, "
+                "it would lose writes (build the new value from the one modify is given, with "
+                "its methods; an LWW write must be later than the current one)"
             )
         if not isinstance(new, DeltaReplicatedData):
             return new, new
