@@ -6,8 +6,9 @@ Partitions are the Replicators' TEST-ONLY switch, except in the run with ``netwo
 every node is in a Linux network namespace of its own and a partition drops packets (needs root:
 skipped without it, failed in CI).
 
-The short schedules run with the suite; the long ones (10,000 operations, 10 faults, two
-full-cluster kills) with ``pytest -m chaos``.  Every run prints its seed; set
+The short schedules (every kind of fault once, and one more) and a long one in sync mode
+(10,000 operations, 10 faults, two full-cluster kills) run with the suite; the long ones in
+write-behind mode and with real partitions with ``pytest -m chaos``.  Every run prints its seed; set
 ``THESPIAN_DD_CHAOS_SEED`` to run a schedule again."""
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def _settings(tmp_path: Path, write_mode: str) -> dict[str, Any]:
 def _run(
     cluster_factory: Any,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    figure: Callable[[str], None],
     *,
     write_mode: str,
     operations: int,
@@ -52,8 +53,8 @@ def _run(
     schedule: Callable[[int], list[Fault]] | None = None,
 ) -> None:
     seed = _seed()
-    with capsys.disabled():
-        print(f"\nchaos seed {seed} ({write_mode}); THESPIAN_DD_CHAOS_SEED={seed} repeats it")  # noqa: T201
+    # Shown with the test's output if it fails; the summary below goes to the run's figures.
+    print(f"chaos seed {seed} ({write_mode}); THESPIAN_DD_CHAOS_SEED={seed} repeats it")  # noqa: T201
     cluster = cluster_factory(5, network=network, **_settings(tmp_path, write_mode))
     report = run_chaos(
         cluster,
@@ -64,28 +65,33 @@ def _run(
         faults=faults,
         full_kills=full_kills,
     )
-    with capsys.disabled():
-        print(report.summary())  # noqa: T201 - the figures belong in CI's log
+    figure(report.summary())
     bound = None if write_mode == "sync" else WRITE_BEHIND_INTERVAL + COMMIT_ALLOWANCE
     report.check(loss_bound=bound)
     assert report.count("acknowledged") > operations // 2, report.summary()
     assert len(report.faults) == faults
 
 
+def _every_kind(seed: int) -> list[Fault]:
+    """Every kind of fault once (a full-cluster kill among them), and one more drawn at random,
+    in an order of ``seed``: no kind is left out of a run by chance."""
+    return fault_schedule(seed, 5, 6, full_kills=1, every_kind=True)
+
+
 @pytest.mark.multinode
 @pytest.mark.timeout(420)
 @pytest.mark.parametrize("write_mode", ["sync", "write-behind"])
 def test_a_short_chaos_schedule_loses_no_acknowledged_operation(
-    cluster_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], write_mode: str
+    cluster_factory: Any, tmp_path: Path, figure: Callable[[str], None], write_mode: str
 ) -> None:
     _run(
         cluster_factory,
         tmp_path,
-        capsys,
+        figure,
         write_mode=write_mode,
         operations=1000,
-        faults=4,
-        full_kills=1,
+        faults=6,
+        schedule=_every_kind,
     )
 
 
@@ -103,14 +109,14 @@ def _partitions_and_kills(seed: int) -> list[Fault]:
 @pytest.mark.multinode
 @pytest.mark.timeout(300)
 def test_a_short_chaos_schedule_with_real_partitions_loses_no_acknowledged_operation(
-    cluster_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cluster_factory: Any, tmp_path: Path, figure: Callable[[str], None]
 ) -> None:
     """Every node in a network namespace of its own: a partition drops packets, so senders see
     silence and TCP retransmissions, not a switch in the Replicators."""
     _run(
         cluster_factory,
         tmp_path,
-        capsys,
+        figure,
         write_mode="sync",
         operations=1000,
         faults=4,
@@ -119,24 +125,28 @@ def test_a_short_chaos_schedule_with_real_partitions_loses_no_acknowledged_opera
     )
 
 
-@pytest.mark.chaos
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize(
     ("write_mode", "network"),
-    [("sync", False), ("write-behind", False), ("sync", True)],
+    [
+        # The long sync run is part of every test run, CI included; the others on demand.
+        pytest.param("sync", False, marks=[pytest.mark.multinode, pytest.mark.slow]),
+        pytest.param("write-behind", False, marks=pytest.mark.chaos),
+        pytest.param("sync", True, marks=pytest.mark.chaos),
+    ],
     ids=["sync", "write-behind", "sync-real-partitions"],
 )
 def test_a_long_chaos_schedule_loses_no_acknowledged_operation(
     cluster_factory: Any,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    figure: Callable[[str], None],
     write_mode: str,
     network: bool,
 ) -> None:
     _run(
         cluster_factory,
         tmp_path,
-        capsys,
+        figure,
         write_mode=write_mode,
         operations=10_000,
         faults=10,
@@ -148,6 +158,14 @@ def test_a_long_chaos_schedule_loses_no_acknowledged_operation(
 def test_a_seed_always_gives_the_same_schedule() -> None:
     assert fault_schedule(7, 5, 10) == fault_schedule(7, 5, 10)
     assert fault_schedule(7, 5, 10) != fault_schedule(8, 5, 10)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_an_every_kind_schedule_holds_each_kind_whatever_the_seed(seed: int) -> None:
+    kinds = [f.kind for f in _every_kind(seed)]
+    assert len(kinds) == 6
+    assert set(kinds) == {"partition", "kill", "kill-all", "kill-writer", "store-outage"}
+    assert kinds.count("kill-all") == 1
 
 
 @pytest.mark.parametrize("seed", range(20))

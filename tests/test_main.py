@@ -26,6 +26,7 @@ def test_the_demo_keeps_every_value_through_a_full_cluster_kill(
     assert sorted(p.name for p in tmp_path.glob("*.db")) == ["node-1.db", "node-2.db", "node-3.db"]
 
 
+@pytest.mark.multinode  # the bench starts real nodes
 def test_the_bench_prints_each_figure_with_its_baseline_and_ratio(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -4,6 +4,7 @@ intervals: restarts and departures must leave every value exact and the state sm
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,9 @@ def _stored(cluster: Cluster) -> None:
         eventually(lambda i=i: cluster.ask(i, GetStats()).store_queue_depth == 0)  # type: ignore[misc]
 
 
-def test_thirty_restarts_keep_values_exact_and_state_small(cluster_factory: Any) -> None:
+def test_thirty_restarts_keep_values_exact_and_state_small(
+    cluster_factory: Any, figure: Callable[[str], None]
+) -> None:
     cluster = cluster_factory(3, **PRUNE)
     eventually(lambda: all(cluster.ask(i, GetStats()).reachable_peers == 2 for i in range(3)))
     total, elements = 0, set()
@@ -137,7 +140,7 @@ def test_thirty_restarts_keep_values_exact_and_state_small(cluster_factory: Any)
     gossip_after = eventually(
         lambda: (after := _idle_gossip_bytes(cluster)) <= gossip_before and after, timeout=60
     )
-    print(  # noqa: T201 - the closing note quotes it
+    figure(
         f"idle gossip per round: {gossip_before:.0f} bytes before 30 restarts, "
         f"{gossip_after:.0f} after"
     )

@@ -41,7 +41,7 @@ from thespian_dd import (
     WriteAll,
     WriteMajority,
 )
-from thespian_dd._peers import PROTOCOL_VERSION, GossipEntries
+from thespian_dd._peers import PROTOCOL_VERSION, GossipEntries, PartitionForTests
 from thespian_dd.codec import encode
 from thespian_dd.testing import Cluster, Probe, ProbeTake, Received, eventually
 
@@ -155,6 +155,19 @@ def test_write_all_times_out_across_a_partition_and_converges_after_healing(
     assert _converged(cluster, ["k"]) == {"k": 7}
 
 
+def test_a_majority_of_four_nodes_is_three(cluster_factory: Any) -> None:
+    cluster = cluster_factory(4)
+    _wait_for_peers(cluster, 4)
+    write = Update("k", ORSet(), lambda s, n: s.add(n, "x"), WriteMajority(2.0))
+    cluster.split([0, 1, 2], [3])  # node 0 reaches 3 of 4: a majority
+    assert isinstance(cluster.ask(0, write), UpdateSuccess)
+    assert isinstance(cluster.ask(0, Get("k", ReadMajority(2.0))), GetSuccess)
+    cluster.split([0, 1], [2, 3])  # 2 of 4 is half, not a majority
+    assert isinstance(cluster.ask(0, write), UpdateTimeout)
+    assert isinstance(cluster.ask(0, Get("k", ReadMajority(2.0))), GetFailure)
+    cluster.heal()
+
+
 def test_a_killed_node_becomes_unreachable_and_catches_up_after_a_restart(
     cluster_factory: Any,
 ) -> None:
@@ -173,6 +186,26 @@ def test_a_killed_node_becomes_unreachable_and_catches_up_after_a_restart(
     _wait_for_peers(cluster, 3)
     values = _converged(cluster, ["k"])
     assert values["k"] == {"before", "during", "all"}
+
+
+def test_a_node_restarted_while_its_peers_cannot_hear_it_joins_them_once_they_can(
+    cluster_factory: Any,
+) -> None:
+    """Found by strengthening test_durable's restart test: node 2 restarts while nodes 0 and 1
+    drop its messages, so its hello (sent once, at start) is lost; healed, its gossip reaches
+    them every round, but they knew only its old incarnation and ignored it for ever."""
+    cluster = cluster_factory(3)
+    _wait_for_peers(cluster, 3)
+    cluster.kill(2)
+    for i in (0, 1):
+        cluster.tell(i, PartitionForTests(frozenset({cluster.nodes[2].name})))
+    cluster.restart(2)
+    assert cluster.ask(0, Update("k", ORSet(), lambda s, n: s.add(n, "x"))) == UpdateSuccess(
+        "k", None
+    )
+    cluster.heal()
+    _wait_for_peers(cluster, 3)
+    assert _converged(cluster, ["k"]) == {"k": {"x"}}
 
 
 def test_deletes_replicate(cluster_factory: Any) -> None:

@@ -51,6 +51,9 @@ __all__ = ["ChaosReport", "Fault", "Operation", "fault_schedule", "run_chaos"]
 KINDS = ("partition", "kill", "kill-all", "kill-writer", "store-outage")
 """Every kind of fault; :func:`fault_schedule` draws from these."""
 
+STORE_OUTAGE_PATIENCE = 8.0
+"""Seconds a batch waits for replies during a store outage (past one failed commit)."""
+
 
 @dataclass(frozen=True)
 class Fault:
@@ -72,11 +75,18 @@ class Fault:
         return f"{self.kind} {names(self.nodes)}" if self.kind != "kill-all" else "kill-all"
 
 
-def fault_schedule(
-    seed: int, nodes: int, faults: int, full_kills: int = 2, kinds: Sequence[str] = KINDS
+def fault_schedule(  # noqa: PLR0913 - the shape of a schedule, keyword-only past faults
+    seed: int,
+    nodes: int,
+    faults: int,
+    full_kills: int = 2,
+    kinds: Sequence[str] = KINDS,
+    *,
+    every_kind: bool = False,
 ) -> list[Fault]:
     """``faults`` faults for a cluster of ``nodes``, ``full_kills`` of them whole-cluster kills,
-    the rest drawn from ``kinds``; the same seed gives the same schedule."""
+    the rest drawn from ``kinds`` (with ``every_kind``, each of them at least once); the same
+    seed gives the same schedule."""
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {list(KINDS)}")
@@ -84,7 +94,11 @@ def fault_schedule(
         raise ValueError(f"full_kills must be between 0 and faults ({faults}), not {full_kills}")
     rng = random.Random(seed)
     others = [k for k in kinds if k != "kill-all"] or ["kill-all"]
-    chosen = ["kill-all"] * full_kills + [rng.choice(others) for _ in range(faults - full_kills)]
+    fixed = others if every_kind else []
+    if full_kills + len(fixed) > faults:
+        raise ValueError(f"{faults} faults cannot hold every kind and {full_kills} full kills")
+    drawn = [rng.choice(others) for _ in range(faults - full_kills - len(fixed))]
+    chosen = ["kill-all"] * full_kills + fixed + drawn
     rng.shuffle(chosen)
     schedule = []
     everyone = list(range(nodes))
@@ -308,9 +322,10 @@ class _Run:
         self.report.operations.extend(ops)
         return ops
 
-    def run_batch(self, kill: Sequence[int] = ()) -> None:
-        """Send a batch from every live node and collect the replies; with ``kill``, those
-        nodes are killed with part of their batch still in flight."""
+    def run_batch(self, kill: Sequence[int] = (), patience: float = 60.0) -> None:
+        """Send a batch from every live node and collect the replies for up to ``patience``
+        seconds; with ``kill``, those nodes are killed with part of their batch still in
+        flight.  Operations left unanswered stay unknown (applied or not)."""
         ops = self.operations(self.batch)
         by_node: dict[int, dict[tuple[str, int], Operation]] = {}
         for op in ops:
@@ -334,7 +349,7 @@ class _Run:
                 self.up.discard(i)
                 by_node.pop(i, None)
         began = time.monotonic()
-        deadline = began + 60
+        deadline = began + patience
         while time.monotonic() < deadline and any(
             any(op.outcome == "unknown" for op in p.values()) for p in by_node.values()
         ):
@@ -374,9 +389,12 @@ class _Run:
         start = time.time()
         self.log(f"fault: {fault}")
         end = self.begin(fault)
+        # Under a store outage, sync writes on the nodes hit wait for the store, failing every
+        # busy timeout (5 s): collect what comes in a while, then end the outage.
+        patience = STORE_OUTAGE_PATIENCE if fault.kind == "store-outage" else 60.0
         try:
             for _ in range(fault.hold - (fault.kind in ("kill", "kill-all"))):
-                self.run_batch()
+                self.run_batch(patience=patience)
         finally:
             end()
         self.report.faults.append((fault, start, time.time()))

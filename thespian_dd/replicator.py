@@ -1554,6 +1554,15 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         with contextlib.suppress(TypeError, AttributeError):  # malformed: the handler rejects it
             self._gossip_in += gossip_bytes(msg)
         peer = self._peers.get(msg.sender.node)
+        if (
+            (peer is None or peer.replica < msg.sender)
+            and isinstance(msg, GossipStatus)
+            and self._learn(msg.sender, sender)
+        ):
+            # A peer whose hello never came (it restarted while this node could not hear it):
+            # its status comes from its Replicator, so that address is the one to learn.
+            self._peer_send(msg.sender.node, sender, self._hello(reply=False))
+            peer = self._peers.get(msg.sender.node)
         if peer is not None and peer.replica == msg.sender:
             peer.last_seen = time.monotonic()
             peer.reachable = True
