@@ -132,6 +132,50 @@ def _dict_merge(a: dict[Any, Any], b: dict[Any, Any]) -> dict[Any, Any]:
     return {**a, **b}
 
 
+def _small_counter() -> GCounter:
+    return GCounter().increment(A, 3).merge(GCounter().increment(B, 2)).increment(A, 1)
+
+
+def _small_map() -> ORMap:
+    m = ORMap()
+    for k in range(10):
+        m = m.update(A, k, GCounter(), partial(_bump_counter, A))
+    return m.reset_delta()
+
+
+def _bump_counter(node: ReplicaId, counter: GCounter) -> GCounter:
+    return counter.increment(node, 1)
+
+
+def _bump(counter: GCounter) -> GCounter:
+    return counter.increment(A, 1)
+
+
+def _add_new(s: ORSet) -> ORSet:
+    return s.add(A, "new")
+
+
+def _hit_map(m: ORMap) -> ORMap:
+    return m.update(A, 0, GCounter(), partial(_bump_counter, A))
+
+
+def _update_check(
+    name: str, current: Any, modify: Callable[[Any], Any], loops: int = 2000
+) -> Result:
+    """What the Replicator's check that an update is an inflation of the current value costs,
+    against what the update itself (``modify``) costs."""
+    new = modify(current)
+    assert new.is_inflation_of(current)
+    check = _best_of(partial(_repeat, partial(new.is_inflation_of, current), loops), 5) / loops
+    update = _best_of(partial(_repeat, partial(modify, current), loops), 5) / loops
+    return Result("crdt", f"{name}: Update check", "µs", check * 1e6, update * 1e6, "the update")
+
+
+def _repeat(fn: Callable[[], object], times: int) -> None:
+    for _ in range(times):
+        fn()
+
+
 def _crdt(sizes: list[int], out: Callable[[str], object]) -> list[Result]:
     """Merge time and encoded size at each size of ``sizes``."""
     results: list[Result] = []
@@ -169,6 +213,15 @@ def _crdt(sizes: list[int], out: Callable[[str], object]) -> list[Result]:
                     "pickle of the plain value",
                 )
             )
+    largest = max(sizes)
+    out("  crdt: the Update check (is_inflation_of) against the update it checks ...")
+    results += [
+        _update_check("GCounter of 3 replicas", _small_counter(), _bump),
+        _update_check("ORSet of 10 elements", ORSet().add_all(A, range(10)), _add_new),
+        _update_check("ORMap of 10 keys", _small_map(), _hit_map),
+        _update_check(f"ORSet of {largest:,} elements", _orset_pair(largest)[0], _add_new, 1),
+        _update_check(f"ORMap of {largest:,} keys", _ormap_pair(largest)[0], _hit_map, 1),
+    ]
     ordered = sorted(sizes)
     if len(ordered) >= 2:
         small, large = ordered[-2], ordered[-1]
