@@ -313,10 +313,6 @@ class CausalContext:
         runs = self.ranges.get(node)
         return max(runs[-1] if runs else 0, self.floor.get(node, 0))
 
-    def highs(self) -> dict[ReplicaId, int]:
-        """:meth:`high` of every replica."""
-        return {r: self.high(r) for r in self.replicas()}
-
     def next_dot(self, node: ReplicaId) -> Dot:
         """The dot ``node`` uses for its next change."""
         return (node, self.high(node) + 1)
@@ -331,7 +327,7 @@ class CausalContext:
 
     def reserved(self) -> CausalContext:
         """No dot seen, and every replica's next dot above every dot seen or reserved here."""
-        return CausalContext({}, self.highs())
+        return CausalContext({}, {r: self.high(r) for r in self.replicas()})
 
     def includes(self, other: CausalContext) -> bool:
         """Whether merging ``other`` in changes nothing: every dot it has seen is seen here, and

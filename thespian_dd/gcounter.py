@@ -36,8 +36,6 @@ from thespian_dd.data import (
 
 __all__ = ["GCounter"]
 
-_NONE = CausalContext()
-
 
 class GCounter(DeltaReplicatedData, RemovedNodePruning, DotBased):
     """A counter that only grows.  ``GCounter().increment(node, 5).value == 5``."""
@@ -88,11 +86,7 @@ class GCounter(DeltaReplicatedData, RemovedNodePruning, DotBased):
 
     @property
     def value(self) -> int:
-        ranges = self.units.ranges
-        return sum(
-            runs[1] - runs[0] if len(runs) == 2 else self.units.count(r)
-            for r, runs in ranges.items()
-        )
+        return sum(self.units.count(r) for r in self.units.ranges)
 
     def __int__(self) -> int:
         return self.value

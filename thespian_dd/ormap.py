@@ -108,7 +108,7 @@ def _merge_versions(
             versions[key] = dots
             continue
         kept = _surviving(dots, b.context, theirs)
-        kept.update(_surviving(theirs or {}, a.context, dots))
+        kept.update(_surviving(theirs or {}, a.context, None, skip=dots))
         if len(kept) < len(dots.keys() | (theirs or {}).keys()):
             lost.add(key)
         if kept == dots:
@@ -132,10 +132,14 @@ def _surviving(
     dots: Mapping[Dot, ReplicatedData],
     their_context: CausalContext,
     theirs: Mapping[Dot, ReplicatedData] | None,
+    skip: Mapping[Dot, ReplicatedData] | None = None,
 ) -> dict[Dot, ReplicatedData]:
-    """The versions of ``dots`` the other side holds too (joined), or has not seen."""
+    """The versions of ``dots`` the other side holds too (joined), or has not seen; those in
+    ``skip`` (already joined) left out."""
     kept = {}
     for dot, value in dots.items():
+        if skip is not None and dot in skip:
+            continue
         other = None if theirs is None else theirs.get(dot)
         if other is not None:
             kept[dot] = value if other is value else _join(value, other)
