@@ -60,7 +60,7 @@ from thespian_dd import (
     start,
 )
 from thespian_dd.durable import LoadChunk, Loaded, Written
-from thespian_dd.replicator import _Every
+from thespian_dd._runtime.protocol import Every as _Every
 from thespian_dd.testing import Node, ProbeSend, eventually
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(120)]

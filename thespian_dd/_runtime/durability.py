@@ -1,0 +1,310 @@
+"""Durability coordination: the Replicator's side of its DurableWriter.
+
+- Loading gate: with a store, the Replicator asks for every stored row of its node before it
+  serves anyone; requests that arrive meanwhile are stashed and answered in order once it is
+  recovered.  A load that fails is retried with backoff and, until it succeeds, requests are
+  refused with the reason (nothing is served from a store that cannot be read).
+- Group commit: in sync mode a write is sent at once unless a batch is being committed; what
+  arrives meanwhile goes in the next batch.  In write-behind mode the first write after a commit
+  arms a timer of ``write_behind_interval`` that later writes never push back.
+- Replies after commit: a sync write is acknowledged only once its batch is committed (the
+  failure reply if the commit fails).
+- A failed commit keeps its keys for the next batch and is retried with backoff (0.5 s doubling
+  to 30 s); a DurableWriter that exits is replaced and sent again what it had not confirmed.
+
+The writer is an actor; this class reaches it only through the ``send`` and ``create_writer``
+callables it is given, and arms timers through ``wake``, so it runs without processes in tests.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from thespian_dd._runtime.protocol import FlushTick, StoreRetry
+from thespian_dd._runtime.settings import Settings
+from thespian_dd.durable import Entry, Load, LoadChunk, Loaded, Write, Written
+
+__all__ = ["Durability", "LoadOutcome"]
+
+log = logging.getLogger("thespian_dd.replicator")
+
+MIN_RETRY = 0.5
+MAX_RETRY = 30.0
+
+
+@dataclass(frozen=True)
+class LoadOutcome:
+    """The end of a load: the node's new incarnation, or why it failed (``first``: the first
+    failure since the load began to fail, when stashed requests must be refused)."""
+
+    incarnation: int | None = None
+    error: str | None = None
+    first: bool = False
+
+
+class Durability:
+    """``send(address, message)``; ``wake(seconds, payload)``; ``create_writer()`` starts a
+    DurableWriter and returns its address; ``entry(key, raw)`` is what the store gets for a key
+    (None: a tombstone, FORGOTTEN: remove the row)."""
+
+    def __init__(  # noqa: PLR0913 - what it acts through, each a callable
+        self,
+        *,
+        settings: Settings,
+        node_name: str,
+        send: Callable[[Any, Any], None],
+        wake: Callable[[float, Any], None],
+        create_writer: Callable[[], Any],
+        entry: Callable[[str, bytes | None], Entry | None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._node_name = node_name
+        self._send = send
+        self._wake = wake
+        self._create_writer = create_writer
+        self._entry = entry
+        self._clock = clock
+        self.writer: Any = None
+        # Loading.
+        self.loading = False
+        self.load_error: str | None = None
+        self._load_started = 0.0
+        self._gc_was_enabled = False
+        self.loaded_rows = 0
+        self._stash: list[tuple[Any, Any]] = []
+        self.recovery_time: float | None = None
+        # Writing.
+        self._unwritten: dict[str, bytes | None] = {}  # key -> its encoding, if known
+        self._committing: set[str] | None = None  # the keys of the batch being committed
+        self._batch = 0
+        self._after_commit: list[tuple[int, Any, Any, Any]] = []
+        self._flush_timer = False
+        self._flush_due = False
+        self._retry_delay = 0.0
+        self._retry_pending = False
+        self.store_failure: str | None = None
+        self.store_failures = 0
+        self.last_flush: float | None = None
+        self.exiting = False
+
+    @property
+    def serving(self) -> bool:
+        """Whether requests are served (not loading, and the store loaded)."""
+        return not self.loading and self.load_error is None
+
+    def durable(self, key: str) -> bool:
+        return self.writer is not None and self._settings.is_durable(key)
+
+    def queue_depth(self) -> int:
+        return len(self._unwritten) + len(self._committing or ())
+
+    # -- loading -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the DurableWriter and load."""
+        self.writer = self._create_writer()
+        self.load()
+
+    def load(self) -> None:
+        """Ask the DurableWriter for every stored row of this node (again, after a failure)."""
+        if not self.loading:
+            # A load makes many long-lived objects; with the cyclic collector on, its full
+            # collections rescan all restored so far (100,000 keys: 6.5 s instead of 5.8 s).
+            # Reference counting still frees what is dropped.
+            self._gc_was_enabled = gc.isenabled()
+            gc.disable()
+        self.loading = True
+        self._load_started = time.perf_counter()
+        settings = self._settings
+        self._send(
+            self.writer,
+            Load(
+                settings.store or "",
+                self._node_name,
+                settings.durable_pruning_marker_ttl,
+                settings.signing_key_file,
+            ),
+        )
+
+    def stash(self, message: Any, sender: Any) -> None:
+        """Keep a request that arrived while loading; answered once recovered."""
+        self._stash.append((message, sender))
+
+    def take_stash(self) -> list[tuple[Any, Any]]:
+        stashed, self._stash = self._stash, []
+        return stashed
+
+    def chunk(self, msg: LoadChunk, sender: Any) -> bool:
+        """Whether a LoadChunk comes from the current writer (else ignore it); counts its rows."""
+        if sender != self.writer:
+            return False  # from a replaced DurableWriter, or forged by another actor
+        self.loaded_rows += len(msg.rows) + len(msg.skipped)
+        return True
+
+    def loaded(self, msg: Loaded, sender: Any) -> LoadOutcome | None:
+        """The load ended (None: the message is not from the current load's writer)."""
+        if not self.loading or sender != self.writer:
+            return None
+        if self._gc_was_enabled:
+            gc.enable()
+        error = msg.error
+        if error is None and msg.rows != self.loaded_rows:
+            error = f"{msg.rows} rows were read but {self.loaded_rows} arrived"
+        self.loading = False
+        if error is not None:
+            first = self.load_error is None
+            if first:
+                log.error("thespian_dd cannot load its store: %s (retrying)", error)
+            self.load_error = error
+            self.loaded_rows = 0
+            self.retry_later()
+            return LoadOutcome(error=error, first=first)
+        # From asking to serving: reading, decoding and restoring every row.
+        self.recovery_time = time.perf_counter() - self._load_started
+        self.load_error = None
+        self._retry_delay = 0.0
+        return LoadOutcome(incarnation=msg.incarnation)
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def write(self, key: str, raw: bytes | None) -> None:
+        """Queue ``key``'s current state (``raw``: its encoding, if known) if it is durable: at
+        once in sync mode (group commit), within the interval in write-behind mode."""
+        if not self.durable(key):
+            return
+        self._unwritten[key] = raw
+        if self._settings.write_mode == "sync":
+            self.flush()
+        elif not self._flush_timer:
+            # Armed by the first write after a flush and never pushed back by later ones, so
+            # steady writes cannot postpone the commit.
+            self._flush_timer = True
+            self._wake(self._settings.write_behind_interval, FlushTick())
+
+    def flush(self, *, stopping: bool = False) -> None:
+        """Send what is unwritten as one batch, unless a batch is being committed or the store
+        is failing (a retry is due).  ``stopping``: a graceful stop sends it anyway (the
+        DurableWriter commits its batches in order, before it handles its own exit request)."""
+        busy = self._committing is not None or self._retry_pending
+        if not self._unwritten or (busy and not stopping):
+            return
+        keys, self._unwritten = self._unwritten, {}
+        self._commit(keys)
+
+    def _commit(self, keys: Mapping[str, bytes | None]) -> None:
+        self._committing = set(keys)
+        self._batch += 1
+        self._send_batch(keys)
+
+    def _send_batch(self, keys: Mapping[str, bytes | None]) -> None:
+        entries = {key: self._entry(key, raw) for key, raw in keys.items()}
+        settings = self._settings
+        self._send(
+            self.writer,
+            Write(
+                settings.store or "",
+                self._node_name,
+                self._batch,
+                entries,
+                settings.signing_key_file,
+            ),
+        )
+
+    def reply_when_stored(self, key: str, client: Any, reply: Any, failure: Any) -> None:
+        """Send ``reply`` once ``key``'s latest write is committed (``failure(error)`` if it
+        fails); at once in memory, in write-behind mode, or when nothing of it is left."""
+        if (
+            self.writer is None
+            or self._settings.write_mode == "write-behind"
+            or (key not in self._unwritten and key not in (self._committing or ()))
+        ):
+            self._send(client, reply)  # not durable, or already committed
+            return
+        batch = self._batch + (1 if key in self._unwritten else 0)
+        self._after_commit.append((batch, client, reply, failure))
+
+    def written(self, msg: Written, sender: Any) -> None:
+        """A batch was committed, or failed."""
+        if msg.seq != self._batch or self._committing is None or sender != self.writer:
+            return  # from a DurableWriter that was replaced (its batch was sent again), or forged
+        committed, self._committing = self._committing, None
+        done = [w for w in self._after_commit if w[0] <= msg.seq]
+        self._after_commit = [w for w in self._after_commit if w[0] > msg.seq]
+        if msg.error is None:
+            self.last_flush = self._clock()
+            self.store_failure = None
+            self._retry_delay = 0.0
+            for _, client, reply, _ in done:
+                self._send(client, reply)
+            if self._settings.write_mode == "sync" or self._flush_due:
+                self._flush_due = False
+                self.flush()
+            return
+        # Keep the keys (their state now is at least what failed) and try again with backoff.
+        for key in committed:
+            self._unwritten.setdefault(key, None)
+        self.store_failures += 1
+        if self.store_failure is None:
+            log.error("thespian_dd store write failed: %s (retrying)", msg.error)
+        self.store_failure = msg.error
+        for _, client, _, failure in done:
+            if failure is not None:
+                self._send(client, failure(msg.error))
+        self.retry_later()
+
+    def retry_later(self) -> None:
+        """Try the store again after a backoff: 0.5 s, doubling up to 30 s while it fails."""
+        self._retry_delay = min(max(2 * self._retry_delay, MIN_RETRY), MAX_RETRY)
+        self._retry_pending = True
+        self._wake(self._retry_delay, StoreRetry())
+
+    def retry_due(self) -> bool:
+        """The retry timer fired: flush again; True if the load must be tried again instead."""
+        self._retry_pending = False
+        if self.load_error is not None and not self.loading:
+            return True
+        self.flush()
+        return False
+
+    def flush_due(self) -> None:
+        """The write-behind timer fired: commit now, or right after the batch being committed."""
+        self._flush_timer = False
+        if self._committing is None:
+            self.flush()
+        else:
+            self._flush_due = True
+
+    def keep_alive(self) -> None:
+        """An idle durable node commits an empty batch now and then, so its store tells how long
+        it has really been offline (see ``durable_pruning_marker_ttl``)."""
+        period = min(self._settings.durable_pruning_marker_ttl / 10, 3600.0)
+        idle = self._clock() - (self.last_flush or 0.0)
+        ready = self.writer is not None and self._committing is None and not self._retry_pending
+        if ready and idle > period:
+            self._commit({})
+
+    def writer_exited(self, address: Any) -> bool:
+        """A child exited: if it is the DurableWriter (and the node is not stopping), start
+        another and send it again what the dead one had not confirmed.  True if the load must
+        start over (the caller forgets what was restored, then calls :meth:`load`)."""
+        if address != self.writer or self.exiting:
+            return False
+        log.error("thespian_dd DurableWriter exited; starting a new one")
+        self.writer = self._create_writer()
+        if self.loading:
+            self.loaded_rows = 0
+            return True
+        if self._committing is not None:
+            self._send_batch(dict.fromkeys(self._committing))
+        return False
+
+    def stop(self) -> None:
+        """A graceful stop: commit what is unwritten, even while a batch is in flight."""
+        self.exiting = True
+        self.flush(stopping=True)

@@ -1,0 +1,279 @@
+"""The key table: every key a node holds, the one place a key is added or removed.
+
+For each key: its value or a tombstone, its pruning markers, the digest gossip compares, the
+hashed bucket it belongs to, and, for keys that expire after inactivity, when it was last used.
+The parallel records are kept in step here and nowhere else:
+
+- :meth:`KeyTable.put` keeps a value (with new markers, if given), :meth:`KeyTable.delete` a
+  tombstone, :meth:`KeyTable.restore` a stored row; :meth:`KeyTable.expire` removes a key without
+  a tombstone and :meth:`KeyTable.clear` forgets everything (a load that failed).
+- Digests are computed when gossip needs them (:meth:`KeyTable.digests`), not on the path of
+  every update, unless the caller has the value's encoding already.
+- Buckets: keys are grouped into :data:`BUCKETS` hashed buckets; gossip compares the 8-byte bucket
+  digests first, so two nodes that agree exchange a fixed 64 x 8 bytes per round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+
+from thespian_dd import codec
+from thespian_dd._canonical import Limits
+from thespian_dd._pruning import Marker, Markers, Performed, envelope_digest, join_envelope
+from thespian_dd._pruning import split_envelope as _split_envelope
+from thespian_dd._runtime.protocol import TOMBSTONE
+from thespian_dd.data import ReplicaId, ReplicatedData
+
+__all__ = ["BUCKETS", "TOMBSTONE_DIGEST", "KeyTable", "bucket_digests", "bucket_of"]
+
+BUCKETS = 64
+TOMBSTONE_DIGEST = b"thespian_dd:deleted"[:16]
+
+
+def bucket_of(key: str) -> int:
+    return (
+        hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=2).digest()[0] % BUCKETS
+    )
+
+
+def bucket_digests(digests: Mapping[str, bytes], keys: Iterable[str]) -> dict[int, bytes]:
+    """8-byte digests of the given keys' buckets, from the per-key digests (order-independent)."""
+    by_bucket: dict[int, list[str]] = {}
+    for key in keys:
+        by_bucket.setdefault(bucket_of(key), []).append(key)
+    out = {}
+    for bucket, members in by_bucket.items():
+        h = hashlib.blake2b(digest_size=8)
+        for key in sorted(members):
+            h.update(key.encode("utf-8", "surrogatepass"))
+            h.update(b"\0")
+            h.update(digests[key])
+        out[bucket] = h.digest()
+    return out
+
+
+class KeyTable:
+    """A node's keys.  ``expiry(key)`` gives the seconds of inactivity after which a key expires
+    (None: never); ``clock`` is the wall clock in seconds (last use travels between nodes)."""
+
+    def __init__(
+        self,
+        expiry: Callable[[str], float | None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._expiry = expiry
+        self._clock = clock
+        self._values: dict[str, ReplicatedData] = {}
+        self._deleted: set[str] = set()
+        self._markers: dict[str, dict[ReplicaId, Marker]] = {}
+        self.pruned: set[ReplicaId] = set()
+        """Replicas whose pruning was performed in some key: they may never be peers again."""
+        self._digests: dict[str, bytes] = {}
+        self._stale: set[str] = set()  # keys whose digest is computed when next needed
+        self._bucket_keys: dict[int, set[str]] = {}
+        self._bucket_digests: dict[int, bytes] = {}
+        self._dirty: set[int] = set()
+        self._last_used: dict[str, float] = {}
+        self._used_here: set[str] = set()  # used on this node since the last take_used_here()
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def get(self, key: str) -> ReplicatedData | None:
+        """The value of ``key``; None if it is deleted or unknown."""
+        return self._values.get(key)
+
+    def is_deleted(self, key: str) -> bool:
+        return key in self._deleted
+
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` holds a value (not a tombstone)."""
+        return key in self._values
+
+    def __len__(self) -> int:
+        """The number of keys holding a value."""
+        return len(self._values)
+
+    def items(self) -> Iterator[tuple[str, ReplicatedData]]:
+        return iter(list(self._values.items()))
+
+    def values(self) -> Iterator[ReplicatedData]:
+        return iter(list(self._values.values()))
+
+    def names(self) -> frozenset[str]:
+        return frozenset(self._values)
+
+    def tombstones(self) -> int:
+        return len(self._deleted)
+
+    def markers(self, key: str) -> Mapping[ReplicaId, Marker]:
+        return self._markers.get(key, {})
+
+    def keys_with_markers(self) -> list[str]:
+        return list(self._markers)
+
+    def envelope(self, key: str, raw: bytes | None = None) -> bytes:
+        """The value of ``key`` with its markers, as it travels and is stored (``raw``: the
+        value's encoding, if the caller has it)."""
+        value = self._values[key]
+        return join_envelope(raw or codec.encode(value), self._markers.get(key, {}))
+
+    def payload(self, key: str) -> bytes | None:
+        """What a peer gets for ``key``: its envelope, TOMBSTONE, or None if unknown here."""
+        if key in self._deleted:
+            return TOMBSTONE
+        return self.envelope(key) if key in self._values else None
+
+    # -- adding and removing keys ------------------------------------------------------------------
+
+    def put(
+        self,
+        key: str,
+        value: ReplicatedData,
+        raw: bytes | None = None,
+        markers: Markers | None = None,
+    ) -> None:
+        """Keep ``value`` for ``key``; ``raw``: its encoding if known; ``markers``: its new
+        pruning markers (None: unchanged)."""
+        if markers is not None:
+            self._set_markers(key, markers)
+        self._values[key] = value
+        if raw is None:
+            self._digests.pop(key, None)
+            self._stale.add(key)
+        else:
+            self._digests[key] = self._digest(key, raw[-16:])
+            self._stale.discard(key)
+        self._bucket_add(key)
+
+    def delete(self, key: str) -> None:
+        """Replace ``key``'s value by a tombstone (it wins every merge: the key stays deleted)."""
+        self._values.pop(key, None)
+        self._markers.pop(key, None)
+        self._deleted.add(key)
+        self._digests[key] = TOMBSTONE_DIGEST
+        self._stale.discard(key)
+        self._bucket_add(key)
+
+    def expire(self, key: str) -> None:
+        """Remove ``key`` without a tombstone: used again anywhere, it comes back."""
+        self._values.pop(key, None)
+        self._markers.pop(key, None)
+        self._last_used.pop(key, None)
+        self._used_here.discard(key)
+        self._digests.pop(key, None)
+        self._stale.discard(key)
+        bucket = bucket_of(key)
+        self._bucket_keys.get(bucket, set()).discard(key)
+        self._dirty.add(bucket)
+
+    def restore(self, key: str, payload: bytes | None, limits: Limits) -> None:
+        """Put a stored row back (None: a tombstone); its last use before a restart is not
+        stored, so a key that expires counts as used now, here.  Raises CodecError, keeping
+        nothing, if the payload does not decode."""
+        if payload is None:
+            self.delete(key)
+            return
+        markers, raw = _split_envelope(payload, limits)
+        value = codec.decode(raw, limits)
+        self.put(key, value, raw, markers)
+        self.touch(key)
+
+    def clear(self) -> None:
+        """Forget every key (a load that failed or was abandoned starts again from nothing)."""
+        for records in (
+            self._values,
+            self._markers,
+            self._digests,
+            self._bucket_keys,
+            self._bucket_digests,
+            self._last_used,
+        ):
+            records.clear()
+        for keys in (self._deleted, self._stale, self._dirty, self._used_here):
+            keys.clear()
+
+    def _set_markers(self, key: str, markers: Markers) -> None:
+        if markers:
+            self._markers[key] = dict(markers)
+            self.pruned.update(r for r, m in markers.items() if isinstance(m, Performed))
+        else:
+            self._markers.pop(key, None)
+
+    def _bucket_add(self, key: str) -> None:
+        bucket = bucket_of(key)
+        self._bucket_keys.setdefault(bucket, set()).add(key)
+        self._dirty.add(bucket)
+
+    # -- digests -----------------------------------------------------------------------------------
+
+    def _digest(self, key: str, value_digest: bytes) -> bytes:
+        markers = self._markers.get(key)
+        return envelope_digest(value_digest, markers) if markers else value_digest
+
+    def digests(self) -> Mapping[str, bytes]:
+        """Every key's digest (tombstones too), computing those that changed since last asked."""
+        for key in self._stale:
+            self._digests[key] = self._digest(key, codec.digest(self._values[key]))
+        self._stale.clear()
+        return self._digests
+
+    def buckets(self) -> dict[int, bytes]:
+        """The digest of every non-empty bucket (a bucket whose last key left has none)."""
+        digests = self.digests()
+        for bucket in self._dirty:
+            keys = self._bucket_keys.get(bucket)
+            if keys:
+                self._bucket_digests.update(bucket_digests(digests, keys))
+            else:
+                self._bucket_keys.pop(bucket, None)
+                self._bucket_digests.pop(bucket, None)
+        self._dirty.clear()
+        return dict(self._bucket_digests)
+
+    def digests_in(self, buckets: Iterable[object]) -> dict[str, bytes]:
+        """The digest of every key in ``buckets`` (what is not a bucket number is ignored)."""
+        digests = self.digests()
+        return {
+            key: digests[key]
+            for b in buckets
+            if isinstance(b, int)
+            for key in self._bucket_keys.get(b, ())
+        }
+
+    # -- last use of keys that expire ----------------------------------------------------------
+
+    def expires(self, key: str) -> bool:
+        return self._expiry(key) is not None
+
+    def touch(self, key: str, at: float | None = None) -> None:
+        """``key`` was used (updated or read) at ``at`` (default: now, here), here or on a peer."""
+        if self._expiry(key) is None:
+            return
+        if at is None:
+            at = self._clock()
+            self._used_here.add(key)  # peers hear of it in the next gossip round
+        self._last_used[key] = max(self._last_used.get(key, at), at)
+
+    def expired(self, key: str, used: float | None) -> bool:
+        """Whether ``key``, last used at ``used``, is idle longer than its expiry."""
+        expiry = self._expiry(key)
+        return expiry is not None and used is not None and self._clock() - used > expiry
+
+    def idle(self) -> list[tuple[str, float]]:
+        """The keys holding a value that are idle past their expiry, with their last use."""
+        return [
+            (key, used)
+            for key, used in self._last_used.items()
+            if key in self._values and self.expired(key, used)
+        ]
+
+    def used(self, keys: Iterable[str]) -> dict[str, float]:
+        """When each of ``keys`` that expires was last used."""
+        return {k: self._last_used[k] for k in keys if k in self._last_used}
+
+    def take_used_here(self) -> dict[str, float]:
+        """The keys used on this node since the last call, with when (for the next status)."""
+        used, self._used_here = self.used(self._used_here), set()
+        return used

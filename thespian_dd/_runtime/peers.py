@@ -1,0 +1,217 @@
+"""The peer table (the other nodes' Replicators, by node name) and the Introducer.
+
+Thespian conventions are a star (a member hears only about the leader) and a remote globalName
+lookup hangs on its second use, so Replicators keep their own directory of peers, keyed by node
+name, spread it in every status, and meet a peer they know only from the convention through a
+short-lived :class:`Introducer` actor created on that peer's node.
+
+Failure detection: every status is a heartbeat; a peer not heard from for ``failure_timeout`` is
+unreachable until it is heard again.  Unreachable peers get no quorum requests and cannot
+acknowledge, but still count in N (so ``WriteAll`` with a node down fails), until they have been
+unreachable for ``removal_timeout`` and this node is on the majority side: then they are removed
+for good (departed), and their replicas will be pruned.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from thespian.actors import ActorAddress, ActorExitRequest, ActorTypeDispatcher
+
+from thespian_dd._runtime.protocol import (
+    NODE_CAPABILITY,
+    PEERS_MODULE,
+    Introduce,
+    Introduced,
+    IntroducerDone,
+    wire_name,
+)
+from thespian_dd.data import ReplicaId
+
+__all__ = ["Introducer", "Peer", "PeerTable"]
+
+# Named by its path, not imported: replicator.py imports this module.
+REPLICATOR_CLASS = "thespian_dd.replicator.Replicator"
+REPLICATOR_NAME = "thespian_dd.replicator"
+
+
+@dataclass
+class Peer:
+    replica: ReplicaId
+    address: Any
+    last_seen: float
+    reachable: bool = True
+
+
+class PeerTable:
+    """The peers this node knows.
+
+    ``pruned``: replicas pruned from the data (kept by the key table); such a replica may not
+    join, and ``refused(replica, address)`` is called to tell it.  ``replaced(old)`` is called
+    when a peer's new incarnation replaces ``old`` (what was kept per incarnation is moot).
+    ``clock``: monotonic seconds."""
+
+    def __init__(  # noqa: PLR0913 - the detector's two timeouts, two callbacks, two inputs
+        self,
+        *,
+        failure_timeout: float,
+        removal_timeout: float,
+        pruned: set[ReplicaId],
+        refused: Callable[[ReplicaId, Any], None],
+        replaced: Callable[[ReplicaId], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._failure_timeout = failure_timeout
+        self._removal_timeout = removal_timeout
+        self._pruned = pruned
+        self._refused = refused
+        self._replaced = replaced
+        self._clock = clock
+        self._peers: dict[str, Peer] = {}
+        self.departed: set[ReplicaId] = set()
+        """Replicas removed for good: they may never be peers again."""
+        self.blocked: frozenset[str] = frozenset()
+        """TEST ONLY: node names whose messages are dropped (see PartitionForTests)."""
+
+    def get(self, name: str) -> Peer | None:
+        return self._peers.get(name)
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def __iter__(self) -> Iterator[Peer]:
+        return iter(list(self._peers.values()))
+
+    def current(self, peer: Peer) -> bool:
+        """Whether ``peer`` is still in the table (not removed, nor replaced by a new
+        incarnation)."""
+        return self._peers.get(peer.replica.node) is peer
+
+    def learn(self, me: ReplicaId, replica: ReplicaId, address: object) -> bool:
+        """Add ``replica`` at ``address``, or replace an older incarnation of its node; returns
+        whether it is new.  Not this node, nor a departed or pruned replica, nor an address that
+        is no ActorAddress (every send to it would fail)."""
+        if not isinstance(address, ActorAddress):
+            return False
+        if replica.node == me.node or replica in self.departed:
+            return False
+        if replica in self._pruned:
+            self._refused(replica, address)
+            return False
+        known = self._peers.get(replica.node)
+        if known is not None and known.replica >= replica:
+            return False
+        self._peers[replica.node] = Peer(replica, address, self._clock())
+        if known is not None:
+            self._replaced(known.replica)
+        return True
+
+    def heard(self, replica: ReplicaId) -> None:
+        """A message from ``replica``: it is alive, if it is the current incarnation."""
+        peer = self._peers.get(replica.node)
+        if peer is not None and peer.replica == replica:
+            peer.last_seen = self._clock()
+            peer.reachable = True
+
+    def left(self, name: str) -> Peer | None:
+        """The convention saw node ``name`` go: it is unreachable until heard again (it still
+        counts in N until removed).  Returns the peer if this changed its state."""
+        peer = self._peers.get(name)
+        if peer is None or not peer.reachable:
+            return None
+        peer.reachable = False
+        return peer
+
+    def unreachable(self, replica: ReplicaId) -> None:
+        """The transport says ``replica``'s node is gone (no need to wait for the timeout)."""
+        peer = self._peers.get(replica.node)
+        if peer is not None and peer.replica == replica:
+            peer.reachable = False
+
+    def sweep(self) -> tuple[list[Peer], list[Peer], list[tuple[Peer, float]]]:
+        """Apply the failure detector: (peers kept, peers that just became unreachable, peers
+        removed for good with how long they were silent)."""
+        now = self._clock()
+        kept: list[Peer] = []
+        lost: list[Peer] = []
+        removed: list[tuple[Peer, float]] = []
+        for name, peer in list(self._peers.items()):
+            silent = now - peer.last_seen
+            if peer.reachable and silent > self._failure_timeout:
+                peer.reachable = False
+                lost.append(peer)
+            if not peer.reachable and silent > self._removal_timeout and self.in_majority():
+                del self._peers[name]
+                self.departed.add(peer.replica)
+                removed.append((peer, silent))
+                continue
+            kept.append(peer)
+        return kept, lost, removed
+
+    def replica_count(self) -> int:
+        """N: this replica and every known peer, reachable or not."""
+        return 1 + len(self._peers)
+
+    def reachable_count(self) -> int:
+        return sum(1 for p in self._peers.values() if p.reachable)
+
+    def all_reachable(self) -> bool:
+        return all(p.reachable for p in self._peers.values())
+
+    def in_majority(self) -> bool:
+        """Whether this node and the peers it reaches are more than half the cluster: only such a
+        side may remove a peer (on both sides of a partition, each would remove the other and
+        prune what the other counted)."""
+        return 1 + self.reachable_count() > (1 + len(self._peers)) / 2
+
+    def targets(self) -> dict[str, Any]:
+        """The peers a quorum request goes to: the reachable ones not cut off, by name."""
+        return {
+            name: peer.address
+            for name, peer in self._peers.items()
+            if peer.reachable and name not in self.blocked
+        }
+
+    def directory(self) -> dict[str, tuple[ReplicaId, Any]]:
+        """What a hello or a status tells of the peers: name -> (replica, address)."""
+        return {name: (p.replica, p.address) for name, p in self._peers.items()}
+
+    def live(self, me: ReplicaId) -> dict[str, ReplicaId]:
+        """The current replica of this node and of every peer, by node name."""
+        return {me.node: me, **{n: p.replica for n, p in self._peers.items()}}
+
+    def learn_all(
+        self, me: ReplicaId, directory: Mapping[str, tuple[ReplicaId, Any]]
+    ) -> list[Peer]:
+        """Learn every peer of another node's directory; returns those that are new."""
+        new = []
+        for replica, address in directory.values():
+            if isinstance(replica, ReplicaId) and self.learn(me, replica, address):
+                peer = self._peers[replica.node]
+                new.append(peer)
+        return new
+
+
+@wire_name(PEERS_MODULE)
+class Introducer(ActorTypeDispatcher):  # type: ignore[misc]
+    """Created on a chosen node (by its node-name capability) to pass a hello to its Replicator,
+    since a remote globalName lookup cannot be used (see the module docstring)."""
+
+    @staticmethod
+    def actorSystemCapabilityCheck(  # noqa: N802 - Thespian's name
+        capabilities: Mapping[str, Any], requirements: Mapping[str, Any]
+    ) -> bool:
+        wanted = requirements.get(NODE_CAPABILITY)
+        return wanted is None or capabilities.get(NODE_CAPABILITY) == wanted
+
+    def receiveMsg_Introduce(self, msg: Introduce, sender: Any) -> None:  # noqa: N802, ARG002
+        replicator = self.createActor(REPLICATOR_CLASS, globalName=REPLICATOR_NAME)
+        self.send(replicator, msg.hello)
+        self.send(replicator, IntroducerDone())
+
+    def receiveMsg_Introduced(self, msg: Introduced, sender: Any) -> None:  # noqa: N802, ARG002
+        # Only now: exiting before the hello is delivered could lose it.
+        self.send(self.myAddress, ActorExitRequest())

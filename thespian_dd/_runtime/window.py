@@ -1,0 +1,118 @@
+"""The send window: how many messages each peer may have in flight, and what waits meanwhile.
+
+Thespian lets an actor have ``MAX_PENDING_TRANSMITS`` (20) transmits in flight, for all targets
+together, and keeps a transmit to a silent host (a real partition) in flight for minutes: a few
+gossip rounds to a cut-off peer would stall every other send of the Replicator, its replies to
+clients too.  So each peer gets a share of the slots (after a reserve for clients, subscribers and
+the store); what exceeds it waits (bounded, newest kept, only the latest status), and the
+transmit function given fails a transmit that is not delivered within ``failure_timeout``, which
+frees its slot.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from thespian.system.transport import SendStatus
+
+from thespian_dd._runtime.protocol import GossipStatus, PeerMessage, gossip_bytes
+from thespian_dd.data import ReplicaId
+
+__all__ = ["HELD_PER_PEER", "RESERVED_TRANSMITS", "SendWindow", "Transmit"]
+
+HELD_PER_PEER = 256
+"""Messages kept for a peer whose window is full; beyond it the oldest is dropped (anti-entropy
+repairs what a dropped delta or status carried; a dropped quorum request times out)."""
+
+RESERVED_TRANSMITS = 6
+"""Thespian's transmit slots kept for clients, subscribers and the store."""
+
+Transmit = Callable[[Any, Any, Callable[[Any], None]], None]
+"""``transmit(address, message, done)``: send, then call ``done(status)`` once the message is
+delivered or has failed (a SendStatus)."""
+
+
+@dataclass
+class _Channel:
+    replica: ReplicaId
+    in_flight: int = 0  # handed to Thespian and not yet delivered or failed
+    held: deque[PeerMessage] = field(default_factory=deque)  # waiting for the window
+
+
+class SendWindow:
+    """Peer messages through ``transmit``, at most :meth:`size` in flight per peer.
+
+    ``slots``: Thespian's transmit slots; ``peer_count()``: how many peers share them;
+    ``dead(replica)``: the transport says the peer's node is gone."""
+
+    def __init__(
+        self,
+        transmit: Transmit,
+        slots: int,
+        peer_count: Callable[[], int],
+        dead: Callable[[ReplicaId], None],
+    ) -> None:
+        self._transmit_fn = transmit
+        self._slots = slots
+        self._peer_count = peer_count
+        self._dead = dead
+        self._channels: dict[ReplicaId, _Channel] = {}
+        self.bytes_out = 0
+        """What the gossip messages sent carried (see :func:`gossip_bytes`)."""
+
+    def size(self) -> int:
+        """How many messages each peer may have in flight: the slots less the reserve, shared
+        among the peers (at least one each; raise THESPIAN_MAX_PENDING_TRANSMITS for clusters of
+        more than about a dozen nodes)."""
+        return max(1, (self._slots - RESERVED_TRANSMITS) // max(1, self._peer_count()))
+
+    def send(self, replica: ReplicaId | None, address: Any, message: PeerMessage) -> None:
+        """Send ``message`` to the peer ``replica`` at ``address``, or hold it while its window
+        is full.  ``replica`` None: an address not (yet) in the peer table, sent once, outside
+        any window (a hello)."""
+        if replica is None:
+            self._transmit(None, address, message)
+            return
+        channel = self._channels.setdefault(replica, _Channel(replica))
+        if channel.in_flight < self.size():
+            self._transmit(channel, address, message)
+            return
+        if isinstance(message, GossipStatus):  # only the latest status matters
+            channel.held = deque(m for m in channel.held if not isinstance(m, GossipStatus))
+        channel.held.append(message)
+        while len(channel.held) > HELD_PER_PEER:
+            channel.held.popleft()
+
+    def forget(self, replica: ReplicaId) -> None:
+        """The peer was removed or replaced by a new incarnation: what it held is moot."""
+        self._channels.pop(replica, None)
+
+    def in_flight(self, replica: ReplicaId) -> int:
+        channel = self._channels.get(replica)
+        return 0 if channel is None else channel.in_flight
+
+    def held(self, replica: ReplicaId) -> list[PeerMessage]:
+        channel = self._channels.get(replica)
+        return [] if channel is None else list(channel.held)
+
+    def _transmit(self, channel: _Channel | None, address: Any, message: PeerMessage) -> None:
+        self.bytes_out += gossip_bytes(message)
+        if channel is not None:
+            channel.in_flight += 1
+        self._transmit_fn(address, message, partial(self._done, channel, address))
+
+    def _done(self, channel: _Channel | None, address: Any, status: Any) -> None:
+        """A message was delivered, or failed: its slot is free for the next held one."""
+        if channel is None:
+            return
+        channel.in_flight -= 1
+        if self._channels.get(channel.replica) is not channel:
+            return  # removed, or a new incarnation
+        if status == SendStatus.DeadTarget:
+            self._dead(channel.replica)  # its node is gone: no need to wait for the timeout
+        while channel.held and channel.in_flight < self.size():
+            self._transmit(channel, address, channel.held.popleft())
