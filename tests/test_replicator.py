@@ -1,7 +1,9 @@
-"""The Replicator on one real node (multiprocTCPBase: its admin and every actor are processes).
+"""The Replicator on one node: every request type and every reply type, bad input,
+subscriptions, and an Update whose modify is a lambda from another program's __main__.
 
-Every request type and every reply type, bad input, subscriptions, and an Update whose modify is
-a lambda from another program's __main__.
+Each protocol test runs twice: on a real ``multiprocTCPBase`` node (its admin and every actor are
+processes) and on ``simpleSystemBase`` (Thespian's base for unit tests: every actor runs in this
+process, in the caller's thread), so the protocol does not depend on the transport.
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from thespian.actors import ActorExitRequest, WakeupMessage
+from thespian.actors import ActorExitRequest, ActorSystem, WakeupMessage
 
 from thespian_dd import (
     REPLICATOR_NAME,
@@ -59,11 +62,38 @@ from thespian_dd import (
     WriteTo,
     start,
 )
-from thespian_dd.durable import LoadChunk, Loaded, Written
 from thespian_dd._runtime.protocol import Every as _Every
-from thespian_dd.testing import Node, ProbeSend, eventually
+from thespian_dd.durable import LoadChunk, Loaded, Written
+from thespian_dd.testing import Node, ProbeSend, eventually, start_node
 
-pytestmark = [pytest.mark.multinode, pytest.mark.timeout(120)]
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(
+    params=[pytest.param("multiprocTCPBase", marks=pytest.mark.multinode), "simpleSystemBase"]
+)
+def thespian_node(request: pytest.FixtureRequest) -> Iterator[Node]:
+    """The testing plugin's node, on each of the two bases."""
+    if request.param == "multiprocTCPBase":
+        node = start_node(notify_interval=0.05)
+    else:
+        asys = ActorSystem("simpleSystemBase", transientUnique=True, logDefs=None)
+        node = Node(asys, 0, start(asys, notify_interval=0.05))
+    try:
+        yield node
+    finally:
+        node.asys.shutdown()
+
+
+@pytest.fixture
+def real_node() -> Iterator[Node]:
+    """Only on ``multiprocTCPBase``: for what needs processes (another program joining the node,
+    an actor's death reported by the transport, which simpleSystemBase does not do)."""
+    node = start_node(notify_interval=0.05)
+    try:
+        yield node
+    finally:
+        node.asys.shutdown()
 
 
 def _incr(n: int) -> Any:
@@ -257,8 +287,9 @@ def test_unsubscribe_stops_the_changes(thespian_node: Node) -> None:
     assert _changes(node, probe) == []
 
 
-def test_a_subscriber_that_dies_is_dropped(thespian_node: Node) -> None:
-    node = thespian_node
+@pytest.mark.multinode
+def test_a_subscriber_that_dies_is_dropped(real_node: Node) -> None:
+    node = real_node
     probe = node.probe()
     node.asys.tell(node.replicator, Subscribe("k", subscriber=probe))
     eventually(lambda: node.ask(GetStats()).subscribers == 1, what="the subscription")
@@ -308,9 +339,10 @@ CLIENT = textwrap.dedent(
 )
 
 
-def test_a_lambda_from_another_programs_main_crosses_processes(thespian_node: Node) -> None:
+@pytest.mark.multinode
+def test_a_lambda_from_another_programs_main_crosses_processes(real_node: Node) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", CLIENT, str(thespian_node.port), "the client"],
+        [sys.executable, "-c", CLIENT, str(real_node.port), "the client"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -318,4 +350,4 @@ def test_a_lambda_from_another_programs_main_crosses_processes(thespian_node: No
     )
     assert "UpdateSuccess(key='greetings', request=1)" in result.stdout
     assert "['hello from the client!']" in result.stdout
-    assert _value(thespian_node, "greetings") == {"hello from the client!"}
+    assert _value(real_node, "greetings") == {"hello from the client!"}
