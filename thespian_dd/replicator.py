@@ -94,9 +94,9 @@ from thespian_dd._runtime.pruning import PrunedHere, Pruning, merge_payload
 from thespian_dd._runtime.quorums import Pending, Quorums
 from thespian_dd._runtime.settings import CAPABILITY_PREFIX, Settings, matches
 from thespian_dd._runtime.subscriptions import Notification, Subscriptions
+from thespian_dd._runtime.updates import modified, update_error
 from thespian_dd._runtime.window import SendWindow
 from thespian_dd.data import (
-    DeltaReplicatedData,
     RemovedNodePruning,
     ReplicaId,
     ReplicatedData,
@@ -462,15 +462,18 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self.send(client, NotFound(key, request))
 
     def receiveMsg_Update(self, msg: Update, sender: Any) -> None:
-        error = self._update_error(msg)
+        current = self._keys.get(msg.key) if isinstance(msg.key, str) else None
+        deleted = isinstance(msg.key, str) and self._keys.is_deleted(msg.key)
+        error, malformed = update_error(msg, current, deleted=deleted)
         if error is not None:
+            self._rejections.refuse(int(malformed))
             self.send(sender, ModifyFailure(msg.key, msg.request, error))
             return
-        if self._keys.is_deleted(msg.key):
+        if deleted:
             self.send(sender, UpdateDataDeleted(msg.key, msg.request))
             return
         try:
-            new, delta = self._modified(msg)
+            new, delta = modified(msg, current, self.node)
         except BaseException as e:  # noqa: BLE001 - whatever modify raises (SystemExit too) is
             # the caller's failure: it must not end the node's Replicator
             self.send(sender, ModifyFailure(msg.key, msg.request, f"modify failed: {describe(e)}"))
@@ -479,61 +482,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._keys.touch(msg.key)
         self._queue_delta(msg.key, delta)
         self._replicate("update", sender, msg.key, msg.request, msg.consistency)
-
-    def _update_error(self, msg: Update) -> str | None:
-        error = key_error(msg.key)
-        if not error and not isinstance(msg.initial, ReplicatedData):
-            error = f"initial must be a CRDT (ReplicatedData), not {type(msg.initial).__name__}"
-        error = error or consistency_error(msg.consistency, WriteConsistency)
-        if error:
-            self._rejections.refuse()
-            return error
-        current = self._keys.get(msg.key)
-        if current is not None and type(current) is not type(msg.initial):
-            return (
-                f"key {msg.key!r} holds a {type(current).__name__}; initial is a "
-                f"{type(msg.initial).__name__}"
-            )
-        if current is None and not self._keys.is_deleted(msg.key):
-            # A new key starts from initial: a state the codec cannot encode (broken internals,
-            # a type it does not know) would make every later gossip round raise.
-            try:
-                codec.decode(codec.encode(msg.initial))
-            except Exception as e:  # noqa: BLE001 - whatever is wrong with it is the caller's
-                self._rejections.refuse()
-                return f"initial is not a valid {type(msg.initial).__name__}: {describe(e)}"
-        return None
-
-    def _modified(self, msg: Update) -> tuple[ReplicatedData, ReplicatedData]:
-        """The new value and what to ship as its delta (the whole value for types without)."""
-        try:
-            modify = msg.modify
-        except Exception as e:  # noqa: BLE001 - the dill bytes are the caller's
-            raise ValueError(f"modify could not be loaded: {describe(e)}") from None
-        if not callable(modify):
-            raise TypeError(f"modify must be callable, not {type(modify).__name__}")
-        known = self._keys.get(msg.key)
-        current = msg.initial if known is None else known
-        if isinstance(current, DeltaReplicatedData):
-            current = current.reset_delta()
-        new = modify(current, self.node)
-        if type(new) is not type(current):
-            raise TypeError(
-                f"modify must return a {type(current).__name__}, not {type(new).__name__}"
-            )
-        if not new.is_inflation_of(current):
-            raise ValueError(
-                f"what modify returned for key {msg.key!r} is not an inflation of the current "
-                f"{type(current).__name__}: merged with a replica that holds the current value, "
-                "it would lose writes (build the new value from the one modify is given, with "
-                "its methods; an LWW write must be later than the current one)"
-            )
-        if not isinstance(new, DeltaReplicatedData):
-            return new, new
-        delta = new.delta
-        new = new.reset_delta()
-        # A key new here ships whole: a delta alone could be a partial state for a peer.
-        return new, new if delta is None or known is None else delta
 
     def receiveMsg_Delete(self, msg: Delete, sender: Any) -> None:
         error = key_error(msg.key) or consistency_error(msg.consistency, WriteConsistency)
