@@ -41,7 +41,7 @@ from thespian_dd import (
     WriteAll,
     start,
 )
-from thespian_dd.__main__ import main
+from thespian_dd._cli.main import main
 from thespian_dd._peers import PartitionForTests
 from thespian_dd.codec import encode
 from thespian_dd.durable import Entry, Store, StoreError, _checksum, _parts

@@ -1,11 +1,10 @@
 """Command line: ``python -m thespian_dd {demo,node,inspect,bench} ...`` (also installed as
-``thespian-dd``)."""
+``thespian-dd``): the argument parser; each command runs in a module of its own."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 
 __all__ = ["main"]
@@ -166,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from thespian_dd._demo import run_demo
+    from thespian_dd._cli.demo import run_demo
 
     try:
         return run_demo(print, args.dir)
@@ -213,7 +212,7 @@ def _expiries(text: str) -> dict[str, float]:
 
 
 def _run_node(args: argparse.Namespace) -> int:
-    from thespian_dd._node import run_node
+    from thespian_dd._cli.node import run_node
     from thespian_dd.replicator import Settings
 
     settings = {
@@ -230,7 +229,7 @@ def _run_node(args: argparse.Namespace) -> int:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from thespian_dd._inspect import inspect_store
+    from thespian_dd._cli.inspect import inspect_store
     from thespian_dd.durable import StoreError, read_signing_key
 
     try:
@@ -241,7 +240,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from thespian_dd._bench import SECTIONS, run_bench
+    from thespian_dd._cli.bench import SECTIONS, run_bench
 
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -263,7 +262,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         postgresql=args.postgresql,
     )
     if args.plot:
-        from thespian_dd._plot import plot_results
+        from thespian_dd._cli.plot import plot_results
 
         plot_results(results, args.plot)
         print(f"plot written to {args.plot}")
@@ -274,7 +273,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     result: int = args.run(args)
     return result
-
-
-if __name__ == "__main__":
-    sys.exit(main())
