@@ -43,8 +43,8 @@ from thespian_dd import (
 )
 from thespian_dd._cli.main import main
 from thespian_dd._peers import PartitionForTests
+from thespian_dd._runtime.store import Entry, Store, StoreError, _checksum, _parts
 from thespian_dd.codec import encode
-from thespian_dd.durable import Entry, Store, StoreError, _checksum, _parts
 from thespian_dd.replicator import REPLICATOR_NAME
 from thespian_dd.testing import (
     Cluster,

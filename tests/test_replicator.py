@@ -59,7 +59,7 @@ from thespian_dd import (
     WriteTo,
     start,
 )
-from thespian_dd.durable import LoadChunk, Loaded, Written
+from thespian_dd._runtime.writer import LoadChunk, Loaded, Written
 from thespian_dd.replicator import _Every
 from thespian_dd.testing import Node, ProbeSend, eventually
 

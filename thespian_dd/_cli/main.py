@@ -230,7 +230,7 @@ def _run_node(args: argparse.Namespace) -> int:
 
 def _run_inspect(args: argparse.Namespace) -> int:
     from thespian_dd._cli.inspect import inspect_store
-    from thespian_dd.durable import StoreError, read_signing_key
+    from thespian_dd._runtime.store import StoreError, read_signing_key
 
     try:
         key = read_signing_key(args.signing_key_file) if args.signing_key_file else None

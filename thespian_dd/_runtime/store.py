@@ -1,4 +1,4 @@
-"""Durable storage: the SQL store and the DurableWriter actor that owns it.
+"""The SQL store of durable keys: its schema, its rows, and the checksum or MAC sealing each.
 
 One row per ``(node, key)`` holds the key's codec bytes (or an empty payload for a deleted key),
 its data type, the codec's format version, the replicas the value holds state from, a checksum
@@ -7,43 +7,32 @@ holds each node's incarnation counter and the schema version.  SQLAlchemy Core, 
 it speaks works; SQLite (one file per node) is the embedded default, PostgreSQL and
 MariaDB/MySQL get a native upsert.
 
-The engine is created inside the DurableWriter's own process (never before a fork).  The
-Replicator sends it one batch of writes at a time and sends the next batch, holding every write
-that arrived meanwhile, when the previous one is committed: that is group commit, so a busy node
-makes few large transactions instead of many small ones.  Every message carries the store's URL,
-so a DurableWriter that died and was created again picks up where the old one was.
+A :class:`Store` lives in the DurableWriter's process (:mod:`thespian_dd._runtime.writer`), and
+in the ``inspect`` command's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
-from thespian.actors import ActorTypeDispatcher
 
 from thespian_dd import codec
 
 __all__ = [
+    "DELETED",
     "FORGOTTEN",
     "SCHEMA_VERSION",
-    "DurableWriter",
     "Entry",
-    "Load",
-    "LoadChunk",
-    "Loaded",
     "Store",
     "StoreError",
     "StoredRow",
-    "Write",
-    "Written",
     "read_signing_key",
     "safe_url",
 ]
@@ -51,12 +40,8 @@ __all__ = [
 SCHEMA_VERSION = 1
 
 LOAD_CHUNK_ROWS = 2000
-"""Rows per :class:`LoadChunk`: the Replicator decodes one chunk while the next is read."""
-
-LOAD_CHUNK_BYTES = 4 * 1024 * 1024
-"""A chunk ends early once its payloads reach this size."""
-
-log = logging.getLogger(__name__)
+"""Rows per :class:`~thespian_dd._runtime.writer.LoadChunk` (and per fetch of
+:meth:`Store.rows`): the Replicator decodes one chunk while the next is read."""
 
 _metadata = sa.MetaData()
 _entries = sa.Table(
@@ -453,110 +438,3 @@ def _stored_row(row: Any, error: str | None) -> StoredRow:
     return StoredRow(
         node, key, data_type, row.format_version, payload, replicas, row.updated_at, error
     )
-
-
-@dataclass(frozen=True)
-class Load:
-    """To the DurableWriter: open ``url`` (with the key in ``signing_key_file``, if given),
-    count a new incarnation of ``node`` (refused if it was offline more than ``max_offline``
-    seconds), then send every row of it in :class:`LoadChunk` messages and finish with
-    :class:`Loaded`."""
-
-    url: str
-    node: str
-    max_offline: float | None = None
-    signing_key_file: str | None = None
-
-
-@dataclass(frozen=True)
-class LoadChunk:
-    rows: list[tuple[str, bytes | None]]  # (key, codec bytes or None: deleted)
-    skipped: list[tuple[str, str]]  # (key, why)
-
-
-@dataclass(frozen=True)
-class Loaded:
-    incarnation: int
-    rows: int  # how many rows the chunks held, so the Replicator knows it got them all
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class Write:
-    """To the DurableWriter: commit these entries (None: deleted) of ``node`` in ``url`` as
-    batch ``seq``, then answer :class:`Written`.  ``signing_key_file`` as for :class:`Load`: a
-    DurableWriter started again after a crash opens the store with it too."""
-
-    url: str
-    node: str
-    seq: int
-    entries: dict[str, Entry | None]
-    signing_key_file: str | None = None
-
-
-@dataclass(frozen=True)
-class Written:
-    seq: int
-    error: str | None = None
-
-
-class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
-    """A child of the Replicator that owns the store's engine."""
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.store: Store | None = None
-
-    def _open(self, url: str, signing_key_file: str | None) -> Store:
-        if self.store is None:
-            # Read here, in this process: only the file's path travels in settings and messages.
-            key = read_signing_key(signing_key_file) if signing_key_file else None
-            self.store = Store(url, signing_key=key)
-        return self.store
-
-    def receiveMsg_Load(self, msg: Load, sender: Any) -> None:
-        count = 0
-        try:
-            store = self._open(msg.url, msg.signing_key_file)
-            incarnation = store.next_incarnation(
-                msg.node, time.time_ns() // 1_000_000, msg.max_offline
-            )
-            rows: list[tuple[str, bytes | None]] = []
-            skipped: list[tuple[str, str]] = []
-            size = 0
-            for key, payload, error in store.load(msg.node):
-                if error:
-                    log.error("skipped stored key %r of %s: %s", key, msg.node, error)
-                    skipped.append((key, error))
-                else:
-                    rows.append((key, payload))
-                    size += len(payload or b"")
-                if len(rows) + len(skipped) >= LOAD_CHUNK_ROWS or size >= LOAD_CHUNK_BYTES:
-                    self.send(sender, LoadChunk(rows, skipped))
-                    count += len(rows) + len(skipped)
-                    rows, skipped, size = [], [], 0
-            self.send(sender, LoadChunk(rows, skipped))
-            count += len(rows) + len(skipped)
-        except Exception as e:  # noqa: BLE001 - reported to the Replicator, which retries
-            self._close()
-            self.send(sender, Loaded(0, count, _describe(e)))
-            return
-        self.send(sender, Loaded(incarnation, count))
-
-    def receiveMsg_Write(self, msg: Write, sender: Any) -> None:
-        try:
-            self._open(msg.url, msg.signing_key_file).write(msg.node, msg.entries)
-        except Exception as e:  # noqa: BLE001 - reported with the batch
-            log.warning("store write of %d keys failed: %s", len(msg.entries), e)
-            self._close()  # open afresh next time: the server may have restarted
-            self.send(sender, Written(msg.seq, _describe(e)))
-            return
-        self.send(sender, Written(msg.seq))
-
-    def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
-        self._close()
-
-    def _close(self) -> None:
-        if self.store is not None:
-            self.store.close()
-            self.store = None

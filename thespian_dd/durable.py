@@ -1,0 +1,72 @@
+"""Durable storage, by its old name: the SQL store lives in :mod:`thespian_dd._runtime.store`,
+the DurableWriter actor and its messages in :mod:`thespian_dd._runtime.writer`.
+
+This module stays, re-exporting every name it held before they moved, because
+- Thespian creates an actor from its ``"module.Class"`` path, and nodes of the old layout name
+  their writer ``thespian_dd.durable.DurableWriter``: that path must still lead to the class;
+- :mod:`thespian_dd.replicator` (and code outside this package) imports these names from here.
+
+New code inside the package imports from the two modules above.
+"""
+
+from __future__ import annotations
+
+from thespian_dd._runtime.store import (
+    BAD_CHECKSUM,
+    BAD_MAC,
+    CHECKSUM_BYTES,
+    DELETED,
+    FORGOTTEN,
+    LOAD_CHUNK_ROWS,
+    MAC_BYTES,
+    NOT_SIGNED,
+    SCHEMA_VERSION,
+    SIGNED,
+    Entry,
+    Store,
+    StoredRow,
+    StoreError,
+    _checksum,
+    _parts,
+    key_id,
+    read_signing_key,
+    safe_url,
+)
+from thespian_dd._runtime.writer import (
+    LOAD_CHUNK_BYTES,
+    DurableWriter,
+    Load,
+    LoadChunk,
+    Loaded,
+    Write,
+    Written,
+)
+
+__all__ = [
+    "BAD_CHECKSUM",
+    "BAD_MAC",
+    "CHECKSUM_BYTES",
+    "DELETED",
+    "FORGOTTEN",
+    "LOAD_CHUNK_BYTES",
+    "LOAD_CHUNK_ROWS",
+    "MAC_BYTES",
+    "NOT_SIGNED",
+    "SCHEMA_VERSION",
+    "SIGNED",
+    "DurableWriter",
+    "Entry",
+    "Load",
+    "LoadChunk",
+    "Loaded",
+    "Store",
+    "StoreError",
+    "StoredRow",
+    "Write",
+    "Written",
+    "_checksum",
+    "_parts",
+    "key_id",
+    "read_signing_key",
+    "safe_url",
+]
