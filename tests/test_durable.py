@@ -1,7 +1,7 @@
 """Durability on a real SQLite file per node: restart a node (or the whole cluster, kill -9) and
 read every acknowledged value back; the store's rows are checked, and a store that cannot be read
-is refused loudly rather than served empty.  The store without nodes: ``tests/test_store.py``;
-the ``inspect`` command: ``tests/test_inspect.py``."""
+is refused loudly rather than served empty.  Without nodes: the store in ``tests/test_store.py``,
+the DurableWriter in ``tests/test_writer.py``; ``inspect`` in ``tests/test_inspect.py``."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """``python -m thespian_dd inspect`` (:mod:`thespian_dd._cli.inspect`): what each node stored, on
-every store, and never a store created by reading one.  Corrupted and signed rows as inspect shows
-them: ``tests/test_durable.py``, with the nodes that load them."""
+every store, the same read from rows the store wrote itself (no node), and never a store created
+by reading one.  Corrupted and signed rows as inspect shows them: ``tests/test_durable.py``, with
+the nodes that load them."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from thespian_dd import Delete, GCounter, ORSet, Update
+from thespian_dd import Delete, GCounter, ORSet, ReplicaId, Update
 from thespian_dd._cli.main import main
+from thespian_dd._runtime.store import Entry, Store
+from thespian_dd.codec import encode
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -58,3 +61,38 @@ def test_inspect_never_creates_a_store(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"cannot open the store .*no such file"):
         main(["inspect", "--store", f"sqlite:///{missing}"])
     assert not missing.exists()
+
+
+def test_inspect_reads_rows_the_store_wrote_without_a_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The table and ``--key``: set members in order, a long value cut, an empty store named."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    store = Store(url)
+    try:
+        assert main(["inspect", "--store", url]) == 1
+        assert capsys.readouterr().out == "this store holds no node yet\n"
+        replica = ReplicaId("n", store.next_incarnation("n", 3))
+        few = ORSet().add_all(replica, ["b", "c", "a"])
+        many = ORSet().add_all(replica, [f"item-{i:03}" for i in range(30, 0, -1)])
+        store.write(
+            "n",
+            {
+                "few": Entry("ORSet", encode(few), str(replica)),
+                "many": Entry("ORSet", encode(many), str(replica)),
+                "gone": None,
+            },
+        )
+    finally:
+        store.close()
+    assert main(["inspect", "--store", url]) == 0
+    out = capsys.readouterr().out
+    assert "node n: incarnation 3, schema 1, 3 rows" in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert lines["few"].endswith("  {'a', 'b', 'c'}")
+    assert lines["many"].endswith("  {'item-001', 'item-002', 'item-003', 'item-004', 'item-00...")
+    assert lines["gone"].endswith("  (deleted)")
+    assert main(["inspect", "--store", url, "--key", "few"]) == 0
+    detail = capsys.readouterr().out
+    assert "replicas:       n#3" in detail
+    assert "value:          {'a', 'b', 'c'}" in detail
