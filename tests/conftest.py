@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from thespian_dd._harness import scratch_database  # not .testing: pytest loads that plugin itself
+# Not from .testing: pytest loads that plugin itself.
+from thespian_dd._testkit.harness import scratch_database
 
 # 250 examples per property in CI (four times the dev run): the suite must stay well under the
 # CI budget on a 2-core machine, and the law tests are most of its time.

@@ -1,6 +1,7 @@
 """Durability on a real SQLite file per node: restart a node (or the whole cluster, kill -9) and
 read every acknowledged value back; the store's rows are checked, and a store that cannot be read
-is refused loudly rather than served empty."""
+is refused loudly rather than served empty.  Without nodes: the store in ``tests/test_store.py``,
+the DurableWriter in ``tests/test_writer.py``; ``inspect`` in ``tests/test_inspect.py``."""
 
 from __future__ import annotations
 
@@ -41,10 +42,10 @@ from thespian_dd import (
     WriteAll,
     start,
 )
-from thespian_dd.__main__ import main
+from thespian_dd._cli.main import main
 from thespian_dd._peers import PartitionForTests
+from thespian_dd._runtime.store import Entry, Store, _checksum, _parts
 from thespian_dd.codec import encode
-from thespian_dd.durable import Entry, Store, StoreError, _checksum, _parts
 from thespian_dd.replicator import REPLICATOR_NAME
 from thespian_dd.testing import (
     Cluster,
@@ -361,26 +362,6 @@ def test_a_store_that_cannot_be_opened_is_refused_with_the_reason(tmp_path: Path
         start_node(store=f"sqlite:///{blocker}/n.db", node_name="n")
 
 
-def test_the_incarnation_is_persisted_and_grows(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path}/i.db")
-    first = store.next_incarnation("n", 100)
-    second = store.next_incarnation("n", 1)
-    assert first == 100
-    assert second == 101
-    store.close()
-
-
-def test_a_newer_schema_than_the_code_knows_is_refused(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/s.db"
-    Store(url).next_incarnation("n")
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE thespian_dd_nodes SET schema_version = 99"))
-    engine.dispose()
-    with pytest.raises(StoreError, match="schema version 99"):
-        Store(url).next_incarnation("n")
-
-
 def test_quorum_writes_between_durable_nodes_are_acknowledged_after_commit(
     cluster_factory: Any, tmp_path: Path
 ) -> None:
@@ -441,26 +422,6 @@ def _first_message(node: Any, probe: Any) -> Any:
     assert isinstance(reply, Received)
     assert reply.messages
     return reply.messages[0]
-
-
-def test_the_store_round_trips_rows_and_tombstones_on_every_store(store_url: str) -> None:
-    store = Store(store_url.format(name="r"))
-    try:
-        counter = GCounter().increment(ReplicaId("n", 1), 4)
-        key = "ключ/🔑 " + "k" * 2000  # longer than any index allows, and not ASCII
-        store.write("n", {key: Entry("GCounter", encode(counter), "n#1"), "gone": None})
-        store.write("other", {key: Entry("GCounter", encode(GCounter()), "")})
-        rows = {key: (payload, error) for key, payload, error in store.load("n")}
-        assert rows == {key: (encode(counter), None), "gone": (None, None)}
-        store.write("n", {key: None})  # an upsert: one row per (node, key)
-        assert {k for k, payload, _ in store.load("n") if payload is None} == {"gone", key}
-        assert [r.key for r in store.rows("other")] == [key]
-        assert [r.replicas for r in store.rows("n", key)] == [""]
-        assert store.next_incarnation("n", 7) == 7
-        assert store.next_incarnation("n", 1) == 8
-        assert [name for name, _, _ in store.nodes()] == ["n"]
-    finally:
-        store.close()
 
 
 # -- write modes and durable keys -----------------------------------------------------------------
@@ -798,41 +759,3 @@ def test_a_restarted_node_recovers_from_its_store_then_catches_up_by_gossip(
     cluster.heal()
     eventually(lambda: _value(cluster, 2, "k").value == 11, timeout=30)
     eventually(lambda: _value(cluster, 2, "later").value == {"news"}, timeout=30)
-
-
-# -- inspect --------------------------------------------------------------------------------------
-
-
-def test_inspect_prints_what_each_node_stored(
-    cluster_factory: Any, store_url: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    cluster = cluster_factory(1, store=store_url)
-    cluster.ask(0, Update("hits", GCounter(), _increment(7)))
-    cluster.ask(0, Update("cart", ORSet(), _add("pear")))
-    cluster.ask(0, Update("gone", GCounter(), _increment(1)))
-    cluster.ask(0, Delete("gone"))
-    cluster.stop()
-    url = store_url.format(name="node-1")
-    assert main(["inspect", "--store", url]) == 0
-    out = capsys.readouterr().out
-    assert "node node-1: incarnation " in out
-    assert ", 3 rows" in out
-    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
-    assert "GCounter" in lines["hits"]
-    assert lines["hits"].endswith(" 7")
-    assert lines["cart"].endswith("{'pear'}")
-    assert lines["gone"].endswith("(deleted)")
-    assert main(["inspect", "--store", url, "--key", "hits"]) == 0
-    detail = capsys.readouterr().out
-    assert "replicas:       node-1#" in detail
-    assert "value:          7" in detail
-    assert main(["inspect", "--store", url, "--node", "nobody"]) == 1
-    assert "no node 'nobody'" in capsys.readouterr().out
-    assert main(["inspect", "--store", url, "--key", "nothing"]) == 1
-
-
-def test_inspect_never_creates_a_store(tmp_path: Path) -> None:
-    missing = tmp_path / "missing.db"
-    with pytest.raises(SystemExit, match=r"cannot open the store .*no such file"):
-        main(["inspect", "--store", f"sqlite:///{missing}"])
-    assert not missing.exists()

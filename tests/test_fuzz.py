@@ -88,7 +88,6 @@ from thespian_dd import (
     WriteTo,
 )
 from thespian_dd._canonical import encode_tree
-from thespian_dd._harness import Node, Probe, ProbeSendAll, eventually, start_node
 from thespian_dd._peers import (
     PROTOCOL_VERSION,
     TOMBSTONE,
@@ -104,6 +103,7 @@ from thespian_dd._peers import (
     PeerWrite,
     PeerWriteAck,
 )
+from thespian_dd._testkit.harness import Node, Probe, ProbeSendAll, eventually, start_node
 from thespian_dd.codec import FORMAT_VERSION, CodecError, Limits, decode, encode
 from thespian_dd.data import CausalContext
 from thespian_dd.durable import Entry, Store

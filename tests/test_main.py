@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import configparser
+import importlib
 import json
 import subprocess
 import sys
@@ -9,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from thespian_dd.__main__ import main
+import thespian_dd.__main__
+from thespian_dd._cli.main import main
 
 
 @pytest.mark.multinode
@@ -91,3 +94,16 @@ def test_help_describes_every_command() -> None:
     assert "demo" in result.stdout
     assert "bench" in result.stdout
     assert "inspect" in result.stdout
+
+
+@pytest.mark.timeout(30)
+def test_the_console_script_and_python_m_run_the_same_main() -> None:
+    """``thespian-dd`` (setup.cfg's entry point) and ``python -m thespian_dd`` are one command."""
+    config = configparser.ConfigParser(interpolation=None)
+    config.read(Path(__file__).parents[1] / "setup.cfg")
+    script = config["options.entry_points"]["console_scripts"].strip()
+    name, _, target = script.partition(" = ")
+    module, _, function = target.partition(":")
+    assert name == "thespian-dd"
+    assert getattr(importlib.import_module(module), function) is main
+    assert thespian_dd.__main__.main is main

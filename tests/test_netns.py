@@ -1,6 +1,6 @@
-"""Real network partitions (:mod:`thespian_dd._netns`): hosts in Linux network namespaces whose
-traffic nftables drops, on their own and under ``Cluster(network=True)``.  Needs root, ``ip`` and
-``nft``: skipped without them, failed in CI."""
+"""Real network partitions (:mod:`thespian_dd._testkit.netns`): hosts in Linux network
+namespaces whose traffic nftables drops, on their own and under ``Cluster(network=True)``.  Needs
+root, ``ip`` and ``nft``: skipped without them, failed in CI."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from thespian_dd import (
     Update,
     UpdateSuccess,
 )
-from thespian_dd._netns import Network
+from thespian_dd._testkit.netns import Network
 from thespian_dd.testing import (
     Cluster,
     Probe,

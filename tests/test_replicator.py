@@ -63,7 +63,7 @@ from thespian_dd import (
     start,
 )
 from thespian_dd._runtime.protocol import Every as _Every
-from thespian_dd.durable import LoadChunk, Loaded, Written
+from thespian_dd._runtime.writer import LoadChunk, Loaded, Written
 from thespian_dd.testing import Node, ProbeSend, eventually, start_node
 
 pytestmark = pytest.mark.timeout(120)

@@ -1,39 +1,59 @@
-"""Durable storage: the SQL store and the DurableWriter actor that owns it.
+"""Durable storage, by its old name: the SQL store lives in :mod:`thespian_dd._runtime.store`,
+the DurableWriter actor and its messages in :mod:`thespian_dd._runtime.writer`.
 
-One row per ``(node, key)`` holds the key's codec bytes (or an empty payload for a deleted key),
-its data type, the codec's format version, the replicas the value holds state from, a checksum
-(an HMAC-SHA256 when the store has a signing key) and the time of the write.  A second table
-holds each node's incarnation counter and the schema version.  SQLAlchemy Core, so any database
-it speaks works; SQLite (one file per node) is the embedded default, PostgreSQL and
-MariaDB/MySQL get a native upsert.
+This module stays, re-exporting every name it held before they moved, because
+- Thespian creates an actor from its ``"module.Class"`` path, and nodes of the old layout name
+  their writer ``thespian_dd.durable.DurableWriter``: that path must still lead to the class;
+- :mod:`thespian_dd.replicator` (and code outside this package) imports these names from here.
 
-The engine is created inside the DurableWriter's own process (never before a fork).  The
-Replicator sends it one batch of writes at a time and sends the next batch, holding every write
-that arrived meanwhile, when the previous one is committed: that is group commit, so a busy node
-makes few large transactions instead of many small ones.  Every message carries the store's URL,
-so a DurableWriter that died and was created again picks up where the old one was.
+New code inside the package imports from the two modules above.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import logging
-import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NamedTuple
-
-import sqlalchemy as sa
-from sqlalchemy.dialects import mysql, postgresql, sqlite
-from thespian.actors import ActorTypeDispatcher
-
-from thespian_dd import codec
+from thespian_dd._runtime.store import (
+    BAD_CHECKSUM,
+    BAD_MAC,
+    CHECKSUM_BYTES,
+    DELETED,
+    FORGOTTEN,
+    LOAD_CHUNK_ROWS,
+    MAC_BYTES,
+    NOT_SIGNED,
+    SCHEMA_VERSION,
+    SIGNED,
+    Entry,
+    Store,
+    StoredRow,
+    StoreError,
+    _checksum,
+    _parts,
+    key_id,
+    read_signing_key,
+    safe_url,
+)
+from thespian_dd._runtime.writer import (
+    LOAD_CHUNK_BYTES,
+    DurableWriter,
+    Load,
+    LoadChunk,
+    Loaded,
+    Write,
+    Written,
+)
 
 __all__ = [
+    "BAD_CHECKSUM",
+    "BAD_MAC",
+    "CHECKSUM_BYTES",
+    "DELETED",
     "FORGOTTEN",
+    "LOAD_CHUNK_BYTES",
+    "LOAD_CHUNK_ROWS",
+    "MAC_BYTES",
+    "NOT_SIGNED",
     "SCHEMA_VERSION",
+    "SIGNED",
     "DurableWriter",
     "Entry",
     "Load",
@@ -44,519 +64,9 @@ __all__ = [
     "StoredRow",
     "Write",
     "Written",
+    "_checksum",
+    "_parts",
+    "key_id",
     "read_signing_key",
     "safe_url",
 ]
-
-SCHEMA_VERSION = 1
-
-LOAD_CHUNK_ROWS = 2000
-"""Rows per :class:`LoadChunk`: the Replicator decodes one chunk while the next is read."""
-
-LOAD_CHUNK_BYTES = 4 * 1024 * 1024
-"""A chunk ends early once its payloads reach this size."""
-
-log = logging.getLogger(__name__)
-
-_metadata = sa.MetaData()
-_entries = sa.Table(
-    "thespian_dd_entries",
-    _metadata,
-    sa.Column("node", sa.String(255), primary_key=True),
-    # The key's hash identifies the row: keys can be longer than any dialect's index allows
-    # (MariaDB: 3072 bytes), and a fixed-width key keeps the index small.
-    sa.Column("key_id", sa.String(32), primary_key=True),
-    sa.Column(
-        "key", sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb"), nullable=False
-    ),
-    sa.Column("data_type", sa.String(64), nullable=False),
-    sa.Column("format_version", sa.Integer, nullable=False),
-    # LargeBinary maps to BLOB on SQLite, BYTEA on PostgreSQL; MariaDB needs LONGBLOB, not the
-    # 64 KiB BLOB, hence the variant.
-    sa.Column(
-        "payload",
-        sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb"),
-        nullable=False,
-    ),
-    # The ReplicaIds the value holds state from ("node#incarnation", space-separated): what
-    # pruning and operators need without decoding the payload.
-    sa.Column(
-        "replicas", sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb"), nullable=False
-    ),
-    sa.Column("checksum", sa.LargeBinary(32), nullable=False),
-    sa.Column("updated_at", sa.Double, nullable=False),
-    mysql_charset="utf8mb4",
-)
-_nodes = sa.Table(
-    "thespian_dd_nodes",
-    _metadata,
-    sa.Column("node", sa.String(255), primary_key=True),
-    sa.Column("incarnation", sa.BigInteger, nullable=False),
-    sa.Column("schema_version", sa.Integer, nullable=False),
-    # The last commit of the node (every batch, and a keep-alive while idle): how long it was
-    # offline when it starts again.
-    sa.Column("last_alive", sa.Double, nullable=True),
-    mysql_charset="utf8mb4",
-)
-_UPDATED = ("key", "data_type", "format_version", "payload", "replicas", "checksum", "updated_at")
-
-DELETED = "deleted"
-"""The data type recorded for a deleted key (its payload is empty)."""
-
-CHECKSUM_BYTES = 16
-"""The checksum of a row written without a signing key (BLAKE2b)."""
-
-MAC_BYTES = 32
-"""The checksum column of a row written with a signing key: an HMAC-SHA256."""
-
-NOT_SIGNED = "the row is not signed (written without the signing key)"
-BAD_MAC = "the row's MAC does not match (tampered, or signed with another key)"
-SIGNED = "the row is signed: configure its signing key to load it"
-BAD_CHECKSUM = "the row's checksum does not match (tampered or corrupted)"
-
-
-class StoreError(RuntimeError):
-    """The store cannot be opened, read or written; the message names the cause."""
-
-
-class Entry(NamedTuple):
-    """What the Replicator sends to be stored for one key (``None`` instead: deleted, a
-    tombstone; :data:`FORGOTTEN`: no row at all)."""
-
-    data_type: str
-    payload: bytes
-    replicas: str
-
-
-FORGOTTEN = Entry("", b"", "")
-"""The entry of a key that expired: its row is deleted (no tombstone is kept)."""
-
-
-class StoredRow(NamedTuple):
-    """One row as stored, for :meth:`Store.rows` (the ``inspect`` command)."""
-
-    node: str
-    key: str
-    data_type: str
-    format_version: int
-    payload: bytes
-    replicas: str
-    updated_at: float
-    error: str | None  # why the row cannot be loaded, or None
-
-
-def key_id(key: str) -> str:
-    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
-
-
-def _parts(*columns: str | int | bytes) -> list[bytes]:
-    """A row's columns as its checksum (or MAC) covers them: node, key, data type, format
-    version, payload and replicas, all that loading reads."""
-    return [
-        c.encode() if isinstance(c, str) else b"%d" % c if isinstance(c, int) else c
-        for c in columns
-    ]
-
-
-def _checksum(parts: list[bytes]) -> bytes:
-    """The checksum of a row written without a signing key (BLAKE2b, 16 bytes)."""
-    return _digest(hashlib.blake2b(digest_size=CHECKSUM_BYTES), parts)
-
-
-def _mac(signing_key: bytes, parts: list[bytes]) -> bytes:
-    """The MAC of a row written with a signing key (HMAC-SHA256, 32 bytes)."""
-    return _digest(hmac.new(signing_key, digestmod=hashlib.sha256), parts)
-
-
-def _digest(h: hashlib.blake2b | hmac.HMAC, parts: list[bytes]) -> bytes:
-    for part in parts:  # length-prefixed: no two different rows feed the same bytes
-        h.update(len(part).to_bytes(8, "big"))
-        h.update(part)
-    return h.digest()
-
-
-def read_signing_key(path: str) -> bytes:
-    """The signing key held in the file ``path`` (its whole content, which must not be empty).
-    Errors name the file, never its content."""
-    try:
-        key = Path(path).read_bytes()
-    except OSError as e:
-        reason = e.strerror or type(e).__name__
-        raise StoreError(f"cannot read the signing key file {path}: {reason}") from None
-    if not key:
-        raise StoreError(f"the signing key file {path} is empty")
-    return key
-
-
-def safe_url(url: str) -> str:
-    """``url`` without its password, for messages and logs."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL at all: say so without echoing it
-        return "<not an SQLAlchemy URL>"
-
-
-class Store:
-    """The SQL side: used inside the DurableWriter's process, and by ``inspect``."""
-
-    def __init__(self, url: str, *, create: bool = True, signing_key: bytes | None = None) -> None:
-        """Open the store at ``url``, creating its tables if missing; with ``create=False``
-        (to read only) a store without them is an error, and nothing is created.
-
-        With a ``signing_key``, every row written is signed (HMAC-SHA256), and a row is loaded
-        only if its MAC verifies: rows written without the key, or with another, are refused.
-        Without one, rows carry a checksum, and signed rows are refused (they cannot be
-        verified)."""
-        if signing_key is not None and (not isinstance(signing_key, bytes) or not signing_key):
-            raise StoreError("the signing key must be non-empty bytes")
-        self._signing_key = signing_key
-        try:
-            self.engine = sa.create_engine(url)
-            if self.engine.dialect.name == "sqlite":
-                sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-            problem = None
-            if create:
-                _metadata.create_all(self.engine)
-            else:
-                problem = self._missing()
-        except Exception as e:
-            raise StoreError(f"cannot open the store {safe_url(url)}: {_describe(e)}") from e
-        if problem:
-            raise StoreError(f"cannot open the store {safe_url(url)}: {problem}")
-
-    def _missing(self) -> str | None:
-        """Why the store cannot be read as it is (without creating anything), or None."""
-        path = self.engine.url.database
-        in_a_file = self.engine.dialect.name == "sqlite" and path not in (None, "", ":memory:")
-        if in_a_file and not Path(str(path)).exists():
-            return f"no such file: {path}"
-        if not sa.inspect(self.engine).has_table(_entries.name):
-            return "it has no thespian_dd tables"
-        return None
-
-    def next_incarnation(
-        self, node: str, at_least: int = 1, max_offline: float | None = None
-    ) -> int:
-        """Count one more start of ``node`` and return the new incarnation: above every earlier
-        one, and at least ``at_least`` (the caller passes the time in ms, so an incarnation is
-        never lower than one the node had while it ran without this store).  Refuses a node
-        whose last commit is more than ``max_offline`` seconds old."""
-        with self.engine.begin() as conn:
-            row = conn.execute(
-                sa.select(_nodes.c.incarnation, _nodes.c.schema_version, _nodes.c.last_alive)
-                .where(_nodes.c.node == node)
-                .with_for_update()
-            ).first()
-            now = time.time()
-            if row is None:
-                conn.execute(
-                    _nodes.insert().values(
-                        node=node,
-                        incarnation=at_least,
-                        schema_version=SCHEMA_VERSION,
-                        last_alive=now,
-                    )
-                )
-                return at_least
-            self._check_schema(row.schema_version)
-            offline = now - row.last_alive if row.last_alive is not None else 0.0
-            if max_offline is not None and offline > max_offline:
-                raise StoreError(
-                    f"node {node} last committed {offline / 86400:.1f} days ago, longer than "
-                    f"durable_pruning_marker_ttl ({max_offline / 86400:.1f} days): its peers may "
-                    "have pruned replicas whose state its store still holds, which would then "
-                    "count twice. Delete its rows from the thespian_dd_entries table to let it "
-                    "rejoin empty; its peers hold the data"
-                )
-            incarnation = max(int(row.incarnation) + 1, at_least)
-            conn.execute(
-                _nodes.update()
-                .where(_nodes.c.node == node)
-                .values(incarnation=incarnation, last_alive=now)
-            )
-            return incarnation
-
-    @staticmethod
-    def _check_schema(version: int) -> None:
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"the store has schema version {version}; this thespian_dd understands up to "
-                f"{SCHEMA_VERSION}: upgrade thespian_dd"
-            )
-
-    def load(self, node: str) -> Iterator[tuple[str, bytes | None, str | None]]:
-        """Every row of ``node``: (key, payload or None if deleted, error or None)."""
-        for row in self.rows(node):
-            if row.error is not None:
-                yield row.key, None, row.error
-            else:
-                yield row.key, None if row.data_type == DELETED else row.payload, None
-
-    def rows(self, node: str | None = None, key: str | None = None) -> Iterator[StoredRow]:
-        """The stored rows (of ``node``, of ``key``), each checked; streamed, not all at once."""
-        query = sa.select(
-            _entries.c.node,
-            _entries.c.key_id,
-            _entries.c.key,
-            _entries.c.data_type,
-            _entries.c.format_version,
-            _entries.c.payload,
-            _entries.c.replicas,
-            _entries.c.updated_at,
-            _entries.c.checksum,
-        ).order_by(_entries.c.node, _entries.c.key_id)
-        if node is not None:
-            query = query.where(_entries.c.node == node)
-        if key is not None:
-            query = query.where(_entries.c.key_id == key_id(key))
-        with self.engine.connect() as conn:
-            result = conn.execution_options(yield_per=LOAD_CHUNK_ROWS).execute(query)
-            for row in result:
-                try:
-                    error = self._problem(row)
-                except Exception as e:  # noqa: BLE001 - a row that cannot even be checked
-                    error = f"the row cannot be checked (tampered or corrupted): {_describe(e)}"
-                yield _stored_row(row, error)
-
-    def _problem(self, row: Any) -> str | None:
-        """Why a row must not be loaded, or None: its columns' types, its checksum (or MAC), its
-        key id and its format version."""
-        node, key, data_type, version = row.node, row.key, row.data_type, row.format_version
-        replicas, payload, check = row.replicas, row.payload, row.checksum
-        if not (
-            isinstance(node, str)
-            and isinstance(key, str)
-            and isinstance(data_type, str)
-            and isinstance(replicas, str)
-            and isinstance(payload, (bytes, memoryview))
-            and isinstance(check, (bytes, memoryview))
-            and type(version) is int
-        ):
-            return "a column of the row has the wrong type (tampered or corrupted)"
-        parts = _parts(node, key, data_type, version, bytes(payload), replicas)
-        problem = self._seal_problem(parts, bytes(check))
-        if problem is None and row.key_id != key_id(key):
-            problem = "the row's key id does not match its key (tampered or corrupted)"
-        if problem is None and version != codec.FORMAT_VERSION:
-            problem = f"format version {version} is not the codec's {codec.FORMAT_VERSION}"
-        return problem
-
-    def _seal_problem(self, parts: list[bytes], check: bytes) -> str | None:
-        """Why a row's checksum column does not vouch for it, or None."""
-        if self._signing_key is None:
-            if len(check) == MAC_BYTES:
-                return SIGNED  # it cannot be verified without the key: never load it unverified
-            return None if hmac.compare_digest(_checksum(parts), check) else BAD_CHECKSUM
-        if len(check) == CHECKSUM_BYTES:
-            return NOT_SIGNED
-        return None if hmac.compare_digest(_mac(self._signing_key, parts), check) else BAD_MAC
-
-    def nodes(self) -> list[tuple[str, int, int]]:
-        """Every node of the store: (name, incarnation, schema version)."""
-        with self.engine.connect() as conn:
-            query = sa.select(_nodes.c.node, _nodes.c.incarnation, _nodes.c.schema_version)
-            return [(n, int(i), int(v)) for n, i, v in conn.execute(query.order_by(_nodes.c.node))]
-
-    def write(self, node: str, entries: Mapping[str, Entry | None]) -> None:
-        """Upsert every entry (None: deleted) in one transaction, which also records that the
-        node is alive (no entries: only that)."""
-        now = time.time()
-        rows = []
-        forgotten = [key_id(key) for key, entry in entries.items() if entry == FORGOTTEN]
-        for key, entry in entries.items():
-            if entry == FORGOTTEN:
-                continue
-            data_type, raw, replicas = (DELETED, b"", "") if entry is None else entry
-            rows.append(
-                {
-                    "node": node,
-                    "key_id": key_id(key),
-                    "key": key,
-                    "data_type": data_type,
-                    "format_version": codec.FORMAT_VERSION,
-                    "payload": raw,
-                    "replicas": replicas,
-                    "checksum": self._seal(node, key, data_type, raw, replicas),
-                    "updated_at": now,
-                }
-            )
-        with self.engine.begin() as conn:
-            if rows:
-                self._upsert(conn, rows)
-            if forgotten:
-                conn.execute(
-                    _entries.delete().where(
-                        _entries.c.node == node, _entries.c.key_id.in_(forgotten)
-                    )
-                )
-            conn.execute(_nodes.update().where(_nodes.c.node == node).values(last_alive=now))
-
-    def _seal(self, node: str, key: str, data_type: str, payload: bytes, replicas: str) -> bytes:
-        """The checksum column of a row written now: its MAC with a signing key, else its
-        checksum."""
-        parts = _parts(node, key, data_type, codec.FORMAT_VERSION, payload, replicas)
-        return _checksum(parts) if self._signing_key is None else _mac(self._signing_key, parts)
-
-    def _upsert(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
-        dialect = self.engine.dialect.name
-        if dialect in ("sqlite", "postgresql"):
-            insert = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(_entries)
-            conn.execute(
-                insert.on_conflict_do_update(
-                    index_elements=[_entries.c.node, _entries.c.key_id],
-                    set_={name: insert.excluded[name] for name in _UPDATED},
-                ),
-                rows,
-            )
-        elif dialect in ("mysql", "mariadb"):
-            mysql_insert = mysql.insert(_entries)
-            conn.execute(
-                mysql_insert.on_duplicate_key_update(
-                    {name: mysql_insert.inserted[name] for name in _UPDATED}
-                ),
-                rows,
-            )
-        else:  # any other dialect: the portable way, in the same transaction
-            node = rows[0]["node"]
-            ids = [r["key_id"] for r in rows]
-            conn.execute(
-                _entries.delete().where(_entries.c.node == node, _entries.c.key_id.in_(ids))
-            )
-            conn.execute(_entries.insert(), rows)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL: readers do not block the writer, and a commit is one append.  synchronous=FULL keeps a
-    # committed transaction across a power cut, not only across a killed process.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}".splitlines()[0]
-
-
-def _stored_row(row: Any, error: str | None) -> StoredRow:
-    """``row`` as a :class:`StoredRow`; a refused row's columns may be of any type (tampered):
-    they are made printable."""
-    payload = bytes(row.payload) if isinstance(row.payload, (bytes, memoryview)) else b""
-    texts: list[Any] = [row.node, row.key, row.data_type, row.replicas]
-    if error is not None:
-        texts = [v if isinstance(v, str) else repr(v) for v in texts]
-    node, key, data_type, replicas = texts
-    return StoredRow(
-        node, key, data_type, row.format_version, payload, replicas, row.updated_at, error
-    )
-
-
-@dataclass(frozen=True)
-class Load:
-    """To the DurableWriter: open ``url`` (with the key in ``signing_key_file``, if given),
-    count a new incarnation of ``node`` (refused if it was offline more than ``max_offline``
-    seconds), then send every row of it in :class:`LoadChunk` messages and finish with
-    :class:`Loaded`."""
-
-    url: str
-    node: str
-    max_offline: float | None = None
-    signing_key_file: str | None = None
-
-
-@dataclass(frozen=True)
-class LoadChunk:
-    rows: list[tuple[str, bytes | None]]  # (key, codec bytes or None: deleted)
-    skipped: list[tuple[str, str]]  # (key, why)
-
-
-@dataclass(frozen=True)
-class Loaded:
-    incarnation: int
-    rows: int  # how many rows the chunks held, so the Replicator knows it got them all
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class Write:
-    """To the DurableWriter: commit these entries (None: deleted) of ``node`` in ``url`` as
-    batch ``seq``, then answer :class:`Written`.  ``signing_key_file`` as for :class:`Load`: a
-    DurableWriter started again after a crash opens the store with it too."""
-
-    url: str
-    node: str
-    seq: int
-    entries: dict[str, Entry | None]
-    signing_key_file: str | None = None
-
-
-@dataclass(frozen=True)
-class Written:
-    seq: int
-    error: str | None = None
-
-
-class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
-    """A child of the Replicator that owns the store's engine."""
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.store: Store | None = None
-
-    def _open(self, url: str, signing_key_file: str | None) -> Store:
-        if self.store is None:
-            # Read here, in this process: only the file's path travels in settings and messages.
-            key = read_signing_key(signing_key_file) if signing_key_file else None
-            self.store = Store(url, signing_key=key)
-        return self.store
-
-    def receiveMsg_Load(self, msg: Load, sender: Any) -> None:
-        count = 0
-        try:
-            store = self._open(msg.url, msg.signing_key_file)
-            incarnation = store.next_incarnation(
-                msg.node, time.time_ns() // 1_000_000, msg.max_offline
-            )
-            rows: list[tuple[str, bytes | None]] = []
-            skipped: list[tuple[str, str]] = []
-            size = 0
-            for key, payload, error in store.load(msg.node):
-                if error:
-                    log.error("skipped stored key %r of %s: %s", key, msg.node, error)
-                    skipped.append((key, error))
-                else:
-                    rows.append((key, payload))
-                    size += len(payload or b"")
-                if len(rows) + len(skipped) >= LOAD_CHUNK_ROWS or size >= LOAD_CHUNK_BYTES:
-                    self.send(sender, LoadChunk(rows, skipped))
-                    count += len(rows) + len(skipped)
-                    rows, skipped, size = [], [], 0
-            self.send(sender, LoadChunk(rows, skipped))
-            count += len(rows) + len(skipped)
-        except Exception as e:  # noqa: BLE001 - reported to the Replicator, which retries
-            self._close()
-            self.send(sender, Loaded(0, count, _describe(e)))
-            return
-        self.send(sender, Loaded(incarnation, count))
-
-    def receiveMsg_Write(self, msg: Write, sender: Any) -> None:
-        try:
-            self._open(msg.url, msg.signing_key_file).write(msg.node, msg.entries)
-        except Exception as e:  # noqa: BLE001 - reported with the batch
-            log.warning("store write of %d keys failed: %s", len(msg.entries), e)
-            self._close()  # open afresh next time: the server may have restarted
-            self.send(sender, Written(msg.seq, _describe(e)))
-            return
-        self.send(sender, Written(msg.seq))
-
-    def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
-        self._close()
-
-    def _close(self) -> None:
-        if self.store is not None:
-            self.store.close()
-            self.store = None

@@ -96,13 +96,13 @@ from thespian_dd._runtime.settings import CAPABILITY_PREFIX, Settings, matches
 from thespian_dd._runtime.subscriptions import Notification, Subscriptions
 from thespian_dd._runtime.updates import modified, update_error
 from thespian_dd._runtime.window import SendWindow
+from thespian_dd._runtime.writer import FORGOTTEN, DurableWriter, Entry, LoadChunk, Loaded, Written
 from thespian_dd.data import (
     RemovedNodePruning,
     ReplicaId,
     ReplicatedData,
     RequiresCausalDelivery,
 )
-from thespian_dd.durable import FORGOTTEN, DurableWriter, Entry, LoadChunk, Loaded, Written
 from thespian_dd.lwwregister import now_ms
 from thespian_dd.messages import (
     Changed,

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from thespian_dd._chaos import ChaosReport, Fault, Operation, fault_schedule, run_chaos
-from thespian_dd._harness import (
+from thespian_dd._testkit.chaos import ChaosReport, Fault, Operation, fault_schedule, run_chaos
+from thespian_dd._testkit.harness import (
     FAST,
     Cluster,
     Node,
@@ -46,7 +46,7 @@ from thespian_dd._harness import (
     scratch_database,
     start_node,
 )
-from thespian_dd._netns import unavailable
+from thespian_dd._testkit.netns import unavailable
 
 __all__ = [
     "FAST",

@@ -27,7 +27,7 @@ from typing import Any
 
 from thespian_dd._runtime.protocol import FlushTick, StoreRetry
 from thespian_dd._runtime.settings import Settings
-from thespian_dd.durable import Entry, Load, LoadChunk, Loaded, Write, Written
+from thespian_dd._runtime.writer import Entry, Load, LoadChunk, Loaded, Write, Written
 
 __all__ = ["Durability", "LoadOutcome"]
 

@@ -54,10 +54,10 @@ from thespian_dd import (
     WriteAll,
     WriteLocal,
 )
-from thespian_dd._harness import Cluster, Node, eventually, scratch_database, start_node
+from thespian_dd._runtime.store import Entry, Store
+from thespian_dd._testkit.harness import Cluster, Node, eventually, scratch_database, start_node
 from thespian_dd.codec import decode, encode
 from thespian_dd.data import CausalContext
-from thespian_dd.durable import Entry, Store
 
 __all__ = ["Result", "run_bench"]
 

@@ -30,8 +30,8 @@ from typing import Any, Self, TypeVar
 import sqlalchemy as sa
 from thespian.actors import ActorSystem, ActorSystemMessage, ActorTypeDispatcher
 
-from thespian_dd._netns import Network, unavailable
 from thespian_dd._peers import PartitionForTests
+from thespian_dd._testkit.netns import Network, unavailable
 from thespian_dd.messages import Update
 from thespian_dd.replicator import DescribeProcess, ProcessInfo, start
 
@@ -329,11 +329,11 @@ class Cluster:
 
     By default the nodes share loopback, and :meth:`split` is a TEST-ONLY switch in their
     Replicators.  With ``network=True`` node ``i`` runs in host ``i`` of a
-    :class:`~thespian_dd._netns.Network` (a Linux network namespace of its own; needs root, see
-    :func:`~thespian_dd._netns.unavailable`) and :meth:`split` drops the packets between hosts:
-    a real partition.  Each node's ``client`` is then a proxy that runs every call of its
-    ActorSystem inside the node's host.  The hosts reach only each other: a store must be a file
-    (SQLite), not a server.
+    :class:`~thespian_dd._testkit.netns.Network` (a Linux network namespace of its own; needs
+    root, see :func:`~thespian_dd._testkit.netns.unavailable`) and :meth:`split` drops the
+    packets between hosts: a real partition.  Each node's ``client`` is then a proxy that runs
+    every call of its ActorSystem inside the node's host.  The hosts reach only each other: a
+    store must be a file (SQLite), not a server.
     """
 
     def __init__(self, workdir: Path, n: int, network: bool = False, **settings: Any) -> None:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from thespian_dd._harness import Cluster, Probe, ProbeSendAll, ProbeTake, Received
+from thespian_dd._testkit.harness import Cluster, Probe, ProbeSendAll, ProbeTake, Received
 from thespian_dd.gcounter import GCounter
 from thespian_dd.messages import (
     Get,

@@ -34,7 +34,7 @@ from thespian_dd import (
     WriteLocal,
     WriteMajority,
 )
-from thespian_dd._harness import Cluster, eventually
+from thespian_dd._testkit.harness import Cluster, eventually
 
 __all__ = ["run_demo"]
 

@@ -13,7 +13,7 @@ from typing import Any
 from thespian.actors import ActorSystem
 
 from thespian_dd._peers import NODE_CAPABILITY
-from thespian_dd.durable import safe_url
+from thespian_dd._runtime.store import safe_url
 from thespian_dd.messages import GetStats, Stats
 from thespian_dd.replicator import CAPABILITY_PREFIX, DescribeProcess, ProcessInfo, start
 

@@ -1,0 +1,141 @@
+"""The SQL store (:mod:`thespian_dd._runtime.store`) on its own, without a node: rows and
+tombstones round trip on every store, incarnations grow, a newer schema, a node offline too long
+and a store that is not there are refused, forgotten keys leave no row, and neither a signing key
+nor a password leaks into an error.  Mutated and wrongly signed rows: ``tests/test_fuzz.py``."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from thespian_dd import GCounter, ReplicaId
+from thespian_dd._runtime.store import (
+    FORGOTTEN,
+    Entry,
+    Store,
+    StoreError,
+    read_signing_key,
+    safe_url,
+)
+from thespian_dd.codec import encode
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_the_store_round_trips_rows_and_tombstones_on_every_store(store_url: str) -> None:
+    store = Store(store_url.format(name="r"))
+    try:
+        counter = GCounter().increment(ReplicaId("n", 1), 4)
+        key = "ключ/🔑 " + "k" * 2000  # longer than any index allows, and not ASCII
+        store.write("n", {key: Entry("GCounter", encode(counter), "n#1"), "gone": None})
+        store.write("other", {key: Entry("GCounter", encode(GCounter()), "")})
+        rows = {key: (payload, error) for key, payload, error in store.load("n")}
+        assert rows == {key: (encode(counter), None), "gone": (None, None)}
+        store.write("n", {key: None})  # an upsert: one row per (node, key)
+        assert {k for k, payload, _ in store.load("n") if payload is None} == {"gone", key}
+        assert [r.key for r in store.rows("other")] == [key]
+        assert [r.replicas for r in store.rows("n", key)] == [""]
+        assert store.next_incarnation("n", 7) == 7
+        assert store.next_incarnation("n", 1) == 8
+        assert [name for name, _, _ in store.nodes()] == ["n"]
+    finally:
+        store.close()
+
+
+def test_the_incarnation_is_persisted_and_grows(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/i.db")
+    first = store.next_incarnation("n", 100)
+    second = store.next_incarnation("n", 1)
+    assert first == 100
+    assert second == 101
+    store.close()
+
+
+def test_a_newer_schema_than_the_code_knows_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    Store(url).next_incarnation("n")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE thespian_dd_nodes SET schema_version = 99"))
+    engine.dispose()
+    with pytest.raises(StoreError, match="schema version 99"):
+        Store(url).next_incarnation("n")
+
+
+def test_a_forgotten_key_loses_its_row_and_leaves_no_tombstone(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/f.db")
+    try:
+        entry = Entry("GCounter", encode(GCounter()), "")
+        store.write("n", {"kept": entry, "expired": entry, "deleted": None})
+        store.write("n", {"expired": FORGOTTEN, "deleted": FORGOTTEN, "never": FORGOTTEN})
+        assert [(key, payload) for key, payload, _ in store.load("n")] == [("kept", entry.payload)]
+    finally:
+        store.close()
+
+
+def test_a_node_offline_longer_than_allowed_is_refused_and_its_start_not_counted(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path}/o.db"
+    store = Store(url)
+    try:
+        assert store.next_incarnation("n", 5, max_offline=60.0) == 5  # new: nothing to age
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:  # its last commit three days ago
+            conn.execute(sa.text("UPDATE thespian_dd_nodes SET last_alive = last_alive - 259200"))
+        engine.dispose()
+        refused = r"node n last committed 3\.0 days ago, longer than .* \(1\.0 days\)"
+        with pytest.raises(StoreError, match=refused):
+            store.next_incarnation("n", 1, max_offline=86400.0)
+        assert store.next_incarnation("n", 1, max_offline=4 * 86400.0) == 6
+        assert store.next_incarnation("n", 1, max_offline=60.0) == 7  # that start was a commit
+    finally:
+        store.close()
+
+
+def test_reading_only_creates_neither_a_store_nor_its_tables(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.db"
+    with pytest.raises(StoreError, match=r"cannot open the store .*: no such file"):
+        Store(f"sqlite:///{missing}", create=False)
+    assert not missing.exists()
+    other = tmp_path / "other.db"
+    with contextlib.closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE unrelated (x INTEGER)")
+    with pytest.raises(StoreError, match="it has no thespian_dd tables"):
+        Store(f"sqlite:///{other}", create=False)
+    with contextlib.closing(sqlite3.connect(other)) as conn:
+        tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    assert tables == [("unrelated",)]
+
+
+def test_a_signing_key_file_is_read_whole_and_a_bad_one_named(tmp_path: Path) -> None:
+    key_file = tmp_path / "signing.key"
+    key_file.write_bytes(b"a secret\n")
+    assert read_signing_key(str(key_file)) == b"a secret\n"  # every byte, the newline too
+    empty = tmp_path / "empty.key"
+    empty.write_bytes(b"")
+    with pytest.raises(StoreError, match=r"the signing key file .*empty\.key is empty"):
+        read_signing_key(str(empty))
+    with pytest.raises(StoreError, match=r"cannot read the signing key file .*nowhere\.key: "):
+        read_signing_key(str(tmp_path / "nowhere.key"))
+    bad_keys: list[Any] = [b"", "a secret as text"]
+    for bad in bad_keys:
+        with pytest.raises(StoreError, match="the signing key must be non-empty bytes"):
+            Store(f"sqlite:///{tmp_path}/k.db", signing_key=bad)
+
+
+def test_urls_in_messages_never_show_a_password() -> None:
+    url = "postgresql+psycopg://dd:hunter2@db.invalid/dd"
+    assert safe_url(url) == "postgresql+psycopg://dd:***@db.invalid/dd"
+    assert safe_url("sqlite:///n1.db") == "sqlite:///n1.db"
+    assert safe_url("hunter2, not a URL") == "<not an SQLAlchemy URL>"
+    # Port 1 of loopback refuses at once: the error names the store, password hidden.
+    with pytest.raises(StoreError, match="cannot open the store") as refused:
+        Store("postgresql+psycopg://dd:hunter2@127.0.0.1:1/dd")
+    assert "dd:***@127.0.0.1:1/dd" in str(refused.value)
+    assert "hunter2" not in str(refused.value)

@@ -1,0 +1,144 @@
+"""The DurableWriter (:mod:`thespian_dd._runtime.writer`) on a real SQLite file, in an ActorSystem
+inside the test's process (``simpleSystemBase``: no node, no other process): a load comes in
+chunks bounded by rows and by bytes, then the count; a store that fails is reported with the
+message it failed, and opened afresh for the next one.  With real nodes: ``tests/test_durable.py``
+(restarts, a killed DurableWriter, store outages)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from thespian.actors import ActorSystem
+
+from thespian_dd import GCounter
+from thespian_dd._runtime.store import LOAD_CHUNK_ROWS, Entry, Store
+from thespian_dd._runtime.writer import (
+    LOAD_CHUNK_BYTES,
+    DurableWriter,
+    Load,
+    LoadChunk,
+    Loaded,
+    Write,
+    Written,
+)
+from thespian_dd.codec import encode
+
+pytestmark = pytest.mark.timeout(60)
+
+ENTRY = Entry("GCounter", encode(GCounter()), "")
+
+
+@pytest.fixture
+def asys() -> Iterator[Any]:
+    system = ActorSystem("simpleSystemBase", transientUnique=True, logDefs=None)
+    try:
+        yield system
+    finally:
+        system.shutdown()
+
+
+def _load(asys: Any, message: Load) -> tuple[list[LoadChunk], Loaded]:
+    """What a new DurableWriter answers ``message``: its chunks, then the final Loaded."""
+    writer = asys.createActor(DurableWriter)
+    reply = asys.ask(writer, message, 10)
+    chunks = []
+    while isinstance(reply, LoadChunk):
+        chunks.append(reply)
+        reply = asys.listen(10)
+    assert isinstance(reply, Loaded), reply
+    return chunks, reply
+
+
+def test_a_load_sends_every_row_in_chunks_of_load_chunk_rows_then_the_count(
+    asys: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "w.db"
+    url = f"sqlite:///{path}"
+    keys = {f"k{i}" for i in range(2 * LOAD_CHUNK_ROWS + 2)}
+    store = Store(url)
+    store.write("n", {**dict.fromkeys(keys, ENTRY), "gone": None})
+    store.write("other", {"theirs": ENTRY})  # another node's row: not this load's
+    store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("UPDATE thespian_dd_entries SET payload = x'00' WHERE key = 'k7'")
+        conn.commit()
+    started = time.time_ns() // 1_000_000
+    with caplog.at_level(logging.ERROR):
+        chunks, loaded = _load(asys, Load(url, "n"))
+    total = 2 * LOAD_CHUNK_ROWS + 3
+    assert [len(c.rows) + len(c.skipped) for c in chunks] == [LOAD_CHUNK_ROWS, LOAD_CHUNK_ROWS, 3]
+    rows = dict(row for chunk in chunks for row in chunk.rows)
+    assert rows == {**dict.fromkeys(keys - {"k7"}, ENTRY.payload), "gone": None}
+    skipped = [s for chunk in chunks for s in chunk.skipped]
+    assert [key for key, _ in skipped] == ["k7"]
+    assert "checksum does not match" in skipped[0][1]
+    assert loaded.rows == total
+    assert loaded.error is None
+    assert loaded.incarnation >= started  # at least the time in ms: above any earlier run's
+    # The skipped row is logged, under the logger the DurableWriter has always used.
+    logged = [r.name for r in caplog.records if "skipped stored key 'k7'" in r.getMessage()]
+    assert logged == ["thespian_dd.durable"]
+    _, again = _load(asys, Load(url, "n"))
+    assert again.incarnation > loaded.incarnation
+    assert again.rows == total
+
+
+def test_a_chunk_ends_early_once_its_payloads_reach_load_chunk_bytes(
+    asys: Any, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/w.db"
+    big = Entry("GCounter", bytes(LOAD_CHUNK_BYTES // 4), "")
+    store = Store(url)
+    store.write("n", {f"big{i}": big for i in range(6)})
+    store.close()
+    chunks, loaded = _load(asys, Load(url, "n"))
+    assert [len(chunk.rows) for chunk in chunks] == [4, 2]
+    assert loaded == Loaded(loaded.incarnation, 6)
+
+
+def test_a_load_that_cannot_open_the_store_is_answered_with_the_reason(
+    asys: Any, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the store's directory should be")
+    chunks, loaded = _load(asys, Load(f"sqlite:///{blocker}/n.db", "n"))
+    assert chunks == []
+    assert (loaded.incarnation, loaded.rows) == (0, 0)
+    assert (loaded.error or "").startswith(f"StoreError: cannot open the store sqlite:///{blocker}")
+    missing = str(tmp_path / "nowhere.key")
+    url = f"sqlite:///{tmp_path}/n.db"
+    chunks, loaded = _load(asys, Load(url, "n", signing_key_file=missing))
+    assert chunks == []
+    assert (loaded.error or "").startswith(
+        f"StoreError: cannot read the signing key file {missing}"
+    )
+
+
+def test_a_failed_write_is_answered_with_its_batch_and_the_next_opens_the_store_afresh(
+    asys: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "w.db"
+    url = f"sqlite:///{path}"
+    writer = asys.createActor(DurableWriter)
+    assert asys.ask(writer, Write(url, "n", 1, {"a": ENTRY}), 10) == Written(1)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("DROP TABLE thespian_dd_entries")  # the store loses its table under it
+        conn.commit()
+    failed = asys.ask(writer, Write(url, "n", 2, {"b": ENTRY}), 10)
+    assert isinstance(failed, Written)
+    assert failed.seq == 2
+    assert "no such table" in (failed.error or "")
+    # Opened afresh, which creates the missing table again: the next batch commits.
+    assert asys.ask(writer, Write(url, "n", 3, {"c": ENTRY}), 10) == Written(3)
+    store = Store(url)
+    try:
+        assert [(key, payload) for key, payload, _ in store.load("n")] == [("c", ENTRY.payload)]
+    finally:
+        store.close()

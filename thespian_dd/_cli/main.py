@@ -1,0 +1,275 @@
+"""Command line: ``python -m thespian_dd {demo,node,inspect,bench} ...`` (also installed as
+``thespian-dd``): the argument parser; each command runs in a module of its own."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m thespian_dd",
+        description="Akka-style Distributed Data for Thespian: replicated, durable CRDTs.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="a durable 3-node cluster keeps a shop's state through a full-cluster kill -9",
+        description="Start 3 real nodes (each its own process group and SQLite file), edit a "
+        "shopping cart, an address, hit counters and a feature flag concurrently, kill every "
+        "process with SIGKILL, restart the nodes from their stores and compare every value. "
+        "Stops every process it started, also on Ctrl-C.",
+    )
+    demo.add_argument(
+        "--dir",
+        metavar="DIR",
+        help="keep the nodes' SQLite files and logs here (default: a "
+        "temporary directory, removed afterwards)",
+    )
+    demo.set_defaults(run=_run_demo)
+
+    node = commands.add_parser(
+        "node",
+        help="run one node (an ActorSystem with its Replicator) until SIGTERM or SIGINT",
+        description="Run one node in the foreground: a multiprocTCPBase ActorSystem on --port "
+        "with its Replicator. Without --join the node leads a convention; with --join it joins "
+        "the leader's. Stops gracefully on SIGTERM or SIGINT.",
+    )
+    node.add_argument("--name", required=True, help="the node's name (unique in the cluster)")
+    node.add_argument("--port", required=True, type=_port, help="the ActorSystem's admin port")
+    node.add_argument(
+        "--join", type=_host_port, metavar="HOST:PORT", help="the convention leader's admin address"
+    )
+    node.add_argument(
+        "--store",
+        metavar="URL",
+        help="SQLAlchemy URL of the durable store, e.g. sqlite:///n1.db (default: in memory)",
+    )
+    node.add_argument(
+        "--signing-key-file",
+        metavar="FILE",
+        help="with --store, sign every stored row with the secret held in FILE (HMAC-SHA256) "
+        "and refuse, at load, rows that do not verify (default: a checksum only)",
+    )
+    node.add_argument(
+        "--durable-keys",
+        type=_patterns,
+        metavar="PATTERNS",
+        help="with --store, the keys that persist: comma-separated keys or prefix* patterns "
+        "(default: *, every key)",
+    )
+    node.add_argument(
+        "--expire-keys-after-inactivity",
+        type=_expiries,
+        metavar="RULES",
+        help="keys removed after SECONDS without an update or read: comma-separated "
+        "KEY=SECONDS or PREFIX*=SECONDS (default: none)",
+    )
+    node.add_argument(
+        "--write-mode",
+        choices=["sync", "write-behind"],
+        help="sync: acknowledge an update once committed (default); write-behind: acknowledge "
+        "at once and commit every --write-behind-interval seconds and on stop",
+    )
+    for setting, help_text in [
+        ("write-behind-interval", "seconds between write-behind commits (default 1.0)"),
+        ("gossip-interval", "seconds between gossip rounds (default 2.0)"),
+        ("delta-interval", "seconds between delta propagations, 0 for none (default 0.2)"),
+        ("notify-interval", "seconds between notifications to subscribers (default 0.5)"),
+        ("failure-timeout", "seconds of silence before a peer is unreachable (default 10)"),
+        ("removal-timeout", "seconds unreachable before a peer is removed for good (default 300)"),
+        ("pruning-interval", "seconds between pruning rounds (default 120)"),
+        (
+            "max-pruning-dissemination",
+            "seconds a replica must be seen removed before it is pruned (default 300)",
+        ),
+        ("pruning-marker-ttl", "seconds a pruning marker is kept, keys in memory (default 6 h)"),
+        (
+            "durable-pruning-marker-ttl",
+            (
+                "seconds a pruning marker is kept, durable keys (default 10 days); a node "
+                "offline longer must have its store wiped"
+            ),
+        ),
+    ]:
+        node.add_argument(f"--{setting}", type=float, help=help_text)
+    for setting, help_text in [
+        ("max-value-bytes", "largest encoded value taken from a peer (default 16 MiB)"),
+        ("max-gossip-bytes", "budget of values in one gossip message (default 512 KiB)"),
+    ]:
+        node.add_argument(f"--{setting}", type=int, help=help_text)
+    node.set_defaults(run=_run_node)
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="print what a store holds: nodes, keys, types, sizes, values, updated-at",
+        description="Print the nodes of a durable store and the rows each has stored (reads "
+        "only). Rows that fail their checksum or MAC, or do not decode, are shown as UNREADABLE.",
+    )
+    inspect.add_argument("--store", required=True, metavar="URL", help="SQLAlchemy URL")
+    inspect.add_argument(
+        "--signing-key-file",
+        metavar="FILE",
+        help="the nodes' signing key: verify each row's MAC with it (needed to read a signed "
+        "store)",
+    )
+    inspect.add_argument("--node", metavar="NAME", help="only this node's rows")
+    inspect.add_argument("--key", metavar="KEY", help="only this key, with its whole value")
+    inspect.set_defaults(run=_run_inspect)
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure throughput and sizes against baselines taken in the same run",
+        description="Run the benchmark sections and print each figure, its baseline measured "
+        "in the same run, and their ratio.",
+    )
+    bench.add_argument(
+        "--section",
+        action="append",
+        choices=["crdt", "replicator", "durable", "pruning"],
+        help="run only this section (repeatable; default: all)",
+    )
+    bench.add_argument(
+        "--sizes",
+        default="1000,10000,100000",
+        help="element counts for the crdt section, comma-separated (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply the replicator and durable sections' message and key counts "
+        "(default: %(default)s)",
+    )
+    bench.add_argument(
+        "--postgresql",
+        metavar="URL",
+        default=os.environ.get("THESPIAN_DD_TEST_POSTGRESQL_URL"),
+        help="a PostgreSQL URL whose user may create databases: the durable section also "
+        "measures PostgreSQL (default: $THESPIAN_DD_TEST_POSTGRESQL_URL)",
+    )
+    bench.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    bench.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also draw throughput by write mode and recovery time by key count (the durable "
+        "section) into FILE.png; needs matplotlib: pip install 'thespian_dd[plot]'",
+    )
+    bench.set_defaults(run=_run_bench)
+    return parser
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from thespian_dd._cli.demo import run_demo
+
+    try:
+        return run_demo(print, args.dir)
+    except KeyboardInterrupt:
+        print("demo: interrupted; its nodes are stopped")
+        return 130
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 1-65535: {port}")
+    return port
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
+    return host, _port(port)
+
+
+def _patterns(text: str) -> list[str]:
+    patterns = [p.strip() for p in text.split(",")]
+    if not all(patterns):
+        raise argparse.ArgumentTypeError(f"expected comma-separated keys or patterns: {text!r}")
+    return patterns
+
+
+def _expiries(text: str) -> dict[str, float]:
+    rules = {}
+    for rule in text.split(","):
+        pattern, sep, seconds = rule.strip().rpartition("=")
+        try:
+            rules[pattern] = float(seconds)
+        except ValueError:
+            sep = ""
+        if not sep or not pattern:
+            raise argparse.ArgumentTypeError(f"expected KEY=SECONDS rules, not {rule!r}")
+    return rules
+
+
+def _run_node(args: argparse.Namespace) -> int:
+    from thespian_dd._cli.node import run_node
+    from thespian_dd.replicator import Settings
+
+    settings = {
+        name: value
+        for name in sorted(Settings.names() - {"node_name"})
+        if (value := getattr(args, name, None)) is not None
+    }
+
+    try:
+        Settings.from_mapping({"node_name": args.name, **settings})
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"node: {e}") from None
+    return run_node(args.name, args.port, args.join, settings, print)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from thespian_dd._cli.inspect import inspect_store
+    from thespian_dd._runtime.store import StoreError, read_signing_key
+
+    try:
+        key = read_signing_key(args.signing_key_file) if args.signing_key_file else None
+        return inspect_store(args.store, args.node, args.key, print, signing_key=key)
+    except StoreError as e:
+        raise SystemExit(f"inspect: {e}") from None
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from thespian_dd._cli.bench import SECTIONS, run_bench
+
+    try:
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"bench: --sizes takes comma-separated ints, not {args.sizes!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise SystemExit("bench: --sizes needs at least one count >= 1")
+    if not args.scale > 0:
+        raise SystemExit("bench: --scale must be > 0")
+    sections = args.section or list(SECTIONS)
+    if args.plot and "durable" not in sections:
+        raise SystemExit("bench: --plot draws the durable section: add --section durable")
+    results = run_bench(
+        sections,
+        sizes=sizes,
+        scale=args.scale,
+        json_path=args.json,
+        out=print,
+        postgresql=args.postgresql,
+    )
+    if args.plot:
+        from thespian_dd._cli.plot import plot_results
+
+        plot_results(results, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    result: int = args.run(args)
+    return result
