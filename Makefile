@@ -1,10 +1,10 @@
-# The two commands of the README. Each creates .venv on first use and installs into it, so they
-# work on a fresh machine with only Python 3.11+ and make.
+# The commands of the README. Each creates .venv on first use and installs into it, so they work
+# on a fresh machine with only Python 3.11+ and make.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint
+.PHONY: demo test fast lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(VENV)/.installed
 # tests/conftest.py), the pure ones on the other.
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+# The fast tier: every test that starts no node and no network namespace, on both cores.
+fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -m "not multinode" -n 2
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -131,8 +131,8 @@ def test_a_short_chaos_schedule_with_real_partitions_loses_no_acknowledged_opera
     [
         # The long sync run is part of every test run, CI included; the others on demand.
         pytest.param("sync", False, marks=[pytest.mark.multinode, pytest.mark.slow]),
-        pytest.param("write-behind", False, marks=pytest.mark.chaos),
-        pytest.param("sync", True, marks=pytest.mark.chaos),
+        pytest.param("write-behind", False, marks=[pytest.mark.multinode, pytest.mark.chaos]),
+        pytest.param("sync", True, marks=[pytest.mark.multinode, pytest.mark.chaos]),
     ],
     ids=["sync", "write-behind", "sync-real-partitions"],
 )

@@ -1,15 +1,20 @@
-"""The codec refuses every damaged or hostile input with CodecError, and never returns garbage."""
+"""The codec refuses every damaged or hostile input with CodecError, and never returns garbage:
+truncated, flipped, random, mutated and spliced bytes, bodies mutated under a valid checksum,
+well-formed trees of the wrong shape, non-canonical spellings, and input past its caps."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from crdt_table import ROWS, states_of
+from fuzzing import ROW_VALUES, mutations, sample_values
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,6 +25,7 @@ from thespian_dd import (
     ORMap,
     ORSet,
     ReplicaId,
+    ReplicatedData,
 )
 from thespian_dd._canonical import decode_tree, encode_tree
 from thespian_dd.codec import FORMAT_VERSION, CodecError, Limits, decode, digest, encode
@@ -88,8 +94,6 @@ def test_every_flipped_byte_is_refused(data: st.DataObject) -> None:
 
 def _with_valid_checksum(body: bytes) -> bytes:
     """A well-formed envelope around an arbitrary body: only the structure checks stand."""
-    import hashlib
-
     head = b"TDD" + bytes((FORMAT_VERSION,)) + body
     return head + hashlib.blake2b(head, digest_size=16).digest()
 
@@ -154,6 +158,94 @@ def test_structurally_invalid_states_are_refused(tree: object, message: str) -> 
 def test_trees_have_one_spelling(body: bytes, message: str) -> None:
     with pytest.raises(CodecError, match=message):
         decode_tree(body, Limits())
+
+
+# -- fuzzed: damaged bytes, mutated bodies, trees of the wrong shape -----------------------------
+
+CODEC_VALUES = [*ROW_VALUES.values(), *sample_values().values()]
+
+
+def _decode_or_codec_error(raw: bytes, limits: Limits | None = None) -> Any:
+    """decode(raw); only CodecError may come out of it (returned, not raised)."""
+    try:
+        return decode(raw, limits)
+    except CodecError as e:
+        return e
+
+
+@pytest.mark.timeout(300)
+@given(
+    value=st.sampled_from(CODEC_VALUES),
+    data=st.data(),
+    how=st.sampled_from(["mutated", "random", "spliced"]),
+)
+def test_decoding_damaged_bytes_raises_codec_error_only(
+    value: Any, data: st.DataObject, how: str
+) -> None:
+    raw = encode(value)
+    if how == "mutated":
+        damaged = data.draw(mutations(raw))
+    elif how == "random":
+        damaged = data.draw(st.binary(max_size=200))
+    else:  # the head of one value and the tail of another
+        other = encode(data.draw(st.sampled_from(CODEC_VALUES)))
+        cut = data.draw(st.integers(0, len(raw)))
+        damaged = raw[:cut] + other[data.draw(st.integers(0, len(other))) :]
+    result = _decode_or_codec_error(damaged)
+    if damaged in {encode(v) for v in CODEC_VALUES}:
+        assert not isinstance(result, CodecError)
+        assert encode(result) == damaged  # a real encoding, spliced back together
+    else:
+        assert isinstance(result, CodecError), (damaged, result)
+
+
+@pytest.mark.timeout(300)
+@given(value=st.sampled_from(CODEC_VALUES), data=st.data())
+def test_a_mutated_body_with_a_valid_checksum_decodes_to_its_own_encoding_or_is_refused(
+    value: Any, data: st.DataObject
+) -> None:
+    # With the checksum out of the way only the structural checks stand between a corrupted body
+    # and the Replicator: they must raise CodecError, or give a value that is what the bytes say.
+    body = encode(value)[4:-16]
+    damaged = _with_valid_checksum(data.draw(mutations(body)))
+    limits = Limits(max_items=10_000, max_depth=32)
+    result = _decode_or_codec_error(damaged, limits)
+    if not isinstance(result, CodecError):
+        _assert_usable(result)
+        # Bytes that decode are the one encoding of what they decode to: equal values have
+        # equal bytes (digests compare them), so no second spelling may be accepted.
+        assert encode(result) == damaged, result
+
+
+def _assert_usable(value: Any) -> None:
+    """A decoded value is a sound state of its type: it has a value, merges with itself, and
+    encodes to bytes that decode to it again."""
+    assert isinstance(value, ReplicatedData)
+    value.value  # noqa: B018 - computing it must not raise
+    assert value.merge(value) == value
+    assert decode(encode(value)) == value
+
+
+@pytest.mark.timeout(300)
+@given(
+    tree=st.recursive(
+        st.one_of(
+            st.none(), st.booleans(), st.integers(), st.text(max_size=5), st.binary(max_size=5)
+        ),
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=3)
+        ),
+        max_leaves=10,
+    ),
+    name=st.sampled_from(["GCounter", "ORSet", "ORMap", "LWWMap", "LWWRegister", "Flag", "X"]),
+)
+def test_well_formed_trees_of_the_wrong_shape_are_refused(tree: Any, name: str) -> None:
+    raw = _with_valid_checksum(encode_tree([name, tree]))
+    result = _decode_or_codec_error(raw)
+    if not isinstance(result, CodecError):
+        assert type(result).__name__ == name
+        _assert_usable(result)
+        assert encode(result) == raw, result
 
 
 def test_caps_apply_to_what_a_decode_produces() -> None:

@@ -1,5 +1,5 @@
 """The consistency levels' arithmetic (the rest of the protocol is driven through real nodes in
-test_replicator.py and test_fuzz.py)."""
+test_replicator.py, test_fuzz_client.py and test_fuzz_peer.py)."""
 
 from __future__ import annotations
 

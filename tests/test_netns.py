@@ -37,6 +37,9 @@ from thespian_dd.testing import (
     require_network_namespaces,
 )
 
+# Every test here makes network namespaces (the check that the machine can costs one too).
+pytestmark = pytest.mark.multinode
+
 
 @pytest.fixture
 def network() -> Iterator[Callable[[int], Network]]:
@@ -165,7 +168,6 @@ def test_a_cluster_on_a_network_refuses_a_server_store(tmp_path: Path) -> None:
         Cluster(tmp_path, 2, network=True, store="postgresql://user@localhost/db")
 
 
-@pytest.mark.multinode
 @pytest.mark.timeout(60)
 def test_replicas_diverge_in_a_real_partition_and_converge_after_heal(
     cluster: Cluster, record_property: Callable[[str, object], None]
@@ -199,7 +201,6 @@ def test_replicas_diverge_in_a_real_partition_and_converge_after_heal(
     eventually(lambda: [_replicas(cluster, i) for i in range(2)] == [2, 2], 10, what="2 replicas")
 
 
-@pytest.mark.multinode
 @pytest.mark.timeout(60)
 def test_twenty_sends_to_a_silent_peer_stall_every_send_of_the_actor(cluster: Cluster) -> None:
     """Thespian (4.0.1) lets an actor have 20 transmits in flight (THESPIAN_MAX_PENDING_TRANSMITS)
@@ -229,7 +230,6 @@ def test_twenty_sends_to_a_silent_peer_stall_every_send_of_the_actor(cluster: Cl
     eventually(lambda: received(near, senders[1]) is not None, 10, what="the sender answers")
 
 
-@pytest.mark.multinode
 @pytest.mark.timeout(90)
 def test_a_cut_off_replicator_keeps_answering_its_clients_while_it_writes(
     cluster_factory: Callable[..., Cluster],
@@ -257,7 +257,6 @@ def test_a_cut_off_replicator_keeps_answering_its_clients_while_it_writes(
     )
 
 
-@pytest.mark.multinode
 @pytest.mark.timeout(90)
 def test_a_subscriber_on_a_cut_off_node_does_not_stall_the_replicator(
     cluster_factory: Callable[..., Cluster],

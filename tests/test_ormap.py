@@ -1,16 +1,16 @@
-"""ORMap: examples, and a state machine against a textbook observed-remove map (every update a
-unique tag carrying the value its replica wrote, every remove a tombstone of the tags it saw)."""
+"""ORMap: examples, and the state machine of textbook.py against a textbook observed-remove map
+(every update a unique tag carrying the value its replica wrote, every remove a tombstone of the
+tags it saw): set adds and discards and counter increments under keys, key removes, on three
+replicas, merges and deltas."""
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from test_orset import TextbookORSet
+from textbook import Operation, Row, Tag, TextbookORMap, TextbookORSet, against_textbook
 
 from thespian_dd import GCounter, LWWMap, ORMap, ORMultiMap, ORSet, PNCounterMap, ReplicaId
 
@@ -82,142 +82,68 @@ def test_specialised_maps() -> None:
     assert ORMultiMap().add_binding(A, "k", 1).remove_binding(A, "k", 1).value == {}
 
 
-# -- model-based ---------------------------------------------------------------------------------
+# -- model-based: a row of the state machine of textbook.py ---------------------------------------
 
-Tag = tuple[int, int]
-
-
-@dataclass
-class TextbookORMap:
-    updates: dict[Tag, tuple[str, Any]] = field(default_factory=dict)
-    tombstones: set[Tag] = field(default_factory=set)
-
-    def live(self, key: str) -> dict[Tag, Any]:
-        return {
-            t: inner
-            for t, (k, inner) in self.updates.items()
-            if k == key and t not in self.tombstones
-        }
-
-    def current(self, key: str) -> Any:
-        versions = list(self.live(key).values())
-        if not versions:
-            return None
-        if isinstance(versions[0], TextbookORSet):
-            joined = TextbookORSet()
-            for v in versions:
-                joined.merge(v)
-            return joined
-        increments: dict[Tag, int] = {}  # a counter is the increments its versions saw
-        for v in versions:
-            increments.update(v)
-        return increments
-
-    @property
-    def value(self) -> dict[str, Any]:
-        out = {}
-        for key in {k for k, _ in self.updates.values()}:
-            current = self.current(key)
-            if current is not None:
-                out[key] = (
-                    current.value if isinstance(current, TextbookORSet) else sum(current.values())
-                )
-        return out
-
-    def merge(self, other: TextbookORMap) -> None:
-        self.updates.update(other.updates)
-        self.tombstones |= other.tombstones
-
-
-REPLICAS = [A, B, C]
-INDEX = st.integers(0, len(REPLICAS) - 1)
 SET_KEYS = st.sampled_from(["s1", "s2"])
 ELEMENTS = st.sampled_from(["x", "y", 1])
 
 
-class ORMapAgainstTextbook(RuleBasedStateMachine):
-    def __init__(self) -> None:
-        super().__init__()
-        self.real = [ORMap() for _ in REPLICAS]
-        self.model = [TextbookORMap() for _ in REPLICAS]
-        self.unshipped = [TextbookORMap() for _ in REPLICAS]
-        self.tag = 0
-
-    def _fresh_tag(self, i: int) -> Tag:
-        self.tag += 1
-        return (i, self.tag)
-
-    def _model_update(self, i: int, key: str, empty: Any, fn: Any) -> None:
-        model = self.model[i]
-        current = model.current(key)
-        new = fn(copy.deepcopy(current) if current is not None else empty)
-        seen = set(model.live(key))
-        tag = self._fresh_tag(i)
-        for target in (model, self.unshipped[i]):
-            target.tombstones |= seen
-            target.updates[tag] = (key, new)
-
-    @rule(i=INDEX, key=SET_KEYS, element=ELEMENTS)
-    def add(self, i: int, key: str, element: object) -> None:
-        node = REPLICAS[i]
-        self.real[i] = self.real[i].update(node, key, ORSet(), lambda s: s.add(node, element))
-
-        def model_add(s: TextbookORSet) -> TextbookORSet:
-            s.tombstones |= {t for e, t in s.tags if e == element}  # an add replaces (see ORSet)
-            s.tags.add((element, self._fresh_tag(i)))
-            return s
-
-        self._model_update(i, key, TextbookORSet(), model_add)
-
-    @rule(i=INDEX, key=SET_KEYS, element=ELEMENTS)
-    def discard(self, i: int, key: str, element: object) -> None:
-        node = REPLICAS[i]
-        self.real[i] = self.real[i].update(node, key, ORSet(), lambda s: s.remove(node, element))
-
-        def model_discard(s: TextbookORSet) -> TextbookORSet:
-            s.tombstones |= {t for e, t in s.tags if e == element}
-            return s
-
-        self._model_update(i, key, TextbookORSet(), model_discard)
-
-    @rule(i=INDEX, n=st.integers(1, 3))
-    def count(self, i: int, n: int) -> None:
-        node = REPLICAS[i]
-        self.real[i] = self.real[i].update(node, "c", GCounter(), lambda c: c.increment(node, n))
-
-        def model_count(increments: dict[Tag, int]) -> dict[Tag, int]:
-            increments[self._fresh_tag(i)] = n
-            return increments
-
-        self._model_update(i, "c", {}, model_count)
-
-    @rule(i=INDEX, key=st.sampled_from(["s1", "s2", "c"]))
-    def remove(self, i: int, key: str) -> None:
-        self.real[i] = self.real[i].remove(REPLICAS[i], key)
-        seen = set(self.model[i].live(key))
-        self.model[i].tombstones |= seen
-        self.unshipped[i].tombstones |= seen
-
-    @rule(i=INDEX, j=INDEX)
-    def merge_full_state(self, i: int, j: int) -> None:
-        self.real[i] = self.real[i].merge(self.real[j])
-        self.model[i].merge(self.model[j])
-
-    @rule(i=INDEX)
-    def ship_deltas_to_everyone(self, i: int) -> None:
-        delta = self.real[i].delta
-        if delta is not None:
-            for j in range(len(REPLICAS)):
-                if j != i:
-                    self.real[j] = self.real[j].merge_delta(delta)
-                    self.model[j].merge(copy.deepcopy(self.unshipped[i]))
-        self.real[i] = self.real[i].reset_delta()
-        self.unshipped[i] = TextbookORMap()
-
-    @invariant()
-    def every_replica_agrees_with_its_model(self) -> None:
-        for real, model in zip(self.real, self.model, strict=True):
-            assert real.value == model.value
+def _real_add(m: ORMap, node: ReplicaId, key: str, element: object) -> ORMap:
+    return m.update(node, key, ORSet(), lambda s: s.add(node, element))
 
 
-TestORMapAgainstTextbook = ORMapAgainstTextbook.TestCase
+def _model_add(
+    model: TextbookORMap, tag: Callable[[], Tag], key: str, element: object
+) -> TextbookORMap:
+    def add(s: TextbookORSet) -> TextbookORSet:
+        s.tombstones |= {t for e, t in s.tags if e == element}  # an add replaces (see ORSet)
+        s.tags.add((element, tag()))
+        return s
+
+    return model.update(key, TextbookORSet(), add, tag)
+
+
+def _real_discard(m: ORMap, node: ReplicaId, key: str, element: object) -> ORMap:
+    return m.update(node, key, ORSet(), lambda s: s.remove(node, element))
+
+
+def _model_discard(
+    model: TextbookORMap, tag: Callable[[], Tag], key: str, element: object
+) -> TextbookORMap:
+    def discard(s: TextbookORSet) -> TextbookORSet:
+        s.tombstones |= {t for e, t in s.tags if e == element}
+        return s
+
+    return model.update(key, TextbookORSet(), discard, tag)
+
+
+def _real_count(m: ORMap, node: ReplicaId, n: int) -> ORMap:
+    return m.update(node, "c", GCounter(), lambda c: c.increment(node, n))
+
+
+def _model_count(model: TextbookORMap, tag: Callable[[], Tag], n: int) -> TextbookORMap:
+    def count(increments: dict[Tag, int]) -> dict[Tag, int]:
+        increments[tag()] = n
+        return increments
+
+    return model.update("c", {}, count, tag)
+
+
+ORMAP = Row(
+    "ORMap",
+    ORMap,
+    TextbookORMap,
+    [
+        Operation("add", {"key": SET_KEYS, "element": ELEMENTS}, _real_add, _model_add),
+        Operation("discard", {"key": SET_KEYS, "element": ELEMENTS}, _real_discard, _model_discard),
+        Operation("count", {"n": st.integers(1, 3)}, _real_count, _model_count),
+        Operation(
+            "remove",
+            {"key": st.sampled_from(["s1", "s2", "c"])},
+            lambda m, node, key: m.remove(node, key),
+            lambda model, tag, key: model.remove(key),
+        ),
+    ],
+)
+
+TestORMapAgainstTextbook = against_textbook(ORMAP).TestCase

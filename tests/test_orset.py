@@ -1,12 +1,13 @@
-"""ORSet: examples, and a state machine against the textbook OR-Set (unique tags and tombstones)."""
+"""ORSet: examples, and the state machine of textbook.py against the textbook OR-Set (unique tags
+and tombstones): adds, removes and clears on three replicas, merges and deltas."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import pytest
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from textbook import Operation, Row, Tag, TextbookORSet, against_textbook
 
 from thespian_dd import ORSet, ReplicaId
 from thespian_dd.data import CausalContext
@@ -71,106 +72,41 @@ def test_values_are_immutable() -> None:
         s.entries = {}
 
 
-# -- model-based ---------------------------------------------------------------------------------
+# -- model-based: a row of the state machine of textbook.py ---------------------------------------
 
-
-@dataclass
-class TextbookORSet:
-    """The OR-Set with unique tags and tombstones (Shapiro et al.): every add a new tag, every
-    remove a tombstone for each tag it has seen."""
-
-    tags: set[tuple[object, tuple[int, int]]] = field(default_factory=set)
-    tombstones: set[tuple[int, int]] = field(default_factory=set)
-
-    @property
-    def value(self) -> frozenset[object]:
-        return frozenset(e for e, t in self.tags if t not in self.tombstones)
-
-    def merge(self, other: TextbookORSet) -> None:
-        self.tags |= other.tags
-        self.tombstones |= other.tombstones
-
-
-REPLICAS = [A, B, C]
 ELEMENTS = st.sampled_from(["x", "y", "z", 1, 2])
-INDEX = st.integers(0, len(REPLICAS) - 1)
 
 
-class ORSetAgainstTextbook(RuleBasedStateMachine):
-    def __init__(self) -> None:
-        super().__init__()
-        self.real = [ORSet() for _ in REPLICAS]
-        self.model = [TextbookORSet() for _ in REPLICAS]
-        # What each replica did since it last shipped its delta, for the model.
-        self.unshipped = [TextbookORSet() for _ in REPLICAS]
-        self.tag = 0
-
-    def _fresh_tag(self, i: int) -> tuple[int, int]:
-        self.tag += 1
-        return (i, self.tag)
-
-    @rule(i=INDEX, element=ELEMENTS)
-    def add(self, i: int, element: object) -> None:
-        self.real[i] = self.real[i].add(REPLICAS[i], element)
-        # An add replaces the adds of the element it has seen (so a later remove that sees this
-        # add also removes those), as in Akka and Bieniusa et al.'s optimised OR-Set.
-        model = self.model[i]
-        seen = {t for e, t in model.tags if e == element and t not in model.tombstones}
-        tag = (element, self._fresh_tag(i))
-        for target in (model, self.unshipped[i]):
-            target.tombstones |= seen
-            target.tags.add(tag)
-
-    @rule(i=INDEX, element=ELEMENTS)
-    def remove(self, i: int, element: object) -> None:
-        self.real[i] = self.real[i].remove(REPLICAS[i], element)
-        model = self.model[i]
-        seen = {t for e, t in model.tags if e == element and t not in model.tombstones}
-        self.model[i].tombstones |= seen
-        self.unshipped[i].tombstones |= seen
-
-    @rule(i=INDEX)
-    def clear(self, i: int) -> None:
-        self.real[i] = self.real[i].clear(REPLICAS[i])
-        model = self.model[i]
-        seen = {t for _, t in model.tags if t not in model.tombstones}
-        self.model[i].tombstones |= seen
-        self.unshipped[i].tombstones |= seen
-
-    @rule(i=INDEX, j=INDEX)
-    def merge_full_state(self, i: int, j: int) -> None:
-        self.real[i] = self.real[i].merge(self.real[j])
-        self.model[i].merge(self.model[j])
-
-    @rule(i=INDEX)
-    def ship_deltas_to_everyone(self, i: int) -> None:
-        delta = self.real[i].delta
-        if delta is not None:
-            for j in range(len(REPLICAS)):
-                if j != i:
-                    self.real[j] = self.real[j].merge_delta(delta)
-                    self.model[j].merge(self.unshipped[i])
-        self.real[i] = self.real[i].reset_delta()
-        self.unshipped[i] = TextbookORSet()
-
-    @invariant()
-    def every_replica_agrees_with_its_model(self) -> None:
-        for real, model in zip(self.real, self.model, strict=True):
-            assert real.value == model.value
-
-    @invariant()
-    def all_replicas_together_agree_with_the_model(self) -> None:
-        merged = self.real[0].merge(self.real[1]).merge(self.real[2])
-        model = TextbookORSet()
-        for m in self.model:
-            model.merge(m)
-        assert merged.value == model.value
-
-    @invariant()
-    def contexts_are_version_vectors_when_no_delta_is_in_flight(self) -> None:
-        if all(r.delta is None for r in self.real):
-            for real in self.real:
-                assert real.context.is_contiguous()
+def _add(model: TextbookORSet, tag: Callable[[], Tag], element: object) -> TextbookORSet:
+    # An add replaces the adds of the element it has seen (so a later remove that sees this add
+    # also removes those), as in Akka and Bieniusa et al.'s optimised OR-Set.
+    return TextbookORSet({(element, tag())}, model.live(element))
 
 
-TestORSetAgainstTextbook = ORSetAgainstTextbook.TestCase
+def _remove(model: TextbookORSet, tag: Callable[[], Tag], element: object) -> TextbookORSet:
+    return TextbookORSet(tombstones=model.live(element))
+
+
+def _clear(model: TextbookORSet, tag: Callable[[], Tag]) -> TextbookORSet:
+    return TextbookORSet(tombstones={t for _, t in model.tags if t not in model.tombstones})
+
+
+ORSET = Row(
+    "ORSet",
+    ORSet,
+    TextbookORSet,
+    [
+        Operation(
+            "add", {"element": ELEMENTS}, lambda s, node, element: s.add(node, element), _add
+        ),
+        Operation(
+            "remove",
+            {"element": ELEMENTS},
+            lambda s, node, element: s.remove(node, element),
+            _remove,
+        ),
+        Operation("clear", {}, lambda s, node: s.clear(node), _clear),
+    ],
+)
+
+TestORSetAgainstTextbook = against_textbook(ORSET).TestCase
