@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from thespian_dd import GCounter, ReplicaId
 from thespian_dd._canonical import CodecError, Limits, encode_tree
-from thespian_dd._pruning import (
+from thespian_dd._runtime.markers import (
     Initialized,
     Marker,
     Performed,

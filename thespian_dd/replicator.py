@@ -46,7 +46,6 @@ from thespian.system.transport import SendStatus, TransmitIntent, asyncTransport
 
 from thespian_dd import codec
 from thespian_dd._canonical import CodecError, Limits
-from thespian_dd._pruning import Markers, join_envelope, only_performed
 from thespian_dd._runtime.antientropy import differing_buckets, differing_keys, within_budget
 from thespian_dd._runtime.checks import (
     Rejections,
@@ -59,6 +58,7 @@ from thespian_dd._runtime.checks import (
 from thespian_dd._runtime.deltas import DeltaQueue
 from thespian_dd._runtime.durability import Durability
 from thespian_dd._runtime.keys import KeyTable
+from thespian_dd._runtime.markers import Markers, join_envelope, only_performed
 from thespian_dd._runtime.peers import Introducer, Peer, PeerTable
 from thespian_dd._runtime.protocol import (
     NODE_CAPABILITY,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from thespian_dd import codec
 from thespian_dd._canonical import CodecError, Limits
-from thespian_dd._pruning import split_envelope
+from thespian_dd._runtime.markers import split_envelope
 from thespian_dd._runtime.store import DELETED, Store, StoredRow
 
 __all__ = ["inspect_store"]

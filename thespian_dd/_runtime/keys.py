@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from thespian_dd import codec
 from thespian_dd._canonical import Limits
-from thespian_dd._pruning import Marker, Markers, Performed, envelope_digest, join_envelope
-from thespian_dd._pruning import split_envelope as _split_envelope
+from thespian_dd._runtime.markers import Marker, Markers, Performed, envelope_digest, join_envelope
+from thespian_dd._runtime.markers import split_envelope as _split_envelope
 from thespian_dd._runtime.protocol import TOMBSTONE
 from thespian_dd.data import ReplicaId, ReplicatedData
 

@@ -1,5 +1,5 @@
-"""Pruning of removed replicas (the protocol is in :mod:`thespian_dd._pruning`), and merging a
-peer's value with the markers that travel with it.
+"""Pruning rounds over the key table, and merging a peer's value with the markers that travel
+with it (the protocol and its markers: :mod:`thespian_dd._runtime.markers`).
 
 A replica counts as removed when it writes no more: an earlier start of a live node, or a node
 that is no member.  A node that is merely new counts too, which is why marking waits
@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 from thespian_dd import codec
 from thespian_dd._canonical import Limits
-from thespian_dd._pruning import (
+from thespian_dd._runtime.checks import key_error
+from thespian_dd._runtime.keys import KeyTable
+from thespian_dd._runtime.markers import (
     Initialized,
     Marker,
     Markers,
@@ -24,8 +26,6 @@ from thespian_dd._pruning import (
     merge_markers,
     split_envelope,
 )
-from thespian_dd._runtime.checks import key_error
-from thespian_dd._runtime.keys import KeyTable
 from thespian_dd._runtime.protocol import TOMBSTONE
 from thespian_dd._runtime.settings import Settings
 from thespian_dd.data import RemovedNodePruning, ReplicaId, ReplicatedData
