@@ -1,0 +1,558 @@
+"""PeerTable, the Replicator's membership: learning peers (new, a newer incarnation, an older one,
+this node, a departed or pruned replica, an address that is no ActorAddress); the failure
+detector on a fake monotonic clock (unreachable once ``failure_timeout`` has passed, revived only
+by the current incarnation, removed only after ``removal_timeout`` and only on the majority
+side); what a quorum request goes to (``targets``), N (``replica_count``), ``in_majority``,
+``live``, ``directory`` and ``left``; and whether a quorum request can succeed with unreachable
+peers, for the public consistency levels, as ``Quorums.open`` decides it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from thespian.actors import ActorAddress
+
+from thespian_dd._runtime.peers import Peer, PeerTable
+from thespian_dd._runtime.protocol import RequestTimeout
+from thespian_dd._runtime.quorums import Pending, Quorums
+from thespian_dd.data import ReplicaId
+from thespian_dd.messages import (
+    ReadAll,
+    ReadConsistency,
+    ReadFrom,
+    ReadLocal,
+    ReadMajority,
+    WriteAll,
+    WriteConsistency,
+    WriteLocal,
+    WriteMajority,
+    WriteTo,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+FAILURE = 10.0
+REMOVAL = 300.0
+ME = ReplicaId("me", 1)
+
+
+class Monotonic:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Table:
+    """A PeerTable on a fake clock, with what it called back recorded."""
+
+    def __init__(self, pruned: set[ReplicaId] | None = None) -> None:
+        self.clock = Monotonic()
+        self.pruned: set[ReplicaId] = set() if pruned is None else pruned
+        self.refused: list[tuple[ReplicaId, Any]] = []
+        self.replaced: list[ReplicaId] = []
+        self.peers = PeerTable(
+            failure_timeout=FAILURE,
+            removal_timeout=REMOVAL,
+            pruned=self.pruned,
+            refused=lambda replica, address: self.refused.append((replica, address)),
+            replaced=self.replaced.append,
+            clock=self.clock,
+        )
+
+    def learn(self, *replicas: ReplicaId) -> None:
+        for replica in replicas:
+            assert self.peers.learn(ME, replica, address_of(replica))
+
+    def at(self, now: float) -> Table:
+        self.clock.now = now
+        return self
+
+    def sweep(self) -> tuple[list[ReplicaId], list[ReplicaId], list[tuple[ReplicaId, float]]]:
+        kept, lost, removed = self.peers.sweep()
+        return (
+            [p.replica for p in kept],
+            [p.replica for p in lost],
+            [(p.replica, silent) for p, silent in removed],
+        )
+
+
+def address_of(replica: ReplicaId) -> ActorAddress:
+    return ActorAddress(f"{replica.node}@{replica.incarnation}")
+
+
+A1, A2, A3 = ReplicaId("a", 1), ReplicaId("a", 2), ReplicaId("a", 3)
+B, C, D, E = ReplicaId("b", 1), ReplicaId("c", 1), ReplicaId("d", 1), ReplicaId("e", 1)
+FIVE = (A1, B, C, D)  # with this node: a cluster of five
+
+
+# -- learning peers -------------------------------------------------------------------------------
+
+
+def test_a_new_peer_is_learned_reachable_and_seen_now() -> None:
+    t = Table().at(42.0)
+    assert t.peers.learn(ME, B, address_of(B))
+    peer = t.peers.get("b")
+    assert peer == Peer(B, address_of(B), 42.0, reachable=True)
+    assert len(t.peers) == 1
+    assert [p.replica for p in t.peers] == [B]
+    assert t.peers.current(peer)
+    assert t.replaced == []
+    assert t.refused == []
+
+
+def test_a_newer_incarnation_replaces_the_old_one_and_says_so() -> None:
+    t = Table()
+    t.learn(A1)
+    old = t.peers.get("a")
+    assert old is not None
+    t.at(5.0)
+    assert t.peers.learn(ME, A2, address_of(A2))
+    new = t.peers.get("a")
+    assert new is not None
+    assert (new.replica, new.address, new.last_seen) == (A2, address_of(A2), 5.0)
+    assert t.replaced == [A1]
+    assert not t.peers.current(old)
+    assert t.peers.current(new)
+    assert len(t.peers) == 1
+    assert t.peers.replica_count() == 2  # one node, whatever its incarnations
+
+
+def test_an_older_or_equal_incarnation_is_ignored() -> None:
+    t = Table()
+    t.learn(A2)
+    before = t.peers.get("a")
+    t.at(100.0)
+    assert not t.peers.learn(ME, A1, address_of(A1))
+    assert not t.peers.learn(ME, A2, address_of(A2))
+    assert not t.peers.learn(ME, A2, ActorAddress("elsewhere"))
+    assert t.peers.get("a") is before
+    assert before is not None
+    assert (before.address, before.last_seen) == (address_of(A2), 0.0)  # not refreshed
+    assert t.replaced == []
+
+
+def test_this_node_is_never_its_own_peer_in_any_incarnation() -> None:
+    t = Table()
+    for me in (ME, ReplicaId("me", 0), ReplicaId("me", 2)):
+        assert not t.peers.learn(ME, me, address_of(me))
+    assert len(t.peers) == 0
+
+
+def test_a_departed_replica_is_not_learned_again_but_its_next_incarnation_is() -> None:
+    t = Table()
+    t.learn(A1, B, C)
+    t.at(FAILURE + 1)
+    t.peers.heard(B)
+    t.peers.heard(C)
+    t.sweep()
+    t.at(REMOVAL + 1)
+    t.peers.heard(B)
+    t.peers.heard(C)
+    assert [r for r, _ in t.sweep()[2]] == [A1]
+    assert t.peers.departed == {A1}
+    assert not t.peers.learn(ME, A1, address_of(A1))
+    assert t.peers.get("a") is None
+    assert t.refused == []  # it was told when it spoke (the Replicator's _accept), not here
+    assert t.peers.learn(ME, A2, address_of(A2))  # restarted: a new incarnation
+    assert t.replaced == []  # nothing was kept for A1 any more
+
+
+def test_a_pruned_replica_is_refused_and_told_but_its_next_incarnation_is_learned() -> None:
+    t = Table(pruned={A1})
+    address = address_of(A1)
+    assert not t.peers.learn(ME, A1, address)
+    assert t.peers.get("a") is None
+    assert len(t.refused) == 1
+    assert t.refused[0][0] == A1
+    assert t.refused[0][1] == address
+    assert t.peers.learn(ME, A2, address_of(A2))
+    assert len(t.refused) == 1
+
+
+def test_the_pruned_set_is_read_when_learning_not_copied() -> None:
+    # The key table adds to it as Performed markers arrive.
+    t = Table()
+    t.pruned.add(B)
+    assert not t.peers.learn(ME, B, address_of(B))
+    assert [r for r, _ in t.refused] == [B]
+
+
+@pytest.mark.parametrize("address", [None, "b@1", ("b", 1), {"b": 1}, 7])
+def test_an_address_that_is_no_actor_address_is_ignored(address: object) -> None:
+    t = Table(pruned={B})
+    assert not t.peers.learn(ME, B, address)
+    assert not t.peers.learn(ME, C, address)
+    assert len(t.peers) == 0
+    assert t.refused == []  # not even told: every send to it would fail
+
+
+def test_learn_all_learns_the_new_peers_of_a_directory_and_skips_the_rest() -> None:
+    t = Table(pruned={D})
+    t.learn(A2)
+    directory: dict[str, Any] = {
+        "a": (A1, address_of(A1)),  # older than known
+        "b": (B, address_of(B)),
+        "c": (C, address_of(C)),
+        "d": (D, address_of(D)),  # pruned
+        "me": (ME, address_of(ME)),
+        "x": ("not a replica", ActorAddress("x")),
+        "y": (ReplicaId("y", 1), "not an address"),
+    }
+    new = t.peers.learn_all(ME, directory)
+    assert [p.replica for p in new] == [B, C]
+    assert sorted(p.replica for p in t.peers) == [A2, B, C]
+    assert [r for r, _ in t.refused] == [D]
+
+
+# -- the failure detector ------------------------------------------------------------------------
+
+
+def test_a_peer_is_reachable_until_exactly_failure_timeout_has_passed() -> None:
+    t = Table()
+    t.learn(B)
+    assert t.at(FAILURE).sweep() == ([B], [], [])
+    assert t.peers.targets() == {"b": address_of(B)}
+    assert t.at(FAILURE + 0.001).sweep() == ([B], [B], [])
+    peer = t.peers.get("b")
+    assert peer is not None
+    assert not peer.reachable
+    assert t.peers.targets() == {}
+    assert t.peers.replica_count() == 2  # still counts in N
+    assert t.peers.reachable_count() == 0
+    assert not t.peers.all_reachable()
+    assert t.at(FAILURE + 1).sweep() == ([B], [], [])  # lost once, not every round
+
+
+def test_a_message_from_the_current_incarnation_revives_a_peer() -> None:
+    t = Table()
+    t.learn(B)
+    t.at(FAILURE + 1).sweep()
+    t.at(20.0)
+    t.peers.heard(B)
+    peer = t.peers.get("b")
+    assert peer is not None
+    assert (peer.reachable, peer.last_seen) == (True, 20.0)
+    assert t.peers.all_reachable()
+    assert t.at(20.0 + FAILURE).sweep() == ([B], [], [])
+    assert t.at(20.0 + FAILURE + 0.5).sweep() == ([B], [B], [])
+
+
+def test_a_message_from_an_older_incarnation_or_an_unknown_node_revives_nothing() -> None:
+    t = Table()
+    t.learn(A1)
+    assert t.peers.learn(ME, A2, address_of(A2))
+    t.at(FAILURE + 1).sweep()
+    t.at(15.0)
+    t.peers.heard(A1)  # the old process, still talking
+    t.peers.heard(ReplicaId("stranger", 1))
+    t.peers.heard(A3)  # not learned yet
+    peer = t.peers.get("a")
+    assert peer is not None
+    assert (peer.replica, peer.reachable, peer.last_seen) == (A2, False, 0.0)
+    assert t.peers.get("stranger") is None
+
+
+def test_the_transport_can_declare_the_current_incarnation_unreachable_at_once() -> None:
+    t = Table()
+    t.learn(A2, B)
+    t.peers.unreachable(A1)  # an old incarnation's dead letters say nothing of A2
+    assert t.peers.targets() == {"a": address_of(A2), "b": address_of(B)}
+    t.peers.unreachable(A2)
+    assert t.peers.targets() == {"b": address_of(B)}
+    assert t.peers.replica_count() == 3
+
+
+def test_a_peer_is_removed_only_once_unreachable_longer_than_removal_timeout() -> None:
+    t = Table()
+    t.learn(B, C)
+    t.at(FAILURE + 1)
+    t.peers.heard(C)
+    assert t.sweep() == ([B, C], [B], [])
+    t.at(REMOVAL)
+    t.peers.heard(C)
+    assert t.sweep() == ([B, C], [], [])  # silent exactly removal_timeout: not yet
+    t.at(REMOVAL + 0.5)
+    t.peers.heard(C)
+    assert t.sweep() == ([C], [], [(B, REMOVAL + 0.5)])
+    assert t.peers.get("b") is None
+    assert t.peers.departed == {B}
+    assert t.peers.replica_count() == 2
+    assert t.peers.live(ME) == {"me": ME, "c": C}
+
+
+def test_with_three_of_five_silent_this_node_is_in_the_minority_and_removes_nobody() -> None:
+    t = Table()
+    t.learn(*FIVE)
+    t.at(FAILURE + 1)
+    t.peers.heard(A1)
+    assert t.sweep() == (list(FIVE), [B, C, D], [])
+    assert not t.peers.in_majority()  # this node and a: 2 of 5
+    for now in (REMOVAL + 1, 10 * REMOVAL, 100 * REMOVAL):
+        t.at(now)
+        t.peers.heard(A1)
+        assert t.sweep() == (list(FIVE), [], [])
+    assert t.peers.departed == set()
+    assert t.peers.replica_count() == 5
+
+
+def test_with_one_of_five_silent_this_node_is_in_the_majority_and_removes_it() -> None:
+    t = Table()
+    t.learn(*FIVE)
+    t.at(FAILURE + 1)
+    for replica in (A1, B, C):
+        t.peers.heard(replica)
+    assert t.sweep() == (list(FIVE), [D], [])
+    assert t.peers.in_majority()
+    t.at(REMOVAL + 1)
+    for replica in (A1, B, C):
+        t.peers.heard(replica)
+    assert t.sweep() == ([A1, B, C], [], [(D, REMOVAL + 1)])
+    assert t.peers.departed == {D}
+    assert t.peers.replica_count() == 4
+    assert not t.peers.learn(ME, D, address_of(D))
+
+
+def test_with_two_of_five_silent_the_majority_side_removes_both() -> None:
+    t = Table()
+    t.learn(*FIVE)
+    t.at(FAILURE + 1)
+    for replica in (A1, B):
+        t.peers.heard(replica)
+    t.sweep()
+    t.at(REMOVAL + 1)
+    for replica in (A1, B):
+        t.peers.heard(replica)
+    kept, lost, removed = t.sweep()
+    assert (kept, lost) == ([A1, B], [])
+    assert [r for r, _ in removed] == [C, D]
+    assert t.peers.departed == {C, D}
+    assert t.peers.replica_count() == 3
+
+
+def test_after_a_long_pause_a_node_that_reaches_nobody_removes_nobody() -> None:
+    """History: a cluster of five (this node, a, b, c, d), all heard at t=0.  This node's
+    Replicator then runs no gossip round for longer than removal_timeout (its process was
+    stopped, SIGSTOP or a suspended VM, or a handler blocked it); the four peers, which
+    meanwhile removed it, are still flagged reachable here because no sweep ran.  The first
+    sweep afterwards (t=301) should find all four silent past failure_timeout, mark them
+    unreachable, and then, reaching nobody (1 of 5: the minority), remove none.
+
+    What happened before the fix: sweep() marked ``a`` unreachable and asked
+    ``in_majority()`` while b, c and d were still flagged reachable (1+3 > 5/2), so ``a`` was
+    removed; then ``b`` (1+2 > 4/2) and ``c`` (1+1 > 3/2); only ``d`` stayed (1 > 2/2 fails):
+    removed [a, b, c], departed {a, b, c}.  The Replicator then answers every later message of
+    a, b and c with PeerRemoved, so the majority side is made to reincarnate (and their
+    replicas to be pruned) by the one node that was cut off: the split-brain removal that
+    ``in_majority`` exists to prevent.  Now the majority is decided after every lost peer is
+    marked, and all four are kept."""
+    t = Table()
+    t.learn(*FIVE)
+    t.at(REMOVAL + 1)
+    kept, lost, removed = t.sweep()
+    assert lost == list(FIVE)
+    assert removed == []
+    assert kept == list(FIVE)
+    assert t.peers.departed == set()
+
+
+def test_a_peer_that_left_the_convention_is_unreachable_until_heard_but_still_counts() -> None:
+    t = Table()
+    t.learn(B, C)
+    gone = t.peers.left("b")
+    assert gone is not None
+    assert gone.replica == B
+    assert t.peers.left("b") is None  # no change the second time
+    assert t.peers.left("nobody") is None
+    assert t.peers.targets() == {"c": address_of(C)}
+    assert t.peers.replica_count() == 3
+    assert t.sweep() == ([B, C], [], [])  # already unreachable: not "lost" again
+    t.at(1.0)
+    t.peers.heard(B)
+    assert t.peers.targets() == {"b": address_of(B), "c": address_of(C)}
+
+
+def test_a_peer_that_left_is_removed_after_removal_timeout_since_last_heard() -> None:
+    t = Table()
+    t.learn(B, C)
+    t.at(5.0)
+    t.peers.left("b")
+    t.peers.heard(C)
+    t.at(REMOVAL + 0.5)
+    t.peers.heard(C)
+    assert t.sweep() == ([C], [], [(B, REMOVAL + 0.5)])
+
+
+# -- what the Replicator reads -------------------------------------------------------------------
+
+
+def test_targets_are_the_reachable_peers_not_cut_off() -> None:
+    t = Table()
+    t.learn(*FIVE)
+    t.peers.unreachable(B)
+    t.peers.blocked = frozenset({"c", "nobody"})
+    assert t.peers.targets() == {"a": address_of(A1), "d": address_of(D)}
+    assert t.peers.replica_count() == 5  # blocked and unreachable peers still count
+    assert t.peers.reachable_count() == 3  # cut off by the test switch is not unreachable
+    t.peers.blocked = frozenset()
+    assert set(t.peers.targets()) == {"a", "c", "d"}
+
+
+def test_replica_count_is_this_node_and_every_known_peer() -> None:
+    t = Table()
+    assert t.peers.replica_count() == 1
+    t.learn(*FIVE)
+    assert t.peers.replica_count() == 5
+    for replica in FIVE:
+        t.peers.unreachable(replica)
+    assert t.peers.replica_count() == 5
+    assert t.peers.reachable_count() == 0
+
+
+@pytest.mark.parametrize(
+    ("peers", "unreachable", "majority"),
+    [
+        (0, 0, True),  # alone: 1 of 1
+        (1, 0, True),
+        (1, 1, False),  # 1 of 2 is no majority
+        (2, 1, True),  # 2 of 3
+        (3, 1, True),  # 3 of 4
+        (3, 2, False),  # 2 of 4
+        (4, 2, True),  # 3 of 5
+        (4, 3, False),  # 2 of 5
+    ],
+)
+def test_in_majority_is_more_than_half_of_the_cluster_reached(
+    peers: int, unreachable: int, majority: bool
+) -> None:
+    t = Table()
+    replicas = [ReplicaId(f"p{i}", 1) for i in range(peers)]
+    t.learn(*replicas)
+    for replica in replicas[:unreachable]:
+        t.peers.unreachable(replica)
+    assert t.peers.in_majority() is majority
+
+
+def test_live_and_directory_name_the_current_incarnations() -> None:
+    t = Table()
+    t.learn(A1, B)
+    t.peers.learn(ME, A2, address_of(A2))
+    t.peers.unreachable(B)
+    assert t.peers.live(ME) == {"me": ME, "a": A2, "b": B}
+    assert t.peers.directory() == {"a": (A2, address_of(A2)), "b": (B, address_of(B))}
+
+
+# -- quorums with unreachable peers -------------------------------------------------------------
+
+Level = WriteConsistency | ReadConsistency
+
+
+def five_with_two_unreachable() -> Table:
+    t = Table()
+    t.learn(*FIVE)
+    t.at(FAILURE + 1)
+    t.peers.heard(A1)
+    t.peers.heard(B)
+    t.sweep()
+    return t
+
+
+@pytest.mark.parametrize(
+    ("level", "can_succeed"),
+    [
+        (WriteMajority(1.0), True),  # 3 of 5: this node and the 2 reachable
+        (WriteMajority(1.0, min_cap=3), True),
+        (WriteMajority(1.0, min_cap=4), False),
+        (WriteAll(1.0), False),  # the 2 unreachable still count in N
+        (WriteTo(2, 1.0), True),
+        (WriteTo(3, 1.0), True),
+        (WriteTo(4, 1.0), False),
+        (WriteTo(50, 1.0), False),  # all 5, capped at N
+        (ReadMajority(1.0), True),
+        (ReadMajority(1.0, min_cap=5), False),
+        (ReadAll(1.0), False),
+        (ReadFrom(3, 1.0), True),
+        (ReadFrom(4, 1.0), False),
+    ],
+)
+def test_a_quorum_request_opens_exactly_when_the_reachable_peers_can_make_it(
+    level: Level, can_succeed: bool
+) -> None:
+    t = five_with_two_unreachable()
+    n, reachable = t.peers.replica_count(), 1 + len(t.peers.targets())
+    assert (n, reachable) == (5, 3)
+    needed = level.replicas_needed(n)
+    assert needed > 1  # the Replicator asks peers only then
+    assert (needed <= reachable) is can_succeed
+    wakes: list[tuple[float, object]] = []
+    quorums = Quorums(lambda seconds, payload: wakes.append((seconds, payload)))
+    pending = Pending("update", ActorAddress("client"), "k", None, needed, t.peers.targets())
+    assert quorums.open(pending, 1.5) is can_succeed
+    if can_succeed:
+        assert wakes == [(1.5, RequestTimeout(pending.id_))]
+        assert len(quorums) == 1
+    else:
+        assert wakes == []  # nothing registered: the caller fails it at once
+        assert len(quorums) == 0
+        assert quorums.timed_out(pending.id_) is None
+
+
+@pytest.mark.parametrize("level", [WriteLocal(), ReadLocal()])
+def test_a_local_level_needs_only_this_node_however_many_are_unreachable(level: Level) -> None:
+    t = five_with_two_unreachable()
+    assert level.replicas_needed(t.peers.replica_count()) == 1
+
+
+def test_a_write_all_fails_at_once_with_a_peer_down_and_opens_once_it_is_removed() -> None:
+    t = Table()
+    t.learn(*FIVE)
+    t.at(FAILURE + 1)
+    for replica in (A1, B, C):
+        t.peers.heard(replica)
+    t.sweep()
+    quorums = Quorums(lambda _seconds, _payload: None)
+
+    def write_all() -> bool:
+        needed = WriteAll(1.0).replicas_needed(t.peers.replica_count())
+        return quorums.open(Pending("update", None, "k", None, needed, t.peers.targets()), 1.0)
+
+    assert not write_all()  # needs 5, reaches 4
+    t.at(REMOVAL + 1)
+    for replica in (A1, B, C):
+        t.peers.heard(replica)
+    t.sweep()
+    assert t.peers.replica_count() == 4
+    assert write_all()
+
+
+def test_a_peer_cut_off_by_the_test_switch_cannot_answer_a_quorum() -> None:
+    t = Table()
+    t.learn(B, C)
+    t.peers.blocked = frozenset({"b", "c"})
+    needed = WriteMajority(1.0).replicas_needed(t.peers.replica_count())
+    pending = Pending("update", None, "k", None, needed, t.peers.targets())
+    assert not Quorums(lambda _s, _p: None).open(pending, 1.0)
+
+
+def test_an_answer_counts_once_and_only_from_the_peer_asked_at_its_address() -> None:
+    t = Table()
+    t.learn(*FIVE)
+    quorums = Quorums(lambda _s, _p: None)
+    pending = Pending("get", None, "k", None, 3, t.peers.targets())
+    assert quorums.open(pending, 1.0)
+    assert quorums.answer(pending.id_, "b", ActorAddress("impostor")) is None
+    assert quorums.answer(pending.id_, "stranger", address_of(B)) is None
+    assert quorums.answer("another request", "b", address_of(B)) is None
+    assert quorums.answer(None, "b", address_of(B)) is None
+    assert quorums.answer(pending.id_, "b", address_of(B)) is pending
+    assert not pending.enough()
+    assert quorums.answer(pending.id_, "b", address_of(B)) is None  # once
+    assert quorums.answer(pending.id_, "c", address_of(C)) is pending
+    assert pending.enough()
+    quorums.close(pending)
+    assert len(quorums) == 0
+    assert quorums.timed_out(pending.id_) is None
