@@ -133,22 +133,27 @@ class PeerTable:
 
     def sweep(self) -> tuple[list[Peer], list[Peer], list[tuple[Peer, float]]]:
         """Apply the failure detector: (peers kept, peers that just became unreachable, peers
-        removed for good with how long they were silent)."""
+        removed for good with how long they were silent).  Every peer silent past
+        ``failure_timeout`` is marked first, and only then is the majority decided, once: a node
+        that ran no round for a while (stopped, suspended) must not count as reachable the
+        peers it is about to find silent, and so remove the majority it cannot reach."""
         now = self._clock()
+        lost = []
+        for peer in self._peers.values():
+            if peer.reachable and now - peer.last_seen > self._failure_timeout:
+                peer.reachable = False
+                lost.append(peer)
+        majority = self.in_majority()
         kept: list[Peer] = []
-        lost: list[Peer] = []
         removed: list[tuple[Peer, float]] = []
         for name, peer in list(self._peers.items()):
             silent = now - peer.last_seen
-            if peer.reachable and silent > self._failure_timeout:
-                peer.reachable = False
-                lost.append(peer)
-            if not peer.reachable and silent > self._removal_timeout and self.in_majority():
+            if majority and not peer.reachable and silent > self._removal_timeout:
                 del self._peers[name]
                 self.departed.add(peer.replica)
                 removed.append((peer, silent))
-                continue
-            kept.append(peer)
+            else:
+                kept.append(peer)
         return kept, lost, removed
 
     def replica_count(self) -> int:
