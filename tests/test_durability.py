@@ -1,0 +1,859 @@
+"""Durability: the Replicator's side of its DurableWriter, driven without processes.
+
+Covered: the loading gate (not serving while loading, stashed requests in order, Loaded messages
+that do not count, a row count that does not match, the first failure against later ones, the
+retry backoff and its reset); group commit in sync mode (one batch in flight, what arrives
+meanwhile sent together next, replies only once the batch holding a key's latest write commits);
+a failed commit (its keys kept, failure replies, ``store_failures``, nothing sent until the
+retry); write-behind mode (acknowledged at once, one timer per interval, a timer that fires
+during a commit); keys that are not durable; a DurableWriter that exits; the keep-alive commit;
+a graceful stop; ``queue_depth``.
+
+The writer, the timers and the clock are a recording ``send``, a recording ``wake``, a
+``create_writer`` that returns a fresh sentinel each time, and a fake clock.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from thespian_dd._runtime.durability import Durability, LoadOutcome
+from thespian_dd._runtime.protocol import FlushTick, StoreRetry
+from thespian_dd._runtime.settings import Settings
+from thespian_dd._runtime.writer import Entry, Load, LoadChunk, Loaded, Write, Written
+
+pytestmark = pytest.mark.timeout(60)
+
+URL = "sqlite:///x.db"
+NODE = "n1"
+
+
+class Clock:
+    """A wall clock that moves only when told."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The failure reply a test registers: ``failure(error)`` makes one."""
+
+    what: str
+    error: str
+
+
+def failure_of(what: str) -> Any:
+    return lambda error: Failed(what, error)
+
+
+def entry(key: str, raw: bytes | None) -> Entry:
+    """What the store gets for ``key``: its encoding, or a marker that it was encoded then."""
+    return Entry("GCounter", raw if raw is not None else b"encoded:" + key.encode(), "")
+
+
+@dataclass
+class Node:
+    """A Durability with everything it acts through recorded."""
+
+    settings: Settings
+    clock: Clock = field(default_factory=Clock)
+    sent: list[tuple[Any, Any]] = field(default_factory=list)
+    woken: list[tuple[float, Any]] = field(default_factory=list)
+    writers: list[object] = field(default_factory=list)
+    durability: Durability = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.durability = Durability(
+            settings=self.settings,
+            node_name=NODE,
+            send=lambda address, message: self.sent.append((address, message)),
+            wake=lambda seconds, payload: self.woken.append((seconds, payload)),
+            create_writer=self._create_writer,
+            entry=entry,
+            clock=self.clock,
+        )
+
+    def _create_writer(self) -> object:
+        writer = object()
+        self.writers.append(writer)
+        return writer
+
+    @property
+    def writer(self) -> object:
+        return self.writers[-1]
+
+    def take_sent(self) -> list[tuple[Any, Any]]:
+        sent, self.sent[:] = list(self.sent), []
+        return sent
+
+    def writes(self) -> list[Write]:
+        """The batches sent so far (taken: the next call sees only newer ones)."""
+        return [m for _, m in self.take_sent() if isinstance(m, Write)]
+
+    def serve(self) -> None:
+        """Start and load an empty store."""
+        self.durability.start()
+        outcome = self.durability.loaded(Loaded(1, 0), self.writer)
+        assert outcome == LoadOutcome(incarnation=1)
+        self.take_sent()
+
+    def commit(self, seq: int, error: str | None = None) -> None:
+        self.durability.written(Written(seq, error), self.writer)
+
+    def retries(self) -> list[float]:
+        return [seconds for seconds, payload in self.woken if payload == StoreRetry()]
+
+
+def sync_node(**settings: Any) -> Node:
+    return Node(Settings(store=URL, **settings))
+
+
+def serving(**settings: Any) -> Node:
+    node = sync_node(**settings)
+    node.serve()
+    return node
+
+
+def write_behind(**settings: Any) -> Node:
+    node = Node(
+        Settings(store=URL, write_mode="write-behind", write_behind_interval=1.0, **settings)
+    )
+    node.serve()
+    return node
+
+
+@pytest.fixture(autouse=True)
+def _collector_restored() -> Iterator[None]:
+    """A load turns the cyclic collector off until it ends; a test that leaves a load unfinished
+    must not leave it off for the rest of the session."""
+    enabled = gc.isenabled()
+    yield
+    if enabled:
+        gc.enable()
+
+
+# -- the loading gate ------------------------------------------------------------------------------
+
+
+def test_start_creates_the_writer_and_asks_it_for_every_stored_row() -> None:
+    node = sync_node(durable_pruning_marker_ttl=5000.0, signing_key_file="/keys/k")
+    node.durability.start()
+    assert node.take_sent() == [(node.writer, Load(URL, NODE, 5000.0, "/keys/k"))]
+    assert node.durability.loading
+    assert not node.durability.serving
+
+
+def test_requests_that_arrive_while_loading_are_stashed_and_taken_back_in_order() -> None:
+    node = sync_node()
+    node.durability.start()
+    for i in range(5):
+        node.durability.stash(f"request {i}", f"client {i}")
+    assert node.durability.take_stash() == [(f"request {i}", f"client {i}") for i in range(5)]
+    assert node.durability.take_stash() == []
+
+
+def test_it_serves_once_every_row_arrived_and_the_load_ended() -> None:
+    node = sync_node()
+    d = node.durability
+    d.start()
+    assert d.chunk(LoadChunk([("a", b"1"), ("b", None)], [("c", "bad checksum")]), node.writer)
+    assert d.chunk(LoadChunk([("d", b"4")], []), node.writer)
+    assert not d.serving
+    assert d.loaded(Loaded(42, 4), node.writer) == LoadOutcome(incarnation=42)
+    assert d.serving
+    assert d.loaded_rows == 4
+    assert d.recovery_time is not None
+    assert d.recovery_time >= 0
+
+
+def test_the_collector_is_off_while_loading_and_back_on_after() -> None:
+    gc.enable()
+    node = sync_node()
+    node.durability.start()
+    assert not gc.isenabled()
+    node.durability.loaded(Loaded(1, 0), node.writer)
+    assert gc.isenabled()
+
+
+def test_chunks_and_loaded_from_another_actor_do_not_count() -> None:
+    node = sync_node()
+    d = node.durability
+    d.start()
+    stranger = object()
+    assert not d.chunk(LoadChunk([("a", b"1")], []), stranger)
+    assert d.loaded_rows == 0
+    assert d.loaded(Loaded(1, 0), stranger) is None
+    assert d.loading
+    assert not d.serving
+
+
+def test_a_loaded_when_not_loading_is_ignored() -> None:
+    node = serving()
+    assert node.durability.loaded(Loaded(99, 0), node.writer) is None
+    assert node.durability.loaded(Loaded(99, 0, "late error"), node.writer) is None
+    assert node.durability.serving
+    assert node.durability.load_error is None
+
+
+def test_rows_read_but_not_arrived_fail_the_load() -> None:
+    node = sync_node()
+    d = node.durability
+    d.start()
+    d.chunk(LoadChunk([("a", b"1"), ("b", b"2")], [("c", "unsigned")]), node.writer)
+    outcome = d.loaded(Loaded(1, 4), node.writer)
+    assert outcome == LoadOutcome(error="4 rows were read but 3 arrived", first=True)
+    assert d.load_error == "4 rows were read but 3 arrived"
+    assert not d.loading
+    assert not d.serving
+
+
+def test_the_first_failure_is_first_and_later_ones_are_not() -> None:
+    node = sync_node()
+    d = node.durability
+    d.start()
+    assert d.loaded(Loaded(0, 0, "cannot open"), node.writer) == LoadOutcome(
+        error="cannot open", first=True
+    )
+    assert d.retry_due()  # the load must be tried again
+    d.load()
+    assert d.loading
+    assert not d.serving
+    assert d.loaded(Loaded(0, 0, "still cannot open"), node.writer) == LoadOutcome(
+        error="still cannot open", first=False
+    )
+    assert d.load_error == "still cannot open"
+    assert d.retry_due()
+    d.load()
+    assert d.loaded(Loaded(3, 0), node.writer) == LoadOutcome(incarnation=3)
+    assert d.load_error is None
+    assert d.serving
+
+
+def test_a_retried_load_counts_its_rows_afresh() -> None:
+    node = sync_node()
+    d = node.durability
+    d.start()
+    d.chunk(LoadChunk([("a", b"1"), ("b", b"2")], []), node.writer)
+    assert d.loaded(Loaded(0, 0, "connection lost"), node.writer) is not None
+    assert d.retry_due()
+    d.load()
+    d.chunk(LoadChunk([("a", b"1"), ("b", b"2"), ("c", b"3")], []), node.writer)
+    assert d.loaded(Loaded(2, 3), node.writer) == LoadOutcome(incarnation=2)
+
+
+def test_a_retried_load_asks_the_writer_again() -> None:
+    node = sync_node()
+    d = node.durability
+    d.start()
+    node.take_sent()
+    d.loaded(Loaded(0, 0, "locked"), node.writer)
+    assert node.take_sent() == []
+    assert d.retry_due()
+    d.load()
+    assert node.take_sent() == [(node.writer, Load(URL, NODE, 10 * 86400.0, None))]
+
+
+def test_load_retries_back_off_from_half_a_second_doubling_to_thirty() -> None:
+    node = sync_node()
+    d = node.durability
+    d.start()
+    for _ in range(9):
+        d.loaded(Loaded(0, 0, "locked"), node.writer)
+        assert d.retry_due()
+        d.load()
+    assert node.retries() == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert all(payload == StoreRetry() for _, payload in node.woken)
+
+
+def test_the_backoff_starts_over_after_a_load_succeeds() -> None:
+    node = sync_node()
+    d = node.durability
+    d.start()
+    for _ in range(3):
+        d.loaded(Loaded(0, 0, "locked"), node.writer)
+        assert d.retry_due()
+        d.load()
+    d.loaded(Loaded(1, 0), node.writer)
+    d.write("k", b"v")
+    node.commit(1, "disk full")
+    assert node.retries() == [0.5, 1.0, 2.0, 0.5]
+
+
+# -- group commit (sync mode) ----------------------------------------------------------------------
+
+
+def test_the_first_write_is_sent_at_once_as_batch_one() -> None:
+    node = serving()
+    node.durability.write("a", b"A")
+    assert node.take_sent() == [(node.writer, Write(URL, NODE, 1, {"a": entry("a", b"A")}, None))]
+
+
+def test_writes_while_a_batch_commits_go_together_in_the_next_batch() -> None:
+    node = serving()
+    d = node.durability
+    d.write("a", b"A1")
+    assert [w.seq for w in node.writes()] == [1]
+    d.write("b", b"B")
+    d.write("c", None)
+    d.write("a", b"A2")
+    assert node.writes() == []  # batch 1 is being committed
+    node.commit(1)
+    (batch,) = node.writes()
+    assert batch.seq == 2
+    assert batch.entries == {"b": entry("b", b"B"), "c": entry("c", None), "a": entry("a", b"A2")}
+    node.commit(2)
+    assert node.writes() == []  # nothing left
+
+
+def test_a_reply_waits_for_the_batch_holding_the_keys_latest_write() -> None:
+    node = serving()
+    d = node.durability
+    d.write("a", b"A1")
+    d.reply_when_stored("a", "client 1", "stored a1", failure_of("a1"))
+    d.write("b", b"B")
+    d.reply_when_stored("b", "client 2", "stored b", failure_of("b"))
+    d.write("a", b"A2")  # again while batch 1 commits
+    d.reply_when_stored("a", "client 3", "stored a2", failure_of("a2"))
+    assert [w.seq for w in node.writes()] == [1]  # a2 waits for batch 1
+    node.commit(1)
+    sent = node.take_sent()
+    assert [(to, m) for to, m in sent if not isinstance(m, Write)] == [("client 1", "stored a1")]
+    assert [m.seq for _, m in sent if isinstance(m, Write)] == [2]
+    node.commit(2)
+    assert node.take_sent() == [("client 2", "stored b"), ("client 3", "stored a2")]
+
+
+def test_a_reply_for_a_key_with_nothing_unwritten_goes_at_once() -> None:
+    node = serving()
+    d = node.durability
+    d.reply_when_stored("never written", "client", "stored", failure_of("x"))
+    assert node.take_sent() == [("client", "stored")]
+    d.write("a", b"A")
+    node.commit(1)
+    node.take_sent()
+    d.reply_when_stored("a", "client", "stored a", failure_of("a"))
+    assert node.take_sent() == [("client", "stored a")]
+
+
+def test_in_memory_every_reply_goes_at_once() -> None:
+    node = Node(Settings())
+    d = node.durability
+    d.write("a", b"A")
+    d.reply_when_stored("a", "client", "stored", failure_of("a"))
+    assert node.sent == [("client", "stored")]
+    assert d.queue_depth() == 0
+
+
+def test_a_written_of_another_batch_or_from_another_actor_is_ignored() -> None:
+    node = serving()
+    d = node.durability
+    d.write("a", b"A")
+    d.reply_when_stored("a", "client", "stored", failure_of("a"))
+    node.take_sent()
+    d.written(Written(1), object())
+    d.written(Written(2), node.writer)
+    d.written(Written(0), node.writer)
+    assert node.sent == []
+    assert d.queue_depth() == 1
+    node.commit(1)
+    assert node.take_sent() == [("client", "stored")]
+    node.commit(1)  # a second Written of the same batch: nothing is committing
+    assert node.sent == []
+
+
+# -- a failed commit -------------------------------------------------------------------------------
+
+
+def test_a_failed_commit_sends_the_failure_replies_and_counts() -> None:
+    node = serving()
+    d = node.durability
+    d.write("a", b"A")
+    d.reply_when_stored("a", "client 1", "stored a", failure_of("a"))
+    d.reply_when_stored("a", "peer", "ack", None)  # a peer's ack has no failure reply
+    node.take_sent()
+    node.commit(1, "disk full")
+    assert node.take_sent() == [("client 1", Failed("a", "disk full"))]
+    assert d.store_failures == 1
+    assert d.store_failure == "disk full"
+    assert node.retries() == [0.5]
+
+
+def test_a_failed_commit_keeps_its_keys_and_sends_nothing_until_the_retry() -> None:
+    node = serving()
+    d = node.durability
+    d.write("a", b"A")
+    d.write("b", b"B")
+    d.write("c", b"C1")
+    node.commit(1)
+    assert [(w.seq, set(w.entries)) for w in node.writes()] == [(1, {"a"}), (2, {"b", "c"})]
+    d.write("c", b"C2")  # batch 3, waiting
+    node.commit(2, "disk full")
+    d.write("d", b"D")
+    d.keep_alive()
+    node.clock.now += 10 * 86400.0
+    d.keep_alive()
+    assert node.writes() == []
+    assert d.queue_depth() == 3
+    assert not d.retry_due()  # a flush, not a load
+    (batch,) = node.writes()
+    assert batch.seq == 3
+    assert batch.entries == {
+        "b": entry("b", None),  # encoded again: its state now
+        "c": entry("c", b"C2"),  # its latest encoding is kept
+        "d": entry("d", b"D"),
+    }
+
+
+def test_a_reply_registered_after_a_failure_waits_for_the_retried_batch() -> None:
+    node = serving()
+    d = node.durability
+    d.write("a", b"A")
+    node.commit(1, "disk full")
+    node.take_sent()
+    d.reply_when_stored("a", "client", "stored a", failure_of("a"))
+    assert node.sent == []
+    d.retry_due()
+    node.commit(2)
+    assert ("client", "stored a") in node.take_sent()
+
+
+def test_a_reply_for_a_write_queued_during_a_failed_commit_waits_for_the_next_batch() -> None:
+    node = serving()
+    d = node.durability
+    d.write("a", b"A1")
+    d.write("a", b"A2")
+    d.reply_when_stored("a", "client", "stored a2", failure_of("a2"))
+    node.take_sent()
+    node.commit(1, "disk full")
+    assert node.sent == []  # its batch is 2, not the one that failed
+    d.retry_due()
+    assert [w.seq for w in node.writes()] == [2]
+    node.commit(2)
+    assert node.take_sent() == [("client", "stored a2")]
+
+
+def test_commit_retries_back_off_and_start_over_after_a_commit_succeeds() -> None:
+    node = serving()
+    d = node.durability
+    d.write("a", b"A")
+    for seq in range(1, 9):
+        node.commit(seq, "disk full")
+        d.retry_due()
+    node.commit(9)
+    assert d.store_failure is None
+    assert d.store_failures == 8
+    assert d.last_flush == node.clock.now
+    d.write("b", b"B")
+    node.commit(10, "disk full again")
+    assert node.retries() == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 0.5]
+
+
+# -- write-behind ----------------------------------------------------------------------------------
+
+
+def test_write_behind_acknowledges_at_once() -> None:
+    node = write_behind()
+    d = node.durability
+    d.write("a", b"A")
+    d.reply_when_stored("a", "client", "stored", failure_of("a"))
+    assert node.take_sent() == [("client", "stored")]
+
+
+def test_write_behind_arms_one_timer_that_later_writes_do_not_push_back() -> None:
+    node = write_behind()
+    d = node.durability
+    d.write("a", b"A")
+    d.write("b", b"B")
+    d.write("a", b"A2")
+    assert node.woken == [(1.0, FlushTick())]
+    assert node.writes() == []
+    d.flush_due()
+    (batch,) = node.writes()
+    assert batch.seq == 1
+    assert batch.entries == {"a": entry("a", b"A2"), "b": entry("b", b"B")}
+
+
+def test_write_behind_waits_for_its_timer_after_a_commit() -> None:
+    node = write_behind()
+    d = node.durability
+    d.write("a", b"A")
+    d.flush_due()
+    d.write("b", b"B")  # the first write since the flush: a new timer
+    assert node.woken == [(1.0, FlushTick()), (1.0, FlushTick())]
+    node.writes()
+    node.commit(1)
+    assert node.writes() == []
+    d.flush_due()
+    assert [w.entries for w in node.writes()] == [{"b": entry("b", b"B")}]
+
+
+def test_a_timer_that_fires_during_a_commit_flushes_right_after_it() -> None:
+    node = write_behind()
+    d = node.durability
+    d.write("a", b"A")
+    d.flush_due()
+    d.write("b", b"B")
+    node.writes()
+    d.flush_due()  # batch 1 is still being committed
+    assert node.writes() == []
+    node.commit(1)
+    assert [(w.seq, set(w.entries)) for w in node.writes()] == [(2, {"b"})]
+    node.commit(2)
+    assert node.writes() == []
+
+
+def test_write_behind_with_nothing_written_sends_nothing_when_its_timer_fires() -> None:
+    node = write_behind()
+    node.durability.flush_due()
+    assert node.sent == []
+
+
+# -- keys that are not durable ---------------------------------------------------------------------
+
+
+def test_keys_that_match_no_durable_pattern_are_not_written() -> None:
+    node = serving(durable_keys=("user:*", "config"))
+    d = node.durability
+    for key in ("session:1", "configs", "user", "conf"):
+        d.write(key, b"x")
+        d.reply_when_stored(key, "client", f"stored {key}", failure_of(key))
+    assert [m for _, m in node.sent if isinstance(m, Write)] == []
+    assert d.queue_depth() == 0
+    assert [m for _, m in node.take_sent()] == [
+        "stored session:1",
+        "stored configs",
+        "stored user",
+        "stored conf",
+    ]
+    d.write("user:7", b"x")
+    d.write("config", b"y")
+    node.commit(1)
+    assert [set(w.entries) for w in node.writes()] == [{"user:7"}, {"config"}]
+
+
+def test_durable_means_a_store_and_a_matching_pattern() -> None:
+    node = sync_node(durable_keys=("d*",))
+    assert not node.durability.durable("d1")  # no writer yet
+    node.serve()
+    assert node.durability.durable("d1")
+    assert not node.durability.durable("m1")
+
+
+# -- a DurableWriter that exits --------------------------------------------------------------------
+
+
+def test_the_exit_of_another_child_changes_nothing() -> None:
+    node = serving()
+    d = node.durability
+    d.write("a", b"A")
+    node.take_sent()
+    assert not d.writer_exited(object())
+    assert node.writers == [d.writer]
+    assert node.sent == []
+
+
+def test_the_writer_exiting_during_a_stop_is_not_replaced() -> None:
+    node = serving()
+    d = node.durability
+    d.stop()
+    assert not d.writer_exited(node.writer)
+    assert len(node.writers) == 1
+
+
+def test_the_writer_exiting_during_the_load_asks_for_the_load_again() -> None:
+    node = sync_node()
+    d = node.durability
+    d.start()
+    old = node.writer
+    d.chunk(LoadChunk([("a", b"1")], []), old)
+    node.take_sent()
+    assert d.writer_exited(old)
+    assert d.writer is node.writer
+    assert d.writer is not old
+    assert d.loaded_rows == 0
+    assert node.sent == []  # the caller forgets what was restored, then loads
+    d.load()
+    assert node.take_sent() == [(node.writer, Load(URL, NODE, 10 * 86400.0, None))]
+    assert d.loaded(Loaded(1, 1), old) is None  # the dead writer's last word
+    d.chunk(LoadChunk([("a", b"1")], []), node.writer)
+    assert d.loaded(Loaded(2, 1), node.writer) == LoadOutcome(incarnation=2)
+
+
+def test_the_writer_exiting_with_a_batch_in_flight_sends_it_again_with_the_same_number() -> None:
+    node = serving()
+    d = node.durability
+    d.write("a", b"A")
+    d.write("b", b"B")
+    node.commit(1)
+    d.write("c", b"C")  # batch 3, waiting
+    d.reply_when_stored("b", "client", "stored b", failure_of("b"))
+    old = node.writer
+    node.take_sent()
+    assert not d.writer_exited(old)
+    new = node.writer
+    assert new is not old
+    assert node.take_sent() == [(new, Write(URL, NODE, 2, {"b": entry("b", None)}, None))]
+    d.written(Written(2), old)  # from the dead writer: does not count
+    assert node.sent == []
+    d.written(Written(2), new)
+    sent = node.take_sent()
+    assert sent[0] == ("client", "stored b")
+    assert sent[1:] == [(new, Write(URL, NODE, 3, {"c": entry("c", b"C")}, None))]
+
+
+def test_an_idle_writer_that_exits_is_replaced_and_later_batches_go_to_the_new_one() -> None:
+    node = serving()
+    d = node.durability
+    old = node.writer
+    assert not d.writer_exited(old)
+    assert node.sent == []
+    d.write("a", b"A")
+    assert node.take_sent() == [(node.writer, Write(URL, NODE, 1, {"a": entry("a", b"A")}, None))]
+    assert node.writer is not old
+
+
+# -- keep-alive ------------------------------------------------------------------------------------
+
+
+def test_an_idle_node_commits_an_empty_batch_after_a_tenth_of_the_marker_ttl() -> None:
+    node = serving(durable_pruning_marker_ttl=1000.0)
+    d = node.durability
+    d.write("a", b"A")
+    node.commit(1)
+    node.take_sent()
+    node.clock.now += 100.0
+    d.keep_alive()
+    assert node.sent == []
+    node.clock.now += 0.5
+    d.keep_alive()
+    assert node.take_sent() == [(node.writer, Write(URL, NODE, 2, {}, None))]
+    node.commit(2)
+    assert d.last_flush == node.clock.now
+    node.clock.now += 50.0
+    d.keep_alive()
+    assert node.sent == []
+
+
+def test_the_keep_alive_period_is_at_most_an_hour() -> None:
+    node = serving()  # a tenth of the default 10 days is a day
+    d = node.durability
+    d.write("a", b"A")
+    node.commit(1)
+    node.take_sent()
+    node.clock.now += 3600.0
+    d.keep_alive()
+    assert node.sent == []
+    node.clock.now += 0.5
+    d.keep_alive()
+    assert [w.entries for w in node.writes()] == [{}]
+
+
+def test_no_keep_alive_while_a_batch_is_in_flight_or_a_retry_is_due() -> None:
+    node = serving(durable_pruning_marker_ttl=1000.0)
+    d = node.durability
+    d.write("a", b"A")
+    node.take_sent()
+    node.clock.now += 1000.0
+    d.keep_alive()
+    assert node.sent == []  # batch 1 in flight
+    node.commit(1, "disk full")
+    node.clock.now += 1000.0
+    d.keep_alive()
+    assert node.sent == []  # a retry is due
+
+
+def test_no_keep_alive_in_memory() -> None:
+    node = Node(Settings(durable_pruning_marker_ttl=1000.0))
+    node.clock.now += 10_000.0
+    node.durability.keep_alive()
+    assert node.sent == []
+
+
+# -- stopping and the queue ------------------------------------------------------------------------
+
+
+def test_a_stop_flushes_even_while_a_batch_is_in_flight() -> None:
+    node = serving()
+    d = node.durability
+    d.write("a", b"A")
+    d.write("b", b"B")
+    node.take_sent()
+    d.stop()
+    assert d.exiting
+    assert node.take_sent() == [(node.writer, Write(URL, NODE, 2, {"b": entry("b", b"B")}, None))]
+
+
+def test_a_stop_in_write_behind_mode_commits_what_waits_for_the_timer() -> None:
+    node = write_behind()
+    d = node.durability
+    d.write("a", b"A")
+    d.stop()
+    assert [(w.seq, set(w.entries)) for w in node.writes()] == [(1, {"a"})]
+
+
+def test_a_stop_with_nothing_unwritten_sends_nothing() -> None:
+    node = serving()
+    node.durability.stop()
+    assert node.sent == []
+
+
+def test_the_queue_depth_counts_the_batch_in_flight_and_what_waits() -> None:
+    node = serving()
+    d = node.durability
+    assert d.queue_depth() == 0
+    d.write("a", b"A")
+    assert d.queue_depth() == 1
+    d.write("b", b"B")
+    d.write("c", b"C")
+    d.write("b", b"B2")
+    assert d.queue_depth() == 3
+    node.commit(1)
+    assert d.queue_depth() == 2
+    node.commit(2)
+    assert d.queue_depth() == 0
+
+
+# -- a property: group commit against a model ------------------------------------------------------
+
+KEYS = ["a", "b", "c"]
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("write"), st.sampled_from(KEYS)),
+        st.tuples(st.just("reply"), st.sampled_from(KEYS)),
+        st.tuples(st.sampled_from(["ok", "fail", "retry", "exit", "stale", "idle"])),
+    ),
+    max_size=40,
+)
+
+
+@given(operations)
+def test_every_reply_goes_once_and_only_after_its_write_is_committed(
+    plan: list[tuple[str, ...]],
+) -> None:
+    """Sync mode under writes, replies, commits that succeed or fail, retries, writers that
+    exit, stale Written messages and idle periods.  Model: each write makes a key's next
+    version; a batch holds the versions current when it is sent; a success reply registered at
+    version v goes only once a committed batch held the key at v or later, a failure reply only
+    when a batch fails; one batch is in flight at a time, numbered one more than the last (the
+    same number when sent again to a new writer).  Drained at the end, every reply went exactly
+    once and every key's latest version is committed."""
+    version = dict.fromkeys(KEYS, 0)
+    sent: list[tuple[Any, Any]] = []
+    woken: list[tuple[float, Any]] = []
+    writers: list[object] = []
+    clock = Clock()
+
+    def create_writer() -> object:
+        writers.append(object())
+        return writers[-1]
+
+    d = Durability(
+        settings=Settings(store=URL, durable_pruning_marker_ttl=1000.0),
+        node_name=NODE,
+        send=lambda address, message: sent.append((address, message)),
+        wake=lambda seconds, payload: woken.append((seconds, payload)),
+        create_writer=create_writer,
+        entry=lambda key, _raw: Entry("v", str(version[key]).encode(), ""),
+        clock=clock,
+    )
+    d.start()
+    d.loaded(Loaded(1, 0), writers[-1])
+    sent.clear()
+
+    committed = dict.fromkeys(KEYS, 0)
+    registered: dict[int, tuple[str, int]] = {}
+    answered: set[int] = set()
+    in_flight: Write | None = None
+    last_seq = 0
+    retries_armed = 0
+
+    def observe(op: str) -> None:
+        """Check what was sent since the last step."""
+        nonlocal in_flight, last_seq
+        for address, message in sent:
+            if isinstance(message, Write):
+                assert address is writers[-1]
+                if in_flight is not None:
+                    assert op == "exit"
+                    assert message.seq == in_flight.seq
+                else:
+                    assert retries_armed == 0  # nothing goes while a retry is due
+                    assert message.seq == last_seq + 1
+                    last_seq = message.seq
+                in_flight = message
+                continue
+            assert address == "client"
+            outcome, i = message[0], message[1]
+            assert i in registered
+            assert i not in answered
+            answered.add(i)
+            key, at = registered[i]
+            if outcome == "ok":
+                assert committed[key] >= at
+            else:
+                assert op == "fail"
+        sent.clear()
+
+    for step in plan:
+        op = step[0]
+        if op == "write":
+            version[step[1]] += 1
+            d.write(step[1], None)
+        elif op == "reply":
+            i = len(registered)
+            registered[i] = (step[1], version[step[1]])
+            d.reply_when_stored(
+                step[1], "client", ("ok", i), lambda error, i=i: ("failed", i, error)
+            )
+        elif op in ("ok", "fail") and in_flight is not None:
+            batch, in_flight = in_flight, None
+            if op == "ok":
+                for key, stored in batch.entries.items():
+                    assert stored is not None
+                    committed[key] = max(committed[key], int(stored.payload))
+                d.written(Written(batch.seq), writers[-1])
+            else:
+                retries_armed += 1
+                d.written(Written(batch.seq, "disk full"), writers[-1])
+        elif op == "retry" and retries_armed:
+            retries_armed -= 1
+            assert not d.retry_due()
+        elif op == "exit":
+            d.writer_exited(writers[-1])
+        elif op == "stale":
+            d.written(Written(last_seq + 1), writers[-1])
+            d.written(Written(max(last_seq - 1, 0)), writers[-1])
+            if len(writers) > 1:
+                d.written(Written(last_seq), writers[0])
+        elif op == "idle":
+            clock.now += 150.0
+            d.keep_alive()
+        observe(op)
+    assert retries_armed <= 1  # a failed batch arms one retry, and nothing goes until it fires
+    for _ in range(100):
+        if in_flight is not None:
+            batch, in_flight = in_flight, None
+            for key, stored in batch.entries.items():
+                assert stored is not None
+                committed[key] = max(committed[key], int(stored.payload))
+            d.written(Written(batch.seq), writers[-1])
+        elif retries_armed:
+            retries_armed -= 1
+            d.retry_due()
+        else:
+            break
+        observe("drain")
+    assert answered == set(registered)
+    assert committed == version
+    assert d.queue_depth() == 0
