@@ -22,21 +22,16 @@ from typing import Any
 import pytest
 
 from thespian_dd import (
-    GCounter,
     ReadAll,
     ReadFrom,
     ReadLocal,
     ReadMajority,
-    ReplicaId,
     WriteAll,
     WriteLocal,
     WriteMajority,
     WriteTo,
 )
 from thespian_dd._runtime.checks import Rejections, consistency_error, key_error
-from thespian_dd._runtime.keys import KeyTable
-from thespian_dd._runtime.markers import Initialized
-from thespian_dd._runtime.pruning import Pruning
 from thespian_dd._runtime.settings import CAPABILITY_PREFIX, Settings, matches
 from thespian_dd.messages import ReadConsistency, WriteConsistency
 
@@ -134,10 +129,6 @@ def test_a_good_value_is_kept(name: str, value: object) -> None:
     assert kept == (tuple(value) if isinstance(value, list) else value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="delta_interval=False slips past the check: False != 0 is False",
-)
 def test_delta_interval_refuses_false_as_it_refuses_true() -> None:
     """History: ``Settings(delta_interval=True)`` raises "delta_interval must be seconds > 0,
     not True", and every other seconds setting refuses both bools (``checks.seconds``: "bools
@@ -148,37 +139,17 @@ def test_delta_interval_refuses_false_as_it_refuses_true() -> None:
         Settings(delta_interval=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="Settings accepts an infinite marker ttl and the owner's pruning round then raises",
-)
 @pytest.mark.parametrize("name", ["pruning_marker_ttl", "durable_pruning_marker_ttl"])
-def test_an_infinite_marker_ttl_is_refused_or_works(name: str) -> None:
-    """History: ``Settings(pruning_marker_ttl=inf)`` (or ``durable_pruning_marker_ttl=inf``, for
-    a durable key) is accepted: ``_check_positive`` only asks ``value > 0``.  The first pruning
-    round in which this node owns a marker every live node has seen then computes
-    ``int(settings.marker_ttl(key) * 1000)`` and raises ``OverflowError: cannot convert float
-    infinity to integer``: that key is never pruned, every later round raises again, and keys
-    the round had already pruned before it are changed in the key table but never handed back
-    to be stored (``prune`` returns no list).  Consistency levels refuse an infinite timeout.
-
-    Either fix passes: Settings refuses the value naming the field, or the round copes."""
-    given: dict[str, Any] = {name: math.inf}
-    if name == "durable_pruning_marker_ttl":
-        given["store"] = URL  # the key below is then durable
-    try:
-        settings = Settings(**given)
-    except ValueError as e:
-        refused = str(e)
-    else:
-        me, gone = ReplicaId("a", 1), ReplicaId("c", 1)
-        keys = KeyTable(lambda _key: None)
-        keys.put("k", GCounter({gone: 5}), markers={gone: Initialized(me, frozenset({"a"}))})
-        Pruning(settings, keys).prune(me, {"a": me})
-        assert keys.get("k") == GCounter({me: 5})
-        return
-    assert refused.startswith(f"{name} must")
+def test_an_infinite_marker_ttl_is_refused(name: str) -> None:
+    """History: ``Settings(pruning_marker_ttl=inf)`` (or ``durable_pruning_marker_ttl=inf``) was
+    accepted: ``_check_positive`` only asked ``value > 0``.  The first pruning round in which
+    this node owned a marker every live node had seen then computed
+    ``int(settings.marker_ttl(key) * 1000)`` and raised ``OverflowError``: that key was never
+    pruned, every later round raised again, and keys the round had already pruned were changed
+    in the key table but never handed back to be stored.  Every seconds setting must now be
+    finite, as consistency levels' timeouts already had to be."""
+    with pytest.raises(ValueError, match=f"{name} must be seconds > 0"):
+        Settings(**{name: math.inf})
 
 
 # -- from a mapping, from capabilities -------------------------------------------------------------

@@ -18,7 +18,7 @@ class DeltaQueue:
         self._queued: dict[str, ReplicatedData | None] = {}  # None: a tombstone
         self.seq = 0
         """The number of the last propagation taken."""
-        self._seen: dict[ReplicaId, object] = {}  # as the peer sent it: compared, never added to
+        self._seen: dict[ReplicaId, object] = {}  # the last seq of each origin, as it was sent
 
     def add(self, key: str, delta: ReplicatedData | None) -> None:
         """Queue ``delta`` of ``key`` (None: the key was deleted)."""
@@ -46,11 +46,18 @@ class DeltaQueue:
 
     def received(self, origin: ReplicaId, seq: object) -> bool:
         """Note propagation ``seq`` from ``origin``; returns whether deltas were lost before it
-        (a propagation from an origin not heard before starts its count)."""
+        (a propagation from an origin not heard before starts its count; a number that cannot
+        be followed, because the peer sent no int, counts as a gap)."""
         last = self._seen.get(origin)
         self._seen[origin] = seq
-        return last is not None and seq != last + 1  # type: ignore[operator]
+        if last is None:
+            return False
+        return not (_number(last) and _number(seq)) or seq != last + 1  # type: ignore[operator]
 
     def forget(self, origin: ReplicaId) -> None:
         """``origin`` was replaced by a new incarnation, which numbers its own propagations."""
         self._seen.pop(origin, None)
+
+
+def _number(seq: object) -> bool:
+    return isinstance(seq, int) and not isinstance(seq, bool)

@@ -7,6 +7,7 @@ introduce themselves pass them).  A bad value is refused with a sentence naming 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -88,7 +89,7 @@ class Settings:
             "durable_pruning_marker_ttl",
         ):
             _check_positive(name, getattr(self, name))
-        if self.delta_interval != 0:
+        if self.delta_interval != 0 or isinstance(self.delta_interval, bool):
             _check_positive("delta_interval", self.delta_interval)
         if self.store is not None and (not isinstance(self.store, str) or not self.store):
             raise ValueError(f"store must be an SQLAlchemy URL or None, not {self.store!r}")
@@ -171,7 +172,8 @@ def _expiries(rules: object) -> dict[str, float]:
 
 
 def _check_positive(name: str, value: object) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+    # Finite too: every one of them is a timer's delay or a marker's lifetime in ms.
+    if (seconds(value) or 0.0) <= 0 or not math.isfinite(value):  # type: ignore[arg-type]
         raise ValueError(f"{name} must be seconds > 0, not {value!r}")
 
 
