@@ -149,7 +149,7 @@ def test_an_infinite_marker_ttl_is_refused(name: str) -> None:
     in the key table but never handed back to be stored.  Every seconds setting must now be
     finite, as consistency levels' timeouts already had to be."""
     with pytest.raises(ValueError, match=f"{name} must be seconds > 0"):
-        Settings(**{name: math.inf})
+        Settings.from_mapping({name: math.inf})
 
 
 # -- from a mapping, from capabilities -------------------------------------------------------------
