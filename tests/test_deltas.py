@@ -2,7 +2,8 @@
 replaces them by a tombstone, propagations are numbered 1, 2, 3 (an empty one uses no number),
 an expired key is dropped; and the receiver's gap detection per origin, which a new incarnation
 starts over.  A property: whatever the interleaving of adds and takes, merging everything taken
-gives what merging everything added gives.
+gives what merging everything added gives.  Then propagations as sent (deltas with only their
+Performed markers) and as received (after a gap, the keys that need causal delivery are asked for).
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from thespian_dd import GCounter, ORSet, ReplicaId
+from thespian_dd import GCounter, ORSet, ReplicaId, codec
+from thespian_dd._canonical import Limits
 from thespian_dd._runtime.deltas import DeltaQueue
+from thespian_dd._runtime.keys import KeyTable
+from thespian_dd._runtime.markers import Initialized, Marker, Performed, split_envelope
+from thespian_dd._runtime.protocol import PROTOCOL_VERSION, TOMBSTONE, DeltaPropagation
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -197,3 +202,61 @@ def test_merging_everything_taken_equals_merging_everything_added(
     for key, deltas in added.items():
         assert reduce(GCounter.merge, taken[key]) == reduce(GCounter.merge, deltas)
         assert reduce(GCounter.merge, taken[key]).value == counters[key].value
+
+
+# -- propagations, as sent and received --------------------------------------------------------
+
+
+def test_a_propagation_carries_the_queued_deltas_their_performed_markers_and_last_use() -> None:
+    """A delta carries only its key's Performed markers (it is not the sender's whole state, so
+    it must not claim the sender has seen an Initialized marker), a tombstone as TOMBSTONE, and
+    the last use of keys that expire."""
+    gone, other = ReplicaId("gone", 1), ReplicaId("other", 1)
+    keys = KeyTable(lambda key: 60.0 if key == "x" else None, clock=lambda: 100.0)
+    markers: dict[ReplicaId, Marker] = {
+        gone: Performed(10**15),
+        other: Initialized(A, frozenset({"a"})),
+    }
+    keys.put("x", GCounter().increment(A, 1), markers=markers)
+    keys.touch("x")
+    q = DeltaQueue()
+    assert q.propagation(A, keys) is None  # nothing queued: nothing sent, no number used
+    q.add("x", GCounter().increment(A, 1))
+    q.add("y", None)
+    message = q.propagation(A, keys)
+    assert message is not None
+    assert (message.sender, message.seq) == (A, 1)
+    assert message.entries["y"] == TOMBSTONE
+    sent_markers, raw = split_envelope(message.entries["x"], Limits())
+    assert sent_markers == {gone: Performed(10**15)}
+    assert codec.decode(raw) == GCounter().increment(A, 1)
+    assert message.used == {"x": 100.0}
+
+
+def test_after_a_gap_keys_that_need_causal_delivery_are_asked_for_and_the_rest_merged() -> None:
+    keys = KeyTable(lambda _key: None)
+    keys.put("set", ORSet().add(B, "e"))
+    keys.put("count", GCounter().increment(B, 1))
+    merged: list[object] = []
+
+    def merge(key: object, payload: object, origin: str, used: object) -> bool:
+        merged.append(key)
+        return True
+
+    def propagation(seq: int) -> DeltaPropagation:
+        entries = {"set": b"delta", "count": b"delta", "new": b"delta"}
+        return DeltaPropagation(PROTOCOL_VERSION, A, seq, entries)
+
+    q = DeltaQueue()
+    assert q.on_propagation(propagation(1), keys, merge) == []
+    assert merged == ["set", "count", "new"]
+    merged.clear()
+    assert q.on_propagation(propagation(3), keys, merge) == ["set"]  # 2 was lost
+    assert merged == ["count", "new"]
+
+
+def test_a_propagation_whose_entries_are_no_dict_is_ignored_and_numbers_nothing() -> None:
+    q = DeltaQueue()
+    bad = DeltaPropagation(PROTOCOL_VERSION, A, 5, ["not", "a", "dict"])  # type: ignore[arg-type]
+    assert q.on_propagation(bad, KeyTable(lambda _key: None), lambda *_: True) == []
+    assert not q.received(A, 1)  # the first heard from A: 5 was not counted

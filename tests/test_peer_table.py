@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from thespian.actors import ActorAddress
 
-from thespian_dd._runtime.peers import Peer, PeerTable
-from thespian_dd._runtime.protocol import RequestTimeout
+from thespian_dd._runtime.peers import Admission, Peer, PeerTable
+from thespian_dd._runtime.protocol import PROTOCOL_VERSION, GossipStatus, RequestTimeout
 from thespian_dd._runtime.quorums import Pending, Quorums
 from thespian_dd.data import ReplicaId
 from thespian_dd.messages import (
@@ -556,3 +556,34 @@ def test_an_answer_counts_once_and_only_from_the_peer_asked_at_its_address() -> 
     quorums.close(pending)
     assert len(quorums) == 0
     assert quorums.timed_out(pending.id_) is None
+
+
+# -- admission of peer messages ------------------------------------------------------------------
+
+
+def _status(sender: object, version: int = PROTOCOL_VERSION) -> GossipStatus:
+    return GossipStatus(version, sender, {})  # type: ignore[arg-type]
+
+
+def test_a_message_is_admitted_only_from_a_current_peer_of_this_protocol_version() -> None:
+    t = Table()
+    me = ME
+    a = ReplicaId("a", 1)
+    assert t.peers.admit(_status(a), me) is Admission.OK
+    assert t.peers.admit(_status(a, version=PROTOCOL_VERSION + 1), me) is Admission.OTHER_VERSION
+    assert t.peers.admit(_status("a"), me) is Admission.MALFORMED
+    assert t.peers.admit(object(), me) is Admission.MALFORMED
+    assert t.peers.admit(_status(me), me) is Admission.IGNORED
+    t.peers.blocked = frozenset({"a"})
+    assert t.peers.admit(_status(a), me) is Admission.IGNORED
+    t.peers.blocked = frozenset()
+    t.peers.departed.add(a)
+    assert t.peers.admit(_status(a), me) is Admission.REMOVED
+    assert t.peers.admit(_status(ReplicaId("a", 2)), me) is Admission.OK  # its next start
+
+
+def test_a_message_from_a_pruned_replica_is_answered_as_removed() -> None:
+    t = Table()
+    b = ReplicaId("b", 1)
+    t.pruned.add(b)
+    assert t.peers.admit(_status(b), ME) is Admission.REMOVED

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from thespian_dd import ReadMajority, WriteMajority
 from thespian_dd._runtime.protocol import RequestTimeout
 from thespian_dd._runtime.quorums import Pending, Quorums
+from thespian_dd.messages import GetFailure, ReplicationDeleteFailure, UpdateTimeout
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -219,3 +220,17 @@ def test_a_majority_level_opens_a_request_only_if_enough_peers_are_asked() -> No
     needed = WriteMajority(1.0, 4).replicas_needed(5)  # 4 of 5
     assert not q.open(pending(needed, {"b": 1, "c": 2}), 1.0)
     assert q.open(pending(needed, {"b": 1, "c": 2, "d": 3}), 1.0)
+
+
+@pytest.mark.parametrize(
+    ("kind", "reply"),
+    [
+        ("update", UpdateTimeout("k", "r")),
+        ("delete", ReplicationDeleteFailure("k", "r", "not confirmed by enough replicas in time")),
+        ("get", GetFailure("k", "r", "not enough replicas answered in time")),
+    ],
+)
+def test_a_request_that_runs_out_of_time_gets_the_failure_of_its_family(
+    kind: str, reply: Any
+) -> None:
+    assert Pending(kind, "client", "k", "r", 2, {}).timeout_reply() == reply

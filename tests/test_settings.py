@@ -22,18 +22,38 @@ from typing import Any
 import pytest
 
 from thespian_dd import (
+    GCounter,
     ReadAll,
     ReadFrom,
     ReadLocal,
     ReadMajority,
+    ReplicaId,
     WriteAll,
     WriteLocal,
     WriteMajority,
     WriteTo,
 )
-from thespian_dd._runtime.checks import Rejections, consistency_error, key_error
+from thespian_dd._runtime.checks import Rejections, consistency_error, failure_reply, key_error
+from thespian_dd._runtime.protocol import GossipKeys
 from thespian_dd._runtime.settings import CAPABILITY_PREFIX, Settings, matches
-from thespian_dd.messages import ReadConsistency, WriteConsistency
+from thespian_dd.messages import (
+    Delete,
+    Get,
+    GetFailure,
+    GetStats,
+    InvalidRequest,
+    ModifyFailure,
+    ReadConsistency,
+    ReplicationDeleteFailure,
+    Subscribe,
+    Update,
+    WriteConsistency,
+)
+
+
+def _noop(counter: GCounter, node: ReplicaId) -> GCounter:
+    return counter
+
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -444,3 +464,20 @@ def test_a_reset_forgets_the_count_but_not_what_was_logged(
         assert not rejections.warn_once("b#1", "too big", "not again")
     assert rejections.count == 0
     assert [r.getMessage() for r in caplog.records] == ["logged"]
+
+
+@pytest.mark.parametrize(
+    ("message", "reply"),
+    [
+        (Get("k", request="r"), GetFailure("k", "r", "why")),
+        (Update("k", GCounter(), _noop, request="r"), ModifyFailure("k", "r", "why")),
+        (Delete("k", request="r"), ReplicationDeleteFailure("k", "r", "why")),
+        (Subscribe("k"), InvalidRequest("Subscribe", "why", None)),
+        (GetStats(request="r"), InvalidRequest("GetStats", "why", "r")),
+        (GossipKeys(1, ReplicaId("p", 1), {}, frozenset()), None),
+    ],
+)
+def test_a_request_that_cannot_be_served_gets_the_failure_of_its_family(
+    message: object, reply: object
+) -> None:
+    assert failure_reply(message, "why") == reply

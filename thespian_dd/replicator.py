@@ -21,13 +21,12 @@ subscribers are kept in lists and compared with ``==``.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict
 from functools import partial
 from typing import Any
@@ -42,15 +41,16 @@ from thespian.actors import (
     PoisonMessage,
     WakeupMessage,
 )
-from thespian.system.transport import SendStatus, TransmitIntent, asyncTransportBase
+from thespian.system.transport import asyncTransportBase
 
 from thespian_dd import codec
 from thespian_dd._canonical import CodecError, Limits
-from thespian_dd._runtime.antientropy import differing_buckets, differing_keys, within_budget
+from thespian_dd._runtime.antientropy import AntiEntropy
 from thespian_dd._runtime.checks import (
     Rejections,
     consistency_error,
     describe,
+    failure_reply,
     key_error,
     seconds,
     timeout_of,
@@ -58,12 +58,11 @@ from thespian_dd._runtime.checks import (
 from thespian_dd._runtime.deltas import DeltaQueue
 from thespian_dd._runtime.durability import Durability
 from thespian_dd._runtime.keys import KeyTable
-from thespian_dd._runtime.markers import Markers, join_envelope, only_performed
-from thespian_dd._runtime.peers import Introducer, Peer, PeerTable
+from thespian_dd._runtime.markers import Markers
+from thespian_dd._runtime.peers import Admission, Introducer, Peer, PeerTable
 from thespian_dd._runtime.protocol import (
     NODE_CAPABILITY,
     PROTOCOL_VERSION,
-    TOMBSTONE,
     DeltaPropagation,
     DescribeProcess,
     Every,
@@ -95,13 +94,12 @@ from thespian_dd._runtime.quorums import Pending, Quorums
 from thespian_dd._runtime.settings import CAPABILITY_PREFIX, Settings, matches
 from thespian_dd._runtime.subscriptions import Notification, Subscriptions
 from thespian_dd._runtime.updates import modified, update_error
-from thespian_dd._runtime.window import SendWindow
+from thespian_dd._runtime.window import SendWindow, transmit_within
 from thespian_dd._runtime.writer import FORGOTTEN, DurableWriter, Entry, LoadChunk, Loaded, Written
 from thespian_dd.data import (
     RemovedNodePruning,
     ReplicaId,
     ReplicatedData,
-    RequiresCausalDelivery,
 )
 from thespian_dd.lwwregister import now_ms
 from thespian_dd.messages import (
@@ -133,7 +131,6 @@ from thespian_dd.messages import (
     Update,
     UpdateDataDeleted,
     UpdateSuccess,
-    UpdateTimeout,
     WriteConsistency,
 )
 
@@ -237,16 +234,24 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             refused=lambda replica, address: self.send(address, self._removed(replica)),
             replaced=self._forget_incarnation,
         )
+        self._transmit_fn = transmit_within(self, settings.failure_timeout)
         self._window = SendWindow(
-            self._transmit,
+            self._transmit_fn,
             asyncTransportBase.MAX_PENDING_TRANSMITS,
             peer_count=lambda: len(self._peers),
             dead=self._peers.unreachable,
         )
         self._deltas = DeltaQueue()
+        self._anti_entropy = AntiEntropy(
+            self._keys,
+            lambda: self.node,
+            self._merge_remote,
+            settings.max_gossip_bytes,
+            self._rejections,
+        )
         self._quorums = Quorums(self.wakeupAfter)
         self._subscriptions = Subscriptions(
-            transmit=self._transmit,
+            transmit=self._transmit_fn,
             wake=self.wakeupAfter,
             interval=settings.notify_interval,
             dropped=lambda address: log.info("dropped a subscriber that is gone: %s", address),
@@ -324,17 +329,10 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     def _refuse(self, msg: Any, sender: Any, error: str) -> None:
         """Answer a request the Replicator cannot serve with the failure of its family."""
-        key, request = str(getattr(msg, "key", "")), getattr(msg, "request", None)
-        if isinstance(msg, Get):
-            self.send(sender, GetFailure(key, request, error))
-        elif isinstance(msg, Update):
-            self.send(sender, ModifyFailure(key, request, error))
-        elif isinstance(msg, Delete):
-            self.send(sender, ReplicationDeleteFailure(key, request, error))
-        elif isinstance(msg, StartReplicator):
+        if isinstance(msg, StartReplicator):
             self.send(sender, ReplicatorStarted(self.node, asdict(self.settings), msg.token, error))
-        elif not isinstance(msg, PeerMessage):
-            self.send(sender, InvalidRequest(type(msg).__name__, error, request))
+        elif (reply := failure_reply(msg, error)) is not None:
+            self.send(sender, reply)
 
     @property
     def node(self) -> ReplicaId:
@@ -500,9 +498,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         """Acknowledge a local write now, or once enough peers have it."""
         needed = consistency.replicas_needed(self._peers.replica_count())
         if needed <= 1:
-            success = (UpdateSuccess if kind == "update" else DeleteSuccess)(key, request)
-            failure = partial(StoreFailure, key, request)
-            self._durability.reply_when_stored(key, client, success, failure)
+            self._acknowledge(kind, client, key, request)
             return
         pending = Pending(kind, client, key, request, needed, self._peers.targets())
         if self._ask_peers(pending, timeout_of(consistency)):
@@ -522,26 +518,21 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     def _finish(self, pending: Pending, *, timed_out: bool) -> None:
         self._quorums.close(pending)
         key, request, client = pending.key, pending.request, pending.client
-        if pending.kind in ("update", "delete") and not timed_out:
-            success = UpdateSuccess if pending.kind == "update" else DeleteSuccess
-            failure = partial(StoreFailure, key, request)
-            self._durability.reply_when_stored(key, client, success(key, request), failure)
-            return
-        if pending.kind == "update":
-            reply: Any = UpdateTimeout(key, request)
-        elif pending.kind == "delete":
-            reply = ReplicationDeleteFailure(
-                key, request, "not confirmed by enough replicas in time"
-            )
-        elif timed_out:
-            reply = GetFailure(key, request, "not enough replicas answered in time")
-        else:
+        if timed_out:
+            self.send(client, pending.timeout_reply())
+        elif pending.kind == "get":
             for payload in pending.results:
                 if payload is not None:
                     self._merge_remote(key, payload, "read repair")
             self._reply_get(client, key, request)
-            return
-        self.send(client, reply)
+        else:
+            self._acknowledge(pending.kind, client, key, request)
+
+    def _acknowledge(self, kind: str, client: Any, key: str, request: Any) -> None:
+        """Reply to a write once it is stored (at once if it need not be)."""
+        success = (UpdateSuccess if kind == "update" else DeleteSuccess)(key, request)
+        failure = partial(StoreFailure, key, request)
+        self._durability.reply_when_stored(key, client, success, failure)
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         if sender != self.myAddress:  # a timer is only ever our own; another actor forged it
@@ -663,23 +654,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         replica = None if peer is None or peer.address != address else peer.replica
         self._window.send(replica, address, message)
 
-    def _transmit(self, address: Any, message: Any, done: Callable[[Any], None]) -> None:
-        """Send ``message``; ``done(status)`` once it is delivered, or has failed: at the latest
-        after ``failure_timeout`` (Thespian's own limit is minutes)."""
-        send_intent = getattr(self._myRef, "_send_intent", None)
-        if send_intent is None:  # a base without transmit intents (simpleSystemBase)
-            self.send(address, message)
-            done(SendStatus.Sent)
-            return
-
-        def finished(status: Any, _intent: Any) -> None:
-            done(status)
-
-        limit = dt.timedelta(seconds=self.settings.failure_timeout)
-        send_intent(
-            TransmitIntent(address, message, onSuccess=finished, onError=finished, maxPeriod=limit)
-        )
-
     def _forget_incarnation(self, old: ReplicaId) -> None:
         """A peer's new incarnation replaced ``old``: its deltas were numbered per incarnation,
         and what its window held is moot."""
@@ -696,25 +670,24 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     def _accept(self, msg: Any, sender: Any) -> bool:
         """Whether a peer message may be handled: right version, sender not cut off.  Marks the
         sender alive."""
-        if not isinstance(msg, PeerMessage) or not isinstance(msg.sender, ReplicaId):
-            self._rejections.refuse()
+        verdict = self._peers.admit(msg, self.node)
+        if verdict is not Admission.OK:
+            if verdict in (Admission.MALFORMED, Admission.OTHER_VERSION):
+                self._rejections.refuse()
+            if verdict is Admission.OTHER_VERSION:
+                reason = f"protocol version {msg.version!r} (this node speaks {PROTOCOL_VERSION})"
+                kind, origin = type(msg).__name__, msg.sender
+                self._rejections.warn_once(
+                    origin.node, reason, "ignoring %s from %s: %s", kind, origin, reason
+                )
+            elif (
+                verdict is Admission.REMOVED
+                and isinstance(sender, ActorAddress)
+                and not isinstance(msg, PeerRemoved)  # no answer to an answer
+            ):
+                self.send(sender, self._removed(msg.sender))
             return False
         origin = msg.sender
-        if origin.node in self._peers.blocked or origin == self._node:
-            return False
-        if origin in self._peers.departed or origin in self._keys.pruned:
-            # Removed for good, or pruned: it must not write on under that replica.
-            if isinstance(sender, ActorAddress) and not isinstance(msg, PeerRemoved):
-                self.send(sender, self._removed(origin))
-            return False
-        if msg.version != PROTOCOL_VERSION:
-            self._rejections.refuse()
-            reason = f"protocol version {msg.version!r} (this node speaks {PROTOCOL_VERSION})"
-            kind = type(msg).__name__
-            self._rejections.warn_once(
-                origin.node, reason, "ignoring %s from %s: %s", kind, origin, reason
-            )
-            return False
         with contextlib.suppress(TypeError, AttributeError):  # malformed: the handler rejects it
             self._gossip_in += gossip_bytes(msg)
         peer = self._peers.get(origin.node)
@@ -768,13 +741,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._peer_send(msg.sender.node, msg.address, self._status())
 
     def _status(self) -> GossipStatus:
-        return GossipStatus(
-            PROTOCOL_VERSION,
-            self.node,
-            self._keys.buckets(),
-            self._peers.directory(),
-            self._keys.take_used_here(),
-        )
+        return self._anti_entropy.status(self._peers.directory())
 
     def _gossip_round(self) -> None:
         self._gossip_rounds += 1
@@ -797,94 +764,44 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     # -- peers: anti-entropy and deltas ----------------------------------------------------------
 
     def receiveMsg_GossipStatus(self, msg: GossipStatus, sender: Any) -> None:
-        if not self._accept(msg, sender):
-            return
-        self._learn_directory(msg.peers)
-        peer = self._peers.get(msg.sender.node)
-        if peer is None or not isinstance(msg.buckets, dict):
-            return
-        if isinstance(msg.used, dict):
-            for key, at in msg.used.items():
-                if key in self._keys and (when := seconds(at)) is not None:
-                    self._keys.touch(key, when)
-        differ = differing_buckets(self._keys.buckets(), msg.buckets)
-        if differ:
-            digests = self._keys.digests_in(differ)
-            self._reply(peer, GossipKeys(PROTOCOL_VERSION, self.node, digests, differ))
+        if self._accept(msg, sender):
+            self._learn_directory(msg.peers)
+            if (peer := self._peers.get(msg.sender.node)) is not None:
+                self._anti_entropy.on_status(msg, partial(self._reply, peer))
 
     def receiveMsg_GossipKeys(self, msg: GossipKeys, sender: Any) -> None:
-        if not self._accept(msg, sender):
-            return
-        peer = self._peers.get(msg.sender.node)
-        if peer is None or not isinstance(msg.digests, dict):
-            return
-        send, want = differing_keys(self._keys.digests_in(msg.buckets), msg.digests)
-        self._send_entries(peer, send, want)
+        if self._accept(msg, sender) and (peer := self._peers.get(msg.sender.node)) is not None:
+            self._anti_entropy.on_keys(msg, partial(self._reply, peer))
 
-    def _send_entries(self, peer: Peer, keys: list[str], want: frozenset[str]) -> None:
-        """Send the values of ``keys`` within the gossip budget; the rest goes next round."""
-        payloads = [(k, p) for k in keys if (p := self._keys.payload(k)) is not None]
-        entries, over = within_budget(payloads, self.settings.max_gossip_bytes)
-        for key in over:
-            self._rejections.warn_once(
-                "budget",
-                key,
-                "value of %r (%d bytes) exceeds max_gossip_bytes: sent alone",
-                key,
-                len(entries[key]),
-            )
-        if entries or want:
-            used = self._keys.used(entries)
-            self._reply(peer, GossipEntries(PROTOCOL_VERSION, self.node, entries, want, used))
+    def receiveMsg_GossipEntries(self, msg: GossipEntries, sender: Any) -> None:
+        if self._accept(msg, sender):
+            peer = self._peers.get(msg.sender.node)
+            reply = self._dropped if peer is None else partial(self._reply, peer)
+            self._anti_entropy.on_entries(msg, reply)
 
     def _reply(self, peer: Peer, message: PeerMessage) -> None:
         self._peer_send(peer.replica.node, peer.address, message)
 
-    def receiveMsg_GossipEntries(self, msg: GossipEntries, sender: Any) -> None:
-        if not self._accept(msg, sender) or not isinstance(msg.entries, dict):
-            return
-        used = msg.used if isinstance(msg.used, dict) else {}
-        for key, payload in msg.entries.items():
-            self._merge_remote(key, payload, str(msg.sender), used.get(key))
-        peer = self._peers.get(msg.sender.node)
-        if msg.want and peer is not None:
-            wanted = [k for k in msg.want if isinstance(k, str)]
-            self._send_entries(peer, wanted, frozenset())
+    def _dropped(self, message: PeerMessage) -> None:
+        """The reply to a peer that is not in the peer table (it sent values unasked)."""
 
     def _queue_delta(self, key: str, delta: ReplicatedData | None) -> None:
         if self.settings.delta_interval and len(self._peers):
             self._deltas.add(key, delta)
 
     def _send_deltas(self) -> None:
-        deltas = self._deltas.take()
-        if not deltas:
-            return
-        entries = {
-            key: TOMBSTONE
-            if delta is None
-            else join_envelope(codec.encode(delta), only_performed(self._keys.markers(key)))
-            for key, delta in deltas.items()
-        }
-        used = self._keys.used(entries)
-        message = DeltaPropagation(PROTOCOL_VERSION, self.node, self._deltas.seq, entries, used)
-        for peer in self._peers:
-            if peer.reachable:
-                self._reply(peer, message)
+        message = self._deltas.propagation(self.node, self._keys)
+        if message is not None:
+            for peer in self._peers:
+                if peer.reachable:
+                    self._reply(peer, message)
 
     def receiveMsg_DeltaPropagation(self, msg: DeltaPropagation, sender: Any) -> None:
-        if not self._accept(msg, sender) or not isinstance(msg.entries, dict):
+        if not self._accept(msg, sender):
             return
-        used = msg.used if isinstance(msg.used, dict) else {}
-        gap = self._deltas.received(msg.sender, msg.seq)
-        want: list[str] = []
-        for key, payload in msg.entries.items():
-            current = self._keys.get(key) if isinstance(key, str) else None
-            if gap and isinstance(current, RequiresCausalDelivery):
-                want.append(key)  # deltas were lost: ask for the whole value instead
-            else:
-                self._merge_remote(key, payload, str(msg.sender), used.get(key))
+        want = self._deltas.on_propagation(msg, self._keys, self._merge_remote)
         peer = self._peers.get(msg.sender.node)
-        if want and peer is not None:
+        if want and peer is not None:  # deltas were lost: ask for the whole values instead
             self._reply(peer, GossipEntries(PROTOCOL_VERSION, self.node, {}, frozenset(want)))
 
     # -- peers: quorum requests ------------------------------------------------------------------

@@ -10,10 +10,21 @@ others; what does not fit goes in the next round.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["differing_buckets", "differing_keys", "within_budget"]
+from thespian_dd._runtime.checks import Rejections, seconds
+from thespian_dd._runtime.keys import KeyTable
+from thespian_dd._runtime.protocol import (
+    PROTOCOL_VERSION,
+    GossipEntries,
+    GossipKeys,
+    GossipStatus,
+    PeerMessage,
+)
+from thespian_dd.data import ReplicaId
+
+__all__ = ["AntiEntropy", "differing_buckets", "differing_keys", "within_budget"]
 
 
 def differing_buckets(mine: Mapping[int, bytes], theirs: Mapping[Any, object]) -> frozenset[int]:
@@ -49,3 +60,86 @@ def within_budget(
         entries[key] = payload
         size += len(payload)
     return entries, over
+
+
+Merge = Callable[[object, object, str, object], bool]
+"""``merge(key, payload, origin, used)``: merge a peer's value; returns whether it changed."""
+
+Reply = Callable[[PeerMessage], None]
+"""Send a message to the peer whose message is being answered."""
+
+
+class AntiEntropy:
+    """One node's side of the exchange, over its key table.  ``me()`` is the node's current
+    replica; ``merge`` merges what a peer sends; ``budget``: ``max_gossip_bytes``."""
+
+    def __init__(
+        self,
+        keys: KeyTable,
+        me: Callable[[], ReplicaId],
+        merge: Merge,
+        budget: int,
+        rejections: Rejections,
+    ) -> None:
+        self._keys = keys
+        self._me = me
+        self._merge = merge
+        self._budget = budget
+        self._rejections = rejections
+
+    def status(self, directory: dict[str, tuple[ReplicaId, Any]]) -> GossipStatus:
+        """This round's status: the bucket digests, the peer directory, and the keys that
+        expire used here since the last status."""
+        buckets = self._keys.buckets()
+        return GossipStatus(
+            PROTOCOL_VERSION, self._me(), buckets, directory, self._keys.take_used_here()
+        )
+
+    def on_status(self, msg: GossipStatus, reply: Reply) -> None:
+        """A peer's status: note when it used keys, and answer the buckets that differ with the
+        digests of their keys here."""
+        if not isinstance(msg.buckets, dict):
+            return
+        if isinstance(msg.used, dict):
+            for key, at in msg.used.items():
+                if key in self._keys and (when := seconds(at)) is not None:
+                    self._keys.touch(key, when)
+        differ = differing_buckets(self._keys.buckets(), msg.buckets)
+        if differ:
+            digests = self._keys.digests_in(differ)
+            reply(GossipKeys(PROTOCOL_VERSION, self._me(), digests, differ))
+
+    def on_keys(self, msg: GossipKeys, reply: Reply) -> None:
+        """A peer's key digests of the buckets that differ: send the values that differ, and
+        ask for those it has and this node lacks or holds otherwise."""
+        if not isinstance(msg.digests, dict):
+            return
+        send, want = differing_keys(self._keys.digests_in(msg.buckets), msg.digests)
+        self.send_entries(send, want, reply)
+
+    def on_entries(self, msg: GossipEntries, reply: Reply) -> None:
+        """A peer's values: merge them, and send the values it asked for."""
+        if not isinstance(msg.entries, dict):
+            return
+        used = msg.used if isinstance(msg.used, dict) else {}
+        for key, payload in msg.entries.items():
+            self._merge(key, payload, str(msg.sender), used.get(key))
+        if msg.want:
+            self.send_entries([k for k in msg.want if isinstance(k, str)], frozenset(), reply)
+
+    def send_entries(self, keys: list[str], want: frozenset[str], reply: Reply) -> None:
+        """Send the values of ``keys`` within the budget (the rest goes next round), and ask
+        for ``want``."""
+        payloads = [(k, p) for k in keys if (p := self._keys.payload(k)) is not None]
+        entries, over = within_budget(payloads, self._budget)
+        for key in over:
+            self._rejections.warn_once(
+                "budget",
+                key,
+                "value of %r (%d bytes) exceeds max_gossip_bytes: sent alone",
+                key,
+                len(entries[key]),
+            )
+        if entries or want:
+            used = self._keys.used(entries)
+            reply(GossipEntries(PROTOCOL_VERSION, self._me(), entries, want, used))

@@ -11,9 +11,28 @@ import datetime as dt
 import logging
 from typing import Any
 
-from thespian_dd.messages import ReadConsistency, WriteConsistency
+from thespian_dd._runtime.protocol import PeerMessage
+from thespian_dd.messages import (
+    Delete,
+    Get,
+    GetFailure,
+    InvalidRequest,
+    ModifyFailure,
+    ReadConsistency,
+    ReplicationDeleteFailure,
+    Update,
+    WriteConsistency,
+)
 
-__all__ = ["Rejections", "consistency_error", "describe", "key_error", "seconds", "timeout_of"]
+__all__ = [
+    "Rejections",
+    "consistency_error",
+    "describe",
+    "failure_reply",
+    "key_error",
+    "seconds",
+    "timeout_of",
+]
 
 
 def describe(error: BaseException) -> str:
@@ -68,6 +87,22 @@ def timeout_of(consistency: ReadConsistency | WriteConsistency) -> float:
     """The timeout of a non-local consistency level (local ones have none: 0)."""
     timeout: float = getattr(consistency, "timeout", 0.0)
     return timeout
+
+
+def failure_reply(msg: object, error: str) -> Any:
+    """The failure of ``msg``'s family of replies, saying ``error``: GetFailure, ModifyFailure,
+    ReplicationDeleteFailure, else InvalidRequest; None for a peer message (peers get no
+    reply to what they cannot send)."""
+    key, request = str(getattr(msg, "key", "")), getattr(msg, "request", None)
+    if isinstance(msg, Get):
+        return GetFailure(key, request, error)
+    if isinstance(msg, Update):
+        return ModifyFailure(key, request, error)
+    if isinstance(msg, Delete):
+        return ReplicationDeleteFailure(key, request, error)
+    if isinstance(msg, PeerMessage):
+        return None
+    return InvalidRequest(type(msg).__name__, error, request)
 
 
 class Rejections:

@@ -8,7 +8,12 @@ the whole value of the keys that need causal delivery instead of merging their d
 
 from __future__ import annotations
 
-from thespian_dd.data import ReplicaId, ReplicatedData
+from thespian_dd import codec
+from thespian_dd._runtime.antientropy import Merge
+from thespian_dd._runtime.keys import KeyTable
+from thespian_dd._runtime.markers import join_envelope, only_performed
+from thespian_dd._runtime.protocol import PROTOCOL_VERSION, TOMBSTONE, DeltaPropagation
+from thespian_dd.data import ReplicaId, ReplicatedData, RequiresCausalDelivery
 
 __all__ = ["DeltaQueue"]
 
@@ -53,6 +58,37 @@ class DeltaQueue:
         if last is None:
             return False
         return not (_number(last) and _number(seq)) or seq != last + 1  # type: ignore[operator]
+
+    def propagation(self, me: ReplicaId, keys: KeyTable) -> DeltaPropagation | None:
+        """What is queued, as the next propagation from ``me`` (None: nothing queued).  A delta
+        carries only the Performed markers of its key: it is not the sender's whole state, so
+        it must not claim the sender has seen an Initialized one."""
+        deltas = self.take()
+        if not deltas:
+            return None
+        entries = {
+            key: TOMBSTONE
+            if delta is None
+            else join_envelope(codec.encode(delta), only_performed(keys.markers(key)))
+            for key, delta in deltas.items()
+        }
+        return DeltaPropagation(PROTOCOL_VERSION, me, self.seq, entries, keys.used(entries))
+
+    def on_propagation(self, msg: DeltaPropagation, keys: KeyTable, merge: Merge) -> list[str]:
+        """Merge a peer's propagation; returns the keys whose whole values to ask for instead
+        (after a gap, those whose type needs causal delivery)."""
+        if not isinstance(msg.entries, dict):
+            return []
+        used = msg.used if isinstance(msg.used, dict) else {}
+        gap = self.received(msg.sender, msg.seq)
+        want: list[str] = []
+        for key, payload in msg.entries.items():
+            current = keys.get(key) if isinstance(key, str) else None
+            if gap and isinstance(current, RequiresCausalDelivery):
+                want.append(key)
+            else:
+                merge(key, payload, str(msg.sender), used.get(key))
+        return want
 
     def forget(self, origin: ReplicaId) -> None:
         """``origin`` was replaced by a new incarnation, which numbers its own propagations."""

@@ -14,6 +14,7 @@ for good (departed), and their replicas will be pruned.
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -24,18 +25,30 @@ from thespian.actors import ActorAddress, ActorExitRequest, ActorTypeDispatcher
 from thespian_dd._runtime.protocol import (
     NODE_CAPABILITY,
     PEERS_MODULE,
+    PROTOCOL_VERSION,
     Introduce,
     Introduced,
     IntroducerDone,
+    PeerMessage,
     wire_name,
 )
 from thespian_dd.data import ReplicaId
 
-__all__ = ["Introducer", "Peer", "PeerTable"]
+__all__ = ["Admission", "Introducer", "Peer", "PeerTable"]
 
 # Named by its path, not imported: replicator.py imports this module.
 REPLICATOR_CLASS = "thespian_dd.replicator.Replicator"
 REPLICATOR_NAME = "thespian_dd.replicator"
+
+
+class Admission(enum.Enum):
+    """What becomes of a message that claims to come from a peer."""
+
+    OK = "handled"
+    MALFORMED = "no peer message, or no ReplicaId as its sender: counted as rejected"
+    IGNORED = "from a node cut off (TEST ONLY), or from this node itself"
+    REMOVED = "from a replica removed for good or pruned: told so, so it takes a new one"
+    OTHER_VERSION = "of another protocol version: counted, and logged once per peer"
 
 
 @dataclass
@@ -89,6 +102,19 @@ class PeerTable:
         """Whether ``peer`` is still in the table (not removed, nor replaced by a new
         incarnation)."""
         return self._peers.get(peer.replica.node) is peer
+
+    def admit(self, msg: object, me: ReplicaId) -> Admission:
+        """Whether the message ``msg`` may be handled (see :class:`Admission`)."""
+        if not isinstance(msg, PeerMessage) or not isinstance(msg.sender, ReplicaId):
+            return Admission.MALFORMED
+        origin = msg.sender
+        if origin.node in self.blocked or origin == me:
+            return Admission.IGNORED
+        if origin in self.departed or origin in self._pruned:
+            return Admission.REMOVED
+        if msg.version != PROTOCOL_VERSION:
+            return Admission.OTHER_VERSION
+        return Admission.OK
 
     def learn(self, me: ReplicaId, replica: ReplicaId, address: object) -> bool:
         """Add ``replica`` at ``address``, or replace an older incarnation of its node; returns

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thespian_dd._runtime.protocol import RequestTimeout
+from thespian_dd.messages import GetFailure, ReplicationDeleteFailure, UpdateTimeout
 
 __all__ = ["Pending", "Quorums"]
 
@@ -31,6 +32,16 @@ class Pending:
     answered: set[str] = field(default_factory=set)
     results: list[bytes | None] = field(default_factory=list)
     id_: str = field(default_factory=lambda: secrets.token_hex(16))
+
+    def timeout_reply(self) -> Any:
+        """The reply when not enough peers answered in time."""
+        if self.kind == "update":
+            return UpdateTimeout(self.key, self.request)
+        if self.kind == "delete":
+            return ReplicationDeleteFailure(
+                self.key, self.request, "not confirmed by enough replicas in time"
+            )
+        return GetFailure(self.key, self.request, "not enough replicas answered in time")
 
     def enough(self) -> bool:
         """Whether the answers and this node make ``needed``."""

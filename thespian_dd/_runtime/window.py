@@ -11,18 +11,19 @@ frees its slot.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from thespian.system.transport import SendStatus
+from thespian.system.transport import SendStatus, TransmitIntent
 
 from thespian_dd._runtime.protocol import GossipStatus, PeerMessage, gossip_bytes
 from thespian_dd.data import ReplicaId
 
-__all__ = ["HELD_PER_PEER", "RESERVED_TRANSMITS", "SendWindow", "Transmit"]
+__all__ = ["HELD_PER_PEER", "RESERVED_TRANSMITS", "SendWindow", "Transmit", "transmit_within"]
 
 HELD_PER_PEER = 256
 """Messages kept for a peer whose window is full; beyond it the oldest is dropped (anti-entropy
@@ -34,6 +35,29 @@ RESERVED_TRANSMITS = 6
 Transmit = Callable[[Any, Any, Callable[[Any], None]], None]
 """``transmit(address, message, done)``: send, then call ``done(status)`` once the message is
 delivered or has failed (a SendStatus)."""
+
+
+def transmit_within(actor: Any, seconds: float) -> Transmit:
+    """The :data:`Transmit` of ``actor`` (a Thespian Actor): a transmit not delivered within
+    ``seconds`` fails (Thespian's own limit is minutes).  On a base without transmit intents
+    (simpleSystemBase) a send is done at once."""
+
+    def transmit(address: Any, message: Any, done: Callable[[Any], None]) -> None:
+        send_intent = getattr(actor._myRef, "_send_intent", None)
+        if send_intent is None:
+            actor.send(address, message)
+            done(SendStatus.Sent)
+            return
+
+        def finished(status: Any, _intent: Any) -> None:
+            done(status)
+
+        limit = dt.timedelta(seconds=seconds)
+        send_intent(
+            TransmitIntent(address, message, onSuccess=finished, onError=finished, maxPeriod=limit)
+        )
+
+    return transmit
 
 
 @dataclass
