@@ -15,7 +15,6 @@ class (see :mod:`thespian_dd.durable`).
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +28,7 @@ from thespian_dd._runtime.store import (
     _first_line,
     read_signing_key,
 )
+from thespian_dd.lwwregister import now_ms
 
 __all__ = [
     "FORGOTTEN",
@@ -112,9 +112,7 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
         count = 0
         try:
             store = self._open(msg.url, msg.signing_key_file)
-            incarnation = store.next_incarnation(
-                msg.node, time.time_ns() // 1_000_000, msg.max_offline
-            )
+            incarnation = store.next_incarnation(msg.node, now_ms(), msg.max_offline)
             rows: list[tuple[str, bytes | None]] = []
             skipped: list[tuple[str, str]] = []
             size = 0
