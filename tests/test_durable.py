@@ -44,7 +44,8 @@ from thespian_dd import (
 )
 from thespian_dd._cli.main import main
 from thespian_dd._peers import PartitionForTests
-from thespian_dd._runtime.store import Entry, Store, _checksum, _parts
+from thespian_dd._runtime.rows import Entry, checksum, parts
+from thespian_dd._runtime.store import Store
 from thespian_dd.codec import encode
 from thespian_dd.replicator import REPLICATOR_NAME
 from thespian_dd.testing import (
@@ -206,10 +207,10 @@ def _reseal(conn: Any, key: str) -> None:
         ),
         {"k": key},
     ).one()
-    parts = _parts(
+    columns = parts(
         row.node, key, row.data_type, row.format_version, bytes(row.payload), row.replicas
     )
-    check = _checksum(parts)
+    check = checksum(columns)
     conn.execute(
         sa.text("UPDATE thespian_dd_entries SET checksum = :c WHERE key = :k"),
         {"c": check, "k": key},

@@ -1,34 +1,32 @@
 """Durable storage, by its old name: the SQL store lives in :mod:`thespian_dd._runtime.store`,
 the DurableWriter actor and its messages in :mod:`thespian_dd._runtime.writer`.
 
-This module stays, re-exporting every name it held before they moved, because
-- Thespian creates an actor from its ``"module.Class"`` path, and nodes of the old layout name
-  their writer ``thespian_dd.durable.DurableWriter``: that path must still lead to the class;
-- :mod:`thespian_dd.replicator` (and code outside this package) imports these names from here.
-
-New code inside the package imports from the two modules above.
+This module stays, re-exporting the public names it held before they moved, because Thespian
+creates an actor from its ``"module.Class"`` path, and a node of the old layout names its writer
+``thespian_dd.durable.DurableWriter``: that path must still lead to the class.  Code inside the
+package imports from the two modules above.
 """
 
 from __future__ import annotations
 
-from thespian_dd._runtime.store import (
+from thespian_dd._runtime.rows import (
     BAD_CHECKSUM,
     BAD_MAC,
     CHECKSUM_BYTES,
     DELETED,
     FORGOTTEN,
-    LOAD_CHUNK_ROWS,
     MAC_BYTES,
     NOT_SIGNED,
-    SCHEMA_VERSION,
     SIGNED,
     Entry,
-    Store,
     StoredRow,
-    StoreError,
-    _checksum,
-    _parts,
     key_id,
+)
+from thespian_dd._runtime.store import (
+    LOAD_CHUNK_ROWS,
+    SCHEMA_VERSION,
+    Store,
+    StoreError,
     read_signing_key,
     safe_url,
 )
@@ -64,8 +62,6 @@ __all__ = [
     "StoredRow",
     "Write",
     "Written",
-    "_checksum",
-    "_parts",
     "key_id",
     "read_signing_key",
     "safe_url",

@@ -13,18 +13,33 @@ in the ``inspect`` command's.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from thespian_dd import codec
 from thespian_dd._runtime.checks import describe
+from thespian_dd._runtime.rows import (
+    BAD_CHECKSUM,
+    BAD_MAC,
+    CHECKSUM_BYTES,
+    DELETED,
+    FORGOTTEN,
+    MAC_BYTES,
+    NOT_SIGNED,
+    SIGNED,
+    Entry,
+    StoredRow,
+    checksum,
+    key_id,
+    mac,
+    parts,
+)
 
 __all__ = [
     "DELETED",
@@ -86,79 +101,9 @@ _nodes = sa.Table(
 )
 _UPDATED = ("key", "data_type", "format_version", "payload", "replicas", "checksum", "updated_at")
 
-DELETED = "deleted"
-"""The data type recorded for a deleted key (its payload is empty)."""
-
-CHECKSUM_BYTES = 16
-"""The checksum of a row written without a signing key (BLAKE2b)."""
-
-MAC_BYTES = 32
-"""The checksum column of a row written with a signing key: an HMAC-SHA256."""
-
-NOT_SIGNED = "the row is not signed (written without the signing key)"
-BAD_MAC = "the row's MAC does not match (tampered, or signed with another key)"
-SIGNED = "the row is signed: configure its signing key to load it"
-BAD_CHECKSUM = "the row's checksum does not match (tampered or corrupted)"
-
 
 class StoreError(RuntimeError):
     """The store cannot be opened, read or written; the message names the cause."""
-
-
-class Entry(NamedTuple):
-    """What the Replicator sends to be stored for one key (``None`` instead: deleted, a
-    tombstone; :data:`FORGOTTEN`: no row at all)."""
-
-    data_type: str
-    payload: bytes
-    replicas: str
-
-
-FORGOTTEN = Entry("", b"", "")
-"""The entry of a key that expired: its row is deleted (no tombstone is kept)."""
-
-
-class StoredRow(NamedTuple):
-    """One row as stored, for :meth:`Store.rows` (the ``inspect`` command)."""
-
-    node: str
-    key: str
-    data_type: str
-    format_version: int
-    payload: bytes
-    replicas: str
-    updated_at: float
-    error: str | None  # why the row cannot be loaded, or None
-
-
-def key_id(key: str) -> str:
-    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
-
-
-def _parts(*columns: str | int | bytes) -> list[bytes]:
-    """A row's columns as its checksum (or MAC) covers them: node, key, data type, format
-    version, payload and replicas, all that loading reads."""
-    return [
-        c.encode() if isinstance(c, str) else b"%d" % c if isinstance(c, int) else c
-        for c in columns
-    ]
-
-
-def _checksum(parts: list[bytes]) -> bytes:
-    """The checksum of a row written without a signing key (BLAKE2b, 16 bytes)."""
-    return _digest(hashlib.blake2b(digest_size=CHECKSUM_BYTES), parts)
-
-
-def _mac(signing_key: bytes, parts: list[bytes]) -> bytes:
-    """The MAC of a row written with a signing key (HMAC-SHA256, 32 bytes)."""
-    return _digest(hmac.new(signing_key, digestmod=hashlib.sha256), parts)
-
-
-def _digest(h: hashlib.blake2b | hmac.HMAC, parts: list[bytes]) -> bytes:
-    for part in parts:  # length-prefixed: no two different rows feed the same bytes
-        h.update(len(part).to_bytes(8, "big"))
-        h.update(part)
-    return h.digest()
 
 
 def read_signing_key(path: str) -> bytes:
@@ -319,23 +264,23 @@ class Store:
             and type(version) is int
         ):
             return "a column of the row has the wrong type (tampered or corrupted)"
-        parts = _parts(node, key, data_type, version, bytes(payload), replicas)
-        problem = self._seal_problem(parts, bytes(check))
+        columns = parts(node, key, data_type, version, bytes(payload), replicas)
+        problem = self._seal_problem(columns, bytes(check))
         if problem is None and row.key_id != key_id(key):
             problem = "the row's key id does not match its key (tampered or corrupted)"
         if problem is None and version != codec.FORMAT_VERSION:
             problem = f"format version {version} is not the codec's {codec.FORMAT_VERSION}"
         return problem
 
-    def _seal_problem(self, parts: list[bytes], check: bytes) -> str | None:
+    def _seal_problem(self, columns: list[bytes], check: bytes) -> str | None:
         """Why a row's checksum column does not vouch for it, or None."""
         if self._signing_key is None:
             if len(check) == MAC_BYTES:
                 return SIGNED  # it cannot be verified without the key: never load it unverified
-            return None if hmac.compare_digest(_checksum(parts), check) else BAD_CHECKSUM
+            return None if hmac.compare_digest(checksum(columns), check) else BAD_CHECKSUM
         if len(check) == CHECKSUM_BYTES:
             return NOT_SIGNED
-        return None if hmac.compare_digest(_mac(self._signing_key, parts), check) else BAD_MAC
+        return None if hmac.compare_digest(mac(self._signing_key, columns), check) else BAD_MAC
 
     def nodes(self) -> list[tuple[str, int, int]]:
         """Every node of the store: (name, incarnation, schema version)."""
@@ -380,8 +325,8 @@ class Store:
     def _seal(self, node: str, key: str, data_type: str, payload: bytes, replicas: str) -> bytes:
         """The checksum column of a row written now: its MAC with a signing key, else its
         checksum."""
-        parts = _parts(node, key, data_type, codec.FORMAT_VERSION, payload, replicas)
-        return _checksum(parts) if self._signing_key is None else _mac(self._signing_key, parts)
+        columns = parts(node, key, data_type, codec.FORMAT_VERSION, payload, replicas)
+        return checksum(columns) if self._signing_key is None else mac(self._signing_key, columns)
 
     def _upsert(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         dialect = self.engine.dialect.name
