@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from fakes import Clock
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -33,16 +34,6 @@ pytestmark = pytest.mark.timeout(60)
 
 URL = "sqlite:///x.db"
 NODE = "n1"
-
-
-class Clock:
-    """A wall clock that moves only when told."""
-
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass(frozen=True)
@@ -67,7 +58,7 @@ class Node:
     """A Durability with everything it acts through recorded."""
 
     settings: Settings
-    clock: Clock = field(default_factory=Clock)
+    clock: Clock[float] = field(default_factory=lambda: Clock(1_000_000.0))
     sent: list[tuple[Any, Any]] = field(default_factory=list)
     woken: list[tuple[float, Any]] = field(default_factory=list)
     writers: list[object] = field(default_factory=list)
@@ -752,7 +743,7 @@ def test_every_reply_goes_once_and_only_after_its_write_is_committed(
     sent: list[tuple[Any, Any]] = []
     woken: list[tuple[float, Any]] = []
     writers: list[object] = []
-    clock = Clock()
+    clock = Clock(1_000_000.0)
 
     def create_writer() -> object:
         writers.append(object())

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from fakes import Clock
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -44,16 +45,6 @@ GONE, GONE_TOO = ReplicaId("gone", 1), ReplicaId("gone", 2)
 SAME_BUCKET = ("k0", "k144")
 OTHER = "k1"
 KEYS = ["k0", "k144", "k1", "a"]
-
-
-class WallClock:
-    """A wall clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def never(_key: str) -> float | None:
@@ -122,7 +113,7 @@ def test_a_delete_of_a_key_put_without_its_encoding_needs_no_digest_of_the_value
 
 
 def test_an_expired_key_leaves_no_value_tombstone_markers_digest_nor_last_use() -> None:
-    clock = WallClock()
+    clock = Clock(1_000_000.0)
     keys = KeyTable(lambda _k: 10.0, clock)
     value = counter(2)
     keys.put("a", value, encode(value), {GONE: Performed(5)})
@@ -150,7 +141,7 @@ def test_an_expired_key_put_without_its_encoding_is_not_digested_later() -> None
 
 
 def test_a_clear_forgets_every_key_and_every_record() -> None:
-    clock = WallClock()
+    clock = Clock(1_000_000.0)
     keys = KeyTable(lambda _k: 10.0, clock)
     keys.put("a", counter(1), None, {GONE: Performed(5)})
     keys.put("k1", counter(2), encode(counter(2)))
@@ -177,7 +168,7 @@ def test_a_clear_forgets_every_key_and_every_record() -> None:
 
 
 def test_a_restored_row_keeps_its_value_markers_and_digest_and_counts_as_used_now() -> None:
-    clock = WallClock()
+    clock = Clock(1_000_000.0)
     keys = KeyTable(lambda k: 30.0 if k == "a" else None, clock)
     value = counter(7)
     markers: dict[ReplicaId, Marker] = {
@@ -217,7 +208,7 @@ def test_a_restored_row_keeps_its_value_markers_and_digest_and_counts_as_used_no
 def test_a_damaged_stored_row_raises_codec_error_and_keeps_nothing(
     damage: Callable[[bytes], bytes],
 ) -> None:
-    clock = WallClock()
+    clock = Clock(1_000_000.0)
     keys = KeyTable(lambda _k: 30.0, clock)
     keys.put("k1", counter(1), encode(counter(1)))
     before = keys.buckets()
@@ -430,7 +421,7 @@ RULES = Settings(
 
 
 def test_the_expiry_of_a_key_is_its_exact_rule_before_the_longest_prefix() -> None:
-    keys = KeyTable(RULES.expiry, WallClock())
+    keys = KeyTable(RULES.expiry, Clock(1_000_000.0))
     assert RULES.expiry("session:admin") == 5.0
     assert RULES.expiry("session:longer") == 3600.0
     assert RULES.expiry("session:x") == 60.0
@@ -441,7 +432,7 @@ def test_the_expiry_of_a_key_is_its_exact_rule_before_the_longest_prefix() -> No
 
 
 def test_a_key_is_expired_only_once_idle_longer_than_its_own_rule() -> None:
-    clock = WallClock(1000.0)
+    clock = Clock(1000.0)
     keys = KeyTable(RULES.expiry, clock)
     for key in ("session:admin", "session:x", "session:long1", "other"):
         keys.put(key, counter(1), encode(counter(1)))
@@ -466,7 +457,7 @@ def test_a_key_is_expired_only_once_idle_longer_than_its_own_rule() -> None:
 
 
 def test_a_use_later_than_the_last_one_postpones_expiry_and_an_earlier_one_does_not() -> None:
-    clock = WallClock(1000.0)
+    clock = Clock(1000.0)
     keys = KeyTable(RULES.expiry, clock)
     keys.put("session:x", counter(1), encode(counter(1)))
     keys.touch("session:x")
@@ -484,7 +475,7 @@ def test_a_use_later_than_the_last_one_postpones_expiry_and_an_earlier_one_does_
 
 
 def test_idle_lists_only_keys_holding_a_value() -> None:
-    clock = WallClock(1000.0)
+    clock = Clock(1000.0)
     keys = KeyTable(RULES.expiry, clock)
     keys.put("session:x", counter(1), encode(counter(1)))
     keys.touch("session:x")
@@ -497,7 +488,7 @@ def test_idle_lists_only_keys_holding_a_value() -> None:
 
 
 def test_a_key_without_expiry_keeps_no_last_use() -> None:
-    clock = WallClock(1000.0)
+    clock = Clock(1000.0)
     keys = KeyTable(RULES.expiry, clock)
     keys.put("other", counter(1), encode(counter(1)))
     keys.touch("other")
@@ -509,7 +500,7 @@ def test_a_key_without_expiry_keeps_no_last_use() -> None:
 
 
 def test_take_used_here_gives_the_keys_used_on_this_node_since_the_last_call() -> None:
-    clock = WallClock(1000.0)
+    clock = Clock(1000.0)
     keys = KeyTable(RULES.expiry, clock)
     for key in ("session:a", "session:b", "session:c"):
         keys.put(key, counter(1), encode(counter(1)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from fakes import Clock
 from thespian.actors import ActorAddress
 
 from thespian_dd._runtime.peers import Admission, Peer, PeerTable
@@ -37,21 +38,11 @@ REMOVAL = 300.0
 ME = ReplicaId("me", 1)
 
 
-class Monotonic:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Table:
     """A PeerTable on a fake clock, with what it called back recorded."""
 
     def __init__(self, pruned: set[ReplicaId] | None = None) -> None:
-        self.clock = Monotonic()
+        self.clock = Clock(0.0)
         self.pruned: set[ReplicaId] = set() if pruned is None else pruned
         self.refused: list[tuple[ReplicaId, Any]] = []
         self.replaced: list[ReplicaId] = []

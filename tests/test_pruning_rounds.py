@@ -12,6 +12,7 @@ slots cleaned from both sides); ``cleaned`` and ``seen_here``.
 from __future__ import annotations
 
 import pytest
+from fakes import Clock
 
 from thespian_dd import GCounter, GSet, ORSet, ReplicaId
 from thespian_dd._runtime.keys import KeyTable
@@ -37,34 +38,14 @@ TTL = 60.0
 MB = 1024 * 1024
 
 
-class Clock:
-    """Monotonic seconds that move only when told."""
-
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class MsClock:
-    """The wall clock in ms, moved by hand."""
-
-    def __init__(self, now: int = 1_700_000_000_000) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-
 class Rounds:
     """A key table and the Pruning that works on it."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings(max_pruning_dissemination=WAIT, pruning_marker_ttl=TTL)
         self.keys = KeyTable(lambda _key: None)
-        self.clock = Clock()
-        self.ms = MsClock()
+        self.clock = Clock(0.0)
+        self.ms = Clock(1_700_000_000_000)
         self.pruning = Pruning(self.settings, self.keys, self.clock, self.ms)
 
     def at(self, seconds: float, me: ReplicaId = A, live: dict[str, ReplicaId] = LIVE) -> list[str]:

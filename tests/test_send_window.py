@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import fakes
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -51,36 +52,14 @@ def status(n: int) -> GossipStatus:
     return GossipStatus(1, ME, {n % 64: bytes(8)})
 
 
-@dataclass
-class Transmit:
-    address: Any
-    message: Any
-    done: Callable[[Any], None]
-    finished: bool = False
+class Wire(fakes.Wire):
+    """The recording transmit, addressed by replica."""
 
+    def to(self, replica: Any) -> list[Any]:
+        return super().to(address_of(replica))
 
-@dataclass
-class Wire:
-    """A recording ``transmit``: nothing is delivered until the test calls ``finish``."""
-
-    sent: list[Transmit] = field(default_factory=list)  # every transmit, in order
-
-    def __call__(self, address: Any, message: Any, done: Callable[[Any], None]) -> None:
-        self.sent.append(Transmit(address, message, done))
-
-    def to(self, replica: ReplicaId) -> list[Any]:
-        return [t.message for t in self.sent if t.address == address_of(replica)]
-
-    def pending(self, replica: ReplicaId | None = None) -> list[Transmit]:
-        return [
-            t
-            for t in self.sent
-            if not t.finished and (replica is None or t.address == address_of(replica))
-        ]
-
-    def finish(self, transmit: Transmit, status: Any = SendStatus.Sent) -> None:
-        transmit.finished = True
-        transmit.done(status)
+    def pending(self, replica: Any = None) -> list[fakes.Transmit]:
+        return super().pending(None if replica is None else address_of(replica))
 
 
 class Peers:
@@ -400,7 +379,7 @@ class WindowMachine(RuleBasedStateMachine):
         self.dead: list[ReplicaId] = []
         self.window = SendWindow(self.wire, SLOTS, Peers(7), self.dead.append)  # 2 each
         self.model = {r: ModelChannel() for r in PEERS}
-        self.forgotten: list[Transmit] = []  # transmits of forgotten windows, still pending
+        self.forgotten: list[fakes.Transmit] = []  # transmits of forgotten windows, still pending
         self.expected_dead: list[ReplicaId] = []
         self.seq = 0
 

@@ -8,11 +8,11 @@ every key it subscribed to."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from fakes import Wire
 from hypothesis import given
 from hypothesis import strategies as st
 from thespian.actors import ActorAddress
@@ -25,36 +25,6 @@ from thespian_dd.messages import Changed, Deleted, Expired
 pytestmark = pytest.mark.timeout(60)
 
 S, T = ActorAddress("subscriber-s"), ActorAddress("subscriber-t")
-
-
-@dataclass
-class Transmit:
-    address: Any
-    message: Notification
-    done: Callable[[Any], None]
-    finished: bool = False
-
-
-@dataclass
-class Wire:
-    """A recording ``transmit``: nothing is delivered until the test calls ``finish``."""
-
-    sent: list[Transmit] = field(default_factory=list)
-
-    def __call__(self, address: Any, message: Notification, done: Callable[[Any], None]) -> None:
-        self.sent.append(Transmit(address, message, done))
-
-    def to(self, address: Any) -> list[Notification]:
-        return [t.message for t in self.sent if t.address == address]
-
-    def pending(self, address: Any) -> list[Transmit]:
-        return [t for t in self.sent if t.address == address and not t.finished]
-
-    def finish(self, address: Any, status: Any = SendStatus.Sent) -> None:
-        """Complete the transmit in flight to ``address``."""
-        (transmit,) = self.pending(address)
-        transmit.finished = True
-        transmit.done(status)
 
 
 @dataclass
@@ -99,12 +69,12 @@ def test_the_next_held_notification_goes_when_the_one_in_flight_is_done() -> Non
     subs, world = setup(("*", S))
     for message in (Changed("a", 1), Changed("b", 1), Changed("a", 2), Changed("c", 1)):
         subs.notify(message)
-    world.wire.finish(S)
+    world.wire.finish_to(S)
     assert world.wire.to(S) == [Changed("a", 1), Changed("b", 1)]
     assert subs.held(S) == [Changed("a", 2), Changed("c", 1)]
-    world.wire.finish(S, SendStatus.Failed)  # not delivered, but the subscriber may live on
-    world.wire.finish(S, SendStatus.Expired)
-    world.wire.finish(S)
+    world.wire.finish_to(S, SendStatus.Failed)  # not delivered, but the subscriber may live on
+    world.wire.finish_to(S, SendStatus.Expired)
+    world.wire.finish_to(S)
     assert world.wire.to(S) == [Changed("a", 1), Changed("b", 1), Changed("a", 2), Changed("c", 1)]
     assert subs.held(S) == []
     assert world.wire.pending(S) == []
@@ -117,7 +87,7 @@ def test_each_subscriber_has_its_own_outbox() -> None:
     subs, world = setup(("*", S), ("*", T))
     for i in range(5):
         subs.notify(Changed("a", i))
-        world.wire.finish(T)
+        world.wire.finish_to(T)
     assert world.wire.to(S) == [Changed("a", 0)]
     assert subs.held(S) == [Changed("a", 4)]
     assert world.wire.to(T) == [Changed("a", i) for i in range(5)]
@@ -130,7 +100,7 @@ def test_a_subscriber_on_a_cut_off_node_holds_at_most_one_message_per_key() -> N
     for i in range(1000):
         key = keys[i % len(keys)]
         subs.notify(Changed(key, i))
-        world.wire.finish(T)  # t is fine; s's transmit never finishes
+        world.wire.finish_to(T)  # t is fine; s's transmit never finishes
     assert len(world.wire.to(S)) == 1
     held = subs.held(S)
     assert len(held) == len(keys)
@@ -164,7 +134,7 @@ def test_a_dead_target_drops_the_subscriber_and_what_it_was_to_be_told() -> None
     subs, world = setup(("a", S), ("b*", S), ("*", T))
     subs.notify(Changed("a", 1))
     subs.notify(Changed("b1", 1))
-    world.wire.finish(S, SendStatus.DeadTarget)
+    world.wire.finish_to(S, SendStatus.DeadTarget)
     assert world.dropped == [S]
     assert world.wire.to(S) == [Changed("a", 1)]  # what was held is not sent
     assert subs.held(S) == []
@@ -203,7 +173,7 @@ def test_unsubscribing_the_last_pattern_forgets_the_outbox() -> None:
     subs.unsubscribe("b*", S)
     assert subs.held(S) == []
     assert len(subs) == 0
-    world.wire.finish(S)  # the one in flight completes late: nothing more goes
+    world.wire.finish_to(S)  # the one in flight completes late: nothing more goes
     assert world.wire.to(S) == [Changed("a", 1)]
     assert world.dropped == []
 
@@ -222,7 +192,7 @@ def test_a_late_completion_after_unsubscribing_neither_drops_nor_sends() -> None
     assert len(subs) == 1
     assert subs.held(S) == [Changed("a", 3)]
     assert second.message == Changed("a", 2)
-    world.wire.finish(S)
+    world.wire.finish_to(S)
     assert world.wire.to(S) == [Changed("a", 1), Changed("a", 2), Changed("a", 3)]
 
 
@@ -343,14 +313,14 @@ def test_every_subscriber_ends_with_the_latest_state_of_each_of_its_keys(
             latest[what] = message
             subs.notify(message)
         elif world.wire.pending(what):
-            world.wire.finish(what, statuses[n])
+            world.wire.finish_to(what, statuses[n])
         for subscriber in SUBSCRIBERS:
             assert len(world.wire.pending(subscriber)) <= 1
             held = subs.held(subscriber)
             assert len({m.key for m in held}) == len(held)  # one per key
     for subscriber in SUBSCRIBERS:
         while world.wire.pending(subscriber):
-            world.wire.finish(subscriber)
+            world.wire.finish_to(subscriber)
         mine = [p for p, s in patterns if s == subscriber]
         told = {m.key: m for m in world.wire.to(subscriber)}  # the last of each key
         assert told == {
