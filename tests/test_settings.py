@@ -481,3 +481,25 @@ def test_a_request_that_cannot_be_served_gets_the_failure_of_its_family(
     message: object, reply: object
 ) -> None:
     assert failure_reply(message, "why") == reply
+
+
+# -- a second start() asking for settings ----------------------------------------------------------
+
+
+def test_asking_a_running_replicator_for_its_own_settings_is_no_conflict() -> None:
+    running = Settings(gossip_interval=1.0, durable_keys=("a*",))
+    assert running.conflict({}) is None
+    assert running.conflict({"gossip_interval": 1.0, "durable_keys": ["a*"]}) is None
+
+
+def test_asking_for_other_values_names_what_was_asked_and_what_runs() -> None:
+    error = Settings(gossip_interval=1.0).conflict({"gossip_interval": 2.0})
+    assert error == (
+        "the Replicator is already running with other settings: asked {'gossip_interval': 2.0}, "
+        "running {'gossip_interval': 1.0}"
+    )
+
+
+def test_an_unknown_name_is_the_conflict_reported_first() -> None:
+    error = Settings().conflict({"gossip_interval": 9.0, "bogus": 1})
+    assert error == "unknown thespian_dd setting(s) ['bogus']"

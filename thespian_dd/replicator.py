@@ -345,22 +345,9 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         return self._settings
 
     def receiveMsg_StartReplicator(self, msg: StartReplicator, sender: Any) -> None:
-        error = self._settings_error
-        running = asdict(self.settings)
-        clash = {
-            k: v
-            for k, v in msg.settings.items()
-            if running.get(k, v) != (tuple(v) if isinstance(v, list) else v)
-        }
-        if clash:
-            error = (
-                f"the Replicator is already running with other settings: asked {clash}, "
-                f"running { ({k: running.get(k) for k in clash}) }"
-            )
-        unknown = set(msg.settings) - Settings.names()
-        if unknown:
-            error = f"unknown thespian_dd setting(s) {sorted(unknown)}"
-        self.send(sender, ReplicatorStarted(self.node, running, msg.token, error))
+        error = self.settings.conflict(msg.settings) or self._settings_error
+        started = ReplicatorStarted(self.node, asdict(self.settings), msg.token, error)
+        self.send(sender, started)
 
     # -- local state -----------------------------------------------------------------------------
 

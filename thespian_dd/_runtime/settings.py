@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from thespian_dd._runtime.checks import seconds
@@ -129,6 +129,23 @@ class Settings:
         if self.is_durable(key):
             return self.durable_pruning_marker_ttl
         return self.pruning_marker_ttl
+
+    def conflict(self, asked: Mapping[str, Any]) -> str | None:
+        """Why a caller asking for the settings ``asked`` cannot have this running Replicator:
+        an unknown name, or a value other than the running one (None: it can)."""
+        unknown = set(asked) - self.names()
+        if unknown:
+            return f"unknown thespian_dd setting(s) {sorted(unknown)}"
+        running = asdict(self)
+        clash = {
+            k: v for k, v in asked.items() if running[k] != (tuple(v) if isinstance(v, list) else v)
+        }
+        if clash:
+            return (
+                f"the Replicator is already running with other settings: asked {clash}, "
+                f"running { ({k: running[k] for k in clash}) }"
+            )
+        return None
 
     @classmethod
     def names(cls) -> frozenset[str]:
