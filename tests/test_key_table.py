@@ -196,25 +196,14 @@ def test_a_restored_row_keeps_its_value_markers_and_digest_and_counts_as_used_no
     assert keys.take_used_here() == {"a": clock.now}
 
 
-@pytest.mark.parametrize(
-    "damage",
-    [
-        pytest.param(lambda p: p[:-1], id="truncated value"),
-        pytest.param(lambda p: p[:-3] + bytes([p[-3] ^ 0xFF]) + p[-2:], id="bad checksum"),
-        pytest.param(lambda p: p[:6], id="truncated markers"),
-        pytest.param(lambda _p: b"not an encoding at all", id="garbage"),
-    ],
-)
-def test_a_damaged_stored_row_raises_codec_error_and_keeps_nothing(
-    damage: Callable[[bytes], bytes],
-) -> None:
+def test_a_row_whose_markers_are_damaged_raises_codec_error_and_keeps_nothing() -> None:
     clock = Clock(1_000_000.0)
     keys = KeyTable(lambda _k: 30.0, clock)
     keys.put("k1", counter(1), encode(counter(1)))
     before = keys.buckets()
     payload = join_envelope(encode(counter(5)), {GONE: Performed(99)})
     with pytest.raises(CodecError):
-        keys.restore("a", damage(payload), Limits())
+        keys.restore("a", payload[:6], Limits())
     assert "a" not in keys
     assert not keys.is_deleted("a")
     assert keys.markers("a") == {}
@@ -223,6 +212,65 @@ def test_a_damaged_stored_row_raises_codec_error_and_keeps_nothing(
     assert set(keys.digests()) == {"k1"}
     assert keys.used(["a"]) == {}
     assert keys.take_used_here() == {}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda p: p[:-1], id="truncated value"),
+        pytest.param(lambda p: p[:-3] + bytes([p[-3] ^ 0xFF]) + p[-2:], id="bad checksum"),
+        pytest.param(lambda _p: b"not an encoding at all", id="garbage"),
+    ],
+)
+def test_a_restored_value_that_fails_its_decode_when_first_used_is_dropped_and_reported(
+    damage: Callable[[bytes], bytes],
+) -> None:
+    """A restored value is kept as its bytes (a node serves as soon as its rows are read); the
+    first use decodes it, and one that fails is refused as a bad row at load would be: reported,
+    never served, and nothing of it is left to gossip."""
+    clock = Clock(1_000_000.0)
+    refused: list[tuple[str, CodecError]] = []
+    keys = KeyTable(lambda _k: 30.0, clock, refused=lambda key, e: refused.append((key, e)))
+    keys.put("k1", counter(1), encode(counter(1)))
+    before = keys.buckets()
+    keys.restore("a", damage(encode(counter(5))), Limits())
+    assert "a" in keys  # not decoded yet
+    assert keys.undecoded() == 1
+    assert keys.get("a") is None
+    assert [key for key, _ in refused] == ["a"]
+    assert isinstance(refused[0][1], CodecError)
+    assert "a" not in keys
+    assert keys.undecoded() == 0
+    assert not keys.is_deleted("a")
+    assert keys.payload("a") is None
+    assert keys.buckets() == before
+    assert set(keys.digests()) == {"k1"}
+    assert keys.used(["a"]) == {}
+
+
+def test_a_restored_value_travels_and_is_digested_from_its_bytes_until_first_used() -> None:
+    keys = KeyTable(never)
+    raw = encode(counter(7))
+    markers = {GONE: Performed(99)}
+    keys.restore("a", join_envelope(raw, markers), Limits())
+    assert keys.undecoded() == 1
+    assert keys.payload("a") == join_envelope(raw, markers)
+    assert keys.digests()["a"] == envelope_digest(raw[-16:], markers)
+    assert keys.names() == {"a"}
+    assert len(keys) == 1
+    assert keys.undecoded() == 1  # none of that decoded it
+    assert keys.get("a") == counter(7)
+    assert keys.undecoded() == 0
+
+
+def test_restored_values_are_decoded_in_slices() -> None:
+    keys = KeyTable(never)
+    for i in range(10):
+        keys.restore(f"k{i}", encode(counter(i + 1)), Limits())
+    ticks = iter(range(100))
+    assert keys.decode_for(2.5, clock=lambda: float(next(ticks))) == 7  # 3 decoded in 2.5 "s"
+    assert keys.decode_for(1e9) == 0
+    assert {k: v.value for k, v in keys.items()} == {f"k{i}": i + 1 for i in range(10)}
 
 
 # -- digests and markers -------------------------------------------------------------------------

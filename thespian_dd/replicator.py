@@ -63,6 +63,7 @@ from thespian_dd._runtime.peers import Admission, Introducer, Peer, PeerTable
 from thespian_dd._runtime.protocol import (
     NODE_CAPABILITY,
     PROTOCOL_VERSION,
+    DecodeTick,
     DeltaPropagation,
     DescribeProcess,
     Every,
@@ -153,6 +154,11 @@ REPLICATOR_NAME = "thespian_dd.replicator"
 
 log = logging.getLogger(__name__)
 
+DECODE_SLICE = 0.02
+DECODE_PAUSE = 0.005
+"""After a load, restored values are decoded in slices of DECODE_SLICE seconds, DECODE_PAUSE
+apart: the node serves at once, and no request waits long behind the decoding."""
+
 
 class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     """The node's replicated data.  Create it with ``thespian_dd.start(asys, **settings)``, or
@@ -226,7 +232,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         )
         # A new incarnation per start: the start time in ms (with a store, above every stored one).
         self._node = ReplicaId(name, now_ms())
-        self._keys = KeyTable(settings.expiry)
+        self._keys = KeyTable(settings.expiry, refused=self._refused_on_decode)
         self._peers = PeerTable(
             failure_timeout=settings.failure_timeout,
             removal_timeout=settings.removal_timeout,
@@ -282,6 +288,10 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                 log.warning("skipped stored key %r: %s", key, e)
         self._refuse_rows(len(msg.skipped))
 
+    def _refused_on_decode(self, key: str, error: CodecError) -> None:
+        self._refuse_rows(1)
+        log.warning("skipped stored key %r: %s", key, error)
+
     def _refuse_rows(self, n: int) -> None:
         self._rejections.refuse(n)
         self._refused += n
@@ -305,6 +315,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._refused,
         )
         self._serve()
+        if self._keys.undecoded():
+            self.wakeupAfter(DECODE_PAUSE, DecodeTick())
         for message, client in self._durability.take_stash():
             self.receiveMessage(message, client)
 
@@ -526,23 +538,29 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._rejections.refuse()
             return
         payload = msg.payload
-        if isinstance(payload, NotifyTick):
-            self._subscriptions.due()
-            self._notify()
-        elif isinstance(payload, Every):
+        if isinstance(payload, Every):
             try:
                 getattr(self, payload.round)()
             finally:  # a round that fails must not end the rounds
                 self.wakeupAfter(getattr(self.settings, payload.interval), payload)
-        elif isinstance(payload, StoreRetry):
-            if self._durability.retry_due():
-                self._durability.load()
-        elif isinstance(payload, FlushTick):
-            self._durability.flush_due()
+        elif isinstance(payload, NotifyTick):
+            self._subscriptions.due()
+            self._notify()
+        elif isinstance(payload, (StoreRetry, FlushTick)):
+            self._store_timer(payload)
+        elif isinstance(payload, DecodeTick):
+            if self._keys.decode_for(DECODE_SLICE):
+                self.wakeupAfter(DECODE_PAUSE, payload)
         elif isinstance(payload, RequestTimeout):
             pending = self._quorums.timed_out(payload.request_id)
             if pending is not None:
                 self._finish(pending, timed_out=True)
+
+    def _store_timer(self, payload: StoreRetry | FlushTick) -> None:
+        if isinstance(payload, FlushTick):
+            self._durability.flush_due()
+        elif self._durability.retry_due():
+            self._durability.load()
 
     # -- pruning and expiry ----------------------------------------------------------------------
 
@@ -552,7 +570,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         for key in self._pruning.expire_markers(live):
             self._durability.write(key, None)
         self._durability.keep_alive()
-        if self._peers.all_reachable():
+        # Which replicas the data holds is known once every restored value is decoded.
+        if self._peers.all_reachable() and not self._keys.undecoded():
             for key in self._pruning.prune(self.node, live):
                 self._durability.write(key, None)
 
@@ -597,8 +616,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._reject(sender, InvalidRequest("Subscribe", error))
             return
         self._subscriptions.subscribe(msg.key, subscriber)
-        for key, value in sorted(self._keys.items()):
-            if matches(msg.key, key):
+        for key in sorted(self._keys.names()):
+            if matches(msg.key, key) and (value := self._keys.get(key)) is not None:
                 self._subscriptions.tell(subscriber, Changed(key, value))
 
     def receiveMsg_Unsubscribe(self, msg: Unsubscribe, sender: Any) -> None:

@@ -7,6 +7,10 @@ The parallel records are kept in step here and nowhere else:
 - :meth:`KeyTable.put` keeps a value (with new markers, if given), :meth:`KeyTable.delete` a
   tombstone, :meth:`KeyTable.restore` a stored row; :meth:`KeyTable.expire` removes a key without
   a tombstone and :meth:`KeyTable.clear` forgets everything (a load that failed).
+- A restored value is kept as its stored bytes and decoded when it is first used: a node serves
+  as soon as its rows are read, and gossip and digests work from the bytes.  A value that fails
+  its decode then is dropped and reported through ``refused(key, error)``, as a row refused at
+  load would be: never served, and its row is not written.
 - Digests are computed when gossip needs them (:meth:`KeyTable.digests`), not on the path of
   every update, unless the caller has the value's encoding already.
 - Buckets: keys are grouped into :data:`BUCKETS` hashed buckets; gossip compares the 8-byte bucket
@@ -20,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from thespian_dd import codec
-from thespian_dd._canonical import Limits
+from thespian_dd._canonical import CodecError, Limits
 from thespian_dd._runtime.markers import Marker, Markers, Performed, envelope_digest, join_envelope
 from thespian_dd._runtime.markers import split_envelope as _split_envelope
 from thespian_dd._runtime.protocol import TOMBSTONE
@@ -62,10 +66,14 @@ class KeyTable:
         self,
         expiry: Callable[[str], float | None],
         clock: Callable[[], float] = time.time,
+        refused: Callable[[str, CodecError], None] = lambda _key, _error: None,
     ) -> None:
         self._expiry = expiry
         self._clock = clock
+        self._refused = refused
         self._values: dict[str, ReplicatedData] = {}
+        self._stored: dict[str, bytes] = {}  # restored and not decoded yet: the codec bytes
+        self._limits = Limits()
         self._deleted: set[str] = set()
         self._markers: dict[str, dict[ReplicaId, Marker]] = {}
         self.pruned: set[ReplicaId] = set()
@@ -81,28 +89,64 @@ class KeyTable:
     # -- reading ----------------------------------------------------------------------------------
 
     def get(self, key: str) -> ReplicatedData | None:
-        """The value of ``key``; None if it is deleted or unknown."""
-        return self._values.get(key)
+        """The value of ``key``; None if it is deleted or unknown (or, restored, fails its
+        decode now: then it is dropped and reported)."""
+        value = self._values.get(key)
+        if value is None and key in self._stored:
+            value = self._decode(key)
+        return value
+
+    def _decode(self, key: str) -> ReplicatedData | None:
+        raw = self._stored.pop(key)
+        try:
+            value = codec.decode(raw, self._limits)
+        except CodecError as e:
+            self._drop(key)
+            self._refused(key, e)
+            return None
+        self._values[key] = value
+        return value
+
+    def _decode_all(self) -> None:
+        for key in list(self._stored):
+            self._decode(key)
+
+    def undecoded(self) -> int:
+        """How many restored values are still kept as their bytes."""
+        return len(self._stored)
+
+    def decode_for(self, seconds: float, clock: Callable[[], float] = time.perf_counter) -> int:
+        """Decode restored values for about ``seconds`` (at least one); returns how many are
+        left.  The Replicator decodes in such slices after a load, between messages."""
+        deadline = clock() + seconds
+        while self._stored:
+            self._decode(next(iter(self._stored)))
+            if clock() >= deadline:
+                break
+        return len(self._stored)
 
     def is_deleted(self, key: str) -> bool:
         return key in self._deleted
 
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` holds a value (not a tombstone)."""
-        return key in self._values
+        return key in self._values or key in self._stored
 
     def __len__(self) -> int:
         """The number of keys holding a value."""
-        return len(self._values)
+        return len(self._values) + len(self._stored)
 
     def items(self) -> Iterator[tuple[str, ReplicatedData]]:
+        """Every key's value (restored ones are decoded now)."""
+        self._decode_all()
         return iter(list(self._values.items()))
 
     def values(self) -> Iterator[ReplicatedData]:
+        self._decode_all()
         return iter(list(self._values.values()))
 
     def names(self) -> frozenset[str]:
-        return frozenset(self._values)
+        return frozenset(self._values).union(self._stored)
 
     def tombstones(self) -> int:
         return len(self._deleted)
@@ -116,14 +160,16 @@ class KeyTable:
     def envelope(self, key: str, raw: bytes | None = None) -> bytes:
         """The value of ``key`` with its markers, as it travels and is stored (``raw``: the
         value's encoding, if the caller has it)."""
-        value = self._values[key]
-        return join_envelope(raw or codec.encode(value), self._markers.get(key, {}))
+        if raw is None:
+            stored = self._stored.get(key)
+            raw = codec.encode(self._values[key]) if stored is None else stored
+        return join_envelope(raw, self._markers.get(key, {}))
 
     def payload(self, key: str) -> bytes | None:
         """What a peer gets for ``key``: its envelope, TOMBSTONE, or None if unknown here."""
         if key in self._deleted:
             return TOMBSTONE
-        return self.envelope(key) if key in self._values else None
+        return self.envelope(key) if key in self else None
 
     # -- adding and removing keys ------------------------------------------------------------------
 
@@ -138,6 +184,7 @@ class KeyTable:
         pruning markers (None: unchanged)."""
         if markers is not None:
             self._set_markers(key, markers)
+        self._stored.pop(key, None)
         self._values[key] = value
         if raw is None:
             self._digests.pop(key, None)
@@ -150,6 +197,7 @@ class KeyTable:
     def delete(self, key: str) -> None:
         """Replace ``key``'s value by a tombstone (it wins every merge: the key stays deleted)."""
         self._values.pop(key, None)
+        self._stored.pop(key, None)
         self._markers.pop(key, None)
         self._deleted.add(key)
         self._digests[key] = TOMBSTONE_DIGEST
@@ -158,7 +206,11 @@ class KeyTable:
 
     def expire(self, key: str) -> None:
         """Remove ``key`` without a tombstone: used again anywhere, it comes back."""
+        self._drop(key)
+
+    def _drop(self, key: str) -> None:
         self._values.pop(key, None)
+        self._stored.pop(key, None)
         self._markers.pop(key, None)
         self._last_used.pop(key, None)
         self._used_here.discard(key)
@@ -169,21 +221,28 @@ class KeyTable:
         self._dirty.add(bucket)
 
     def restore(self, key: str, payload: bytes | None, limits: Limits) -> None:
-        """Put a stored row back (None: a tombstone); its last use before a restart is not
-        stored, so a key that expires counts as used now, here.  Raises CodecError, keeping
-        nothing, if the payload does not decode."""
+        """Put a stored row back (None: a tombstone), its value kept as its bytes until first
+        used (see the module doc); its last use before a restart is not stored, so a key that
+        expires counts as used now, here.  Raises CodecError, keeping nothing, if the row's
+        pruning markers do not decode."""
         if payload is None:
             self.delete(key)
             return
         markers, raw = _split_envelope(payload, limits)
-        value = codec.decode(raw, limits)
-        self.put(key, value, raw, markers)
+        self._limits = limits
+        self._set_markers(key, markers)
+        self._values.pop(key, None)
+        self._stored[key] = raw
+        self._digests[key] = self._digest(key, raw[-16:])
+        self._stale.discard(key)
+        self._bucket_add(key)
         self.touch(key)
 
     def clear(self) -> None:
         """Forget every key (a load that failed or was abandoned starts again from nothing)."""
         for records in (
             self._values,
+            self._stored,
             self._markers,
             self._digests,
             self._bucket_keys,
@@ -266,7 +325,7 @@ class KeyTable:
         return [
             (key, used)
             for key, used in self._last_used.items()
-            if key in self._values and self.expired(key, used)
+            if key in self and self.expired(key, used)
         ]
 
     def used(self, keys: Iterable[str]) -> dict[str, float]:

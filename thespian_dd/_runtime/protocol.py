@@ -23,6 +23,7 @@ __all__ = [
     "NODE_CAPABILITY",
     "PROTOCOL_VERSION",
     "TOMBSTONE",
+    "DecodeTick",
     "DeltaPropagation",
     "DescribeProcess",
     "Every",
@@ -262,6 +263,11 @@ class ProcessInfo:
 
 
 # -- a Replicator's timers (wakeup payloads; only its own are obeyed) ---------------------------
+
+
+@dataclass(frozen=True)
+class DecodeTick:
+    """Wakeup payload: decode the next slice of restored values."""
 
 
 @dataclass(frozen=True)
