@@ -480,6 +480,7 @@ def _durable(scale: float, postgresql: str | None, out: Callable[[str], object])
                 name = f"bench-recovery-{keys}"
                 _fill_store(url, name, keys)
                 raw = _best_of(partial(_select_and_decode, url, name), 3)
+                bare = _best_of(partial(_select, url, name), 3)
                 node = start_node(store=url, node_name=name)
                 try:
                     stats = node.asys.ask(node.replicator, GetStats(), 60)
@@ -489,7 +490,7 @@ def _durable(scale: float, postgresql: str | None, out: Callable[[str], object])
                     recovery = stats.recovery_time
                 finally:
                     node.asys.shutdown()
-                results.append(
+                results += [
                     Result(
                         "durable",
                         f"{label} recovery of {keys:,} keys",
@@ -497,8 +498,16 @@ def _durable(scale: float, postgresql: str | None, out: Callable[[str], object])
                         recovery,
                         raw,
                         "SELECT and decode the rows in one process",
-                    )
-                )
+                    ),
+                    Result(
+                        "durable",
+                        f"{label} recovery of {keys:,} keys",
+                        "s",
+                        recovery,
+                        bare,
+                        "a bare SELECT of the same keys and payloads",
+                    ),
+                ]
     return results
 
 
@@ -520,6 +529,17 @@ def _fill_store(url: str, node: str, keys: int) -> None:
             store.write(node, chunk)
     finally:
         store.close()
+
+
+def _select(url: str, node: str) -> int:
+    """The floor of recovery: read the same rows' keys and payloads with SQLAlchemy."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            query = sa.text("SELECT key, payload FROM thespian_dd_entries WHERE node = :n")
+            return len(conn.execute(query, {"n": node}).all())
+    finally:
+        engine.dispose()
 
 
 def _select_and_decode(url: str, node: str) -> int:
