@@ -33,6 +33,7 @@ from thespian_dd._runtime.writer import Entry, Load, LoadChunk, Loaded, Write, W
 pytestmark = pytest.mark.timeout(60)
 
 URL = "sqlite:///x.db"
+ALIVE = 60.0  # how often a commit records the node alive, by default: see Store.write
 NODE = "n1"
 
 
@@ -287,7 +288,9 @@ def test_the_backoff_starts_over_after_a_load_succeeds() -> None:
 def test_the_first_write_is_sent_at_once_as_batch_one() -> None:
     node = serving()
     node.durability.write("a", b"A")
-    assert node.take_sent() == [(node.writer, Write(URL, NODE, 1, {"a": entry("a", b"A")}, None))]
+    assert node.take_sent() == [
+        (node.writer, Write(URL, NODE, 1, {"a": entry("a", b"A")}, None, ALIVE))
+    ]
 
 
 def test_writes_while_a_batch_commits_go_together_in_the_next_batch() -> None:
@@ -594,13 +597,13 @@ def test_the_writer_exiting_with_a_batch_in_flight_sends_it_again_with_the_same_
     assert not d.writer_exited(old)
     new = node.writer
     assert new is not old
-    assert node.take_sent() == [(new, Write(URL, NODE, 2, {"b": entry("b", None)}, None))]
+    assert node.take_sent() == [(new, Write(URL, NODE, 2, {"b": entry("b", None)}, None, ALIVE))]
     d.written(Written(2), old)  # from the dead writer: does not count
     assert node.sent == []
     d.written(Written(2), new)
     sent = node.take_sent()
     assert sent[0] == ("client", "stored b")
-    assert sent[1:] == [(new, Write(URL, NODE, 3, {"c": entry("c", b"C")}, None))]
+    assert sent[1:] == [(new, Write(URL, NODE, 3, {"c": entry("c", b"C")}, None, ALIVE))]
 
 
 def test_an_idle_writer_that_exits_is_replaced_and_later_batches_go_to_the_new_one() -> None:
@@ -610,7 +613,9 @@ def test_an_idle_writer_that_exits_is_replaced_and_later_batches_go_to_the_new_o
     assert not d.writer_exited(old)
     assert node.sent == []
     d.write("a", b"A")
-    assert node.take_sent() == [(node.writer, Write(URL, NODE, 1, {"a": entry("a", b"A")}, None))]
+    assert node.take_sent() == [
+        (node.writer, Write(URL, NODE, 1, {"a": entry("a", b"A")}, None, ALIVE))
+    ]
     assert node.writer is not old
 
 
@@ -628,7 +633,7 @@ def test_an_idle_node_commits_an_empty_batch_after_a_tenth_of_the_marker_ttl() -
     assert node.sent == []
     node.clock.now += 0.5
     d.keep_alive()
-    assert node.take_sent() == [(node.writer, Write(URL, NODE, 2, {}, None))]
+    assert node.take_sent() == [(node.writer, Write(URL, NODE, 2, {}, None, 10.0))]  # 1% of the TTL
     node.commit(2)
     assert d.last_flush == node.clock.now
     node.clock.now += 50.0
@@ -682,7 +687,9 @@ def test_a_stop_flushes_even_while_a_batch_is_in_flight() -> None:
     node.take_sent()
     d.stop()
     assert d.exiting
-    assert node.take_sent() == [(node.writer, Write(URL, NODE, 2, {"b": entry("b", b"B")}, None))]
+    assert node.take_sent() == [
+        (node.writer, Write(URL, NODE, 2, {"b": entry("b", b"B")}, None, ALIVE))
+    ]
 
 
 def test_a_stop_in_write_behind_mode_commits_what_waits_for_the_timer() -> None:

@@ -98,6 +98,46 @@ def test_a_node_offline_longer_than_allowed_is_refused_and_its_start_not_counted
         store.close()
 
 
+def test_a_commit_records_the_node_alive_once_per_interval_and_an_empty_one_always(
+    tmp_path: Path,
+) -> None:
+    """The node's last_alive (the offline bound's clock) is written by a commit when the last
+    record is ``alive_every`` seconds old or more, and always by an empty one (the keep-alive
+    an idle node sends)."""
+    url = f"sqlite:///{tmp_path}/a.db"
+    store = Store(url)
+    engine = sa.create_engine(url)
+
+    def last_alive() -> float:
+        with engine.connect() as conn:
+            query = sa.text("SELECT last_alive FROM thespian_dd_nodes WHERE node = 'n'")
+            value: float = conn.execute(query).scalar_one()
+            return value
+
+    def age_record() -> None:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE thespian_dd_nodes SET last_alive = 0"))
+
+    try:
+        store.next_incarnation("n")
+        entry = Entry("GCounter", encode(GCounter()), "")
+        age_record()
+        store.write("n", {"k": entry}, alive_every=3600.0)  # the first commit of this store
+        first = last_alive()
+        assert first > 0
+        age_record()
+        store.write("n", {"k": entry}, alive_every=3600.0)  # recorded less than an hour ago
+        assert last_alive() == 0
+        store.write("n", {}, alive_every=3600.0)  # the keep-alive
+        assert last_alive() >= first
+        age_record()
+        store.write("n", {"k": entry})  # every commit records it by default
+        assert last_alive() >= first
+    finally:
+        engine.dispose()
+        store.close()
+
+
 def test_reading_only_creates_neither_a_store_nor_its_tables(tmp_path: Path) -> None:
     missing = tmp_path / "missing.db"
     with pytest.raises(StoreError, match=r"cannot open the store .*: no such file"):

@@ -213,6 +213,8 @@ class Durability:
                 self._batch,
                 entries,
                 settings.signing_key_file,
+                # The offline bound errs by at most 1% of its TTL (on the safe side: earlier).
+                min(settings.durable_pruning_marker_ttl / 100, 60.0),
             ),
         )
 

@@ -79,13 +79,15 @@ class Loaded:
 class Write:
     """To the DurableWriter: commit these entries (None: deleted) of ``node`` in ``url`` as
     batch ``seq``, then answer :class:`Written`.  ``signing_key_file`` as for :class:`Load`: a
-    DurableWriter started again after a crash opens the store with it too."""
+    DurableWriter started again after a crash opens the store with it too.  ``alive_every``:
+    see :meth:`Store.write`."""
 
     url: str
     node: str
     seq: int
     entries: dict[str, Entry | None]
     signing_key_file: str | None = None
+    alive_every: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,8 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
 
     def receiveMsg_Write(self, msg: Write, sender: Any) -> None:
         try:
-            self._open(msg.url, msg.signing_key_file).write(msg.node, msg.entries)
+            store = self._open(msg.url, msg.signing_key_file)
+            store.write(msg.node, msg.entries, alive_every=msg.alive_every)
         except Exception as e:  # noqa: BLE001 - reported with the batch
             log.warning("store write of %d keys failed: %s", len(msg.entries), e)
             self._close()  # open afresh next time: the server may have restarted
