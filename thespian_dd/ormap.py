@@ -51,6 +51,7 @@ from thespian_dd.data import (
     RequiresCausalDelivery,
     check_hashable,
     check_replica,
+    unseen_versions,
 )
 
 __all__ = ["ORMap", "ORMapBacked"]
@@ -102,30 +103,60 @@ def _merge_versions(
     versions: dict[Hashable, Mapping[Dot, ReplicatedData]] = {}
     lost: set[Hashable] = set()
     changed = False
+    theirs_of, b_ranges = b.versions.get, b.context.ranges
     for key, dots in a.versions.items():
-        theirs = b.versions.get(key)
+        theirs = theirs_of(key)
         if theirs is dots:
             versions[key] = dots
             continue
-        kept = _surviving(dots, b.context, theirs)
-        kept.update(_surviving(theirs or {}, a.context, None, skip=dots))
-        if len(kept) < len(dots.keys() | (theirs or {}).keys()):
+        if theirs is None:  # a key only ``a`` holds: its versions stay unless ``b`` saw them
+            kept = unseen_versions(dots, b_ranges)
+            dropped = kept is not dots
+        else:
+            kept = _both_sides(dots, a.context, theirs, b.context)
+            dropped = len(kept) < len(dots.keys() | theirs.keys())
+        if dropped:
             lost.add(key)
         if kept == dots:
             versions[key] = dots
-            continue
-        changed = True
-        if kept:
-            versions[key] = kept
+        else:
+            changed = True
+            if kept:
+                versions[key] = kept
+    return versions, lost, _add_only_in(b, a, versions, lost) or changed
+
+
+def _add_only_in(
+    b: ORMap,
+    a: ORMap,
+    versions: dict[Hashable, Mapping[Dot, ReplicatedData]],
+    lost: set[Hashable],
+) -> bool:
+    """Add the versions of the keys only ``b`` holds that ``a`` has not seen (a lost one makes
+    its key lost); returns whether any was added."""
+    in_a, a_ranges = a.versions.keys().__contains__, a.context.ranges
+    added = False
     for key, dots in b.versions.items():
-        if key not in a.versions:
-            kept = _surviving(dots, a.context, None)
+        if not in_a(key):
+            kept = unseen_versions(dots, a_ranges)
             if len(kept) < len(dots):
                 lost.add(key)
             if kept:
                 versions[key] = kept
-                changed = True
-    return versions, lost, changed
+                added = True
+    return added
+
+
+def _both_sides(
+    mine: Mapping[Dot, ReplicatedData],
+    my_context: CausalContext,
+    theirs: Mapping[Dot, ReplicatedData],
+    their_context: CausalContext,
+) -> dict[Dot, ReplicatedData]:
+    """One key's versions on both sides, merged."""
+    kept = _surviving(mine, their_context, theirs)
+    kept.update(_surviving(theirs, my_context, None, skip=mine))
+    return kept
 
 
 def _surviving(
