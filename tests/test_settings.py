@@ -503,3 +503,14 @@ def test_asking_for_other_values_names_what_was_asked_and_what_runs() -> None:
 def test_an_unknown_name_is_the_conflict_reported_first() -> None:
     error = Settings().conflict({"gossip_interval": 9.0, "bogus": 1})
     assert error == "unknown thespian_dd setting(s) ['bogus']"
+
+
+def test_removal_and_pruning_may_wait_forever_but_timers_and_marker_lifetimes_must_be_finite() -> (
+    None
+):
+    never = Settings(removal_timeout=math.inf, max_pruning_dissemination=math.inf)
+    assert never.removal_timeout == math.inf
+    assert never.max_pruning_dissemination == math.inf
+    for name in ("gossip_interval", "failure_timeout", "pruning_interval", "pruning_marker_ttl"):
+        with pytest.raises(ValueError, match=f"{name} must be seconds > 0"):
+            Settings.from_mapping({name: math.inf})

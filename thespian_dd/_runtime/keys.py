@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from thespian_dd import codec
 from thespian_dd._canonical import CodecError, Limits
+from thespian_dd._runtime.checks import describe
 from thespian_dd._runtime.markers import Marker, Markers, Performed, envelope_digest, join_envelope
 from thespian_dd._runtime.markers import split_envelope as _split_envelope
 from thespian_dd._runtime.protocol import TOMBSTONE
@@ -97,13 +98,14 @@ class KeyTable:
         return value
 
     def _decode(self, key: str) -> ReplicatedData | None:
-        raw = self._stored.pop(key)
+        raw = self._stored[key]
         try:
             value = codec.decode(raw, self._limits)
-        except CodecError as e:
+        except Exception as e:  # noqa: BLE001 - any failure refuses the value, never the node
             self._drop(key)
-            self._refused(key, e)
+            self._refused(key, e if isinstance(e, CodecError) else CodecError(describe(e)))
             return None
+        del self._stored[key]
         self._values[key] = value
         return value
 

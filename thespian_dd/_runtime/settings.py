@@ -82,13 +82,14 @@ class Settings:
             "gossip_interval",
             "failure_timeout",
             "write_behind_interval",
-            "removal_timeout",
             "pruning_interval",
-            "max_pruning_dissemination",
             "pruning_marker_ttl",
             "durable_pruning_marker_ttl",
         ):
             _check_positive(name, getattr(self, name))
+        # Only compared with: infinity means never (never remove a peer, never prune).
+        for name in ("removal_timeout", "max_pruning_dissemination"):
+            _check_positive(name, getattr(self, name), finite=False)
         if self.delta_interval != 0 or isinstance(self.delta_interval, bool):
             _check_positive("delta_interval", self.delta_interval)
         if self.store is not None and (not isinstance(self.store, str) or not self.store):
@@ -188,9 +189,10 @@ def _expiries(rules: object) -> dict[str, float]:
     )
 
 
-def _check_positive(name: str, value: object) -> None:
-    # Finite too: every one of them is a timer's delay or a marker's lifetime in ms.
-    if (seconds(value) or 0.0) <= 0 or not math.isfinite(value):  # type: ignore[arg-type]
+def _check_positive(name: str, value: object, *, finite: bool = True) -> None:
+    # Finite unless told: a timer's delay or a marker's lifetime in ms must be.
+    number = seconds(value)
+    if number is None or not number > 0 or (finite and not math.isfinite(number)):
         raise ValueError(f"{name} must be seconds > 0, not {value!r}")
 
 

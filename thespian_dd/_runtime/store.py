@@ -57,7 +57,7 @@ SCHEMA_VERSION = 1
 
 LOAD_CHUNK_ROWS = 2000
 """Rows per :class:`~thespian_dd._runtime.writer.LoadChunk` (and per fetch of
-:meth:`Store.rows`): the Replicator decodes one chunk while the next is read."""
+:meth:`Store.rows`): the Replicator keeps one chunk while the next is read."""
 
 _metadata = sa.MetaData()
 _entries = sa.Table(
