@@ -475,8 +475,9 @@ def test_the_expiry_of_a_key_is_its_exact_rule_before_the_longest_prefix() -> No
     assert RULES.expiry("session:x") == 60.0
     assert RULES.expiry("session:administrator") == 60.0
     assert RULES.expiry("other") is None
-    assert keys.expires("session:admin")
-    assert not keys.expires("other")
+    keys.touch("session:admin")
+    keys.touch("other")
+    assert keys.used(["session:admin", "other"]) == {"session:admin": 1_000_000.0}
 
 
 def test_a_key_is_expired_only_once_idle_longer_than_its_own_rule() -> None:

@@ -91,7 +91,7 @@ def test_a_new_peer_is_learned_reachable_and_seen_now() -> None:
     assert peer == Peer(B, address_of(B), 42.0, reachable=True)
     assert len(t.peers) == 1
     assert [p.replica for p in t.peers] == [B]
-    assert t.peers.current(peer)
+    assert t.peers.get(B.node) is peer
     assert t.replaced == []
     assert t.refused == []
 
@@ -107,8 +107,8 @@ def test_a_newer_incarnation_replaces_the_old_one_and_says_so() -> None:
     assert new is not None
     assert (new.replica, new.address, new.last_seen) == (A2, address_of(A2), 5.0)
     assert t.replaced == [A1]
-    assert not t.peers.current(old)
-    assert t.peers.current(new)
+    assert t.peers.get("a") is not old
+    assert t.peers.get("a") is new
     assert len(t.peers) == 1
     assert t.peers.replica_count() == 2  # one node, whatever its incarnations
 

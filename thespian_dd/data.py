@@ -442,11 +442,10 @@ def merge_dot_maps(
         return dict(a)
     out: dict[Hashable, frozenset[Dot]] = {}
     b_get = b.get
-    a_ranges, b_ranges = a_ctx.ranges, b_ctx.ranges
     for key, dots in a.items():
         other = b_get(key)
         if other is None:
-            kept = _unseen(dots, b_ranges)
+            kept = _unseen(dots, b_ctx)
         elif other is dots or other == dots:
             kept = dots
         else:
@@ -459,50 +458,31 @@ def merge_dot_maps(
     a_has = a.keys().__contains__
     for key, dots in b.items():
         if not a_has(key):
-            kept = _unseen(dots, a_ranges)
+            kept = _unseen(dots, a_ctx)
             if kept:
                 out[key] = kept
     return out
 
 
-def _unseen(dots: frozenset[Dot], ranges: Mapping[ReplicaId, tuple[int, ...]]) -> frozenset[Dot]:
-    """The dots not seen by the context of ``ranges``: ``dots`` itself when that is all of
-    them (most elements have one dot, and most merges keep it)."""
-    for replica, n in dots:  # the seen test written out: this loop is a merge's hot path
-        runs = ranges.get(replica)
-        if runs is not None and (
-            runs[0] < n <= runs[1] if len(runs) == 2 else bisect_left(runs, n) % 2 == 1
-        ):
-            return frozenset(d for d in dots if not _seen(ranges, d))
+def _unseen(dots: frozenset[Dot], context: CausalContext) -> frozenset[Dot]:
+    """The dots ``context`` has not seen: ``dots`` itself when that is all of them (most
+    elements have one dot, and most merges keep it)."""
+    for dot in dots:
+        if dot in context:
+            return frozenset(d for d in dots if d not in context)
     return dots
 
 
 V = TypeVar("V")
 
 
-def unseen_versions(
-    versions: Mapping[Dot, V], ranges: Mapping[ReplicaId, tuple[int, ...]]
-) -> Mapping[Dot, V]:
-    """The versions whose dots the context of ``ranges`` has not seen: ``versions`` itself when
-    that is all of them."""
-    for replica, n in versions:  # as in _unseen
-        runs = ranges.get(replica)
-        if runs is not None and (
-            runs[0] < n <= runs[1] if len(runs) == 2 else bisect_left(runs, n) % 2 == 1
-        ):
-            return {d: v for d, v in versions.items() if not _seen(ranges, d)}
+def unseen_versions(versions: Mapping[Dot, V], context: CausalContext) -> Mapping[Dot, V]:
+    """The versions whose dots ``context`` has not seen: ``versions`` itself when that is all
+    of them."""
+    for dot in versions:
+        if dot in context:
+            return {d: v for d, v in versions.items() if d not in context}
     return versions
-
-
-def _seen(ranges: Mapping[ReplicaId, tuple[int, ...]], dot: Dot) -> bool:
-    """``dot in CausalContext`` on its ``ranges``, written for the merges' hot loops."""
-    runs = ranges.get(dot[0])
-    if runs is None:
-        return False
-    n = dot[1]
-    if len(runs) == 2:
-        return runs[0] < n <= runs[1]
-    return bisect_left(runs, n) % 2 == 1
 
 
 class DotBased(ABC):

@@ -103,14 +103,14 @@ def _merge_versions(
     versions: dict[Hashable, Mapping[Dot, ReplicatedData]] = {}
     lost: set[Hashable] = set()
     changed = False
-    theirs_of, b_ranges = b.versions.get, b.context.ranges
+    theirs_of = b.versions.get
     for key, dots in a.versions.items():
         theirs = theirs_of(key)
         if theirs is dots:
             versions[key] = dots
             continue
         if theirs is None:  # a key only ``a`` holds: its versions stay unless ``b`` saw them
-            kept = unseen_versions(dots, b_ranges)
+            kept = unseen_versions(dots, b.context)
             dropped = kept is not dots
         else:
             kept = _both_sides(dots, a.context, theirs, b.context)
@@ -134,11 +134,11 @@ def _add_only_in(
 ) -> bool:
     """Add the versions of the keys only ``b`` holds that ``a`` has not seen (a lost one makes
     its key lost); returns whether any was added."""
-    in_a, a_ranges = a.versions.keys().__contains__, a.context.ranges
+    in_a = a.versions.keys().__contains__
     added = False
     for key, dots in b.versions.items():
         if not in_a(key):
-            kept = unseen_versions(dots, a_ranges)
+            kept = unseen_versions(dots, a.context)
             if len(kept) < len(dots):
                 lost.add(key)
             if kept:

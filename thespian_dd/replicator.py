@@ -782,14 +782,10 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     def receiveMsg_GossipEntries(self, msg: GossipEntries, sender: Any) -> None:
         if self._accept(msg, sender):
             peer = self._peers.get(msg.sender.node)
-            reply = self._dropped if peer is None else partial(self._reply, peer)
-            self._anti_entropy.on_entries(msg, reply)
+            self._anti_entropy.on_entries(msg, None if peer is None else partial(self._reply, peer))
 
     def _reply(self, peer: Peer, message: PeerMessage) -> None:
         self._peer_send(peer.replica.node, peer.address, message)
-
-    def _dropped(self, message: PeerMessage) -> None:
-        """The reply to a peer that is not in the peer table (it sent values unasked)."""
 
     def _queue_delta(self, key: str, delta: ReplicatedData | None) -> None:
         if self.settings.delta_interval and len(self._peers):

@@ -117,14 +117,15 @@ class AntiEntropy:
         send, want = differing_keys(self._keys.digests_in(msg.buckets), msg.digests)
         self.send_entries(send, want, reply)
 
-    def on_entries(self, msg: GossipEntries, reply: Reply) -> None:
-        """A peer's values: merge them, and send the values it asked for."""
+    def on_entries(self, msg: GossipEntries, reply: Reply | None) -> None:
+        """A peer's values: merge them, and send the values it asked for (``reply`` None: a
+        sender not in the peer table, which gets none)."""
         if not isinstance(msg.entries, dict):
             return
         used = msg.used if isinstance(msg.used, dict) else {}
         for key, payload in msg.entries.items():
             self._merge(key, payload, str(msg.sender), used.get(key))
-        if msg.want:
+        if msg.want and reply is not None:
             self.send_entries([k for k in msg.want if isinstance(k, str)], frozenset(), reply)
 
     def send_entries(self, keys: list[str], want: frozenset[str], reply: Reply) -> None:

@@ -305,9 +305,6 @@ class KeyTable:
 
     # -- last use of keys that expire ----------------------------------------------------------
 
-    def expires(self, key: str) -> bool:
-        return self._expiry(key) is not None
-
     def touch(self, key: str, at: float | None = None) -> None:
         """``key`` was used (updated or read) at ``at`` (default: now, here), here or on a peer."""
         if self._expiry(key) is None:

@@ -98,11 +98,6 @@ class PeerTable:
     def __iter__(self) -> Iterator[Peer]:
         return iter(list(self._peers.values()))
 
-    def current(self, peer: Peer) -> bool:
-        """Whether ``peer`` is still in the table (not removed, nor replaced by a new
-        incarnation)."""
-        return self._peers.get(peer.replica.node) is peer
-
     def admit(self, msg: object, me: ReplicaId) -> Admission:
         """Whether the message ``msg`` may be handled (see :class:`Admission`)."""
         if not isinstance(msg, PeerMessage) or not isinstance(msg.sender, ReplicaId):
