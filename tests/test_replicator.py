@@ -63,6 +63,7 @@ from thespian_dd import (
     start,
 )
 from thespian_dd._runtime.protocol import Every as _Every
+from thespian_dd._runtime.protocol import PartitionForTests
 from thespian_dd._runtime.writer import LoadChunk, Loaded, Written
 from thespian_dd.testing import Node, ProbeSend, eventually, start_node
 
@@ -170,6 +171,7 @@ def test_a_modify_that_raises_or_changes_the_type_applies_nothing(thespian_node:
         ("hello", InvalidRequest, "does not understand a str"),
         ({"op": "get"}, InvalidRequest, "does not understand a dict"),
         (GCounter(), InvalidRequest, "does not understand a GCounter"),
+        (PartitionForTests(frozenset({"n2"})), InvalidRequest, "test-only setting"),
     ],
 )
 def test_bad_input_gets_a_failure_naming_the_problem_and_changes_nothing(
@@ -192,6 +194,18 @@ def test_rejected_inputs_are_counted(thespian_node: Node) -> None:
     assert isinstance(stats, Stats)
     assert stats.rejected_inputs == 4
     assert stats.request == "s"
+
+
+def test_a_node_started_with_test_partitions_obeys_partition_for_tests() -> None:
+    asys = ActorSystem("simpleSystemBase", transientUnique=True, logDefs=None)
+    try:
+        node = Node(asys, 0, start(asys, test_partitions=True))
+        node.asys.tell(node.replicator, PartitionForTests(frozenset({"n2"})))
+        stats = node.ask(GetStats())
+        assert isinstance(stats, Stats)
+        assert stats.rejected_inputs == 0
+    finally:
+        asys.shutdown()
 
 
 def test_forged_timers_and_store_messages_from_another_actor_are_ignored(

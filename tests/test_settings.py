@@ -93,6 +93,7 @@ BAD: dict[str, list[object]] = {
         ["k"],
         None,
     ],
+    "test_partitions": [1, 0, "yes", None],
 }
 
 GOOD: dict[str, list[object]] = {
@@ -114,6 +115,7 @@ GOOD: dict[str, list[object]] = {
     "pruning_marker_ttl": [1, 3600.0],
     "durable_pruning_marker_ttl": [1, 86400.0],
     "expire_keys_after_inactivity": [{}, {"k": 1}, {"p*": 0.5, "k": 10**6}],
+    "test_partitions": [False, True],
 }
 
 

@@ -764,6 +764,18 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._peer_send(peer.replica.node, peer.address, status)
 
     def receiveMsg_PartitionForTests(self, msg: PartitionForTests, sender: Any) -> None:
+        if self._settings is None or not self._settings.test_partitions:
+            self._rejections.warn_once(
+                str(sender), "partition", "refused PartitionForTests: test_partitions is off"
+            )
+            self._reject(
+                sender,
+                InvalidRequest(
+                    "PartitionForTests",
+                    "this node was not started with the test-only setting test_partitions",
+                ),
+            )
+            return
         self._peers.blocked = frozenset(msg.blocked)
         log.warning("TEST ONLY partition: ignoring peers %s", sorted(self._peers.blocked))
 

@@ -103,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
         ("max-gossip-bytes", "budget of values in one gossip message (default 512 KiB)"),
     ]:
         node.add_argument(f"--{setting}", type=int, help=help_text)
+    # TEST ONLY (the test kit's Cluster passes it): obey PartitionForTests.  Not in --help.
+    node.add_argument("--test-partitions", action="store_true", default=None, help=argparse.SUPPRESS)
     node.set_defaults(run=_run_node)
 
     inspect = commands.add_parser(

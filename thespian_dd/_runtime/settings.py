@@ -51,6 +51,8 @@ class Settings:
     - ``expire_keys_after_inactivity``: ``{key or 'prefix*': seconds}``; such a key is removed
       (no tombstone; subscribers get ``Expired``) once nobody has updated or read it for that
       long on any node.
+    - ``test_partitions``: TEST ONLY: obey ``PartitionForTests`` (which cuts this node off from
+      the peers it names).  Off by default, and then the message is refused and counted.
     """
 
     node_name: str | None = None
@@ -71,6 +73,7 @@ class Settings:
     pruning_marker_ttl: float = 6 * 3600.0
     durable_pruning_marker_ttl: float = 10 * 86400.0
     expire_keys_after_inactivity: Mapping[str, float] = field(default_factory=dict)
+    test_partitions: bool = False
 
     def __post_init__(self) -> None:
         if self.node_name is not None and (
@@ -105,6 +108,8 @@ class Settings:
         object.__setattr__(
             self, "expire_keys_after_inactivity", _expiries(self.expire_keys_after_inactivity)
         )
+        if not isinstance(self.test_partitions, bool):
+            raise ValueError(f"test_partitions must be True or False, not {self.test_partitions!r}")
         if self.write_mode not in WRITE_MODES:
             raise ValueError(f"write_mode must be one of {WRITE_MODES}, not {self.write_mode!r}")
         for name in ("max_value_bytes", "max_gossip_bytes"):

@@ -388,6 +388,8 @@ class Cluster:
             args += ["--join", f"{leader}:{self.nodes[0].port}"]
         for setting, value in self.settings.items():
             args += [f"--{setting.replace('_', '-')}", _option(value, node.name)]
+        if self.net is None:
+            args += ["--test-partitions"]  # split() and partition() use PartitionForTests
         env = {**os.environ, "THESPLOG_FILE": str(self.workdir / f"{node.name}.thespian.log")}
         if self.net is not None:
             args = self.net.command(i) + args
