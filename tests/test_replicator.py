@@ -318,7 +318,8 @@ def test_a_subscriber_that_dies_is_dropped(real_node: Node) -> None:
         node.ask(Update("k", GCounter(), _incr(1)))
         updates += 1
         node.asys.tell(node.replicator, FlushChanges())
-        return node.ask(GetStats()).subscribers == 0
+        stats = node.ask(GetStats())
+        return isinstance(stats, Stats) and stats.subscribers == 0
 
     eventually(changed_then_dropped, interval=0.1, what="the subscriber dropped")
     assert _value(node, "k") == updates

@@ -104,7 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     ]:
         node.add_argument(f"--{setting}", type=int, help=help_text)
     # TEST ONLY (the test kit's Cluster passes it): obey PartitionForTests.  Not in --help.
-    node.add_argument("--test-partitions", action="store_true", default=None, help=argparse.SUPPRESS)
+    node.add_argument(
+        "--test-partitions", action="store_true", default=None, help=argparse.SUPPRESS
+    )
     node.set_defaults(run=_run_node)
 
     inspect = commands.add_parser(

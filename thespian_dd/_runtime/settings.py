@@ -108,14 +108,19 @@ class Settings:
         object.__setattr__(
             self, "expire_keys_after_inactivity", _expiries(self.expire_keys_after_inactivity)
         )
-        if not isinstance(self.test_partitions, bool):
-            raise ValueError(f"test_partitions must be True or False, not {self.test_partitions!r}")
-        if self.write_mode not in WRITE_MODES:
-            raise ValueError(f"write_mode must be one of {WRITE_MODES}, not {self.write_mode!r}")
+        self._check_choices()
         for name in ("max_value_bytes", "max_gossip_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, not {value!r}")
+
+    def _check_choices(self) -> None:
+        if self.write_mode not in WRITE_MODES:
+            raise ValueError(f"write_mode must be one of {WRITE_MODES}, not {self.write_mode!r}")
+        if not isinstance(self.test_partitions, bool):
+            raise ValueError(  # noqa: TRY004 - every bad setting is a ValueError
+                f"test_partitions must be True or False, not {self.test_partitions!r}"
+            )
 
     def is_durable(self, key: str) -> bool:
         """Whether ``key`` persists (given a store): it matches one of ``durable_keys``."""
