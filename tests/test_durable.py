@@ -740,6 +740,33 @@ def test_a_store_unreadable_at_start_is_never_overwritten_and_served_when_back(
     assert _rows(url) == before  # nothing was written while the store could not be read
 
 
+def test_a_store_that_fails_to_load_is_left_byte_for_byte_as_it_was(tmp_path: Path) -> None:
+    """Regression: a start on a damaged SQLite file wrote into it before failing.  History: a
+    node stores 300 keys and stops; one page in the middle of the file is overwritten with
+    garbage (its header and schema intact, so the store opens); a new start reads rows until
+    the damaged page fails the SELECT.  The DurableWriter used to commit the node's next
+    incarnation before reading a row, and closing the engine then checkpointed that write into
+    the file; each retry of the load wrote again."""
+    path = tmp_path / "d.db"
+    url = f"sqlite:///{path}"
+    node = start_node(store=url, node_name="d")
+    try:
+        for i in range(300):
+            node.asys.tell(node.replicator, Update(f"key-{i:04}", GCounter(), _increment(1)))
+        assert isinstance(node.ask(Update("last", GCounter(), _increment(1))), UpdateSuccess)
+    finally:
+        node.asys.shutdown()
+    data = bytearray(path.read_bytes())
+    page = 4096
+    middle = len(data) // page // 2 * page
+    data[middle + 8 : middle + page] = bytes(range(256)) * ((page - 8) // 256) + bytes(248)
+    path.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match="malformed"):
+        start_node(store=url, node_name="d")
+    assert path.read_bytes() == bytes(data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.db"]
+
+
 def test_a_restarted_node_recovers_from_its_store_then_catches_up_by_gossip(
     cluster_factory: Any, tmp_path: Path
 ) -> None:

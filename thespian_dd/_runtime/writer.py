@@ -52,9 +52,9 @@ log = logging.getLogger("thespian_dd.durable")
 @dataclass(frozen=True)
 class Load:
     """To the DurableWriter: open ``url`` (with the key in ``signing_key_file``, if given),
-    count a new incarnation of ``node`` (refused if it was offline more than ``max_offline``
-    seconds), then send every row of it in :class:`LoadChunk` messages and finish with
-    :class:`Loaded`."""
+    send every row of ``node`` in :class:`LoadChunk` messages, and only then count a new
+    incarnation of it (refused if it was offline more than ``max_offline`` seconds) and finish
+    with :class:`Loaded`: a store that cannot be read is never written to."""
 
     url: str
     node: str
@@ -114,7 +114,6 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
         count = 0
         try:
             store = self._open(msg.url, msg.signing_key_file)
-            incarnation = store.next_incarnation(msg.node, now_ms(), msg.max_offline)
             rows: list[tuple[str, bytes | None]] = []
             skipped: list[tuple[str, str]] = []
             size = 0
@@ -131,6 +130,8 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
                     rows, skipped, size = [], [], 0
             self.send(sender, LoadChunk(rows, skipped))
             count += len(rows) + len(skipped)
+            # Only now, every row read: a store that cannot be read is not written to.
+            incarnation = store.next_incarnation(msg.node, now_ms(), msg.max_offline)
         except Exception as e:  # noqa: BLE001 - reported to the Replicator, which retries
             self._close()
             self.send(sender, Loaded(0, count, _first_line(e)))
