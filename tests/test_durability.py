@@ -70,11 +70,15 @@ class Node:
             settings=self.settings,
             node_name=NODE,
             send=lambda address, message: self.sent.append((address, message)),
-            wake=lambda seconds, payload: self.woken.append((seconds, payload)),
+            wake=self.wake,
             create_writer=self._create_writer,
             entry=entry,
             clock=self.clock,
+            jitter=lambda: 1.0,
         )
+
+    def wake(self, seconds: float, payload: Any) -> None:
+        self.woken.append((seconds, payload))
 
     def _create_writer(self) -> object:
         writer = object()
@@ -256,16 +260,43 @@ def test_a_retried_load_asks_the_writer_again() -> None:
     assert node.take_sent() == [(node.writer, Load(URL, NODE, 10 * 86400.0, None))]
 
 
-def test_load_retries_back_off_from_half_a_second_doubling_to_thirty() -> None:
+def test_load_retries_back_off_from_a_quarter_second_doubling_to_one() -> None:
     node = sync_node()
     d = node.durability
     d.start()
-    for _ in range(9):
+    for _ in range(5):
         d.loaded(Loaded(0, 0, "locked"), node.writer)
         assert d.retry_due()
         d.load()
-    assert node.retries() == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert node.retries() == [0.25, 0.5, 1.0, 1.0, 1.0]
     assert all(payload == StoreRetry() for _, payload in node.woken)
+
+
+def test_each_retry_delay_is_shortened_at_random_by_up_to_half() -> None:
+    """Nodes sharing a store that failed at once do not all try it again at once."""
+    delays = []
+    for _ in range(50):
+        node = sync_node()
+        node.durability = Durability(
+            settings=node.settings,
+            node_name=NODE,
+            send=lambda address, message: None,
+            wake=node.wake,
+            create_writer=object,
+            entry=entry,
+        )
+        d = node.durability
+        d.start()
+        for _ in range(3):
+            d.loaded(Loaded(0, 0, "locked"), d.writer)
+            d.retry_due()
+            d.load()
+        delays.append(node.retries())
+    for first, second, third in delays:
+        assert 0.125 <= first <= 0.25
+        assert 0.25 <= second <= 0.5
+        assert 0.5 <= third <= 1.0
+    assert len({first for first, _, _ in delays}) > 40
 
 
 def test_the_backoff_starts_over_after_a_load_succeeds() -> None:
@@ -279,7 +310,7 @@ def test_the_backoff_starts_over_after_a_load_succeeds() -> None:
     d.loaded(Loaded(1, 0), node.writer)
     d.write("k", b"v")
     node.commit(1, "disk full")
-    assert node.retries() == [0.5, 1.0, 2.0, 0.5]
+    assert node.retries() == [0.25, 0.5, 1.0, 0.25]
 
 
 # -- group commit (sync mode) ----------------------------------------------------------------------
@@ -380,7 +411,7 @@ def test_a_failed_commit_sends_the_failure_replies_and_counts() -> None:
     assert node.take_sent() == [("client 1", Failed("a", "disk full"))]
     assert d.store_failures == 1
     assert d.store_failure == "disk full"
-    assert node.retries() == [0.5]
+    assert node.retries() == [0.25]
 
 
 def test_a_failed_commit_keeps_its_keys_and_sends_nothing_until_the_retry() -> None:
@@ -422,19 +453,24 @@ def test_a_reply_registered_after_a_failure_waits_for_the_retried_batch() -> Non
     assert ("client", "stored a") in node.take_sent()
 
 
-def test_a_reply_for_a_write_queued_during_a_failed_commit_waits_for_the_next_batch() -> None:
+def test_a_write_queued_during_a_failed_commit_hears_of_the_failure_with_it() -> None:
+    """Its batch is the next one, but it gets its failure now rather than after a retry delay
+    and a second attempt; its key is still committed by the retry."""
     node = serving()
     d = node.durability
     d.write("a", b"A1")
     d.write("a", b"A2")
     d.reply_when_stored("a", "client", "stored a2", failure_of("a2"))
+    d.reply_when_stored("a", "peer", "ack", None)  # a peer's ack waits: it may be in time
     node.take_sent()
     node.commit(1, "disk full")
-    assert node.sent == []  # its batch is 2, not the one that failed
+    assert node.take_sent() == [("client", Failed("a2", "disk full"))]
     d.retry_due()
-    assert [w.seq for w in node.writes()] == [2]
+    (batch,) = node.writes()
+    assert (batch.seq, batch.entries) == (2, {"a": entry("a", b"A2")})
     node.commit(2)
-    assert node.take_sent() == [("client", "stored a2")]
+    assert node.take_sent() == [("peer", "ack")]
+    assert d.store_failure is None
 
 
 def test_commit_retries_back_off_and_start_over_after_a_commit_succeeds() -> None:
@@ -450,7 +486,7 @@ def test_commit_retries_back_off_and_start_over_after_a_commit_succeeds() -> Non
     assert d.last_flush == node.clock.now
     d.write("b", b"B")
     node.commit(10, "disk full again")
-    assert node.retries() == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 0.5]
+    assert node.retries() == [0.25, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.25]
 
 
 # -- write-behind ----------------------------------------------------------------------------------

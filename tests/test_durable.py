@@ -684,7 +684,7 @@ def test_a_store_outage_while_running_fails_writes_then_they_resume(tmp_path: Pa
             assert stats.store_queue_depth == 0
             return True
 
-        eventually(resumed, timeout=30, what="the failed write committed once the store is back")
+        eventually(resumed, timeout=10, what="the failed write committed once the store is back")
         assert isinstance(node.ask(Update("k", GCounter(), _increment(1))), UpdateSuccess)
     finally:
         node.asys.shutdown()

@@ -6,6 +6,7 @@ nor a password leaks into an error.  Mutated and wrongly signed rows: ``tests/te
 from __future__ import annotations
 
 import contextlib
+import socket
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -179,3 +180,31 @@ def test_urls_in_messages_never_show_a_password() -> None:
         Store("postgresql+psycopg://dd:hunter2@127.0.0.1:1/dd")
     assert "dd:***@127.0.0.1:1/dd" in str(refused.value)
     assert "hunter2" not in str(refused.value)
+
+
+@pytest.fixture
+def silent_server() -> Any:
+    """A port that accepts connections (the kernel completes them) but never says a word."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_server_store_that_never_answers_fails_within_the_connect_timeout(
+    silent_server: int,
+) -> None:
+    with pytest.raises(StoreError, match="timeout"):
+        Store(f"postgresql+psycopg://u:secret@127.0.0.1:{silent_server}/db")
+
+
+@pytest.mark.timeout(30)
+def test_a_timeout_in_the_url_is_the_one_used(silent_server: int) -> None:
+    # MariaDB's driver would wait 30 s for the greeting (IO_TIMEOUT); the URL asks for 1 s.
+    url = f"mysql+pymysql://u:secret@127.0.0.1:{silent_server}/db?read_timeout=1"
+    with pytest.raises(StoreError, match="Lost connection"):
+        Store(url)

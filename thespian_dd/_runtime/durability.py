@@ -9,8 +9,12 @@
   arms a timer of ``write_behind_interval`` that later writes never push back.
 - Replies after commit: a sync write is acknowledged only once its batch is committed (the
   failure reply if the commit fails).
-- A failed commit keeps its keys for the next batch and is retried with backoff (0.5 s doubling
-  to 30 s); a DurableWriter that exits is replaced and sent again what it had not confirmed.
+- A failed commit answers every request waiting on the store with its failure, keeps its keys
+  for the next batch, and is retried: after 0.25 s, doubling to at most 1 s, each delay
+  shortened at random by up to half (nodes sharing a store do not retry in step), so a store
+  that comes back is used within a second, and a sync write that cannot be committed gets its
+  failure within about a second plus one commit attempt.  A DurableWriter that exits is replaced
+  and sent again what it had not confirmed.
 
 The writer is an actor; this class reaches it only through the ``send`` and ``create_writer``
 callables it is given, and arms timers through ``wake``, so it runs without processes in tests.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,8 +38,14 @@ __all__ = ["Durability", "LoadOutcome"]
 
 log = logging.getLogger("thespian_dd.replicator")
 
-MIN_RETRY = 0.5
-MAX_RETRY = 30.0
+MIN_RETRY = 0.25
+MAX_RETRY = 1.0
+"""The store is tried again after MIN_RETRY seconds, doubling to MAX_RETRY while it fails: a
+probe that costs one commit attempt, so a store that comes back is used within a second."""
+
+
+def _jitter() -> float:
+    return random.uniform(0.5, 1.0)  # noqa: S311 - spreads retries, no secret
 
 
 @dataclass(frozen=True)
@@ -50,7 +61,8 @@ class LoadOutcome:
 class Durability:
     """``send(address, message)``; ``wake(seconds, payload)``; ``create_writer()`` starts a
     DurableWriter and returns its address; ``entry(key, raw)`` is what the store gets for a key
-    (None: a tombstone, FORGOTTEN: remove the row)."""
+    (None: a tombstone, FORGOTTEN: remove the row); ``jitter()`` is the fraction of each retry
+    delay waited (random in [0.5, 1] unless given)."""
 
     def __init__(  # noqa: PLR0913 - what it acts through, each a callable
         self,
@@ -62,6 +74,7 @@ class Durability:
         create_writer: Callable[[], Any],
         entry: Callable[[str, bytes | None], Entry | None],
         clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = _jitter,
     ) -> None:
         self._settings = settings
         self._node_name = node_name
@@ -70,6 +83,7 @@ class Durability:
         self._create_writer = create_writer
         self._entry = entry
         self._clock = clock
+        self._jitter = jitter
         self.writer: Any = None
         # Loading.
         self.loading = False
@@ -249,6 +263,11 @@ class Durability:
                 self.flush()
             return
         # Keep the keys (their state now is at least what failed) and try again with backoff.
+        # Every client waiting on the store hears now, also those of the next batch: a reply
+        # never waits out a retry delay and a second attempt.  A peer's ack (no failure reply)
+        # of the next batch still waits for it: it may be committed in time for the quorum.
+        done += [w for w in self._after_commit if w[3] is not None]
+        self._after_commit = [w for w in self._after_commit if w[3] is None]
         for key in committed:
             self._unwritten.setdefault(key, None)
         self.store_failures += 1
@@ -261,10 +280,11 @@ class Durability:
         self.retry_later()
 
     def retry_later(self) -> None:
-        """Try the store again after a backoff: 0.5 s, doubling up to 30 s while it fails."""
+        """Try the store again after a backoff: 0.25 s doubling to 1 s while it fails, each delay
+        times ``jitter()``."""
         self._retry_delay = min(max(2 * self._retry_delay, MIN_RETRY), MAX_RETRY)
         self._retry_pending = True
-        self._wake(self._retry_delay, StoreRetry())
+        self._wake(self._retry_delay * self._jitter(), StoreRetry())
 
     def retry_due(self) -> bool:
         """The retry timer fired: flush again; True if the load must be tried again instead."""

@@ -156,7 +156,7 @@ class Store:
         self._upsert_statement: sa.Executable | None = None
         self._alive_at: dict[str, float] = {}  # node -> when its last_alive was last written
         try:
-            self.engine = sa.create_engine(url)
+            self.engine = sa.create_engine(url, connect_args=_connect_args(url))
             if self.engine.dialect.name == "sqlite":
                 sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             problem = None
@@ -387,6 +387,28 @@ def _upsert_statement(dialect: str) -> sa.Executable | None:
             {name: mysql_insert.inserted[name] for name in _UPDATED}
         )
     return None
+
+
+CONNECT_TIMEOUT = 5
+"""Seconds a server store may take to accept a connection (unless its URL sets
+``connect_timeout``): one commit attempt against a host that does not answer fails in bounded
+time, as one against a locked SQLite file fails after its ``busy_timeout`` of 5 s."""
+
+
+IO_TIMEOUT = 30
+"""MariaDB/MySQL only (PyMySQL waits forever otherwise): seconds a read or write on an open
+connection may stall, the server's greeting included, unless the URL sets ``read_timeout`` /
+``write_timeout``."""
+
+
+def _connect_args(url: str) -> dict[str, Any]:
+    parsed = sa.make_url(url)
+    timeouts: dict[str, int] = {}
+    if parsed.get_backend_name() in ("postgresql", "mysql", "mariadb"):
+        timeouts["connect_timeout"] = CONNECT_TIMEOUT
+    if parsed.get_backend_name() in ("mysql", "mariadb"):
+        timeouts |= {"read_timeout": IO_TIMEOUT, "write_timeout": IO_TIMEOUT}
+    return {name: value for name, value in timeouts.items() if name not in parsed.query}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
