@@ -470,7 +470,7 @@ def five_with_two_unreachable() -> Table:
         (ReadFrom(4, 1.0), False),
     ],
 )
-def test_a_quorum_request_opens_exactly_when_the_reachable_peers_can_make_it(
+def test_a_quorum_request_the_reachable_peers_cannot_make_waits_for_the_others(
     level: Level, can_succeed: bool
 ) -> None:
     t = five_with_two_unreachable()
@@ -482,14 +482,17 @@ def test_a_quorum_request_opens_exactly_when_the_reachable_peers_can_make_it(
     wakes: list[tuple[float, object]] = []
     quorums = Quorums(lambda seconds, payload: wakes.append((seconds, payload)))
     pending = Pending("update", ActorAddress("client"), "k", None, needed, t.peers.targets())
-    assert quorums.open(pending, 1.5) is can_succeed
-    if can_succeed:
-        assert wakes == [(1.5, RequestTimeout(pending.id_))]
-        assert len(quorums) == 1
-    else:
-        assert wakes == []  # nothing registered: the caller fails it at once
-        assert len(quorums) == 0
-        assert quorums.timed_out(pending.id_) is None
+    quorums.open(pending, 1.5)
+    assert wakes == [(1.5, RequestTimeout(pending.id_))]
+    for replica in (A1, B):
+        quorums.answer(pending.id_, replica.node, address_of(replica))
+    assert pending.enough() is can_succeed
+    # The unreachable peers are heard again: the request asks them, and their answers count.
+    for replica in (C, D):
+        t.peers.heard(replica)
+        assert quorums.meet(replica.node, address_of(replica)) == [pending]
+        quorums.answer(pending.id_, replica.node, address_of(replica))
+    assert pending.enough()
 
 
 @pytest.mark.parametrize("level", [WriteLocal(), ReadLocal()])
@@ -498,7 +501,7 @@ def test_a_local_level_needs_only_this_node_however_many_are_unreachable(level: 
     assert level.replicas_needed(t.peers.replica_count()) == 1
 
 
-def test_a_write_all_fails_at_once_with_a_peer_down_and_opens_once_it_is_removed() -> None:
+def test_a_write_all_with_a_peer_down_needs_it_until_it_is_removed() -> None:
     t = Table()
     t.learn(*FIVE)
     t.at(FAILURE + 1)
@@ -508,8 +511,13 @@ def test_a_write_all_fails_at_once_with_a_peer_down_and_opens_once_it_is_removed
     quorums = Quorums(lambda _seconds, _payload: None)
 
     def write_all() -> bool:
+        """Whether a WriteAll opened now is satisfied by the reachable peers' answers."""
         needed = WriteAll(1.0).replicas_needed(t.peers.replica_count())
-        return quorums.open(Pending("update", None, "k", None, needed, t.peers.targets()), 1.0)
+        pending = Pending("update", None, "k", None, needed, t.peers.targets())
+        quorums.open(pending, 1.0)
+        for name, address in pending.asked.items():
+            quorums.answer(pending.id_, name, address)
+        return pending.enough()
 
     assert not write_all()  # needs 5, reaches 4
     t.at(REMOVAL + 1)
@@ -526,7 +534,10 @@ def test_a_peer_cut_off_by_the_test_switch_cannot_answer_a_quorum() -> None:
     t.peers.blocked = frozenset({"b", "c"})
     needed = WriteMajority(1.0).replicas_needed(t.peers.replica_count())
     pending = Pending("update", None, "k", None, needed, t.peers.targets())
-    assert not Quorums(lambda _s, _p: None).open(pending, 1.0)
+    quorums = Quorums(lambda _s, _p: None)
+    quorums.open(pending, 1.0)
+    assert pending.asked == {}
+    assert quorums.answer(pending.id_, "b", address_of(B)) is None
 
 
 def test_an_answer_counts_once_and_only_from_the_peer_asked_at_its_address() -> None:
@@ -534,7 +545,7 @@ def test_an_answer_counts_once_and_only_from_the_peer_asked_at_its_address() -> 
     t.learn(*FIVE)
     quorums = Quorums(lambda _s, _p: None)
     pending = Pending("get", None, "k", None, 3, t.peers.targets())
-    assert quorums.open(pending, 1.0)
+    quorums.open(pending, 1.0)
     assert quorums.answer(pending.id_, "b", ActorAddress("impostor")) is None
     assert quorums.answer(pending.id_, "stranger", address_of(B)) is None
     assert quorums.answer("another request", "b", address_of(B)) is None

@@ -444,10 +444,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._reply_get(sender, msg.key, msg.request)
             return
         pending = Pending("get", sender, msg.key, msg.request, needed, self._peers.targets())
-        if self._ask_peers(pending, timeout_of(msg.consistency)):
-            read = PeerRead(PROTOCOL_VERSION, self.node, pending.id_, msg.key)
-            for name, address in pending.asked.items():
-                self._peer_send(name, address, read)
+        self._ask_peers(pending, timeout_of(msg.consistency))
 
     def _reply_get(self, client: Any, key: str, request: Any) -> None:
         value = self._keys.get(key)
@@ -500,19 +497,31 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._acknowledge(kind, client, key, request)
             return
         pending = Pending(kind, client, key, request, needed, self._peers.targets())
-        if self._ask_peers(pending, timeout_of(consistency)):
-            payload = self._keys.payload(key)
-            assert payload is not None
-            write = PeerWrite(PROTOCOL_VERSION, self.node, pending.id_, key, payload)
-            for name, address in pending.asked.items():
-                self._peer_send(name, address, write)
+        self._ask_peers(pending, timeout_of(consistency))
 
-    def _ask_peers(self, pending: Pending, timeout: float) -> bool:
-        """Open a quorum request; if it cannot succeed, answer it now and return False."""
-        if self._quorums.open(pending, timeout):
-            return True
-        self._finish(pending, timed_out=True)
-        return False
+    def _ask_peers(self, pending: Pending, timeout: float) -> None:
+        """Open a quorum request and ask the peers it names (more as they are met)."""
+        self._quorums.open(pending, timeout)
+        for name, address in pending.asked.items():
+            self._ask_peer(pending, name, address)
+
+    def _ask_peer(self, pending: Pending, name: str, address: Any) -> None:
+        if pending.kind == "get":
+            message: PeerMessage = PeerRead(PROTOCOL_VERSION, self.node, pending.id_, pending.key)
+        else:
+            payload = self._keys.payload(pending.key)
+            if payload is None:
+                return  # expired meanwhile: nothing to replicate
+            message = PeerWrite(PROTOCOL_VERSION, self.node, pending.id_, pending.key, payload)
+        self._peer_send(name, address, message)
+
+    def _met(self, peer: Peer) -> None:
+        """``peer`` is reachable (it joined, came back, or restarted): the open quorum requests
+        ask it too."""
+        name = peer.replica.node
+        if name not in self._peers.blocked:
+            for pending in self._quorums.meet(name, peer.address):
+                self._ask_peer(pending, name, peer.address)
 
     def _finish(self, pending: Pending, *, timed_out: bool) -> None:
         self._quorums.close(pending)
@@ -699,18 +708,26 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         peer = self._peers.get(origin.node)
         if (
             (peer is None or peer.replica < origin)
-            and isinstance(msg, GossipStatus)
+            and not isinstance(msg, PeerHello)
             and self._peers.learn(self.node, origin, sender)
         ):
-            # A peer whose hello never came (it restarted while this node could not hear it):
-            # its status comes from its Replicator, so that address is the one to learn.
+            # A peer whose hello never came, or has not come yet (it restarted while this node
+            # could not hear it; Thespian may deliver its next messages first): every peer
+            # message but the hello (which an Introducer may carry) comes from its Replicator,
+            # so that address is the one to learn.
             self._joined(origin)
             self._peer_send(origin.node, sender, self._hello(reply=False))
+        elif peer is not None and peer.replica == origin and not peer.reachable:
+            self._peers.heard(origin)
+            self._met(peer)
         self._peers.heard(origin)
         return True
 
     def _joined(self, replica: ReplicaId) -> None:
         log.info("peer %s joined (%d peers)", replica, len(self._peers))
+        peer = self._peers.get(replica.node)
+        if peer is not None:
+            self._met(peer)
 
     def _learn_directory(self, directory: Mapping[str, tuple[ReplicaId, Any]]) -> None:
         for peer in self._peers.learn_all(self.node, directory):

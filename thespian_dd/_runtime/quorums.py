@@ -3,7 +3,10 @@
 No actor per request (on multiprocess bases that would be a process): each request is a
 :class:`Pending` record with the peers asked.  An answer counts only from the peer it was asked
 of, once; the request finishes when the answers and this node make ``needed``, or when its timer
-fires.  A request that cannot get enough answers from the reachable peers fails at once.
+fires.  A request that the reachable peers cannot satisfy yet waits for more: every peer met
+while it is open (one that joins, comes back, or restarts) is asked too (:meth:`Quorums.meet`),
+so a node still meeting its peers after a start does not fail requests it could serve a moment
+later.
 """
 
 from __future__ import annotations
@@ -56,14 +59,22 @@ class Quorums:
         self._wake = wake
         self._open: dict[str, Pending] = {}
 
-    def open(self, pending: Pending, timeout: float) -> bool:
-        """Register ``pending`` with its timer; False (registering nothing) if the peers asked
-        and this node cannot make ``needed``: the caller fails it now."""
-        if len(pending.asked) + 1 < pending.needed:
-            return False
+    def open(self, pending: Pending, timeout: float) -> None:
+        """Register ``pending`` with its timer (it waits for answers, and for more peers if the
+        ones asked cannot make ``needed``)."""
         self._open[pending.id_] = pending
         self._wake(timeout, RequestTimeout(pending.id_))
-        return True
+
+    def meet(self, name: str, address: Any) -> list[Pending]:
+        """Peer ``name`` is reachable at ``address`` (new, back, or a new incarnation): the open
+        requests that have not asked it there, now marked as asking it; the caller sends them.
+        One it answered already (at another address) keeps that answer."""
+        met = []
+        for pending in self._open.values():
+            if name not in pending.answered and pending.asked.get(name) != address:
+                pending.asked[name] = address
+                met.append(pending)
+        return met
 
     def answer(self, request_id: object, name: str, address: Any) -> Pending | None:
         """Count the answer of peer ``name`` at ``address`` to ``request_id``; returns the
