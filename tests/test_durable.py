@@ -26,6 +26,7 @@ from thespian_dd import (
     GetKeys,
     GetReplicaCount,
     GetStats,
+    GetStatus,
     GetSuccess,
     Keys,
     ModifyFailure,
@@ -36,6 +37,7 @@ from thespian_dd import (
     ReplicaId,
     Replicator,
     Stats,
+    Status,
     StoreFailure,
     Subscribe,
     Update,
@@ -728,6 +730,11 @@ def test_a_store_unreadable_at_start_is_never_overwritten_and_served_when_back(
         stats = asys.ask(replicator, GetStats(), 10)  # still answered: it says why
         assert isinstance(stats, Stats)
         assert "the store cannot be loaded" in (stats.store_error or "")
+        status = asys.ask(replicator, GetStatus(), 10)  # answered too, not serving
+        assert isinstance(status, Status)
+        assert not status.serving
+        assert status.store == url
+        assert "the store cannot be loaded" in (status.store_error or "")
         lock.execute("ROLLBACK")
         lock.close()
 

@@ -19,6 +19,7 @@ from thespian_dd import (
     GetFailure,
     GetReplicaCount,
     GetStats,
+    GetStatus,
     GetSuccess,
     GSet,
     LWWMap,
@@ -34,6 +35,7 @@ from thespian_dd import (
     ReplicaCount,
     ReplicaId,
     Stats,
+    Status,
     Subscribe,
     Update,
     UpdateSuccess,
@@ -177,6 +179,12 @@ def test_a_killed_node_becomes_unreachable_and_catches_up_after_a_restart(
     _converged(cluster, ["k"])
     cluster.kill(2)
     eventually(lambda: cluster.ask(0, GetReplicaCount()) == ReplicaCount(2), timeout=10)
+    status = cluster.ask(0, GetStatus())
+    assert isinstance(status, Status)
+    assert [(p.name, p.reachable) for p in status.peers] == [("node-2", True), ("node-3", False)]
+    assert all(p.last_heard >= 0 for p in status.peers)  # the transport may tell at once
+    assert status.peers[1].replica.startswith("node-3#")
+    assert status.removed == ()
     # A majority of 3 is still reachable; all of them is not.
     update = Update("k", ORSet(), lambda s, n: s.add(n, "during"), WriteMajority(3.0))
     assert isinstance(cluster.ask(0, update), UpdateSuccess)

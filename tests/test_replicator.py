@@ -36,6 +36,7 @@ from thespian_dd import (
     GetReplicaCount,
     GetResponse,
     GetStats,
+    GetStatus,
     GetSuccess,
     InvalidRequest,
     Keys,
@@ -50,6 +51,7 @@ from thespian_dd import (
     ReplicationDeleteFailure,
     Replicator,
     Stats,
+    Status,
     Subscribe,
     Unsubscribe,
     Update,
@@ -65,6 +67,7 @@ from thespian_dd import (
 from thespian_dd._runtime.protocol import Every as _Every
 from thespian_dd._runtime.protocol import PartitionForTests
 from thespian_dd._runtime.writer import LoadChunk, Loaded, Written
+from thespian_dd.codec import encode
 from thespian_dd.testing import Node, ProbeSend, eventually, start_node
 
 pytestmark = pytest.mark.timeout(120)
@@ -206,6 +209,32 @@ def test_a_node_started_with_test_partitions_obeys_partition_for_tests() -> None
         assert stats.rejected_inputs == 0
     finally:
         asys.shutdown()
+
+
+def test_status_names_the_node_its_keys_sizes_and_largest_keys(thespian_node: Node) -> None:
+    node = thespian_node
+    node.ask(Update("small", GCounter(), _incr(1)))
+    node.ask(Update("big", ORSet(), lambda s, n: s.add(n, "x" * 300)))
+    node.ask(Update("gone", GCounter(), _incr(1)))
+    node.ask(Delete("gone"))
+    status = node.ask(GetStatus(largest=1, request="s"))
+    assert isinstance(status, Status), status
+    stats = node.ask(GetStats())
+    assert status.node == stats.node
+    assert status.serving
+    assert (status.keys, status.tombstones) == (2, 1)
+    sizes = {}
+    for key in ("small", "big"):
+        reply = node.ask(Get(key))
+        assert isinstance(reply, GetSuccess)
+        sizes[key] = len(encode(reply.data))
+    assert status.value_bytes == sum(sizes.values())
+    assert status.largest == (("big", sizes["big"]),)
+    assert (status.peers, status.removed) == ((), ())
+    assert (status.store, status.write_mode, status.store_queue_depth) == (None, "sync", 0)
+    assert status.request == "s"
+    with pytest.raises(ValueError, match="largest must be an int >= 0"):
+        GetStatus(largest=-1)
 
 
 def test_forged_timers_and_store_messages_from_another_actor_are_ignored(

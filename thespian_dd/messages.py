@@ -38,11 +38,13 @@ __all__ = [
     "GetReplicaCount",
     "GetResponse",
     "GetStats",
+    "GetStatus",
     "GetSuccess",
     "InvalidRequest",
     "Keys",
     "ModifyFailure",
     "NotFound",
+    "PeerStatus",
     "ReadAll",
     "ReadConsistency",
     "ReadFrom",
@@ -51,6 +53,7 @@ __all__ = [
     "ReplicaCount",
     "ReplicationDeleteFailure",
     "Stats",
+    "Status",
     "StoreFailure",
     "Subscribe",
     "Unsubscribe",
@@ -337,6 +340,21 @@ class GetStats:
     request: Any = None
 
 
+@dataclass(frozen=True)
+class GetStatus:
+    """Ask what an operator needs to see of this node: its peers, its keys' sizes, its store.
+    Reply: :class:`Status`, also while the node is still loading its store (then ``serving``
+    is False).  Costs one encoding of every value: for a status view, not for polling."""
+
+    largest: int = 5
+    """How many of the largest keys to name."""
+    request: Any = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.largest, int) or isinstance(self.largest, bool) or self.largest < 0:
+            raise ValueError(f"largest must be an int >= 0, not {self.largest!r}")
+
+
 # -- replies ------------------------------------------------------------------------------------
 
 
@@ -480,6 +498,48 @@ class Stats:
     store_failures: int = 0
     store_error: str | None = None
     refused_rows: int = 0
+    request: Any = None
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """One peer of a node, as the node sees it (see :class:`Status`)."""
+
+    name: str
+    replica: str
+    """Its current ``ReplicaId`` (``name#incarnation``)."""
+    address: str
+    reachable: bool
+    last_heard: float
+    """Seconds since this node last heard from it."""
+
+
+@dataclass(frozen=True)
+class Status:
+    """The reply to :class:`GetStatus`."""
+
+    node: str
+    """This node's current ``ReplicaId`` (``name#incarnation``)."""
+    serving: bool
+    """Whether it serves requests (False while it loads its store, or cannot)."""
+    loaded_rows: int
+    """Rows read from the store so far (while loading; all of them after)."""
+    peers: tuple[PeerStatus, ...]
+    removed: tuple[str, ...]
+    """Replicas removed for good (unreachable longer than ``removal_timeout``)."""
+    keys: int
+    tombstones: int
+    value_bytes: int
+    """The encoded size of every value together."""
+    largest: tuple[tuple[str, int], ...]
+    """The largest keys with their encoded sizes, largest first."""
+    store: str | None
+    """The store's URL without its password (None: in memory)."""
+    write_mode: str
+    store_queue_depth: int
+    last_flush: float | None
+    store_error: str | None
+    recovery_time: float | None
     request: Any = None
 
 

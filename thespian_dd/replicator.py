@@ -21,6 +21,7 @@ subscribers are kept in lists and compared with ``==``.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import os
 import secrets
@@ -93,6 +94,7 @@ from thespian_dd._runtime.protocol import (
 from thespian_dd._runtime.pruning import PrunedHere, Pruning, merge_payload
 from thespian_dd._runtime.quorums import Pending, Quorums
 from thespian_dd._runtime.settings import CAPABILITY_PREFIX, Settings, matches
+from thespian_dd._runtime.store import safe_url
 from thespian_dd._runtime.subscriptions import Notification, Subscriptions
 from thespian_dd._runtime.updates import modified, update_error
 from thespian_dd._runtime.window import SendWindow, transmit_within
@@ -117,15 +119,18 @@ from thespian_dd.messages import (
     GetKeys,
     GetReplicaCount,
     GetStats,
+    GetStatus,
     GetSuccess,
     InvalidRequest,
     Keys,
     ModifyFailure,
     NotFound,
+    PeerStatus,
     ReadConsistency,
     ReplicaCount,
     ReplicationDeleteFailure,
     Stats,
+    Status,
     StoreFailure,
     Subscribe,
     Unsubscribe,
@@ -210,6 +215,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self.send(sender, ReplicaCount(0, msg.request))  # not serving yet
         elif isinstance(msg, GetStats) and error is not None:
             self.receiveMsg_GetStats(msg, sender)  # store_error tells why it does not serve
+        elif isinstance(msg, GetStatus):
+            self.receiveMsg_GetStatus(msg, sender)  # serving=False, and how far the load is
         elif error is not None:
             self._refuse(msg, sender, f"the store cannot be loaded: {error}")
         else:
@@ -912,6 +919,45 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                     else f"the store cannot be loaded: {load_error}"
                 ),
                 refused_rows=self._refused,
+                request=msg.request,
+            ),
+        )
+
+    def receiveMsg_GetStatus(self, msg: GetStatus, sender: Any) -> None:
+        durability, settings, peers = self._durability, self.settings, self._peers
+        sizes = list(self._keys.sizes())
+        load_error = durability.load_error
+        self.send(
+            sender,
+            Status(
+                node=str(self.node),
+                serving=durability.serving,
+                loaded_rows=durability.loaded_rows,
+                peers=tuple(
+                    PeerStatus(
+                        p.replica.node,
+                        str(p.replica),
+                        str(p.address),
+                        p.reachable,
+                        round(peers.silence(p), 3),
+                    )
+                    for p in sorted(peers, key=lambda p: p.replica.node)
+                ),
+                removed=tuple(sorted(str(r) for r in peers.departed)),
+                keys=len(self._keys),
+                tombstones=self._keys.tombstones(),
+                value_bytes=sum(size for _, size in sizes),
+                largest=tuple(heapq.nlargest(msg.largest, sizes, key=lambda ks: (ks[1], ks[0]))),
+                store=safe_url(settings.store) if settings.store else None,
+                write_mode=settings.write_mode,
+                store_queue_depth=durability.queue_depth(),
+                last_flush=durability.last_flush,
+                store_error=(
+                    durability.store_failure
+                    if load_error is None
+                    else f"the store cannot be loaded: {load_error}"
+                ),
+                recovery_time=durability.recovery_time,
                 request=msg.request,
             ),
         )

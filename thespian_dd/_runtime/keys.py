@@ -153,6 +153,14 @@ class KeyTable:
     def tombstones(self) -> int:
         return len(self._deleted)
 
+    def sizes(self) -> Iterator[tuple[str, int]]:
+        """Every key holding a value with its encoded size (a restored value is not decoded:
+        its stored bytes are its encoding)."""
+        for key, stored in list(self._stored.items()):
+            yield key, len(stored)
+        for key, value in list(self._values.items()):
+            yield key, len(codec.encode(value))
+
     def markers(self, key: str) -> Mapping[ReplicaId, Marker]:
         return self._markers.get(key, {})
 

@@ -177,6 +177,10 @@ class PeerTable:
                 kept.append(peer)
         return kept, lost, removed
 
+    def silence(self, peer: Peer) -> float:
+        """Seconds since ``peer`` was last heard."""
+        return self._clock() - peer.last_seen
+
     def replica_count(self) -> int:
         """N: this replica and every known peer, reachable or not."""
         return 1 + len(self._peers)
