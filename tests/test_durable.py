@@ -730,6 +730,7 @@ def test_a_store_unreadable_at_start_is_never_overwritten_and_served_when_back(
         stats = asys.ask(replicator, GetStats(), 10)  # still answered: it says why
         assert isinstance(stats, Stats)
         assert "the store cannot be loaded" in (stats.store_error or "")
+        assert not stats.serving
         status = asys.ask(replicator, GetStatus(), 10)  # answered too, not serving
         assert isinstance(status, Status)
         assert not status.serving

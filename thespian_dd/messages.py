@@ -498,6 +498,8 @@ class Stats:
     store_failures: int = 0
     store_error: str | None = None
     refused_rows: int = 0
+    serving: bool = True
+    """False while the node loads its store (or cannot): the other figures are then partial."""
     request: Any = None
 
 

@@ -213,8 +213,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             super().receiveMessage(msg, sender)
         elif isinstance(msg, GetReplicaCount):
             self.send(sender, ReplicaCount(0, msg.request))  # not serving yet
-        elif isinstance(msg, GetStats) and error is not None:
-            self.receiveMsg_GetStats(msg, sender)  # store_error tells why it does not serve
+        elif isinstance(msg, GetStats):
+            self.receiveMsg_GetStats(msg, sender)  # serving=False; store_error tells why
         elif isinstance(msg, GetStatus):
             self.receiveMsg_GetStatus(msg, sender)  # serving=False, and how far the load is
         elif error is not None:
@@ -919,6 +919,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                     else f"the store cannot be loaded: {load_error}"
                 ),
                 refused_rows=self._refused,
+                serving=durability.serving,
                 request=msg.request,
             ),
         )
