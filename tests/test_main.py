@@ -1,4 +1,5 @@
-"""The command line: demo, bench, and clear errors for bad arguments."""
+"""The command line: demo, bench, clear errors for bad arguments, and ``--version`` and the help
+under both names (``thespian-dd`` and ``python -m thespian_dd``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import importlib
 import json
 import subprocess
 import sys
+import sysconfig
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
+import thespian_dd
 import thespian_dd.__main__
 from thespian_dd._cli.main import main
 
@@ -107,3 +111,32 @@ def test_the_console_script_and_python_m_run_the_same_main() -> None:
     assert name == "thespian-dd"
     assert getattr(importlib.import_module(module), function) is main
     assert thespian_dd.__main__.main is main
+
+
+def _run(prog: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the command line as ``prog``: the installed ``thespian-dd`` script or ``python -m``."""
+    if prog == "thespian-dd":
+        script = Path(sysconfig.get_path("scripts")) / "thespian-dd"
+        assert script.is_file(), f"no {script}: install the package (pip install -e .)"
+        command = [str(script)]
+    else:
+        command = [sys.executable, "-m", "thespian_dd"]
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, timeout=60, check=check
+    )
+
+
+@pytest.mark.parametrize("prog", ["thespian-dd", "python -m thespian_dd"])
+def test_version_prints_the_package_and_its_version(prog: str) -> None:
+    result = _run(prog, "--version")
+    assert result.stdout == f"thespian_dd {thespian_dd.__version__}\n"
+    assert thespian_dd.__version__ == version("thespian_dd")  # what pip says is installed
+
+
+@pytest.mark.parametrize("prog", ["thespian-dd", "python -m thespian_dd"])
+def test_help_and_errors_name_the_program_as_it_was_run(prog: str) -> None:
+    assert _run(prog, "--help").stdout.startswith(f"usage: {prog} [-h] [--version] COMMAND")
+    assert _run(prog, "node", "--help").stdout.startswith(f"usage: {prog} node ")
+    error = _run(prog, "frobnicate", check=False)
+    assert error.returncode == 2
+    assert error.stderr.splitlines()[-1].startswith(f"{prog}: error: argument COMMAND: invalid")

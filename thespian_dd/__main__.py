@@ -8,4 +8,4 @@ from thespian_dd._cli.main import main
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m thespian_dd"))

@@ -1,5 +1,5 @@
-"""Command line: ``python -m thespian_dd {demo,node,inspect,bench} ...`` (also installed as
-``thespian-dd``): the argument parser; each command runs in a module of its own."""
+"""Command line: ``thespian-dd {demo,node,inspect,bench} ...`` (also ``python -m thespian_dd``):
+the argument parser; each command runs in a module of its own."""
 
 from __future__ import annotations
 
@@ -7,14 +7,17 @@ import argparse
 import os
 from collections.abc import Sequence
 
+from thespian_dd import __version__
+
 __all__ = ["main"]
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m thespian_dd",
+        prog=prog,
         description="Akka-style Distributed Data for Thespian: replicated, durable CRDTs.",
     )
+    parser.add_argument("--version", action="version", version=f"thespian_dd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
@@ -273,7 +276,9 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "thespian-dd") -> int:
+    """Run the command in ``argv`` (default: ``sys.argv[1:]``) and return its exit status;
+    ``prog`` is the name the help and errors show (``python -m thespian_dd`` passes its own)."""
+    args = _parser(prog).parse_args(argv)
     result: int = args.run(args)
     return result
