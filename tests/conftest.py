@@ -30,6 +30,9 @@ os.environ["HYPOTHESIS_PROFILE"] = os.environ.get("HYPOTHESIS_PROFILE") or (
 )
 settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
 
+# The fixtures. Installed, the package registers them itself (its pytest11 entry point is named
+# after the module this line reaches, so pytest loads it once); this line serves a checkout that is
+# only on PYTHONPATH, and keeps the spelling users' conftests have working (test_testing_kit.py).
 pytest_plugins = ["thespian_dd.testing"]
 
 # CI must run the real-partition tests (.ci/run installs nftables): there, a machine that cannot

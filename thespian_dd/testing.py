@@ -1,6 +1,10 @@
 """Helpers for testing applications that use thespian_dd, and thespian_dd itself.
 
-Use it as a pytest plugin: ``pytest_plugins = ["thespian_dd.testing"]`` in a ``conftest.py``.
+Everything here imports without pytest. The fixtures ``thespian_node`` and ``cluster_factory``
+are a pytest plugin that installing thespian_dd registers (the ``pytest11`` entry point
+``thespian_dd._testkit.plugin``): a project's tests have them with no ``conftest.py`` line. Where
+the package is not installed, ``pytest_plugins = ["thespian_dd.testing"]`` in a ``conftest.py``
+loads them; with the entry point it is harmless (the plugin is registered once).
 
 - :func:`eventually`: poll a condition until it holds or a deadline passes (never a bare sleep).
 - :func:`free_port`: a free loopback TCP port for a new ActorSystem (never Thespian's 1900).
@@ -25,12 +29,6 @@ Use it as a pytest plugin: ``pytest_plugins = ["thespian_dd.testing"]`` in a ``c
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
-
 from thespian_dd._testkit.chaos import ChaosReport, Fault, Operation, fault_schedule, run_chaos
 from thespian_dd._testkit.harness import (
     FAST,
@@ -46,7 +44,10 @@ from thespian_dd._testkit.harness import (
     scratch_database,
     start_node,
 )
-from thespian_dd._testkit.netns import unavailable
+from thespian_dd._testkit.netns import require_network_namespaces
+
+# Loaded when pytest registers this module (a conftest's ``pytest_plugins``): the fixtures.
+pytest_plugins = ["thespian_dd._testkit.plugin"]
 
 __all__ = [
     "FAST",
@@ -60,7 +61,6 @@ __all__ = [
     "ProbeSendAll",
     "ProbeTake",
     "Received",
-    "cluster_factory",
     "eventually",
     "fault_schedule",
     "free_port",
@@ -68,47 +68,4 @@ __all__ = [
     "run_chaos",
     "scratch_database",
     "start_node",
-    "thespian_node",
 ]
-
-
-@pytest.fixture
-def thespian_node() -> Iterator[Node]:
-    """A real ``multiprocTCPBase`` node (its own admin and actor processes) with a Replicator."""
-    node = start_node(notify_interval=0.05)
-    try:
-        yield node
-    finally:
-        node.asys.shutdown()
-
-
-def require_network_namespaces() -> None:
-    """Skip the calling test if this machine cannot run hosts in network namespaces of their
-    own (``Cluster(network=True)``), with the reason; fail it instead when the environment
-    variable ``THESPIAN_DD_REQUIRE_NETNS`` is set (where these tests must run)."""
-    reason = unavailable()
-    if reason:
-        if os.environ.get("THESPIAN_DD_REQUIRE_NETNS"):
-            pytest.fail(f"{reason}; THESPIAN_DD_REQUIRE_NETNS is set: these tests must run")
-        pytest.skip(reason)
-
-
-@pytest.fixture
-def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
-    """``cluster_factory(3, gossip_interval=0.5)`` starts a :class:`Cluster`; stopped after.
-    ``cluster_factory(3, network=True)``: nodes in network namespaces, real partitions (see
-    :func:`require_network_namespaces` for when the test is skipped instead)."""
-    clusters: list[Cluster] = []
-
-    def make(n: int, network: bool = False, **settings: float | str) -> Cluster:
-        if network:
-            require_network_namespaces()
-        cluster = Cluster(tmp_path, n, network=network, **settings)
-        clusters.append(cluster)
-        return cluster.start()
-
-    try:
-        yield make
-    finally:
-        for cluster in clusters:
-            cluster.stop()

@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-__all__ = ["SUBNET", "Network", "unavailable"]
+__all__ = ["SUBNET", "Network", "require_network_namespaces", "unavailable"]
 
 SUBNET = "10.213.0"
 """Host ``i`` has address ``f"{SUBNET}.{i + 1}"`` (a /24)."""
@@ -106,6 +106,19 @@ def unavailable() -> str | None:
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         return f"cannot build a network of namespaces: {e}"
     return None
+
+
+def require_network_namespaces() -> None:
+    """Skip the calling test if this machine cannot run hosts in network namespaces of their
+    own (``Cluster(network=True)``), with the reason; fail it instead when the environment
+    variable ``THESPIAN_DD_REQUIRE_NETNS`` is set (where these tests must run)."""
+    import pytest
+
+    reason = unavailable()
+    if reason:
+        if os.environ.get("THESPIAN_DD_REQUIRE_NETNS"):
+            pytest.fail(f"{reason}; THESPIAN_DD_REQUIRE_NETNS is set: these tests must run")
+        pytest.skip(reason)
 
 
 class Network:
