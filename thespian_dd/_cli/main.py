@@ -165,7 +165,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "--plot",
         metavar="FILE.png",
         help="also draw throughput by write mode and recovery time by key count (the durable "
-        "section) into FILE.png; needs matplotlib: pip install 'thespian_dd[plot]'",
+        "section) into FILE.png; needs matplotlib (the plot extra)",
     )
     bench.set_defaults(run=_run_bench)
     return parser

@@ -21,9 +21,7 @@ def plot_results(results: Sequence[Any], path: str) -> None:
         mpl.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit(
-            "bench: --plot needs matplotlib: pip install 'thespian_dd[plot]'"
-        ) from None
+        raise SystemExit("bench: --plot needs matplotlib: pip install matplotlib") from None
     throughput: dict[str, float] = {}
     recovery: dict[str, list[tuple[int, float, float]]] = {}
     for r in results:
