@@ -2,9 +2,10 @@
 
 Everything here imports without pytest. The fixtures ``thespian_node`` and ``cluster_factory``
 are a pytest plugin that installing thespian_dd registers (the ``pytest11`` entry point
-``thespian_dd._testkit.plugin``): a project's tests have them with no ``conftest.py`` line. Where
-the package is not installed, ``pytest_plugins = ["thespian_dd.testing"]`` in a ``conftest.py``
-loads them; with the entry point it is harmless (the plugin is registered once).
+``thespian_dd._testkit.plugin``): a project's tests have them with no ``conftest.py`` line.
+Without the entry point (the package only on ``sys.path``, or ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``
+set), ``pytest_plugins = ["thespian_dd.testing"]`` in a ``conftest.py`` loads them; with it, that
+line is harmless (the plugin is registered once).
 
 - :func:`eventually`: poll a condition until it holds or a deadline passes (never a bare sleep).
 - :func:`free_port`: a free loopback TCP port for a new ActorSystem (never Thespian's 1900).
