@@ -27,7 +27,7 @@ def inspect_store(
     """Print the nodes of the store at ``url`` and their rows (each verified with
     ``signing_key``, if given, as the nodes load them); returns the exit status (1 if nothing
     matched).  Raises :class:`~thespian_dd._runtime.store.StoreError` if it cannot be read."""
-    store = Store(url, create=False, signing_key=signing_key)
+    store = Store(url, read_only=True, signing_key=signing_key)
     try:
         nodes = [n for n in store.nodes() if node is None or n[0] == node]
         if not nodes:

@@ -14,6 +14,7 @@ in the ``inspect`` command's.
 from __future__ import annotations
 
 import hmac
+import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -45,15 +46,20 @@ __all__ = [
     "DELETED",
     "FORGOTTEN",
     "SCHEMA_VERSION",
+    "STORE_FILE_PREFIX",
     "Entry",
     "Store",
     "StoreError",
     "StoredRow",
     "read_signing_key",
     "safe_url",
+    "store_url",
 ]
 
 SCHEMA_VERSION = 1
+
+STORE_FILE_PREFIX = "file:"
+"""A store setting ``file:PATH`` names a file holding the URL (see :func:`store_url`)."""
 
 LOAD_CHUNK_ROWS = 2000
 """Rows per :class:`~thespian_dd._runtime.writer.LoadChunk` (and per fetch of
@@ -130,8 +136,29 @@ def read_signing_key(path: str) -> bytes:
     return key
 
 
+def store_url(store: str) -> str:
+    """The SQLAlchemy URL a ``store`` setting names: the setting itself, or for
+    ``file:PATH`` the first line of the file PATH.  The file is read here, in the process that
+    opens the store, so a password in it never travels in capabilities or messages.  Errors name
+    the file, never its content."""
+    if not store.startswith(STORE_FILE_PREFIX):
+        return store
+    path = store[len(STORE_FILE_PREFIX) :]
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or type(e).__name__
+        raise StoreError(f"cannot read the store URL file {path}: {reason}") from None
+    url = lines[0].strip() if lines else ""
+    if not url:
+        raise StoreError(f"the store URL file {path} is empty")
+    return url
+
+
 def safe_url(url: str) -> str:
-    """``url`` without its password, for messages and logs."""
+    """``url`` without its password, for messages and logs (``file:PATH`` as it is)."""
+    if url.startswith(STORE_FILE_PREFIX):
+        return url
     try:
         return sa.make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - not a URL at all: say so without echoing it
@@ -141,9 +168,18 @@ def safe_url(url: str) -> str:
 class Store:
     """The SQL side: used inside the DurableWriter's process, and by ``inspect``."""
 
-    def __init__(self, url: str, *, create: bool = True, signing_key: bytes | None = None) -> None:
-        """Open the store at ``url``, creating its tables if missing; with ``create=False``
-        (to read only) a store without them is an error, and nothing is created.
+    def __init__(
+        self,
+        url: str,
+        *,
+        create: bool = True,
+        read_only: bool = False,
+        signing_key: bytes | None = None,
+    ) -> None:
+        """Open the store at ``url`` (or named by ``file:PATH``, see :func:`store_url`), creating
+        its tables if missing; with ``create=False`` a store without them is an error, and
+        nothing is created.  ``read_only`` (implies ``create=False``): an SQLite file is opened
+        read-only and neither it nor a file beside it is created or changed.
 
         With a ``signing_key``, every row written is signed (HMAC-SHA256), and a row is loaded
         only if its MAC verifies: rows written without the key, or with another, are refused.
@@ -155,29 +191,30 @@ class Store:
         # Built once: constructing it took about 45% of a one-row commit's Python time.
         self._upsert_statement: sa.Executable | None = None
         self._alive_at: dict[str, float] = {}  # node -> when its last_alive was last written
+        self._setting = url
+        url = store_url(url)
+        create = create and not read_only
+        file = _sqlite_file(url)
+        problem = None
+        if not create and file is not None and not file.is_file():
+            problem = f"no such file: {file}"  # before connecting, which would create it
         try:
-            self.engine = sa.create_engine(url, connect_args=_connect_args(url))
-            if self.engine.dialect.name == "sqlite":
-                sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-            problem = None
-            if create:
-                _metadata.create_all(self.engine)
-            else:
-                problem = self._missing()
+            if problem is None:
+                self.engine = (
+                    _read_only_engine(url)
+                    if read_only
+                    else sa.create_engine(url, connect_args=_connect_args(url))
+                )
+                if self.engine.dialect.name == "sqlite" and not read_only:
+                    sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+                if create:
+                    _metadata.create_all(self.engine)
+                elif not sa.inspect(self.engine).has_table(_entries.name):
+                    problem = "it has no thespian_dd tables"
         except Exception as e:
             raise StoreError(f"cannot open the store {safe_url(url)}: {_first_line(e)}") from e
         if problem:
             raise StoreError(f"cannot open the store {safe_url(url)}: {problem}")
-
-    def _missing(self) -> str | None:
-        """Why the store cannot be read as it is (without creating anything), or None."""
-        path = self.engine.url.database
-        in_a_file = self.engine.dialect.name == "sqlite" and path not in (None, "", ":memory:")
-        if in_a_file and not Path(str(path)).exists():
-            return f"no such file: {path}"
-        if not sa.inspect(self.engine).has_table(_entries.name):
-            return "it has no thespian_dd tables"
-        return None
 
     def next_incarnation(
         self, node: str, at_least: int = 1, max_offline: float | None = None
@@ -210,8 +247,8 @@ class Store:
                     f"node {node} last committed {offline / 86400:.1f} days ago, longer than "
                     f"durable_pruning_marker_ttl ({max_offline / 86400:.1f} days): its peers may "
                     "have pruned replicas whose state its store still holds, which would then "
-                    "count twice. Delete its rows from the thespian_dd_entries table to let it "
-                    "rejoin empty; its peers hold the data"
+                    "count twice. To let it rejoin empty (its peers hold the data), run: "
+                    f"python -m thespian_dd forget-node {self._store_option()} --node {node}"
                 )
             incarnation = max(int(row.incarnation) + 1, at_least)
             conn.execute(
@@ -220,6 +257,12 @@ class Store:
                 .values(incarnation=incarnation, last_alive=now)
             )
             return incarnation
+
+    def _store_option(self) -> str:
+        """The command-line option naming this store (the URL without its password)."""
+        if self._setting.startswith(STORE_FILE_PREFIX):
+            return f"--store-file {self._setting[len(STORE_FILE_PREFIX) :]}"
+        return f"--store {safe_url(self._setting)}"
 
     @staticmethod
     def _check_schema(version: int) -> None:
@@ -303,6 +346,15 @@ class Store:
         if len(check) == CHECKSUM_BYTES:
             return NOT_SIGNED
         return None if hmac.compare_digest(mac(self._signing_key, columns), check) else BAD_MAC
+
+    def forget(self, node: str) -> int:
+        """Remove every row of ``node`` and its node record (incarnation, last commit), in one
+        transaction; returns how many rows it had.  Raises :class:`StoreError` if the store has
+        no such node."""
+        with self.engine.begin() as conn:
+            if not conn.execute(_nodes.delete().where(_nodes.c.node == node)).rowcount:
+                raise StoreError(f"the store has no node {node!r}")
+            return int(conn.execute(_entries.delete().where(_entries.c.node == node)).rowcount)
 
     def nodes(self) -> list[tuple[str, int, int]]:
         """Every node of the store: (name, incarnation, schema version)."""
@@ -409,6 +461,32 @@ def _connect_args(url: str) -> dict[str, Any]:
     if parsed.get_backend_name() in ("mysql", "mariadb"):
         timeouts |= {"read_timeout": IO_TIMEOUT, "write_timeout": IO_TIMEOUT}
     return {name: value for name, value in timeouts.items() if name not in parsed.query}
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite ``url``, or None (another store, in memory, or not a URL)."""
+    try:
+        parsed = sa.make_url(url)
+    except Exception:  # noqa: BLE001 - not a URL: create_engine says why
+        return None
+    path = parsed.database
+    if parsed.get_backend_name() != "sqlite" or path in (None, "", ":memory:"):
+        return None
+    return Path(str(path)).absolute()
+
+
+def _read_only_engine(url: str) -> sa.Engine:
+    """An engine that only reads: an SQLite file opened read-only (any other store as usual).
+
+    ``mode=ro`` alone still creates the ``-wal`` and ``-shm`` files beside a WAL database that
+    has none (a stopped node's): such a file is opened ``immutable`` (no locks, no files) instead;
+    while a node runs its ``-wal`` exists, and ``mode=ro`` reads it."""
+    file = _sqlite_file(url)
+    if file is None:
+        return sa.create_engine(url)
+    mode = "mode=ro" + ("" if Path(f"{file}-wal").exists() else "&immutable=1")
+    uri = f"{file.as_uri()}?{mode}"
+    return sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
