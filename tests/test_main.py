@@ -68,7 +68,7 @@ def test_the_bench_prints_each_figure_with_its_baseline_and_ratio(
         (["node", "--name", "n", "--port", "1", "--gossip-interval", "-1"], "must be seconds > 0"),
         (["node", "--name", "n", "--port", "1", "--join", "nohost"], "expected HOST:PORT"),
         (["frobnicate"], "invalid choice"),
-        (["inspect"], "the following arguments are required: --store"),
+        (["inspect"], "one of the arguments --store --store-file is required"),
         (["inspect", "--store", "nonsense"], "inspect: cannot open the store <not an SQLAlchemy"),
         (["node", "--name", "n", "--port", "1", "--write-mode", "later"], "invalid choice"),
         (["node", "--name", "n", "--port", "1", "--durable-keys", "a,,b"], "comma-separated"),

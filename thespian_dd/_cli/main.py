@@ -48,10 +48,17 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     node.add_argument(
         "--join", type=_host_port, metavar="HOST:PORT", help="the convention leader's admin address"
     )
-    node.add_argument(
+    where = node.add_mutually_exclusive_group()
+    where.add_argument(
         "--store",
         metavar="URL",
         help="SQLAlchemy URL of the durable store, e.g. sqlite:///n1.db (default: in memory)",
+    )
+    where.add_argument(
+        "--store-file",
+        metavar="FILE",
+        help="read the store's URL from the first line of FILE, so a password stays out of "
+        "the command line, and out of what the node tells its peers",
     )
     node.add_argument(
         "--signing-key-file",
@@ -110,6 +117,21 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     node.add_argument(
         "--test-partitions", action="store_true", default=None, help=argparse.SUPPRESS
     )
+    logs = node.add_mutually_exclusive_group()
+    logs.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        help="log records of this level and above to stderr, the actors' too (default WARNING)",
+    )
+    logs.add_argument(
+        "--log-config",
+        metavar="FILE",
+        help="a JSON logging.config.dictConfig object configuring the node's and its actors' logs",
+    )
+    node.add_argument(
+        "--debug", action="store_true", help="print a traceback with an error that stops the node"
+    )
     node.set_defaults(run=_run_node)
 
     inspect = commands.add_parser(
@@ -118,7 +140,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         description="Print the nodes of a durable store and the rows each has stored (reads "
         "only). Rows that fail their checksum or MAC, or do not decode, are shown as UNREADABLE.",
     )
-    inspect.add_argument("--store", required=True, metavar="URL", help="SQLAlchemy URL")
+    where = inspect.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", metavar="URL", help="SQLAlchemy URL")
+    where.add_argument("--store-file", metavar="FILE", help="read the URL from FILE's first line")
     inspect.add_argument(
         "--signing-key-file",
         metavar="FILE",
@@ -128,6 +152,20 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     inspect.add_argument("--node", metavar="NAME", help="only this node's rows")
     inspect.add_argument("--key", metavar="KEY", help="only this key, with its whole value")
     inspect.set_defaults(run=_run_inspect)
+
+    forget = commands.add_parser(
+        "forget-node",
+        help="remove a stopped node's rows and record from a store, so it rejoins empty",
+        description="Remove every row of a node and its node record (incarnation, last "
+        "commit) from a durable store, in one transaction.  For a node refused at start "
+        "because it was offline longer than durable_pruning_marker_ttl: started again, it "
+        "rejoins empty and gets the data from its peers.  Stop the node first.",
+    )
+    where = forget.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", metavar="URL", help="SQLAlchemy URL")
+    where.add_argument("--store-file", metavar="FILE", help="read the URL from FILE's first line")
+    forget.add_argument("--node", required=True, metavar="NAME", help="the node to forget")
+    forget.set_defaults(run=_run_forget)
 
     bench = commands.add_parser(
         "bench",
@@ -219,7 +257,7 @@ def _expiries(text: str) -> dict[str, float]:
 
 
 def _run_node(args: argparse.Namespace) -> int:
-    from thespian_dd._cli.node import run_node
+    from thespian_dd._cli.node import NodeError, run_node
     from thespian_dd.replicator import Settings
 
     settings = {
@@ -232,7 +270,32 @@ def _run_node(args: argparse.Namespace) -> int:
         Settings.from_mapping({"node_name": args.name, **settings})
     except (TypeError, ValueError) as e:
         raise SystemExit(f"node: {e}") from None
-    return run_node(args.name, args.port, args.join, settings, print)
+    try:
+        return run_node(
+            args.name,
+            args.port,
+            args.join,
+            settings,
+            print,
+            store_file=args.store_file,
+            log_level=args.log_level,
+            log_config=args.log_config,
+        )
+    except NodeError as e:
+        if args.debug:
+            raise
+        raise SystemExit(f"node: {e}") from None
+    except Exception as e:
+        if args.debug:
+            raise
+        raise SystemExit(f"node: {type(e).__name__}: {e} (--debug for the traceback)") from None
+
+
+def _store(args: argparse.Namespace) -> str:
+    """The store named by ``--store URL`` or ``--store-file FILE`` (as ``file:FILE``)."""
+    from thespian_dd._runtime.store import STORE_FILE_PREFIX
+
+    return str(args.store) if args.store_file is None else STORE_FILE_PREFIX + args.store_file
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
@@ -241,9 +304,19 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
     try:
         key = read_signing_key(args.signing_key_file) if args.signing_key_file else None
-        return inspect_store(args.store, args.node, args.key, print, signing_key=key)
+        return inspect_store(_store(args), args.node, args.key, print, signing_key=key)
     except StoreError as e:
         raise SystemExit(f"inspect: {e}") from None
+
+
+def _run_forget(args: argparse.Namespace) -> int:
+    from thespian_dd._cli.forget import forget_node
+    from thespian_dd._runtime.store import StoreError
+
+    try:
+        return forget_node(_store(args), args.node, print)
+    except StoreError as e:
+        raise SystemExit(f"forget-node: {e}") from None
 
 
 def _run_bench(args: argparse.Namespace) -> int:

@@ -1,32 +1,247 @@
-"""``python -m thespian_dd node``: one node in the foreground until SIGTERM or SIGINT."""
+"""``python -m thespian_dd node``: one node in the foreground until SIGTERM or SIGINT.
+
+Safe to get wrong: every bad option, store or port is one line and exit status 1 before any
+process starts (a traceback only with ``--debug``); a port that something already listens on is
+refused (Thespian would silently join the ActorSystem there, or fail after 11 s).  The node's
+processes die with this one, even on ``kill -9``: Thespian's admin daemonises itself, so it
+watches a pipe that only this process holds open and kills its process group (itself and every
+actor) when the pipe closes.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import logging.config
 import os
 import signal
+import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from thespian.actors import ActorSystem
+import sqlalchemy as sa
+from thespian.actors import ActorExitRequest, ActorSystem
 
 from thespian_dd._peers import NODE_CAPABILITY
-from thespian_dd._runtime.store import safe_url
+from thespian_dd._runtime.store import (
+    STORE_FILE_PREFIX,
+    StoreError,
+    _connect_args,
+    read_signing_key,
+    safe_url,
+    store_url,
+)
 from thespian_dd.messages import GetStats, Stats
 from thespian_dd.replicator import CAPABILITY_PREFIX, DescribeProcess, ProcessInfo, start
 
-__all__ = ["run_node"]
+__all__ = ["NodeError", "log_definitions", "run_node"]
+
+NEEDS_STORE = (
+    "signing_key_file",
+    "durable_keys",
+    "write_mode",
+    "write_behind_interval",
+    "durable_pruning_marker_ttl",
+)
+"""Settings that mean something only with a store: refused without one."""
+
+STOP_TIMEOUT = 15.0
+"""Seconds a graceful stop waits for the Replicator to exit before shutting the system down."""
 
 
-def run_node(
+class NodeError(Exception):
+    """The node cannot start as asked; the message is the one line the operator sees."""
+
+
+def log_definitions(level: str | None, config_file: str | None) -> dict[str, Any]:
+    """The ``logging.config.dictConfig`` of the node: the JSON object in ``config_file``, or
+    records of ``level`` (default WARNING) and above on stderr.  Thespian gets the same as its
+    ``logDefs``, so one configuration serves both the node's and the actors' logs."""
+    if config_file is None:
+        return {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+            "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "line"}},
+            "root": {"level": level or "WARNING", "handlers": ["stderr"]},
+        }
+    try:
+        definitions = json.loads(Path(config_file).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise NodeError(f"cannot read the log configuration {config_file}: {e.strerror}") from e
+    except ValueError as e:
+        raise NodeError(f"the log configuration {config_file} is not JSON: {e}") from e
+    if not isinstance(definitions, dict) or definitions.get("version") != 1:
+        raise NodeError(
+            f"the log configuration {config_file} must be a JSON object for "
+            'logging.config.dictConfig, with "version": 1'
+        )
+    # dictConfig's default would disable every logger that exists before it runs: in this
+    # process, which the actors are forked from, thespian_dd's own.
+    definitions.setdefault("disable_existing_loggers", False)
+    return definitions
+
+
+def _check_store(settings: dict[str, Any]) -> str | None:
+    """Refuse, before any process starts, what cannot work: options that need a store given
+    without one, an unreadable URL or key file, a URL that SQLAlchemy cannot parse or has no
+    driver for, a store that does not answer.  Returns the URL (None: in memory).  Only connects
+    (an SQLite file is created, as the node would); the engine is gone before any fork."""
+    setting = settings.get("store")
+    if setting is None:
+        needless = [f"--{name.replace('_', '-')}" for name in NEEDS_STORE if name in settings]
+        if needless:
+            verb = "needs" if len(needless) == 1 else "need"
+            raise NodeError(f"{', '.join(needless)} {verb} a store: add --store or --store-file")
+        return None
+    try:
+        url = store_url(setting)
+        if settings.get("signing_key_file"):
+            read_signing_key(settings["signing_key_file"])
+    except StoreError as e:
+        raise NodeError(str(e)) from e
+    engine = None
+    try:
+        engine = sa.create_engine(url, connect_args=_connect_args(url))
+        with engine.connect():
+            pass
+    except Exception as e:  # every cause is reported the same way
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise NodeError(f"cannot open the store {safe_url(url)}: {first}") from e
+    finally:
+        if engine is not None:
+            engine.dispose()
+    return url
+
+
+def _port_in_use(port: int) -> str | None:
+    """Why nothing may listen on ``port`` now (something else does), or None.  A socket in
+    TIME_WAIT does not count (SO_REUSEADDR, as Thespian binds); a listener on any address does."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", port))
+            probe.listen()
+        except OSError as e:
+            return e.strerror or str(e)
+    return None
+
+
+def _die_with_this_process() -> None:
+    """Make every process Thespian forks from here on die with this one, even on SIGKILL.
+
+    Thespian's admin calls ``setsid`` and forks once more, so it is no child of this process and
+    outlives it; its actors share its process group.  The admin (forked by its session's
+    leader) watches a pipe whose write end only this process holds: at end of file this process
+    is gone, and the admin kills its process group, itself and every actor."""
+    read_end, write_end = os.pipe()
+    holder = os.getpid()
+    # What the child needs to know of its parent, noted in the parent before each fork: the
+    # session leader exits at once after forking the admin, so the admin cannot ask it.
+    parent = {"pid": holder, "session_leader": False}
+
+    def before() -> None:
+        parent["pid"] = os.getpid()
+        parent["session_leader"] = os.getsid(0) == os.getpid()
+
+    def in_child() -> None:
+        if parent["pid"] == holder:
+            os.close(write_end)  # once, in each child of this process; theirs inherit it closed
+        elif parent["session_leader"]:
+            threading.Thread(target=_kill_group_at_eof, args=(read_end,), daemon=True).start()
+
+    os.register_at_fork(before=before, after_in_child=in_child)
+
+
+def _kill_group_at_eof(fd: int) -> None:
+    while os.read(fd, 1):
+        pass
+    os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def run_node(  # noqa: PLR0913 - the node command's options
     name: str,
     port: int,
     join: tuple[str, int] | None,
     settings: dict[str, Any],
     out: Callable[[str], object],
+    *,
+    store_file: str | None = None,
+    log_level: str | None = None,
+    log_config: str | None = None,
 ) -> int:
+    """Run the node until SIGTERM or SIGINT; returns the exit status.  Raises
+    :class:`NodeError` (before starting anything, where it can) if it cannot run as asked."""
+    settings = dict(settings)
+    if store_file is not None:
+        # Only a reference travels in capabilities: the DurableWriter reads the URL itself.
+        settings["store"] = STORE_FILE_PREFIX + str(Path(store_file).absolute())
+    log_defs = log_definitions(log_level, log_config)
+    try:
+        logging.config.dictConfig(log_defs)
+    except (ValueError, TypeError, AttributeError, ImportError) as e:
+        raise NodeError(f"the log configuration is refused by logging: {e}") from e
+    problem = _port_in_use(port)
+    if problem:
+        raise NodeError(
+            f"port {port} is in use ({problem}): another node or program listens on it; "
+            "choose another --port"
+        )
+    url = _check_store(settings)
+    capabilities = _capabilities(name, port, join, settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    _die_with_this_process()
+    asys = ActorSystem("multiprocTCPBase", capabilities, logDefs=log_defs)
+    replicator_pid = None
+    try:
+        try:
+            replicator = start(asys)
+        except (RuntimeError, TimeoutError) as e:
+            raise NodeError(str(e)) from e
+        info = asys.ask(replicator, DescribeProcess(), 10)
+        replicator_pid = info.pid if isinstance(info, ProcessInfo) else None
+        pgid = info.pgid if isinstance(info, ProcessInfo) else "?"
+        leader = f"{join[0]}:{join[1]}" if join else "itself"
+        where = _recovered(asys, replicator, url, settings.get("write_mode", "sync"))
+        # The harness reads the process group from the end of this line: keep it last.
+        out(
+            f"thespian_dd node {name} ready: port {port}, convention leader {leader}, {where}, "
+            f"pid {os.getpid()} (kill -9 of it stops every process of the node), "
+            f"actors' process group {pgid}",
+        )
+        while not stop.wait(0.5):
+            pass
+        out(f"thespian_dd node {name} stopping")
+        # The Replicator first: Thespian's admin answers, as it shuts down, every actor
+        # creation it forwarded to another node (the Introducers) with a failure, which the
+        # Replicator would log as an ERROR.  An exited Replicator hears none of it.
+        asys.tell(replicator, ActorExitRequest())
+        if replicator_pid is not None:
+            _wait_gone(replicator_pid, STOP_TIMEOUT)
+    finally:
+        asys.shutdown()
+    return 0
+
+
+def _capabilities(
+    name: str, port: int, join: tuple[str, int] | None, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """The node's ActorSystem capabilities; sets the environment Thespian reads."""
     # Thespian logs to a file of its own; keep it per node, and warnings only.
     log_dir = Path(tempfile.gettempdir())
     os.environ.setdefault("THESPLOG_FILE", str(log_dir / f"thespian_dd-{name}-{port}.log"))
@@ -43,32 +258,20 @@ def run_node(
     capabilities.update({CAPABILITY_PREFIX + k: v for k, v in settings.items()})
     if join is not None:
         capabilities["Convention Address.IPv4"] = join
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    asys = ActorSystem("multiprocTCPBase", capabilities, logDefs=None)
-    try:
-        replicator = start(asys)
-        info = asys.ask(replicator, DescribeProcess(), 10)
-        pgid = info.pgid if isinstance(info, ProcessInfo) else "?"
-        leader = f"{join[0]}:{join[1]}" if join else "itself"
-        store = settings.get("store")
-        if store:
-            stats = asys.ask(replicator, GetStats(), 10)
-            keys = stats.keys if isinstance(stats, Stats) else "?"
-            seconds = stats.recovery_time if isinstance(stats, Stats) else None
-            recovered = f"{keys} keys recovered in {seconds or 0:.3f} s"
-            where = f"store {safe_url(store)} ({settings.get('write_mode', 'sync')}), {recovered}"
-        else:
-            where = "in memory"
-        # The harness reads the process group from the end of this line: keep it last.
-        out(
-            f"thespian_dd node {name} ready: port {port}, convention leader {leader}, {where}, "
-            f"pid {os.getpid()}, actors' process group {pgid}",
-        )
-        while not stop.wait(0.5):
-            pass
-        out(f"thespian_dd node {name} stopping")
-    finally:
-        asys.shutdown()
-    return 0
+    return capabilities
+
+
+def _recovered(asys: Any, replicator: Any, url: str | None, mode: str) -> str:
+    """Where the node keeps its data, for the ready line."""
+    if url is None:
+        return "in memory"
+    stats = asys.ask(replicator, GetStats(), 10)
+    keys = stats.keys if isinstance(stats, Stats) else "?"
+    seconds = stats.recovery_time if isinstance(stats, Stats) else None
+    return f"store {safe_url(url)} ({mode}), {keys} keys recovered in {seconds or 0:.3f} s"
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)

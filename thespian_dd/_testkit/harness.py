@@ -402,16 +402,15 @@ class Cluster:
                 args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
 
-        node.starts += 1
-
         def ready() -> str:
             assert node.popen is not None
             if node.popen.poll() is not None:
                 raise RuntimeError(f"{node.name} exited: {log.read_text()[-2000:]}")
             lines = [ln for ln in log.read_text().splitlines() if " ready: " in ln]
-            return lines[-1] if len(lines) >= node.starts else ""
+            return lines[-1] if len(lines) > node.starts else ""
 
         line = eventually(ready, timeout, what=f"{node.name} ready")
+        node.starts += 1  # only a start that came up: one refused prints no ready line
         node.actors_pgid = int(line.rsplit(" ", 1)[1])
         if self.net is None:
             node.client = ActorSystem(
