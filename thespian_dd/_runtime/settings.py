@@ -33,7 +33,9 @@ class Settings:
     - ``failure_timeout``: seconds without a word from a peer before it counts as unreachable.
     - ``max_value_bytes``: the largest encoded value accepted from a peer or kept after a merge.
     - ``max_gossip_bytes``: the budget of values in one gossip message.
-    - ``store``: an SQLAlchemy URL (``sqlite:///path``); ``None`` keeps the data in memory only.
+    - ``store``: an SQLAlchemy URL (``sqlite:///path``), or ``file:PATH`` naming a file whose first
+      line is the URL (read where the store is opened: a password stays out of capabilities);
+      ``None`` keeps the data in memory only.
     - ``signing_key_file``: with a store, a file holding a secret key: every stored row is then
       signed (HMAC-SHA256) and a row that does not verify is refused at load.  A path, not the
       key: settings travel to other nodes as capabilities; the DurableWriter reads the file.
