@@ -89,8 +89,10 @@ def log_definitions(level: str | None, config_file: str | None) -> dict[str, Any
 def _check_store(settings: dict[str, Any]) -> str | None:
     """Refuse, before any process starts, what cannot work: options that need a store given
     without one, an unreadable URL or key file, a URL that SQLAlchemy cannot parse or has no
-    driver for, a store that does not answer.  Returns the URL (None: in memory).  Only connects
-    (an SQLite file is created, as the node would); the engine is gone before any fork."""
+    driver for, an SQLite file in a missing directory, a server that does not answer.  Returns
+    the URL (None: in memory).  Writes nothing: an SQLite file is not even opened (closing a
+    connection could checkpoint a crashed node's WAL into a file that then fails to load); a
+    server gets one connection, closed before any fork."""
     setting = settings.get("store")
     if setting is None:
         needless = [f"--{name.replace('_', '-')}" for name in NEEDS_STORE if name in settings]
@@ -104,18 +106,31 @@ def _check_store(settings: dict[str, Any]) -> str | None:
             read_signing_key(settings["signing_key_file"])
     except StoreError as e:
         raise NodeError(str(e)) from e
+    problem = _unreachable(url)
+    if problem:
+        raise NodeError(f"cannot open the store {safe_url(url)}: {problem}")
+    return url
+
+
+def _unreachable(url: str) -> str | None:
+    """Why the store at ``url`` cannot be opened, as far as can be told without writing, or
+    None."""
     engine = None
     try:
-        engine = sa.create_engine(url, connect_args=_connect_args(url))
-        with engine.connect():
-            pass
-    except Exception as e:  # every cause is reported the same way
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise NodeError(f"cannot open the store {safe_url(url)}: {first}") from e
+        engine = sa.create_engine(url, connect_args=_connect_args(url))  # parses, loads the driver
+        if engine.dialect.name != "sqlite":
+            with engine.connect():
+                pass
+        elif engine.url.database not in (None, "", ":memory:"):
+            directory = Path(str(engine.url.database)).absolute().parent
+            if not directory.is_dir():
+                return f"no directory {directory}"
+    except Exception as e:  # noqa: BLE001 - every cause is reported, as one line
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
     finally:
         if engine is not None:
             engine.dispose()
-    return url
+    return None
 
 
 def _port_in_use(port: int) -> str | None:
