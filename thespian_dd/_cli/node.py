@@ -1,8 +1,9 @@
 """``python -m thespian_dd node``: one node in the foreground until SIGTERM or SIGINT.
 
-Safe to get wrong: every bad option, store or port is one line and exit status 1 before any
-process starts (a traceback only with ``--debug``); a port that something already listens on is
-refused (Thespian would silently join the ActorSystem there, or fail after 11 s).  The node's
+Safe to get wrong: a bad option, store URL, key file, log configuration or port is one line and
+exit status 1 before any process starts, and a store that fails to load is one line once the
+node has tried it (a traceback only with ``--debug``); a port that something already listens on
+is refused (Thespian would silently join the ActorSystem there, or fail after 11 s).  The node's
 processes die with this one, even on ``kill -9``: Thespian's admin daemonises itself, so it
 watches a pipe that only this process holds open and kills its process group (itself and every
 actor) when the pipe closes.
