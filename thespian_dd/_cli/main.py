@@ -265,6 +265,8 @@ def _run_node(args: argparse.Namespace) -> int:
         for name in sorted(Settings.names() - {"node_name"})
         if (value := getattr(args, name, None)) is not None
     }
+    if args.store_file is not None:
+        settings["store"] = _store(args)  # only this reference travels in capabilities
 
     try:
         Settings.from_mapping({"node_name": args.name, **settings})
@@ -277,7 +279,6 @@ def _run_node(args: argparse.Namespace) -> int:
             args.join,
             settings,
             print,
-            store_file=args.store_file,
             log_level=args.log_level,
             log_config=args.log_config,
         )
@@ -292,10 +293,15 @@ def _run_node(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace) -> str:
-    """The store named by ``--store URL`` or ``--store-file FILE`` (as ``file:FILE``)."""
+    """The store named by ``--store URL`` or ``--store-file FILE`` (as ``file:/abs/FILE``: the
+    URL is read where the store is opened)."""
+    from pathlib import Path
+
     from thespian_dd._runtime.store import STORE_FILE_PREFIX
 
-    return str(args.store) if args.store_file is None else STORE_FILE_PREFIX + args.store_file
+    if args.store_file is None:
+        return str(args.store)
+    return STORE_FILE_PREFIX + str(Path(args.store_file).absolute())
 
 
 def _run_inspect(args: argparse.Namespace) -> int:

@@ -29,7 +29,6 @@ from thespian.actors import ActorExitRequest, ActorSystem
 
 from thespian_dd._peers import NODE_CAPABILITY
 from thespian_dd._runtime.store import (
-    STORE_FILE_PREFIX,
     StoreError,
     _connect_args,
     read_signing_key,
@@ -195,16 +194,11 @@ def run_node(  # noqa: PLR0913 - the node command's options
     settings: dict[str, Any],
     out: Callable[[str], object],
     *,
-    store_file: str | None = None,
     log_level: str | None = None,
     log_config: str | None = None,
 ) -> int:
     """Run the node until SIGTERM or SIGINT; returns the exit status.  Raises
     :class:`NodeError` (before starting anything, where it can) if it cannot run as asked."""
-    settings = dict(settings)
-    if store_file is not None:
-        # Only a reference travels in capabilities: the DurableWriter reads the URL itself.
-        settings["store"] = STORE_FILE_PREFIX + str(Path(store_file).absolute())
     log_defs = log_definitions(log_level, log_config)
     try:
         logging.config.dictConfig(log_defs)
