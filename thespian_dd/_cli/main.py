@@ -74,6 +74,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "KEY=SECONDS or PREFIX*=SECONDS (default: none)",
     )
     node.add_argument(
+        "--data-types",
+        type=_modules,
+        metavar="MODULES",
+        help="comma-separated modules to import before the node reads anything: those that "
+        "register data types of your own (default: none)",
+    )
+    node.add_argument(
         "--write-mode",
         choices=["sync", "write-behind"],
         help="sync: acknowledge an update once committed (default); write-behind: acknowledge "
@@ -203,6 +210,13 @@ def _patterns(text: str) -> list[str]:
     if not all(patterns):
         raise argparse.ArgumentTypeError(f"expected comma-separated keys or patterns: {text!r}")
     return patterns
+
+
+def _modules(text: str) -> list[str]:
+    modules = [m.strip() for m in text.split(",")]
+    if not all(modules):
+        raise argparse.ArgumentTypeError(f"expected comma-separated module names: {text!r}")
+    return modules
 
 
 def _expiries(text: str) -> dict[str, float]:
