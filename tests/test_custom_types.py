@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 from max_register import MaxRegister
+from thespian.actors import ActorSystem
 
 from thespian_dd import (
     GetStats,
+    ModifyFailure,
     NotFound,
     ORMap,
     ReplicaId,
@@ -26,6 +28,7 @@ from thespian_dd import (
     Update,
     UpdateSuccess,
     register_data_type,
+    start,
 )
 from thespian_dd._canonical import encode_tree
 from thespian_dd.codec import FORMAT_VERSION, CodecError, decode, encode, type_name
@@ -163,6 +166,21 @@ def test_a_value_that_would_not_decode_to_itself_is_not_encoded() -> None:
     assert decode(encode(Forgetful(3))) == Forgetful(3)
     with pytest.raises(ValueError, match="does not decode to an equal value"):
         encode(Forgetful(3, "lost on the way"))
+
+
+def test_an_update_whose_value_cannot_be_encoded_fails_and_applies_nothing() -> None:
+    asys = ActorSystem("simpleSystemBase", transientUnique=True, logDefs=None)
+    try:
+        replicator = start(asys)
+        update = Update("k", Forgetful(0), lambda f, node: Forgetful(3, "lost on the way"))
+        reply = asys.ask(replicator, update, 5)
+        assert isinstance(reply, ModifyFailure), reply
+        assert "what modify returned cannot be encoded" in reply.error
+        assert isinstance(asys.ask(replicator, Get("k"), 5), NotFound)
+        reply = asys.ask(replicator, Update("j", MaxRegister(), lambda r, n: r.raise_to(n, 2)), 5)
+        assert isinstance(reply, UpdateSuccess), reply
+    finally:
+        asys.shutdown()
 
 
 def test_the_data_types_setting_imports_each_module_or_says_why_not() -> None:

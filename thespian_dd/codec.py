@@ -421,6 +421,8 @@ _TYPES: list[
     (PNCounterMap, lambda m: _ormap_tree(m.underlying), _backed(PNCounterMap, PNCounter)),
     (ORMultiMap, lambda m: _ormap_tree(m.underlying), _backed(ORMultiMap, ORSet)),
 ]
+BUILT_IN_TYPES = frozenset(cls for cls, _, _ in _TYPES)
+"""The types the codec knows without :func:`register_data_type`."""
 _NAMES = {cls: cls.__name__ for cls, _, _ in _TYPES}
 _ENCODERS = {cls.__name__: enc for cls, enc, _ in _TYPES}
 _DECODERS = {cls.__name__: dec for cls, _, dec in _TYPES}
