@@ -13,14 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, Generic
 
-from typing_extensions import TypeVar
-
+from thespian_dd._typevars import A
 from thespian_dd.data import DeltaReplicatedData, ReplicaId, check_hashable, check_replica
 
 __all__ = ["GSet"]
-
-A = TypeVar("A", default=Any)
-"""The type of the elements."""
 
 
 class GSet(DeltaReplicatedData, Generic[A]):

@@ -13,16 +13,12 @@ from __future__ import annotations
 
 from typing import Any, Generic
 
-from typing_extensions import TypeVar
-
+from thespian_dd._typevars import K, V
 from thespian_dd.data import ReplicaId
 from thespian_dd.lwwregister import DEFAULT_MAX_CLOCK_SKEW_MS, Clock, LWWRegister, default_clock
-from thespian_dd.ormap import K, ORMapBacked
+from thespian_dd.ormap import ORMapBacked
 
 __all__ = ["LWWMap"]
-
-V = TypeVar("V", default=Any)
-"""The type of the values."""
 
 
 class LWWMap(ORMapBacked[K], Generic[K, V]):

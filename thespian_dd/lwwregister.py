@@ -23,16 +23,11 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic
 
-from typing_extensions import TypeVar
-
 from thespian_dd._canonical import encode_tree
+from thespian_dd._typevars import A, B
 from thespian_dd.data import ReplicaId, ReplicatedData, check_count, check_replica
 
 __all__ = ["DEFAULT_MAX_CLOCK_SKEW_MS", "Clock", "LWWRegister", "default_clock", "reverse_clock"]
-
-A = TypeVar("A", default=Any)
-"""The type of the value."""
-B = TypeVar("B")
 
 DEFAULT_MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
 

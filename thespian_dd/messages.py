@@ -297,7 +297,7 @@ class Update:
     ``modify`` runs inside the Replicator and receives the node's :class:`ReplicaId`, which the
     data type's mutators take: ``Update("hits", GCounter(), lambda c, node: c.increment(node))``.
     It may be a lambda, a closure, a nested function, a function or a method of ``__main__``,
-    a :func:`functools.partial` or a function of a module the node can import: it is pickled
+    a ``functools.partial`` or a function of a module the node can import: it is pickled
     with dill here, when the Update is made, so one that cannot travel raises
     :class:`TypeError` at once, saying why (and the node runs the function as it was then).
     If it raises, or returns a value of another type, the reply is ``ModifyFailure`` and nothing

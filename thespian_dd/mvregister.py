@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Generic
 
-from typing_extensions import TypeVar
-
+from thespian_dd._typevars import A
 from thespian_dd.data import (
     DeltaReplicatedData,
     DotBased,
@@ -29,8 +28,6 @@ from thespian_dd.orset import ORSet
 
 __all__ = ["MVRegister"]
 
-A = TypeVar("A", default=Any)
-"""The type of the values."""
 
 _EMPTY = ORSet()
 

@@ -40,8 +40,7 @@ from collections.abc import Callable, Hashable, Iterator, Mapping
 from functools import reduce
 from typing import Any, Generic, Self, cast
 
-from typing_extensions import TypeVar
-
+from thespian_dd._typevars import D, K
 from thespian_dd.data import (
     CausalContext,
     DeltaReplicatedData,
@@ -59,11 +58,6 @@ from thespian_dd.data import (
 __all__ = ["ORMap", "ORMapBacked"]
 
 _EMPTY_CONTEXT = CausalContext()
-
-K = TypeVar("K", default=Any)
-"""The type of the keys."""
-V = TypeVar("V", bound=ReplicatedData, default=Any)
-"""The data type of the values."""
 
 
 def _join(a: ReplicatedData, b: ReplicatedData) -> ReplicatedData:
@@ -187,9 +181,9 @@ def _surviving(
 
 
 class ORMap(
-    DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, DotBased, Generic[K, V]
+    DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, DotBased, Generic[K, D]
 ):
-    """A map of CRDTs: keys of type ``K``, values of the data type ``V`` (``ORMap[str,
+    """A map of CRDTs: keys of type ``K``, values of the data type ``D`` (``ORMap[str,
     GCounter]()`` for the type checker).
 
     ``ORMap().update(node, "a", GCounter(), lambda c: c.increment(node, 2)).value == {"a": 2}``
@@ -201,7 +195,7 @@ class ORMap(
     context: CausalContext
     floors: Mapping[Any, Any]
     """Per key, the marks of every value it has held, where they say more than its versions."""
-    _delta: ORMap[K, V] | None
+    _delta: ORMap[K, D] | None
 
     def __init__(
         self,
@@ -209,7 +203,7 @@ class ORMap(
         context: CausalContext = _EMPTY_CONTEXT,
         floors: Mapping[Hashable, Any] | None = None,
         *,
-        _delta: ORMap[K, V] | None = None,
+        _delta: ORMap[K, D] | None = None,
     ) -> None:
         object.__setattr__(self, "versions", dict(versions or {}))
         object.__setattr__(self, "context", context)
@@ -219,10 +213,10 @@ class ORMap(
     def _state(self) -> tuple[Any, ...]:
         return (self.versions, self.context, self.floors)
 
-    def get(self, key: K) -> V | None:
+    def get(self, key: K) -> D | None:
         """The CRDT stored under ``key`` (its surviving versions merged), or ``None``."""
         versions = self.versions.get(key)
-        return cast("V", _joined(versions)) if versions else None
+        return cast("D", _joined(versions)) if versions else None
 
     def _marks(self, key: Hashable) -> Any:
         """The marks of every value ``key`` has held (None: none, or not dot-based)."""
@@ -230,9 +224,9 @@ class ORMap(
         return stored if stored is not None else _marks_of(self.versions.get(key))
 
     @property
-    def entries(self) -> dict[K, V]:
+    def entries(self) -> dict[K, D]:
         """``{key: crdt}`` for every present key."""
-        return {key: cast("V", _joined(versions)) for key, versions in self.versions.items()}
+        return {key: cast("D", _joined(versions)) for key, versions in self.versions.items()}
 
     @property
     def value(self) -> dict[K, Any]:
@@ -251,9 +245,9 @@ class ORMap(
         self,
         node: ReplicaId,
         key: K,
-        initial: V,
-        modify: Callable[[V], V],
-    ) -> ORMap[K, V]:
+        initial: D,
+        modify: Callable[[D], D],
+    ) -> ORMap[K, D]:
         """Set ``key`` to ``modify(current)``; current is the stored value, or ``initial``.
 
         ``modify`` must return an inflation of what it is given, of the same type, made through
@@ -303,7 +297,7 @@ class ORMap(
         delta = ORMap({key: {dot: new}}, CausalContext.of_dots(replaced | {dot}))
         return ORMap(versions, self.context.add((dot,)), floors, _delta=self._with_delta(delta))
 
-    def _fresh(self, initial: V) -> V:
+    def _fresh(self, initial: D) -> D:
         if isinstance(initial, DotBased) and not initial.is_empty():
             raise ValueError(
                 f"the initial {type(initial).__name__} of an ORMap key must be empty: "
@@ -311,7 +305,7 @@ class ORMap(
             )
         return initial
 
-    def remove(self, node: ReplicaId, key: K) -> ORMap[K, V]:
+    def remove(self, node: ReplicaId, key: K) -> ORMap[K, D]:
         """Remove ``key`` as observed here (a concurrent update of it wins)."""
         check_replica(node)
         check_hashable("an ORMap key", key)
@@ -326,10 +320,10 @@ class ORMap(
         delta = ORMap({}, CausalContext.of_dots(removed), kept)
         return ORMap(versions, self.context, floors, _delta=self._with_delta(delta))
 
-    def _with_delta(self, delta: ORMap[K, V]) -> ORMap[K, V]:
+    def _with_delta(self, delta: ORMap[K, D]) -> ORMap[K, D]:
         return delta if self._delta is None else self._delta.merge(delta)
 
-    def merge(self, other: ORMap[K, V]) -> ORMap[K, V]:
+    def merge(self, other: ORMap[K, D]) -> ORMap[K, D]:
         self._require_same_type(other)
         if other is self:
             return self
@@ -347,7 +341,7 @@ class ORMap(
             return self
         return ORMap(versions, context, floors, _delta=self._delta)
 
-    def is_inflation_of(self, older: ORMap[K, V]) -> bool:
+    def is_inflation_of(self, older: ORMap[K, D]) -> bool:
         """Whether merging ``older`` in changes nothing, and every version ``older`` holds is
         still held unchanged or replaced (a new version under an old dot would be dropped by a
         replica that replaced that dot)."""
@@ -371,7 +365,7 @@ class ORMap(
                 return False
         return all(self._keeps_marks(key, older) for key in older.floors)
 
-    def _keeps_marks(self, key: Hashable, older: ORMap[K, V]) -> bool:
+    def _keeps_marks(self, key: Hashable, older: ORMap[K, D]) -> bool:
         theirs = older._marks(key)
         if theirs is None:
             return True
@@ -379,13 +373,13 @@ class ORMap(
         return mine is not None and mine.is_inflation_of(theirs)
 
     @property
-    def delta(self) -> ORMap[K, V] | None:
+    def delta(self) -> ORMap[K, D] | None:
         return self._delta
 
-    def reset_delta(self) -> ORMap[K, V]:
+    def reset_delta(self) -> ORMap[K, D]:
         return self if self._delta is None else ORMap(self.versions, self.context, self.floors)
 
-    def marks(self) -> ORMap[K, V]:
+    def marks(self) -> ORMap[K, D]:
         keys = set(self.versions).union(self.floors)
         floors = {key: self._marks(key) for key in keys}
         kept = {k: m for k, m in floors.items() if m is not None}
@@ -408,7 +402,7 @@ class ORMap(
     def needs_pruning_from(self, removed: ReplicaId) -> bool:
         return removed in self.modified_by_nodes()
 
-    def prune(self, removed: ReplicaId, collapse_into: ReplicaId) -> ORMap[K, V]:
+    def prune(self, removed: ReplicaId, collapse_into: ReplicaId) -> ORMap[K, D]:
         """Re-write every key that ``removed`` touched as one update by ``collapse_into``.
 
         Each such key's versions are merged, pruned, and stored under one new dot of
@@ -436,7 +430,7 @@ class ORMap(
             versions[key] = {dot: value}
         return ORMap(versions, context, self._floors_without(removed, versions))
 
-    def pruning_cleanup(self, removed: ReplicaId) -> ORMap[K, V]:
+    def pruning_cleanup(self, removed: ReplicaId) -> ORMap[K, D]:
         if not self.needs_pruning_from(removed):
             return self
         versions: dict[Hashable, dict[Dot, ReplicatedData]] = {}

@@ -14,16 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Generic
 
-from typing_extensions import TypeVar
-
+from thespian_dd._typevars import K, V
 from thespian_dd.data import ReplicaId, check_hashable
-from thespian_dd.ormap import K, ORMapBacked
+from thespian_dd.ormap import ORMapBacked
 from thespian_dd.orset import ORSet
 
 __all__ = ["ORMultiMap"]
-
-V = TypeVar("V", default=Any)
-"""The type of the values in each key's set."""
 
 
 class ORMultiMap(ORMapBacked[K], Generic[K, V]):

@@ -24,8 +24,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any, Generic
 
-from typing_extensions import TypeVar
-
+from thespian_dd._typevars import A
 from thespian_dd.data import (
     CausalContext,
     DeltaReplicatedData,
@@ -41,8 +40,6 @@ from thespian_dd.data import (
 
 __all__ = ["ORSet"]
 
-A = TypeVar("A", default=Any)
-"""The type of the elements."""
 
 _EMPTY_CONTEXT = CausalContext()
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Generic
 
+from thespian_dd._typevars import K
 from thespian_dd.data import ReplicaId, check_count
-from thespian_dd.ormap import K, ORMapBacked
+from thespian_dd.ormap import ORMapBacked
 from thespian_dd.pncounter import PNCounter
 
 __all__ = ["PNCounterMap"]
