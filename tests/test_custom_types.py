@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +231,19 @@ def test_a_node_imports_the_type_by_name_and_reads_it_back_after_every_process_i
         assert stats.refused_rows == 1, stats
         log = (cluster.workdir / "node-1.log").read_text()
         assert "unknown data type 'samples.MaxRegister'" in log
+
+    # An operator reads such a store with the same modules.
+    inspect = [sys.executable, "-m", "thespian_dd", "inspect", "--store", cluster.store_url(0)]
+    with_type = subprocess.run(
+        [*inspect, "--key", "best", "--data-types", "max_register"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "type:           samples.MaxRegister" in with_type.stdout
+    assert "value:          9" in with_type.stdout
+    without = subprocess.run(
+        [*inspect, "--key", "best"], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "value:          UNREADABLE: unknown data type 'samples.MaxRegister'" in without.stdout

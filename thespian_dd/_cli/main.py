@@ -134,6 +134,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     inspect.add_argument("--node", metavar="NAME", help="only this node's rows")
     inspect.add_argument("--key", metavar="KEY", help="only this key, with its whole value")
+    inspect.add_argument(
+        "--data-types",
+        type=_modules,
+        metavar="MODULES",
+        help="comma-separated modules that register data types of your own, as the nodes' "
+        "--data-types (their rows are UNREADABLE without them)",
+    )
     inspect.set_defaults(run=_run_inspect)
 
     bench = commands.add_parser(
@@ -252,7 +259,12 @@ def _run_node(args: argparse.Namespace) -> int:
 def _run_inspect(args: argparse.Namespace) -> int:
     from thespian_dd._cli.inspect import inspect_store
     from thespian_dd._runtime.store import StoreError, read_signing_key
+    from thespian_dd.replicator import Settings
 
+    try:
+        Settings.from_mapping({"data_types": args.data_types or ()})
+    except ValueError as e:
+        raise SystemExit(f"inspect: {e}") from None
     try:
         key = read_signing_key(args.signing_key_file) if args.signing_key_file else None
         return inspect_store(args.store, args.node, args.key, print, signing_key=key)
