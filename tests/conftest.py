@@ -3,6 +3,7 @@ or with HYPOTHESIS_PROFILE=ci)."""
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -34,6 +35,10 @@ settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
 # after the module this line reaches, so pytest loads it once); this line serves a checkout that is
 # only on PYTHONPATH, and keeps the spelling users' conftests have working (test_testing_kit.py).
 pytest_plugins = ["thespian_dd.testing"]
+
+# The samples' modules are importable here as in the samples: max_register.py (a data type of
+# one's own) runs through the law table like the built-in types.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "samples"))
 
 # CI must run the real-partition tests (.ci/run installs nftables): there, a machine that cannot
 # make network namespaces fails them instead of skipping.

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hypothesis import strategies as st
+from max_register import MaxRegister  # a data type of one's own (samples/), held to the same laws
 
 from thespian_dd import (
     DeltaReplicatedData,
@@ -269,6 +270,15 @@ ROWS = [
         lambda a, b, m: _keeps_keys(a.underlying, b.underlying, m.underlying),
     ),
 ]
+ROWS.append(
+    Row(
+        "MaxRegister",
+        MaxRegister,
+        lambda: st.tuples(st.just("raise_to"), st.integers(-3, 10)),
+        _apply_method,
+        lambda a, b, m: m.value >= a.value,
+    )
+)
 ROW_IDS = [row.name for row in ROWS]
 
 

@@ -334,9 +334,11 @@ def _build(case: Case, request: Any, probe: Any) -> Any:  # noqa: PLR0911 - one 
     if case.kind == "get":
         return Get(case.key, request=request, **consistency)
     if case.kind == "update":
-        if case.blob is not None:
+        if case.blob is not None or not callable(case.modify):
+            # As a client that skips Update's own checks would send it (they refuse these).
+            blob = dill.dumps(case.modify) if case.blob is None else case.blob
             level = consistency.get("consistency", WriteLocal())
-            return _load_update(case.key, case.initial, case.blob, level, request)
+            return _load_update(case.key, case.initial, blob, level, request)
         return Update(case.key, case.initial, case.modify, request=request, **consistency)
     if case.kind == "delete":
         return Delete(case.key, request=request, **consistency)

@@ -20,4 +20,4 @@ def test_adding_an_element_again_changes_nothing() -> None:
 
 def test_unhashable_elements_are_refused() -> None:
     with pytest.raises(TypeError, match="GSet element must be hashable"):
-        GSet().add(A, {"a": 1})  # type: ignore[arg-type]
+        GSet().add(A, {"a": 1})

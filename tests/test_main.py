@@ -72,6 +72,15 @@ def test_the_bench_prints_each_figure_with_its_baseline_and_ratio(
         (["inspect", "--store", "nonsense"], "inspect: cannot open the store <not an SQLAlchemy"),
         (["node", "--name", "n", "--port", "1", "--write-mode", "later"], "invalid choice"),
         (["node", "--name", "n", "--port", "1", "--durable-keys", "a,,b"], "comma-separated"),
+        (["node", "--name", "n", "--port", "1", "--data-types", "a,,b"], "module names"),
+        (
+            ["node", "--name", "n", "--port", "1", "--data-types", "no_such_module_here"],
+            "node: data_types must name modules this process can import: 'no_such_module_here'",
+        ),
+        (
+            ["inspect", "--store", "sqlite://", "--data-types", "no_such_module_here"],
+            "inspect: data_types must name modules this process can import",
+        ),
     ],
 )
 def test_bad_arguments_get_a_one_line_error_not_a_traceback(args: list[str], message: str) -> None:

@@ -39,4 +39,4 @@ def test_merge_is_linear_in_the_number_of_concurrent_values() -> None:
 
 def test_values_must_be_hashable() -> None:
     with pytest.raises(TypeError, match="must be hashable"):
-        MVRegister().assign(A, [1])  # type: ignore[arg-type]
+        MVRegister().assign(A, [1])

@@ -69,7 +69,7 @@ def test_merging_two_value_types_under_one_key_is_refused() -> None:
 
 def test_initial_values_must_be_crdts_and_dot_based_ones_empty() -> None:
     with pytest.raises(TypeError, match="must be a CRDT"):
-        ORMap().update(A, "k", 5, lambda v: v)  # type: ignore[arg-type]
+        ORMap().update(A, "k", 5, lambda v: v)
     with pytest.raises(ValueError, match="must be empty"):
         ORMap().update(A, "k", ORSet().add(A, "x"), lambda s: s)
 

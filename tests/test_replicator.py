@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import dill
 import pytest
 from thespian.actors import ActorExitRequest, ActorSystem, WakeupMessage
 
@@ -68,6 +69,7 @@ from thespian_dd._runtime.protocol import Every as _Every
 from thespian_dd._runtime.protocol import PartitionForTests
 from thespian_dd._runtime.writer import LoadChunk, Loaded, Written
 from thespian_dd.codec import encode
+from thespian_dd.messages import WriteLocal, _load_update
 from thespian_dd.testing import Node, ProbeSend, eventually, start_node
 
 pytestmark = pytest.mark.timeout(120)
@@ -102,6 +104,12 @@ def real_node() -> Iterator[Node]:
 
 def _incr(n: int) -> Any:
     return lambda counter, node: counter.increment(node, n)
+
+
+def _sent_as_is(initial: Any, modify: Any) -> Update:
+    """An Update of ``modify`` whatever it is (``Update(...)`` refuses what the node could not
+    call)."""
+    return _load_update("k", initial, dill.dumps(modify), WriteLocal(), None)
 
 
 def _value(node: Node, key: str) -> Any:
@@ -166,7 +174,8 @@ def test_a_modify_that_raises_or_changes_the_type_applies_nothing(thespian_node:
         (Update("k", 5, _incr(1)), ModifyFailure, "initial must be a CRDT"),  # type: ignore[arg-type]
         (Update("k", GCounter(), _incr(1), "all"), ModifyFailure, "WriteConsistency"),  # type: ignore[arg-type]
         (Update("k", ORSet(), _incr(1)), ModifyFailure, "holds a GCounter"),
-        (Update("k", GCounter(), "not callable"), ModifyFailure, "must be callable"),  # type: ignore[arg-type]
+        # Update itself refuses it: as a client that skips its checks would send it.
+        (_sent_as_is(GCounter(), "not callable"), ModifyFailure, "must be callable"),
         (Get(["k"]), GetFailure, "key must be a str"),  # type: ignore[arg-type]
         (Get("k", "majority"), GetFailure, "ReadConsistency"),  # type: ignore[arg-type]
         (Delete(None), ReplicationDeleteFailure, "key must be a str"),  # type: ignore[arg-type]

@@ -72,3 +72,12 @@ def test_postgresql() -> None:
         out = _run("postgresql.py", url)
     for i in (1, 2):
         assert f"node-{i}: balance 70 after a restart from PostgreSQL (1 key recovered)" in out
+
+
+@pytest.mark.multinode
+def test_custom_type() -> None:
+    out = _run("custom_type.py")
+    assert "best score on node-1 and node-2: 42 42" in out
+    assert "stored as: MaxRegister(42,)" in out
+    assert "after kill -9 of both nodes: 1 key recovered, 0 refused" in out
+    assert "best score after the restart: 42 42" in out

@@ -7,6 +7,7 @@ start with ``_`` are internals.
 
 import logging
 
+from thespian_dd.codec import register_data_type
 from thespian_dd.data import (
     DeltaReplicatedData,
     RemovedNodePruning,
@@ -137,6 +138,7 @@ __all__ = [
     "WriteLocal",
     "WriteMajority",
     "WriteTo",
+    "register_data_type",
     "start",
 ]
 

@@ -11,12 +11,16 @@ out of range, a negative count) or over the :class:`Limits`.  It never returns a
 User values inside a state (set elements, map keys, register values) are plain data or, for other
 objects, dill pickles: decoding a pickle runs code, so only decode bytes from a trusted store or
 peer (see the README's trust model).
+
+A data type of one's own joins the table with :func:`register_data_type`; every node that holds
+or receives its values must register it too (name its module in the ``data_types`` setting).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from functools import partial
 from itertools import pairwise
 from typing import Any
 
@@ -34,7 +38,16 @@ from thespian_dd.orset import ORSet
 from thespian_dd.pncounter import PNCounter
 from thespian_dd.pncountermap import PNCounterMap
 
-__all__ = ["FORMAT_VERSION", "CodecError", "Limits", "decode", "digest", "encode", "type_name"]
+__all__ = [
+    "FORMAT_VERSION",
+    "CodecError",
+    "Limits",
+    "decode",
+    "digest",
+    "encode",
+    "register_data_type",
+    "type_name",
+]
 
 FORMAT_VERSION = 1
 _MAGIC = b"TDD"
@@ -82,7 +95,56 @@ def type_name(data: ReplicatedData) -> str:
     try:
         return _NAMES[type(data)]
     except KeyError:
-        raise TypeError(f"{type(data).__name__} is not a known thespian_dd data type") from None
+        raise TypeError(
+            f"{type(data).__name__} is not a known thespian_dd data type (a type of your own "
+            "must be registered: see register_data_type)"
+        ) from None
+
+
+def register_data_type(cls: type[ReplicatedData], name: str) -> None:
+    """Let the codec encode, store and gossip values of ``cls``, a data type of one's own,
+    under ``name``.
+
+    ``name`` is what the store's rows and peers' messages carry instead of the class: keep it
+    when the class moves or is renamed.  It must contain a dot (``"myapp.MaxRegister"``; names
+    without one are kept for the built-in types) and be registered once: a second registration of
+    a name or of a class raises :class:`ValueError` (a class that is no
+    :class:`~thespian_dd.data.ReplicatedData`: :class:`TypeError`).
+
+    A value is encoded as its ``_state()`` (the constructor arguments, as the base class
+    :class:`~thespian_dd.data.ReplicatedData` and pickling already use), made of plain data:
+    ``None``, bools, ints, floats, strs, bytes, tuples, lists, sets, frozensets, dicts and
+    :class:`~thespian_dd.data.ReplicaId` (other objects travel as dill pickles).  It is decoded as
+    ``cls(*state)``, so the constructor must refuse, with ``ValueError`` or ``TypeError``, any
+    arguments its ``_state()`` would not give.  The codec holds the type to what it holds its
+    own types to: encoding checks that the bytes decode to an equal value, and decoding refuses
+    (with :class:`CodecError`) a state the constructor refuses, and any state other than the one
+    spelling that the decoded value encodes to, so equal values have equal bytes and digests.
+
+    Register at import of the module that defines ``cls``, and have every node import that
+    module before it reads a value (the Replicator's ``data_types`` setting, ``--data-types`` of
+    the node command): a node that does not know the type refuses its stored rows and its
+    values from peers.  Run the project's laws on the type (docs: custom types).
+    """
+    if not (isinstance(cls, type) and issubclass(cls, ReplicatedData)):
+        raise TypeError(f"a data type must be a ReplicatedData subclass, not {cls!r}")
+    if cls.__module__ == "__main__":
+        raise ValueError(
+            f"{cls.__qualname__} is defined in __main__, which other processes cannot import: "
+            "define it in a module that every node imports"
+        )
+    if not isinstance(name, str) or "." not in name.strip(".") or name != name.strip():
+        raise ValueError(
+            f"a data type's name must be a str with a dot, e.g. 'myapp.{cls.__name__}' "
+            f"(names without one are kept for the built-in types), not {name!r}"
+        )
+    if name in _DECODERS:
+        raise ValueError(f"the data type name {name!r} is already registered")
+    if cls in _NAMES:
+        raise ValueError(f"{cls.__qualname__} is already registered as {_NAMES[cls]!r}")
+    _NAMES[cls] = name
+    _ENCODERS[name] = partial(_user_tree, cls)
+    _DECODERS[name] = partial(_user_type, cls)
 
 
 # -- state <-> tree, one pair per type ---------------------------------------------------------
@@ -98,7 +160,10 @@ def _from_tree(tree: Any, limits: Limits) -> ReplicatedData:
     name, state = tree
     decoder = _DECODERS.get(name) if isinstance(name, str) else None
     if decoder is None:
-        raise CodecError(f"unknown data type {name!r}")
+        raise CodecError(
+            f"unknown data type {name!r} (a data type of one's own must be registered on every "
+            "node that reads it: name its module in the data_types setting)"
+        )
     try:
         return decoder(state, limits)
     except CodecError as e:
@@ -116,6 +181,34 @@ def _count(n: Any, what: str) -> int:
     _expect(type(n) is int and n > 0, f"{what} must be an int > 0, not {n!r}")
     result: int = n
     return result
+
+
+def _user_tree(cls: type[ReplicatedData], data: ReplicatedData) -> Any:
+    state = data._state()
+    try:
+        back = _user_type(cls, decode_tree(encode_tree(state), Limits()), Limits())
+    except CodecError as e:
+        raise ValueError(f"{_NAMES[cls]}: its own state does not decode: {e}") from None
+    if back != data:
+        raise ValueError(
+            f"{_NAMES[cls]}: {data!r} does not decode to an equal value (got {back!r}): its "
+            "_state() must give the constructor's arguments, in plain data"
+        )
+    return state
+
+
+def _user_type(cls: type[ReplicatedData], state: Any, limits: Limits) -> ReplicatedData:
+    _expect(isinstance(state, tuple), f"a {_NAMES[cls]} state is a tuple of its arguments")
+    try:
+        value = cls(*state)
+    except Exception as e:  # noqa: BLE001 - the type's own constructor: whatever it refuses
+        raise CodecError(f"invalid state: {type(e).__name__}: {e}") from None
+    _expect(type(value) is cls, f"{cls.__qualname__}(...) gives a {cls.__qualname__}")
+    _expect(
+        encode_tree(value._state()) == encode_tree(state),
+        "the state is the one spelling of its value",
+    )
+    return value
 
 
 def _gcounter_tree(c: GCounter) -> Any:
@@ -328,6 +421,8 @@ _TYPES: list[
     (PNCounterMap, lambda m: _ormap_tree(m.underlying), _backed(PNCounterMap, PNCounter)),
     (ORMultiMap, lambda m: _ormap_tree(m.underlying), _backed(ORMultiMap, ORSet)),
 ]
+BUILT_IN_TYPES = frozenset(cls for cls, _, _ in _TYPES)
+"""The types the codec knows without :func:`register_data_type`."""
 _NAMES = {cls: cls.__name__ for cls, _, _ in _TYPES}
 _ENCODERS = {cls.__name__: enc for cls, enc, _ in _TYPES}
 _DECODERS = {cls.__name__: dec for cls, _, dec in _TYPES}

@@ -10,23 +10,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, Generic
 
+from thespian_dd._typevars import A
 from thespian_dd.data import DeltaReplicatedData, ReplicaId, check_hashable, check_replica
 
 __all__ = ["GSet"]
 
 
-class GSet(DeltaReplicatedData):
-    """``GSet().add(node, "a").value == frozenset({"a"})``."""
+class GSet(DeltaReplicatedData, Generic[A]):
+    """``GSet().add(node, "a").value == frozenset({"a"})``; ``GSet[str]()`` for the type checker."""
 
     __slots__ = ("_delta", "elements")
 
-    elements: frozenset[Any]
-    _delta: GSet | None
+    elements: frozenset[A]
+    _delta: GSet[A] | None
 
-    def __init__(self, elements: Iterable[Hashable] = (), *, _delta: GSet | None = None) -> None:
+    def __init__(self, elements: Iterable[A] = (), *, _delta: GSet[A] | None = None) -> None:
         object.__setattr__(self, "elements", frozenset(elements))
         object.__setattr__(self, "_delta", _delta)
 
@@ -34,19 +35,19 @@ class GSet(DeltaReplicatedData):
         return (self.elements,)
 
     @property
-    def value(self) -> frozenset[Any]:
+    def value(self) -> frozenset[A]:
         return self.elements
 
     def __contains__(self, element: object) -> bool:
         return element in self.elements
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[A]:
         return iter(self.elements)
 
     def __len__(self) -> int:
         return len(self.elements)
 
-    def add(self, node: ReplicaId, element: Hashable) -> GSet:
+    def add(self, node: ReplicaId, element: A) -> GSet[A]:
         """Add ``element`` (``node`` is taken for uniformity with the other types; not stored)."""
         check_replica(node)
         check_hashable("a GSet element", element)
@@ -55,18 +56,18 @@ class GSet(DeltaReplicatedData):
         delta = (self._delta.elements if self._delta else frozenset()) | {element}
         return GSet(self.elements | {element}, _delta=GSet(delta))
 
-    def merge(self, other: GSet) -> GSet:
+    def merge(self, other: GSet[A]) -> GSet[A]:
         self._require_same_type(other)
         if other.elements <= self.elements:
             return self
         return GSet(self.elements | other.elements, _delta=self._delta)
 
-    def is_inflation_of(self, older: GSet) -> bool:
+    def is_inflation_of(self, older: GSet[A]) -> bool:
         return type(older) is GSet and older.elements <= self.elements
 
     @property
-    def delta(self) -> GSet | None:
+    def delta(self) -> GSet[A] | None:
         return self._delta
 
-    def reset_delta(self) -> GSet:
+    def reset_delta(self) -> GSet[A]:
         return self if self._delta is None else GSet(self.elements)

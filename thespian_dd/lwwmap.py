@@ -11,9 +11,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from typing import Any
+from typing import Any, Generic
 
+from thespian_dd._typevars import K, V
 from thespian_dd.data import ReplicaId
 from thespian_dd.lwwregister import DEFAULT_MAX_CLOCK_SKEW_MS, Clock, LWWRegister, default_clock
 from thespian_dd.ormap import ORMapBacked
@@ -21,34 +21,34 @@ from thespian_dd.ormap import ORMapBacked
 __all__ = ["LWWMap"]
 
 
-class LWWMap(ORMapBacked):
-    """``LWWMap().put(node, "a", 1).value == {"a": 1}``."""
+class LWWMap(ORMapBacked[K], Generic[K, V]):
+    """``LWWMap().put(node, "a", 1).value == {"a": 1}``; ``LWWMap[str, int]()`` for the type
+    checker."""
 
     __slots__ = ()
 
     @property
-    def value(self) -> dict[Any, Any]:
+    def value(self) -> dict[K, V]:
         return {k: r.value for k, r in self.underlying.entries.items()}
 
-    def get(self, key: Hashable, default: Any = None) -> Any:
+    def get(self, key: K, default: Any = None) -> V | Any:
         register = self.underlying.get(key)
         return default if register is None else register.value
 
     def put(
         self,
         node: ReplicaId,
-        key: Hashable,
-        value: Any,
+        key: K,
+        value: V,
         clock: Clock = default_clock,
         *,
         max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS,
-    ) -> LWWMap:
+    ) -> LWWMap[K, V]:
         """Set ``key`` to ``value``, written by ``node`` at ``clock``'s timestamp."""
 
-        def write(register: LWWRegister) -> LWWRegister:
+        def write(register: LWWRegister[V]) -> LWWRegister[V]:
             return register.with_value(node, value, clock, max_clock_skew_ms=max_clock_skew_ms)
 
         # A new key starts from timestamp 0, so the clock stamps the first write as it likes.
-        unset = LWWRegister(None, 0, node)
-        result: LWWMap = self._changed(self.underlying.update(node, key, unset, write))
-        return result
+        unset: LWWRegister[Any] = LWWRegister(None, 0, node)
+        return self._changed(self.underlying.update(node, key, unset, write))

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic
 
 from thespian_dd._canonical import encode_tree
+from thespian_dd._typevars import A, B
 from thespian_dd.data import ReplicaId, ReplicatedData, check_count, check_replica
 
 __all__ = ["DEFAULT_MAX_CLOCK_SKEW_MS", "Clock", "LWWRegister", "default_clock", "reverse_clock"]
@@ -48,16 +49,17 @@ def reverse_clock(current: int, value: Any) -> int:  # noqa: ARG001 - the Clock 
     return min(-now_ms(), current - 1)
 
 
-class LWWRegister(ReplicatedData):
-    """``LWWRegister.create(node, "a").with_value(node, "b").value == "b"``."""
+class LWWRegister(ReplicatedData, Generic[A]):
+    """``LWWRegister.create(node, "a").with_value(node, "b").value == "b"`` (an
+    ``LWWRegister[str]`` for the type checker)."""
 
     __slots__ = ("node", "timestamp", "val")
 
-    val: Any
+    val: A
     timestamp: int
     node: ReplicaId
 
-    def __init__(self, value: Any, timestamp: int, node: ReplicaId) -> None:
+    def __init__(self, value: A, timestamp: int, node: ReplicaId) -> None:
         check_count("LWWRegister timestamp", timestamp)
         object.__setattr__(self, "val", value)
         object.__setattr__(self, "timestamp", timestamp)
@@ -67,35 +69,36 @@ class LWWRegister(ReplicatedData):
     def create(
         cls,
         node: ReplicaId,
-        value: Any,
+        value: B,
         clock: Clock = default_clock,
         *,
         max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS,
-    ) -> LWWRegister:
+    ) -> LWWRegister[B]:
         """A register holding ``value`` written by ``node`` now."""
-        return cls(None, 0, check_replica(node))._write(node, value, clock, max_clock_skew_ms)
+        unset = LWWRegister(None, 0, check_replica(node))
+        return unset._write(node, value, clock, max_clock_skew_ms)
 
     def _state(self) -> tuple[Any, ...]:
         return (self.val, self.timestamp, self.node)
 
     @property
-    def value(self) -> Any:
+    def value(self) -> A:
         return self.val
 
     def with_value(
         self,
         node: ReplicaId,
-        value: Any,
+        value: A,
         clock: Clock = default_clock,
         *,
         max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS,
-    ) -> LWWRegister:
+    ) -> LWWRegister[A]:
         """Write ``value`` on behalf of ``node`` with a timestamp from ``clock``."""
         return self._write(check_replica(node), value, clock, max_clock_skew_ms)
 
     def _write(
-        self, node: ReplicaId, value: Any, clock: Clock, max_clock_skew_ms: int
-    ) -> LWWRegister:
+        self, node: ReplicaId, value: B, clock: Clock, max_clock_skew_ms: int
+    ) -> LWWRegister[B]:
         timestamp = check_count("the clock's timestamp", clock(self.timestamp, value))
         limit = max(now_ms() + max_clock_skew_ms, self.timestamp + 1)
         if timestamp > limit:
@@ -116,7 +119,7 @@ class LWWRegister(ReplicatedData):
     def _order(self) -> tuple[int, ReplicaId, bytes]:
         return (self.timestamp, self.node, encode_tree(self.val))
 
-    def merge(self, other: LWWRegister) -> LWWRegister:
+    def merge(self, other: LWWRegister[A]) -> LWWRegister[A]:
         self._require_same_type(other)
         if (self.timestamp, self.node) != (other.timestamp, other.node):
             return self if (self.timestamp, self.node) > (other.timestamp, other.node) else other

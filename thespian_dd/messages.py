@@ -12,10 +12,15 @@ it pickled with dill, since Thespian pickles messages with plain pickle.
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import io
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from types import ModuleType
 from typing import Any
 
 import dill
@@ -204,7 +209,73 @@ class Get:
 @lru_cache(maxsize=256)
 def _load_modify(blob: bytes) -> Any:
     # Clients send the same few functions over and over: load each once.
-    return dill.loads(blob)
+    try:
+        return dill.loads(blob)
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            f"{e}: modify refers to module {e.name!r} by name, and this node cannot import it "
+            "(install it where the node runs, or define the function in the client's __main__, "
+            "which travels by value)",
+            name=e.name,
+        ) from None
+
+
+def _save_module(pickler: dill.Pickler, module: ModuleType) -> None:
+    """A module goes by name, as pickle sends a class or a function, unless it is ``__main__``
+    (or not importable at all): dill's own rule also sends by value every module that is not
+    under site-packages, the client's whole module dict, which may not pickle
+    (``import thespian_dd as dd`` in a checkout: ``cannot pickle '_struct.Struct'``) and when
+    it does, replaces the node's own module dict on load."""
+    name = module.__name__
+    if name == "__main__" or sys.modules.get(name) is not module:
+        _DILL_SAVE_MODULE(pickler, module)
+    else:
+        pickler.save_reduce(importlib.import_module, (name,), obj=module)
+
+
+_DILL_SAVE_MODULE = dill.Pickler.dispatch[ModuleType]
+
+
+class _ModifyPickler(dill.Pickler):  # type: ignore[misc]
+    """dill with :func:`_save_module`: what it writes, plain ``dill.loads`` reads."""
+
+    dispatch = type(dill.Pickler.dispatch)(dill.Pickler.dispatch)
+    dispatch[ModuleType] = _save_module
+
+
+def _dumps_modify(modify: Callable[..., Any]) -> bytes:
+    """``modify`` as the dill bytes the node loads; TypeError saying how to write it instead
+    when it cannot travel or could not run there."""
+    what = getattr(modify, "__qualname__", None) or type(modify).__name__
+    if not callable(modify):
+        raise TypeError(f"modify must be callable (current, node) -> new, not {what}")
+    if inspect.iscoroutinefunction(modify) or inspect.isasyncgenfunction(modify):
+        raise TypeError(
+            f"modify {what} is an async function: the node calls modify and uses what it "
+            "returns, so it must be a plain function (current, node) -> new"
+        )
+    try:
+        inspect.signature(modify).bind(None, None)
+    except TypeError as e:
+        raise TypeError(
+            f"modify {what} must take two arguments (current, node), and cannot: {e}"
+        ) from None
+    except ValueError:  # no signature to read (some builtins): the node will tell
+        pass
+    out = io.BytesIO()
+    try:
+        _ModifyPickler(out, recurse=True).dump(modify)
+    except Exception as e:  # whatever pickling trips on is the caller's to fix
+        raise TypeError(
+            f"modify {what} cannot be sent to the node: {type(e).__name__}: {e}. It travels "
+            "pickled (with dill), by value when it is defined in __main__ or is a lambda or a "
+            "closure, together with the values it refers to; by name when it is a function of "
+            "an importable module. Make it refer only to plain data (str, numbers, tuples, "
+            "dicts, your own importable classes) and to names the node can import: take what "
+            "you need out of an object such as a database connection, a socket or a "
+            "generator before making the Update, and use that instead."
+        ) from e
+    return out.getvalue()
 
 
 def _load_update(
@@ -225,8 +296,12 @@ class Update:
 
     ``modify`` runs inside the Replicator and receives the node's :class:`ReplicaId`, which the
     data type's mutators take: ``Update("hits", GCounter(), lambda c, node: c.increment(node))``.
-    If it raises, or returns a value of another type, the reply is ``ModifyFailure`` and nothing is
-    applied.  Replies: UpdateSuccess, UpdateTimeout, ModifyFailure, StoreFailure,
+    It may be a lambda, a closure, a nested function, a function or a method of ``__main__``,
+    a ``functools.partial`` or a function of a module the node can import: it is pickled
+    with dill here, when the Update is made, so one that cannot travel raises
+    :class:`TypeError` at once, saying why (and the node runs the function as it was then).
+    If it raises, or returns a value of another type, the reply is ``ModifyFailure`` and nothing
+    is applied.  Replies: UpdateSuccess, UpdateTimeout, ModifyFailure, StoreFailure,
     UpdateDataDeleted.
     """
 
@@ -237,7 +312,7 @@ class Update:
     consistency: Any
     request: Any
     _modify: Any
-    _modify_blob: bytes | None
+    _modify_blob: bytes
 
     def __init__(
         self,
@@ -247,10 +322,16 @@ class Update:
         consistency: WriteConsistency | None = None,
         request: Any = None,
     ) -> None:
+        if getattr(type(initial), "__module__", None) == "__main__":
+            raise TypeError(
+                f"initial is a {type(initial).__qualname__} defined in __main__, which the node "
+                "cannot import: define your data type in a module the node imports (see "
+                "register_data_type)"
+            )
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "initial", initial)
         object.__setattr__(self, "_modify", modify)
-        object.__setattr__(self, "_modify_blob", None)
+        object.__setattr__(self, "_modify_blob", _dumps_modify(modify))
         object.__setattr__(
             self, "consistency", WriteLocal() if consistency is None else consistency
         )
@@ -262,10 +343,10 @@ class Update:
     def __reduce__(self) -> tuple[Any, ...]:
         # Thespian pickles messages with plain pickle, which cannot carry a lambda or a closure
         # from __main__: dill can, by value.
-        blob = self._modify_blob
-        if blob is None:
-            blob = dill.dumps(self._modify, recurse=True)
-        return (_load_update, (self.key, self.initial, blob, self.consistency, self.request))
+        return (
+            _load_update,
+            (self.key, self.initial, self._modify_blob, self.consistency, self.request),
+        )
 
     @property
     def modify(self) -> Callable[[Any, ReplicaId], Any]:

@@ -14,9 +14,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from typing import Any
+from typing import Any, Generic
 
+from thespian_dd._typevars import A
 from thespian_dd.data import (
     DeltaReplicatedData,
     DotBased,
@@ -28,18 +28,22 @@ from thespian_dd.orset import ORSet
 
 __all__ = ["MVRegister"]
 
+
 _EMPTY = ORSet()
 
 
-class MVRegister(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, DotBased):
-    """``MVRegister().assign(node, "a").value == frozenset({"a"})``."""
+class MVRegister(
+    DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, DotBased, Generic[A]
+):
+    """``MVRegister().assign(node, "a").value == frozenset({"a"})``; ``MVRegister[str]()``
+    for the type checker."""
 
     __slots__ = ("_delta", "writes")
 
-    writes: ORSet
-    _delta: MVRegister | None
+    writes: ORSet[A]
+    _delta: MVRegister[A] | None
 
-    def __init__(self, writes: ORSet = _EMPTY, *, _delta: MVRegister | None = None) -> None:
+    def __init__(self, writes: ORSet[A] = _EMPTY, *, _delta: MVRegister[A] | None = None) -> None:
         object.__setattr__(self, "writes", writes.reset_delta())
         object.__setattr__(self, "_delta", _delta)
 
@@ -47,32 +51,32 @@ class MVRegister(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery
         return (self.writes,)
 
     @property
-    def value(self) -> frozenset[Any]:
+    def value(self) -> frozenset[A]:
         return self.writes.value
 
-    def assign(self, node: ReplicaId, value: Hashable) -> MVRegister:
+    def assign(self, node: ReplicaId, value: A) -> MVRegister[A]:
         """Replace every value this replica has seen with ``value``."""
         return self._change(self.writes.clear(node).add(node, value))
 
-    def clear(self, node: ReplicaId) -> MVRegister:
+    def clear(self, node: ReplicaId) -> MVRegister[A]:
         """Remove every value this replica has seen."""
         return self._change(self.writes.clear(node))
 
-    def _change(self, writes: ORSet) -> MVRegister:
+    def _change(self, writes: ORSet[A]) -> MVRegister[A]:
         if writes.delta is None:
             return self
         delta = MVRegister(writes.delta)
         return MVRegister(writes, _delta=delta if self._delta is None else self._delta.merge(delta))
 
-    def merge(self, other: MVRegister) -> MVRegister:
+    def merge(self, other: MVRegister[A]) -> MVRegister[A]:
         self._require_same_type(other)
         return MVRegister(self.writes.merge(other.writes), _delta=self._delta)
 
     @property
-    def delta(self) -> MVRegister | None:
+    def delta(self) -> MVRegister[A] | None:
         return self._delta
 
-    def reset_delta(self) -> MVRegister:
+    def reset_delta(self) -> MVRegister[A]:
         return self if self._delta is None else MVRegister(self.writes)
 
     def modified_by_nodes(self) -> frozenset[ReplicaId]:
@@ -81,16 +85,16 @@ class MVRegister(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery
     def needs_pruning_from(self, removed: ReplicaId) -> bool:
         return self.writes.needs_pruning_from(removed)
 
-    def prune(self, removed: ReplicaId, collapse_into: ReplicaId) -> MVRegister:
+    def prune(self, removed: ReplicaId, collapse_into: ReplicaId) -> MVRegister[A]:
         return MVRegister(self.writes.prune(removed, collapse_into))
 
-    def pruning_cleanup(self, removed: ReplicaId) -> MVRegister:
+    def pruning_cleanup(self, removed: ReplicaId) -> MVRegister[A]:
         return MVRegister(self.writes.pruning_cleanup(removed))
 
-    def is_inflation_of(self, older: MVRegister) -> bool:
+    def is_inflation_of(self, older: MVRegister[A]) -> bool:
         return type(older) is MVRegister and self.writes.is_inflation_of(older.writes)
 
-    def marks(self) -> MVRegister:
+    def marks(self) -> MVRegister[A]:
         return MVRegister(self.writes.marks())
 
     def is_empty(self) -> bool:

@@ -38,8 +38,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from functools import reduce
-from typing import Any
+from typing import Any, Generic, Self, cast
 
+from thespian_dd._typevars import D, K
 from thespian_dd.data import (
     CausalContext,
     DeltaReplicatedData,
@@ -179,8 +180,11 @@ def _surviving(
     return kept
 
 
-class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, DotBased):
-    """A map of CRDTs.
+class ORMap(
+    DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, DotBased, Generic[K, D]
+):
+    """A map of CRDTs: keys of type ``K``, values of the data type ``D`` (``ORMap[str,
+    GCounter]()`` for the type checker).
 
     ``ORMap().update(node, "a", GCounter(), lambda c: c.increment(node, 2)).value == {"a": 2}``
     """
@@ -191,7 +195,7 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
     context: CausalContext
     floors: Mapping[Any, Any]
     """Per key, the marks of every value it has held, where they say more than its versions."""
-    _delta: ORMap | None
+    _delta: ORMap[K, D] | None
 
     def __init__(
         self,
@@ -199,7 +203,7 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         context: CausalContext = _EMPTY_CONTEXT,
         floors: Mapping[Hashable, Any] | None = None,
         *,
-        _delta: ORMap | None = None,
+        _delta: ORMap[K, D] | None = None,
     ) -> None:
         object.__setattr__(self, "versions", dict(versions or {}))
         object.__setattr__(self, "context", context)
@@ -209,10 +213,10 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
     def _state(self) -> tuple[Any, ...]:
         return (self.versions, self.context, self.floors)
 
-    def get(self, key: Hashable) -> Any:
+    def get(self, key: K) -> D | None:
         """The CRDT stored under ``key`` (its surviving versions merged), or ``None``."""
         versions = self.versions.get(key)
-        return _joined(versions) if versions else None
+        return cast("D", _joined(versions)) if versions else None
 
     def _marks(self, key: Hashable) -> Any:
         """The marks of every value ``key`` has held (None: none, or not dot-based)."""
@@ -220,18 +224,18 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         return stored if stored is not None else _marks_of(self.versions.get(key))
 
     @property
-    def entries(self) -> dict[Any, Any]:
+    def entries(self) -> dict[K, D]:
         """``{key: crdt}`` for every present key."""
-        return {key: self.get(key) for key in self.versions}
+        return {key: cast("D", _joined(versions)) for key, versions in self.versions.items()}
 
     @property
-    def value(self) -> dict[Any, Any]:
+    def value(self) -> dict[K, Any]:
         return {key: crdt.value for key, crdt in self.entries.items()}
 
     def __contains__(self, key: object) -> bool:
         return key in self.versions
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[K]:
         return iter(self.versions)
 
     def __len__(self) -> int:
@@ -240,10 +244,10 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
     def update(
         self,
         node: ReplicaId,
-        key: Hashable,
-        initial: ReplicatedData,
-        modify: Callable[[Any], Any],
-    ) -> ORMap:
+        key: K,
+        initial: D,
+        modify: Callable[[D], D],
+    ) -> ORMap[K, D]:
         """Set ``key`` to ``modify(current)``; current is the stored value, or ``initial``.
 
         ``modify`` must return an inflation of what it is given, of the same type, made through
@@ -293,7 +297,7 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         delta = ORMap({key: {dot: new}}, CausalContext.of_dots(replaced | {dot}))
         return ORMap(versions, self.context.add((dot,)), floors, _delta=self._with_delta(delta))
 
-    def _fresh(self, initial: ReplicatedData) -> ReplicatedData:
+    def _fresh(self, initial: D) -> D:
         if isinstance(initial, DotBased) and not initial.is_empty():
             raise ValueError(
                 f"the initial {type(initial).__name__} of an ORMap key must be empty: "
@@ -301,7 +305,7 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
             )
         return initial
 
-    def remove(self, node: ReplicaId, key: Hashable) -> ORMap:
+    def remove(self, node: ReplicaId, key: K) -> ORMap[K, D]:
         """Remove ``key`` as observed here (a concurrent update of it wins)."""
         check_replica(node)
         check_hashable("an ORMap key", key)
@@ -311,15 +315,15 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         versions = dict(self.versions)
         removed = versions.pop(key)
         floors = dict(self.floors)
-        kept = {} if marks is None else {key: marks}
+        kept: dict[Hashable, Any] = {} if marks is None else {key: marks}
         floors.update(kept)
         delta = ORMap({}, CausalContext.of_dots(removed), kept)
         return ORMap(versions, self.context, floors, _delta=self._with_delta(delta))
 
-    def _with_delta(self, delta: ORMap) -> ORMap:
+    def _with_delta(self, delta: ORMap[K, D]) -> ORMap[K, D]:
         return delta if self._delta is None else self._delta.merge(delta)
 
-    def merge(self, other: ORMap) -> ORMap:
+    def merge(self, other: ORMap[K, D]) -> ORMap[K, D]:
         self._require_same_type(other)
         if other is self:
             return self
@@ -337,7 +341,7 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
             return self
         return ORMap(versions, context, floors, _delta=self._delta)
 
-    def is_inflation_of(self, older: ORMap) -> bool:
+    def is_inflation_of(self, older: ORMap[K, D]) -> bool:
         """Whether merging ``older`` in changes nothing, and every version ``older`` holds is
         still held unchanged or replaced (a new version under an old dot would be dropped by a
         replica that replaced that dot)."""
@@ -361,7 +365,7 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
                 return False
         return all(self._keeps_marks(key, older) for key in older.floors)
 
-    def _keeps_marks(self, key: Hashable, older: ORMap) -> bool:
+    def _keeps_marks(self, key: Hashable, older: ORMap[K, D]) -> bool:
         theirs = older._marks(key)
         if theirs is None:
             return True
@@ -369,13 +373,13 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         return mine is not None and mine.is_inflation_of(theirs)
 
     @property
-    def delta(self) -> ORMap | None:
+    def delta(self) -> ORMap[K, D] | None:
         return self._delta
 
-    def reset_delta(self) -> ORMap:
+    def reset_delta(self) -> ORMap[K, D]:
         return self if self._delta is None else ORMap(self.versions, self.context, self.floors)
 
-    def marks(self) -> ORMap:
+    def marks(self) -> ORMap[K, D]:
         keys = set(self.versions).union(self.floors)
         floors = {key: self._marks(key) for key in keys}
         kept = {k: m for k, m in floors.items() if m is not None}
@@ -398,7 +402,7 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
     def needs_pruning_from(self, removed: ReplicaId) -> bool:
         return removed in self.modified_by_nodes()
 
-    def prune(self, removed: ReplicaId, collapse_into: ReplicaId) -> ORMap:
+    def prune(self, removed: ReplicaId, collapse_into: ReplicaId) -> ORMap[K, D]:
         """Re-write every key that ``removed`` touched as one update by ``collapse_into``.
 
         Each such key's versions are merged, pruned, and stored under one new dot of
@@ -409,7 +413,7 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         context = self.context.without(removed)
         versions: dict[Hashable, Mapping[Dot, ReplicatedData]] = {}
         for key, dots in self.versions.items():
-            value = self.get(key)
+            value: Any = self.get(key)
             if not any(d[0] == removed for d in dots) and not (
                 isinstance(value, RemovedNodePruning) and value.needs_pruning_from(removed)
             ):
@@ -426,7 +430,7 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
             versions[key] = {dot: value}
         return ORMap(versions, context, self._floors_without(removed, versions))
 
-    def pruning_cleanup(self, removed: ReplicaId) -> ORMap:
+    def pruning_cleanup(self, removed: ReplicaId) -> ORMap[K, D]:
         if not self.needs_pruning_from(removed):
             return self
         versions: dict[Hashable, dict[Dot, ReplicatedData]] = {}
@@ -457,7 +461,9 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         return floors
 
 
-class ORMapBacked(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, DotBased):
+class ORMapBacked(
+    DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, DotBased, Generic[K]
+):
     """A specialised map stored as an :class:`ORMap` (``LWWMap``, ``PNCounterMap``, ``ORMultiMap``).
 
     Merge, deltas and pruning are the ORMap's; subclasses add typed mutators and a plain value.
@@ -465,10 +471,10 @@ class ORMapBacked(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDeliver
 
     __slots__ = ("_delta", "underlying")
 
-    underlying: ORMap
+    underlying: ORMap[K, Any]
     _delta: Any
 
-    def __init__(self, underlying: ORMap | None = None, *, _delta: Any = None) -> None:
+    def __init__(self, underlying: ORMap[K, Any] | None = None, *, _delta: Any = None) -> None:
         object.__setattr__(
             self, "underlying", (ORMap() if underlying is None else underlying).reset_delta()
         )
@@ -477,7 +483,7 @@ class ORMapBacked(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDeliver
     def _state(self) -> tuple[Any, ...]:
         return (self.underlying,)
 
-    def _changed(self, underlying: ORMap) -> Any:
+    def _changed(self, underlying: ORMap[K, Any]) -> Self:
         if underlying.delta is None:
             return self
         delta = type(self)(underlying.delta)
@@ -488,25 +494,26 @@ class ORMapBacked(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDeliver
     def __contains__(self, key: object) -> bool:
         return key in self.underlying
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[K]:
         return iter(self.underlying)
 
     def __len__(self) -> int:
         return len(self.underlying)
 
-    def remove(self, node: ReplicaId, key: Hashable) -> Any:
+    def remove(self, node: ReplicaId, key: K) -> Self:
         """Remove ``key`` as observed here (a concurrent update of it wins)."""
         return self._changed(self.underlying.remove(node, key))
 
-    def merge(self, other: Any) -> Any:
+    def merge(self, other: Self) -> Self:
         self._require_same_type(other)
         return type(self)(self.underlying.merge(other.underlying), _delta=self._delta)
 
     @property
-    def delta(self) -> Any:
-        return self._delta
+    def delta(self) -> Self | None:
+        delta: Self | None = self._delta
+        return delta
 
-    def reset_delta(self) -> Any:
+    def reset_delta(self) -> Self:
         return self if self._delta is None else type(self)(self.underlying)
 
     def modified_by_nodes(self) -> frozenset[ReplicaId]:
@@ -515,16 +522,16 @@ class ORMapBacked(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDeliver
     def needs_pruning_from(self, removed: ReplicaId) -> bool:
         return self.underlying.needs_pruning_from(removed)
 
-    def prune(self, removed: ReplicaId, collapse_into: ReplicaId) -> Any:
+    def prune(self, removed: ReplicaId, collapse_into: ReplicaId) -> Self:
         return type(self)(self.underlying.prune(removed, collapse_into))
 
-    def pruning_cleanup(self, removed: ReplicaId) -> Any:
+    def pruning_cleanup(self, removed: ReplicaId) -> Self:
         return type(self)(self.underlying.pruning_cleanup(removed))
 
-    def is_inflation_of(self, older: Any) -> bool:
+    def is_inflation_of(self, older: Self) -> bool:
         return type(older) is type(self) and self.underlying.is_inflation_of(older.underlying)
 
-    def marks(self) -> Any:
+    def marks(self) -> Self:
         return type(self)(self.underlying.marks())
 
     def is_empty(self) -> bool:

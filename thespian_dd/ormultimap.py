@@ -11,9 +11,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Generic
 
+from thespian_dd._typevars import K, V
 from thespian_dd.data import ReplicaId, check_hashable
 from thespian_dd.ormap import ORMapBacked
 from thespian_dd.orset import ORSet
@@ -21,8 +22,8 @@ from thespian_dd.orset import ORSet
 __all__ = ["ORMultiMap"]
 
 
-class ORMultiMap(ORMapBacked):
-    """A map of sets.
+class ORMultiMap(ORMapBacked[K], Generic[K, V]):
+    """A map of sets (``ORMultiMap[str, int]()`` for the type checker).
 
     ``ORMultiMap().add_binding(node, "k", 1).add_binding(node, "k", 2).value == {"k": {1, 2}}``
     """
@@ -30,26 +31,25 @@ class ORMultiMap(ORMapBacked):
     __slots__ = ()
 
     @property
-    def value(self) -> dict[Any, frozenset[Any]]:
+    def value(self) -> dict[K, frozenset[V]]:
         return {k: s.value for k, s in self.underlying.entries.items()}
 
-    def get(self, key: Hashable) -> frozenset[Any] | None:
+    def get(self, key: K) -> frozenset[V] | None:
         values = self.underlying.get(key)
         return None if values is None else values.value
 
-    def put(self, node: ReplicaId, key: Hashable, values: Iterable[Hashable]) -> ORMultiMap:
+    def put(self, node: ReplicaId, key: K, values: Iterable[V]) -> ORMultiMap[K, V]:
         """Replace the values of ``key`` with ``values`` (an empty iterable removes the key)."""
         values = list(values)
         if not values:
-            result: ORMultiMap = self.remove(node, key)
-            return result
+            return self.remove(node, key)
         return self._update(node, key, lambda s: s.clear(node).add_all(node, values))
 
-    def add_binding(self, node: ReplicaId, key: Hashable, value: Hashable) -> ORMultiMap:
+    def add_binding(self, node: ReplicaId, key: K, value: V) -> ORMultiMap[K, V]:
         """Add ``value`` to the set of ``key``."""
         return self._update(node, key, lambda s: s.add(node, value))
 
-    def remove_binding(self, node: ReplicaId, key: Hashable, value: Hashable) -> ORMultiMap:
+    def remove_binding(self, node: ReplicaId, key: K, value: V) -> ORMultiMap[K, V]:
         """Remove ``value`` from the set of ``key``; the key goes when its set becomes empty."""
         check_hashable("an ORMultiMap value", value)
         values = self.underlying.get(key)
@@ -58,9 +58,7 @@ class ORMultiMap(ORMapBacked):
         updated = self._update(node, key, lambda s: s.remove(node, value))
         if updated.underlying.get(key):
             return updated
-        result: ORMultiMap = updated.remove(node, key)
-        return result
+        return updated.remove(node, key)
 
-    def _update(self, node: ReplicaId, key: Hashable, fn: Any) -> ORMultiMap:
-        result: ORMultiMap = self._changed(self.underlying.update(node, key, ORSet(), fn))
-        return result
+    def _update(self, node: ReplicaId, key: K, fn: Any) -> ORMultiMap[K, V]:
+        return self._changed(self.underlying.update(node, key, ORSet(), fn))

@@ -22,8 +22,9 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Generic
 
+from thespian_dd._typevars import A
 from thespian_dd.data import (
     CausalContext,
     DeltaReplicatedData,
@@ -39,11 +40,12 @@ from thespian_dd.data import (
 
 __all__ = ["ORSet"]
 
+
 _EMPTY_CONTEXT = CausalContext()
 
 
-class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, DotBased):
-    """An add-wins set.
+class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, DotBased, Generic[A]):
+    """An add-wins set of elements of type ``A`` (``ORSet[str]()`` for the type checker).
 
     ``ORSet().add(node, "a").add(node, "b").remove(node, "a").value == frozenset({"b"})``
     """
@@ -52,14 +54,14 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
 
     entries: Mapping[Any, frozenset[Dot]]
     context: CausalContext
-    _delta: ORSet | None
+    _delta: ORSet[A] | None
 
     def __init__(
         self,
         entries: Mapping[Hashable, frozenset[Dot]] | None = None,
         context: CausalContext = _EMPTY_CONTEXT,
         *,
-        _delta: ORSet | None = None,
+        _delta: ORSet[A] | None = None,
     ) -> None:
         object.__setattr__(self, "entries", dict(entries or {}))
         object.__setattr__(self, "context", context)
@@ -69,7 +71,7 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         return (self.entries, self.context)
 
     @property
-    def value(self) -> frozenset[Any]:
+    def value(self) -> frozenset[A]:
         return frozenset(self.entries)
 
     elements = value
@@ -77,17 +79,17 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
     def __contains__(self, element: object) -> bool:
         return element in self.entries
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[A]:
         return iter(self.entries)
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def add(self, node: ReplicaId, element: Hashable) -> ORSet:
+    def add(self, node: ReplicaId, element: A) -> ORSet[A]:
         """Add ``element`` on behalf of ``node`` (a new dot that wins over concurrent removes)."""
         return self.add_all(node, (element,))
 
-    def add_all(self, node: ReplicaId, elements: Iterable[Hashable]) -> ORSet:
+    def add_all(self, node: ReplicaId, elements: Iterable[A]) -> ORSet[A]:
         """Add every element of ``elements`` in one step (one copy of the state, not one each)."""
         check_replica(node)
         entries = dict(self.entries)
@@ -106,11 +108,11 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         delta = ORSet(added, CausalContext.of_dots(replaced.union(new_dots)))
         return ORSet(entries, self.context.add(new_dots), _delta=self._with_delta(delta))
 
-    def remove(self, node: ReplicaId, element: Hashable) -> ORSet:
+    def remove(self, node: ReplicaId, element: A) -> ORSet[A]:
         """Remove ``element`` as observed here; adds this replica has not seen survive."""
         return self.remove_all(node, (element,))
 
-    def remove_all(self, node: ReplicaId, elements: Iterable[Hashable]) -> ORSet:
+    def remove_all(self, node: ReplicaId, elements: Iterable[A]) -> ORSet[A]:
         """Remove every element of ``elements`` that is present, as observed here."""
         check_replica(node)
         entries = dict(self.entries)
@@ -123,7 +125,7 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         delta = ORSet({}, CausalContext.of_dots(removed))
         return ORSet(entries, self.context, _delta=self._with_delta(delta))
 
-    def clear(self, node: ReplicaId) -> ORSet:
+    def clear(self, node: ReplicaId) -> ORSet[A]:
         """Remove every element observed here."""
         check_replica(node)
         if not self.entries:
@@ -132,17 +134,17 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         delta = ORSet({}, CausalContext.of_dots(seen))
         return ORSet({}, self.context, _delta=self._with_delta(delta))
 
-    def _with_delta(self, delta: ORSet) -> ORSet:
+    def _with_delta(self, delta: ORSet[A]) -> ORSet[A]:
         return delta if self._delta is None else self._delta.merge(delta)
 
-    def merge(self, other: ORSet) -> ORSet:
+    def merge(self, other: ORSet[A]) -> ORSet[A]:
         self._require_same_type(other)
         if other is self:
             return self
         entries = merge_dot_maps(self.entries, self.context, other.entries, other.context)
         return ORSet(entries, self.context.merge(other.context), _delta=self._delta)
 
-    def is_inflation_of(self, older: ORSet) -> bool:
+    def is_inflation_of(self, older: ORSet[A]) -> bool:
         if type(older) is not ORSet or not self.context.extends(older.context):
             return False
         # The merge drops what this state holds and ``older`` has seen but does not hold.
@@ -154,10 +156,10 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         return True
 
     @property
-    def delta(self) -> ORSet | None:
+    def delta(self) -> ORSet[A] | None:
         return self._delta
 
-    def reset_delta(self) -> ORSet:
+    def reset_delta(self) -> ORSet[A]:
         return self if self._delta is None else ORSet(self.entries, self.context)
 
     def modified_by_nodes(self) -> frozenset[ReplicaId]:
@@ -166,7 +168,7 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
     def needs_pruning_from(self, removed: ReplicaId) -> bool:
         return removed in self.context.replicas()
 
-    def prune(self, removed: ReplicaId, collapse_into: ReplicaId) -> ORSet:
+    def prune(self, removed: ReplicaId, collapse_into: ReplicaId) -> ORSet[A]:
         if not self.needs_pruning_from(removed):
             return self
         context = self.context.without(removed)
@@ -180,7 +182,7 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
                 entries[element] = dots
         return ORSet(entries, context)
 
-    def pruning_cleanup(self, removed: ReplicaId) -> ORSet:
+    def pruning_cleanup(self, removed: ReplicaId) -> ORSet[A]:
         if not self.needs_pruning_from(removed):
             return self
         entries = {}
@@ -190,7 +192,7 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
                 entries[element] = kept
         return ORSet(entries, self.context.without(removed))
 
-    def marks(self) -> ORSet:
+    def marks(self) -> ORSet[A]:
         return ORSet({}, self.context.reserved())
 
     def is_empty(self) -> bool:

@@ -81,6 +81,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "KEY=SECONDS or PREFIX*=SECONDS (default: none)",
     )
     node.add_argument(
+        "--data-types",
+        type=_modules,
+        metavar="MODULES",
+        help="comma-separated modules to import before the node reads anything: those that "
+        "register data types of your own (default: none)",
+    )
+    node.add_argument(
         "--write-mode",
         choices=["sync", "write-behind"],
         help="sync: acknowledge an update once committed (default); write-behind: acknowledge "
@@ -151,6 +158,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     inspect.add_argument("--node", metavar="NAME", help="only this node's rows")
     inspect.add_argument("--key", metavar="KEY", help="only this key, with its whole value")
+    inspect.add_argument(
+        "--data-types",
+        type=_modules,
+        metavar="MODULES",
+        help="comma-separated modules that register data types of your own, as the nodes' "
+        "--data-types (their rows are UNREADABLE without them)",
+    )
     inspect.set_defaults(run=_run_inspect)
 
     forget = commands.add_parser(
@@ -243,6 +257,13 @@ def _patterns(text: str) -> list[str]:
     return patterns
 
 
+def _modules(text: str) -> list[str]:
+    modules = [m.strip() for m in text.split(",")]
+    if not all(modules):
+        raise argparse.ArgumentTypeError(f"expected comma-separated module names: {text!r}")
+    return modules
+
+
 def _expiries(text: str) -> dict[str, float]:
     rules = {}
     for rule in text.split(","):
@@ -307,7 +328,12 @@ def _store(args: argparse.Namespace) -> str:
 def _run_inspect(args: argparse.Namespace) -> int:
     from thespian_dd._cli.inspect import inspect_store
     from thespian_dd._runtime.store import StoreError, read_signing_key
+    from thespian_dd.replicator import Settings
 
+    try:
+        Settings.from_mapping({"data_types": args.data_types or ()})
+    except ValueError as e:
+        raise SystemExit(f"inspect: {e}") from None
     try:
         key = read_signing_key(args.signing_key_file) if args.signing_key_file else None
         return inspect_store(_store(args), args.node, args.key, print, signing_key=key)

@@ -7,12 +7,13 @@ introduce themselves pass them).  A bad value is refused with a sentence naming 
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from thespian_dd._runtime.checks import seconds
+from thespian_dd._runtime.checks import describe, seconds
 
 __all__ = ["CAPABILITY_PREFIX", "WRITE_MODES", "Settings", "matches"]
 
@@ -55,6 +56,8 @@ class Settings:
       long on any node.
     - ``test_partitions``: TEST ONLY: obey ``PartitionForTests`` (which cuts this node off from
       the peers it names).  Off by default, and then the message is refused and counted.
+    - ``data_types``: modules to import before anything is read: those that register data types
+      of one's own (see :func:`~thespian_dd.codec.register_data_type`).
     """
 
     node_name: str | None = None
@@ -76,6 +79,7 @@ class Settings:
     durable_pruning_marker_ttl: float = 10 * 86400.0
     expire_keys_after_inactivity: Mapping[str, float] = field(default_factory=dict)
     test_partitions: bool = False
+    data_types: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.node_name is not None and (
@@ -110,6 +114,8 @@ class Settings:
         object.__setattr__(
             self, "expire_keys_after_inactivity", _expiries(self.expire_keys_after_inactivity)
         )
+        # Imported here, where the Replicator takes its settings: before it reads its store.
+        object.__setattr__(self, "data_types", _imported(self.data_types))
         self._check_choices()
         for name in ("max_value_bytes", "max_gossip_bytes"):
             value = getattr(self, name)
@@ -188,6 +194,19 @@ def _patterns(patterns: object) -> tuple[str, ...]:
     if isinstance(patterns, (list, tuple)) and all(isinstance(p, str) and p for p in patterns):
         return tuple(patterns)
     raise ValueError(f"durable_keys must be a list of keys or 'prefix*' patterns, not {patterns!r}")
+
+
+def _imported(modules: object) -> tuple[str, ...]:
+    if not (isinstance(modules, (list, tuple)) and all(isinstance(m, str) and m for m in modules)):
+        raise ValueError(f"data_types must be a list of module names, not {modules!r}")
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # noqa: BLE001 - whatever the import raises, said in one line
+            raise ValueError(
+                f"data_types must name modules this process can import: {module!r}: {describe(e)}"
+            ) from None
+    return tuple(modules)
 
 
 def _expiries(rules: object) -> dict[str, float]:

@@ -69,6 +69,13 @@ def modified(
             "it would lose writes (build the new value from the one modify is given, with "
             "its methods; an LWW write must be later than the current one)"
         )
+    if type(new) not in codec.BUILT_IN_TYPES:
+        # A type of one's own is checked now, while nothing is applied: a value it cannot
+        # encode would make every later store write and gossip round of the key raise.
+        try:
+            codec.encode(new)
+        except Exception as e:  # noqa: BLE001 - the caller's type, whatever it raises
+            raise ValueError(f"what modify returned cannot be encoded: {describe(e)}") from None
     if not isinstance(new, DeltaReplicatedData):
         return new, new
     delta = new.delta
