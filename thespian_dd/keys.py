@@ -1,0 +1,83 @@
+"""Typed keys: a key that tells the type checker what data type it holds, as Akka's
+``ORSetKey[A]("cart")`` does.
+
+``Key[GCounter]("hits")`` (or its alias ``GCounterKey("hits")``) is a ``str`` in every way at
+run time, so it goes wherever a key goes: in a message, in a :class:`~thespian_dd.Client` call,
+as a ``dict`` key.  It pickles as a plain ``str``, so the Replicator, its peers and its store only
+ever see ``str`` keys.  What it adds is static: ``client.get(GCounterKey("hits"))`` is typed
+``GCounter | None``, where ``client.get("hits")`` is typed ``Any``.
+
+Nothing checks at run time that a key holds the type its annotation says: the Replicator
+refuses an update whose ``initial`` is of another type than the stored value, with
+:class:`~thespian_dd.ModifyFailure` (raised by the client as :class:`~thespian_dd.ModifyError`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+from thespian_dd.data import ReplicatedData
+from thespian_dd.flag import Flag
+from thespian_dd.gcounter import GCounter
+from thespian_dd.gset import GSet
+from thespian_dd.lwwmap import LWWMap
+from thespian_dd.lwwregister import LWWRegister
+from thespian_dd.mvregister import MVRegister
+from thespian_dd.ormap import ORMap
+from thespian_dd.ormultimap import ORMultiMap
+from thespian_dd.orset import ORSet
+from thespian_dd.pncounter import PNCounter
+from thespian_dd.pncountermap import PNCounterMap
+
+__all__ = [
+    "FlagKey",
+    "GCounterKey",
+    "GSetKey",
+    "Key",
+    "LWWMapKey",
+    "LWWRegisterKey",
+    "MVRegisterKey",
+    "ORMapKey",
+    "ORMultiMapKey",
+    "ORSetKey",
+    "PNCounterKey",
+    "PNCounterMapKey",
+]
+
+D = TypeVar("D", bound=ReplicatedData)
+
+
+class Key(str, Generic[D]):
+    """A key whose value is a ``D``: ``Key[ORSet]("cart")``.  A ``str`` subclass, equal to and
+    hashed as the plain ``str``, pickled as one."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Only str crosses the wire or reaches the store: a peer or a store reader need not
+        # know this class.
+        return (str, (str(self),))
+
+
+GCounterKey = Key[GCounter]
+"""A key holding a :class:`~thespian_dd.GCounter`: ``GCounterKey("hits")``."""
+PNCounterKey = Key[PNCounter]
+"""A key holding a :class:`~thespian_dd.PNCounter`."""
+GSetKey = Key[GSet]
+"""A key holding a :class:`~thespian_dd.GSet`."""
+ORSetKey = Key[ORSet]
+"""A key holding an :class:`~thespian_dd.ORSet`: ``ORSetKey("cart")``."""
+FlagKey = Key[Flag]
+"""A key holding a :class:`~thespian_dd.Flag`."""
+LWWRegisterKey = Key[LWWRegister]
+"""A key holding an :class:`~thespian_dd.LWWRegister`."""
+MVRegisterKey = Key[MVRegister]
+"""A key holding an :class:`~thespian_dd.MVRegister`."""
+ORMapKey = Key[ORMap]
+"""A key holding an :class:`~thespian_dd.ORMap`."""
+LWWMapKey = Key[LWWMap]
+"""A key holding an :class:`~thespian_dd.LWWMap`."""
+PNCounterMapKey = Key[PNCounterMap]
+"""A key holding a :class:`~thespian_dd.PNCounterMap`."""
+ORMultiMapKey = Key[ORMultiMap]
+"""A key holding an :class:`~thespian_dd.ORMultiMap`."""
