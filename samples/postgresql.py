@@ -10,29 +10,28 @@ import sys
 import tempfile
 from pathlib import Path
 
-from thespian_dd import Get, GetStats, PNCounter, ReadAll, Update, WriteAll
+from thespian_dd import Client, PNCounter, ReadAll, WriteAll
 from thespian_dd.testing import Cluster
 
 
 def main(url):
     with tempfile.TemporaryDirectory() as workdir, Cluster(Path(workdir), 2, store=url) as cluster:
         cluster.start()
-        cluster.ask(
-            0, Update("balance", PNCounter(), lambda c, n: c.increment(n, 100), WriteAll(5.0))
-        )
-        cluster.ask(
-            1, Update("balance", PNCounter(), lambda c, n: c.decrement(n, 30), WriteAll(5.0))
-        )
+        ports = [node.port for node in cluster.nodes]
+        with Client.connect(ports[0]) as first, Client.connect(ports[1]) as second:
+            first.update("balance", PNCounter(), lambda c, n: c.increment(n, 100), WriteAll(5.0))
+            second.update("balance", PNCounter(), lambda c, n: c.decrement(n, 30), WriteAll(5.0))
         for i in range(2):
             cluster.kill(i)  # both nodes, at once
         for i in range(2):
             cluster.restart(i)
-        for i in range(2):
-            stats = cluster.ask(i, GetStats())
-            balance = cluster.ask(i, Get("balance", ReadAll(5.0))).data.value
+        for i, port in enumerate(ports):
+            with Client.connect(port) as client:
+                recovered = client.stats().keys
+                balance = client.get("balance", ReadAll(5.0)).value
             print(
                 f"node-{i + 1}: balance {balance} after a restart from PostgreSQL "
-                f"({stats.keys} key recovered)"
+                f"({recovered} key recovered)"
             )
 
 
