@@ -4,7 +4,9 @@ timeouts, and what is left running afterwards."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -564,3 +566,32 @@ def test_async_client_calls_subscriptions_and_close(thespian_node: Node) -> None
     asyncio.run(main())
     assert [t for t in threading.enumerate() if "AsyncClient" in t.name] == []
     assert _open_fds() == fds
+
+
+# -- the guide ------------------------------------------------------------------------------------
+
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "client.md"
+
+
+@pytest.mark.multinode
+@pytest.mark.timeout(120)
+def test_the_guides_examples_run_against_a_node(thespian_node: Node) -> None:
+    """Every Python block of docs/client.md runs as written, with the node's port for 19001, a
+    free port for 19000, and a connected ``client`` where a block uses one."""
+    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.DOTALL)
+    assert len(blocks) >= 8
+    clients: list[Client] = []
+    try:
+        for i, block in enumerate(blocks):
+            code = textwrap.dedent(block).replace("...\n", "")
+            code = code.replace("19001", str(thespian_node.port))
+            code = code.replace("19000", str(free_port()))
+            clients.append(Client.connect(thespian_node.port))
+            namespace = {"client": clients[-1], "stop_wanted": lambda: True}
+            exec(compile(code, f"{GUIDE.name} block {i}", "exec"), namespace)
+    finally:
+        for client in clients:
+            client.close()
+    with Client(thespian_node.asys) as client:
+        assert client.get(GCounterKey("hits")) is not None
+        assert client.keys() >= {"hits", "cart", "tags"}

@@ -27,13 +27,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from types import TracebackType
-from typing import Any, Self, TypeVar, overload
+from typing import Any, Self, overload
 
 from thespian.actors import ActorSystem
 
 from thespian_dd._ask import ask_until, new_token, reply_to
-from thespian_dd.data import ReplicaId, ReplicatedData
-from thespian_dd.keys import Key
+from thespian_dd.data import ReplicaId
+from thespian_dd.keys import D, Key
 from thespian_dd.messages import (
     Changed,
     DataDeleted,
@@ -84,8 +84,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-D = TypeVar("D", bound=ReplicatedData)
-
 Change = Changed | Deleted | Expired
 """What a subscription delivers: a key's new value, its deletion, or its expiry."""
 
@@ -96,8 +94,9 @@ _POLL = 0.1  # how often a subscription's thread looks whether it was closed (s)
 
 
 class ReplicatorError(Exception):
-    """A request to the Replicator failed.  ``reply`` is the failure reply (a message of
-    :mod:`thespian_dd.messages`, or Thespian's ``PoisonMessage``), ``None`` if none came."""
+    """A request to the Replicator failed.  ``reply`` is the failure reply (such as a
+    :class:`~thespian_dd.ModifyFailure`, or Thespian's ``PoisonMessage``), ``None`` if none
+    came."""
 
     def __init__(self, message: str, reply: Any = None) -> None:
         super().__init__(message)
@@ -722,7 +721,7 @@ class AsyncClient:
     ) -> AsyncSubscription:
         """As :meth:`Client.subscribe`: ``async for change in subscription``, or
         ``callback(change)`` called in the event loop's thread."""
-        subscription = AsyncSubscription(self, asyncio.get_running_loop(), callback)
+        subscription = AsyncSubscription(self, callback)
         subscription._subscription = await self._run(
             self.client.subscribe, key, subscription._from_thread
         )
@@ -738,14 +737,10 @@ class AsyncSubscription:
     ``async for change in subscription`` (as :class:`Subscription`); ``async with`` or
     :meth:`aclose` ends it."""
 
-    def __init__(
-        self,
-        client: AsyncClient,
-        loop: asyncio.AbstractEventLoop,
-        callback: Callable[[Change], None] | None,
-    ) -> None:
+    def __init__(self, client: AsyncClient, callback: Callable[[Change], None] | None) -> None:
+        """Made by :meth:`AsyncClient.subscribe`, in the event loop that will read it."""
         self._client = client
-        self._loop = loop
+        self._loop = asyncio.get_running_loop()
         self._callback = callback
         self._changes: asyncio.Queue[Change | None] = asyncio.Queue()
         self._subscription: Subscription | None = None

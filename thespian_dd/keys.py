@@ -30,6 +30,7 @@ from thespian_dd.pncounter import PNCounter
 from thespian_dd.pncountermap import PNCounterMap
 
 __all__ = [
+    "D",
     "FlagKey",
     "GCounterKey",
     "GSetKey",
@@ -45,6 +46,8 @@ __all__ = [
 ]
 
 D = TypeVar("D", bound=ReplicatedData)
+"""The data type a :class:`Key` holds: a type variable bound to
+:class:`~thespian_dd.ReplicatedData`."""
 
 
 class Key(str, Generic[D]):
