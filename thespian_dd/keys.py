@@ -14,7 +14,7 @@ refuses an update whose ``initial`` is of another type than the stored value, wi
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, get_args
 
 from thespian_dd.data import ReplicatedData
 from thespian_dd.flag import Flag
@@ -63,24 +63,30 @@ class Key(str, Generic[D]):
 
 
 GCounterKey = Key[GCounter]
-"""A key holding a :class:`~thespian_dd.GCounter`: ``GCounterKey("hits")``."""
 PNCounterKey = Key[PNCounter]
-"""A key holding a :class:`~thespian_dd.PNCounter`."""
 GSetKey = Key[GSet]
-"""A key holding a :class:`~thespian_dd.GSet`."""
 ORSetKey = Key[ORSet]
-"""A key holding an :class:`~thespian_dd.ORSet`: ``ORSetKey("cart")``."""
 FlagKey = Key[Flag]
-"""A key holding a :class:`~thespian_dd.Flag`."""
 LWWRegisterKey = Key[LWWRegister]
-"""A key holding an :class:`~thespian_dd.LWWRegister`."""
 MVRegisterKey = Key[MVRegister]
-"""A key holding an :class:`~thespian_dd.MVRegister`."""
 ORMapKey = Key[ORMap]
-"""A key holding an :class:`~thespian_dd.ORMap`."""
 LWWMapKey = Key[LWWMap]
-"""A key holding an :class:`~thespian_dd.LWWMap`."""
 PNCounterMapKey = Key[PNCounterMap]
-"""A key holding a :class:`~thespian_dd.PNCounterMap`."""
 ORMultiMapKey = Key[ORMultiMap]
-"""A key holding an :class:`~thespian_dd.ORMultiMap`."""
+
+for _alias in (
+    GCounterKey,
+    PNCounterKey,
+    GSetKey,
+    ORSetKey,
+    FlagKey,
+    LWWRegisterKey,
+    MVRegisterKey,
+    ORMapKey,
+    LWWMapKey,
+    PNCounterMapKey,
+    ORMultiMapKey,
+):
+    _name = get_args(_alias)[0].__name__
+    _alias.__doc__ = f"A key holding a :class:`~thespian_dd.{_name}`: ``Key[{_name}]``."
+del _alias, _name
