@@ -568,6 +568,30 @@ def test_async_client_calls_subscriptions_and_close(thespian_node: Node) -> None
     assert _open_fds() == fds
 
 
+@pytest.mark.multinode
+@pytest.mark.timeout(60)
+def test_async_client_open_uses_an_actor_system_of_this_process(thespian_node: Node) -> None:
+    async def main() -> None:
+        client = await AsyncClient.open(thespian_node.asys)
+        try:
+            await client.update(ORSetKey("cart"), ORSet(), lambda s, node: s.add(node, "hat"))
+            cart = await client.get(ORSetKey("cart"))
+            assert_type(cart, ORSet | None)
+            assert cart is not None
+            assert cart.value == {"hat"}
+            with pytest.raises(ModifyError, match="holds a ORSet"):
+                await client.update("cart", GCounter(), _incr(1))
+        finally:
+            await client.aclose()
+        await client.aclose()  # again: nothing happens
+        with pytest.raises(RuntimeError):
+            await client.keys()
+
+    asyncio.run(main())
+    assert _client_threads() == []
+    assert isinstance(thespian_node.ask(GetStats()), Stats)  # the system is the caller's
+
+
 # -- the guide ------------------------------------------------------------------------------------
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "client.md"

@@ -721,7 +721,7 @@ class AsyncClient:
     ) -> AsyncSubscription:
         """As :meth:`Client.subscribe`: ``async for change in subscription``, or
         ``callback(change)`` called in the event loop's thread."""
-        subscription = AsyncSubscription(self, callback)
+        subscription = AsyncSubscription(self, key, callback)
         subscription._subscription = await self._run(
             self.client.subscribe, key, subscription._from_thread
         )
@@ -737,19 +737,17 @@ class AsyncSubscription:
     ``async for change in subscription`` (as :class:`Subscription`); ``async with`` or
     :meth:`aclose` ends it."""
 
-    def __init__(self, client: AsyncClient, callback: Callable[[Change], None] | None) -> None:
+    def __init__(
+        self, client: AsyncClient, key: str, callback: Callable[[Change], None] | None
+    ) -> None:
         """Made by :meth:`AsyncClient.subscribe`, in the event loop that will read it."""
+        self.key = key
+        """The key (or ``prefix*``) subscribed to."""
         self._client = client
         self._loop = asyncio.get_running_loop()
         self._callback = callback
         self._changes: asyncio.Queue[Change | None] = asyncio.Queue()
         self._subscription: Subscription | None = None
-
-    @property
-    def key(self) -> str:
-        """The key (or ``prefix*``) subscribed to."""
-        assert self._subscription is not None
-        return self._subscription.key
 
     def _from_thread(self, change: Change) -> None:
         self._loop.call_soon_threadsafe(self._arrived, change)
