@@ -1,8 +1,9 @@
 """Two nodes keeping their data in one PostgreSQL database (rows are per node).
 
-Install the driver with `pip install 'thespian_dd[postgresql]'` (psycopg 3) and give the URL:
+Install thespian_dd with its `postgresql` extra (psycopg 3; from a clone:
+`pip install '/path/to/thespian_dd[postgresql]'`) and give the URL:
     python samples/postgresql.py postgresql+psycopg://USER:PASSWORD@HOST/DATABASE
-MariaDB and MySQL work the same way with `thespian_dd[mysql]` and
+MariaDB and MySQL work the same way with the `mysql` extra and
 `mysql+pymysql://USER:PASSWORD@HOST/DATABASE?charset=utf8mb4`.
 """
 
