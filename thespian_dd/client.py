@@ -471,7 +471,9 @@ class Subscription:
     ``for change in subscription`` yields :class:`~thespian_dd.Changed`,
     :class:`~thespian_dd.Deleted` and :class:`~thespian_dd.Expired` messages in the order the
     node sent them, and ends once the subscription is closed (after what had already arrived).
-    The Replicator sends at most one change per key per notify interval, with the latest value.
+    The Replicator sends at most one change per key per notify interval, with the latest value;
+    a value may come twice (the current value on subscribing, then a notification of the same
+    change that was pending).
     """
 
     def __init__(self, client: Client, key: str, callback: Callable[[Change], None] | None) -> None:
