@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from thespian_dd import GCounter, Get, GetStats, ORSet, Update, UpdateSuccess
+from thespian_dd import Client, GCounter, ORSet
 from thespian_dd.testing import Cluster
 
 
@@ -22,19 +22,19 @@ def main():
         store = f"sqlite:///{workdir}/{{name}}.db"  # one file per node: node-1.db
         with Cluster(Path(workdir), 1, store=store) as cluster:
             cluster.start()
-            for _ in range(3):
-                reply = cluster.ask(0, Update("visits", GCounter(), lambda c, n: c.increment(n, 1)))
-                assert isinstance(reply, UpdateSuccess)  # committed to node-1.db
-            tags = lambda s, n: s.add_all(n, ["durable", "crdt"])  # noqa: E731
-            cluster.ask(0, Update("tags", ORSet(), tags))
-            print("before: visits =", cluster.ask(0, Get("visits")).data.value)
+            port = cluster.nodes[0].port
+            with Client.connect(port) as client:
+                for _ in range(3):  # each returns once committed to node-1.db
+                    client.update("visits", GCounter(), lambda c, n: c.increment(n, 1))
+                client.update("tags", ORSet(), lambda s, n: s.add_all(n, ["durable", "crdt"]))
+                print("before: visits =", client.get("visits").value)
 
             cluster.kill(0)  # SIGKILL to every process of the node: no flush, no goodbye
             cluster.restart(0)
-            stats = cluster.ask(0, GetStats())
-            print(f"after kill -9 and restart: {stats.keys} keys recovered")
-            print("after: visits =", cluster.ask(0, Get("visits")).data.value)
-            print("after: tags =", sorted(cluster.ask(0, Get("tags")).data.value))
+            with Client.connect(port) as client:  # the restarted node, on the same port
+                print(f"after kill -9 and restart: {client.stats().keys} keys recovered")
+                print("after: visits =", client.get("visits").value)
+                print("after: tags =", sorted(client.get("tags").value))
         # Operators can look into a store without a node running:
         inspect = [sys.executable, "-m", "thespian_dd", "inspect", "--store"]
         out = subprocess.run(

@@ -1,8 +1,9 @@
 """Two nodes keeping their data in one PostgreSQL database (rows are per node).
 
-Install the driver with `pip install 'thespian_dd[postgresql]'` (psycopg 3) and give the URL:
+Install thespian_dd with its `postgresql` extra (psycopg 3; from a clone:
+`pip install '/path/to/thespian_dd[postgresql]'`) and give the URL:
     python samples/postgresql.py postgresql+psycopg://USER:PASSWORD@HOST/DATABASE
-MariaDB and MySQL work the same way with `thespian_dd[mysql]` and
+MariaDB and MySQL work the same way with the `mysql` extra and
 `mysql+pymysql://USER:PASSWORD@HOST/DATABASE?charset=utf8mb4`.
 """
 
@@ -10,29 +11,28 @@ import sys
 import tempfile
 from pathlib import Path
 
-from thespian_dd import Get, GetStats, PNCounter, ReadAll, Update, WriteAll
+from thespian_dd import Client, PNCounter, ReadAll, WriteAll
 from thespian_dd.testing import Cluster
 
 
 def main(url):
     with tempfile.TemporaryDirectory() as workdir, Cluster(Path(workdir), 2, store=url) as cluster:
         cluster.start()
-        cluster.ask(
-            0, Update("balance", PNCounter(), lambda c, n: c.increment(n, 100), WriteAll(5.0))
-        )
-        cluster.ask(
-            1, Update("balance", PNCounter(), lambda c, n: c.decrement(n, 30), WriteAll(5.0))
-        )
+        ports = [node.port for node in cluster.nodes]
+        with Client.connect(ports[0]) as first, Client.connect(ports[1]) as second:
+            first.update("balance", PNCounter(), lambda c, n: c.increment(n, 100), WriteAll(5.0))
+            second.update("balance", PNCounter(), lambda c, n: c.decrement(n, 30), WriteAll(5.0))
         for i in range(2):
             cluster.kill(i)  # both nodes, at once
         for i in range(2):
             cluster.restart(i)
-        for i in range(2):
-            stats = cluster.ask(i, GetStats())
-            balance = cluster.ask(i, Get("balance", ReadAll(5.0))).data.value
+        for i, port in enumerate(ports):
+            with Client.connect(port) as client:
+                recovered = client.stats().keys
+                balance = client.get("balance", ReadAll(5.0)).value
             print(
                 f"node-{i + 1}: balance {balance} after a restart from PostgreSQL "
-                f"({stats.keys} key recovered)"
+                f"({recovered} key recovered)"
             )
 
 

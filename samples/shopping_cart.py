@@ -2,15 +2,17 @@
 edit it at the same time, and every node ends up with the same cart.
 
 In production each node is `python -m thespian_dd node --name N --port P [--join LEADER]` on its
-own host; thespian_dd.testing.Cluster starts those same commands here, on loopback ports.
+own host, and the program beside it talks to it through `thespian_dd.Client.connect(P)`;
+thespian_dd.testing.Cluster starts those same commands here, on loopback ports.
 
 Run: python samples/shopping_cart.py
 """
 
+import contextlib
 import tempfile
 from pathlib import Path
 
-from thespian_dd import Get, LWWMap, ORMap, PNCounter, ReadMajority, Update, WriteMajority
+from thespian_dd import Client, LWWMap, ORMap, PNCounter, ReadMajority, WriteMajority
 from thespian_dd.testing import Cluster
 
 
@@ -26,20 +28,27 @@ def remove(item):
 
 
 def main():
-    with tempfile.TemporaryDirectory() as workdir, Cluster(Path(workdir), 3) as cluster:
+    with (
+        tempfile.TemporaryDirectory() as workdir,
+        Cluster(Path(workdir), 3) as cluster,
+        contextlib.ExitStack() as clients,
+    ):
         cluster.start()
-        phone, laptop, backend = 0, 1, 2
+        phone, laptop, backend = (
+            clients.enter_context(Client.connect(node.port)) for node in cluster.nodes
+        )
         majority = WriteMajority(timeout=5.0)  # acknowledged by 2 of the 3 nodes
-        cluster.ask(phone, Update("cart", ORMap(), add("socks", 2), majority))
-        cluster.ask(laptop, Update("cart", ORMap(), add("socks", 1), majority))
-        cluster.ask(laptop, Update("cart", ORMap(), add("hat", 1), majority))
-        cluster.ask(backend, Get("cart", ReadMajority(timeout=5.0)))  # sees the hat...
-        cluster.ask(backend, Update("cart", ORMap(), remove("hat"), majority))  # out of stock
+        read = ReadMajority(timeout=5.0)
+        phone.update("cart", ORMap(), add("socks", 2), majority)
+        laptop.update("cart", ORMap(), add("socks", 1), majority)
+        laptop.update("cart", ORMap(), add("hat", 1), majority)
+        assert "hat" in backend.get("cart", read).value  # a majority read sees the hat...
+        backend.update("cart", ORMap(), remove("hat"), majority)  # ...out of stock
         ship_to = lambda a, node: a.put(node, "city", "Lyon")  # noqa: E731
-        cluster.ask(phone, Update("address", LWWMap(), ship_to, majority))
-        for name, i in (("phone", phone), ("laptop", laptop), ("backend", backend)):
-            cart = cluster.ask(i, Get("cart", ReadMajority(timeout=5.0))).data.value
-            address = cluster.ask(i, Get("address", ReadMajority(timeout=5.0))).data.value
+        phone.update("address", LWWMap(), ship_to, majority)
+        for name, client in (("phone", phone), ("laptop", laptop), ("backend", backend)):
+            cart = client.get("cart", read).value
+            address = client.get("address", read).value
             print(f"{name}: cart={dict(sorted(cart.items()))} ship to={address['city']}")
 
 

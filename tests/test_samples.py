@@ -51,8 +51,8 @@ def test_shopping_cart() -> None:
 def test_counter_dashboard() -> None:
     out = _run("counter_dashboard.py")
     assert "dashboard on node-3: {'/': 3, '/cart': 2}" in out
-    assert "with node-3 down: WriteMajority -> UpdateSuccess" in out
-    assert "with node-3 down: WriteAll -> UpdateTimeout" in out
+    assert "with node-3 down: WriteMajority -> acknowledged" in out
+    assert "with node-3 down: WriteAll -> UpdateTimeoutError (UpdateTimeout(key='views'" in out
     assert "dashboard on node-1: {'/': 5, '/cart': 2}" in out
 
 

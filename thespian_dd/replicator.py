@@ -24,7 +24,6 @@ import contextlib
 import heapq
 import logging
 import os
-import secrets
 import socket
 import time
 from collections.abc import Mapping
@@ -45,6 +44,7 @@ from thespian.actors import (
 from thespian.system.transport import asyncTransportBase
 
 from thespian_dd import codec
+from thespian_dd._ask import ask_until, new_token
 from thespian_dd._canonical import CodecError, Limits
 from thespian_dd._runtime.antientropy import AntiEntropy
 from thespian_dd._runtime.checks import (
@@ -1012,15 +1012,16 @@ def start(asys: Any, *, timeout: float = 30.0, **settings: Any) -> Any:
     """
     Settings.from_mapping(settings)  # a bad name or value fails here, in the caller
     address = asys.createActor(Replicator, globalName=REPLICATOR_NAME)
-    token = secrets.token_hex(16)
-    deadline = time.monotonic() + timeout
-    reply = asys.ask(address, StartReplicator(dict(settings), token), timeout)
-    # ask() returns the first message that reaches this endpoint: skip replies to older requests.
-    while not (isinstance(reply, ReplicatorStarted) and reply.token == token):
-        remaining = deadline - time.monotonic()
-        if reply is None or remaining <= 0:
-            raise TimeoutError(f"the thespian_dd Replicator did not answer within {timeout} s")
-        reply = asys.listen(remaining)
+    token = new_token()
+    reply = ask_until(
+        asys,
+        address,
+        StartReplicator(dict(settings), token),
+        lambda reply: isinstance(reply, ReplicatorStarted) and reply.token == token,
+        timeout,
+    )
+    if reply is None:
+        raise TimeoutError(f"the thespian_dd Replicator did not answer within {timeout} s")
     if reply.error:
         raise RuntimeError(f"thespian_dd could not start: {reply.error}")
     return address

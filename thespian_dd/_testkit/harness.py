@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import os
 import secrets
@@ -30,9 +29,9 @@ from typing import Any, Self, TypeVar
 import sqlalchemy as sa
 from thespian.actors import ActorSystem, ActorSystemMessage, ActorTypeDispatcher
 
+from thespian_dd._ask import ask
 from thespian_dd._peers import PartitionForTests
 from thespian_dd._testkit.netns import Network, unavailable
-from thespian_dd.messages import Update
 from thespian_dd.replicator import DescribeProcess, ProcessInfo, start
 
 __all__ = [
@@ -171,8 +170,13 @@ class Node:
     replicator: Any
 
     def ask(self, message: Any, timeout: float = 10.0) -> Any:
-        """Send ``message`` to the Replicator and return the reply (``None`` on timeout)."""
-        return self.asys.ask(self.replicator, message, timeout)
+        """Send ``message`` to the Replicator and return its own reply (``None`` on timeout).
+
+        Thespian's ``ask`` returns whatever reaches this endpoint first, such as the reply to an
+        earlier ``tell``: the request is tagged, and only the reply that echoes the tag counts
+        (as in :class:`thespian_dd.Client`).
+        """
+        return ask(self.asys, self.replicator, message, timeout)
 
     def probe(self) -> Any:
         """A new :class:`Probe` actor on this node."""
@@ -211,17 +215,6 @@ FAST = {
     "failure_timeout": 1.5,
 }
 """Intervals short enough for tests: a killed node is unreachable within about 2 seconds."""
-
-
-def _with_request(message: Any, token: Any) -> Any:
-    """``message`` with ``request=token``, if it is a request that echoes one."""
-    if isinstance(message, Update):
-        return Update(message.key, message.initial, message.modify, message.consistency, token)
-    if dataclasses.is_dataclass(message) and any(
-        f.name == "request" for f in dataclasses.fields(message)
-    ):
-        return dataclasses.replace(message, request=token)  # type: ignore[type-var]
-    return message
 
 
 def _option(value: Any, name: str) -> str:
@@ -425,25 +418,10 @@ class Cluster:
         node.replicator = start(node.client)
 
     def ask(self, i: int, message: Any, timeout: float = 10.0) -> Any:
-        """Send ``message`` to node ``i``'s Replicator and return its reply (None on timeout).
-
-        Thespian's ``ask`` returns whatever reaches this endpoint first, such as the reply to an
-        earlier ``tell``: the request is tagged, and only the reply that echoes the tag counts.
-        """
+        """Send ``message`` to node ``i``'s Replicator and return its own reply (None on
+        timeout), matched as :meth:`Node.ask` matches it."""
         node = self.nodes[i]
-        original = getattr(message, "request", None)
-        token = ("thespian_dd.testing", secrets.token_hex(8))
-        tagged = _with_request(message, token)
-        deadline = time.monotonic() + timeout
-        reply = node.client.ask(node.replicator, tagged, timeout)
-        while tagged is not message and getattr(reply, "request", None) != token:
-            remaining = deadline - time.monotonic()
-            if reply is None or remaining <= 0:
-                return None
-            reply = node.client.listen(remaining)
-        if tagged is not message and dataclasses.is_dataclass(reply):
-            reply = dataclasses.replace(reply, request=original)  # type: ignore[type-var]
-        return reply
+        return ask(node.client, node.replicator, message, timeout)
 
     def tell(self, i: int, message: Any) -> None:
         node = self.nodes[i]
