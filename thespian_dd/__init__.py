@@ -7,7 +7,6 @@ start with ``_`` are internals.
 
 import logging
 
-from thespian_dd.codec import register_data_type
 from thespian_dd.client import (
     AsyncClient,
     AsyncSubscription,
@@ -23,6 +22,7 @@ from thespian_dd.client import (
     Subscription,
     UpdateTimeoutError,
 )
+from thespian_dd.codec import register_data_type
 from thespian_dd.data import (
     DeltaReplicatedData,
     RemovedNodePruning,
