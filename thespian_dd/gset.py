@@ -35,6 +35,7 @@ class GSet(DeltaReplicatedData):
 
     @property
     def value(self) -> frozenset[Any]:
+        """The elements, as a frozenset."""
         return self.elements
 
     def __contains__(self, element: object) -> bool:
@@ -56,17 +57,21 @@ class GSet(DeltaReplicatedData):
         return GSet(self.elements | {element}, _delta=GSet(delta))
 
     def merge(self, other: GSet) -> GSet:
+        """The union of both sets; keeps this value's pending delta."""
         self._require_same_type(other)
         if other.elements <= self.elements:
             return self
         return GSet(self.elements | other.elements, _delta=self._delta)
 
     def is_inflation_of(self, older: GSet) -> bool:
+        """Whether every element of ``older`` is here."""
         return type(older) is GSet and older.elements <= self.elements
 
     @property
     def delta(self) -> GSet | None:
+        """The elements added since the last :meth:`reset_delta`, or ``None``."""
         return self._delta
 
     def reset_delta(self) -> GSet:
+        """This set without its pending delta."""
         return self if self._delta is None else GSet(self.elements)
