@@ -80,6 +80,7 @@ class LWWRegister(ReplicatedData):
 
     @property
     def value(self) -> Any:
+        """The value of the latest write."""
         return self.val
 
     def with_value(
@@ -117,6 +118,8 @@ class LWWRegister(ReplicatedData):
         return (self.timestamp, self.node, encode_tree(self.val))
 
     def merge(self, other: LWWRegister) -> LWWRegister:
+        """The later write: the higher ``(timestamp, node)``, a full tie broken by the values'
+        canonical bytes."""
         self._require_same_type(other)
         if (self.timestamp, self.node) != (other.timestamp, other.node):
             return self if (self.timestamp, self.node) > (other.timestamp, other.node) else other
