@@ -226,6 +226,7 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
 
     @property
     def value(self) -> dict[Any, Any]:
+        """``{key: value}``: the plain value of every present key's CRDT."""
         return {key: crdt.value for key, crdt in self.entries.items()}
 
     def __contains__(self, key: object) -> bool:
@@ -320,6 +321,10 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         return delta if self._delta is None else self._delta.merge(delta)
 
     def merge(self, other: ORMap) -> ORMap:
+        """The join of both maps: a key's update survives unless the other side has seen it and
+        removed or replaced it (an update concurrent with a remove wins); the values of
+        concurrent updates of one key are merged; each key's marks are kept. Keeps this value's
+        pending delta."""
         self._require_same_type(other)
         if other is self:
             return self
@@ -370,18 +375,22 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
 
     @property
     def delta(self) -> ORMap | None:
+        """The updates and removes since the last :meth:`reset_delta`, or ``None``."""
         return self._delta
 
     def reset_delta(self) -> ORMap:
+        """This map without its pending delta."""
         return self if self._delta is None else ORMap(self.versions, self.context, self.floors)
 
     def marks(self) -> ORMap:
+        """An empty map that reserves every dot this one has seen, and keeps every key's marks."""
         keys = set(self.versions).union(self.floors)
         floors = {key: self._marks(key) for key in keys}
         kept = {k: m for k, m in floors.items() if m is not None}
         return ORMap({}, self.context.reserved(), kept)
 
     def is_empty(self) -> bool:
+        """Whether the map has no key."""
         return not self.versions
 
     def _all_values(self) -> Iterator[ReplicatedData]:
@@ -389,6 +398,7 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
             yield from versions.values()
 
     def modified_by_nodes(self) -> frozenset[ReplicaId]:
+        """Every replica whose dots this map, or a value in it, has seen."""
         nodes = set(self.context.replicas())
         for v in (*self._all_values(), *self.floors.values()):
             if isinstance(v, RemovedNodePruning):
@@ -396,6 +406,7 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         return frozenset(nodes)
 
     def needs_pruning_from(self, removed: ReplicaId) -> bool:
+        """Whether ``removed`` is still in this map or in a value in it."""
         return removed in self.modified_by_nodes()
 
     def prune(self, removed: ReplicaId, collapse_into: ReplicaId) -> ORMap:
@@ -427,6 +438,8 @@ class ORMap(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         return ORMap(versions, context, self._floors_without(removed, versions))
 
     def pruning_cleanup(self, removed: ReplicaId) -> ORMap:
+        """This map without any version or slot of ``removed`` (for a value merged in after
+        pruning)."""
         if not self.needs_pruning_from(removed):
             return self
         versions: dict[Hashable, dict[Dot, ReplicatedData]] = {}
@@ -499,33 +512,46 @@ class ORMapBacked(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDeliver
         return self._changed(self.underlying.remove(node, key))
 
     def merge(self, other: Any) -> Any:
+        """The join of both maps (:meth:`ORMap.merge <thespian_dd.ORMap.merge>`); keeps this
+        value's pending delta."""
         self._require_same_type(other)
         return type(self)(self.underlying.merge(other.underlying), _delta=self._delta)
 
     @property
     def delta(self) -> Any:
+        """What changed since the last :meth:`reset_delta`, or ``None``."""
         return self._delta
 
     def reset_delta(self) -> Any:
+        """This map without its pending delta."""
         return self if self._delta is None else type(self)(self.underlying)
 
     def modified_by_nodes(self) -> frozenset[ReplicaId]:
+        """Every replica whose dots this map, or a value in it, has seen."""
         return self.underlying.modified_by_nodes()
 
     def needs_pruning_from(self, removed: ReplicaId) -> bool:
+        """Whether ``removed`` is still in this map or in a value in it."""
         return self.underlying.needs_pruning_from(removed)
 
     def prune(self, removed: ReplicaId, collapse_into: ReplicaId) -> Any:
+        """The same value, with what ``removed`` wrote re-made by ``collapse_into``
+        (:meth:`ORMap.prune <thespian_dd.ORMap.prune>`)."""
         return type(self)(self.underlying.prune(removed, collapse_into))
 
     def pruning_cleanup(self, removed: ReplicaId) -> Any:
+        """This map without what ``removed`` wrote (for a value merged in after pruning)."""
         return type(self)(self.underlying.pruning_cleanup(removed))
 
     def is_inflation_of(self, older: Any) -> bool:
+        """Whether this map is what changes could make of ``older`` (:meth:`ORMap.is_inflation_of
+        <thespian_dd.ORMap.is_inflation_of>`)."""
         return type(older) is type(self) and self.underlying.is_inflation_of(older.underlying)
 
     def marks(self) -> Any:
+        """An empty map that reserves every dot this one has seen, and keeps every key's marks."""
         return type(self)(self.underlying.marks())
 
     def is_empty(self) -> bool:
+        """Whether the map has no key."""
         return self.underlying.is_empty()
