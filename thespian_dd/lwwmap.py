@@ -28,9 +28,11 @@ class LWWMap(ORMapBacked):
 
     @property
     def value(self) -> dict[Any, Any]:
+        """``{key: value}``: the latest write of every present key."""
         return {k: r.value for k, r in self.underlying.entries.items()}
 
     def get(self, key: Hashable, default: Any = None) -> Any:
+        """The latest value written under ``key``, or ``default`` when the key is not present."""
         register = self.underlying.get(key)
         return default if register is None else register.value
 
