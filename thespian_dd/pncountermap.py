@@ -28,9 +28,11 @@ class PNCounterMap(ORMapBacked):
 
     @property
     def value(self) -> dict[Any, int]:
+        """``{key: count}`` for every present key."""
         return {k: c.value for k, c in self.underlying.entries.items()}
 
     def get(self, key: Hashable) -> int | None:
+        """The count under ``key``, or ``None`` when the key is not present."""
         counter = self.underlying.get(key)
         return None if counter is None else counter.value
 
