@@ -31,9 +31,11 @@ class ORMultiMap(ORMapBacked):
 
     @property
     def value(self) -> dict[Any, frozenset[Any]]:
+        """``{key: frozenset of values}`` for every present key."""
         return {k: s.value for k, s in self.underlying.entries.items()}
 
     def get(self, key: Hashable) -> frozenset[Any] | None:
+        """The values bound to ``key``, or ``None`` when the key is not present."""
         values = self.underlying.get(key)
         return None if values is None else values.value
 
