@@ -179,6 +179,8 @@ class Node:
         return self.asys.createActor(Probe)
 
     def received(self, probe: Any, clear: bool = False) -> list[Any]:
+        """What ``probe`` has received so far, oldest first; ``clear=True`` forgets it
+        afterwards."""
         reply = self.asys.ask(probe, ProbeTake(clear), 10)
         assert isinstance(reply, Received), f"the probe answered {reply!r}"
         return reply.messages
@@ -370,6 +372,7 @@ class Cluster:
 
     @property
     def names(self) -> list[str]:
+        """The node names, ``node-1`` to ``node-N``, in index order."""
         return [node.name for node in self.nodes]
 
     def start(self) -> Cluster:
@@ -379,6 +382,9 @@ class Cluster:
         return self
 
     def start_node(self, i: int, timeout: float = 30.0) -> None:
+        """Start node ``i`` (``python -m thespian_dd node`` in a process group of its own, on its
+        port and store) and connect a client to it; raises if it is not ready within ``timeout``
+        seconds."""
         node = self.nodes[i]
         log = self.workdir / f"{node.name}.log"
         args = [sys.executable, "-m", "thespian_dd", "node", "--name", node.name]
@@ -447,6 +453,8 @@ class Cluster:
         return reply
 
     def tell(self, i: int, message: Any) -> None:
+        """Send ``message`` to node ``i``'s Replicator without waiting for a reply (a reply, if
+        any, is read by a later :meth:`ask` and dropped there)."""
         node = self.nodes[i]
         node.client.tell(node.replicator, message)
 
