@@ -160,6 +160,7 @@ class Settings:
 
     @classmethod
     def names(cls) -> frozenset[str]:
+        """The name of every setting."""
         return frozenset(f.name for f in fields(cls))
 
     @classmethod
