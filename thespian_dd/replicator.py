@@ -355,11 +355,13 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     @property
     def node(self) -> ReplicaId:
+        """This node's :class:`~thespian_dd.ReplicaId` in the current incarnation."""
         assert self._node is not None
         return self._node
 
     @property
     def settings(self) -> Settings:
+        """The :class:`~thespian_dd.Settings` this Replicator runs with."""
         assert self._settings is not None
         return self._settings
 
