@@ -109,6 +109,7 @@ class WriteConsistency(ABC):
 @dataclass(frozen=True, slots=True)
 class _Local:
     def replicas_needed(self, n: int) -> int:  # noqa: ARG002 - only this replica, whatever n
+        """1: only this replica, whatever ``n``."""
         return 1
 
 
@@ -123,6 +124,7 @@ class _FromN:
         _check_timeout(self.timeout)
 
     def replicas_needed(self, n: int) -> int:
+        """The ``n`` this level asks for, or all ``n`` known replicas when there are fewer."""
         return min(self.n, n)
 
 
@@ -135,6 +137,7 @@ class _Majority:
         _check_timeout(self.timeout)
 
     def replicas_needed(self, n: int) -> int:
+        """``min(n, max(n // 2 + 1, min_cap))``."""
         return majority(n, self.min_cap)
 
 
@@ -146,6 +149,7 @@ class _All:
         _check_timeout(self.timeout)
 
     def replicas_needed(self, n: int) -> int:
+        """Every one of the ``n`` known replicas."""
         return n
 
 
