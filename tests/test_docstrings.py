@@ -9,6 +9,7 @@ does, and the messages they handle are documented.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Iterator
 from types import ModuleType
@@ -24,8 +25,18 @@ THESPIAN_HANDLERS = ("receiveMsg_", "receiveMessage", "receiveUnrecognizedMessag
 def _own_doc(obj: object) -> str | None:
     if isinstance(obj, type):
         doc = obj.__dict__.get("__doc__")
+        if dataclasses.is_dataclass(obj) and doc == _generated_doc(obj):
+            return None  # the signature @dataclass writes when the class has no docstring
         return doc if isinstance(doc, str) else None
     return getattr(obj, "__doc__", None)
+
+
+def _generated_doc(cls: type) -> str:
+    try:
+        signature = str(inspect.signature(cls)).replace(" -> None", "")
+    except (TypeError, ValueError):
+        signature = ""
+    return cls.__name__ + signature
 
 
 def _members(cls: type) -> Iterator[tuple[str, object]]:
@@ -74,6 +85,7 @@ def test_the_walk_finds_the_public_api_and_leaves_out_thespian_handlers() -> Non
     ):
         assert name in found, name
     assert not [n for n in found if ".receiveMsg_" in n]
+    assert _own_doc(dataclasses.make_dataclass("Bare", [("key", str)])) is None
     assert len(found) > 200
 
 
