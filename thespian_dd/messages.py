@@ -502,7 +502,7 @@ class ReplicaCount:
 class Stats:
     """Counters of one Replicator, the reply to :class:`GetStats`.
 
-    - ``node``: this replica's :class:`~thespian_dd.ReplicaId` (name and incarnation).
+    - ``node``: this replica's :class:`~thespian_dd.ReplicaId` as text, ``name#incarnation``.
     - ``keys``: the keys this node holds.
     - ``peers`` and ``reachable_peers``: the other nodes known, and those of them reachable now.
     - ``gossip_bytes_in`` / ``gossip_bytes_out``: the digests, keys and values gossip carried;
