@@ -57,9 +57,9 @@ STORE_OUTAGE_PATIENCE = 8.0
 
 @dataclass(frozen=True)
 class Fault:
-    """One fault: ``kind`` (see :data:`KINDS`), the nodes it hits (``groups``: a partition's
-    sides; ``nodes``: the killed, or those whose writer or store fails), and how many batches of
-    the workload run while it lasts."""
+    """One fault: ``kind`` (see :data:`~thespian_dd._testkit.chaos.KINDS`), the nodes it hits
+    (``groups``: a partition's sides; ``nodes``: the killed, or those whose writer or store
+    fails), and how many batches of the workload run while it lasts."""
 
     kind: str
     nodes: tuple[int, ...] = ()

@@ -485,8 +485,9 @@ class Cluster:
         return _option(self.settings["store"], self.nodes[i].name)
 
     def store_outage(self, i: int) -> StoreOutage:
-        """Make node ``i``'s store refuse its writes until :meth:`StoreOutage.end`: an SQLite
-        file is locked exclusively, a server's table is locked by another session."""
+        """Make node ``i``'s store refuse its writes until
+        :meth:`~thespian_dd._testkit.harness.StoreOutage.end`: an SQLite file is locked
+        exclusively, a server's table is locked by another session."""
         return StoreOutage(self.store_url(i))
 
     def restart(self, i: int) -> None:
