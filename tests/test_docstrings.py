@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -94,3 +95,10 @@ def test_every_public_callable_has_a_docstring_of_its_own(name: str) -> None:
     doc = _own_doc(public_callables()[name])
     assert doc, f"{name} has no docstring of its own"
     assert doc.strip(), f"{name} has an empty docstring"
+
+
+def test_the_settings_docstring_has_one_bullet_per_field_in_field_order() -> None:
+    """The settings table of the documentation is made from these bullets (docs/conf.py)."""
+    doc = thespian_dd.Settings.__doc__ or ""
+    bullets = re.findall(r"^    - ``(\w+)``: ", doc, re.MULTILINE)
+    assert bullets == [f.name for f in dataclasses.fields(thespian_dd.Settings)]
