@@ -55,7 +55,7 @@ def _public_bases(  # the signature of Sphinx's autodoc-process-bases event
     bases: list[type],
 ) -> None:
     """Show a class's public bases: a private base is replaced by its own bases, ``ABC`` and
-    ``object`` are left out."""
+    ``object`` are left out (``object`` stays when nothing else is left)."""
     public = set(thespian_dd.__all__)
     shown: list[type] = []
     pending = list(bases)
@@ -67,7 +67,7 @@ def _public_bases(  # the signature of Sphinx's autodoc-process-bases event
             pending[:0] = list(base.__bases__)
         elif base not in shown:
             shown.append(base)
-    bases[:] = shown
+    bases[:] = shown or [object]  # Sphinx prints "Bases:" even for an empty list
 
 
 _BULLET = re.compile(r"^    - ``(\w+)``: ", re.MULTILINE)
