@@ -7,6 +7,7 @@ from pathlib import Path
 
 from docutils import nodes
 from docutils.statemachine import StringList
+from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
 # The package documents itself from this checkout, whether or not it is installed.
@@ -108,6 +109,6 @@ class SettingsTable(SphinxDirective):
         return container.children
 
 
-def setup(app: object) -> None:
-    app.connect("autodoc-process-bases", _public_bases)  # type: ignore[attr-defined]
-    app.add_directive("settings-table", SettingsTable)  # type: ignore[attr-defined]
+def setup(app: Sphinx) -> None:
+    app.connect("autodoc-process-bases", _public_bases)
+    app.add_directive("settings-table", SettingsTable)
