@@ -518,6 +518,8 @@ class Stats:
     - ``recovery_time``: seconds from asking the store for its rows to serving.
     - ``store_failures``: failed commits so far; ``store_error``: the last failure, ``None``
       once a commit succeeds (while the store cannot be loaded: why).
+    - ``serving``: False while the node loads its store (or cannot): the other figures are then
+      partial.  ``GetStats`` is answered at once, loading or not.
     """
 
     node: str
@@ -536,7 +538,6 @@ class Stats:
     store_error: str | None = None
     refused_rows: int = 0
     serving: bool = True
-    """False while the node loads its store (or cannot): the other figures are then partial."""
     request: Any = None
 
 
