@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 
 import thespian_dd
@@ -100,3 +101,13 @@ def test_the_settings_docstring_has_one_bullet_per_field_in_field_order() -> Non
     doc = thespian_dd.Settings.__doc__ or ""
     bullets = re.findall(r"^    - ``(\w+)``: ", doc, re.MULTILINE)
     assert bullets == [f.name for f in dataclasses.fields(thespian_dd.Settings)]
+
+
+def test_the_api_reference_lists_every_public_name() -> None:
+    """docs/api.md names each object of ``thespian_dd.__all__`` (the testing kit is documented
+    whole, by ``automodule``), so a new public name cannot be left out of the reference."""
+    api = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
+    entry = r"^\.\. auto(?:class|function|data):: thespian_dd\.(\w+)$"
+    listed = set(re.findall(entry, api, re.MULTILINE))
+    assert sorted(set(thespian_dd.__all__) - listed) == []
+    assert ".. automodule:: thespian_dd.testing" in api
