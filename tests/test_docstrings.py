@@ -1,10 +1,11 @@
 """Every public callable has a docstring of its own, so the API reference has no empty entry.
 
-Public: every name in ``thespian_dd.__all__`` and ``thespian_dd.testing.__all__``, and every
-public method, property, classmethod and staticmethod of those classes that thespian_dd itself
-defines (inherited from a thespian_dd base included; Python's and Thespian's own are not ours).
-Thespian's message handlers (``receiveMsg_*``) are left out: Thespian calls them, a user never
-does, and the messages they handle are documented.
+Public: every name in ``thespian_dd.__all__``, ``thespian_dd.testing.__all__`` and the pytest
+plugin's fixtures (``thespian_dd._testkit.plugin.__all__``), and every public method, property,
+classmethod and staticmethod of those classes that thespian_dd itself defines (inherited from a
+thespian_dd base included; Python's and Thespian's own are not ours).  Thespian's message
+handlers (``receiveMsg_*``) are left out: Thespian calls them, a user never does, and the
+messages they handle are documented.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from types import ModuleType
 
 import thespian_dd
 import thespian_dd.testing
+from thespian_dd._testkit import plugin
 
 THESPIAN_HANDLERS = ("receiveMsg_", "receiveMessage", "receiveUnrecognizedMessage")
 
@@ -58,7 +60,7 @@ def _members(cls: type) -> Iterator[tuple[str, object]]:
 
 
 def public_callables() -> dict[str, object]:
-    modules: tuple[ModuleType, ...] = (thespian_dd, thespian_dd.testing)
+    modules: tuple[ModuleType, ...] = (thespian_dd, thespian_dd.testing, plugin)
     found: dict[str, object] = {}
     for module in modules:
         for name in module.__all__:
@@ -80,7 +82,7 @@ def test_the_walk_finds_the_public_api_and_leaves_out_thespian_handlers() -> Non
         "thespian_dd.orset.ORSet.value",
         "thespian_dd.lwwregister.LWWRegister.create",
         "thespian_dd.ormap.ORMapBacked.merge",
-        "thespian_dd.testing.cluster_factory",
+        "thespian_dd._testkit.plugin.cluster_factory",
         "thespian_dd._testkit.harness.Cluster.ask",
     ):
         assert name in found, name
