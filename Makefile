@@ -35,6 +35,7 @@ $(VENV)/.installed-docs: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[docs]'
 	touch $@
 
-# The documentation site; a warning (a broken cross-reference included) fails the build.
+# The documentation site; a warning (a broken cross-reference included) fails the build. -E: a
+# fresh environment every time, so a warning of an earlier build is never hidden by its cache.
 docs: $(VENV)/.installed-docs
-	$(BIN)/sphinx-build -n -W --keep-going -b html docs docs/_build/html
+	$(BIN)/sphinx-build -E -n -W --keep-going -b html docs docs/_build/html
