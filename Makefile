@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test fast lint
+.PHONY: demo test fast lint docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,12 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	touch $@
+
+# The documentation site; a warning (a broken cross-reference included) fails the build. -E: a
+# fresh environment every time, so a warning of an earlier build is never hidden by its cache.
+docs: $(VENV)/.installed-docs
+	$(BIN)/sphinx-build -E -n -W --keep-going -b html docs docs/_build/html

@@ -10,7 +10,7 @@ unknown format version or type, structurally invalid (a dot outside its causal c
 out of range, a negative count) or over the :class:`Limits`.  It never returns a wrong value.
 User values inside a state (set elements, map keys, register values) are plain data or, for other
 objects, dill pickles: decoding a pickle runs code, so only decode bytes from a trusted store or
-peer (see the README's trust model).
+peer (see the trust model, on the deployment page of the documentation).
 
 A data type of one's own joins the table with :func:`register_data_type`; every node that holds
 or receives its values must register it too (name its module in the ``data_types`` setting).

@@ -33,6 +33,7 @@ class Flag(ReplicatedData):
 
     @property
     def value(self) -> bool:
+        """Whether the flag is on."""
         return self.enabled
 
     def __bool__(self) -> bool:
@@ -44,5 +45,6 @@ class Flag(ReplicatedData):
         return self if self.enabled else Flag(True)
 
     def merge(self, other: Flag) -> Flag:
+        """On if either flag is on."""
         self._require_same_type(other)
         return self if self.enabled or not other.enabled else other

@@ -86,6 +86,7 @@ class GCounter(DeltaReplicatedData, RemovedNodePruning, DotBased):
 
     @property
     def value(self) -> int:
+        """The count: the sum of every replica's increments."""
         return sum(self.units.count(r) for r in self.units.ranges)
 
     def __int__(self) -> int:
@@ -114,33 +115,45 @@ class GCounter(DeltaReplicatedData, RemovedNodePruning, DotBased):
         return GCounter.of_units(units, GCounter.of_units(delta))
 
     def merge(self, other: GCounter) -> GCounter:
+        """Every increment of either counter, counted once (the union of their units); keeps this
+        value's pending delta."""
         self._require_same_type(other)
         units = self.units.merge(other.units)
         return self if units is self.units else GCounter.of_units(units, self._delta)
 
     def is_inflation_of(self, older: GCounter) -> bool:
+        """Whether this counter holds every increment of ``older`` and only new ones above them."""
         return type(older) is GCounter and self.units.extends(older.units)
 
     @property
     def delta(self) -> GCounter | None:
+        """The totals of the replicas that changed since the last :meth:`reset_delta`, or
+        ``None``."""
         return self._delta
 
     def reset_delta(self) -> GCounter:
+        """This counter without its pending delta."""
         return self if self._delta is None else GCounter.of_units(self.units)
 
     def marks(self) -> GCounter:
+        """An empty counter that reserves every unit this one holds, so a counter created again
+        in a map counts above them."""
         return GCounter.of_units(self.units.reserved())
 
     def is_empty(self) -> bool:
+        """Whether no replica has counted anything here."""
         return not self.units.ranges
 
     def modified_by_nodes(self) -> frozenset[ReplicaId]:
+        """Every replica with a slot in this counter."""
         return self.units.replicas()
 
     def needs_pruning_from(self, removed: ReplicaId) -> bool:
+        """Whether ``removed`` still has a slot in this counter."""
         return removed in self.units.replicas()
 
     def prune(self, removed: ReplicaId, collapse_into: ReplicaId) -> Self:
+        """The same count, with the slot of ``removed`` added to the slot of ``collapse_into``."""
         if not self.needs_pruning_from(removed):
             return self
         moved = self.units.count(removed)
@@ -151,6 +164,7 @@ class GCounter(DeltaReplicatedData, RemovedNodePruning, DotBased):
         return type(self).of_units(units)
 
     def pruning_cleanup(self, removed: ReplicaId) -> Self:
+        """This counter without the slot of ``removed`` (for a value merged in after pruning)."""
         if not self.needs_pruning_from(removed):
             return self
         return type(self).of_units(self.units.without(removed))

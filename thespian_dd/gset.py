@@ -36,6 +36,7 @@ class GSet(DeltaReplicatedData, Generic[A]):
 
     @property
     def value(self) -> frozenset[A]:
+        """The elements, as a frozenset."""
         return self.elements
 
     def __contains__(self, element: object) -> bool:
@@ -57,17 +58,21 @@ class GSet(DeltaReplicatedData, Generic[A]):
         return GSet(self.elements | {element}, _delta=GSet(delta))
 
     def merge(self, other: GSet[A]) -> GSet[A]:
+        """The union of both sets; keeps this value's pending delta."""
         self._require_same_type(other)
         if other.elements <= self.elements:
             return self
         return GSet(self.elements | other.elements, _delta=self._delta)
 
     def is_inflation_of(self, older: GSet[A]) -> bool:
+        """Whether every element of ``older`` is here."""
         return type(older) is GSet and older.elements <= self.elements
 
     @property
     def delta(self) -> GSet[A] | None:
+        """The elements added since the last :meth:`reset_delta`, or ``None``."""
         return self._delta
 
     def reset_delta(self) -> GSet[A]:
+        """This set without its pending delta."""
         return self if self._delta is None else GSet(self.elements)

@@ -29,9 +29,11 @@ class LWWMap(ORMapBacked[K], Generic[K, V]):
 
     @property
     def value(self) -> dict[K, V]:
+        """``{key: value}``: the latest write of every present key."""
         return {k: r.value for k, r in self.underlying.entries.items()}
 
     def get(self, key: K, default: Any = None) -> V | Any:
+        """The latest value written under ``key``, or ``default`` when the key is not present."""
         register = self.underlying.get(key)
         return default if register is None else register.value
 

@@ -83,6 +83,7 @@ class LWWRegister(ReplicatedData, Generic[A]):
 
     @property
     def value(self) -> A:
+        """The value of the latest write."""
         return self.val
 
     def with_value(
@@ -120,6 +121,8 @@ class LWWRegister(ReplicatedData, Generic[A]):
         return (self.timestamp, self.node, encode_tree(self.val))
 
     def merge(self, other: LWWRegister[A]) -> LWWRegister[A]:
+        """The later write: the higher ``(timestamp, node)``, a full tie broken by the values'
+        canonical bytes."""
         self._require_same_type(other)
         if (self.timestamp, self.node) != (other.timestamp, other.node):
             return self if (self.timestamp, self.node) > (other.timestamp, other.node) else other

@@ -114,6 +114,7 @@ class WriteConsistency(ABC):
 @dataclass(frozen=True, slots=True)
 class _Local:
     def replicas_needed(self, n: int) -> int:  # noqa: ARG002 - only this replica, whatever n
+        """1: only this replica, whatever ``n``."""
         return 1
 
 
@@ -128,6 +129,7 @@ class _FromN:
         _check_timeout(self.timeout)
 
     def replicas_needed(self, n: int) -> int:
+        """The ``n`` this level asks for, or all ``n`` known replicas when there are fewer."""
         return min(self.n, n)
 
 
@@ -140,6 +142,7 @@ class _Majority:
         _check_timeout(self.timeout)
 
     def replicas_needed(self, n: int) -> int:
+        """``min(n, max(n // 2 + 1, min_cap))``."""
         return majority(n, self.min_cap)
 
 
@@ -151,6 +154,7 @@ class _All:
         _check_timeout(self.timeout)
 
     def replicas_needed(self, n: int) -> int:
+        """Every one of the ``n`` known replicas."""
         return n
 
 
@@ -441,18 +445,22 @@ class GetStatus:
 
 @dataclass(frozen=True)
 class GetResponse:
+    """The replies to :class:`Get`: each echoes the request's ``key`` and ``request``."""
+
     key: str
     request: Any
 
 
 @dataclass(frozen=True)
 class GetSuccess(GetResponse):
+    """``key`` holds ``data``: the CRDT (its plain value is ``data.value``)."""
+
     data: Any
 
 
 @dataclass(frozen=True)
 class NotFound(GetResponse):
-    pass
+    """No replica asked holds ``key``."""
 
 
 @dataclass(frozen=True)
@@ -464,18 +472,21 @@ class GetFailure(GetResponse):
 
 @dataclass(frozen=True)
 class GetDataDeleted(GetResponse):
-    pass
+    """``key`` was deleted."""
 
 
 @dataclass(frozen=True)
 class UpdateResponse:
+    """The replies to :class:`Update`: each echoes the request's ``key`` and ``request``."""
+
     key: str
     request: Any
 
 
 @dataclass(frozen=True)
 class UpdateSuccess(UpdateResponse):
-    pass
+    """The update is applied (with a store in ``sync`` mode, committed) and confirmed by as many
+    replicas as its consistency asks."""
 
 
 @dataclass(frozen=True)
@@ -499,18 +510,21 @@ class StoreFailure(UpdateResponse):
 
 @dataclass(frozen=True)
 class UpdateDataDeleted(UpdateResponse):
-    pass
+    """``key`` was deleted: nothing was applied."""
 
 
 @dataclass(frozen=True)
 class DeleteResponse:
+    """The replies to :class:`Delete`: each echoes the request's ``key`` and ``request``."""
+
     key: str
     request: Any
 
 
 @dataclass(frozen=True)
 class DeleteSuccess(DeleteResponse):
-    pass
+    """``key`` is deleted (with a store in ``sync`` mode, committed) and confirmed by as many
+    replicas as the consistency asks."""
 
 
 @dataclass(frozen=True)
@@ -550,19 +564,44 @@ class Expired:
 
 @dataclass(frozen=True)
 class Keys:
+    """The reply to :class:`GetKeys`: every key this node holds."""
+
     keys: frozenset[str]
     request: Any = None
 
 
 @dataclass(frozen=True)
 class ReplicaCount:
+    """The reply to :class:`GetReplicaCount`: ``n`` replicas known and reachable, this one
+    included (0 while the node loads its store)."""
+
     n: int
     request: Any = None
 
 
 @dataclass(frozen=True)
 class Stats:
-    """Counters of one Replicator (see the README's table for each field)."""
+    """Counters of one Replicator, the reply to :class:`GetStats`.
+
+    - ``node``: this replica's :class:`~thespian_dd.ReplicaId` as text, ``name#incarnation``.
+    - ``keys``: the keys this node holds.
+    - ``peers`` and ``reachable_peers``: the other nodes known, and those of them reachable now.
+    - ``gossip_bytes_in`` / ``gossip_bytes_out``: the digests, keys and values gossip carried;
+      ``gossip_rounds``: the gossip rounds so far.
+    - ``subscribers``: the subscriptions held.
+    - ``rejected_inputs``: bad requests, peer payloads and stored rows refused.
+    - ``refused_rows`` (a durable node): stored rows refused since the last load: checksum or
+      MAC, format version, and decoding, which happens when a value is first used or in the
+      slices after the load, so a row that does not decode is counted then (until then it
+      counts in ``keys``).
+    - ``store_queue_depth``: keys not yet committed to the store.
+    - ``last_flush``: the time (``time.time()``) of the last commit.
+    - ``recovery_time``: seconds from asking the store for its rows to serving.
+    - ``store_failures``: failed commits so far; ``store_error``: the last failure, ``None``
+      once a commit succeeds (while the store cannot be loaded: why).
+    - ``serving``: False while the node loads its store (or cannot): the other figures are then
+      partial.  ``GetStats`` is answered at once, loading or not.
+    """
 
     node: str
     keys: int
@@ -580,7 +619,6 @@ class Stats:
     store_error: str | None = None
     refused_rows: int = 0
     serving: bool = True
-    """False while the node loads its store (or cannot): the other figures are then partial."""
     request: Any = None
 
 

@@ -52,6 +52,8 @@ class MVRegister(
 
     @property
     def value(self) -> frozenset[A]:
+        """Every value written and not yet overwritten by a write that saw it: one normally,
+        several after concurrent writes."""
         return self.writes.value
 
     def assign(self, node: ReplicaId, value: A) -> MVRegister[A]:
@@ -69,33 +71,47 @@ class MVRegister(
         return MVRegister(writes, _delta=delta if self._delta is None else self._delta.merge(delta))
 
     def merge(self, other: MVRegister[A]) -> MVRegister[A]:
+        """The join of both registers: a write survives unless the other side has seen it and
+        overwritten it; keeps this value's pending delta."""
         self._require_same_type(other)
         return MVRegister(self.writes.merge(other.writes), _delta=self._delta)
 
     @property
     def delta(self) -> MVRegister[A] | None:
+        """The writes since the last :meth:`reset_delta` and the dots they overwrote, or
+        ``None``."""
         return self._delta
 
     def reset_delta(self) -> MVRegister[A]:
+        """This register without its pending delta."""
         return self if self._delta is None else MVRegister(self.writes)
 
     def modified_by_nodes(self) -> frozenset[ReplicaId]:
+        """Every replica whose writes this register has seen."""
         return self.writes.modified_by_nodes()
 
     def needs_pruning_from(self, removed: ReplicaId) -> bool:
+        """Whether dots of ``removed`` are still in this register."""
         return self.writes.needs_pruning_from(removed)
 
     def prune(self, removed: ReplicaId, collapse_into: ReplicaId) -> MVRegister[A]:
+        """The same values, with the writes of ``removed`` re-made by ``collapse_into`` (as
+        :meth:`ORSet.prune <thespian_dd.ORSet.prune>`)."""
         return MVRegister(self.writes.prune(removed, collapse_into))
 
     def pruning_cleanup(self, removed: ReplicaId) -> MVRegister[A]:
+        """This register without any write of ``removed`` (for a value merged in after pruning)."""
         return MVRegister(self.writes.pruning_cleanup(removed))
 
     def is_inflation_of(self, older: MVRegister[A]) -> bool:
+        """Whether this register is what writes could make of ``older`` (as
+        :meth:`ORSet.is_inflation_of <thespian_dd.ORSet.is_inflation_of>`)."""
         return type(older) is MVRegister and self.writes.is_inflation_of(older.writes)
 
     def marks(self) -> MVRegister[A]:
+        """An empty register that reserves every dot this one has seen."""
         return MVRegister(self.writes.marks())
 
     def is_empty(self) -> bool:
+        """Whether the register holds no write."""
         return self.writes.is_empty()

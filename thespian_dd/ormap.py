@@ -230,6 +230,7 @@ class ORMap(
 
     @property
     def value(self) -> dict[K, Any]:
+        """``{key: value}``: the plain value of every present key's CRDT."""
         return {key: crdt.value for key, crdt in self.entries.items()}
 
     def __contains__(self, key: object) -> bool:
@@ -324,6 +325,10 @@ class ORMap(
         return delta if self._delta is None else self._delta.merge(delta)
 
     def merge(self, other: ORMap[K, D]) -> ORMap[K, D]:
+        """The join of both maps: a key's update survives unless the other side has seen it and
+        removed or replaced it (an update concurrent with a remove wins); the values of
+        concurrent updates of one key are merged; each key's marks are kept. Keeps this value's
+        pending delta."""
         self._require_same_type(other)
         if other is self:
             return self
@@ -374,18 +379,22 @@ class ORMap(
 
     @property
     def delta(self) -> ORMap[K, D] | None:
+        """The updates and removes since the last :meth:`reset_delta`, or ``None``."""
         return self._delta
 
     def reset_delta(self) -> ORMap[K, D]:
+        """This map without its pending delta."""
         return self if self._delta is None else ORMap(self.versions, self.context, self.floors)
 
     def marks(self) -> ORMap[K, D]:
+        """An empty map that reserves every dot this one has seen, and keeps every key's marks."""
         keys = set(self.versions).union(self.floors)
         floors = {key: self._marks(key) for key in keys}
         kept = {k: m for k, m in floors.items() if m is not None}
         return ORMap({}, self.context.reserved(), kept)
 
     def is_empty(self) -> bool:
+        """Whether the map has no key."""
         return not self.versions
 
     def _all_values(self) -> Iterator[ReplicatedData]:
@@ -393,6 +402,7 @@ class ORMap(
             yield from versions.values()
 
     def modified_by_nodes(self) -> frozenset[ReplicaId]:
+        """Every replica whose dots this map, or a value in it, has seen."""
         nodes = set(self.context.replicas())
         for v in (*self._all_values(), *self.floors.values()):
             if isinstance(v, RemovedNodePruning):
@@ -400,6 +410,7 @@ class ORMap(
         return frozenset(nodes)
 
     def needs_pruning_from(self, removed: ReplicaId) -> bool:
+        """Whether ``removed`` is still in this map or in a value in it."""
         return removed in self.modified_by_nodes()
 
     def prune(self, removed: ReplicaId, collapse_into: ReplicaId) -> ORMap[K, D]:
@@ -431,6 +442,8 @@ class ORMap(
         return ORMap(versions, context, self._floors_without(removed, versions))
 
     def pruning_cleanup(self, removed: ReplicaId) -> ORMap[K, D]:
+        """This map without any version or slot of ``removed`` (for a value merged in after
+        pruning)."""
         if not self.needs_pruning_from(removed):
             return self
         versions: dict[Hashable, dict[Dot, ReplicatedData]] = {}
@@ -505,34 +518,47 @@ class ORMapBacked(
         return self._changed(self.underlying.remove(node, key))
 
     def merge(self, other: Self) -> Self:
+        """The join of both maps (:meth:`ORMap.merge <thespian_dd.ORMap.merge>`); keeps this
+        value's pending delta."""
         self._require_same_type(other)
         return type(self)(self.underlying.merge(other.underlying), _delta=self._delta)
 
     @property
     def delta(self) -> Self | None:
+        """What changed since the last :meth:`reset_delta`, or ``None``."""
         delta: Self | None = self._delta
         return delta
 
     def reset_delta(self) -> Self:
+        """This map without its pending delta."""
         return self if self._delta is None else type(self)(self.underlying)
 
     def modified_by_nodes(self) -> frozenset[ReplicaId]:
+        """Every replica whose dots this map, or a value in it, has seen."""
         return self.underlying.modified_by_nodes()
 
     def needs_pruning_from(self, removed: ReplicaId) -> bool:
+        """Whether ``removed`` is still in this map or in a value in it."""
         return self.underlying.needs_pruning_from(removed)
 
     def prune(self, removed: ReplicaId, collapse_into: ReplicaId) -> Self:
+        """The same value, with what ``removed`` wrote re-made by ``collapse_into``
+        (:meth:`ORMap.prune <thespian_dd.ORMap.prune>`)."""
         return type(self)(self.underlying.prune(removed, collapse_into))
 
     def pruning_cleanup(self, removed: ReplicaId) -> Self:
+        """This map without what ``removed`` wrote (for a value merged in after pruning)."""
         return type(self)(self.underlying.pruning_cleanup(removed))
 
     def is_inflation_of(self, older: Self) -> bool:
+        """Whether this map is what changes could make of ``older`` (:meth:`ORMap.is_inflation_of
+        <thespian_dd.ORMap.is_inflation_of>`)."""
         return type(older) is type(self) and self.underlying.is_inflation_of(older.underlying)
 
     def marks(self) -> Self:
+        """An empty map that reserves every dot this one has seen, and keeps every key's marks."""
         return type(self)(self.underlying.marks())
 
     def is_empty(self) -> bool:
+        """Whether the map has no key."""
         return self.underlying.is_empty()

@@ -32,9 +32,11 @@ class ORMultiMap(ORMapBacked[K], Generic[K, V]):
 
     @property
     def value(self) -> dict[K, frozenset[V]]:
+        """``{key: frozenset of values}`` for every present key."""
         return {k: s.value for k, s in self.underlying.entries.items()}
 
     def get(self, key: K) -> frozenset[V] | None:
+        """The values bound to ``key``, or ``None`` when the key is not present."""
         values = self.underlying.get(key)
         return None if values is None else values.value
 

@@ -72,6 +72,7 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
 
     @property
     def value(self) -> frozenset[A]:
+        """The elements present (those that hold at least one add's dot), as a frozenset."""
         return frozenset(self.entries)
 
     elements = value
@@ -138,6 +139,9 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         return delta if self._delta is None else self._delta.merge(delta)
 
     def merge(self, other: ORSet[A]) -> ORSet[A]:
+        """The join of both sets: an add survives where both sides hold it, or where one holds it
+        and the other has not seen it (so an add concurrent with a remove wins); keeps this
+        value's pending delta."""
         self._require_same_type(other)
         if other is self:
             return self
@@ -145,6 +149,8 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         return ORSet(entries, self.context.merge(other.context), _delta=self._delta)
 
     def is_inflation_of(self, older: ORSet[A]) -> bool:
+        """Whether this value is what changes made through the API could make of ``older``: it
+        has seen every dot ``older`` has, and merging the two drops nothing this value holds."""
         if type(older) is not ORSet or not self.context.extends(older.context):
             return False
         # The merge drops what this state holds and ``older`` has seen but does not hold.
@@ -157,18 +163,25 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
 
     @property
     def delta(self) -> ORSet[A] | None:
+        """What changed since the last :meth:`reset_delta` (new dots and the context of what they
+        replace), or ``None``."""
         return self._delta
 
     def reset_delta(self) -> ORSet[A]:
+        """This value without its pending delta."""
         return self if self._delta is None else ORSet(self.entries, self.context)
 
     def modified_by_nodes(self) -> frozenset[ReplicaId]:
+        """Every replica whose dots this value has seen."""
         return self.context.replicas()
 
     def needs_pruning_from(self, removed: ReplicaId) -> bool:
+        """Whether dots of ``removed`` are still in this value."""
         return removed in self.context.replicas()
 
     def prune(self, removed: ReplicaId, collapse_into: ReplicaId) -> ORSet[A]:
+        """The same value, with every dot of ``removed`` still held replaced by a new dot of
+        ``collapse_into``, and ``removed`` dropped from the context."""
         if not self.needs_pruning_from(removed):
             return self
         context = self.context.without(removed)
@@ -183,6 +196,7 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         return ORSet(entries, context)
 
     def pruning_cleanup(self, removed: ReplicaId) -> ORSet[A]:
+        """This value without any dot of ``removed`` (for a value merged in after pruning)."""
         if not self.needs_pruning_from(removed):
             return self
         entries = {}
@@ -193,7 +207,10 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         return ORSet(entries, self.context.without(removed))
 
     def marks(self) -> ORSet[A]:
+        """An empty value that reserves every dot this one has seen, so a value created again in
+        a map writes above them."""
         return ORSet({}, self.context.reserved())
 
     def is_empty(self) -> bool:
+        """Whether the value holds no dots."""
         return not self.entries

@@ -53,6 +53,7 @@ class PNCounter(DeltaReplicatedData, RemovedNodePruning, DotBased):
 
     @property
     def value(self) -> int:
+        """The count: every increment minus every decrement."""
         return self.p.value - self.n.value
 
     def __int__(self) -> int:
@@ -78,10 +79,14 @@ class PNCounter(DeltaReplicatedData, RemovedNodePruning, DotBased):
         return PNCounter(p, n, _delta=delta)
 
     def merge(self, other: PNCounter) -> PNCounter:
+        """Every increment and decrement of either counter, counted once (the union of their
+        units); keeps this value's pending delta."""
         self._require_same_type(other)
         return PNCounter(self.p.merge(other.p), self.n.merge(other.n), _delta=self._delta)
 
     def is_inflation_of(self, older: PNCounter) -> bool:
+        """Whether this counter holds every increment and decrement of ``older`` and only new
+        ones above them."""
         return (
             type(older) is PNCounter
             and self.p.is_inflation_of(older.p)
@@ -89,26 +94,36 @@ class PNCounter(DeltaReplicatedData, RemovedNodePruning, DotBased):
         )
 
     def marks(self) -> PNCounter:
+        """An empty counter that reserves every unit this one holds, so a counter created again
+        in a map counts above them."""
         return PNCounter(self.p.marks(), self.n.marks())
 
     def is_empty(self) -> bool:
+        """Whether no replica has counted anything here."""
         return self.p.is_empty() and self.n.is_empty()
 
     @property
     def delta(self) -> PNCounter | None:
+        """The totals of the replicas that changed since the last :meth:`reset_delta`, or
+        ``None``."""
         return self._delta
 
     def reset_delta(self) -> PNCounter:
+        """This counter without its pending delta."""
         return self if self._delta is None else PNCounter(self.p, self.n)
 
     def modified_by_nodes(self) -> frozenset[ReplicaId]:
+        """Every replica with a slot in this counter."""
         return self.p.modified_by_nodes() | self.n.modified_by_nodes()
 
     def needs_pruning_from(self, removed: ReplicaId) -> bool:
+        """Whether ``removed`` still has a slot in this counter."""
         return self.p.needs_pruning_from(removed) or self.n.needs_pruning_from(removed)
 
     def prune(self, removed: ReplicaId, collapse_into: ReplicaId) -> PNCounter:
+        """The same count, with the slot of ``removed`` added to the slot of ``collapse_into``."""
         return PNCounter(self.p.prune(removed, collapse_into), self.n.prune(removed, collapse_into))
 
     def pruning_cleanup(self, removed: ReplicaId) -> PNCounter:
+        """This counter without the slot of ``removed`` (for a value merged in after pruning)."""
         return PNCounter(self.p.pruning_cleanup(removed), self.n.pruning_cleanup(removed))

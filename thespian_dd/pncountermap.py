@@ -29,9 +29,11 @@ class PNCounterMap(ORMapBacked[K], Generic[K]):
 
     @property
     def value(self) -> dict[K, int]:
+        """``{key: count}`` for every present key."""
         return {k: c.value for k, c in self.underlying.entries.items()}
 
     def get(self, key: K) -> int | None:
+        """The count under ``key``, or ``None`` when the key is not present."""
         counter = self.underlying.get(key)
         return None if counter is None else counter.value
 

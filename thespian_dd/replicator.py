@@ -12,7 +12,7 @@ in :mod:`thespian_dd._runtime`, plain classes each with its own tests:
 - ``Durability`` (durability): loading gate, group commit, replies after commit, the writer;
 - ``Settings`` (settings), the request checks (checks), the peer protocol (protocol).
 
-Thespian facts it relies on (see the project notes): an exception escaping a handler makes
+Thespian facts it relies on: an exception escaping a handler makes
 Thespian retry the message and then bounce it, with the actor's state as the first attempt left
 it, so handlers validate first and change state last; ``ActorAddress`` is not hashable, so
 subscribers are kept in lists and compared with ``==``.
@@ -355,11 +355,13 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     @property
     def node(self) -> ReplicaId:
+        """This node's :class:`~thespian_dd.ReplicaId` in the current incarnation."""
         assert self._node is not None
         return self._node
 
     @property
     def settings(self) -> Settings:
+        """The :class:`~thespian_dd.Settings` this Replicator runs with."""
         assert self._settings is not None
         return self._settings
 

@@ -25,14 +25,18 @@ WRITE_MODES = ("sync", "write-behind")
 
 @dataclass(frozen=True)
 class Settings:
-    """The Replicator's settings (the README has the table).
+    """The Replicator's settings, each with its default; one bullet per field, in field order
+    (the documentation's settings table is made from these).
 
-    - ``node_name``: this node's name in every ReplicaId it writes; default ``host:admin-port``.
-    - ``notify_interval``: seconds between notifications of changes to subscribers.
-    - ``gossip_interval``: seconds between gossip rounds (also the heartbeat).
+    - ``node_name``: this node's name in every ReplicaId it writes; unique in the cluster.
+      ``None``: the ``thespian_dd.node_name`` capability, else ``host:admin-port``.
+    - ``notify_interval``: seconds between notifications of changes to subscribers
+      (``FlushChanges`` notifies at once).
+    - ``gossip_interval``: seconds between gossip rounds; each is also a heartbeat.
     - ``delta_interval``: seconds between delta propagations; 0 turns deltas off (gossip only).
     - ``failure_timeout``: seconds without a word from a peer before it counts as unreachable.
-    - ``max_value_bytes``: the largest encoded value accepted from a peer or kept after a merge.
+    - ``max_value_bytes``: the largest encoded value accepted from a peer, or kept after merging
+      one.
     - ``max_gossip_bytes``: the budget of values in one gossip message.
     - ``store``: an SQLAlchemy URL (``sqlite:///path``), or ``file:PATH`` naming a file whose first
       line is the URL (read where the store is opened: a password stays out of capabilities);
@@ -43,14 +47,15 @@ class Settings:
     - ``durable_keys``: with a store, the keys that persist: exact keys or ``prefix*`` patterns.
     - ``write_mode``: ``"sync"`` (acknowledge after commit) or ``"write-behind"`` (acknowledge at
       once, commit every ``write_behind_interval`` seconds and on a graceful stop).
-    - ``removal_timeout``: seconds a peer may stay unreachable before it is removed for good (it
-      no longer counts in N, and its replicas are pruned).
+    - ``write_behind_interval``: seconds between write-behind commits.
+    - ``removal_timeout``: seconds a peer may stay unreachable before it is removed for good (by
+      a side holding a majority): it no longer counts in N, and its replicas are pruned.
     - ``pruning_interval``: seconds between pruning rounds.
     - ``max_pruning_dissemination``: seconds a replica must have been seen removed before pruning
       of it starts.
-    - ``pruning_marker_ttl`` / ``durable_pruning_marker_ttl``: seconds a performed-pruning marker
-      is kept (keys in memory / durable keys); a node offline longer than the durable one must
-      have its store wiped before it rejoins.
+    - ``pruning_marker_ttl``: seconds a performed-pruning marker is kept, for keys in memory.
+    - ``durable_pruning_marker_ttl``: the same for durable keys; also the longest a durable node
+      may be offline and rejoin with its store (longer, its store must be wiped first).
     - ``expire_keys_after_inactivity``: ``{key or 'prefix*': seconds}``; such a key is removed
       (no tombstone; subscribers get ``Expired``) once nobody has updated or read it for that
       long on any node.
@@ -168,6 +173,7 @@ class Settings:
 
     @classmethod
     def names(cls) -> frozenset[str]:
+        """The name of every setting."""
         return frozenset(f.name for f in fields(cls))
 
     @classmethod

@@ -57,9 +57,9 @@ STORE_OUTAGE_PATIENCE = 8.0
 
 @dataclass(frozen=True)
 class Fault:
-    """One fault: ``kind`` (see :data:`KINDS`), the nodes it hits (``groups``: a partition's
-    sides; ``nodes``: the killed, or those whose writer or store fails), and how many batches of
-    the workload run while it lasts."""
+    """One fault: ``kind`` (see :data:`~thespian_dd._testkit.chaos.KINDS`), the nodes it hits
+    (``groups``: a partition's sides; ``nodes``: the killed, or those whose writer or store
+    fails), and how many batches of the workload run while it lasts."""
 
     kind: str
     nodes: tuple[int, ...] = ()
@@ -140,6 +140,8 @@ class Operation:
     acknowledged_at: float | None = None  # when the reply reached the client (time.time())
 
     def update(self) -> Update:
+        """The tagged :class:`~thespian_dd.Update` that performs this operation (an ORSet insert
+        or a GCounter increment)."""
         token = ("chaos", self.id)
         if self.element is not None:
             return Update(self.key, ORSet(), functools.partial(_add, self.element), None, token)
@@ -166,9 +168,13 @@ class ChaosReport:
     unexplained: list[str] = field(default_factory=list)  # broken promises, in words
 
     def count(self, outcome: str) -> int:
+        """How many operations had ``outcome``: ``"acknowledged"``, ``"failed"`` or
+        ``"unknown"``."""
         return sum(op.outcome == outcome for op in self.operations)
 
     def summary(self) -> str:
+        """One line: seed, operations, faults, outcomes, and how many acknowledged inserts and
+        increments were lost."""
         lost_age = [self._age_at_kill(op) for op in self.lost]
         return (
             f"chaos seed {self.seed}: {len(self.operations)} operations on {self.nodes} nodes over "

@@ -183,6 +183,8 @@ class Node:
         return self.asys.createActor(Probe)
 
     def received(self, probe: Any, clear: bool = False) -> list[Any]:
+        """What ``probe`` has received so far, oldest first; ``clear=True`` forgets it
+        afterwards."""
         reply = self.asys.ask(probe, ProbeTake(clear), 10)
         assert isinstance(reply, Received), f"the probe answered {reply!r}"
         return reply.messages
@@ -363,6 +365,7 @@ class Cluster:
 
     @property
     def names(self) -> list[str]:
+        """The node names, ``node-1`` to ``node-N``, in index order."""
         return [node.name for node in self.nodes]
 
     def start(self) -> Cluster:
@@ -372,6 +375,9 @@ class Cluster:
         return self
 
     def start_node(self, i: int, timeout: float = 30.0) -> None:
+        """Start node ``i`` (``python -m thespian_dd node`` in a process group of its own, on its
+        port and store) and connect a client to it; raises if it is not ready within ``timeout``
+        seconds."""
         node = self.nodes[i]
         log = self.workdir / f"{node.name}.log"
         args = [sys.executable, "-m", "thespian_dd", "node", "--name", node.name]
@@ -424,6 +430,8 @@ class Cluster:
         return ask(node.client, node.replicator, message, timeout)
 
     def tell(self, i: int, message: Any) -> None:
+        """Send ``message`` to node ``i``'s Replicator without waiting for a reply (a reply, if
+        any, is read by a later :meth:`ask` and dropped there)."""
         node = self.nodes[i]
         node.client.tell(node.replicator, message)
 
@@ -454,8 +462,9 @@ class Cluster:
         return _option(self.settings["store"], self.nodes[i].name)
 
     def store_outage(self, i: int) -> StoreOutage:
-        """Make node ``i``'s store refuse its writes until :meth:`StoreOutage.end`: an SQLite
-        file is locked exclusively, a server's table is locked by another session."""
+        """Make node ``i``'s store refuse its writes until
+        :meth:`~thespian_dd._testkit.harness.StoreOutage.end`: an SQLite file is locked
+        exclusively, a server's table is locked by another session."""
         return StoreOutage(self.store_url(i))
 
     def restart(self, i: int) -> None:
