@@ -29,7 +29,7 @@ from functools import partial
 from types import TracebackType
 from typing import Any, Self, overload
 
-from thespian.actors import ActorSystem
+from thespian.actors import ActorSystem, InvalidActorAddress
 
 from thespian_dd._ask import ask_until, new_token, reply_to
 from thespian_dd.data import ReplicaId
@@ -237,6 +237,19 @@ def _require_node(port: object, timeout: float) -> int:
     return port
 
 
+def connect_admin(port: int, timeout: float) -> Any:
+    """An endpoint of the ActorSystem whose admin listens on ``port`` of this host (close it with
+    :func:`_disconnect`, never ``shutdown()``); ``ConnectionError`` if nothing listens there, or
+    something that is no Thespian admin."""
+    _require_node(port, timeout)
+    try:
+        return ActorSystem("multiprocTCPBase", {"Admin Port": port}, transientUnique=True)
+    except InvalidActorAddress:
+        raise ConnectionError(
+            f"port {port} of this host is not a Thespian ActorSystem's admin port"
+        ) from None
+
+
 def _disconnect(asys: Any) -> None:
     """Close this process's endpoint of an ActorSystem that others run.  ``shutdown()`` would
     stop the node itself, and Thespian has no public call for leaving it running: close its
@@ -295,8 +308,7 @@ class Client:
         Closing the client leaves the node running.
         """
         _seconds(timeout)
-        _require_node(port, timeout)
-        asys = ActorSystem("multiprocTCPBase", {"Admin Port": port}, transientUnique=True)
+        asys = connect_admin(port, timeout)
         try:
             client = cls(asys, timeout=timeout)
         except BaseException:
