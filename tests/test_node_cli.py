@@ -620,3 +620,38 @@ def test_a_metrics_port_that_cannot_serve_is_one_line(tmp_path: Path) -> None:
         check=False,
     )
     assert "needs the prometheus extra" in _one_line_error(without)
+
+
+# -- backup and restore -------------------------------------------------------------------------
+
+
+@pytest.mark.multinode
+@pytest.mark.timeout(180)
+def test_a_backup_taken_while_the_node_runs_restores_its_values(
+    nodes: list[_Node], tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/b1.db"
+    node = _Node(tmp_path, "b1", free_port(), "--store", url)
+    nodes.append(node)
+    node.ready()
+    with Client.connect(node.port) as client:
+        client.update("hits", GCounter(), _increment(5))
+        result = _cli("backup", "--store", url, "--to", str(tmp_path / "backup.db"))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == (
+            f"backed up 1 nodes and 1 rows of {url} into {tmp_path / 'backup.db'}\n"
+        )
+        client.update("hits", GCounter(), _increment(1))  # after the backup: not in it
+    node.stop()
+    for leftover in tmp_path.glob("b1.db*"):
+        leftover.unlink()  # the store is lost
+    result = _cli("restore", "--from", str(tmp_path / "backup.db"), "--store", url)
+    assert result.returncode == 0, result.stderr
+    assert "restored 1 nodes and 1 rows" in result.stdout
+    error = _one_line_error(_cli("restore", "--from", str(tmp_path / "backup.db"), "--store", url))
+    assert "is not empty" in error
+    restarted = _Node(tmp_path, "b1", free_port(), "--store", url)
+    nodes.append(restarted)
+    assert "1 keys recovered" in restarted.ready()
+    with Client.connect(restarted.port) as client:
+        assert client.get("hits").value == 5

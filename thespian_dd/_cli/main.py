@@ -1,4 +1,4 @@
-"""Command line: ``thespian-dd {demo,node,status,inspect,forget-node,bench} ...`` (also
+"""Command line: ``thespian-dd {demo,node,status,inspect,forget-node,backup,restore,bench}`` (also
 ``python -m thespian_dd``): the argument parser; each command runs in a module of its own."""
 
 from __future__ import annotations
@@ -171,6 +171,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     inspect.set_defaults(run=_run_inspect)
 
     _add_forget(commands)
+    _add_backup(commands)
 
     bench = commands.add_parser(
         "bench",
@@ -254,6 +255,36 @@ def _add_forget(commands: Any) -> None:
     where.add_argument("--store-file", metavar="FILE", help="read the URL from FILE's first line")
     forget.add_argument("--node", required=True, metavar="NAME", help="the node to forget")
     forget.set_defaults(run=_run_forget)
+
+
+def _add_backup(commands: Any) -> None:
+    backup = commands.add_parser(
+        "backup",
+        help="copy a store into a new SQLite file, consistently, while its nodes run",
+        description="Copy every node record and row of a durable store into a new SQLite file "
+        "(SQLite's online backup for an SQLite store, one REPEATABLE READ transaction for a "
+        "server), while its nodes run. The file is a store itself: inspect reads it, restore "
+        "copies it into an empty store.",
+    )
+    where = backup.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", metavar="URL", help="SQLAlchemy URL")
+    where.add_argument("--store-file", metavar="FILE", help="read the URL from FILE's first line")
+    backup.add_argument("--to", required=True, metavar="PATH", help="the new file (must not exist)")
+    backup.set_defaults(run=_run_backup)
+    restore = commands.add_parser(
+        "restore",
+        help="copy a backup into an empty store (its nodes stopped)",
+        description="Copy a backup made by the backup command into a store with no node and no "
+        "row (a new database, or one whose nodes were forgotten), in one transaction. Nodes "
+        "started on it recover the backup's state and get what they missed from their peers; "
+        "a backup older than durable_pruning_marker_ttl is refused at start like any node "
+        "offline that long.",
+    )
+    restore.add_argument("--from", dest="source", required=True, metavar="PATH", help="a backup")
+    where = restore.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", metavar="URL", help="SQLAlchemy URL")
+    where.add_argument("--store-file", metavar="FILE", help="read the URL from FILE's first line")
+    restore.set_defaults(run=_run_restore)
 
 
 def _add_status(commands: Any) -> None:
@@ -411,6 +442,34 @@ def _run_status(args: argparse.Namespace) -> int:
         print(as_json(stats, status))
     else:
         print_status(stats, status, print)
+    return 0
+
+
+def _run_backup(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from thespian_dd._runtime.store import StoreError, backup, safe_url
+
+    try:
+        nodes, rows = backup(_store(args), Path(args.to))
+    except StoreError as e:
+        raise SystemExit(f"backup: {e}") from None
+    print(f"backed up {nodes} nodes and {rows} rows of {safe_url(_store(args))} into {args.to}")
+    return 0
+
+
+def _run_restore(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from thespian_dd._runtime.store import StoreError, restore, safe_url
+
+    try:
+        nodes, rows = restore(Path(args.source), _store(args))
+    except StoreError as e:
+        raise SystemExit(f"restore: {e}") from None
+    print(
+        f"restored {nodes} nodes and {rows} rows from {args.source} into {safe_url(_store(args))}"
+    )
     return 0
 
 
