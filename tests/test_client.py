@@ -139,6 +139,30 @@ def test_connecting_where_no_node_runs_fails_at_once_and_starts_nothing() -> Non
         Client.connect(0)
 
 
+def test_on_simple_system_base_calls_work_one_at_a_time_and_subscribing_says_why_not() -> None:
+    """simpleSystemBase runs the actors only inside the system's own calls (its private contexts
+    would wait forever): the client uses the system itself, one call at a time."""
+    asys = ActorSystem("simpleSystemBase", transientUnique=True, logDefs=None)
+    try:
+        with Client(asys, timeout=5) as client:
+            client.update("k", GCounter(), _incr(1))
+            workers = [
+                threading.Thread(target=client.update, args=("k", GCounter(), _incr(1)))
+                for _ in range(4)
+            ]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            assert client.get("k").value == 5
+            assert client.keys() == {"k"}
+            with pytest.raises(RuntimeError, match="subscriptions need a multiprocess"):
+                client.subscribe("k")
+        assert asys.ask(client.replicator, GetStats(), 5).keys == 1  # the system still runs
+    finally:
+        asys.shutdown()
+
+
 # -- calls ----------------------------------------------------------------------------------------
 
 
