@@ -190,12 +190,12 @@ def test_typed_keys_type_the_values_for_mypy_and_are_plain_keys_on_the_node(
     client: Client,
 ) -> None:
     hits = GCounterKey("hits")
-    cart = ORSetKey("cart")
+    cart = ORSetKey[str]("cart")
     client.update(hits, GCounter(), _incr(1))
     client.update(cart, ORSet(), lambda s, node: s.add(node, "socks"))
     counter = client.get(hits)
     assert_type(counter, GCounter | None)  # mypy checks this line: tests/ is in its files
-    assert_type(client.get(cart), ORSet | None)
+    assert_type(client.get(cart), ORSet[str] | None)
     assert_type(client.get("hits"), Any)  # a plain str key: untyped, as before
     wrong: ORSet | None = client.get(hits)  # type: ignore[assignment]  # mypy must refuse it
     assert wrong is not None
@@ -614,9 +614,10 @@ def test_async_client_open_uses_an_actor_system_of_this_process(thespian_node: N
     async def main() -> None:
         client = await AsyncClient.open(thespian_node.asys)
         try:
-            await client.update(ORSetKey("cart"), ORSet(), lambda s, node: s.add(node, "hat"))
-            cart = await client.get(ORSetKey("cart"))
-            assert_type(cart, ORSet | None)
+            cart_key = ORSetKey[str]("cart")
+            await client.update(cart_key, ORSet[str](), lambda s, node: s.add(node, "hat"))
+            cart = await client.get(cart_key)
+            assert_type(cart, ORSet[str] | None)
             assert cart is not None
             assert cart.value == {"hat"}
             with pytest.raises(ModifyError, match="holds a ORSet"):

@@ -32,8 +32,9 @@ from typing import Any, Self, overload
 from thespian.actors import ActorSystem
 
 from thespian_dd._ask import ask_until, new_token, reply_to
+from thespian_dd._typevars import D
 from thespian_dd.data import ReplicaId
-from thespian_dd.keys import D, Key
+from thespian_dd.keys import Key
 from thespian_dd.messages import (
     Changed,
     DataDeleted,
