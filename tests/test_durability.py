@@ -299,6 +299,20 @@ def test_each_retry_delay_is_shortened_at_random_by_up_to_half() -> None:
     assert len({first for first, _, _ in delays}) > 40
 
 
+def test_a_load_that_failed_after_reading_rows_is_not_read_again_at_once() -> None:
+    """A damaged store that fails after many rows is not read again every second; a store that
+    refused at once (locked, unreachable) is tried again soon."""
+    node = sync_node()
+    d = node.durability
+    d.start()
+    d.chunk(LoadChunk([("k", b"v")] * 50_000, []), node.writer)
+    d.loaded(Loaded(0, 50_000, "database disk image is malformed"), node.writer)
+    assert d.retry_due()
+    d.load()
+    d.loaded(Loaded(0, 0, "database is locked"), node.writer)
+    assert node.retries() == [5.0, 0.5]
+
+
 def test_the_backoff_starts_over_after_a_load_succeeds() -> None:
     node = sync_node()
     d = node.durability

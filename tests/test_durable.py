@@ -28,6 +28,7 @@ from thespian_dd import (
     GetStats,
     GetStatus,
     GetSuccess,
+    InvalidRequest,
     Keys,
     ModifyFailure,
     NotFound,
@@ -736,6 +737,12 @@ def test_a_store_unreadable_at_start_is_never_overwritten_and_served_when_back(
         assert not status.serving
         assert status.store == url
         assert "the store cannot be loaded" in (status.store_error or "")
+        malformed = object.__new__(GetStatus)  # as another version might send it
+        object.__setattr__(malformed, "largest", "all")
+        object.__setattr__(malformed, "request", "m")
+        refused = asys.ask(replicator, malformed, 10)
+        assert isinstance(refused, InvalidRequest), refused  # not Thespian's PoisonMessage
+        assert "malformed GetStatus" in refused.error
         lock.execute("ROLLBACK")
         lock.close()
 

@@ -103,6 +103,50 @@ def test_a_node_offline_longer_than_allowed_is_refused_and_its_start_not_counted
         store.close()
 
 
+def test_a_start_is_not_counted_if_the_node_was_forgotten_or_started_while_its_rows_were_read(
+    tmp_path: Path,
+) -> None:
+    """Regression: a node refused as offline too long, retrying its load, read its rows; the
+    operator ran forget-node as the refusal said; the start then found no record, counted a
+    new one without the offline check, and served the rows read before the forget (replicas
+    its peers may have pruned; gone from the store at the next restart).  Now the start counts
+    only if the record is as the load found it before reading."""
+    store = Store(f"sqlite:///{tmp_path}/f.db")
+    try:
+        store.write("n", {"k": Entry("GCounter", encode(GCounter()), "")})
+        store.next_incarnation("n", 5)
+        record = store.node_record("n", max_offline=60.0)
+        assert record is not None
+        assert record.incarnation == 5
+        store.forget("n")  # while the rows were read
+        with pytest.raises(StoreError, match="record changed while its rows were read"):
+            store.next_incarnation("n", 1, max_offline=60.0, expected=record)
+        assert store.node_record("n") is None  # nothing counted
+        store.next_incarnation("n", 9)  # another process started it meanwhile
+        with pytest.raises(StoreError, match="record changed"):
+            store.next_incarnation("n", 1, expected=None)
+        assert store.next_incarnation("n", 1, expected=store.node_record("n")) == 10
+    finally:
+        store.close()
+
+
+def test_a_node_offline_too_long_is_refused_before_its_rows_are_read(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/o.db"
+    store = Store(url)
+    try:
+        store.next_incarnation("n", 5)
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE thespian_dd_nodes SET last_alive = last_alive - 7200"))
+        engine.dispose()
+        with pytest.raises(StoreError, match="stop it and run: python -m thespian_dd forget-node"):
+            store.node_record("n", max_offline=3600.0)
+        assert store.node_record("n", max_offline=86400.0) is not None
+        assert store.node_record("other", max_offline=1.0) is None
+    finally:
+        store.close()
+
+
 def test_a_commit_records_the_node_alive_once_per_interval_and_an_empty_one_always(
     tmp_path: Path,
 ) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from thespian.actors import ActorSystem
 
 from thespian_dd import GCounter
@@ -119,6 +120,22 @@ def test_a_load_that_cannot_open_the_store_is_answered_with_the_reason(
     assert (loaded.error or "").startswith(
         f"StoreError: cannot read the signing key file {missing}"
     )
+
+
+def test_a_node_refused_at_start_gets_no_row(asys: Any, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/old.db"
+    store = Store(url)
+    store.write("n", {f"k{i}": ENTRY for i in range(10)})
+    store.next_incarnation("n", 5)
+    store.close()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # its last commit two hours ago
+        conn.execute(sa.text("UPDATE thespian_dd_nodes SET last_alive = last_alive - 7200"))
+    engine.dispose()
+    chunks, loaded = _load(asys, Load(url, "n", max_offline=3600.0))
+    assert chunks == []
+    assert loaded.error is not None
+    assert "last committed" in loaded.error
 
 
 def test_a_failed_write_is_answered_with_its_batch_and_the_next_opens_the_store_afresh(

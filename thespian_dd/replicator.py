@@ -188,12 +188,12 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     def receiveMessage(self, msg: Any, sender: Any) -> Any:
         if self._settings is None and not isinstance(msg, ActorSystemMessage):
             self._configure(msg.settings if isinstance(msg, StartReplicator) else None)
-        if self._settings is not None and not self._durability.serving:
-            self._while_loading(msg, sender)
-            return None
-        if isinstance(msg, ActorSystemMessage):
+        if isinstance(msg, ActorSystemMessage) and self._serving():
             return super().receiveMessage(msg, sender)
         try:
+            if not self._serving():
+                self._while_loading(msg, sender)
+                return None
             return super().receiveMessage(msg, sender)
         except Exception as e:  # noqa: BLE001 - bad input must not escape the Replicator
             # A field missing (another version) or of a type a handler trips on.  Escaping, it
@@ -204,6 +204,9 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._rejections.warn_once(kind, reason, "rejected a malformed %s: %s", kind, reason)
             self._refuse(msg, sender, f"malformed {kind}: {reason}")
             return None
+
+    def _serving(self) -> bool:
+        return self._settings is None or self._durability.serving
 
     def _while_loading(self, msg: Any, sender: Any) -> None:
         """Before serving: the load's own messages and timers go through; the rest waits for

@@ -44,6 +44,11 @@ MAX_RETRY = 1.0
 probe that costs one commit attempt, so a store that comes back is used within a second."""
 
 
+LOAD_RETRY_PER_ROW = 1e-4
+"""A failed load is tried again no sooner than this many seconds per row it had read (100,000
+rows, a tenth of a second's work: 10 s)."""
+
+
 def _jitter() -> float:
     return random.uniform(0.5, 1.0)  # noqa: S311 - spreads retries, no secret
 
@@ -175,9 +180,11 @@ class Durability:
             first = self.load_error is None
             if first:
                 log.error("thespian_dd cannot load its store: %s (retrying)", error)
+            # A load that failed after reading many rows (a damaged store) is not read again
+            # at once; one that read none (a locked or unreachable store) is.
+            self.retry_later(at_least=self.loaded_rows * LOAD_RETRY_PER_ROW)
             self.load_error = error
             self.loaded_rows = 0
-            self.retry_later()
             return LoadOutcome(error=error, first=first)
         # From asking to serving: reading, decoding and restoring every row.
         self.recovery_time = time.perf_counter() - self._load_started
@@ -279,12 +286,12 @@ class Durability:
                 self._send(client, failure(msg.error))
         self.retry_later()
 
-    def retry_later(self) -> None:
+    def retry_later(self, at_least: float = 0.0) -> None:
         """Try the store again after a backoff: 0.25 s doubling to 1 s while it fails, each delay
-        times ``jitter()``."""
+        times ``jitter()``; and not before ``at_least`` seconds."""
         self._retry_delay = min(max(2 * self._retry_delay, MIN_RETRY), MAX_RETRY)
         self._retry_pending = True
-        self._wake(self._retry_delay * self._jitter(), StoreRetry())
+        self._wake(max(self._retry_delay * self._jitter(), at_least), StoreRetry())
 
     def retry_due(self) -> bool:
         """The retry timer fired: flush again; True if the load must be tried again instead."""

@@ -18,7 +18,7 @@ import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
@@ -165,6 +165,17 @@ def safe_url(url: str) -> str:
         return "<not an SQLAlchemy URL>"
 
 
+class NodeRecord(NamedTuple):
+    """A node's record in the store, as a start reads it."""
+
+    incarnation: int
+    last_alive: float | None
+
+
+ANY_RECORD = object()
+"""For :meth:`Store.next_incarnation`: whatever the node's record is."""
+
+
 class Store:
     """The SQL side: used inside the DurableWriter's process, and by ``inspect``."""
 
@@ -216,13 +227,35 @@ class Store:
         if problem:
             raise StoreError(f"cannot open the store {safe_url(url)}: {problem}")
 
+    def node_record(self, node: str, max_offline: float | None = None) -> NodeRecord | None:
+        """``node``'s record (None: the store has none), read only, after the checks a start
+        must pass (see :meth:`next_incarnation`): a node refused is refused before any of its
+        rows is read."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(_nodes.c.incarnation, _nodes.c.schema_version, _nodes.c.last_alive).where(
+                    _nodes.c.node == node
+                )
+            ).first()
+        if row is None:
+            return None
+        self._check_start(node, row.schema_version, row.last_alive, max_offline)
+        return NodeRecord(int(row.incarnation), row.last_alive)
+
     def next_incarnation(
-        self, node: str, at_least: int = 1, max_offline: float | None = None
+        self,
+        node: str,
+        at_least: int = 1,
+        max_offline: float | None = None,
+        *,
+        expected: NodeRecord | object | None = ANY_RECORD,
     ) -> int:
         """Count one more start of ``node`` and return the new incarnation: above every earlier
         one, and at least ``at_least`` (the caller passes the time in ms, so an incarnation is
         never lower than one the node had while it ran without this store).  Refuses a node
-        whose last commit is more than ``max_offline`` seconds old."""
+        whose last commit is more than ``max_offline`` seconds old, and (``expected``: what
+        :meth:`node_record` read before the rows) one whose record changed since: another
+        process forgot it (its rows read meanwhile are gone) or started it."""
         with self.engine.begin() as conn:
             row = conn.execute(
                 sa.select(_nodes.c.incarnation, _nodes.c.schema_version, _nodes.c.last_alive)
@@ -230,6 +263,12 @@ class Store:
                 .with_for_update()
             ).first()
             now = time.time()
+            found = None if row is None else NodeRecord(int(row.incarnation), row.last_alive)
+            if expected is not ANY_RECORD and found != expected:
+                raise StoreError(
+                    f"node {node}'s record changed while its rows were read (forgotten, or "
+                    "started by another process): its rows are read again"
+                )
             if row is None:
                 conn.execute(
                     _nodes.insert().values(
@@ -240,16 +279,7 @@ class Store:
                     )
                 )
                 return at_least
-            self._check_schema(row.schema_version)
-            offline = now - row.last_alive if row.last_alive is not None else 0.0
-            if max_offline is not None and offline > max_offline:
-                raise StoreError(
-                    f"node {node} last committed {offline / 86400:.1f} days ago, longer than "
-                    f"durable_pruning_marker_ttl ({max_offline / 86400:.1f} days): its peers may "
-                    "have pruned replicas whose state its store still holds, which would then "
-                    "count twice. To let it rejoin empty (its peers hold the data), run: "
-                    f"python -m thespian_dd forget-node {self._store_option()} --node {node}"
-                )
+            self._check_start(node, row.schema_version, row.last_alive, max_offline)
             incarnation = max(int(row.incarnation) + 1, at_least)
             conn.execute(
                 _nodes.update()
@@ -257,6 +287,20 @@ class Store:
                 .values(incarnation=incarnation, last_alive=now)
             )
             return incarnation
+
+    def _check_start(
+        self, node: str, version: int, last_alive: float | None, max_offline: float | None
+    ) -> None:
+        self._check_schema(version)
+        offline = time.time() - last_alive if last_alive is not None else 0.0
+        if max_offline is not None and offline > max_offline:
+            raise StoreError(
+                f"node {node} last committed {offline / 86400:.1f} days ago, longer than "
+                f"durable_pruning_marker_ttl ({max_offline / 86400:.1f} days): its peers may "
+                "have pruned replicas whose state its store still holds, which would then "
+                "count twice. To let it rejoin empty (its peers hold the data), stop it and "
+                f"run: python -m thespian_dd forget-node {self._store_option()} --node {node}"
+            )
 
     def _store_option(self) -> str:
         """The command-line option naming this store (the URL without its password)."""

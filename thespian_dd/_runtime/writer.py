@@ -52,9 +52,10 @@ log = logging.getLogger("thespian_dd.durable")
 @dataclass(frozen=True)
 class Load:
     """To the DurableWriter: open ``url`` (with the key in ``signing_key_file``, if given),
-    send every row of ``node`` in :class:`LoadChunk` messages, and only then count a new
-    incarnation of it (refused if it was offline more than ``max_offline`` seconds) and finish
-    with :class:`Loaded`: a store that cannot be read is never written to."""
+    check that ``node`` may start (refused if it was offline more than ``max_offline`` seconds),
+    send every row of it in :class:`LoadChunk` messages, and only then count a new incarnation
+    of it (refused if its record changed meanwhile) and finish with :class:`Loaded`: a store
+    whose rows cannot be read is never written to (but for the tables of a new store)."""
 
     url: str
     node: str
@@ -114,6 +115,8 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
         count = 0
         try:
             store = self._open(msg.url, msg.signing_key_file)
+            # Refused (offline too long, a newer schema) before a row is read.
+            record = store.node_record(msg.node, msg.max_offline)
             rows: list[tuple[str, bytes | None]] = []
             skipped: list[tuple[str, str]] = []
             size = 0
@@ -130,8 +133,12 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
                     rows, skipped, size = [], [], 0
             self.send(sender, LoadChunk(rows, skipped))
             count += len(rows) + len(skipped)
-            # Only now, every row read: a store that cannot be read is not written to.
-            incarnation = store.next_incarnation(msg.node, now_ms(), msg.max_offline)
+            # Only now, every row read: a store whose rows cannot be read is not written to.
+            # Counted only if the record is as it was before the rows: forgotten meanwhile,
+            # what was read is gone from the store, and must not be served.
+            incarnation = store.next_incarnation(
+                msg.node, now_ms(), msg.max_offline, expected=record
+            )
         except Exception as e:  # noqa: BLE001 - reported to the Replicator, which retries
             self._close()
             self.send(sender, Loaded(0, count, _first_line(e)))
