@@ -62,7 +62,9 @@ def _public_bases(  # the signature of Sphinx's autodoc-process-bases event
     pending = list(bases)
     while pending:
         base = pending.pop(0)
-        if base is object or base.__module__ == "abc":
+        # A generic base (ORSet[A]'s Generic[A], or a subscripted public class) is no class:
+        # it has no __bases__ to climb and nothing a reader needs in the list.
+        if not isinstance(base, type) or base is object or base.__module__ == "abc":
             continue
         if base.__module__.startswith("thespian_dd") and base.__name__ not in public:
             pending[:0] = list(base.__bases__)
