@@ -62,7 +62,7 @@ class Settings:
     - ``test_partitions``: TEST ONLY: obey ``PartitionForTests`` (which cuts this node off from
       the peers it names).  Off by default, and then the message is refused and counted.
     - ``data_types``: modules to import before anything is read: those that register data types
-      of one's own (see :func:`~thespian_dd.codec.register_data_type`).
+      of one's own (see :func:`~thespian_dd.register_data_type`).
     """
 
     node_name: str | None = None
