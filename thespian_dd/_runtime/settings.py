@@ -55,7 +55,8 @@ class Settings:
       of it starts.
     - ``pruning_marker_ttl``: seconds a performed-pruning marker is kept, for keys in memory.
     - ``durable_pruning_marker_ttl``: the same for durable keys; also the longest a durable node
-      may be offline and rejoin with its store (longer, its store must be wiped first).
+      may be offline and rejoin with its store (longer, it must be forgotten first:
+      ``thespian-dd forget-node``, and it rejoins empty).
     - ``expire_keys_after_inactivity``: ``{key or 'prefix*': seconds}``; such a key is removed
       (no tombstone; subscribers get ``Expired``) once nobody has updated or read it for that
       long on any node.
