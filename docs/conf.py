@@ -4,6 +4,7 @@ import dataclasses
 import re
 import sys
 from pathlib import Path
+from typing import get_origin
 
 from docutils import nodes
 from docutils.statemachine import StringList
@@ -62,12 +63,11 @@ def _public_bases(  # the signature of Sphinx's autodoc-process-bases event
     pending = list(bases)
     while pending:
         base = pending.pop(0)
-        # A generic base (ORSet[A]'s Generic[A], or a subscripted public class) is no class:
-        # it has no __bases__ to climb and nothing a reader needs in the list.
-        if not isinstance(base, type) or base is object or base.__module__ == "abc":
+        cls = get_origin(base) or base  # ORMapBacked[K] stands for the class ORMapBacked
+        if cls is object or cls.__module__ == "abc":
             continue
-        if base.__module__.startswith("thespian_dd") and base.__name__ not in public:
-            pending[:0] = list(base.__bases__)
+        if cls.__module__.startswith("thespian_dd") and cls.__name__ not in public:
+            pending[:0] = list(cls.__bases__)
         elif base not in shown:
             shown.append(base)
     bases[:] = shown or [object]  # Sphinx prints "Bases:" even for an empty list

@@ -139,6 +139,30 @@ def test_connecting_where_no_node_runs_fails_at_once_and_starts_nothing() -> Non
         Client.connect(0)
 
 
+def test_on_simple_system_base_calls_work_one_at_a_time_and_subscribing_says_why_not() -> None:
+    """simpleSystemBase runs the actors only inside the system's own calls (its private contexts
+    would wait forever): the client uses the system itself, one call at a time."""
+    asys = ActorSystem("simpleSystemBase", transientUnique=True, logDefs=None)
+    try:
+        with Client(asys, timeout=5) as client:
+            client.update("k", GCounter(), _incr(1))
+            workers = [
+                threading.Thread(target=client.update, args=("k", GCounter(), _incr(1)))
+                for _ in range(4)
+            ]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            assert client.get("k").value == 5
+            assert client.keys() == {"k"}
+            with pytest.raises(RuntimeError, match="subscriptions need a multiprocess"):
+                client.subscribe("k")
+        assert asys.ask(client.replicator, GetStats(), 5).keys == 1  # the system still runs
+    finally:
+        asys.shutdown()
+
+
 # -- calls ----------------------------------------------------------------------------------------
 
 
@@ -166,12 +190,12 @@ def test_typed_keys_type_the_values_for_mypy_and_are_plain_keys_on_the_node(
     client: Client,
 ) -> None:
     hits = GCounterKey("hits")
-    cart = ORSetKey("cart")
+    cart = ORSetKey[str]("cart")
     client.update(hits, GCounter(), _incr(1))
     client.update(cart, ORSet(), lambda s, node: s.add(node, "socks"))
     counter = client.get(hits)
     assert_type(counter, GCounter | None)  # mypy checks this line: tests/ is in its files
-    assert_type(client.get(cart), ORSet | None)
+    assert_type(client.get(cart), ORSet[str] | None)
     assert_type(client.get("hits"), Any)  # a plain str key: untyped, as before
     wrong: ORSet | None = client.get(hits)  # type: ignore[assignment]  # mypy must refuse it
     assert wrong is not None
@@ -590,9 +614,10 @@ def test_async_client_open_uses_an_actor_system_of_this_process(thespian_node: N
     async def main() -> None:
         client = await AsyncClient.open(thespian_node.asys)
         try:
-            await client.update(ORSetKey("cart"), ORSet(), lambda s, node: s.add(node, "hat"))
-            cart = await client.get(ORSetKey("cart"))
-            assert_type(cart, ORSet | None)
+            cart_key = ORSetKey[str]("cart")
+            await client.update(cart_key, ORSet[str](), lambda s, node: s.add(node, "hat"))
+            cart = await client.get(cart_key)
+            assert_type(cart, ORSet[str] | None)
             assert cart is not None
             assert cart.value == {"hat"}
             with pytest.raises(ModifyError, match="holds a ORSet"):

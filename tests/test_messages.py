@@ -3,9 +3,20 @@ test_replicator.py, test_fuzz_client.py and test_fuzz_peer.py)."""
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
-from thespian_dd import ReadAll, ReadFrom, ReadLocal, ReadMajority, WriteMajority
+from thespian_dd import (
+    GCounter,
+    ReadAll,
+    ReadFrom,
+    ReadLocal,
+    ReadMajority,
+    Update,
+    WriteLocal,
+    WriteMajority,
+)
 from thespian_dd.messages import majority
 
 
@@ -43,3 +54,17 @@ def test_the_other_levels_count_this_replica_and_stop_at_n() -> None:
     assert ReadFrom(3, 1.0).replicas_needed(4) == 3
     assert ReadFrom(9, 1.0).replicas_needed(4) == 4
     assert ReadAll(1.0).replicas_needed(4) == 4
+
+
+def test_an_update_with_another_request_keeps_its_pickled_modify() -> None:
+    update = Update("k", GCounter(), lambda c, n: c.increment(n, 1), WriteLocal(), "a")
+    tagged = update.with_request("b")
+    assert (tagged.key, tagged.initial, tagged.consistency, tagged.request) == (
+        "k",
+        GCounter(),
+        WriteLocal(),
+        "b",
+    )
+    assert tagged._modify_blob is update._modify_blob  # not pickled again
+    assert update.request == "a"
+    assert pickle.loads(pickle.dumps(tagged)).request == "b"

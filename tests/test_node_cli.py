@@ -13,9 +13,12 @@ import os
 import shlex
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,17 @@ from thespian.actors import ActorAddress, ActorSystem
 from thespian.system.messages.status import Thespian_StatusReq
 from thespian.system.transport.IPBase import TCPv4ActorAddress
 
-from thespian_dd import GCounter, Get, GetStats, GetSuccess, Stats, Update, start
+from thespian_dd import (
+    REPLICATOR_NAME,
+    Client,
+    GCounter,
+    Get,
+    GetStats,
+    GetSuccess,
+    Stats,
+    Update,
+    start,
+)
 from thespian_dd._runtime.store import Store
 from thespian_dd.testing import FAST, Cluster, eventually, free_port
 
@@ -435,3 +448,210 @@ def test_inspect_changes_no_file_and_creates_none(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "node n: incarnation 1, schema 1, 0 rows" in result.stdout
     assert _snapshot(tmp_path) == before
+
+
+# -- status -----------------------------------------------------------------------------------
+
+
+def _status(*args: str) -> subprocess.CompletedProcess[str]:
+    return _cli("status", *args, timeout=90)
+
+
+@pytest.mark.multinode
+@pytest.mark.timeout(180)
+def test_status_shows_each_peer_and_a_node_down(tmp_path: Path) -> None:
+    with Cluster(tmp_path, 3, store=f"sqlite:///{tmp_path}/{{name}}.db") as cluster:
+        cluster.start()
+        cluster.ask(0, Update("hits", GCounter(), _increment(2)))
+        cluster.kill(2)
+        port = cluster.nodes[0].port
+
+        def shows_node_3_down() -> str:
+            result = _status("--node", f"127.0.0.1:{port}")
+            assert result.returncode == 0, result.stderr
+            assert "peers: 2 known, 1 reachable" in result.stdout, result.stdout
+            return result.stdout
+
+        text = eventually(shows_node_3_down, timeout=20, what="node-3 unreachable")
+        lines = text.splitlines()
+        assert lines[0].startswith("node node-1#")
+        assert lines[0].split(": ", 1)[1].startswith("serving")
+        assert any("node-2#" in ln and " reachable " in ln for ln in lines)
+        assert any("node-3#" in ln and "UNREACHABLE" in ln for ln in lines)
+        assert f"store: sqlite:///{tmp_path}/node-1.db (sync), 0 keys queued" in text
+        assert "keys: 1 (" in text
+        as_json = json.loads(_status("--node", str(port), "--json").stdout)
+        peers = {p["name"]: p["reachable"] for p in as_json["status"]["peers"]}
+        assert peers == {"node-2": True, "node-3": False}
+        assert as_json["stats"]["keys"] == 1
+        ready = _status("--node", str(port), "--ready")
+        assert (ready.returncode, ready.stdout) == (0, "")
+
+
+@pytest.mark.timeout(120)
+def test_status_of_what_is_no_node_here_is_one_line() -> None:
+    free = free_port()
+    assert "no thespian_dd node listens on port" in _one_line_error(_status("--node", str(free)))
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        error = _one_line_error(_status("--node", str(port)))
+    assert f"port {port} of this host is not a Thespian ActorSystem's admin port" in error
+    error = _one_line_error(_status("--node", "192.0.2.1:19000"))
+    assert "192.0.2.1 is not this host" in error
+    assert "--node takes [HOST:]PORT" in _one_line_error(_status("--node", "nowhere"))
+    ready = _status("--node", str(free), "--ready")
+    assert ready.returncode == 1
+
+
+@pytest.mark.multinode
+@pytest.mark.timeout(120)
+def test_status_says_a_node_that_cannot_load_its_store_is_not_ready(tmp_path: Path) -> None:
+    path = tmp_path / "u.db"
+    Store(f"sqlite:///{path}").close()
+    port = free_port()
+    asys = ActorSystem(
+        "multiprocTCPBase",
+        {"Admin Port": port, "thespian_dd.store": f"sqlite:///{path}"},
+        transientUnique=True,
+    )
+    # Locked only now: an SQLite connection must not be open when the ActorSystem forks.
+    lock = sqlite3.connect(path, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        asys.createActor("thespian_dd.replicator.Replicator", globalName=REPLICATOR_NAME)
+
+        def not_serving() -> str:
+            result = _status("--node", str(port))
+            assert "NOT SERVING" in result.stdout, (result.stdout, result.stderr)
+            assert "the store cannot be loaded" in result.stdout  # tried: locked
+            return result.stdout
+
+        eventually(not_serving, timeout=30)
+        ready = _status("--node", str(port), "--ready")
+        assert ready.returncode == 1
+        assert "not serving: the store cannot be loaded" in ready.stderr
+        lock.execute("ROLLBACK")
+        eventually(lambda: _status("--node", str(port), "--ready").returncode == 0, timeout=30)
+    finally:
+        lock.close()
+        asys.shutdown()
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.mark.multinode
+@pytest.mark.timeout(120)
+def test_metrics_ready_and_alive_are_served_over_http(nodes: list[_Node], tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics_port = free_port()
+    node = _Node(
+        tmp_path,
+        "m1",
+        free_port(),
+        "--store",
+        f"sqlite:///{tmp_path}/m1.db",
+        "--metrics-port",
+        str(metrics_port),
+        "--metrics-host",
+        "127.0.0.1",
+    )
+    nodes.append(node)
+    node.ready()
+    base = f"http://127.0.0.1:{metrics_port}"
+    with Client.connect(node.port) as client:
+        client.update("hits", GCounter(), _increment(3))
+        client.update("other", GCounter(), _increment(1))
+    status, text = _get(f"{base}/metrics")
+    assert status == 200
+    samples = {
+        sample.name: sample
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert samples["thespian_dd_keys"].value == 2
+    assert samples["thespian_dd_keys"].labels == {"node": "m1"}
+    assert samples["thespian_dd_up"].value == 1
+    assert samples["thespian_dd_serving"].value == 1
+    assert samples["thespian_dd_store_queue_depth"].value == 0
+    assert "thespian_dd_gossip_rounds_total" in samples  # a counter (Prometheus' _total)
+    assert samples["thespian_dd_recovery_seconds"].value >= 0
+    assert samples["thespian_dd_last_flush_timestamp_seconds"].value > time.time() - 60
+    assert _get(f"{base}/ready") == (200, "ok\n")
+    assert _get(f"{base}/alive") == (200, "ok\n")
+    assert _get(f"{base}/elsewhere")[0] == 404
+
+
+@pytest.mark.timeout(120)
+def test_a_metrics_port_that_cannot_serve_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        used = other.getsockname()[1]
+        result = _cli(
+            "node", "--name", "m", "--port", str(free_port()), "--metrics-port", str(used)
+        )
+    assert f"--metrics-port {used}:" in _one_line_error(result)
+    without = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys; sys.modules['prometheus_client'] = None; "
+                "from thespian_dd._cli.main import main; "
+                f"sys.exit(main(['node', '--name', 'm', '--port', '{free_port()}', "
+                f"'--metrics-port', '{free_port()}']))"
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "needs the prometheus extra" in _one_line_error(without)
+
+
+# -- backup and restore -------------------------------------------------------------------------
+
+
+@pytest.mark.multinode
+@pytest.mark.timeout(180)
+def test_a_backup_taken_while_the_node_runs_restores_its_values(
+    nodes: list[_Node], tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/b1.db"
+    node = _Node(tmp_path, "b1", free_port(), "--store", url)
+    nodes.append(node)
+    node.ready()
+    with Client.connect(node.port) as client:
+        client.update("hits", GCounter(), _increment(5))
+        result = _cli("backup", "--store", url, "--to", str(tmp_path / "backup.db"))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == (
+            f"backed up 1 nodes and 1 rows of {url} into {tmp_path / 'backup.db'}\n"
+        )
+        client.update("hits", GCounter(), _increment(1))  # after the backup: not in it
+    node.stop()
+    for leftover in tmp_path.glob("b1.db*"):
+        leftover.unlink()  # the store is lost
+    result = _cli("restore", "--from", str(tmp_path / "backup.db"), "--store", url)
+    assert result.returncode == 0, result.stderr
+    assert "restored 1 nodes and 1 rows" in result.stdout
+    error = _one_line_error(_cli("restore", "--from", str(tmp_path / "backup.db"), "--store", url))
+    assert "is not empty" in error
+    restarted = _Node(tmp_path, "b1", free_port(), "--store", url)
+    nodes.append(restarted)
+    assert "1 keys recovered" in restarted.ready()
+    with Client.connect(restarted.port) as client:
+        assert client.get("hits").value == 5

@@ -166,6 +166,31 @@ def test_a_modify_that_raises_or_changes_the_type_applies_nothing(thespian_node:
     assert _value(thespian_node, "k") == 1
 
 
+def _generator() -> Any:
+    return (x for x in range(3))
+
+
+def test_a_modify_whose_result_cannot_be_encoded_applies_nothing(thespian_node: Node) -> None:
+    """Regression: a built-in type holding what the codec cannot encode was applied, and then
+    every store write and gossip round of its key raised.  History: a set holds "a"; a
+    ``modify`` adds a generator (an ORSet takes any hashable element) and is acknowledged; the
+    next delta propagation, gossip round or commit tries to encode it, fails, and fails again at
+    every later round.  Now the new state is encoded (its delta: only that is new) before
+    anything is applied, and the Update gets ModifyFailure."""
+    node = thespian_node
+    node.ask(Update("s", ORSet(), lambda s, n: s.add(n, "a")))
+    reply = node.ask(Update("s", ORSet(), lambda s, n: s.add(n, _generator()), request="g"))
+    assert isinstance(reply, ModifyFailure), reply
+    assert reply.request == "g"
+    assert "cannot be encoded" in reply.error
+    reply = node.ask(Update("new", ORSet(), lambda s, n: s.add(n, _generator())))
+    assert isinstance(reply, ModifyFailure), reply
+    assert _value(node, "s") == {"a"}
+    assert isinstance(node.ask(Get("new")), NotFound)
+    node.ask(Update("s", ORSet(), lambda s, n: s.add(n, "b")))
+    assert _value(node, "s") == {"a", "b"}
+
+
 @pytest.mark.parametrize(
     ("message", "reply_type", "error"),
     [

@@ -66,7 +66,7 @@ def ask_until(  # noqa: PLR0913, PLR0917 - the ask's own four, the match, the re
 def _with_request(message: Any, token: Any) -> Any:
     """``message`` with ``request=token``, if it is a request that echoes one; else itself."""
     if isinstance(message, Update):
-        return Update(message.key, message.initial, message.modify, message.consistency, token)
+        return message.with_request(token)
     if dataclasses.is_dataclass(message) and any(
         f.name == "request" for f in dataclasses.fields(message)
     ):

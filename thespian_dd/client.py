@@ -29,11 +29,12 @@ from functools import partial
 from types import TracebackType
 from typing import Any, Self, overload
 
-from thespian.actors import ActorSystem
+from thespian.actors import ActorSystem, InvalidActorAddress
 
 from thespian_dd._ask import ask_until, new_token, reply_to
+from thespian_dd._typevars import D
 from thespian_dd.data import ReplicaId
-from thespian_dd.keys import D, Key
+from thespian_dd.keys import Key
 from thespian_dd.messages import (
     Changed,
     DataDeleted,
@@ -172,18 +173,29 @@ def _seconds(timeout: object, what: str = "timeout") -> float:
 class _Contexts:
     """Thespian ``private()`` contexts of one ActorSystem: a pool lent to one call at a time,
     and dedicated ones for subscriptions.  Closing closes every context, lent ones when they
-    come back."""
+    come back.
+
+    On ``simpleSystemBase`` the actors run only inside the calls of the system itself (its
+    private contexts wait forever): every call borrows the system, one at a time."""
 
     def __init__(self, asys: Any) -> None:
         self._asys = asys
         self._lock = threading.Lock()
         self._idle: list[tuple[Any, Any]] = []
         self.closed = False
+        capabilities = getattr(asys, "capabilities", None) or {}
+        self._simple = capabilities.get("Thespian ActorSystem Name") == "simpleSystem"
+        self._simple_lock = threading.Lock()
 
     def open(self) -> tuple[Any, Any]:
         """A new context, as ``(manager, context)``; :meth:`close_one` closes it."""
         if self.closed:
             raise RuntimeError("the thespian_dd Client is closed")
+        if self._simple:
+            raise RuntimeError(
+                "subscriptions need a multiprocess ActorSystem base such as multiprocTCPBase: "
+                "on simpleSystemBase no actor runs while no call waits for a reply"
+            )
         manager = self._asys.private()
         return manager, manager.__enter__()
 
@@ -196,6 +208,12 @@ class _Contexts:
     @contextlib.contextmanager
     def lent(self) -> Iterator[Any]:
         """A context for one call; back to the pool after it, closed if the call broke off."""
+        if self._simple:
+            if self.closed:
+                raise RuntimeError("the thespian_dd Client is closed")
+            with self._simple_lock:
+                yield self._asys
+            return
         with self._lock:
             item = self._idle.pop() if self._idle else None
         if item is None:
@@ -235,6 +253,19 @@ def _require_node(port: object, timeout: float) -> int:
             f"start one with: python -m thespian_dd node --name NAME --port {port}"
         ) from e
     return port
+
+
+def connect_admin(port: int, timeout: float) -> Any:
+    """An endpoint of the ActorSystem whose admin listens on ``port`` of this host (close it with
+    :func:`_disconnect`, never ``shutdown()``); ``ConnectionError`` if nothing listens there, or
+    something that is no Thespian admin."""
+    _require_node(port, timeout)
+    try:
+        return ActorSystem("multiprocTCPBase", {"Admin Port": port}, transientUnique=True)
+    except InvalidActorAddress:
+        raise ConnectionError(
+            f"port {port} of this host is not a Thespian ActorSystem's admin port"
+        ) from None
 
 
 def _disconnect(asys: Any) -> None:
@@ -295,8 +326,7 @@ class Client:
         Closing the client leaves the node running.
         """
         _seconds(timeout)
-        _require_node(port, timeout)
-        asys = ActorSystem("multiprocTCPBase", {"Admin Port": port}, transientUnique=True)
+        asys = connect_admin(port, timeout)
         try:
             client = cls(asys, timeout=timeout)
         except BaseException:

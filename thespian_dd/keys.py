@@ -14,9 +14,9 @@ refuses an update whose ``initial`` is of another type than the stored value, wi
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar, get_args
+from typing import Any, Generic, get_args, get_origin
 
-from thespian_dd.data import ReplicatedData
+from thespian_dd._typevars import A, D, K, V
 from thespian_dd.flag import Flag
 from thespian_dd.gcounter import GCounter
 from thespian_dd.gset import GSet
@@ -30,7 +30,6 @@ from thespian_dd.pncounter import PNCounter
 from thespian_dd.pncountermap import PNCounterMap
 
 __all__ = [
-    "D",
     "FlagKey",
     "GCounterKey",
     "GSetKey",
@@ -45,14 +44,10 @@ __all__ = [
     "PNCounterMapKey",
 ]
 
-D = TypeVar("D", bound=ReplicatedData)
-"""The data type a :class:`Key` holds: a type variable bound to
-:class:`~thespian_dd.ReplicatedData`."""
-
 
 class Key(str, Generic[D]):
-    """A key whose value is a ``D``: ``Key[ORSet]("cart")``.  A ``str`` subclass, equal to and
-    hashed as the plain ``str``, pickled as one."""
+    """A key whose value is a ``D``: ``Key[ORSet[str]]("cart")``.  A ``str`` subclass, equal to
+    and hashed as the plain ``str``, pickled as one."""
 
     __slots__ = ()
 
@@ -64,22 +59,22 @@ class Key(str, Generic[D]):
 
 GCounterKey = Key[GCounter]
 PNCounterKey = Key[PNCounter]
-GSetKey = Key[GSet]
-ORSetKey = Key[ORSet]
 FlagKey = Key[Flag]
-LWWRegisterKey = Key[LWWRegister]
-MVRegisterKey = Key[MVRegister]
-ORMapKey = Key[ORMap]
-LWWMapKey = Key[LWWMap]
-PNCounterMapKey = Key[PNCounterMap]
-ORMultiMapKey = Key[ORMultiMap]
+GSetKey = Key[GSet[A]]
+ORSetKey = Key[ORSet[A]]
+LWWRegisterKey = Key[LWWRegister[A]]
+MVRegisterKey = Key[MVRegister[A]]
+ORMapKey = Key[ORMap[K, D]]
+LWWMapKey = Key[LWWMap[K, V]]
+PNCounterMapKey = Key[PNCounterMap[K]]
+ORMultiMapKey = Key[ORMultiMap[K, V]]
 
 for _alias in (
     GCounterKey,
     PNCounterKey,
+    FlagKey,
     GSetKey,
     ORSetKey,
-    FlagKey,
     LWWRegisterKey,
     MVRegisterKey,
     ORMapKey,
@@ -87,6 +82,10 @@ for _alias in (
     PNCounterMapKey,
     ORMultiMapKey,
 ):
-    _name = get_args(_alias)[0].__name__
-    _alias.__doc__ = f"A key holding a :class:`~thespian_dd.{_name}`: ``Key[{_name}]``."
-del _alias, _name
+    _held = get_args(_alias)[0]
+    _name = (get_origin(_held) or _held).__name__
+    _params = ", ".join(p.__name__ for p in get_args(_held))
+    _alias.__doc__ = f"A key holding a :class:`~thespian_dd.{_name}`: ``Key[{_name}]``" + (
+        f"; ``{_name}Key[{_params}]`` is ``Key[{_name}[{_params}]]``." if _params else "."
+    )
+del _alias, _held, _name, _params

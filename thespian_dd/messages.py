@@ -344,6 +344,14 @@ class Update:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Update is immutable")
 
+    def with_request(self, request: Any) -> Update:
+        """This Update with ``request`` as its tag (``modify`` is not pickled again)."""
+        copy = object.__new__(Update)
+        for name in Update.__slots__:
+            object.__setattr__(copy, name, getattr(self, name))
+        object.__setattr__(copy, "request", request)
+        return copy
+
     def __reduce__(self) -> tuple[Any, ...]:
         # Thespian pickles messages with plain pickle, which cannot carry a lambda or a closure
         # from __main__: dill can, by value.

@@ -1,11 +1,12 @@
-"""Command line: ``thespian-dd {demo,node,inspect,bench} ...`` (also ``python -m thespian_dd``):
-the argument parser; each command runs in a module of its own."""
+"""Command line: ``thespian-dd {demo,node,status,inspect,forget-node,backup,restore,bench}`` (also
+``python -m thespian_dd``): the argument parser; each command runs in a module of its own."""
 
 from __future__ import annotations
 
 import argparse
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from thespian_dd import __version__
 
@@ -139,7 +140,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     node.add_argument(
         "--debug", action="store_true", help="print a traceback with an error that stops the node"
     )
+    _add_metrics(node)
     node.set_defaults(run=_run_node)
+    _add_status(commands)
 
     inspect = commands.add_parser(
         "inspect",
@@ -167,19 +170,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     inspect.set_defaults(run=_run_inspect)
 
-    forget = commands.add_parser(
-        "forget-node",
-        help="remove a stopped node's rows and record from a store, so it rejoins empty",
-        description="Remove every row of a node and its node record (incarnation, last "
-        "commit) from a durable store, in one transaction.  For a node refused at start "
-        "because it was offline longer than durable_pruning_marker_ttl: started again, it "
-        "rejoins empty and gets the data from its peers.  Stop the node first.",
-    )
-    where = forget.add_mutually_exclusive_group(required=True)
-    where.add_argument("--store", metavar="URL", help="SQLAlchemy URL")
-    where.add_argument("--store-file", metavar="FILE", help="read the URL from FILE's first line")
-    forget.add_argument("--node", required=True, metavar="NAME", help="the node to forget")
-    forget.set_defaults(run=_run_forget)
+    _add_forget(commands)
+    _add_backup(commands)
 
     bench = commands.add_parser(
         "bench",
@@ -231,6 +223,91 @@ def _run_demo(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("demo: interrupted; its nodes are stopped")
         return 130
+
+
+def _add_metrics(node: argparse.ArgumentParser) -> None:
+    node.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve /metrics (Prometheus; needs the prometheus extra), /ready and /alive over "
+        "HTTP on this port",
+    )
+    node.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",  # noqa: S104 - a scrape comes from another host
+        metavar="ADDRESS",
+        help="the address --metrics-port listens on (default: %(default)s, every interface)",
+    )
+
+
+def _add_forget(commands: Any) -> None:
+    forget = commands.add_parser(
+        "forget-node",
+        help="remove a stopped node's rows and record from a store, so it rejoins empty",
+        description="Remove every row of a node and its node record (incarnation, last "
+        "commit) from a durable store, in one transaction.  For a node refused at start "
+        "because it was offline longer than durable_pruning_marker_ttl: started again, it "
+        "rejoins empty and gets the data from its peers.  Stop the node first.",
+    )
+    where = forget.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", metavar="URL", help="SQLAlchemy URL")
+    where.add_argument("--store-file", metavar="FILE", help="read the URL from FILE's first line")
+    forget.add_argument("--node", required=True, metavar="NAME", help="the node to forget")
+    forget.set_defaults(run=_run_forget)
+
+
+def _add_backup(commands: Any) -> None:
+    backup = commands.add_parser(
+        "backup",
+        help="copy a store into a new SQLite file, consistently, while its nodes run",
+        description="Copy every node record and row of a durable store into a new SQLite file "
+        "(SQLite's online backup for an SQLite store, one REPEATABLE READ transaction for a "
+        "server), while its nodes run. The file is a store itself: inspect reads it, restore "
+        "copies it into an empty store.",
+    )
+    where = backup.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", metavar="URL", help="SQLAlchemy URL")
+    where.add_argument("--store-file", metavar="FILE", help="read the URL from FILE's first line")
+    backup.add_argument("--to", required=True, metavar="PATH", help="the new file (must not exist)")
+    backup.set_defaults(run=_run_backup)
+    restore = commands.add_parser(
+        "restore",
+        help="copy a backup into an empty store (its nodes stopped)",
+        description="Copy a backup made by the backup command into a store with no node and no "
+        "row (a new database, or one whose nodes were forgotten), in one transaction. Nodes "
+        "started on it recover the backup's state and get what they missed from their peers; "
+        "a backup older than durable_pruning_marker_ttl is refused at start like any node "
+        "offline that long.",
+    )
+    restore.add_argument("--from", dest="source", required=True, metavar="PATH", help="a backup")
+    where = restore.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", metavar="URL", help="SQLAlchemy URL")
+    where.add_argument("--store-file", metavar="FILE", help="read the URL from FILE's first line")
+    restore.set_defaults(run=_run_restore)
+
+
+def _add_status(commands: Any) -> None:
+    status = commands.add_parser(
+        "status",
+        help="what a running node says of itself: peers, keys, store (reads only)",
+        description="Ask a node on this host for its status: its name and incarnation, its "
+        "peers with reachability and when each was last heard, its keys and their sizes, its "
+        "store and queue, its recovery time. Reads only; the node keeps running.",
+    )
+    status.add_argument(
+        "--node", required=True, metavar="[HOST:]PORT", help="the node's admin port (this host)"
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.add_argument(
+        "--ready",
+        action="store_true",
+        help="print nothing and exit 0 only if the node serves (its store loaded): a probe",
+    )
+    status.add_argument(
+        "--timeout", type=float, default=5.0, metavar="SECONDS", help="default: %(default)s"
+    )
+    status.set_defaults(run=_run_status)
 
 
 def _port(text: str) -> int:
@@ -302,6 +379,7 @@ def _run_node(args: argparse.Namespace) -> int:
             print,
             log_level=args.log_level,
             log_config=args.log_config,
+            metrics=(args.metrics_host, args.metrics_port) if args.metrics_port else None,
         )
     except NodeError as e:
         if args.debug:
@@ -339,6 +417,60 @@ def _run_inspect(args: argparse.Namespace) -> int:
         return inspect_store(_store(args), args.node, args.key, print, signing_key=key)
     except StoreError as e:
         raise SystemExit(f"inspect: {e}") from None
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from thespian_dd._cli.status import (
+        StatusError,
+        as_json,
+        local_port,
+        node_status,
+        print_status,
+    )
+
+    try:
+        port = local_port(args.node)
+        stats, status = node_status(port, args.timeout, full=not args.ready)
+    except StatusError as e:
+        raise SystemExit(f"status: {e}") from None
+    if args.ready:
+        if not stats.serving:
+            raise SystemExit(f"status: not serving: {stats.store_error or 'loading its store'}")
+        return 0
+    assert status is not None
+    if args.json:
+        print(as_json(stats, status))
+    else:
+        print_status(stats, status, print)
+    return 0
+
+
+def _run_backup(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from thespian_dd._runtime.store import StoreError, backup, safe_url
+
+    try:
+        nodes, rows = backup(_store(args), Path(args.to))
+    except StoreError as e:
+        raise SystemExit(f"backup: {e}") from None
+    print(f"backed up {nodes} nodes and {rows} rows of {safe_url(_store(args))} into {args.to}")
+    return 0
+
+
+def _run_restore(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from thespian_dd._runtime.store import StoreError, restore, safe_url
+
+    try:
+        nodes, rows = restore(Path(args.source), _store(args))
+    except StoreError as e:
+        raise SystemExit(f"restore: {e}") from None
+    print(
+        f"restored {nodes} nodes and {rows} rows from {args.source} into {safe_url(_store(args))}"
+    )
+    return 0
 
 
 def _run_forget(args: argparse.Namespace) -> int:

@@ -21,28 +21,29 @@ from typing import Any
 from thespian_dd._ask import ask
 from thespian_dd.messages import GetStats, Stats
 
-__all__ = ["MetricsServer", "PrometheusMissing"]
+__all__ = ["MetricsServer", "require_prometheus"]
 
 ASK_TIMEOUT = 5.0
 """Seconds a request waits for the Replicator's Stats before answering 503."""
 
 
-class PrometheusMissing(RuntimeError):
-    """``--metrics-port`` without the ``prometheus`` extra installed."""
+def require_prometheus() -> str | None:
+    """Why ``--metrics-port`` cannot work here (the ``prometheus`` extra is missing), or None."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        return "--metrics-port needs the prometheus extra: pip install 'thespian_dd[prometheus]'"
+    return None
 
 
 class MetricsServer:
     """An HTTP server on ``host:port`` in a thread of its own, serving the node's figures;
-    :meth:`close` stops it.  Raises :class:`PrometheusMissing` without ``prometheus-client`` and
-    ``OSError`` if the port cannot be bound."""
+    :meth:`close` stops it.  Needs ``prometheus-client`` (see :func:`require_prometheus`);
+    raises ``OSError`` if the port cannot be bound."""
 
     def __init__(self, asys: Any, replicator: Any, host: str, port: int) -> None:
-        try:
-            from prometheus_client import CollectorRegistry
-        except ImportError as e:
-            raise PrometheusMissing(
-                "--metrics-port needs the prometheus extra: pip install 'thespian_dd[prometheus]'"
-            ) from e
+        from prometheus_client import CollectorRegistry
+
         self._asys = asys
         self._replicator = replicator
         self._registry = CollectorRegistry(auto_describe=False)
@@ -76,7 +77,7 @@ class MetricsServer:
 class _Handler(BaseHTTPRequestHandler):
     metrics: MetricsServer
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             self._answer(200, self.metrics.exposition(), "text/plain; version=0.0.4")

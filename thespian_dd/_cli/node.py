@@ -27,6 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from thespian.actors import ActorExitRequest, ActorSystem
 
+from thespian_dd._cli.metrics import MetricsServer, require_prometheus
 from thespian_dd._peers import NODE_CAPABILITY
 from thespian_dd._runtime.store import (
     StoreError,
@@ -133,17 +134,31 @@ def _unreachable(url: str) -> str | None:
     return None
 
 
-def _port_in_use(port: int) -> str | None:
+def _port_in_use(port: int, host: str = "") -> str | None:
     """Why nothing may listen on ``port`` now (something else does), or None.  A socket in
     TIME_WAIT does not count (SO_REUSEADDR, as Thespian binds); a listener on any address does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind(("", port))
+            probe.bind((host, port))
             probe.listen()
         except OSError as e:
             return e.strerror or str(e)
     return None
+
+
+def _check_ports(port: int, metrics: tuple[str, int] | None) -> None:
+    """Refuse a port something listens on, and metrics that cannot be served."""
+    problem = _port_in_use(port)
+    if problem:
+        raise NodeError(
+            f"port {port} is in use ({problem}): another node or program listens on it; "
+            "choose another --port"
+        )
+    if metrics is not None:
+        problem = require_prometheus() or _port_in_use(metrics[1], metrics[0])
+        if problem:
+            raise NodeError(f"--metrics-port {metrics[1]}: {problem}")
 
 
 def _die_with_this_process() -> None:
@@ -196,6 +211,7 @@ def run_node(  # noqa: PLR0913 - the node command's options
     *,
     log_level: str | None = None,
     log_config: str | None = None,
+    metrics: tuple[str, int] | None = None,
 ) -> int:
     """Run the node until SIGTERM or SIGINT; returns the exit status.  Raises
     :class:`NodeError` (before starting anything, where it can) if it cannot run as asked."""
@@ -204,12 +220,7 @@ def run_node(  # noqa: PLR0913 - the node command's options
         logging.config.dictConfig(log_defs)
     except (ValueError, TypeError, AttributeError, ImportError) as e:
         raise NodeError(f"the log configuration is refused by logging: {e}") from e
-    problem = _port_in_use(port)
-    if problem:
-        raise NodeError(
-            f"port {port} is in use ({problem}): another node or program listens on it; "
-            "choose another --port"
-        )
+    _check_ports(port, metrics)
     url = _check_store(settings)
     capabilities = _capabilities(name, port, join, settings)
     stop = threading.Event()
@@ -218,6 +229,7 @@ def run_node(  # noqa: PLR0913 - the node command's options
     _die_with_this_process()
     asys = ActorSystem("multiprocTCPBase", capabilities, logDefs=log_defs)
     replicator_pid = None
+    server: MetricsServer | None = None
     try:
         try:
             replicator = start(asys)
@@ -228,6 +240,9 @@ def run_node(  # noqa: PLR0913 - the node command's options
         pgid = info.pgid if isinstance(info, ProcessInfo) else "?"
         leader = f"{join[0]}:{join[1]}" if join else "itself"
         where = _recovered(asys, replicator, url, settings.get("write_mode", "sync"))
+        if metrics is not None:  # before the ready line: a probe may follow it at once
+            server = MetricsServer(asys, replicator, *metrics)
+            out(f"thespian_dd node {name} metrics: http://{metrics[0]}:{server.port}/metrics")
         # The harness reads the process group from the end of this line: keep it last.
         out(
             f"thespian_dd node {name} ready: port {port}, convention leader {leader}, {where}, "
@@ -237,6 +252,8 @@ def run_node(  # noqa: PLR0913 - the node command's options
         while not stop.wait(0.5):
             pass
         out(f"thespian_dd node {name} stopping")
+        if server is not None:
+            server.close()
         # The Replicator first: Thespian's admin answers, as it shuts down, every actor
         # creation it forwarded to another node (the Introducers) with a failure, which the
         # Replicator would log as an ERROR.  An exited Replicator hears none of it.

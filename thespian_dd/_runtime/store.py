@@ -463,6 +463,92 @@ def _connect_args(url: str) -> dict[str, Any]:
     return {name: value for name, value in timeouts.items() if name not in parsed.query}
 
 
+def backup(url: str, path: Path) -> tuple[int, int]:
+    """Copy the store at ``url`` (or ``file:PATH``) into a new SQLite file at ``path``, which
+    is then a store of its own (``inspect`` reads it, :func:`restore` copies it back, a node may
+    use it as it is); returns (nodes, rows) copied.  A consistent snapshot, taken while nodes
+    run: an SQLite store through SQLite's online backup (a plain copy of a WAL database may
+    miss committed pages or tear), a server in one REPEATABLE READ transaction.  The rows keep
+    their checksums or MACs.  Reads only; refuses an existing ``path``."""
+    if path.exists():
+        raise StoreError(f"{path} exists: a backup goes into a new file")
+    source = Store(url, read_only=True)
+    try:
+        if source.engine.dialect.name == "sqlite":
+            raw = source.engine.raw_connection()
+            try:
+                reader = raw.driver_connection
+                assert isinstance(reader, sqlite3.Connection)
+                with sqlite3.connect(path) as target:
+                    reader.backup(target)
+                target.close()
+            finally:
+                raw.close()
+        else:
+            copy = Store(f"sqlite:///{path}")
+            try:
+                _copy(source, copy, snapshot=True)
+            finally:
+                copy.close()
+    except StoreError:
+        raise
+    except Exception as e:
+        raise StoreError(f"cannot back up {safe_url(url)}: {_first_line(e)}") from e
+    finally:
+        source.close()
+    return _counts(f"sqlite:///{path}")
+
+
+def restore(path: Path, url: str) -> tuple[int, int]:
+    """Copy the backup at ``path`` (see :func:`backup`) into the store at ``url``, creating its
+    tables if needed, in one transaction; returns (nodes, rows).  The store must hold no node
+    and no row: restore into a new database, or :meth:`Store.forget` its nodes first (their
+    processes stopped)."""
+    source = Store(f"sqlite:///{path.absolute()}", read_only=True)
+    try:
+        target = Store(url)
+        try:
+            _copy(source, target, snapshot=False)
+        finally:
+            target.close()
+    finally:
+        source.close()
+    return _counts(url)
+
+
+def _copy(source: Store, target: Store, *, snapshot: bool) -> None:
+    """Every node record and row of ``source`` into ``target`` (empty), in one transaction of
+    each; ``snapshot``: read in one REPEATABLE READ transaction (a server store)."""
+    reading = source.engine.connect()
+    if snapshot:
+        reading = reading.execution_options(isolation_level="REPEATABLE READ")
+    with reading, reading.begin(), target.engine.begin() as writing:
+        held = writing.execute(sa.select(sa.func.count()).select_from(_nodes)).scalar_one()
+        held += writing.execute(sa.select(sa.func.count()).select_from(_entries)).scalar_one()
+        if held:
+            raise StoreError(
+                f"the store {safe_url(target._setting)} is not empty: restore into a new "
+                "database, or forget its nodes first (forget-node, with the nodes stopped)"
+            )
+        nodes = [dict(row._mapping) for row in reading.execute(sa.select(_nodes))]
+        if nodes:
+            writing.execute(_nodes.insert(), nodes)
+        rows = reading.execution_options(yield_per=LOAD_CHUNK_ROWS).execute(sa.select(_entries))
+        for chunk in rows.partitions():
+            writing.execute(_entries.insert(), [dict(row._mapping) for row in chunk])
+
+
+def _counts(url: str) -> tuple[int, int]:
+    store = Store(url, read_only=True)
+    try:
+        with store.engine.connect() as conn:
+            nodes = conn.execute(sa.select(sa.func.count()).select_from(_nodes)).scalar_one()
+            rows = conn.execute(sa.select(sa.func.count()).select_from(_entries)).scalar_one()
+        return int(nodes), int(rows)
+    finally:
+        store.close()
+
+
 def _sqlite_file(url: str) -> Path | None:
     """The file of an SQLite ``url``, or None (another store, in memory, or not a URL)."""
     try:

@@ -69,15 +69,17 @@ def modified(
             "it would lose writes (build the new value from the one modify is given, with "
             "its methods; an LWW write must be later than the current one)"
         )
-    if type(new) not in codec.BUILT_IN_TYPES:
-        # A type of one's own is checked now, while nothing is applied: a value it cannot
-        # encode would make every later store write and gossip round of the key raise.
-        try:
-            codec.encode(new)
-        except Exception as e:  # noqa: BLE001 - the caller's type, whatever it raises
-            raise ValueError(f"what modify returned cannot be encoded: {describe(e)}") from None
-    if not isinstance(new, DeltaReplicatedData):
-        return new, new
-    delta = new.delta
-    new = new.reset_delta()
-    return new, new if delta is None or current is None else delta
+    shipped = new
+    if isinstance(new, DeltaReplicatedData):
+        delta = new.delta
+        new = new.reset_delta()
+        shipped = new if delta is None or current is None else delta
+    # Checked now, while nothing is applied: a value the codec cannot encode (an element it has
+    # no encoding for, a type of one's own that fails) would make every later store write and
+    # gossip round of the key raise.  Of a built-in type only what is new needs it (the delta);
+    # a type of one's own is encoded whole.
+    try:
+        codec.encode(shipped if type(new) in codec.BUILT_IN_TYPES else new)
+    except Exception as e:  # noqa: BLE001 - the caller's values, whatever they raise
+        raise ValueError(f"what modify returned cannot be encoded: {describe(e)}") from None
+    return new, shipped
