@@ -26,7 +26,7 @@ from thespian_dd.testing import Fault, fault_schedule, run_chaos
 WRITE_BEHIND_INTERVAL = 0.5
 COMMIT_ALLOWANCE = 1.0
 """The time of one commit, on top of the write-behind interval, in the documented loss bound
-(the README's table); generous for a loaded 2-core machine."""
+(docs/durability.md, "What survives what"); generous for a loaded 2-core machine."""
 
 
 def _seed() -> int:

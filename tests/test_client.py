@@ -660,3 +660,18 @@ def test_the_guides_examples_run_against_a_node(thespian_node: Node) -> None:
     with Client(thespian_node.asys) as client:
         assert client.get(GCounterKey("hits")) is not None
         assert client.keys() >= {"hits", "cart", "tags"}
+
+
+@pytest.mark.multinode
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("page", ["getting-started.md", "consistency.md", "data-types.md"])
+def test_the_other_pages_examples_run_against_a_node(thespian_node: Node, page: str) -> None:
+    """The Python blocks of the pages that show a program using a node run as written, in
+    order in one namespace, with the node's port for 19001."""
+    text = (GUIDE.parent / page).read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    assert blocks
+    namespace: dict[str, Any] = {}
+    for i, block in enumerate(blocks):
+        code = textwrap.dedent(block).replace("19001", str(thespian_node.port))
+        exec(compile(code, f"{page} block {i}", "exec"), namespace)

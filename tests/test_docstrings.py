@@ -109,7 +109,7 @@ def test_the_api_reference_lists_every_public_name() -> None:
     """docs/api.md names each object of ``thespian_dd.__all__`` (the testing kit is documented
     whole, by ``automodule``), so a new public name cannot be left out of the reference."""
     api = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
-    entry = r"^\.\. auto(?:class|function|data):: thespian_dd\.(\w+)$"
+    entry = r"^\.\. auto(?:class|exception|function|data):: thespian_dd\.(\w+)$"
     listed = set(re.findall(entry, api, re.MULTILINE))
     assert sorted(set(thespian_dd.__all__) - listed) == []
     assert ".. automodule:: thespian_dd.testing" in api

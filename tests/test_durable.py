@@ -487,8 +487,9 @@ def test_write_behind_flushes_on_a_graceful_stop(cluster_factory: Any, tmp_path:
 
 WRITE_BEHIND_INTERVAL = 0.5
 LOSS_BOUND = WRITE_BEHIND_INTERVAL + 1.0
-"""The README's bound: a crash loses at most the updates acknowledged in the last
-write_behind_interval plus the time one commit takes (a second here, generously)."""
+"""The bound of docs/durability.md ("Write modes, and what a crash can lose"): a crash loses at
+most the updates acknowledged in the last write_behind_interval plus the time one commit takes
+(a second here, generously)."""
 
 
 def test_write_behind_keeps_its_bound_when_a_commit_outlasts_the_interval(

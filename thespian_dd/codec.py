@@ -12,8 +12,9 @@ User values inside a state (set elements, map keys, register values) are plain d
 objects, dill pickles: decoding a pickle runs code, so only decode bytes from a trusted store or
 peer (see the trust model, on the deployment page of the documentation).
 
-A data type of one's own joins the table with :func:`register_data_type`; every node that holds
-or receives its values must register it too (name its module in the ``data_types`` setting).
+A data type of one's own joins the table with :func:`~thespian_dd.register_data_type`; every
+node that holds or receives its values must register it too (name its module in the
+``data_types`` setting).
 """
 
 from __future__ import annotations
@@ -118,8 +119,9 @@ def register_data_type(cls: type[ReplicatedData], name: str) -> None:
     ``cls(*state)``, so the constructor must refuse, with ``ValueError`` or ``TypeError``, any
     arguments its ``_state()`` would not give.  The codec holds the type to what it holds its
     own types to: encoding checks that the bytes decode to an equal value, and decoding refuses
-    (with :class:`CodecError`) a state the constructor refuses, and any state other than the one
-    spelling that the decoded value encodes to, so equal values have equal bytes and digests.
+    (with :class:`~thespian_dd.codec.CodecError`) a state the constructor refuses, and any state
+    other than the one spelling that the decoded value encodes to, so equal values have equal
+    bytes and digests.
 
     Register at import of the module that defines ``cls``, and have every node import that
     module before it reads a value (the Replicator's ``data_types`` setting, ``--data-types`` of
@@ -422,7 +424,7 @@ _TYPES: list[
     (ORMultiMap, lambda m: _ormap_tree(m.underlying), _backed(ORMultiMap, ORSet)),
 ]
 BUILT_IN_TYPES = frozenset(cls for cls, _, _ in _TYPES)
-"""The types the codec knows without :func:`register_data_type`."""
+"""The types the codec knows without :func:`~thespian_dd.register_data_type`."""
 _NAMES = {cls: cls.__name__ for cls, _, _ in _TYPES}
 _ENCODERS = {cls.__name__: enc for cls, enc, _ in _TYPES}
 _DECODERS = {cls.__name__: dec for cls, _, dec in _TYPES}

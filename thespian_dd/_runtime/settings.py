@@ -55,14 +55,15 @@ class Settings:
       of it starts.
     - ``pruning_marker_ttl``: seconds a performed-pruning marker is kept, for keys in memory.
     - ``durable_pruning_marker_ttl``: the same for durable keys; also the longest a durable node
-      may be offline and rejoin with its store (longer, its store must be wiped first).
+      may be offline and rejoin with its store (longer, it must be forgotten first:
+      ``thespian-dd forget-node``, and it rejoins empty).
     - ``expire_keys_after_inactivity``: ``{key or 'prefix*': seconds}``; such a key is removed
       (no tombstone; subscribers get ``Expired``) once nobody has updated or read it for that
       long on any node.
     - ``test_partitions``: TEST ONLY: obey ``PartitionForTests`` (which cuts this node off from
       the peers it names).  Off by default, and then the message is refused and counted.
     - ``data_types``: modules to import before anything is read: those that register data types
-      of one's own (see :func:`~thespian_dd.codec.register_data_type`).
+      of one's own (see :func:`~thespian_dd.register_data_type`).
     """
 
     node_name: str | None = None
