@@ -261,11 +261,12 @@ def connect_admin(port: int, timeout: float) -> Any:
     something that is no Thespian admin."""
     _require_node(port, timeout)
     try:
-        return ActorSystem("multiprocTCPBase", {"Admin Port": port}, transientUnique=True)
+        asys = ActorSystem("multiprocTCPBase", {"Admin Port": port}, transientUnique=True)
     except InvalidActorAddress:
         raise ConnectionError(
             f"port {port} of this host is not a Thespian ActorSystem's admin port"
         ) from None
+    return asys
 
 
 def _disconnect(asys: Any) -> None:
@@ -681,7 +682,7 @@ class AsyncClient:
         for subscription in list(self._subscriptions):
             await subscription.aclose()
         await self._run(self.client.close)
-        self._pool.shutdown(wait=True)
+        await asyncio.to_thread(self._pool.shutdown, wait=True)  # the loop does not wait
 
     async def _run(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(
