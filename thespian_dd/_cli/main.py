@@ -111,7 +111,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
             "durable-pruning-marker-ttl",
             (
                 "seconds a pruning marker is kept, durable keys (default 10 days); a node "
-                "offline longer must have its store wiped"
+                "offline longer is refused until forget-node empties its store"
             ),
         ),
     ]:
