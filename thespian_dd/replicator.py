@@ -901,7 +901,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     def receiveMsg_GetStats(self, msg: GetStats, sender: Any) -> None:
         durability = self._durability
-        load_error = durability.load_error
         self.send(
             sender,
             Stats(
@@ -918,11 +917,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                 reachable_peers=self._peers.reachable_count(),
                 gossip_rounds=self._gossip_rounds,
                 store_failures=durability.store_failures,
-                store_error=(
-                    durability.store_failure
-                    if load_error is None
-                    else f"the store cannot be loaded: {load_error}"
-                ),
+                store_error=durability.error,
                 refused_rows=self._refused,
                 serving=durability.serving,
                 request=msg.request,
@@ -932,7 +927,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     def receiveMsg_GetStatus(self, msg: GetStatus, sender: Any) -> None:
         durability, settings, peers = self._durability, self.settings, self._peers
         sizes = list(self._keys.sizes())
-        load_error = durability.load_error
         self.send(
             sender,
             Status(
@@ -958,11 +952,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                 write_mode=settings.write_mode,
                 store_queue_depth=durability.queue_depth(),
                 last_flush=durability.last_flush,
-                store_error=(
-                    durability.store_failure
-                    if load_error is None
-                    else f"the store cannot be loaded: {load_error}"
-                ),
+                store_error=durability.error,
                 recovery_time=durability.recovery_time,
                 request=msg.request,
             ),

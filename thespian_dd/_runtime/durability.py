@@ -117,6 +117,13 @@ class Durability:
         """Whether requests are served (not loading, and the store loaded)."""
         return not self.loading and self.load_error is None
 
+    @property
+    def error(self) -> str | None:
+        """Why the store cannot be loaded, else the last commit's failure (None: it works)."""
+        if self.load_error is not None:
+            return f"the store cannot be loaded: {self.load_error}"
+        return self.store_failure
+
     def durable(self, key: str) -> bool:
         return self.writer is not None and self._settings.is_durable(key)
 

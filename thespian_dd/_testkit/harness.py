@@ -229,6 +229,16 @@ def _option(value: Any, name: str) -> str:
     return value.format(name=name) if isinstance(value, str) else str(value)
 
 
+def _running_in_group(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (a zombie has exited)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
+
+
 def _children(pid: int) -> list[int]:
     """The processes whose parent is ``pid`` (from /proc)."""
     children = []
@@ -444,6 +454,14 @@ class Cluster:
                     os.killpg(pgid, signal.SIGKILL)
         if node.popen is not None:
             node.popen.wait(10)
+        # As an operator's supervisor does: the restart waits until every process is gone (one
+        # in the middle of an fsync dies only when it returns, and holds its ports until then).
+        groups = [g for g in (node.actors_pgid, node.popen.pid if node.popen else None) if g]
+        eventually(
+            lambda: not any(_running_in_group(g) for g in groups),
+            timeout=10,
+            what=f"{node.name}'s processes gone",
+        )
         node.client = node.replicator = None
 
     def kill_writer(self, i: int) -> int:
