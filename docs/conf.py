@@ -1,6 +1,7 @@
 """Sphinx configuration of the thespian_dd documentation (``make docs`` builds it)."""  # noqa: INP001 - a config file, not a package
 
 import dataclasses
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -73,7 +74,7 @@ def _public_bases(  # the signature of Sphinx's autodoc-process-bases event
     bases[:] = shown or [object]  # Sphinx prints "Bases:" even for an empty list
 
 
-_BULLET = re.compile(r"^    - ``(\w+)``: ", re.MULTILINE)
+_BULLET = re.compile(r"^- ``(\w+)``: ", re.MULTILINE)
 
 
 def settings_rows() -> list[tuple[str, str, str]]:
@@ -81,7 +82,7 @@ def settings_rows() -> list[tuple[str, str, str]]:
     taken from the bullet of the class docstring that names the field.  Raises ``ValueError``
     when a field has no bullet, or a bullet names no field, so the table cannot drift from the
     code."""
-    doc = thespian_dd.Settings.__doc__ or ""
+    doc = inspect.cleandoc(thespian_dd.Settings.__doc__ or "")  # 3.13 dedents docstrings itself
     starts = list(_BULLET.finditer(doc))
     meanings = {}
     for here, after in zip(starts, [*starts[1:], None], strict=True):

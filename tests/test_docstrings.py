@@ -100,8 +100,8 @@ def test_every_public_callable_has_a_docstring_of_its_own() -> None:
 
 def test_the_settings_docstring_has_one_bullet_per_field_in_field_order() -> None:
     """The settings table of the documentation is made from these bullets (docs/conf.py)."""
-    doc = thespian_dd.Settings.__doc__ or ""
-    bullets = re.findall(r"^    - ``(\w+)``: ", doc, re.MULTILINE)
+    doc = inspect.cleandoc(thespian_dd.Settings.__doc__ or "")  # 3.13 dedents docstrings itself
+    bullets = re.findall(r"^- ``(\w+)``: ", doc, re.MULTILINE)
     assert bullets == [f.name for f in dataclasses.fields(thespian_dd.Settings)]
 
 
