@@ -55,7 +55,7 @@ def _units_counter() -> GCounter:
     # A counter created again in a map starts above its old units: not 1..n, so written as runs.
     m = ORMap().update(A, "c", GCounter(), lambda c: c.increment(A, 2)).remove(A, "c")
     m = m.update(A, "c", GCounter(), lambda c: c.increment(A, 3).increment(B, 1))
-    counter = m.get("c")
+    counter: GCounter | None = m.get("c")
     assert counter is not None
     return counter.reset_delta()
 
@@ -107,7 +107,7 @@ def format1_values() -> dict[str, ReplicatedData]:
 
 def _reset(value: ReplicatedData) -> ReplicatedData:
     reset = getattr(value, "reset_delta", None)
-    return value if reset is None else reset()  # type: ignore[no-any-return]
+    return value if reset is None else reset()
 
 
 CASES = sorted(format1_values())
@@ -164,7 +164,7 @@ def test_versions_are_listed_in_order_and_others_refused() -> None:
         decode(bytes(raw))
 
 
-STORED = {
+STORED: dict[str, Any] = {
     "hits": 5,
     "tags": frozenset({"a", ("t", 1)}),
     "carts": {"u1": frozenset({"x", "y"})},
