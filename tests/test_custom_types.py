@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
+from cbor2 import CBORTag
 from max_register import MaxRegister
 from thespian.actors import ActorSystem
 
@@ -33,7 +35,7 @@ from thespian_dd import (
     start,
 )
 from thespian_dd._canonical import encode_tree
-from thespian_dd.codec import FORMAT_VERSION, CodecError, decode, encode, type_name
+from thespian_dd.codec import FORMAT_VERSIONS, CodecError, decode, encode, type_name
 from thespian_dd.messages import Get, GetSuccess
 from thespian_dd.testing import Cluster, eventually
 
@@ -90,8 +92,15 @@ class Forgetful(ReplicatedData):
         return self if self.n >= other.n else other
 
 
-def _with_valid_checksum(body: bytes) -> bytes:
-    head = b"TDD" + bytes((FORMAT_VERSION,)) + body
+def _spelled(tree: list[Any], version: int) -> bytes:
+    """``[type name, state]`` as a value of format ``version``, with a valid checksum: only the
+    codec's checks of the state stand."""
+    name, state = tree
+    if version == 1:
+        body = encode_tree(tree)
+    else:  # no replicas listed; the state as a tree inside tag 21572
+        body = cbor2.dumps([[], [name, CBORTag(21572, encode_tree(state))]], canonical=True)
+    head = b"TDD" + bytes((version,)) + body
     return head + hashlib.blake2b(head, digest_size=16).digest()
 
 
@@ -141,8 +150,9 @@ def test_an_unregistered_type_cannot_be_encoded_and_says_how_to_register_it() ->
         encode(unregistered(3))
 
 
-def test_an_unknown_type_name_is_refused_naming_the_setting() -> None:
-    raw = _with_valid_checksum(encode_tree(["someone.Else", (1,)]))
+@pytest.mark.parametrize("version", FORMAT_VERSIONS)
+def test_an_unknown_type_name_is_refused_naming_the_setting(version: int) -> None:
+    raw = _spelled(["someone.Else", (1,)], version)
     with pytest.raises(CodecError, match=r"unknown data type 'someone\.Else'.*data_types setting"):
         decode(raw)
 
@@ -158,10 +168,13 @@ def test_an_unknown_type_name_is_refused_naming_the_setting() -> None:
         (["tests.Tags", (("a", "a"),)], "the one spelling of its value"),
     ],
 )
-def test_a_state_the_type_refuses_or_spelled_another_way_is_refused(tree: Any, error: str) -> None:
+@pytest.mark.parametrize("version", FORMAT_VERSIONS)
+def test_a_state_the_type_refuses_or_spelled_another_way_is_refused(
+    tree: Any, error: str, version: int
+) -> None:
     with pytest.raises(CodecError, match=error):
-        decode(_with_valid_checksum(encode_tree(tree)))
-    assert decode(_with_valid_checksum(encode_tree(["tests.Tags", (("a", "b"),)]))) == Tags("ba")
+        decode(_spelled(tree, version))
+    assert decode(_spelled(["tests.Tags", (("a", "b"),)], version)) == Tags("ba")
 
 
 def test_a_value_that_would_not_decode_to_itself_is_not_encoded() -> None:

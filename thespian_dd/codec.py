@@ -20,10 +20,14 @@ node that holds or receives its values must register it too (name its module in 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from functools import partial
-from itertools import pairwise
+from itertools import accumulate, pairwise, repeat
 from typing import Any
+
+import cbor2
+from cbor2 import CBORTag
 
 from thespian_dd._canonical import CodecError, Limits, decode_tree, encode_tree
 from thespian_dd.data import CausalContext, Dot, DotBased, ReplicaId, ReplicatedData
@@ -51,13 +55,14 @@ __all__ = [
     "type_name",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """The format version :func:`encode` writes by default."""
-FORMAT_VERSIONS: tuple[int, ...] = (1,)
+FORMAT_VERSIONS: tuple[int, ...] = (1, 2)
 """Every format version :func:`decode` reads and :func:`encode` can write, ascending: a node
 writes an older one for peers that read no newer (a rolling upgrade)."""
 _MAGIC = b"TDD"
 _CHECKSUM_SIZE = 16
+_LIMITS = Limits()
 
 
 def _checksum(raw: bytes) -> bytes:
@@ -71,7 +76,10 @@ def encode(data: ReplicatedData, version: int = FORMAT_VERSION) -> bytes:
         raise ValueError(
             f"cannot write format version {version!r} (this code writes {FORMAT_VERSIONS})"
         )
-    body = _MAGIC + bytes((version,)) + encode_tree(_to_tree(data))
+    if version == 1:
+        body = _MAGIC + b"\x01" + encode_tree(_to_tree(data))
+    else:
+        body = _MAGIC + b"\x02" + _encode2(data)
     return body + _checksum(body)
 
 
@@ -83,7 +91,7 @@ def digest(data: ReplicatedData, version: int = FORMAT_VERSION) -> bytes:
 
 def decode(raw: bytes, limits: Limits | None = None) -> ReplicatedData:
     """The value ``raw`` encodes; raises :class:`CodecError` naming what is wrong."""
-    limits = limits or Limits()
+    limits = limits or _LIMITS
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         raise CodecError(f"expected bytes, not {type(raw).__name__}")
     raw = bytes(raw)
@@ -97,7 +105,9 @@ def decode(raw: bytes, limits: Limits | None = None) -> ReplicatedData:
     body, checksum = raw[:-_CHECKSUM_SIZE], raw[-_CHECKSUM_SIZE:]
     if _checksum(body) != checksum:
         raise CodecError("checksum mismatch: the bytes are corrupted or truncated")
-    return _from_tree(decode_tree(body[len(_MAGIC) + 1 :], limits), limits)
+    if version == 1:
+        return _from_tree(decode_tree(body[len(_MAGIC) + 1 :], limits), limits)
+    return _decode2(body[len(_MAGIC) + 1 :], limits)
 
 
 def type_name(data: ReplicatedData) -> str:
@@ -437,3 +447,602 @@ BUILT_IN_TYPES = frozenset(cls for cls, _, _ in _TYPES)
 _NAMES = {cls: cls.__name__ for cls, _, _ in _TYPES}
 _ENCODERS = {cls.__name__: enc for cls, enc, _ in _TYPES}
 _DECODERS = {cls.__name__: dec for cls, _, dec in _TYPES}
+
+
+# -- format 2: CBOR (cbor2, compiled), replicas listed once, dots as small int steps -----------
+#
+# The body is the canonical CBOR (RFC 8949, as cbor2 writes with canonical=True) of
+# ``[replicas, value]``: ``replicas`` is ``[node, incarnation, ...]`` of every replica the value
+# names, sorted, each once and each used; everything else names a replica by its index there.
+# A value is ``[type code, *state]`` (a small int per built-in type, the name of a registered
+# one):
+#
+# - GCounter ``[0, [i, n, ...]]`` (units 1..n) or ``[0, runs, floors]`` (any other units);
+#   PNCounter ``[1, p, n]`` with ``p`` and ``n`` GCounter states without the code.
+# - GSet ``[2, {element: null, ...}]``; Flag ``[4, bool]``; LWWRegister ``[5, value, ts, i]``.
+# - ORSet ``[3, runs, floors, elements, groups, steps, extras]`` (MVRegister ``[6, ...]``):
+#   the elements in the order of their smallest dot ("first dot"); ``groups`` ``[i, count, ...]``
+#   says how many consecutive elements have a first dot of replica i, ``steps`` the counter of
+#   each first dot as the step from the previous one in its group (1 for a run of adds: one
+#   byte); ``extras`` ``[position, i, n, ...]`` the other dots of the few elements holding more.
+# - ORMap ``[7, runs, floors, keys, groups, steps, values, extras, marks]`` (LWWMap 8,
+#   PNCounterMap 9, ORMultiMap 10): keys as ORSet elements, with the value of each first dot;
+#   ``extras`` ``[position, i, n, value, ...]``; ``marks`` ``{key: value}``.
+# - A causal context is ``runs`` ``[i, top or [lo, hi, ...], ...]`` and ``floors`` ``[i, n, ...]``.
+# - User values (elements, keys, register values): None, bools, ints, floats, strs and bytes as
+#   CBOR; any other value as tag 21572 around its canonical tree bytes (format 1's, so dill
+#   pickles stay opaque leaves).
+#
+# The decoder refuses any other spelling: every CBOR byte string must be what cbor2 writes for
+# what it decodes (checked by writing it again, in compiled code), and every structural choice
+# (order, steps >= 1, int tops, one form per counter) is checked on the way in.
+
+_TREE_TAG = 21572  # "TD"
+_NATIVE = frozenset({str, int, bytes, float, bool, type(None)})
+_INT = {int}
+# The tags cbor2 decodes itself, but for bignums (2, 3): none is part of format 2, and some run
+# code worth refusing (regular expressions, MIME parsing, shared references).
+_FOREIGN_TAGS = (
+    0,
+    1,
+    4,
+    5,
+    25,
+    28,
+    29,
+    30,
+    35,
+    36,
+    37,
+    52,
+    54,
+    100,
+    256,
+    258,
+    260,
+    261,
+    1004,
+    43000,
+    55799,
+)
+
+
+def _refuse_tag(tag: int) -> Callable[[Any, bool], Any]:
+    def refuse(value: Any, immutable: bool) -> Any:
+        raise CodecError(f"CBOR tag {tag} is not part of format 2")
+
+    return refuse
+
+
+_SEMANTIC = {tag: _refuse_tag(tag) for tag in _FOREIGN_TAGS}
+
+
+def _encode2(data: ReplicatedData) -> bytes:
+    writer = _Writer2(_top_replicas(data))
+    tree = writer.value(data)
+    if len(writer.index) != len(writer.replicas):  # replicas met below the top: list them all
+        writer = _Writer2(sorted(writer.index))
+        tree = writer.value(data)
+    try:
+        return cbor2.dumps([writer.flat_replicas(), tree], canonical=True)
+    except UnicodeEncodeError:  # a str with lone surrogates: as a tree, like other values
+        writer.careful = True
+        return cbor2.dumps([writer.flat_replicas(), writer.value(data)], canonical=True)
+
+
+def _decode2(body: bytes, limits: Limits) -> ReplicatedData:
+    if len(body) > limits.max_bytes:
+        raise CodecError(f"input of {len(body)} bytes exceeds max_bytes={limits.max_bytes}")
+    try:
+        tree = cbor2.loads(
+            body, semantic_decoders=_SEMANTIC, max_depth=limits.max_depth, allow_indefinite=False
+        )
+    except cbor2.CBORDecodeError as e:
+        if isinstance(e.__cause__, CodecError):
+            raise e.__cause__ from None
+        if "nesting depth" in str(e):
+            raise CodecError(f"nesting deeper than max_depth={limits.max_depth}") from None
+        raise CodecError(f"malformed CBOR: {e}") from None
+    except Exception as e:  # noqa: BLE001 - whatever the parser trips on is bad input
+        raise CodecError(f"malformed CBOR: {type(e).__name__}: {e}") from None
+    try:
+        canonical = cbor2.dumps(tree, canonical=True) == body
+    except Exception:  # noqa: BLE001 - a decoded object cbor2 cannot write back is not ours
+        canonical = False
+    if not canonical:
+        raise CodecError("the CBOR body is not in its one spelling (or has trailing bytes)")
+    _expect(type(tree) is list and len(tree) == 2, "a body is [replicas, value]")
+    reader = _Reader2(tree[0], limits)
+    value = reader.value(tree[1])
+    _expect(len(reader.used) == len(reader.replicas), "every listed replica is used")
+    return value
+
+
+def _top_replicas(data: ReplicatedData) -> list[ReplicaId]:
+    """The replicas the top of ``data`` names (its context's): most values name no others."""
+    while isinstance(data, (ORMapBacked, MVRegister)):
+        data = data.underlying if isinstance(data, ORMapBacked) else data.writes
+    if isinstance(data, (ORSet, ORMap)):
+        return sorted(data.context.replicas())
+    if isinstance(data, GCounter):
+        return sorted(data.units.replicas())
+    if isinstance(data, PNCounter):
+        return sorted(data.p.units.replicas() | data.n.units.replicas())
+    if isinstance(data, LWWRegister):
+        return [data.node]
+    return []
+
+
+class _Index(dict[ReplicaId, int]):
+    """Replica -> index, numbering a replica not met before (the writer then starts again)."""
+
+    def __missing__(self, replica: ReplicaId) -> int:
+        self[replica] = n = len(self)
+        return n
+
+
+def _first(row: tuple[Any, ...]) -> tuple[int, int]:
+    return row[0], row[1]
+
+
+class _Writer2:
+    def __init__(self, replicas: list[ReplicaId]) -> None:
+        self.replicas = replicas
+        self.index = _Index((r, i) for i, r in enumerate(replicas))
+        self.careful = False
+
+    def flat_replicas(self) -> list[Any]:
+        return [x for r in self.replicas for x in (r.node, r.incarnation)]
+
+    def user(self, x: Any) -> Any:
+        if type(x) in _NATIVE and not (self.careful and type(x) is str and _surrogates(x)):
+            return x
+        return CBORTag(_TREE_TAG, encode_tree(x))
+
+    def users(self, xs: Iterable[Any]) -> list[Any]:
+        if self.careful:
+            return [self.user(x) for x in xs]
+        return [x if type(x) in _NATIVE else CBORTag(_TREE_TAG, encode_tree(x)) for x in xs]
+
+    def context(self, context: CausalContext) -> list[Any]:
+        index = self.index
+        runs = sorted(
+            (index[r], b[1] if len(b) == 2 and not b[0] else list(b))
+            for r, b in context.ranges.items()
+        )
+        floors = sorted((index[r], n) for r, n in context.floor.items())
+        return [[x for run in runs for x in run], [x for f in floors for x in f]]
+
+    def slots(self, c: GCounter) -> list[Any]:
+        """A GCounter's state without its code: [slots] or [runs, floors]."""
+        units = c.units
+        if units.is_contiguous() and not units.floor:
+            index = self.index
+            slots = sorted((index[r], b[1]) for r, b in units.ranges.items())
+            return [[x for s in slots for x in s]]
+        return self.context(units)
+
+    def dotted(self, items: Iterable[tuple[Any, Any]]) -> tuple[list[Any], ...]:
+        """Rows (first dot index, counter, key, other dots, item) in first-dot order, and the
+        groups and steps of their first dots."""
+        index = self.index
+        rows: list[tuple[int, int, Any, list[tuple[int, int]], Any]] = []
+        for key, dots in items:
+            if len(dots) == 1:
+                ((r, n),) = dots
+                rows.append((index[r], n, key, [], dots))
+            else:
+                ds = sorted((index[r], n) for r, n in dots)
+                rows.append((ds[0][0], ds[0][1], key, ds[1:], dots))
+        rows.sort(key=_first)
+        groups: list[int] = []
+        steps: list[int] = []
+        previous, top = -1, 0
+        for i, n, *_ in rows:
+            if i != previous:
+                groups += (i, 0)
+                previous, top = i, 0
+            groups[-1] += 1
+            steps.append(n - top)
+            top = n
+        return rows, groups, steps
+
+    def orset(self, s: ORSet) -> list[Any]:
+        rows, groups, steps = self.dotted(s.entries.items())
+        extras = [x for pos, row in enumerate(rows) for d in row[3] for x in (pos, *d)]
+        elements = self.users([row[2] for row in rows])
+        return [*self.context(s.context), elements, groups, steps, extras]
+
+    def ormap(self, m: ORMap) -> list[Any]:
+        rows, groups, steps = self.dotted(m.versions.items())
+        index, value = self.index, self.value
+        values: list[Any] = []
+        extras: list[Any] = []
+        for pos, row in enumerate(rows):
+            versions = row[4]
+            if not row[3]:
+                values.append(value(next(iter(versions.values()))))
+                continue
+            by_dot = {(index[r], n): v for (r, n), v in versions.items()}
+            values.append(value(by_dot[_first(row)]))
+            for d in row[3]:
+                extras += (pos, *d, value(by_dot[d]))
+        keys = self.users([row[2] for row in rows])
+        marks = {self.user(k): value(f) for k, f in m.floors.items()}
+        return [*self.context(m.context), keys, groups, steps, values, extras, marks]
+
+    def value(self, data: ReplicatedData) -> list[Any]:  # noqa: PLR0911 - one branch per type
+        t = type(data)
+        code = _CODES.get(t)
+        if code is None:
+            name = type_name(data)
+            state = _ENCODERS[name](data)  # with the registered type's own checks
+            return [name, CBORTag(_TREE_TAG, encode_tree(state))]
+        # The type is exactly one of the built-in ones: isinstance only tells the type checker.
+        if isinstance(data, GCounter):
+            return [code, *self.slots(data)]
+        if isinstance(data, ORSet):
+            return [code, *self.orset(data)]
+        if isinstance(data, ORMap):
+            return [code, *self.ormap(data)]
+        if isinstance(data, PNCounter):
+            return [code, self.slots(data.p), self.slots(data.n)]
+        if isinstance(data, LWWRegister):
+            return [code, self.user(data.val), data.timestamp, self.index[data.node]]
+        if isinstance(data, MVRegister):
+            return [code, *self.orset(data.writes)]
+        if isinstance(data, GSet):
+            return [code, dict.fromkeys(self.users(data.elements))]
+        if isinstance(data, Flag):
+            return [code, data.enabled]
+        assert isinstance(data, ORMapBacked)
+        return [code, *self.ormap(data.underlying)]  # the maps backed by an ORMap
+
+
+_REPLICAS: dict[tuple[Any, Any], ReplicaId] = {}
+
+
+def _replica_id(node: Any, incarnation: Any) -> ReplicaId:
+    """The ReplicaId (node, incarnation), made once: a cluster has few, every value names them."""
+    key = (node, incarnation)
+    if type(node) is str and type(incarnation) is int:
+        replica = _REPLICAS.get(key)
+        if replica is not None:
+            return replica
+    replica = ReplicaId(node, incarnation)  # TypeError if it is not one
+    if len(_REPLICAS) >= 4096:
+        _REPLICAS.clear()
+    _REPLICAS[key] = replica
+    return replica
+
+
+def _surrogates(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+class _Reader2:
+    """Reads a format-2 value, refusing every other spelling of it (see above).  The hot paths
+    (a context of version vectors, one group of first dots, plain elements) are written for
+    speed: small values are decoded often, by every node, for every gossiped change."""
+
+    def __init__(self, flat: Any, limits: Limits) -> None:
+        _expect(type(flat) is list and len(flat) % 2 == 0, "replicas are [node, incarnation, ...]")
+        try:
+            replicas = [_replica_id(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+        except TypeError as e:
+            raise CodecError(f"invalid replica id: {e}") from None
+        _expect(len(replicas) < 2 or _ascending(replicas), "replicas are sorted, each once")
+        self.replicas = replicas
+        self.used: set[int] = set()
+        self.limits = limits
+        self.items = len(replicas)
+
+    def count(self, n: int) -> None:
+        self.items += n
+        if self.items > self.limits.max_items:
+            raise CodecError(f"more than max_items={self.limits.max_items} items")
+
+    def replica(self, i: Any) -> ReplicaId:
+        _expect(type(i) is int and 0 <= i < len(self.replicas), "replica index in range")
+        self.used.add(i)
+        replica: ReplicaId = self.replicas[i]
+        return replica
+
+    def pairs(self, flat: Any, what: str) -> list[tuple[ReplicaId, Any]]:
+        """``[i, x, ...]`` as (replica, x), the indexes ascending and in range."""
+        if type(flat) is not list or len(flat) % 2:
+            raise CodecError(f"malformed state: {what} are [index, value, ...]")
+        if len(flat) == 2:  # one replica: the usual case
+            i = flat[0]
+            if type(i) is not int or not 0 <= i < len(self.replicas):
+                raise CodecError(f"malformed state: {what}: replica index in range")
+            self.count(1)
+            self.used.add(i)
+            return [(self.replicas[i], flat[1])]
+        if not flat:
+            return []
+        indexes = flat[::2]
+        if not (
+            set(map(type, indexes)) == _INT
+            and indexes[0] >= 0
+            and _ascending(indexes)
+            and indexes[-1] < len(self.replicas)
+        ):
+            raise CodecError(f"malformed state: {what} are sorted by replica index, each once")
+        self.count(len(indexes))
+        self.used.update(indexes)
+        return list(zip(map(self.replicas.__getitem__, indexes), flat[1::2], strict=True))
+
+    def context(self, runs: Any, floors: Any) -> CausalContext:
+        ranges: dict[ReplicaId, tuple[int, ...]] = {}
+        for r, bounds in self.pairs(runs, "context runs"):
+            if type(bounds) is int and bounds > 0:
+                ranges[r] = (0, bounds)
+                continue
+            _expect(
+                type(bounds) is list
+                and len(bounds) >= 2
+                and len(bounds) % 2 == 0
+                and all(type(b) is int for b in bounds)
+                and bounds[0] >= 0
+                and _ascending(bounds)
+                and (len(bounds) > 2 or bounds[0] > 0),
+                "a run's top is an int > 0, run bounds are ascending ints >= 0 in pairs, the "
+                "runs apart (one run from 0 is written as its top alone)",
+            )
+            self.count(len(bounds))
+            ranges[r] = tuple(bounds)
+        if floors == []:  # exactly an empty list, nothing else
+            return CausalContext._normal(ranges, {})
+        floor = {}
+        for r, n in self.pairs(floors, "context floors"):
+            _expect(
+                type(n) is int and n > (ranges[r][-1] if r in ranges else 0),
+                "a floor is above what is seen",
+            )
+            floor[r] = n
+        _expect(bool(floor), "context floors are a list")
+        return CausalContext._normal(ranges, floor)
+
+    def user(self, x: Any) -> Any:
+        if type(x) in _NATIVE:
+            return x
+        _expect(
+            type(x) is CBORTag and x.tag == _TREE_TAG and type(x.value) is bytes,
+            "a user value is a CBOR scalar or a tagged tree",
+        )
+        limits = self.limits
+        value = decode_tree(x.value, replace(limits, max_items=limits.max_items - self.items))
+        _expect(
+            type(value) not in _NATIVE or (type(value) is str and _surrogates(value)),
+            "a value with a CBOR spelling is not a tree",
+        )
+        return value
+
+    def users(self, xs: Any, what: str) -> list[Any]:
+        if type(xs) is not list:
+            raise CodecError(f"malformed state: {what} are a list")
+        self.count(len(xs))
+        if set(map(type, xs)) <= _NATIVE:
+            return xs
+        return [self.user(x) for x in xs]
+
+    def gcounter(self, parts: list[Any]) -> GCounter:
+        if len(parts) == 1:
+            ranges: dict[ReplicaId, tuple[int, ...]] = {}
+            for r, n in self.pairs(parts[0], "GCounter slots"):
+                if type(n) is not int or n <= 0:
+                    raise CodecError(
+                        f"malformed state: a GCounter slot must be an int > 0, not {n!r}"
+                    )
+                ranges[r] = (0, n)
+            return GCounter.of_units(CausalContext._normal(ranges, {}))
+        _expect(len(parts) == 2, "a GCounter state is [slots] or [runs, floors]")
+        units = self.context(*parts)
+        _expect(not (units.is_contiguous() and not units.floor), "units 1..n are written as slots")
+        return GCounter.of_units(units)
+
+    def firsts(self, context: CausalContext, groups: Any, steps: Any, n: int) -> list[Dot]:
+        """The first dot of each of ``n`` rows."""
+        if type(steps) is not list or len(steps) != n:
+            raise CodecError("malformed state: one counter step per entry")
+        if n and (set(map(type, steps)) != _INT or min(steps) < 1):
+            raise CodecError("malformed state: counter steps are ints >= 1")
+        self.count(n)
+        tops = context.tops()
+        dots: list[Dot] = []
+        for r, size in self.pairs(groups, "groups"):
+            start = len(dots)
+            if type(size) is not int or not 0 < size <= n - start:
+                raise CodecError("malformed state: group sizes are ints > 0 within the entries")
+            counters = list(accumulate(steps if size == n else steps[start : start + size]))
+            if tops is not None:
+                _expect(counters[-1] <= tops.get(r, 0), "every dot is in the causal context")
+            else:
+                _expect(
+                    all((r, c) in context for c in counters), "every dot is in the causal context"
+                )
+            dots += zip(repeat(r, size), counters, strict=True)
+        _expect(len(dots) == n, "the groups cover every entry")
+        return dots
+
+    def extras(
+        self, context: CausalContext, flat: Any, width: int, firsts: list[Dot]
+    ) -> list[tuple[int, Dot, Any]]:
+        """Rows' other dots: (position, dot, rest) from ``[position, i, n, *rest, ...]``."""
+        if flat == []:  # exactly an empty list, nothing else
+            return []
+        _expect(
+            type(flat) is list and len(flat) % width == 0, "extras are [position, index, n, ...]"
+        )
+        self.count(len(flat) // width)
+        out = []
+        previous: tuple[Any, ...] = ()
+        index = {r: i for i, r in enumerate(self.replicas)}
+        for k in range(0, len(flat), width):
+            pos, i, n = flat[k : k + 3]
+            _expect(type(pos) is int and 0 <= pos < len(firsts), "an extra's position is in range")
+            dot = (self.replica(i), _count(n, "a dot counter"))
+            first = firsts[pos]
+            _expect(
+                (pos, i, n) > previous and (i, n) > (index[first[0]], first[1]),
+                "dots are sorted, once each",
+            )
+            _expect(dot in context, "every dot is in the causal context")
+            previous = (pos, i, n)
+            out.append((pos, dot, flat[k + 3 : k + width]))
+        return out
+
+    def orset(self, parts: list[Any]) -> ORSet:
+        if len(parts) != 6:
+            raise CodecError(
+                "malformed state: an ORSet state is [runs, floors, elements, groups, steps, extras]"
+            )
+        context = self.context(parts[0], parts[1])
+        elements = self.users(parts[2], "ORSet elements")
+        firsts = self.firsts(context, parts[3], parts[4], len(elements))
+        entries = dict(zip(elements, map(frozenset, zip(firsts)), strict=True))
+        if len(entries) != len(elements):
+            raise CodecError("malformed state: ORSet elements are distinct")
+        for pos, dot, _ in self.extras(context, parts[5], 3, firsts):
+            element = elements[pos]
+            entries[element] = entries[element] | {dot}
+        return ORSet(entries, context)
+
+    def ormap(self, parts: list[Any]) -> ORMap:
+        _expect(
+            len(parts) == 8,
+            "an ORMap state is [runs, floors, keys, groups, steps, values, extras, marks]",
+        )
+        context = self.context(parts[0], parts[1])
+        keys = self.users(parts[2], "ORMap keys")
+        firsts = self.firsts(context, parts[3], parts[4], len(keys))
+        values = parts[5]
+        _expect(type(values) is list and len(values) == len(keys), "one value per key")
+        value = self.value
+        versions = {k: {d: value(v)} for k, d, v in zip(keys, firsts, values, strict=True)}
+        _expect(len(versions) == len(keys), "ORMap keys are distinct")
+        for pos, dot, rest in self.extras(context, parts[6], 4, firsts):
+            other = value(rest[0])
+            dots = versions[keys[pos]]
+            _expect(
+                type(other) is type(next(iter(dots.values()))), "a key's versions share one type"
+            )
+            dots[dot] = other
+        marks = parts[7]
+        _expect(type(marks) is dict, "ORMap marks are a map")
+        self.count(len(marks))
+        m = ORMap(versions, context)
+        floors = {}
+        for spelled, tree in marks.items():
+            key = self.user(spelled)
+            floor = value(tree)
+            _expect(
+                isinstance(floor, DotBased) and floor == floor.marks(), "marks reserve dots only"
+            )
+            live = m.get(key)
+            _expect(live is None or type(live) is type(floor), "a key's marks share its type")
+            _expect(
+                live is None or (floor.is_inflation_of(live.marks()) and floor != live.marks()),
+                "marks are stored only where they reserve more than the key's versions",
+            )
+            floors[key] = floor
+        return ORMap(versions, context, floors) if floors else m
+
+    def value(self, tree: Any) -> ReplicatedData:
+        if type(tree) is not list or len(tree) < 2:
+            raise CodecError("malformed state: a value is [type code, *state]")
+        code = tree[0]
+        if code == 0 and type(code) is int and len(tree) == 2:  # GCounter: map values, often
+            slots = tree[1]
+            if type(slots) is list and len(slots) == 2:
+                i, n = slots
+                if type(i) is int and 0 <= i < len(self.replicas) and type(n) is int and n > 0:
+                    self.count(1)
+                    self.used.add(i)
+                    units = CausalContext._normal({self.replicas[i]: (0, n)}, {})
+                    return GCounter.of_units(units)
+        try:
+            return self._value(code, tree)
+        except CodecError as e:
+            raise CodecError(f"{_name_of(code)}: {e}") from None
+        except (TypeError, ValueError) as e:
+            raise CodecError(f"{_name_of(code)}: invalid state: {e}") from None
+
+    def _value(  # noqa: C901, PLR0911 - one branch per type
+        self, code: Any, tree: list[Any]
+    ) -> ReplicatedData:
+        if type(code) is str:
+            decoder = _DECODERS.get(code) if "." in code else None
+            if decoder is None:
+                raise CodecError(
+                    f"unknown data type {code!r} (a data type of one's own must be registered on "
+                    "every node that reads it: name its module in the data_types setting)"
+                )
+            _expect(len(tree) == 2, "a registered type's value is [name, state]")
+            state = self.user(tree[1])
+            return decoder(state, self.limits)
+        _expect(type(code) is int and 0 <= code < len(_BY_CODE), f"unknown data type code {code!r}")
+        cls = _BY_CODE[code]
+        parts = tree[1:]
+        if cls is GCounter:
+            return self.gcounter(parts)
+        if cls is ORSet:
+            return self.orset(parts)
+        if cls is ORMap:
+            return self.ormap(parts)
+        if cls is PNCounter:
+            _expect(
+                len(parts) == 2 and all(type(p) is list for p in parts),
+                "a PNCounter state is [p, n]",
+            )
+            return PNCounter(self.gcounter(parts[0]), self.gcounter(parts[1]))
+        if cls is LWWRegister:
+            _expect(len(parts) == 3, "an LWWRegister state is [value, ts, node]")
+            val, timestamp, node = parts
+            _expect(type(timestamp) is int, "an LWWRegister timestamp is an int")
+            register = LWWRegister(self.user(val), timestamp, self.replica(node))
+            if self.limits.now_ms is not None:
+                register.check_clock_skew(self.limits.now_ms, self.limits.max_clock_skew_ms)
+            return register
+        if cls is MVRegister:
+            return MVRegister(self.orset(parts))
+        if cls is GSet:
+            _expect(
+                len(parts) == 1
+                and type(parts[0]) is dict
+                and all(v is None for v in parts[0].values()),
+                "a GSet state is {element: null}",
+            )
+            return GSet(self.users(list(parts[0]), "GSet elements"))
+        if cls is Flag:
+            _expect(len(parts) == 1 and type(parts[0]) is bool, "Flag state is a bool")
+            return Flag(parts[0])
+        underlying = self.ormap(parts)
+        value_type = _BACKED_VALUES[cls]
+        _expect(
+            all(type(v) is value_type for v in underlying._all_values())
+            and all(type(v) is value_type for v in underlying.floors.values()),
+            f"every {cls.__name__} value is a {value_type.__name__}",
+        )
+        backed: ReplicatedData = cls(underlying)
+        return backed
+
+
+_CODES = {cls: code for code, (cls, _, _) in enumerate(_TYPES)}
+_BY_CODE = [cls for cls, _, _ in _TYPES]
+_BACKED_VALUES: dict[type[ReplicatedData], type[ReplicatedData]] = {
+    LWWMap: LWWRegister,
+    PNCounterMap: PNCounter,
+    ORMultiMap: ORSet,
+}
+
+
+def _name_of(code: Any) -> str:
+    if type(code) is int and 0 <= code < len(_BY_CODE):
+        return _BY_CODE[code].__name__
+    return str(code)

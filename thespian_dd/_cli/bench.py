@@ -15,6 +15,8 @@ Section ``crdt``: merge time and encoded size of ORSet and ORMap states of n ele
   cost of touching n elements at C speed.  The ratio says what causality tracking costs.
 - Size: bytes of ``codec.encode(state)``; the baseline is ``pickle.dumps`` of the plain value
   (the elements alone, with no causal metadata).
+- Decode: ``codec.decode`` of those bytes (all its checks included), and of an ORSet and an ORMap
+  of 10; the baseline is ``pickle.loads`` of the plain value.
 - Growth: merge time at the largest size over the next one, divided by the size ratio (1.0 is
   linear), next to the same figure for the plain merge: a ratio near 1 means ORSet and ORMap
   scale like Python's own containers on this machine (caches make both grow faster than n).
@@ -171,6 +173,16 @@ def _update_check(
     return Result("crdt", f"{name}: Update check", "µs", check * 1e6, update * 1e6, "the update")
 
 
+def _decode_time(name: str, value: Any, repeat: int, loops: int = 1) -> Result:
+    """What decoding ``value``'s encoding costs, against ``pickle.loads`` of its plain value."""
+    raw, plain = encode(value), pickle.dumps(value.value)
+    assert decode(raw) == value.reset_delta()
+    ours = _best_of(partial(_repeat, partial(decode, raw), loops), repeat) / loops
+    base = _best_of(partial(_repeat, partial(pickle.loads, plain), loops), repeat) / loops
+    unit, scale = ("µs", 1e6) if loops > 1 else ("ms", 1e3)
+    return Result("crdt", name, unit, ours * scale, base * scale, "pickle.loads of the plain value")
+
+
 def _repeat(fn: Callable[[], object], times: int) -> None:
     for _ in range(times):
         fn()
@@ -203,16 +215,18 @@ def _crdt(sizes: list[int], out: Callable[[str], object]) -> list[Result]:
                     "plain set/dict merge",
                 )
             )
+            raw, plain = encode(left), pickle.dumps(left.value)
             results.append(
                 Result(
                     "crdt",
                     f"{name} encoded size, {n:,} elements",
                     "bytes",
-                    len(encode(left)),
-                    len(pickle.dumps(left.value)),
+                    len(raw),
+                    len(plain),
                     "pickle of the plain value",
                 )
             )
+            results.append(_decode_time(f"{name} decode, {n:,} elements", left, repeat))
     largest = max(sizes)
     out("  crdt: the Update check (is_inflation_of) against the update it checks ...")
     results += [
@@ -221,6 +235,8 @@ def _crdt(sizes: list[int], out: Callable[[str], object]) -> list[Result]:
         _update_check("ORMap of 10 keys", _small_map(), _hit_map),
         _update_check(f"ORSet of {largest:,} elements", _orset_pair(largest)[0], _add_new, 1),
         _update_check(f"ORMap of {largest:,} keys", _ormap_pair(largest)[0], _hit_map, 1),
+        _decode_time("ORSet of 10 elements: decode", ORSet().add_all(A, range(10)), 5, 2000),
+        _decode_time("ORMap of 10 keys: decode", _small_map(), 5, 2000),
     ]
     ordered = sorted(sizes)
     if len(ordered) >= 2:

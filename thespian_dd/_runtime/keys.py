@@ -196,7 +196,7 @@ class KeyTable:
             self._set_markers(key, markers)
         self._stored.pop(key, None)
         self._values[key] = value
-        if raw is None:
+        if raw is None or not _current(raw):
             self._digests.pop(key, None)
             self._stale.add(key)
         else:
@@ -243,8 +243,12 @@ class KeyTable:
         self._set_markers(key, markers)
         self._values.pop(key, None)
         self._stored[key] = raw
-        self._digests[key] = self._digest(key, raw[-16:])
-        self._stale.discard(key)
+        if _current(raw):
+            self._digests[key] = self._digest(key, raw[-16:])
+            self._stale.discard(key)
+        else:  # bytes of an older format: peers compare digests in this code's format
+            self._digests.pop(key, None)
+            self._stale.add(key)
         self._bucket_add(key)
         self.touch(key)
 
@@ -283,8 +287,10 @@ class KeyTable:
 
     def digests(self) -> Mapping[str, bytes]:
         """Every key's digest (tombstones too), computing those that changed since last asked."""
-        for key in self._stale:
-            self._digests[key] = self._digest(key, codec.digest(self._values[key]))
+        for key in list(self._stale):
+            value = self.get(key)  # a restored value of an older format is decoded now
+            if value is not None:
+                self._digests[key] = self._digest(key, codec.digest(value))
         self._stale.clear()
         return self._digests
 
@@ -343,3 +349,10 @@ class KeyTable:
         """The keys used on this node since the last call, with when (for the next status)."""
         used, self._used_here = self.used(self._used_here), set()
         return used
+
+
+def _current(raw: bytes) -> bool:
+    """Whether codec bytes are in the format this code writes: only then are their last 16
+    bytes the digest that peers compare (a value kept in an older format's bytes gets its
+    digest from its decoded value)."""
+    return raw[3:4] == bytes((codec.FORMAT_VERSION,))

@@ -34,6 +34,7 @@ __all__ = [
     "Markers",
     "Performed",
     "envelope_digest",
+    "format_version",
     "join_envelope",
     "merge_markers",
     "only_performed",
@@ -99,6 +100,16 @@ def join_envelope(raw: bytes, markers: Markers) -> bytes:
     ]
     head = encode_tree(tree)
     return _MAGIC + len(head).to_bytes(_LENGTH, "big") + head + raw
+
+
+def format_version(payload: bytes) -> int | None:
+    """The codec format version of the value an envelope holds (its bytes' version byte), or
+    None for a payload too short to hold one (a tombstone's empty payload)."""
+    start = 0
+    if payload.startswith(_MAGIC):
+        start = len(_MAGIC) + _LENGTH
+        start += int.from_bytes(payload[len(_MAGIC) : start], "big")
+    return payload[start + 3] if len(payload) > start + 3 else None
 
 
 def split_envelope(payload: bytes, limits: Limits) -> tuple[dict[ReplicaId, Marker], bytes]:

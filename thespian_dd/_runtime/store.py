@@ -25,6 +25,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from thespian_dd import codec
 from thespian_dd._runtime.checks import describe
+from thespian_dd._runtime.markers import format_version
 from thespian_dd._runtime.rows import (
     BAD_CHECKSUM,
     BAD_MAC,
@@ -377,8 +378,8 @@ class Store:
         problem = self._seal_problem(columns, bytes(check))
         if problem is None and stored_key_id != key_id(key):
             problem = "the row's key id does not match its key (tampered or corrupted)"
-        if problem is None and version != codec.FORMAT_VERSION:
-            problem = f"format version {version} is not the codec's {codec.FORMAT_VERSION}"
+        if problem is None and version not in codec.FORMAT_VERSIONS:
+            problem = f"format version {version} is not one the codec reads {codec.FORMAT_VERSIONS}"
         return problem
 
     def _seal_problem(self, columns: list[bytes], check: bytes) -> str | None:
@@ -420,16 +421,18 @@ class Store:
             if entry == FORGOTTEN:
                 continue
             data_type, raw, replicas = (DELETED, b"", "") if entry is None else entry
+            # Bytes kept from an older format are written back as they are, and labelled so.
+            version = format_version(raw) or codec.FORMAT_VERSION
             rows.append(
                 {
                     "node": node,
                     "key_id": key_id(key),
                     "key": key,
                     "data_type": data_type,
-                    "format_version": codec.FORMAT_VERSION,
+                    "format_version": version,
                     "payload": raw,
                     "replicas": replicas,
-                    "checksum": self._seal(node, key, data_type, raw, replicas),
+                    "checksum": self._seal(node, key, data_type, version, raw, replicas),
                     "updated_at": now,
                 }
             )
@@ -446,10 +449,12 @@ class Store:
                 conn.execute(_nodes.update().where(_nodes.c.node == node).values(last_alive=now))
                 self._alive_at[node] = now
 
-    def _seal(self, node: str, key: str, data_type: str, payload: bytes, replicas: str) -> bytes:
+    def _seal(  # noqa: PLR0913, PLR0917 - the columns the seal covers
+        self, node: str, key: str, data_type: str, version: int, payload: bytes, replicas: str
+    ) -> bytes:
         """The checksum column of a row written now: its MAC with a signing key, else its
         checksum."""
-        columns = parts(node, key, data_type, codec.FORMAT_VERSION, payload, replicas)
+        columns = parts(node, key, data_type, version, payload, replicas)
         return checksum(columns) if self._signing_key is None else mac(self._signing_key, columns)
 
     def _upsert(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
