@@ -36,7 +36,18 @@ from thespian_dd import (
     ReplicatedData,
     UpdateSuccess,
 )
-from thespian_dd.codec import FORMAT_VERSION, FORMAT_VERSIONS, CodecError, decode, digest, encode
+from thespian_dd._runtime.keys import KeyTable
+from thespian_dd._runtime.markers import Performed, join_envelope
+from thespian_dd._runtime.store import Entry, Store
+from thespian_dd.codec import (
+    FORMAT_VERSION,
+    FORMAT_VERSIONS,
+    CodecError,
+    Limits,
+    decode,
+    digest,
+    encode,
+)
 from thespian_dd.messages import Get, GetDataDeleted, GetSuccess, Update
 from thespian_dd.testing import Cluster
 
@@ -229,3 +240,36 @@ def _versions(path: Path) -> dict[str, tuple[int, int]]:
             "SELECT key, format_version, payload FROM thespian_dd_entries"
         ).fetchall()
     return {key: (version, payload[3] if payload else version) for key, version, payload in rows}
+
+
+def test_a_row_is_labelled_with_the_format_of_its_own_bytes(tmp_path: Path) -> None:
+    # A key restored and written again unchanged keeps its format-1 bytes: its row says 1.
+    store = Store(f"sqlite:///{tmp_path}/labels.db")
+    try:
+        value = GCounter().increment(A, 3)
+        old, new = encode(value, version=1), encode(value)
+        marked = join_envelope(old, {B: Performed(2**40)})  # pruning markers in front
+        entries = {"old": old, "new": new, "marked": marked}
+        store.write("n", {key: Entry("GCounter", raw, "") for key, raw in entries.items()})
+        store.write("n", {"gone": None})
+        labels = {row.key: row.format_version for row in store.rows("n")}
+        assert labels == {"old": 1, "new": FORMAT_VERSION, "marked": 1, "gone": FORMAT_VERSION}
+        loaded = {key: (payload, error) for key, payload, error in store.load("n")}
+        assert loaded == {**{k: (raw, None) for k, raw in entries.items()}, "gone": (None, None)}
+    finally:
+        store.close()
+
+
+def test_a_value_kept_in_format1_bytes_has_the_digest_of_this_format() -> None:
+    # Peers compare digests: a value restored (or received) in an older format's bytes must not
+    # show that format's digest, or gossip would never see two equal values as equal.
+    value = ORSet().add_all(A, ["x", ("t", 1)]).reset_delta()
+    keys = KeyTable(lambda _key: None)
+    keys.restore("old", encode(value, version=1), Limits())
+    keys.restore("new", encode(value), Limits())
+    keys.put("received", value, encode(value, version=1))
+    assert keys.undecoded() == 2
+    digests = keys.digests()
+    assert digests["old"] == digests["new"] == digests["received"] == digest(value)
+    assert digest(value) != digest(value, version=1)
+    assert keys.undecoded() == 1  # the format-2 bytes give their digest without a decode

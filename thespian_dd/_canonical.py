@@ -26,7 +26,7 @@ import dill
 
 from thespian_dd.data import ReplicaId
 
-__all__ = ["CodecError", "Limits", "decode_tree", "encode_tree"]
+__all__ = ["CodecError", "Limits", "decode_counted", "decode_tree", "encode_tree"]
 
 
 class CodecError(ValueError):
@@ -120,13 +120,18 @@ def _encode(x: Any, out: bytearray) -> None:  # noqa: C901, PLR0912 - one branch
 
 def decode_tree(raw: bytes, limits: Limits) -> Any:
     """The tree ``raw`` encodes; raises :class:`CodecError` on anything malformed or too big."""
+    return decode_counted(raw, limits)[0]
+
+
+def decode_counted(raw: bytes, limits: Limits) -> tuple[Any, int]:
+    """The tree ``raw`` encodes and the number of items it holds (what ``max_items`` counts)."""
     if len(raw) > limits.max_bytes:
         raise CodecError(f"input of {len(raw)} bytes exceeds max_bytes={limits.max_bytes}")
     reader = _Reader(raw, limits)
     tree = reader.read(0)
     if reader.pos != len(raw):
         raise CodecError(f"{len(raw) - reader.pos} trailing bytes after the value")
-    return tree
+    return tree, reader.items
 
 
 class _Reader:

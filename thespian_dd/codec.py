@@ -29,7 +29,7 @@ from typing import Any
 import cbor2
 from cbor2 import CBORTag
 
-from thespian_dd._canonical import CodecError, Limits, decode_tree, encode_tree
+from thespian_dd._canonical import CodecError, Limits, decode_counted, decode_tree, encode_tree
 from thespian_dd.data import CausalContext, Dot, DotBased, ReplicaId, ReplicatedData
 from thespian_dd.flag import Flag
 from thespian_dd.gcounter import GCounter
@@ -816,7 +816,10 @@ class _Reader2:
             "a user value is a CBOR scalar or a tagged tree",
         )
         limits = self.limits
-        value = decode_tree(x.value, replace(limits, max_items=limits.max_items - self.items))
+        value, items = decode_counted(
+            x.value, replace(limits, max_items=limits.max_items - self.items)
+        )
+        self.count(items)
         _expect(
             type(value) not in _NATIVE or (type(value) is str and _surrogates(value)),
             "a value with a CBOR spelling is not a tree",
