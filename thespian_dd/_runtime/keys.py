@@ -12,7 +12,10 @@ The parallel records are kept in step here and nowhere else:
   its decode then is dropped and reported through ``refused(key, error)``, as a row refused at
   load would be: never served, and its row is not written.
 - Digests are computed when gossip needs them (:meth:`KeyTable.digests`), not on the path of
-  every update, unless the caller has the value's encoding already.
+  every update, unless the caller has the value's encoding already.  A digest is the checksum of
+  an encoding, so it depends on the codec format: the table keeps the digests of each format a
+  peer needs (during a rolling upgrade, an older peer compares in an older format), and a
+  payload for a peer is encoded in the peer's format (:meth:`KeyTable.payload`).
 - Buckets: keys are grouped into :data:`BUCKETS` hashed buckets; gossip compares the 8-byte bucket
   digests first, so two nodes that agree exchange a fixed 64 x 8 bytes per round.
 """
@@ -29,6 +32,7 @@ from thespian_dd._runtime.checks import describe
 from thespian_dd._runtime.markers import Marker, Markers, Performed, envelope_digest, join_envelope
 from thespian_dd._runtime.markers import split_envelope as _split_envelope
 from thespian_dd._runtime.protocol import TOMBSTONE
+from thespian_dd._runtime.versions import format_of
 from thespian_dd.data import ReplicaId, ReplicatedData
 
 __all__ = ["BUCKETS", "TOMBSTONE_DIGEST", "KeyTable", "bucket_digests", "bucket_of"]
@@ -59,6 +63,17 @@ def bucket_digests(digests: Mapping[str, bytes], keys: Iterable[str]) -> dict[in
     return out
 
 
+class _Digests:
+    """The digests of every key, and of every bucket, in one codec format."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self.keys: dict[str, bytes] = {}
+        self.stale: set[str] = set()  # keys whose digest is computed when next needed
+        self.buckets: dict[int, bytes] = {}
+        self.dirty: set[int] = set()
+
+
 class KeyTable:
     """A node's keys.  ``expiry(key)`` gives the seconds of inactivity after which a key expires
     (None: never); ``clock`` is the wall clock in seconds (last use travels between nodes)."""
@@ -79,11 +94,8 @@ class KeyTable:
         self._markers: dict[str, dict[ReplicaId, Marker]] = {}
         self.pruned: set[ReplicaId] = set()
         """Replicas whose pruning was performed in some key: they may never be peers again."""
-        self._digests: dict[str, bytes] = {}
-        self._stale: set[str] = set()  # keys whose digest is computed when next needed
+        self._formats = {codec.FORMAT_VERSION: _Digests(codec.FORMAT_VERSION)}
         self._bucket_keys: dict[int, set[str]] = {}
-        self._bucket_digests: dict[int, bytes] = {}
-        self._dirty: set[int] = set()
         self._last_used: dict[str, float] = {}
         self._used_here: set[str] = set()  # used on this node since the last take_used_here()
 
@@ -161,25 +173,40 @@ class KeyTable:
         for key, value in list(self._values.items()):
             yield key, len(codec.encode(value))
 
+    def _raw(self, key: str, version: int) -> bytes | None:
+        """The encoding of ``key``'s value in format ``version`` (None: it has no value, or a
+        restored one that fails its decode now)."""
+        stored = self._stored.get(key)
+        if stored is not None and format_of(stored) == version:
+            return stored
+        value = self.get(key)
+        return None if value is None else codec.encode(value, version)
+
     def markers(self, key: str) -> Mapping[ReplicaId, Marker]:
         return self._markers.get(key, {})
 
     def keys_with_markers(self) -> list[str]:
         return list(self._markers)
 
-    def envelope(self, key: str, raw: bytes | None = None) -> bytes:
-        """The value of ``key`` with its markers, as it travels and is stored (``raw``: the
-        value's encoding, if the caller has it)."""
-        if raw is None:
-            stored = self._stored.get(key)
-            raw = codec.encode(self._values[key]) if stored is None else stored
+    def envelope(
+        self, key: str, raw: bytes | None = None, version: int = codec.FORMAT_VERSION
+    ) -> bytes | None:
+        """The value of ``key`` with its markers, as it travels and is stored, in format
+        ``version`` (``raw``: the value's encoding, if the caller has it; a restored value of an
+        older format is encoded anew, so its row is upgraded when next written).  None: the key
+        holds no value."""
+        if raw is None or format_of(raw) != version:
+            raw = self._raw(key, version)
+            if raw is None:
+                return None
         return join_envelope(raw, self._markers.get(key, {}))
 
-    def payload(self, key: str) -> bytes | None:
-        """What a peer gets for ``key``: its envelope, TOMBSTONE, or None if unknown here."""
+    def payload(self, key: str, version: int = codec.FORMAT_VERSION) -> bytes | None:
+        """What a peer gets for ``key``: its envelope in format ``version``, TOMBSTONE, or None
+        if unknown here."""
         if key in self._deleted:
             return TOMBSTONE
-        return self.envelope(key) if key in self else None
+        return self.envelope(key, version=version) if key in self else None
 
     # -- adding and removing keys ------------------------------------------------------------------
 
@@ -196,13 +223,7 @@ class KeyTable:
             self._set_markers(key, markers)
         self._stored.pop(key, None)
         self._values[key] = value
-        if raw is None:
-            self._digests.pop(key, None)
-            self._stale.add(key)
-        else:
-            self._digests[key] = self._digest(key, raw[-16:])
-            self._stale.discard(key)
-        self._bucket_add(key)
+        self._changed(key, raw)
 
     def delete(self, key: str) -> None:
         """Replace ``key``'s value by a tombstone (it wins every merge: the key stays deleted)."""
@@ -210,8 +231,9 @@ class KeyTable:
         self._stored.pop(key, None)
         self._markers.pop(key, None)
         self._deleted.add(key)
-        self._digests[key] = TOMBSTONE_DIGEST
-        self._stale.discard(key)
+        for cache in self._formats.values():
+            cache.keys[key] = TOMBSTONE_DIGEST
+            cache.stale.discard(key)
         self._bucket_add(key)
 
     def expire(self, key: str) -> None:
@@ -224,11 +246,12 @@ class KeyTable:
         self._markers.pop(key, None)
         self._last_used.pop(key, None)
         self._used_here.discard(key)
-        self._digests.pop(key, None)
-        self._stale.discard(key)
         bucket = bucket_of(key)
         self._bucket_keys.get(bucket, set()).discard(key)
-        self._dirty.add(bucket)
+        for cache in self._formats.values():
+            cache.keys.pop(key, None)
+            cache.stale.discard(key)
+            cache.dirty.add(bucket)
 
     def restore(self, key: str, payload: bytes | None, limits: Limits) -> None:
         """Put a stored row back (None: a tombstone), its value kept as its bytes until first
@@ -243,9 +266,7 @@ class KeyTable:
         self._set_markers(key, markers)
         self._values.pop(key, None)
         self._stored[key] = raw
-        self._digests[key] = self._digest(key, raw[-16:])
-        self._stale.discard(key)
-        self._bucket_add(key)
+        self._changed(key, raw)
         self.touch(key)
 
     def clear(self) -> None:
@@ -254,14 +275,13 @@ class KeyTable:
             self._values,
             self._stored,
             self._markers,
-            self._digests,
             self._bucket_keys,
-            self._bucket_digests,
             self._last_used,
         ):
             records.clear()
-        for keys in (self._deleted, self._stale, self._dirty, self._used_here):
+        for keys in (self._deleted, self._used_here):
             keys.clear()
+        self._formats = {codec.FORMAT_VERSION: _Digests(codec.FORMAT_VERSION)}
 
     def _set_markers(self, key: str, markers: Markers) -> None:
         if markers:
@@ -273,7 +293,21 @@ class KeyTable:
     def _bucket_add(self, key: str) -> None:
         bucket = bucket_of(key)
         self._bucket_keys.setdefault(bucket, set()).add(key)
-        self._dirty.add(bucket)
+        for cache in self._formats.values():
+            cache.dirty.add(bucket)
+
+    def _changed(self, key: str, raw: bytes | None) -> None:
+        """``key`` holds a new value (``raw``: its encoding, if known): its digest is the
+        encoding's checksum in that encoding's format, and computed when needed in the others."""
+        version = None if raw is None else format_of(raw)
+        for cache in self._formats.values():
+            if raw is not None and cache.version == version:
+                cache.keys[key] = self._digest(key, raw[-16:])
+                cache.stale.discard(key)
+            else:
+                cache.keys.pop(key, None)
+                cache.stale.add(key)
+        self._bucket_add(key)
 
     # -- digests -----------------------------------------------------------------------------------
 
@@ -281,29 +315,56 @@ class KeyTable:
         markers = self._markers.get(key)
         return envelope_digest(value_digest, markers) if markers else value_digest
 
-    def digests(self) -> Mapping[str, bytes]:
-        """Every key's digest (tombstones too), computing those that changed since last asked."""
-        for key in self._stale:
-            self._digests[key] = self._digest(key, codec.digest(self._values[key]))
-        self._stale.clear()
-        return self._digests
+    def _cache(self, version: int) -> _Digests:
+        """The digests in format ``version``; a format not kept yet starts with every key's
+        digest owed."""
+        cache = self._formats.get(version)
+        if cache is None:
+            if version not in codec.FORMAT_VERSIONS:
+                raise ValueError(f"format version {version!r} is not one of the codec's")
+            cache = self._formats[version] = _Digests(version)
+            cache.keys = dict.fromkeys(self._deleted, TOMBSTONE_DIGEST)
+            cache.stale = set(self.names())
+            cache.dirty = set(self._bucket_keys)
+        return cache
 
-    def buckets(self) -> dict[int, bytes]:
-        """The digest of every non-empty bucket (a bucket whose last key left has none)."""
-        digests = self.digests()
-        for bucket in self._dirty:
+    def keep_formats(self, versions: Iterable[int]) -> None:
+        """Keep digests only in ``versions`` (those peers use) and this node's own format."""
+        wanted = {codec.FORMAT_VERSION, *versions}
+        for version in set(self._formats) - wanted:
+            del self._formats[version]
+
+    def digests(self, version: int = codec.FORMAT_VERSION) -> Mapping[str, bytes]:
+        """Every key's digest (tombstones too) in format ``version``, computing those that
+        changed since last asked."""
+        cache = self._cache(version)
+        for key in list(cache.stale):
+            raw = self._raw(key, version)  # a value that fails its decode now is dropped
+            if raw is not None:
+                cache.keys[key] = self._digest(key, raw[-16:])
+        cache.stale.clear()
+        return cache.keys
+
+    def buckets(self, version: int = codec.FORMAT_VERSION) -> dict[int, bytes]:
+        """The digest of every non-empty bucket (a bucket whose last key left has none), in
+        format ``version``."""
+        digests = self.digests(version)
+        cache = self._formats[version]
+        for bucket in cache.dirty:
             keys = self._bucket_keys.get(bucket)
             if keys:
-                self._bucket_digests.update(bucket_digests(digests, keys))
+                cache.buckets.update(bucket_digests(digests, keys))
             else:
-                self._bucket_keys.pop(bucket, None)
-                self._bucket_digests.pop(bucket, None)
-        self._dirty.clear()
-        return dict(self._bucket_digests)
+                cache.buckets.pop(bucket, None)
+        cache.dirty.clear()
+        return dict(cache.buckets)
 
-    def digests_in(self, buckets: Iterable[object]) -> dict[str, bytes]:
-        """The digest of every key in ``buckets`` (what is not a bucket number is ignored)."""
-        digests = self.digests()
+    def digests_in(
+        self, buckets: Iterable[object], version: int = codec.FORMAT_VERSION
+    ) -> dict[str, bytes]:
+        """The digest of every key in ``buckets`` (what is not a bucket number is ignored), in
+        format ``version``."""
+        digests = self.digests(version)
         return {
             key: digests[key]
             for b in buckets
