@@ -999,7 +999,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                         str(p.address),
                         p.reachable,
                         round(peers.silence(p), 3),
-                        self._peer_versions(p.replica.node),
+                        self._versions.describe(p.replica.node),
                     )
                     for p in sorted(peers, key=lambda p: p.replica.node)
                 ),
@@ -1021,13 +1021,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     def _incompatible(self) -> tuple[str, ...]:
         return tuple(f"{n}: {why}" for n, why in sorted(self._versions.incompatible.items()))
-
-    def _peer_versions(self, node: str) -> str:
-        speaks = self._versions.speaks(node)
-        if speaks is None:
-            return ""
-        pair = f"protocol {self._versions.protocol(node)}, format {self._versions.format(node)}"
-        return f"{speaks} -> {pair}"
 
     def receiveMsg_DescribeProcess(self, msg: DescribeProcess, sender: Any) -> None:
         self.send(sender, ProcessInfo(os.getpid(), os.getpgid(0)))

@@ -107,6 +107,7 @@ class Versions:
         self.me = me
         self._speaks: dict[str, Speaks] = {}
         self._pair: dict[str, tuple[int, int]] = {}
+        self._legacy: set[str] = set()  # peers that announce nothing
         self.incompatible: dict[str, str] = {}
         """Peers this node cannot talk to, with why (until they announce something it can)."""
         lowest = common(me, LEGACY) or (me.protocols[0], me.formats[0])
@@ -117,8 +118,10 @@ class Versions:
         the first release).  Returns the reason it cannot be talked to if that is new (for the
         log, once); None otherwise.  Raises ValueError for a malformed announcement (nothing
         is changed)."""
-        speaks = Speaks.parse(announced) or LEGACY
+        parsed = Speaks.parse(announced)
+        speaks = parsed or LEGACY
         self._speaks[node] = speaks
+        self._legacy.discard(node) if parsed else self._legacy.add(node)
         pair = common(self.me, speaks)
         if pair is not None:
             self._pair[node] = pair
@@ -145,6 +148,20 @@ class Versions:
         """What ``node`` last announced (None: nothing heard from it yet)."""
         return self._speaks.get(node)
 
+    def describe(self, node: str) -> str:
+        """What ``node`` speaks and what the pair uses, for Status ("" if not heard yet)."""
+        speaks = self._speaks.get(node)
+        if speaks is None:
+            return ""
+        said = (
+            f"{speaks} (announces nothing: the first release)"
+            if node in self._legacy
+            else str(speaks)
+        )
+        if node in self.incompatible:
+            return f"{said} -> none in common"
+        return f"{said} -> protocol {self.protocol(node)}, format {self.format(node)}"
+
     def formats(self, nodes: Iterable[str]) -> set[int]:
         """The formats in use with ``nodes``."""
         return {self.format(n) for n in nodes}
@@ -153,3 +170,4 @@ class Versions:
         """``node`` is gone for good."""
         for records in (self._speaks, self._pair, self.incompatible):
             records.pop(node, None)
+        self._legacy.discard(node)
