@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,9 @@ from thespian_dd import (
     GetSuccess,
     ORSet,
     ReadAll,
+    ReadConsistency,
     ReadLocal,
+    ReplicaId,
     Stats,
     Status,
     WriteMajority,
@@ -77,7 +80,7 @@ def acknowledged(log: Path) -> dict[str, set[str]]:
     return acked
 
 
-def elements(cluster: Cluster, i: int, key: str, consistency: object) -> frozenset[str]:
+def elements(cluster: Cluster, i: int, key: str, consistency: ReadConsistency) -> frozenset[str]:
     reply = cluster.ask(i, Get(key, consistency), timeout=20)
     assert isinstance(reply, GetSuccess), f"{cluster.names[i]}: {key}: {reply!r}"
     value = reply.data.value
@@ -85,11 +88,22 @@ def elements(cluster: Cluster, i: int, key: str, consistency: object) -> frozens
     return value
 
 
-def assert_all_present(cluster: Cluster, acked: dict[str, set[str]], consistency: object) -> None:
+def assert_all_present(
+    cluster: Cluster, acked: dict[str, set[str]], consistency: ReadConsistency
+) -> None:
     for i in range(3):
         for key, wanted in acked.items():
             missing = wanted - elements(cluster, i, key, consistency)
             assert not missing, f"{cluster.names[i]} lacks acknowledged writes of {key}: {missing}"
+
+
+def holds_all(cluster: Cluster, acked: dict[str, set[str]]) -> bool:
+    """Whether every node holds every write of ``acked`` itself (no read repair)."""
+    return all(
+        wanted <= elements(cluster, i, key, ReadLocal())
+        for i in range(3)
+        for key, wanted in acked.items()
+    )
 
 
 def assert_no_refusal(cluster: Cluster, i: int) -> None:
@@ -132,8 +146,12 @@ def test_a_rolling_upgrade_from_the_previous_release_loses_no_acknowledged_write
                 if i == 1:  # the first node upgraded sees the others are of the first release
                     seen = peer_versions(cluster, 1)
                     assert all("the first release" in seen[cluster.names[j]] for j in (0, 2)), seen
-                # Writes go on through the mixed cluster before the next node goes.
-                eventually(lambda b=before: len(log.read_text().splitlines()) >= b + 20, 30)
+                # Writes go on through the mixed cluster before the next node goes, and what
+                # was acknowledged so far spreads to every node, old and new.
+                goal = before + 20
+                eventually(lambda: len(log.read_text().splitlines()) >= goal, 30)  # noqa: B023
+                so_far = acknowledged(log)
+                eventually(lambda: holds_all(cluster, so_far), 20, what="spread")  # noqa: B023
         finally:
             stop.touch()
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -143,16 +161,9 @@ def test_a_rolling_upgrade_from_the_previous_release_loses_no_acknowledged_write
         acked = acknowledged(log)
         total = sum(map(len, acked.values()))
         assert total >= 60
+        eventually(lambda: holds_all(cluster, acked), 20, what="every write on every node")
         assert_all_present(cluster, acked, ReadAll(10))
         for i in range(3):
-            # Every node holds every write itself (anti-entropy spread what ReadAll repaired).
-            eventually(
-                lambda i=i: all(
-                    wanted <= elements(cluster, i, key, ReadLocal())
-                    for key, wanted in acked.items()
-                ),
-                20,
-            )
             assert_no_refusal(cluster, i)
         upgraded = time.monotonic()
         for i in range(3):
@@ -172,6 +183,10 @@ def test_a_rolling_upgrade_from_the_previous_release_loses_no_acknowledged_write
     )
 
 
+def adding(element: str) -> Callable[[ORSet[str], ReplicaId], ORSet[str]]:
+    return lambda s, node: s.add(node, element)
+
+
 def write_until_stopped(log: Path, stop: Path, ports: list[int]) -> None:
     """The writer: add a new element to one of KEYS sets on each node in turn, with
     WriteMajority, and note each write acknowledged, until ``stop`` exists.  A node that is
@@ -185,9 +200,7 @@ def write_until_stopped(log: Path, stop: Path, ports: list[int]) -> None:
             try:
                 if port not in clients:
                     clients[port] = Client.connect(port, timeout=5)
-                clients[port].update(
-                    key, ORSet(), lambda s, node, e=element: s.add(node, e), WriteMajority(3)
-                )
+                clients[port].update(key, ORSet[str](), adding(element), WriteMajority(3))
             except Exception:  # noqa: BLE001 - whatever fails, the write is not acknowledged
                 failed += 1
                 client = clients.pop(port, None)
