@@ -87,6 +87,7 @@ def messages() -> dict[str, object]:
     )
     settings = {"node_name": "node-a", "gossip_interval": 0.2}
     payload = keys.payload("set")
+    assert payload is not None
     return {
         "PeerHello": hello,
         "PeerRemoved": p.PeerRemoved(p.PROTOCOL_VERSION, A, GONE),
