@@ -7,6 +7,7 @@ start with ``_`` are internals.
 
 import logging
 
+from thespian_dd._runtime.store import store_metadata
 from thespian_dd.client import (
     AsyncClient,
     AsyncSubscription,
@@ -194,6 +195,7 @@ __all__ = [
     "WriteTo",
     "register_data_type",
     "start",
+    "store_metadata",
 ]
 
 __version__ = "0.1.0.dev0"
