@@ -115,6 +115,7 @@ def assert_no_refusal(cluster: Cluster, i: int) -> None:
 
 
 @pytest.mark.multinode
+@pytest.mark.upgrade
 @pytest.mark.timeout(240)
 def test_a_rolling_upgrade_from_the_previous_release_loses_no_acknowledged_write(
     tmp_path: Path,
