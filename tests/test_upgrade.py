@@ -19,9 +19,11 @@ import contextlib
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 import pytest
 
@@ -189,33 +191,47 @@ def adding(element: str) -> Callable[[ORSet[str], ReplicaId], ORSet[str]]:
 
 
 def write_until_stopped(log: Path, stop: Path, ports: list[int]) -> None:
-    """The writer: add a new element to one of KEYS sets on each node in turn, with
-    WriteMajority, and note each write acknowledged, until ``stop`` exists.  A node that is
-    down (being upgraded) costs a failed write, which is not noted."""
-    clients: dict[int, Client] = {}
-    n = failed = 0
-    with log.open("a") as out:
+    """The writer: a client per node, each in a thread of its own, adds new elements to KEYS
+    sets with WriteMajority and notes each write acknowledged, until ``stop`` exists.  A node
+    that is down (being upgraded) costs its client failed writes, which are not noted; the
+    others write on meanwhile."""
+    lock = threading.Lock()
+    tried, failed = [0] * len(ports), [0] * len(ports)
+
+    def write(index: int, port: int, out: TextIO) -> None:
+        client: Client | None = None
         while not stop.exists():
-            port, key, element = ports[n % len(ports)], f"set-{n % KEYS}", f"w{n}"
-            n += 1
+            n = tried[index]
+            tried[index] += 1
+            key, element = f"set-{n % KEYS}", f"w{index}-{n}"
             try:
-                if port not in clients:
-                    clients[port] = Client.connect(port, timeout=5)
-                clients[port].update(key, ORSet[str](), adding(element), WriteMajority(3))
+                if client is None:
+                    client = Client.connect(port, timeout=5)
+                client.update(key, ORSet[str](), adding(element), WriteMajority(3))
             except Exception:  # noqa: BLE001 - whatever fails, the write is not acknowledged
-                failed += 1
-                client = clients.pop(port, None)
+                failed[index] += 1
                 if client is not None:
                     with contextlib.suppress(Exception):
                         client.close()
+                client = None
                 time.sleep(0.05)
                 continue
-            out.write(f"{key} {element}\n")
-            out.flush()
-    for client in clients.values():
-        with contextlib.suppress(Exception):
-            client.close()
-    sys.stdout.write(f"{n} writes tried, {failed} failed\n")
+            with lock:
+                out.write(f"{key} {element}\n")
+                out.flush()
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    with log.open("a") as out:
+        threads = [
+            threading.Thread(target=write, args=(i, port, out)) for i, port in enumerate(ports)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    sys.stdout.write(f"{sum(tried)} writes tried, {sum(failed)} failed\n")
 
 
 if __name__ == "__main__":
