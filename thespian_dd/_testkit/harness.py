@@ -402,7 +402,10 @@ class Cluster:
             args += ["--test-partitions"]  # split() and partition() use PartitionForTests
         env = {**os.environ, "THESPLOG_FILE": str(self.workdir / f"{node.name}.thespian.log")}
         if node.python_path is not None:
-            env["PYTHONPATH"] = node.python_path
+            # First: its thespian_dd shadows any other (a package is found whole, in one place).
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [node.python_path, env.get("PYTHONPATH")])
+            )
             # Not the working directory first (``-m`` puts it there): it may hold this tree's
             # package, which would shadow the one on python_path.
             env["PYTHONSAFEPATH"] = "1"
@@ -496,8 +499,8 @@ class Cluster:
         self.start_node(i)
 
     def run_code(self, i: int, python_path: str | None) -> None:
-        """From its next start, node ``i`` runs the ``thespian_dd`` found first on
-        ``python_path`` (the ``PYTHONPATH`` of its process: e.g. a directory holding an earlier
+        """From its next start, node ``i`` runs the ``thespian_dd`` found in ``python_path``
+        (put first on the ``PYTHONPATH`` of its process: e.g. a directory holding an earlier
         release's package, for a rolling upgrade), with this interpreter and its other packages;
         None: the code this process runs."""
         self.nodes[i].python_path = python_path
