@@ -13,9 +13,10 @@ The parallel records are kept in step here and nowhere else:
   load would be: never served, and its row is not written.
 - Digests are computed when gossip needs them (:meth:`KeyTable.digests`), not on the path of
   every update, unless the caller has the value's encoding already.  A digest is the checksum of
-  an encoding, so it depends on the codec format: the table keeps the digests of each format a
-  peer needs (during a rolling upgrade, an older peer compares in an older format), and a
-  payload for a peer is encoded in the peer's format (:meth:`KeyTable.payload`).
+  an encoding, so it depends on the codec format: during a rolling upgrade a peer of an earlier
+  release compares digests in its format, which the table then keeps too (and drops once no
+  peer needs it), and a payload for a peer is encoded in the peer's format
+  (:meth:`KeyTable.payload`).
 - Buckets: keys are grouped into :data:`BUCKETS` hashed buckets; gossip compares the 8-byte bucket
   digests first, so two nodes that agree exchange a fixed 64 x 8 bytes per round.
 """
@@ -64,7 +65,7 @@ def bucket_digests(digests: Mapping[str, bytes], keys: Iterable[str]) -> dict[in
 
 
 class _Digests:
-    """The digests of every key, and of every bucket, in one codec format."""
+    """The digests of every key and bucket in one codec format other than the current one."""
 
     def __init__(self, version: int) -> None:
         self.version = version
@@ -94,8 +95,12 @@ class KeyTable:
         self._markers: dict[str, dict[ReplicaId, Marker]] = {}
         self.pruned: set[ReplicaId] = set()
         """Replicas whose pruning was performed in some key: they may never be peers again."""
-        self._formats = {codec.FORMAT_VERSION: _Digests(codec.FORMAT_VERSION)}
+        self._digests: dict[str, bytes] = {}
+        self._stale: set[str] = set()  # keys whose digest is computed when next needed
         self._bucket_keys: dict[int, set[str]] = {}
+        self._bucket_digests: dict[int, bytes] = {}
+        self._dirty: set[int] = set()
+        self._older: dict[int, _Digests] = {}  # digests in other formats, for older peers
         self._last_used: dict[str, float] = {}
         self._used_here: set[str] = set()  # used on this node since the last take_used_here()
 
@@ -173,6 +178,12 @@ class KeyTable:
         for key, value in list(self._values.items()):
             yield key, len(codec.encode(value))
 
+    def markers(self, key: str) -> Mapping[ReplicaId, Marker]:
+        return self._markers.get(key, {})
+
+    def keys_with_markers(self) -> list[str]:
+        return list(self._markers)
+
     def _raw(self, key: str, version: int) -> bytes | None:
         """The encoding of ``key``'s value in format ``version`` (None: it has no value, or a
         restored one that fails its decode now)."""
@@ -182,19 +193,13 @@ class KeyTable:
         value = self.get(key)
         return None if value is None else codec.encode(value, version)
 
-    def markers(self, key: str) -> Mapping[ReplicaId, Marker]:
-        return self._markers.get(key, {})
-
-    def keys_with_markers(self) -> list[str]:
-        return list(self._markers)
-
     def envelope(
         self, key: str, raw: bytes | None = None, version: int = codec.FORMAT_VERSION
     ) -> bytes | None:
         """The value of ``key`` with its markers, as it travels and is stored, in format
         ``version`` (``raw``: the value's encoding, if the caller has it; a restored value of an
-        older format is encoded anew, so its row is upgraded when next written).  None: the key
-        holds no value."""
+        earlier format is encoded anew, so its row is upgraded when next written).  None: the
+        key holds no value."""
         if raw is None or format_of(raw) != version:
             raw = self._raw(key, version)
             if raw is None:
@@ -231,9 +236,11 @@ class KeyTable:
         self._stored.pop(key, None)
         self._markers.pop(key, None)
         self._deleted.add(key)
-        for cache in self._formats.values():
-            cache.keys[key] = TOMBSTONE_DIGEST
-            cache.stale.discard(key)
+        self._digests[key] = TOMBSTONE_DIGEST
+        self._stale.discard(key)
+        for older in self._older.values():
+            older.keys[key] = TOMBSTONE_DIGEST
+            older.stale.discard(key)
         self._bucket_add(key)
 
     def expire(self, key: str) -> None:
@@ -246,12 +253,15 @@ class KeyTable:
         self._markers.pop(key, None)
         self._last_used.pop(key, None)
         self._used_here.discard(key)
+        self._digests.pop(key, None)
+        self._stale.discard(key)
         bucket = bucket_of(key)
         self._bucket_keys.get(bucket, set()).discard(key)
-        for cache in self._formats.values():
-            cache.keys.pop(key, None)
-            cache.stale.discard(key)
-            cache.dirty.add(bucket)
+        self._dirty.add(bucket)
+        for older in self._older.values():
+            older.keys.pop(key, None)
+            older.stale.discard(key)
+            older.dirty.add(bucket)
 
     def restore(self, key: str, payload: bytes | None, limits: Limits) -> None:
         """Put a stored row back (None: a tombstone), its value kept as its bytes until first
@@ -275,13 +285,15 @@ class KeyTable:
             self._values,
             self._stored,
             self._markers,
+            self._digests,
             self._bucket_keys,
+            self._bucket_digests,
             self._last_used,
         ):
             records.clear()
-        for keys in (self._deleted, self._used_here):
+        for keys in (self._deleted, self._stale, self._dirty, self._used_here):
             keys.clear()
-        self._formats = {codec.FORMAT_VERSION: _Digests(codec.FORMAT_VERSION)}
+        self._older.clear()
 
     def _set_markers(self, key: str, markers: Markers) -> None:
         if markers:
@@ -293,20 +305,27 @@ class KeyTable:
     def _bucket_add(self, key: str) -> None:
         bucket = bucket_of(key)
         self._bucket_keys.setdefault(bucket, set()).add(key)
-        for cache in self._formats.values():
-            cache.dirty.add(bucket)
+        self._dirty.add(bucket)
+        for older in self._older.values():
+            older.dirty.add(bucket)
 
     def _changed(self, key: str, raw: bytes | None) -> None:
-        """``key`` holds a new value (``raw``: its encoding, if known): its digest is the
-        encoding's checksum in that encoding's format, and computed when needed in the others."""
+        """``key`` holds a new value (``raw``: its encoding, if known): its digest in the
+        encoding's format is the encoding's checksum; in the other formats it is owed."""
         version = None if raw is None else format_of(raw)
-        for cache in self._formats.values():
-            if raw is not None and cache.version == version:
-                cache.keys[key] = self._digest(key, raw[-16:])
-                cache.stale.discard(key)
+        if raw is not None and version == codec.FORMAT_VERSION:
+            self._digests[key] = self._digest(key, raw[-16:])
+            self._stale.discard(key)
+        else:
+            self._digests.pop(key, None)
+            self._stale.add(key)
+        for older in self._older.values():
+            if raw is not None and version == older.version:
+                older.keys[key] = self._digest(key, raw[-16:])
+                older.stale.discard(key)
             else:
-                cache.keys.pop(key, None)
-                cache.stale.add(key)
+                older.keys.pop(key, None)
+                older.stale.add(key)
         self._bucket_add(key)
 
     # -- digests -----------------------------------------------------------------------------------
@@ -315,49 +334,53 @@ class KeyTable:
         markers = self._markers.get(key)
         return envelope_digest(value_digest, markers) if markers else value_digest
 
-    def _cache(self, version: int) -> _Digests:
-        """The digests in format ``version``; a format not kept yet starts with every key's
-        digest owed."""
-        cache = self._formats.get(version)
-        if cache is None:
+    def _records(
+        self, version: int
+    ) -> tuple[dict[str, bytes], set[str], dict[int, bytes], set[int]]:
+        """The digests in format ``version``: (by key, keys owed, by bucket, buckets owed).  A
+        format not kept yet (an older peer's) starts with every key's digest owed."""
+        if version == codec.FORMAT_VERSION:
+            return self._digests, self._stale, self._bucket_digests, self._dirty
+        older = self._older.get(version)
+        if older is None:
             if version not in codec.FORMAT_VERSIONS:
-                raise ValueError(f"format version {version!r} is not one of the codec's")
-            cache = self._formats[version] = _Digests(version)
-            cache.keys = dict.fromkeys(self._deleted, TOMBSTONE_DIGEST)
-            cache.stale = set(self.names())
-            cache.dirty = set(self._bucket_keys)
-        return cache
+                raise ValueError(f"format version {version!r} is not one the codec writes")
+            older = self._older[version] = _Digests(version)
+            older.keys = dict.fromkeys(self._deleted, TOMBSTONE_DIGEST)
+            older.stale = set(self.names())
+            older.dirty = set(self._bucket_keys)
+        return older.keys, older.stale, older.buckets, older.dirty
 
     def keep_formats(self, versions: Iterable[int]) -> None:
-        """Keep digests only in ``versions`` (those peers use) and this node's own format."""
-        wanted = {codec.FORMAT_VERSION, *versions}
-        for version in set(self._formats) - wanted:
-            del self._formats[version]
+        """Keep digests only in ``versions`` (those the peers use) and the current format."""
+        for version in set(self._older) - set(versions):
+            del self._older[version]
 
     def digests(self, version: int = codec.FORMAT_VERSION) -> Mapping[str, bytes]:
         """Every key's digest (tombstones too) in format ``version``, computing those that
         changed since last asked."""
-        cache = self._cache(version)
-        for key in list(cache.stale):
-            raw = self._raw(key, version)  # a value that fails its decode now is dropped
+        digests, stale, _, _ = self._records(version)
+        for key in list(stale):
+            raw = self._raw(key, version)  # a restored value that fails its decode is dropped
             if raw is not None:
-                cache.keys[key] = self._digest(key, raw[-16:])
-        cache.stale.clear()
-        return cache.keys
+                digests[key] = self._digest(key, raw[-16:])
+        stale.clear()
+        return digests
 
     def buckets(self, version: int = codec.FORMAT_VERSION) -> dict[int, bytes]:
         """The digest of every non-empty bucket (a bucket whose last key left has none), in
         format ``version``."""
         digests = self.digests(version)
-        cache = self._formats[version]
-        for bucket in cache.dirty:
+        _, _, by_bucket, dirty = self._records(version)
+        for bucket in dirty:
             keys = self._bucket_keys.get(bucket)
             if keys:
-                cache.buckets.update(bucket_digests(digests, keys))
+                by_bucket.update(bucket_digests(digests, keys))
             else:
-                cache.buckets.pop(bucket, None)
-        cache.dirty.clear()
-        return dict(cache.buckets)
+                self._bucket_keys.pop(bucket, None)
+                by_bucket.pop(bucket, None)
+        dirty.clear()
+        return dict(by_bucket)
 
     def digests_in(
         self, buckets: Iterable[object], version: int = codec.FORMAT_VERSION
