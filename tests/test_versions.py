@@ -183,7 +183,9 @@ def test_a_peer_it_cannot_talk_to_is_logged_once_shown_and_left_out_and_the_node
 ) -> None:
     far = ReplicaId("far", 5)
     probe = node.probe()
-    hello = PeerHello(PROTOCOL_VERSION, far, probe, {}, True, {"protocol": (1,), "format": (99,)})
+    hello = PeerHello(
+        PROTOCOL_VERSION, far, probe, {}, True, versions={"protocol": (1,), "format": (99,)}
+    )
     with caplog.at_level(logging.ERROR, logger="thespian_dd"):
         node.asys.tell(node.replicator, hello)
         node.asys.tell(node.replicator, hello)

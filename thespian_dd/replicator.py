@@ -699,7 +699,12 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     def _hello(self, *, reply: bool) -> PeerHello:
         directory = self._peers.directory()
         return PeerHello(
-            PROTOCOL_VERSION, self.node, self.myAddress, directory, reply, MINE.announcement()
+            PROTOCOL_VERSION,
+            self.node,
+            self.myAddress,
+            directory,
+            reply,
+            versions=MINE.announcement(),
         )
 
     def _accept(self, msg: Any, sender: Any) -> bool:

@@ -3,10 +3,12 @@
 between processes, built by the parts that build them on a node (key table, anti-entropy, delta
 queue, codec), so the payloads, digests and buckets are real.
 
-Run once per protocol release, by hand, and check the files in; never again for the same
-release (``tests/test_compat_protocol.py`` reads them with the code of every later change)::
+Run once per release, by hand, and check the files in (``tests/test_compat_protocol.py`` reads
+them with the code of every later change).  A file once written is never written again: a class
+added later gets its message added (here, in :func:`messages`) and written with ``--missing``,
+which leaves the existing files as they are::
 
-    PYTHONPATH=. python tests/compat/make_protocol1.py tests/compat/protocol1
+    PYTHONPATH=. python tests/compat/make_protocol1.py tests/compat/protocol1/release2 --missing
 """
 
 from __future__ import annotations
@@ -111,12 +113,15 @@ def messages() -> dict[str, object]:
     }
 
 
-def main(directory: Path) -> None:
+def main(directory: Path, *, missing: bool) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for name, message in messages().items():
+        path = directory / f"{name}.pickle"
+        if missing and path.exists():
+            continue
         # Thespian pickles with the default protocol of its Python.
-        (directory / f"{name}.pickle").write_bytes(pickle.dumps(message))
+        path.write_bytes(pickle.dumps(message))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), missing="--missing" in sys.argv[2:])

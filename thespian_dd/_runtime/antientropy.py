@@ -109,7 +109,13 @@ class AntiEntropy:
         buckets = self._keys.buckets(version)
         used = self._keys.take_used_here() if used is None else used
         return GossipStatus(
-            PROTOCOL_VERSION, self._me(), buckets, directory, used, versions, version
+            PROTOCOL_VERSION,
+            self._me(),
+            buckets,
+            directory,
+            used,
+            versions=versions,
+            format=version,
         )
 
     def on_status(self, msg: GossipStatus, reply: Reply) -> None:
@@ -127,7 +133,7 @@ class AntiEntropy:
         differ = differing_buckets(self._keys.buckets(version), msg.buckets)
         if differ:
             digests = self._keys.digests_in(differ, version)
-            reply(GossipKeys(PROTOCOL_VERSION, self._me(), digests, differ, version))
+            reply(GossipKeys(PROTOCOL_VERSION, self._me(), digests, differ, format=version))
 
     def on_keys(self, msg: GossipKeys, reply: Reply) -> None:
         """A peer's key digests of the buckets that differ: send the values that differ, and
