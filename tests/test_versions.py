@@ -93,6 +93,20 @@ def test_a_malformed_announcement_is_refused_and_changes_nothing(announced: obje
     assert versions.format("b") == 2
 
 
+def test_a_peer_it_cannot_talk_to_is_forgotten_once_silent_long_enough() -> None:
+    now = [100.0]
+    versions = Versions(ME, clock=lambda: now[0])
+    versions.heard("far", announce((9,), (9,)))
+    versions.heard("b", announce((1,), (1,)))
+    now[0] += 30
+    versions.forget_silent(60)
+    assert set(versions.incompatible) == {"far"}
+    now[0] += 31
+    versions.forget_silent(60)
+    assert versions.incompatible == {}
+    assert versions.speaks("b") is not None  # a peer it talks to goes with the peer table
+
+
 def test_forgetting_a_peer_forgets_what_it_spoke() -> None:
     versions = Versions(ME)
     versions.heard("far", announce((9,), (9,)))
@@ -203,6 +217,12 @@ def test_a_peer_it_cannot_talk_to_is_logged_once_shown_and_left_out_and_the_node
     answers = node.received(probe)
     assert [type(m) for m in answers] == [PeerHello, PeerHello]
     assert all(m.versions == MINE.announcement() for m in answers)
+    # A peer's directory that names it does not bring it in.
+    near = PeerHello(PROTOCOL_VERSION, ReplicaId("near", 6), node.probe(), {"far": (far, probe)})
+    node.asys.tell(node.replicator, near)
+    stats = node.ask(GetStats())
+    assert isinstance(stats, Stats)
+    assert stats.peers == 1
     node.ask(Update("c", GCounter(), lambda c, n: c.increment(n, 1)))
     got = node.ask(Get("c"))
     assert isinstance(got, GetSuccess)

@@ -771,6 +771,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                     msg.sender,
                     reason,
                 )
+                self._peers.left(node)  # known before (from a directory): no longer reached
         return self._versions.can_talk(node)
 
     def _joined(self, replica: ReplicaId) -> None:
@@ -780,6 +781,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._met(peer)
 
     def _learn_directory(self, directory: Mapping[str, tuple[ReplicaId, Any]]) -> None:
+        talk = self._versions.can_talk
+        directory = {name: entry for name, entry in directory.items() if talk(name)}
         for peer in self._peers.learn_all(self.node, directory):
             self._joined(peer.replica)
             self._peer_send(peer.replica.node, peer.address, self._hello(reply=True))
@@ -839,6 +842,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._window.forget(peer.replica)
             self._versions.forget(peer.replica.node)
             log.warning("peer %s removed: unreachable for %.0f s", peer.replica, silent)
+        self._versions.forget_silent(self.settings.removal_timeout)
         # One status per codec format the peers use (one, unless a rolling upgrade is on).
         used = self._keys.take_used_here()
         formats = self._versions.formats(p.replica.node for p in kept)

@@ -16,7 +16,8 @@ Pure logic, without Thespian: the Replicator keeps one :class:`Versions`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from thespian_dd import codec
@@ -101,10 +102,13 @@ class Versions:
     """What each peer (by node name) speaks, as it last announced, and what each pair uses.
 
     A peer not heard from yet is taken as :data:`LEGACY` if this node speaks that (the safe
-    guess: the lowest versions), until its hello or status says more."""
+    guess: the lowest versions), until its hello or status says more.  ``clock``: monotonic
+    seconds (a peer it cannot talk to is forgotten once silent long enough)."""
 
-    def __init__(self, me: Speaks = MINE) -> None:
+    def __init__(self, me: Speaks = MINE, clock: Callable[[], float] = time.monotonic) -> None:
         self.me = me
+        self._clock = clock
+        self._heard_at: dict[str, float] = {}
         self._speaks: dict[str, Speaks] = {}
         self._pair: dict[str, tuple[int, int]] = {}
         self._legacy: set[str] = set()  # peers that announce nothing
@@ -120,6 +124,7 @@ class Versions:
         is changed)."""
         parsed = Speaks.parse(announced)
         speaks = parsed or LEGACY
+        self._heard_at[node] = self._clock()
         self._speaks[node] = speaks
         self._legacy.discard(node) if parsed else self._legacy.add(node)
         pair = common(self.me, speaks)
@@ -168,6 +173,14 @@ class Versions:
 
     def forget(self, node: str) -> None:
         """``node`` is gone for good."""
-        for records in (self._speaks, self._pair, self.incompatible):
+        for records in (self._speaks, self._pair, self.incompatible, self._heard_at):
             records.pop(node, None)
         self._legacy.discard(node)
+
+    def forget_silent(self, seconds: float) -> None:
+        """Forget the peers it cannot talk to that were not heard for ``seconds`` (they are not
+        in the peer table, whose removal would forget them)."""
+        now = self._clock()
+        for node in list(self.incompatible):
+            if now - self._heard_at.get(node, now) > seconds:
+                self.forget(node)
