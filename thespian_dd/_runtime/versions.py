@@ -8,8 +8,8 @@ announces nothing is of the first release: it speaks protocol 1 and format 1 (:d
 A pair uses the highest version both speak, of each; a node sends a peer only what the peer reads
 (payloads encoded in the pair's format, anti-entropy digests computed in it).  A peer with no
 version in common cannot be talked to at all: it is said once in the log, shown in Stats and
-Status, kept out of the peer table (it gets no requests, and does not count in N), and the node
-goes on serving its clients.
+Status, kept out of the peer table (it gets no requests; the Replicator does not learn it from
+other peers' directories), and the node goes on serving its clients.
 
 Pure logic, without Thespian: the Replicator keeps one :class:`Versions`.
 """
