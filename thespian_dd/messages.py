@@ -690,6 +690,8 @@ class Stats:
       once a commit succeeds (while the store cannot be loaded: why).
     - ``serving``: False while the node loads its store (or cannot): the other figures are then
       partial.  ``GetStats`` is answered at once, loading or not.
+    - ``incompatible_peers``: nodes this one cannot talk to (no protocol or codec format version
+      in common, see the upgrade procedure in the operations guide), each as ``"name: why"``.
     """
 
     node: str
@@ -708,6 +710,7 @@ class Stats:
     store_error: str | None = None
     refused_rows: int = 0
     serving: bool = True
+    incompatible_peers: tuple[str, ...] = ()
     request: Any = None
 
 
@@ -722,6 +725,9 @@ class PeerStatus:
     reachable: bool
     last_heard: float
     """Seconds since this node last heard from it."""
+    versions: str = ""
+    """The protocol and codec format versions it announced (empty: none yet; ``protocol 1,
+    format 1`` for a node of the first release) and, after ``->``, those the pair uses."""
 
 
 @dataclass(frozen=True)
@@ -750,6 +756,8 @@ class Status:
     last_flush: float | None
     store_error: str | None
     recovery_time: float | None
+    incompatible_peers: tuple[str, ...] = ()
+    """As in :class:`Stats`."""
     request: Any = None
 
 
