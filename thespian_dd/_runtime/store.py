@@ -9,6 +9,11 @@ MariaDB/MySQL get a native upsert.
 
 A :class:`Store` lives in the DurableWriter's process (:mod:`thespian_dd._runtime.writer`), and
 in the ``inspect`` command's.
+
+Upgrades: a row of an earlier codec format is read (the codec reads every format it ever wrote)
+and written in the current one when its key is next written; :meth:`Store.migrate` (the
+``migrate`` command) upgrades every row and the schema at once.  :data:`store_metadata` is the
+tables' SQLAlchemy MetaData, for a user's own migrations (alembic) to include or leave out.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import hmac
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,8 +29,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from thespian_dd import codec
+from thespian_dd._canonical import Limits
 from thespian_dd._runtime.checks import describe
-from thespian_dd._runtime.markers import format_version
+from thespian_dd._runtime.markers import format_version, join_envelope, split_envelope
 from thespian_dd._runtime.rows import (
     BAD_CHECKSUM,
     BAD_MAC,
@@ -49,11 +55,13 @@ __all__ = [
     "SCHEMA_VERSION",
     "STORE_FILE_PREFIX",
     "Entry",
+    "Migration",
     "Store",
     "StoreError",
     "StoredRow",
     "read_signing_key",
     "safe_url",
+    "store_metadata",
     "store_url",
 ]
 
@@ -66,10 +74,14 @@ LOAD_CHUNK_ROWS = 2000
 """Rows per :class:`~thespian_dd._runtime.writer.LoadChunk` (and per fetch of
 :meth:`Store.rows`): the Replicator keeps one chunk while the next is read."""
 
-_metadata = sa.MetaData()
+store_metadata = sa.MetaData()
+"""The two tables of a store (``thespian_dd_entries``, ``thespian_dd_nodes``), public as
+``thespian_dd.store_metadata``: an alembic ``env.py`` that manages its own tables in the same
+database can leave these out (``include_name``/``include_object``) or include them; their schema
+changes only with :data:`SCHEMA_VERSION`, through ``thespian-dd migrate``."""
 _entries = sa.Table(
     "thespian_dd_entries",
-    _metadata,
+    store_metadata,
     sa.Column("node", sa.String(255), primary_key=True),
     # The key's hash identifies the row: keys can be longer than any dialect's index allows
     # (MariaDB: 3072 bytes), and a fixed-width key keeps the index small.
@@ -97,7 +109,7 @@ _entries = sa.Table(
 )
 _nodes = sa.Table(
     "thespian_dd_nodes",
-    _metadata,
+    store_metadata,
     sa.Column("node", sa.String(255), primary_key=True),
     sa.Column("incarnation", sa.BigInteger, nullable=False),
     sa.Column("schema_version", sa.Integer, nullable=False),
@@ -220,7 +232,7 @@ class Store:
                 if self.engine.dialect.name == "sqlite" and not read_only:
                     sa.event.listen(self.engine, "connect", _sqlite_pragmas)
                 if create:
-                    _metadata.create_all(self.engine)
+                    store_metadata.create_all(self.engine)
                 elif not sa.inspect(self.engine).has_table(_entries.name):
                     problem = "it has no thespian_dd tables"
         except Exception as e:
@@ -379,7 +391,7 @@ class Store:
         if problem is None and stored_key_id != key_id(key):
             problem = "the row's key id does not match its key (tampered or corrupted)"
         if problem is None and version not in codec.FORMAT_VERSIONS:
-            problem = f"format version {version} is not one the codec reads {codec.FORMAT_VERSIONS}"
+            problem = f"format version {version} is not one this code reads {codec.FORMAT_VERSIONS}"
         return problem
 
     def _seal_problem(self, columns: list[bytes], check: bytes) -> str | None:
@@ -421,7 +433,7 @@ class Store:
             if entry == FORGOTTEN:
                 continue
             data_type, raw, replicas = (DELETED, b"", "") if entry is None else entry
-            # Bytes kept from an older format are written back as they are, and labelled so.
+            # A row says the format of its own bytes (a tombstone's: the current one).
             version = format_version(raw) or codec.FORMAT_VERSION
             rows.append(
                 {
@@ -432,7 +444,7 @@ class Store:
                     "format_version": version,
                     "payload": raw,
                     "replicas": replicas,
-                    "checksum": self._seal(node, key, data_type, version, raw, replicas),
+                    "checksum": self._seal(node, key, data_type, raw, replicas, version),
                     "updated_at": now,
                 }
             )
@@ -450,7 +462,13 @@ class Store:
                 self._alive_at[node] = now
 
     def _seal(  # noqa: PLR0913, PLR0917 - the columns the seal covers
-        self, node: str, key: str, data_type: str, version: int, payload: bytes, replicas: str
+        self,
+        node: str,
+        key: str,
+        data_type: str,
+        payload: bytes,
+        replicas: str,
+        version: int = codec.FORMAT_VERSION,
     ) -> bytes:
         """The checksum column of a row written now: its MAC with a signing key, else its
         checksum."""
@@ -472,6 +490,95 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def migrate(self) -> Migration:
+        """Bring the store to this code's schema and codec format, in one transaction (on
+        MariaDB/MySQL a table created is committed at once: DDL is not transactional there):
+        tables missing are created, the schema steps from the lowest node's schema version are
+        applied, and every row of an earlier format is decoded and written in
+        :data:`~thespian_dd.codec.FORMAT_VERSION` with a new checksum (or MAC).  A row that does
+        not pass its checks (or does not decode) is left as it is, and reported.  Running it
+        again changes nothing.  Rows are locked as they are read, and a row that a running node
+        rewrote meanwhile is not overwritten; stopping the nodes first is still the simple way.
+        Raises :class:`StoreError` for a store of a newer schema than this code knows."""
+        try:
+            with self.engine.begin() as conn:
+                store_metadata.create_all(conn)
+                found = conn.execute(
+                    sa.select(_nodes.c.node, _nodes.c.schema_version).with_for_update()
+                ).all()
+                for _, version in found:
+                    self._check_schema(version)
+                lowest = min((v for _, v in found), default=SCHEMA_VERSION)
+                for version in range(lowest, SCHEMA_VERSION):
+                    _SCHEMA_STEPS[version](conn)
+                if lowest < SCHEMA_VERSION:
+                    conn.execute(_nodes.update().values(schema_version=SCHEMA_VERSION))
+                upgraded, left = self._upgrade_rows(conn)
+        except StoreError:
+            raise
+        except Exception as e:
+            raise StoreError(f"cannot migrate {safe_url(self._setting)}: {_first_line(e)}") from e
+        return Migration(lowest, len(found), upgraded, left)
+
+    def _upgrade_rows(self, conn: sa.Connection) -> tuple[int, list[tuple[str, str, str]]]:
+        """Write every row of an earlier format in this one; returns how many, and the rows
+        left as they are: (node, key, why)."""
+        query = (
+            sa.select(*_LOAD_COLUMNS)
+            .where(_entries.c.format_version != codec.FORMAT_VERSION)
+            .with_for_update()
+        )
+        upgraded, left = 0, []
+        for row in conn.execute(query).all():
+            node, stored_key_id, key, data_type, _, payload, replicas, check = row
+            problem = self._checked(row)
+            new_payload = b""
+            if problem is None and data_type != DELETED:
+                try:
+                    markers, raw = split_envelope(bytes(payload), Limits(max_bytes=1 << 40))
+                    value = codec.decode(raw, Limits(max_bytes=1 << 40))
+                    new_payload = join_envelope(codec.encode(value), markers)
+                except Exception as e:  # noqa: BLE001 - a row that does not decode stays
+                    problem = f"it does not decode: {_first_line(e)}"
+            if problem is not None:
+                left.append((str(node), str(key), problem))
+                continue
+            conn.execute(
+                _entries.update()
+                .where(
+                    _entries.c.node == node,
+                    _entries.c.key_id == stored_key_id,
+                    _entries.c.checksum == check,  # not rewritten meanwhile by a running node
+                )
+                .values(
+                    format_version=codec.FORMAT_VERSION,
+                    payload=new_payload,
+                    checksum=self._seal(node, key, data_type, new_payload, replicas),
+                )
+            )
+            upgraded += 1
+        return upgraded, left
+
+
+class Migration(NamedTuple):
+    """What :meth:`Store.migrate` did."""
+
+    schema_from: int
+    """The lowest schema version a node of the store had (now all have SCHEMA_VERSION)."""
+    nodes: int
+    rows_upgraded: int
+    """Rows written anew in this code's codec format."""
+    rows_left: list[tuple[str, str, str]]
+    """Rows left as they were, as (node, key, why): they fail their checks or their decode
+    (a node refuses them at load too)."""
+
+
+_SCHEMA_STEPS: dict[int, Callable[[sa.Connection], None]] = {}
+"""The schema changes from version N to N + 1, by N, each run inside the migration's
+transaction.  Schema version 1 is the first: there is none yet.  A later release that changes
+the schema adds its step here, raises SCHEMA_VERSION, and keeps the store readable by the
+release before it until migrate has run (see the operations guide, upgrading)."""
 
 
 def _upsert_statement(dialect: str) -> sa.Executable | None:
