@@ -57,23 +57,23 @@ def _decode_or_error(raw: bytes, limits: Limits | None = None) -> Any:
     ("replicas", "value", "message"),
     [
         # The replica list: sorted, each once, each used.
-        (["b", 1, "a", 1], [0, [0, 1, 1, 1]], "replicas are sorted"),
-        (["a", 1, "a", 1], [0, [0, 1, 1, 1]], "replicas are sorted"),
-        (AB, [0, [0, 1]], "every listed replica is used"),
-        (["a", -1], [0, [0, 1]], "invalid replica id"),
-        (["", 1], [0, [0, 1]], "invalid replica id"),
-        (["a", True], [0, [0, 1]], "invalid replica id"),
+        (["b", 1, "a", 1], [0, 0, 1, 1, 1], "replicas are sorted"),
+        (["a", 1, "a", 1], [0, 0, 1, 1, 1], "replicas are sorted"),
+        (AB, [0, 0, 1], "every listed replica is used"),
+        (["a", -1], [0, 0, 1], "invalid replica id"),
+        (["", 1], [0, 0, 1], "invalid replica id"),
+        (["a", True], [0, 0, 1], "invalid replica id"),
         # Types and codes.
-        (["a", 1], [99, [0, 1]], "unknown data type code 99"),
+        (["a", 1], [99, 0, 1], "unknown data type code 99"),
         ([], ["someone.Else", CBORTag(TREE, encode_tree((1,)))], "unknown data type"),
         ([], [4, 1], "Flag state is a bool"),
         ([], [2, {"x": 1}], "GSet state is {element: null}"),
         # GCounter: slots or units, each in its one form.
-        (["a", 1], [0, [0, -1]], "must be an int > 0"),
-        (["a", 1], [0, [0, True]], "must be an int > 0"),
-        (["a", 1], [0, [1, 3]], "replica index in range"),
-        (AB, [0, [1, 3, 0, 1]], "sorted by replica index"),
-        (AB, [0, [0, 3, True, 1]], "sorted by replica index"),
+        (["a", 1], [0, 0, -1], "must be an int > 0"),
+        (["a", 1], [0, 0, True], "must be an int > 0"),
+        (["a", 1], [0, 1, 3], "replica index in range"),
+        (AB, [0, 1, 3, 0, 1], "sorted by replica index"),
+        (AB, [0, 0, 3, True, 1], "sorted by replica index"),
         (["a", 1], [0, [0, 3], []], "units 1..n are written as slots"),
         # Contexts.
         (["a", 1], [3, [0, [0, 5]], [], [], [], [], []], "its top alone"),
@@ -111,7 +111,7 @@ def _decode_or_error(raw: bytes, limits: Limits | None = None) -> Any:
         # Maps.
         (
             ["a", 1],
-            [7, [0, 2], [], ["k"], [0, 1], [1], [[0, [0, 1]]], [0, 0, 2, [4, True]], {}],
+            [7, [0, 2], [], ["k"], [0, 1], [1], [[0, 0, 1]], [0, 0, 2, [4, True]], {}],
             "share one type",
         ),
         (["a", 1], [7, [0, 1], [], ["k"], [0, 1], [1], [[4, True]], [], []], "marks are a map"),

@@ -457,8 +457,8 @@ _DECODERS = {cls.__name__: dec for cls, _, dec in _TYPES}
 # A value is ``[type code, *state]`` (a small int per built-in type, the name of a registered
 # one):
 #
-# - GCounter ``[0, [i, n, ...]]`` (units 1..n) or ``[0, runs, floors]`` (any other units);
-#   PNCounter ``[1, p, n]`` with ``p`` and ``n`` GCounter states without the code.
+# - GCounter ``[0, i, n, ...]`` (units 1..n) or ``[0, runs, floors]`` (any other units);
+#   PNCounter ``[1, p, n]`` with ``p`` and ``n`` GCounter states without the code, as lists.
 # - GSet ``[2, {element: null, ...}]``; Flag ``[4, bool]``; LWWRegister ``[5, value, ts, i]``.
 # - ORSet ``[3, runs, floors, elements, groups, steps, extras]`` (MVRegister ``[6, ...]``):
 #   the elements in the order of their smallest dot ("first dot"); ``groups`` ``[i, count, ...]``
@@ -614,12 +614,13 @@ class _Writer2:
         return [[x for run in runs for x in run], [x for f in floors for x in f]]
 
     def slots(self, c: GCounter) -> list[Any]:
-        """A GCounter's state without its code: [slots] or [runs, floors]."""
+        """A GCounter's state without its code: its slots ``[i, n, ...]``, or ``[runs, floors]``
+        for units other than 1..n."""
         units = c.units
         if units.is_contiguous() and not units.floor:
             index = self.index
             slots = sorted((index[r], b[1]) for r, b in units.ranges.items())
-            return [[x for s in slots for x in s]]
+            return [x for s in slots for x in s]
         return self.context(units)
 
     def dotted(self, items: Iterable[tuple[Any, Any]]) -> tuple[list[Any], ...]:
@@ -835,16 +836,17 @@ class _Reader2:
         return [self.user(x) for x in xs]
 
     def gcounter(self, parts: list[Any]) -> GCounter:
-        if len(parts) == 1:
+        """A GCounter from its state without its code (see :meth:`_Writer2.slots`)."""
+        if not parts or type(parts[0]) is not list:
             ranges: dict[ReplicaId, tuple[int, ...]] = {}
-            for r, n in self.pairs(parts[0], "GCounter slots"):
+            for r, n in self.pairs(parts, "GCounter slots"):
                 if type(n) is not int or n <= 0:
                     raise CodecError(
                         f"malformed state: a GCounter slot must be an int > 0, not {n!r}"
                     )
                 ranges[r] = (0, n)
             return GCounter.of_units(CausalContext._normal(ranges, {}))
-        _expect(len(parts) == 2, "a GCounter state is [slots] or [runs, floors]")
+        _expect(len(parts) == 2, "a GCounter state is [i, n, ...] or [runs, floors]")
         units = self.context(*parts)
         _expect(not (units.is_contiguous() and not units.floor), "units 1..n are written as slots")
         return GCounter.of_units(units)
@@ -957,18 +959,15 @@ class _Reader2:
         return ORMap(versions, context, floors) if floors else m
 
     def value(self, tree: Any) -> ReplicatedData:
-        if type(tree) is not list or len(tree) < 2:
+        if type(tree) is not list or not tree:
             raise CodecError("malformed state: a value is [type code, *state]")
         code = tree[0]
-        if code == 0 and type(code) is int and len(tree) == 2:  # GCounter: map values, often
-            slots = tree[1]
-            if type(slots) is list and len(slots) == 2:
-                i, n = slots
-                if type(i) is int and 0 <= i < len(self.replicas) and type(n) is int and n > 0:
-                    self.count(1)
-                    self.used.add(i)
-                    units = CausalContext._normal({self.replicas[i]: (0, n)}, {})
-                    return GCounter.of_units(units)
+        if code == 0 and type(code) is int and len(tree) == 3:  # GCounter: map values, often
+            _, i, n = tree
+            if type(i) is int and 0 <= i < len(self.replicas) and type(n) is int and n > 0:
+                self.count(1)
+                self.used.add(i)
+                return GCounter.of_units(CausalContext._normal({self.replicas[i]: (0, n)}, {}))
         try:
             return self._value(code, tree)
         except CodecError as e:
