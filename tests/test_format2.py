@@ -6,6 +6,7 @@ the tags cbor2 would decode itself are refused, not run."""
 from __future__ import annotations
 
 import enum
+import gc
 import hashlib
 from collections import namedtuple
 from typing import Any
@@ -373,3 +374,23 @@ def test_every_type_decodes_from_its_own_format_2_bytes() -> None:
     ]
     for value in values:
         assert decode(encode(value)) == value
+
+
+def test_a_large_decode_leaves_the_garbage_collector_as_it_found_it() -> None:
+    # The collector is paused while a large value is decoded: it must come back on, also after
+    # a refusal, and stay off for a caller that had turned it off.
+    raw = encode(ORSet().add_all(A, range(50_000)).reset_delta())
+    assert len(raw) > 64 * 1024
+    damaged = _raw(raw[4:-17] + b"\x00")
+    assert gc.isenabled()
+    assert len(decode(raw).value) == 50_000
+    assert gc.isenabled()
+    with pytest.raises(CodecError):
+        decode(damaged)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        decode(raw)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -19,6 +19,7 @@ node that holds or receives its values must register it too (name its module in 
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -63,6 +64,7 @@ writes an older one for peers that read no newer (a rolling upgrade)."""
 _MAGIC = b"TDD"
 _CHECKSUM_SIZE = 16
 _LIMITS = Limits()
+_GC_PAUSE_BYTES = 64 * 1024
 
 
 def _checksum(raw: bytes) -> bytes:
@@ -107,7 +109,16 @@ def decode(raw: bytes, limits: Limits | None = None) -> ReplicatedData:
         raise CodecError("checksum mismatch: the bytes are corrupted or truncated")
     if version == 1:
         return _from_tree(decode_tree(body[len(_MAGIC) + 1 :], limits), limits)
-    return _decode2(body[len(_MAGIC) + 1 :], limits)
+    if len(body) < _GC_PAUSE_BYTES or not gc.isenabled():
+        return _decode2(body[len(_MAGIC) + 1 :], limits)
+    # A large value is many new objects, none garbage yet: the collector, run every few hundred
+    # of them, would walk every object of the process again and again (3x the decode time of
+    # an ORSet of 100,000 in a process holding a few such values).
+    gc.disable()
+    try:
+        return _decode2(body[len(_MAGIC) + 1 :], limits)
+    finally:
+        gc.enable()
 
 
 def type_name(data: ReplicatedData) -> str:
