@@ -1,9 +1,11 @@
 """Versioned bytes for every data type, with a checksum; the store and peers both use it.
 
-An encoding is ``b"TDD"``, one format-version byte, the canonical tree of ``[type name, state]``
-(see :mod:`thespian_dd._canonical`), and a 16-byte BLAKE2b checksum of everything before it.
-Equal values give equal bytes in every process, so the checksum doubles as the value's
-:func:`digest`, the change detector that gossip compares.
+An encoding is ``b"TDD"``, one format-version byte, a body, and a 16-byte BLAKE2b checksum of
+everything before it.  The body of format 2 (written by default) is canonical CBOR made and read
+by cbor2 (its layout is described at the format-2 section below); that of format 1 (still read,
+and written for peers of an earlier release) is the canonical tree of ``[type name, state]``
+(see :mod:`thespian_dd._canonical`).  Equal values give equal bytes in every process, so the
+checksum doubles as the value's :func:`digest`, the change detector that gossip compares.
 
 :func:`decode` refuses, with :class:`CodecError`, anything that is truncated, corrupted, of an
 unknown format version or type, structurally invalid (a dot outside its causal context, an index
@@ -493,29 +495,8 @@ _NATIVE = frozenset({str, int, bytes, float, bool, type(None)})
 _INT = {int}
 # The tags cbor2 decodes itself, but for bignums (2, 3): none is part of format 2, and some run
 # code worth refusing (regular expressions, MIME parsing, shared references).
-_FOREIGN_TAGS = (
-    0,
-    1,
-    4,
-    5,
-    25,
-    28,
-    29,
-    30,
-    35,
-    36,
-    37,
-    52,
-    54,
-    100,
-    256,
-    258,
-    260,
-    261,
-    1004,
-    43000,
-    55799,
-)
+_FOREIGN_TAGS: tuple[int, ...] = (0, 1, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256)
+_FOREIGN_TAGS += (258, 260, 261, 1004, 43000, 55799)
 
 
 def _refuse_tag(tag: int) -> Callable[[Any, bool], Any]:
