@@ -577,6 +577,21 @@ def _first(row: tuple[Any, ...]) -> tuple[int, int]:
     return row[0], row[1]
 
 
+def _steps(rows: list[tuple[Any, ...]]) -> tuple[list[int], list[int]]:
+    """The groups ``[i, count, ...]`` and counter steps of rows in first-dot order."""
+    groups: list[int] = []
+    steps: list[int] = []
+    previous, top = -1, 0
+    for i, n, *_ in rows:
+        if i != previous:
+            groups += (i, 0)
+            previous, top = i, 0
+        groups[-1] += 1
+        steps.append(n - top)
+        top = n
+    return groups, steps
+
+
 class _Writer2:
     def __init__(self, replicas: list[ReplicaId]) -> None:
         self.replicas = replicas
@@ -628,17 +643,15 @@ class _Writer2:
                 ds = sorted((index[r], n) for r, n in dots)
                 rows.append((ds[0][0], ds[0][1], key, ds[1:], dots))
         rows.sort(key=_first)
-        groups: list[int] = []
-        steps: list[int] = []
-        previous, top = -1, 0
-        for i, n, *_ in rows:
-            if i != previous:
-                groups += (i, 0)
-                previous, top = i, 0
-            groups[-1] += 1
-            steps.append(n - top)
-            top = n
+        groups, steps = _steps(rows)
+        if 0 in steps:  # rows sharing a first dot (a value made before such dots were refused)
+            rows.sort(key=lambda row: (row[0], row[1], self.spelled(row[2])))
+            groups, steps = _steps(rows)
         return rows, groups, steps
+
+    def spelled(self, key: Any) -> bytes:
+        """The CBOR of a user value: what orders rows that share a first dot."""
+        return cbor2.dumps(self.user(key), canonical=True)
 
     def orset(self, s: ORSet) -> list[Any]:
         rows, groups, steps = self.dotted(s.entries.items())
@@ -707,6 +720,14 @@ def _replica_id(node: Any, incarnation: Any) -> ReplicaId:
         _REPLICAS.clear()
     _REPLICAS[key] = replica
     return replica
+
+
+def _shared_firsts_ordered(spelled: list[Any], steps: list[int]) -> None:
+    """Rows that share a first dot (a step of 0) come in the order of their keys' CBOR."""
+    if steps and min(steps) == 0:
+        for k in (k for k, step in enumerate(steps) if step == 0):
+            before, after = (cbor2.dumps(x, canonical=True) for x in spelled[k - 1 : k + 1])
+            _expect(before < after, "rows sharing a first dot are in the order of their CBOR")
 
 
 def _surrogates(s: str) -> bool:
@@ -847,8 +868,8 @@ class _Reader2:
         """The first dot of each of ``n`` rows."""
         if type(steps) is not list or len(steps) != n:
             raise CodecError("malformed state: one counter step per entry")
-        if n and (set(map(type, steps)) != _INT or min(steps) < 1):
-            raise CodecError("malformed state: counter steps are ints >= 1")
+        if n and (set(map(type, steps)) != _INT or min(steps) < 0):
+            raise CodecError("malformed state: counter steps are ints >= 0")
         self.count(n)
         tops = context.tops()
         dots: list[Dot] = []
@@ -856,6 +877,8 @@ class _Reader2:
             start = len(dots)
             if type(size) is not int or not 0 < size <= n - start:
                 raise CodecError("malformed state: group sizes are ints > 0 within the entries")
+            if steps[start] < 1:
+                raise CodecError("malformed state: a dot's counter is >= 1")
             counters = list(accumulate(steps if size == n else steps[start : start + size]))
             if tops is not None:
                 _expect(counters[-1] <= tops.get(r, 0), "every dot is in the causal context")
@@ -902,6 +925,7 @@ class _Reader2:
         context = self.context(parts[0], parts[1])
         elements = self.users(parts[2], "ORSet elements")
         firsts = self.firsts(context, parts[3], parts[4], len(elements))
+        _shared_firsts_ordered(parts[2], parts[4])
         entries = dict(zip(elements, map(frozenset, zip(firsts)), strict=True))
         if len(entries) != len(elements):
             raise CodecError("malformed state: ORSet elements are distinct")
@@ -918,6 +942,7 @@ class _Reader2:
         context = self.context(parts[0], parts[1])
         keys = self.users(parts[2], "ORMap keys")
         firsts = self.firsts(context, parts[3], parts[4], len(keys))
+        _shared_firsts_ordered(parts[2], parts[4])
         values = parts[5]
         _expect(type(values) is list and len(values) == len(keys), "one value per key")
         value = self.value
