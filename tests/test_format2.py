@@ -417,3 +417,16 @@ def test_rows_sharing_a_first_dot_are_written_in_one_order_and_read_back() -> No
     m = ORMap({"k": {(A, 1): counter}, "j": {(A, 1): counter}}, context)
     assert decode(encode(m)) == m
     assert decode(encode(m, version=1)) == m
+
+
+def test_a_node_name_with_no_utf8_spelling_is_kept() -> None:
+    # Python decodes undecodable command-line bytes to lone surrogates; format 1 kept such
+    # names, so format 2 does (as a tagged tree, like any value CBOR cannot spell).
+    odd = ReplicaId("node-\udcff", 1)
+    values: list[ReplicatedData] = [
+        GCounter().increment(odd, 2),
+        ORSet().add(odd, "x").add(A, "y").reset_delta(),
+        LWWRegister("v", 1, odd),
+    ]
+    for value in values:
+        assert decode(encode(value)) == value

@@ -599,7 +599,7 @@ class _Writer2:
         self.careful = False
 
     def flat_replicas(self) -> list[Any]:
-        return [x for r in self.replicas for x in (r.node, r.incarnation)]
+        return [x for r in self.replicas for x in (self.user(r.node), r.incarnation)]
 
     def user(self, x: Any) -> Any:
         if type(x) in _NATIVE and not (self.careful and type(x) is str and _surrogates(x)):
@@ -745,15 +745,17 @@ class _Reader2:
 
     def __init__(self, flat: Any, limits: Limits) -> None:
         _expect(type(flat) is list and len(flat) % 2 == 0, "replicas are [node, incarnation, ...]")
+        self.limits = limits
+        self.items = len(flat) // 2
+        self.used: set[int] = set()
+        if CBORTag in map(type, flat[::2]):  # a name with no UTF-8 spelling
+            flat = [self.user(x) if i % 2 == 0 else x for i, x in enumerate(flat)]
         try:
             replicas = [_replica_id(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
         except TypeError as e:
             raise CodecError(f"invalid replica id: {e}") from None
         _expect(len(replicas) < 2 or _ascending(replicas), "replicas are sorted, each once")
         self.replicas = replicas
-        self.used: set[int] = set()
-        self.limits = limits
-        self.items = len(replicas)
 
     def count(self, n: int) -> None:
         self.items += n
