@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from thespian_dd.testing import free_port
+
 SETUP_CFG = Path(__file__).parents[1] / "setup.cfg"
 
 WITHOUT_PYTEST = """
@@ -113,3 +115,10 @@ def test_a_users_tests_get_the_fixtures(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+def test_free_port_never_hands_out_a_port_twice() -> None:
+    # Regression: the kernel gives a port that is free again to the next bind, so a Cluster of
+    # many nodes got one port twice and its second node silently joined the first's ActorSystem.
+    ports = [free_port() for _ in range(3000)]
+    assert len(set(ports)) == len(ports)

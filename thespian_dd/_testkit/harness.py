@@ -92,12 +92,22 @@ def scratch_database(admin_url: str) -> Iterator[str]:
         engine.dispose()
 
 
+_handed_out: set[int] = set()
+"""Every port :func:`free_port` returned in this process."""
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listens on right now, and that this process was
+    never given before: the kernel hands a port that is free again to the next caller, so two
+    nodes asked for before either started could get the same one, and the second would silently
+    join the first's ActorSystem."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 @dataclass(frozen=True)
