@@ -1,15 +1,26 @@
 """Anti-entropy: how two nodes find the keys they disagree on, and what one gossip message
 carries.
 
-Every ``gossip_interval`` each peer gets the digests of the key buckets (a GossipStatus); the
+Every ``gossip_interval`` a few peers get the digests of the key buckets (a GossipStatus); the
 receiver answers the buckets that differ with its digests of their keys (GossipKeys); the first
 node then sends the values that differ and asks for those it lacks (GossipEntries).  Values go
 within a budget of bytes per message, smallest first, so one big value cannot hold back the
-others; what does not fit goes in the next round.
+others; what does not fit goes in the next round.  So do key digests: a GossipKeys carries the
+buckets, in random order, whose digests fit the budget (one at least).
+
+What anti-entropy sends follows what changed, not how many keys there are: a bucket whose
+digest changed here within ``settle`` seconds (a write here, or a delta received: deltas are in
+flight to or from the peers) is left out of the comparison, since the deltas bring both sides
+level; under a sustained load every bucket changes every round, and comparing them would ship
+the digest of every key every round.  A bucket is compared all the same once it was left out
+for :data:`SETTLE_LIMIT` times ``settle`` (a bucket written without pause), and every bucket
+when ``force`` is asked (a peer met, or heard again after being unreachable: it missed deltas).
 """
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -24,7 +35,10 @@ from thespian_dd._runtime.protocol import (
 )
 from thespian_dd.data import ReplicaId
 
-__all__ = ["AntiEntropy", "differing_buckets", "differing_keys", "within_budget"]
+__all__ = ["SETTLE_LIMIT", "AntiEntropy", "differing_buckets", "differing_keys", "within_budget"]
+
+SETTLE_LIMIT = 30
+"""A bucket left out of the comparison (changing) for this many times ``settle`` is compared."""
 
 
 def differing_buckets(mine: Mapping[int, bytes], theirs: Mapping[Any, object]) -> frozenset[int]:
@@ -71,43 +85,105 @@ Reply = Callable[[PeerMessage], None]
 
 class AntiEntropy:
     """One node's side of the exchange, over its key table.  ``me()`` is the node's current
-    replica; ``merge`` merges what a peer sends; ``budget``: ``max_gossip_bytes``."""
+    replica; ``merge`` merges what a peer sends; ``budget``: ``max_gossip_bytes``; ``settle``:
+    seconds a changed bucket is left out of the comparison (0: never; see the module doc);
+    ``clock``: monotonic seconds."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the table, the node, the merge, two limits, log and clock
         self,
         keys: KeyTable,
         me: Callable[[], ReplicaId],
         merge: Merge,
         budget: int,
         rejections: Rejections,
+        *,
+        settle: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         self._keys = keys
         self._me = me
         self._merge = merge
         self._budget = budget
         self._rejections = rejections
+        self._settle = settle
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - orders buckets, guards no secret
+        self._seen: dict[int, bytes] = {}  # the bucket digests when last looked at
+        self._changed: dict[int, float] = {}  # when each bucket's digest was seen to change
+        self._compared: dict[int, float] = {}  # when each bucket's key digests were last sent
 
-    def status(self, directory: dict[str, tuple[ReplicaId, Any]]) -> GossipStatus:
-        """This round's status: the bucket digests, the peer directory, and the keys that
-        expire used here since the last status."""
+    def buckets(self) -> dict[int, bytes]:
+        """The bucket digests here, noting which changed since the last look."""
         buckets = self._keys.buckets()
-        return GossipStatus(
-            PROTOCOL_VERSION, self._me(), buckets, directory, self._keys.take_used_here()
-        )
+        if self._settle:
+            now = self._clock()
+            for bucket in set(buckets) | set(self._seen):
+                if buckets.get(bucket) != self._seen.get(bucket):
+                    self._changed[bucket] = now
+            self._seen = buckets
+        return buckets
 
-    def on_status(self, msg: GossipStatus, reply: Reply) -> None:
-        """A peer's status: note when it used keys, and answer the buckets that differ with the
-        digests of their keys here."""
+    def _settled(self, buckets: Iterable[Any]) -> list[Any]:
+        """Those of ``buckets`` to compare now: not changed here within ``settle``, or left out
+        too long."""
+        now, settle = self._clock(), self._settle
+        return [
+            b
+            for b in buckets
+            if now - self._changed.get(b, -settle) >= settle
+            or now - self._compared.get(b, now) >= settle * SETTLE_LIMIT
+        ]
+
+    def status(
+        self, directory: dict[str, tuple[ReplicaId, Any]], digest: bytes | None = None
+    ) -> GossipStatus:
+        """This round's status: the bucket digests, the peer directory (or none) and its
+        ``digest``, and the keys that expire used here since the last status."""
+        buckets = self.buckets()
+        used = self._keys.take_used_here()
+        return GossipStatus(PROTOCOL_VERSION, self._me(), buckets, directory, used, digest)
+
+    def on_status(self, msg: GossipStatus, reply: Reply, *, force: bool = False) -> bool:
+        """A peer's status: note when it used keys, and answer the buckets that differ (those
+        settled, unless ``force``) with the digests of their keys here, as many buckets as fit
+        the budget.  Returns whether every bucket that differs was answered."""
         if not isinstance(msg.buckets, dict):
-            return
+            return True
         if isinstance(msg.used, dict):
             for key, at in msg.used.items():
                 if key in self._keys and (when := seconds(at)) is not None:
                     self._keys.touch(key, when)
-        differ = differing_buckets(self._keys.buckets(), msg.buckets)
-        if differ:
-            digests = self._keys.digests_in(differ)
-            reply(GossipKeys(PROTOCOL_VERSION, self._me(), digests, differ))
+        differ = list(differing_buckets(self.buckets(), msg.buckets))
+        if self._settle and not force:
+            settled = self._settled(differ)
+            now = self._clock()
+            for bucket in differ:  # left out since: counts towards SETTLE_LIMIT
+                self._compared.setdefault(bucket, now)
+            differ = settled
+        return self._answer(differ, reply)
+
+    def _answer(self, differ: list[Any], reply: Reply) -> bool:
+        """Send the key digests of ``differ``'s buckets, in random order, as many as fit the
+        budget (one at least); returns whether all did."""
+        self._rng.shuffle(differ)
+        chosen: list[Any] = []
+        digests: dict[str, bytes] = {}
+        size = 0
+        for bucket in differ:
+            these = self._keys.digests_in([bucket])
+            cost = sum(len(k) + len(d) for k, d in these.items())
+            if chosen and size + cost > self._budget:
+                break
+            chosen.append(bucket)
+            digests.update(these)
+            size += cost
+        if chosen:
+            now = self._clock()
+            for bucket in chosen:
+                self._compared[bucket] = now
+            reply(GossipKeys(PROTOCOL_VERSION, self._me(), digests, frozenset(chosen)))
+        return len(chosen) == len(differ)
 
     def on_keys(self, msg: GossipKeys, reply: Reply) -> None:
         """A peer's key digests of the buckets that differ: send the values that differ, and
