@@ -37,7 +37,7 @@ from thespian_dd.data import ReplicaId
 
 __all__ = ["SETTLE_LIMIT", "AntiEntropy", "differing_buckets", "differing_keys", "within_budget"]
 
-SETTLE_LIMIT = 30
+SETTLE_LIMIT = 150
 """A bucket left out of the comparison (changing) for this many times ``settle`` is compared."""
 
 
