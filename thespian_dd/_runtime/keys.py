@@ -7,10 +7,13 @@ The parallel records are kept in step here and nowhere else:
 - :meth:`KeyTable.put` keeps a value (with new markers, if given), :meth:`KeyTable.delete` a
   tombstone, :meth:`KeyTable.restore` a stored row; :meth:`KeyTable.expire` removes a key without
   a tombstone and :meth:`KeyTable.clear` forgets everything (a load that failed).
-- A restored value is kept as its stored bytes and decoded when it is first used: a node serves
-  as soon as its rows are read, and gossip and digests work from the bytes.  A value that fails
-  its decode then is dropped and reported through ``refused(key, error)``, as a row refused at
-  load would be: never served, and its row is not written.
+- A restored value is kept as its stored bytes and decoded when it is first used (every read of
+  a value goes through :meth:`KeyTable.get`, which decodes it): a node serves as soon as its
+  rows are read.  A value that fails its decode then is dropped and reported through
+  ``refused(key, error)``, as a row refused at load would be: never served, and its row is not
+  written.  Until then its digest is the last 16 bytes of its bytes and gossip ships the bytes
+  as they are, if they are of the codec's current format (``FORMAT_VERSION``); bytes of another
+  format are decoded for their digest and re-encoded to travel.
 - Digests are computed when gossip needs them (:meth:`KeyTable.digests`), not on the path of
   every update, unless the caller has the value's encoding already.
 - Buckets: keys are grouped into :data:`BUCKETS` hashed buckets; gossip compares the 8-byte bucket
@@ -31,10 +34,25 @@ from thespian_dd._runtime.markers import split_envelope as _split_envelope
 from thespian_dd._runtime.protocol import TOMBSTONE
 from thespian_dd.data import ReplicaId, ReplicatedData
 
-__all__ = ["BUCKETS", "TOMBSTONE_DIGEST", "KeyTable", "bucket_digests", "bucket_of"]
+__all__ = [
+    "BUCKETS",
+    "TOMBSTONE_DIGEST",
+    "KeyTable",
+    "bucket_digests",
+    "bucket_of",
+    "current_format",
+]
 
 BUCKETS = 64
 TOMBSTONE_DIGEST = b"thespian_dd:deleted"[:16]
+
+
+def current_format(raw: bytes) -> bool:
+    """Whether ``raw`` is an encoding in the codec's current format (``b"TDD"``, the version
+    byte, the body, a 16-byte checksum): then its last 16 bytes are its digest, and it travels
+    as it is.  Bytes that are no encoding at all are not: the decode that gets their digest
+    refuses them."""
+    return len(raw) >= 20 and raw[3] == codec.FORMAT_VERSION and raw.startswith(b"TDD")
 
 
 def bucket_of(key: str) -> int:
@@ -171,14 +189,18 @@ class KeyTable:
         """The value of ``key`` with its markers, as it travels and is stored (``raw``: the
         value's encoding, if the caller has it)."""
         if raw is None:
-            stored = self._stored.get(key)
-            raw = codec.encode(self._values[key]) if stored is None else stored
+            raw = self._stored.get(key)
+            if raw is None:
+                raw = codec.encode(self._values[key])
         return join_envelope(raw, self._markers.get(key, {}))
 
     def payload(self, key: str) -> bytes | None:
         """What a peer gets for ``key``: its envelope, TOMBSTONE, or None if unknown here."""
         if key in self._deleted:
             return TOMBSTONE
+        stored = self._stored.get(key)
+        if stored is not None and not current_format(stored):
+            self._decode(key)  # it travels in the current format (refused now: not at all)
         return self.envelope(key) if key in self else None
 
     # -- adding and removing keys ------------------------------------------------------------------
@@ -243,10 +265,50 @@ class KeyTable:
         self._set_markers(key, markers)
         self._values.pop(key, None)
         self._stored[key] = raw
-        self._digests[key] = self._digest(key, raw[-16:])
-        self._stale.discard(key)
+        if current_format(raw):
+            self._digests[key] = self._digest(key, raw[-16:])
+            self._stale.discard(key)
+        else:
+            self._digests.pop(key, None)
+            self._stale.add(key)  # its digest needs its decode
         self._bucket_add(key)
         self.touch(key)
+
+    def restore_rows(
+        self, rows: Iterable[tuple[str, bytes | None]], limits: Limits
+    ) -> list[tuple[str, CodecError]]:
+        """:meth:`restore` every row (a load's chunk); returns the rows refused, whose pruning
+        markers do not decode.  The common row, a value of the current format without markers
+        for a key not held, is restored inline: a load restores 100,000s of them."""
+        refused = []
+        self._limits = limits
+        stored, digests, values, markers = self._stored, self._digests, self._values, self._markers
+        buckets, dirty, expiry, stale = self._bucket_keys, self._dirty, self._expiry, self._stale
+        for key, payload in rows:
+            if (
+                payload is None
+                or not current_format(payload)  # an envelope with markers too
+                or key in values
+                or key in markers
+                or key in stale
+            ):
+                try:
+                    self.restore(key, payload, limits)
+                except CodecError as e:
+                    refused.append((key, e))
+                continue
+            stored[key] = payload
+            digests[key] = payload[-16:]
+            bucket = bucket_of(key)
+            members = buckets.get(bucket)
+            if members is None:
+                buckets[bucket] = {key}
+            else:
+                members.add(key)
+            dirty.add(bucket)
+            if expiry(key) is not None:
+                self.touch(key)
+        return refused
 
     def clear(self) -> None:
         """Forget every key (a load that failed or was abandoned starts again from nothing)."""
@@ -283,8 +345,10 @@ class KeyTable:
 
     def digests(self) -> Mapping[str, bytes]:
         """Every key's digest (tombstones too), computing those that changed since last asked."""
-        for key in self._stale:
-            self._digests[key] = self._digest(key, codec.digest(self._values[key]))
+        for key in list(self._stale):
+            value = self.get(key)  # a restored value of an older format is decoded (or refused)
+            if value is not None:
+                self._digests[key] = self._digest(key, codec.digest(value))
         self._stale.clear()
         return self._digests
 
