@@ -82,6 +82,15 @@ def test_a_row_seal_is_the_checksum_or_mac_of_the_rows_parts(
         assert seal(*row) == due
 
 
+def test_a_row_seal_stays_right_past_the_kinds_and_replica_lists_it_remembers() -> None:
+    seal = RowSeal("n", None)
+    for i in range(1500):  # a tampered store: a data type and replica list per row
+        row = (f"k{i}", f"Type{i}", 1, b"payload", f"n#{i}")
+        assert seal(*row) == checksum(parts("n", *row))
+        again = (f"k{i}", "Type0", 1, b"payload", "n#0")  # remembered from the first row
+        assert seal(*again) == checksum(parts("n", *again))
+
+
 def test_the_incarnation_is_persisted_and_grows(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path}/i.db")
     first = store.next_incarnation("n", 100)

@@ -127,7 +127,9 @@ class RowSeal:
         kind = self._kinds.get((data_type, version))
         if kind is None:
             d, v = data_type.encode(), b"%d" % version
-            kind = self._kinds[data_type, version] = _LENGTH(len(d)) + d + _LENGTH(len(v)) + v
+            kind = _LENGTH(len(d)) + d + _LENGTH(len(v)) + v
+            if len(self._kinds) < _REMEMBERED:
+                self._kinds[data_type, version] = kind
         tail = self._replicas.get(replicas)
         if tail is None:
             r = replicas.encode()
@@ -141,4 +143,5 @@ class RowSeal:
 
 
 _REMEMBERED = 1024
-"""The distinct replica lists a :class:`RowSeal` remembers (a node's values share few)."""
+"""The distinct kinds and replica lists a :class:`RowSeal` remembers (a node's rows share few;
+a tampered store may hold many)."""
