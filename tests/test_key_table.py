@@ -16,16 +16,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from thespian_dd import GCounter, ORSet, ReplicaId, codec
+from thespian_dd import GCounter, ORSet, ReplicaId
 from thespian_dd._canonical import CodecError, Limits
-from thespian_dd._runtime import keys as keys_module
 from thespian_dd._runtime.keys import (
     BUCKETS,
     TOMBSTONE_DIGEST,
     KeyTable,
     bucket_digests,
     bucket_of,
-    current_format,
 )
 from thespian_dd._runtime.markers import (
     Initialized,
@@ -328,46 +326,6 @@ def test_restore_rows_restores_every_row_as_restore_does_and_returns_those_refus
     assert keys.get("held") == counter(4)  # the stored row replaces what was held
     assert keys.get("marked") == counter(3)
     assert keys.is_deleted("gone")
-
-
-def test_a_restored_value_of_another_format_is_decoded_for_its_digest_and_to_travel(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Only bytes of the codec's current format give their digest and travel as they are; a
-    value of an older one (a store written before an upgrade) is decoded for both, then travels
-    in the current format."""
-    value = counter(6)
-    raw = encode(value)
-    assert current_format(raw)
-    assert not current_format(raw[:3] + bytes([raw[3] + 1]) + raw[4:])
-    assert not current_format(b"TDD")
-    monkeypatch.setattr(keys_module, "current_format", lambda _raw: False)  # as if older
-    keys = KeyTable(never)
-    assert keys.restore_rows([("a", raw), ("b", raw)], Limits()) == []
-    assert keys.undecoded() == 2
-    assert keys.payload("a") == encode(value)  # decoded, and encoded again to travel
-    assert keys.undecoded() == 1
-    assert dict(keys.digests()) == {"a": digest(value), "b": digest(value)}
-    assert keys.undecoded() == 0
-
-
-def test_a_restored_value_of_a_format_the_codec_no_longer_reads_is_refused_at_its_digest(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Bytes of a format the codec cannot read give no digest of their own: the decode that
-    would give it refuses them, as a row refused at load is, and they are never sent."""
-    refused: list[str] = []
-    keys = KeyTable(never, refused=lambda key, _e: refused.append(key))
-    keys.put("k1", counter(1), encode(counter(1)))
-    raw = encode(counter(6))
-    monkeypatch.setattr(codec, "FORMAT_VERSION", codec.FORMAT_VERSION + 1)  # after an upgrade
-    assert keys.restore_rows([("a", raw), ("b", raw)], Limits()) == []
-    assert keys.payload("a") is None  # refused now: never sent as it is
-    assert refused == ["a"]
-    assert set(keys.digests()) == {"k1"}  # b refused too, for its digest
-    assert refused == ["a", "b"]
-    assert keys.names() == {"k1"}
-    assert not keys.is_deleted("a")
 
 
 # -- digests and markers -------------------------------------------------------------------------

@@ -49,6 +49,7 @@ def test_the_bench_prints_each_figure_with_its_baseline_and_ratio(
     assert {row["section"] for row in rows} == {"crdt", "replicator", "durable", "pruning"}
     assert "GCounter key size after 3 restarts, pruned" in out
     assert "SQLite write-behind Update throughput, 16 client(s)" in out
+    assert "SQLite sync Updates per second, 1 client, against the disk" in out
     assert "SQLite recovery of 5,000 keys" in out
     assert "Update (WriteLocal) throughput" in out
     assert "idle gossip per round, 1,000 keys" in out

@@ -1,23 +1,31 @@
-"""The consistency levels' arithmetic (the rest of the protocol is driven through real nodes in
-test_replicator.py, test_fuzz_client.py and test_fuzz_peer.py)."""
+"""The consistency levels' arithmetic, and when an Update's modify is pickled again (the rest
+of the protocol is driven through real nodes in test_replicator.py, test_fuzz_client.py and
+test_fuzz_peer.py)."""
 
 from __future__ import annotations
 
 import pickle
+import sys
+from functools import partial
+from typing import Any
 
 import pytest
 
 from thespian_dd import (
     GCounter,
+    ORSet,
     ReadAll,
     ReadFrom,
     ReadLocal,
     ReadMajority,
+    ReplicaId,
     Update,
     WriteLocal,
     WriteMajority,
 )
-from thespian_dd.messages import majority
+from thespian_dd.messages import _load_modify, majority
+
+NODE = ReplicaId("n", 1)
 
 
 @pytest.mark.parametrize(
@@ -68,3 +76,75 @@ def test_an_update_with_another_request_keeps_its_pickled_modify() -> None:
     assert tagged._modify_blob is update._modify_blob  # not pickled again
     assert update.request == "a"
     assert pickle.loads(pickle.dumps(tagged)).request == "b"
+
+
+def _increment_by(amount: object, counter: GCounter, node: ReplicaId) -> GCounter:
+    assert type(amount) is int, f"{amount!r} arrived as a {type(amount).__name__}"
+    return counter.increment(node, amount)
+
+
+def _increment_once(counter: GCounter, node: ReplicaId) -> GCounter:
+    return counter.increment(node, 1)
+
+
+def _sent(update: Update) -> Any:
+    """``update``'s modify as a node that has not loaded it yet loads it."""
+    _load_modify.cache_clear()
+    return pickle.loads(pickle.dumps(update)).modify
+
+
+def test_a_closure_is_pickled_with_what_it_captures_at_each_update() -> None:
+    step = [1]
+
+    def bump(counter: GCounter, node: ReplicaId) -> GCounter:
+        return counter.increment(node, step[0])
+
+    first = Update("k", GCounter(), bump)
+    step[0] = 5  # the same function object, capturing a changed value
+    second = Update("k", GCounter(), bump)
+    assert _sent(first)(GCounter(), NODE).value == 1
+    assert _sent(second)(GCounter(), NODE).value == 5
+
+
+def test_a_function_sent_by_name_is_pickled_once() -> None:
+    first = Update("k", GCounter(), _increment_once)
+    assert Update("k", GCounter(), _increment_once)._modify_blob is first._modify_blob
+    assert _sent(first)(GCounter(), NODE).value == 1
+    once = partial(_increment_by, 2)
+    assert Update("k", GCounter(), partial(_increment_by, 2))._modify_blob is (
+        Update("k", GCounter(), once)._modify_blob
+    )
+
+
+def test_a_function_no_longer_found_by_its_name_is_not_served_its_old_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = _increment_once
+    Update("k", GCounter(), original)  # cached while found by its name
+    monkeypatch.setattr(sys.modules[__name__], "_increment_once", _bump_twice)
+    # Its old bytes name the function, which now loads as the other one: it goes by value.
+    assert _sent(Update("k", GCounter(), original))(GCounter(), NODE).value == 1
+
+
+def _bump_twice(counter: GCounter, node: ReplicaId) -> GCounter:
+    return counter.increment(node, 2)
+
+
+def test_partials_of_equal_arguments_of_other_types_get_their_own_bytes() -> None:
+    assert _sent(Update("k", GCounter(), partial(_increment_by, 1)))(GCounter(), NODE).value == 1
+    with pytest.raises(AssertionError, match="True arrived as a bool"):
+        _sent(Update("k", GCounter(), partial(_increment_by, True)))(GCounter(), NODE)
+
+
+def test_a_partial_of_a_mutable_value_is_pickled_with_its_value_at_each_update() -> None:
+    items = ["a"]
+    add = partial(_add_first, items)
+    first = Update("k", ORSet(), add)
+    items[0] = "b"
+    second = Update("k", ORSet(), add)
+    assert _sent(first)(ORSet(), NODE).value == {"a"}
+    assert _sent(second)(ORSet(), NODE).value == {"b"}
+
+
+def _add_first(items: list[str], current: ORSet, node: ReplicaId) -> ORSet:
+    return current.add(node, items[0])

@@ -585,6 +585,7 @@ def test_metrics_ready_and_alive_are_served_over_http(nodes: list[_Node], tmp_pa
     assert samples["thespian_dd_up"].value == 1
     assert samples["thespian_dd_serving"].value == 1
     assert samples["thespian_dd_store_queue_depth"].value == 0
+    assert samples["thespian_dd_incompatible_peers"].value == 0
     assert "thespian_dd_gossip_rounds_total" in samples  # a counter (Prometheus' _total)
     assert samples["thespian_dd_recovery_seconds"].value >= 0
     assert samples["thespian_dd_last_flush_timestamp_seconds"].value > time.time() - 60

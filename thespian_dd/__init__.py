@@ -7,6 +7,7 @@ start with ``_`` are internals.
 
 import logging
 
+from thespian_dd._runtime import store as _store
 from thespian_dd.client import (
     AsyncClient,
     AsyncSubscription,
@@ -194,7 +195,14 @@ __all__ = [
     "WriteTo",
     "register_data_type",
     "start",
+    "store_metadata",
 ]
+
+store_metadata = _store.store_metadata
+"""The SQLAlchemy ``MetaData`` of a store's two tables, ``thespian_dd_entries`` and
+``thespian_dd_nodes``, for your own migrations (alembic) in the same database to leave out or
+include.  Their schema changes only with the store's schema version, through ``python -m
+thespian_dd migrate`` (see the operations guide, upgrading)."""
 
 __version__ = "0.1.0.dev0"
 

@@ -41,6 +41,7 @@ from thespian_dd.pncountermap import PNCounterMap
 
 __all__ = [
     "FORMAT_VERSION",
+    "FORMAT_VERSIONS",
     "CodecError",
     "Limits",
     "decode",
@@ -51,6 +52,10 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+"""The format version :func:`encode` writes by default."""
+FORMAT_VERSIONS: tuple[int, ...] = (1,)
+"""Every format version :func:`decode` reads and :func:`encode` can write, ascending: a node
+writes an older one for peers that read no newer (a rolling upgrade)."""
 _MAGIC = b"TDD"
 _CHECKSUM_SIZE = 16
 
@@ -59,15 +64,21 @@ def _checksum(raw: bytes) -> bytes:
     return hashlib.blake2b(raw, digest_size=_CHECKSUM_SIZE).digest()
 
 
-def encode(data: ReplicatedData) -> bytes:
-    """The versioned, checksummed, canonical bytes of ``data`` (its pending delta is not kept)."""
-    body = _MAGIC + bytes((FORMAT_VERSION,)) + encode_tree(_to_tree(data))
+def encode(data: ReplicatedData, version: int = FORMAT_VERSION) -> bytes:
+    """The versioned, checksummed, canonical bytes of ``data`` (its pending delta is not kept),
+    in format ``version`` (one of :data:`FORMAT_VERSIONS`)."""
+    if version not in FORMAT_VERSIONS:
+        raise ValueError(
+            f"cannot write format version {version!r} (this code writes {FORMAT_VERSIONS})"
+        )
+    body = _MAGIC + bytes((version,)) + encode_tree(_to_tree(data))
     return body + _checksum(body)
 
 
-def digest(data: ReplicatedData) -> bytes:
-    """16 bytes that are equal for equal states, in any process (the checksum of the encoding)."""
-    return encode(data)[-_CHECKSUM_SIZE:]
+def digest(data: ReplicatedData, version: int = FORMAT_VERSION) -> bytes:
+    """16 bytes that are equal for equal states, in any process (the checksum of the encoding
+    in format ``version``)."""
+    return encode(data, version)[-_CHECKSUM_SIZE:]
 
 
 def decode(raw: bytes, limits: Limits | None = None) -> ReplicatedData:
@@ -81,10 +92,8 @@ def decode(raw: bytes, limits: Limits | None = None) -> ReplicatedData:
     if not raw.startswith(_MAGIC):
         raise CodecError("not a thespian_dd encoding (bad magic bytes)")
     version = raw[len(_MAGIC)]
-    if version != FORMAT_VERSION:
-        raise CodecError(
-            f"unknown format version {version} (this code reads version {FORMAT_VERSION})"
-        )
+    if version not in FORMAT_VERSIONS:
+        raise CodecError(f"unknown format version {version} (this code reads {FORMAT_VERSIONS})")
     body, checksum = raw[:-_CHECKSUM_SIZE], raw[-_CHECKSUM_SIZE:]
     if _checksum(body) != checksum:
         raise CodecError("checksum mismatch: the bytes are corrupted or truncated")

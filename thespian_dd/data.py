@@ -35,7 +35,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from bisect import bisect_left
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Collection, Hashable, Iterable, Mapping
+from itertools import filterfalse
 from typing import Any, NamedTuple, Self, TypeVar
 
 __all__ = [
@@ -304,6 +305,17 @@ class CausalContext:
             return runs[0] < n <= runs[1]
         return bisect_left(runs, n) % 2 == 1
 
+    def tops(self) -> dict[ReplicaId, int] | None:
+        """``{r: n}`` when this context has seen exactly the dots ``(r, 1) .. (r, n)`` of each
+        replica (a version vector: the usual case), else None: then ``(r, n)`` is seen exactly
+        when ``n <= tops.get(r, 0)``, which a loop can ask without a call."""
+        tops = {}
+        for r, runs in self.ranges.items():
+            if len(runs) != 2 or runs[0]:
+                return None
+            tops[r] = runs[1]
+        return tops
+
     def is_contiguous(self) -> bool:
         """Whether every replica's seen dots are one run from 1 (a plain version vector)."""
         return all(len(runs) == 2 and runs[0] == 0 for runs in self.ranges.values())
@@ -441,48 +453,66 @@ def merge_dot_maps(
     if a is b:
         return dict(a)
     out: dict[Hashable, frozenset[Dot]] = {}
-    b_get = b.get
+    b_get, only_a = b.get, []
     for key, dots in a.items():
         other = b_get(key)
-        if other is None:
-            kept = _unseen(dots, b_ctx)
-        elif other is dots or other == dots:
-            kept = dots
-        else:
-            kept = (dots & other).union(
-                (d for d in dots - other if d not in b_ctx),
-                (d for d in other - dots if d not in a_ctx),
-            )
-        if kept:
+        if other is dots or other == dots:
+            out[key] = dots
+        elif other is None:
+            only_a.append(key)
+        elif kept := (dots & other).union(
+            (d for d in dots - other if d not in b_ctx),
+            (d for d in other - dots if d not in a_ctx),
+        ):
             out[key] = kept
-    a_has = a.keys().__contains__
-    for key, dots in b.items():
-        if not a_has(key):
-            kept = _unseen(dots, a_ctx)
-            if kept:
-                out[key] = kept
+    add_unseen(out, a, only_a, b_ctx)
+    add_unseen(out, b, filterfalse(a.keys().__contains__, b), a_ctx)
     return out
 
 
-def _unseen(dots: frozenset[Dot], context: CausalContext) -> frozenset[Dot]:
-    """The dots ``context`` has not seen: ``dots`` itself when that is all of them (most
-    elements have one dot, and most merges keep it)."""
+S = TypeVar("S", bound=Collection[Any])
+
+
+def add_unseen(
+    out: dict[Hashable, S],
+    store: Mapping[Hashable, S],
+    keys: Iterable[Hashable],
+    context: CausalContext,
+    lost: set[Hashable] | None = None,
+) -> None:
+    """Set ``out[key]`` to the dots (or dotted versions) of ``store[key]`` that ``context`` has not
+    seen, for each of ``keys`` that has any: ``store[key]`` itself when that is all of them.
+    Each key of which ``context`` has seen some goes into ``lost`` (when given).
+
+    The hot loop of merges: a key holding one dot, under a context that is a version vector (the
+    usual case), is decided inline, without a call."""
+    tops = context.tops()
+    top = (tops or {}).get
+    for key in keys:
+        dots = store[key]
+        if tops is not None and len(dots) == 1:
+            for r, n in dots:
+                if n > top(r, 0):
+                    out[key] = dots
+                elif lost is not None:
+                    lost.add(key)
+            continue
+        kept = _unseen(dots, context)
+        if kept:
+            out[key] = kept
+        if lost is not None and kept is not dots:
+            lost.add(key)
+
+
+def _unseen(dots: S, context: CausalContext) -> S:
+    """The dots (or dotted versions) ``context`` has not seen: ``dots`` itself when that is all
+    of them (most elements have one dot, and most merges keep it)."""
     for dot in dots:
         if dot in context:
-            return frozenset(d for d in dots if d not in context)
+            if isinstance(dots, Mapping):
+                return {d: v for d, v in dots.items() if d not in context}  # type: ignore[return-value]
+            return frozenset(d for d in dots if d not in context)  # type: ignore[return-value]
     return dots
-
-
-V = TypeVar("V")
-
-
-def unseen_versions(versions: Mapping[Dot, V], context: CausalContext) -> Mapping[Dot, V]:
-    """The versions whose dots ``context`` has not seen: ``versions`` itself when that is all
-    of them."""
-    for dot in versions:
-        if dot in context:
-            return {d: v for d, v in versions.items() if d not in context}
-    return versions
 
 
 class DotBased(ABC):

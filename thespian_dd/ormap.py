@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from functools import reduce
+from itertools import filterfalse
 from typing import Any, Generic, Self, cast
 
 from thespian_dd._typevars import D, K
@@ -50,9 +51,9 @@ from thespian_dd.data import (
     ReplicaId,
     ReplicatedData,
     RequiresCausalDelivery,
+    add_unseen,
     check_hashable,
     check_replica,
-    unseen_versions,
 )
 
 __all__ = ["ORMap", "ORMapBacked"]
@@ -104,19 +105,17 @@ def _merge_versions(
     versions: dict[Hashable, Mapping[Dot, ReplicatedData]] = {}
     lost: set[Hashable] = set()
     changed = False
-    theirs_of = b.versions.get
+    theirs_of, only_a = b.versions.get, []
     for key, dots in a.versions.items():
         theirs = theirs_of(key)
         if theirs is dots:
             versions[key] = dots
             continue
         if theirs is None:  # a key only ``a`` holds: its versions stay unless ``b`` saw them
-            kept = unseen_versions(dots, b.context)
-            dropped = kept is not dots
-        else:
-            kept = _both_sides(dots, a.context, theirs, b.context)
-            dropped = len(kept) < len(dots.keys() | theirs.keys())
-        if dropped:
+            only_a.append(key)
+            continue
+        kept = _both_sides(dots, a.context, theirs, b.context)
+        if len(kept) < len(dots.keys() | theirs.keys()):
             lost.add(key)
         if kept == dots:
             versions[key] = dots
@@ -124,28 +123,17 @@ def _merge_versions(
             changed = True
             if kept:
                 versions[key] = kept
-    return versions, lost, _add_only_in(b, a, versions, lost) or changed
-
-
-def _add_only_in(
-    b: ORMap,
-    a: ORMap,
-    versions: dict[Hashable, Mapping[Dot, ReplicatedData]],
-    lost: set[Hashable],
-) -> bool:
-    """Add the versions of the keys only ``b`` holds that ``a`` has not seen (a lost one makes
-    its key lost); returns whether any was added."""
-    in_a = a.versions.keys().__contains__
-    added = False
-    for key, dots in b.versions.items():
-        if not in_a(key):
-            kept = unseen_versions(dots, a.context)
-            if len(kept) < len(dots):
-                lost.add(key)
-            if kept:
-                versions[key] = kept
-                added = True
-    return added
+    if only_a:
+        dropped: set[Hashable] = set()
+        add_unseen(versions, a.versions, only_a, b.context, dropped)
+        lost |= dropped
+        changed = changed or bool(dropped)
+    # The keys only ``b`` holds that ``a`` has not seen (a lost one makes its key lost).
+    size = len(versions)
+    add_unseen(
+        versions, b.versions, filterfalse(a.versions.__contains__, b.versions), a.context, lost
+    )
+    return versions, lost, changed or len(versions) > size
 
 
 def _both_sides(

@@ -146,7 +146,11 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         if other is self:
             return self
         entries = merge_dot_maps(self.entries, self.context, other.entries, other.context)
-        return ORSet(entries, self.context.merge(other.context), _delta=self._delta)
+        merged = ORSet.__new__(ORSet)  # entries is a new dict already: no copy
+        object.__setattr__(merged, "entries", entries)
+        object.__setattr__(merged, "context", self.context.merge(other.context))
+        object.__setattr__(merged, "_delta", self._delta)
+        return merged
 
     def is_inflation_of(self, older: ORSet[A]) -> bool:
         """Whether this value is what changes made through the API could make of ``older``: it

@@ -27,7 +27,7 @@ import os
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from typing import Any
 
@@ -97,6 +97,7 @@ from thespian_dd._runtime.settings import CAPABILITY_PREFIX, Settings, matches
 from thespian_dd._runtime.store import safe_url
 from thespian_dd._runtime.subscriptions import Notification, Subscriptions
 from thespian_dd._runtime.updates import modified, update_error
+from thespian_dd._runtime.versions import MINE, PROTOCOL_VERSIONS, Versions
 from thespian_dd._runtime.window import SendWindow, transmit_within
 from thespian_dd._runtime.writer import FORGOTTEN, DurableWriter, Entry, LoadChunk, Loaded, Written
 from thespian_dd.data import (
@@ -258,12 +259,14 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             dead=self._peers.unreachable,
         )
         self._deltas = DeltaQueue()
+        self._versions = Versions()
         self._anti_entropy = AntiEntropy(
             self._keys,
             lambda: self.node,
             self._merge_remote,
             settings.max_gossip_bytes,
             self._rejections,
+            self._versions.format,
         )
         self._quorums = Quorums(self.wakeupAfter)
         self._subscriptions = Subscriptions(
@@ -394,16 +397,14 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._durability.write(key, raw)
 
     def _entry(self, key: str, raw: bytes | None) -> Entry | None:
-        """What the store gets for ``key``: its current state, encoded once per batch."""
+        """What the store gets for ``key``: its current state, encoded once per batch in this
+        node's format (a row of an older format is upgraded so)."""
         value = self._keys.get(key)
-        if value is None:
+        payload = None if value is None else self._keys.envelope(key, raw)
+        if value is None or payload is None:
             return None if self._keys.is_deleted(key) else FORGOTTEN
         replicas = value.modified_by_nodes() if isinstance(value, RemovedNodePruning) else ()
-        return Entry(
-            codec.type_name(value),
-            self._keys.envelope(key, raw),
-            " ".join(sorted(str(r) for r in replicas)),
-        )
+        return Entry(codec.type_name(value), payload, " ".join(sorted(str(r) for r in replicas)))
 
     def _merge_remote(self, key: Any, payload: object, origin: str, used: object = None) -> bool:
         """Merge a peer's value into ``key``; returns whether anything changed.  A payload that
@@ -519,7 +520,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if pending.kind == "get":
             message: PeerMessage = PeerRead(PROTOCOL_VERSION, self.node, pending.id_, pending.key)
         else:
-            payload = self._keys.payload(pending.key)
+            payload = self._keys.payload(pending.key, self._versions.format(name))
             if payload is None:
                 return  # expired meanwhile: nothing to replicate
             message = PeerWrite(PROTOCOL_VERSION, self.node, pending.id_, pending.key, payload)
@@ -675,6 +676,11 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         table: once, outside any window)."""
         if name in self._peers.blocked:
             return
+        if not self._versions.can_talk(name) and not isinstance(message, PeerHello):
+            return  # never bytes a peer cannot read
+        version = self._versions.protocol(name)
+        if message.version != version:
+            message = replace(message, version=version)
         peer = self._peers.get(name)
         replica = None if peer is None or peer.address != address else peer.replica
         self._window.send(replica, address, message)
@@ -690,7 +696,14 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     def _hello(self, *, reply: bool) -> PeerHello:
         directory = self._peers.directory()
-        return PeerHello(PROTOCOL_VERSION, self.node, self.myAddress, directory, reply)
+        return PeerHello(
+            PROTOCOL_VERSION,
+            self.node,
+            self.myAddress,
+            directory,
+            reply,
+            versions=MINE.announcement(),
+        )
 
     def _accept(self, msg: Any, sender: Any) -> bool:
         """Whether a peer message may be handled: right version, sender not cut off.  Marks the
@@ -700,7 +713,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             if verdict in (Admission.MALFORMED, Admission.OTHER_VERSION):
                 self._rejections.refuse()
             if verdict is Admission.OTHER_VERSION:
-                reason = f"protocol version {msg.version!r} (this node speaks {PROTOCOL_VERSION})"
+                reason = f"protocol version {msg.version!r} (this node speaks {PROTOCOL_VERSIONS})"
                 kind, origin = type(msg).__name__, msg.sender
                 self._rejections.warn_once(
                     origin.node, reason, "ignoring %s from %s: %s", kind, origin, reason
@@ -713,6 +726,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                 self.send(sender, self._removed(msg.sender))
             return False
         origin = msg.sender
+        if not self._heard_versions(msg):
+            return False
         with contextlib.suppress(TypeError, AttributeError):  # malformed: the handler rejects it
             self._gossip_in += gossip_bytes(msg)
         peer = self._peers.get(origin.node)
@@ -733,6 +748,30 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._peers.heard(origin)
         return True
 
+    def _heard_versions(self, msg: PeerMessage) -> bool:
+        """Note the versions a hello or status announces; returns whether this node can talk
+        to its sender (a peer it cannot talk to is said so once in the log, and shown in Stats
+        and Status, and kept out of the peer table)."""
+        node = msg.sender.node
+        if isinstance(msg, (PeerHello, GossipStatus)):
+            try:
+                reason = self._versions.heard(node, msg.versions)
+            except ValueError as e:
+                self._rejections.refuse()
+                self._rejections.warn_once(
+                    node, "versions", "ignoring %s from %s: %s", type(msg).__name__, msg.sender, e
+                )
+                return False
+            if reason is not None:
+                log.error(
+                    "thespian_dd cannot talk to peer %s: %s (see the upgrade procedure in the "
+                    "operations guide); it is left out, this node serves on",
+                    msg.sender,
+                    reason,
+                )
+                self._peers.left(node)  # known before (from a directory): no longer reached
+        return self._versions.can_talk(node)
+
     def _joined(self, replica: ReplicaId) -> None:
         log.info("peer %s joined (%d peers)", replica, len(self._peers))
         peer = self._peers.get(replica.node)
@@ -740,6 +779,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._met(peer)
 
     def _learn_directory(self, directory: Mapping[str, tuple[ReplicaId, Any]]) -> None:
+        talk = self._versions.can_talk
+        directory = {name: entry for name, entry in directory.items() if talk(name)}
         for peer in self._peers.learn_all(self.node, directory):
             self._joined(peer.replica)
             self._peer_send(peer.replica.node, peer.address, self._hello(reply=True))
@@ -762,6 +803,15 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     def receiveMsg_PeerHello(self, msg: PeerHello, sender: Any) -> None:
         if not self._accept(msg, sender):
+            if (
+                msg.reply
+                and isinstance(msg, PeerHello)
+                and isinstance(msg.sender, ReplicaId)
+                and isinstance(msg.address, ActorAddress)
+                and not self._versions.can_talk(msg.sender.node)
+            ):
+                # So that it learns why, and says so too (a hello carries no values).
+                self._peer_send(msg.sender.node, msg.address, self._hello(reply=False))
             return
         if not isinstance(msg.address, ActorAddress):
             self._rejections.refuse()
@@ -771,24 +821,36 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._learn_directory(msg.peers)
         if msg.reply:
             self._peer_send(msg.sender.node, msg.address, self._hello(reply=False))
-        self._peer_send(msg.sender.node, msg.address, self._status())
+        self._peer_send(msg.sender.node, msg.address, self._status(msg.sender.node))
 
-    def _status(self) -> GossipStatus:
-        return self._anti_entropy.status(self._peers.directory())
+    def _status(self, node: str, used: dict[str, float] | None = None) -> GossipStatus:
+        """The status for peer ``node``: digests in the pair's format."""
+        return self._anti_entropy.status(
+            self._peers.directory(), self._versions.format(node), used, MINE.announcement()
+        )
 
     def _gossip_round(self) -> None:
         self._gossip_rounds += 1
         self._expire_keys()
-        status = self._status()
         kept, lost, removed = self._peers.sweep()
         for peer in lost:
             log.warning("peer %s is unreachable", peer.replica)
         for peer, silent in removed:
             # Gone for good: it no longer counts in N, and its replica will be pruned.
             self._window.forget(peer.replica)
+            self._versions.forget(peer.replica.node)
             log.warning("peer %s removed: unreachable for %.0f s", peer.replica, silent)
+        self._versions.forget_silent(self.settings.removal_timeout)
+        # One status per codec format the peers use (one, unless a rolling upgrade is on).
+        used = self._keys.take_used_here()
+        formats = self._versions.formats(p.replica.node for p in kept)
+        self._keys.keep_formats(formats)
+        statuses: dict[int, GossipStatus] = {}
         for peer in kept:
-            self._peer_send(peer.replica.node, peer.address, status)
+            version = self._versions.format(peer.replica.node)
+            if version not in statuses:
+                statuses[version] = self._status(peer.replica.node, used)
+            self._peer_send(peer.replica.node, peer.address, statuses[version])
 
     def receiveMsg_PartitionForTests(self, msg: PartitionForTests, sender: Any) -> None:
         if self._settings is None or not self._settings.test_partitions:
@@ -831,11 +893,16 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._deltas.add(key, delta)
 
     def _send_deltas(self) -> None:
-        message = self._deltas.propagation(self.node, self._keys)
-        if message is not None:
-            for peer in self._peers:
-                if peer.reachable:
-                    self._reply(peer, message)
+        deltas = self._deltas.take()
+        if not deltas:
+            return
+        messages: dict[int, DeltaPropagation] = {}  # one per codec format the peers use
+        for peer in self._peers:
+            if peer.reachable:
+                version = self._versions.format(peer.replica.node)
+                if version not in messages:
+                    messages[version] = self._deltas.message(self.node, self._keys, deltas, version)
+                self._reply(peer, messages[version])
 
     def receiveMsg_DeltaPropagation(self, msg: DeltaPropagation, sender: Any) -> None:
         if not self._accept(msg, sender):
@@ -867,7 +934,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             return
         peer = self._peers.get(msg.sender.node)
         if peer is not None and isinstance(msg.key, str):
-            payload = self._keys.payload(msg.key)
+            payload = self._keys.payload(msg.key, self._versions.format(peer.replica.node))
             self._reply(
                 peer, PeerReadResult(PROTOCOL_VERSION, self.node, msg.request_id, msg.key, payload)
             )
@@ -918,6 +985,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                 store_error=durability.error,
                 refused_rows=self._refused,
                 serving=durability.serving,
+                incompatible_peers=self._incompatible(),
                 request=msg.request,
             ),
         )
@@ -938,6 +1006,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                         str(p.address),
                         p.reachable,
                         round(peers.silence(p), 3),
+                        self._versions.describe(p.replica.node),
                     )
                     for p in sorted(peers, key=lambda p: p.replica.node)
                 ),
@@ -952,9 +1021,13 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                 last_flush=durability.last_flush,
                 store_error=durability.error,
                 recovery_time=durability.recovery_time,
+                incompatible_peers=self._incompatible(),
                 request=msg.request,
             ),
         )
+
+    def _incompatible(self) -> tuple[str, ...]:
+        return tuple(f"{n}: {why}" for n, why in sorted(self._versions.incompatible.items()))
 
     def receiveMsg_DescribeProcess(self, msg: DescribeProcess, sender: Any) -> None:
         self.send(sender, ProcessInfo(os.getpid(), os.getpgid(0)))

@@ -26,6 +26,7 @@ import gc
 import json
 import pickle
 import platform
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -474,6 +475,20 @@ def _durable(scale: float, postgresql: str | None, out: Callable[[str], object])
                     )
                     for mode in ("sync", "write-behind")
                 ]
+                if label == "SQLite" and clients == 1:
+                    # What the disk allows: a sync Update waits for one commit, and no commit
+                    # can be faster than sqlite3's own one-row transaction on this disk.
+                    commits = _bare_commits(Path(workdir) / "bare.db", n)
+                    results.append(
+                        Result(
+                            "durable",
+                            "SQLite sync Updates per second, 1 client, against the disk",
+                            "msg/s",
+                            rates["sync"],
+                            commits,
+                            "sqlite3 one-row commits/s (WAL, synchronous=FULL)",
+                        )
+                    )
             for keys in (max(100, int(10_000 * scale)), max(1000, int(100_000 * scale))):
                 out(f"  durable: {label}, recovery of {keys:,} keys ...")
                 url = template.format(mode=f"recovery-{keys}")
@@ -509,6 +524,25 @@ def _durable(scale: float, postgresql: str | None, out: Callable[[str], object])
                     ),
                 ]
     return results
+
+
+def _bare_commits(path: Path, n: int) -> float:
+    """One-row upsert transactions per second with sqlite3 alone, as the store's pragmas make
+    them durable: the floor of a sync Update's commit on this disk."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL").fetchall()
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v BLOB)")
+        upsert = "INSERT INTO t VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v"
+        started = time.perf_counter()
+        for i in range(n):
+            conn.execute("BEGIN")
+            conn.execute(upsert, ("key", i.to_bytes(8, "big")))
+            conn.execute("COMMIT")
+        return n / (time.perf_counter() - started)
+    finally:
+        conn.close()
 
 
 def _fill_store(url: str, node: str, keys: int) -> None:

@@ -1,5 +1,6 @@
-"""Command line: ``thespian-dd {demo,node,status,inspect,forget-node,backup,restore,bench}`` (also
-``python -m thespian_dd``): the argument parser; each command runs in a module of its own."""
+"""Command line: ``thespian-dd {demo,node,status,inspect,forget-node,backup,restore,migrate,
+bench}`` (also ``python -m thespian_dd``): the argument parser; each command runs in a module of
+its own."""
 
 from __future__ import annotations
 
@@ -285,6 +286,25 @@ def _add_backup(commands: Any) -> None:
     where.add_argument("--store", metavar="URL", help="SQLAlchemy URL")
     where.add_argument("--store-file", metavar="FILE", help="read the URL from FILE's first line")
     restore.set_defaults(run=_run_restore)
+    migrate = commands.add_parser(
+        "migrate",
+        help="upgrade a store's schema and every row to this release's codec format",
+        description="Bring a durable store to this release: create a table missing, apply the "
+        "schema changes since the store's schema version, and write every row of an earlier "
+        "codec format in the current one (a node reads earlier formats anyway, and upgrades a "
+        "key's row when it next writes it). One transaction where the database allows it "
+        "(MariaDB/MySQL commit a created table at once); running it twice changes nothing. "
+        "Rows that fail their checks are left as they are and named (exit status 1).",
+    )
+    where = migrate.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", metavar="URL", help="SQLAlchemy URL")
+    where.add_argument("--store-file", metavar="FILE", help="read the URL from FILE's first line")
+    migrate.add_argument(
+        "--signing-key-file",
+        metavar="FILE",
+        help="the nodes' signing key, if their rows are signed (rows are sealed anew)",
+    )
+    migrate.set_defaults(run=_run_migrate)
 
 
 def _add_status(commands: Any) -> None:
@@ -471,6 +491,17 @@ def _run_restore(args: argparse.Namespace) -> int:
         f"restored {nodes} nodes and {rows} rows from {args.source} into {safe_url(_store(args))}"
     )
     return 0
+
+
+def _run_migrate(args: argparse.Namespace) -> int:
+    from thespian_dd._cli.migrate import migrate_store
+    from thespian_dd._runtime.store import StoreError, read_signing_key
+
+    try:
+        key = read_signing_key(args.signing_key_file) if args.signing_key_file else None
+        return migrate_store(_store(args), print, signing_key=key)
+    except StoreError as e:
+        raise SystemExit(f"migrate: {e}") from None
 
 
 def _run_forget(args: argparse.Namespace) -> int:

@@ -149,6 +149,13 @@ class _Collector:
             )
             family.add_metric([node], getattr(stats, field))
             yield family
+        incompatible = GaugeMetricFamily(
+            "thespian_dd_incompatible_peers",
+            "peers this node cannot talk to (no protocol or format version in common)",
+            labels=["node"],
+        )
+        incompatible.add_metric([node], len(stats.incompatible_peers))
+        yield incompatible
         for field, name, text in [
             ("recovery_time", "recovery_seconds", "seconds from asking the store to serving"),
             ("last_flush", "last_flush_timestamp_seconds", "time of the last store commit"),

@@ -92,7 +92,13 @@ def print_status(stats: Stats, status: Status, out: Callable[[str], object]) -> 
     out(f"peers: {len(status.peers)} known, {reachable} reachable")
     for peer in status.peers:
         state = "reachable  " if peer.reachable else "UNREACHABLE"
-        out(f"  {peer.replica:<32} {state} heard {peer.last_heard:.1f} s ago  {peer.address}")
+        versions = f"  [{peer.versions}]" if peer.versions else ""
+        out(
+            f"  {peer.replica:<32} {state} heard {peer.last_heard:.1f} s ago  {peer.address}"
+            + versions
+        )
+    for problem in status.incompatible_peers:
+        out(f"  CANNOT TALK TO {problem}")
     for replica in status.removed:
         out(f"  {replica:<32} removed for good")
     largest = ", ".join(f"{key} {size:,} B" for key, size in status.largest)

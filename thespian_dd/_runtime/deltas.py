@@ -59,17 +59,29 @@ class DeltaQueue:
             return False
         return not (_number(last) and _number(seq)) or seq != last + 1  # type: ignore[operator]
 
-    def propagation(self, me: ReplicaId, keys: KeyTable) -> DeltaPropagation | None:
-        """What is queued, as the next propagation from ``me`` (None: nothing queued).  A delta
-        carries only the Performed markers of its key: it is not the sender's whole state, so
-        it must not claim the sender has seen an Initialized one."""
+    def propagation(
+        self, me: ReplicaId, keys: KeyTable, version: int = codec.FORMAT_VERSION
+    ) -> DeltaPropagation | None:
+        """What is queued, as the next propagation from ``me`` (None: nothing queued), in
+        format ``version``."""
         deltas = self.take()
-        if not deltas:
-            return None
+        return self.message(me, keys, deltas, version) if deltas else None
+
+    def message(
+        self,
+        me: ReplicaId,
+        keys: KeyTable,
+        deltas: dict[str, ReplicatedData | None],
+        version: int = codec.FORMAT_VERSION,
+    ) -> DeltaPropagation:
+        """``deltas`` (what :meth:`take` took) as propagation ``seq`` from ``me``, encoded in
+        format ``version`` (one message per format the peers use, all with the same number).
+        A delta carries only the Performed markers of its key: it is not the sender's whole
+        state, so it must not claim the sender has seen an Initialized one."""
         entries = {
             key: TOMBSTONE
             if delta is None
-            else join_envelope(codec.encode(delta), only_performed(keys.markers(key)))
+            else join_envelope(codec.encode(delta, version), only_performed(keys.markers(key)))
             for key, delta in deltas.items()
         }
         return DeltaPropagation(PROTOCOL_VERSION, me, self.seq, entries, keys.used(entries))

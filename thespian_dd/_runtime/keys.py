@@ -15,7 +15,11 @@ The parallel records are kept in step here and nowhere else:
   as they are, if they are of the codec's current format (``FORMAT_VERSION``); bytes of another
   format are decoded for their digest and re-encoded to travel.
 - Digests are computed when gossip needs them (:meth:`KeyTable.digests`), not on the path of
-  every update, unless the caller has the value's encoding already.
+  every update, unless the caller has the value's encoding already.  A digest is the checksum of
+  an encoding, so it depends on the codec format: during a rolling upgrade a peer of an earlier
+  release compares digests in its format, which the table then keeps too (and drops once no
+  peer needs it), and a payload for a peer is encoded in the peer's format
+  (:meth:`KeyTable.payload`).
 - Buckets: keys are grouped into :data:`BUCKETS` hashed buckets; gossip compares the 8-byte bucket
   digests first, so two nodes that agree exchange a fixed 64 x 8 bytes per round.
 """
@@ -32,27 +36,13 @@ from thespian_dd._runtime.checks import describe
 from thespian_dd._runtime.markers import Marker, Markers, Performed, envelope_digest, join_envelope
 from thespian_dd._runtime.markers import split_envelope as _split_envelope
 from thespian_dd._runtime.protocol import TOMBSTONE
+from thespian_dd._runtime.versions import format_of
 from thespian_dd.data import ReplicaId, ReplicatedData
 
-__all__ = [
-    "BUCKETS",
-    "TOMBSTONE_DIGEST",
-    "KeyTable",
-    "bucket_digests",
-    "bucket_of",
-    "current_format",
-]
+__all__ = ["BUCKETS", "TOMBSTONE_DIGEST", "KeyTable", "bucket_digests", "bucket_of"]
 
 BUCKETS = 64
 TOMBSTONE_DIGEST = b"thespian_dd:deleted"[:16]
-
-
-def current_format(raw: bytes) -> bool:
-    """Whether ``raw`` is an encoding in the codec's current format (``b"TDD"``, the version
-    byte, the body, a 16-byte checksum): then its last 16 bytes are its digest, and it travels
-    as it is.  Bytes that are no encoding at all are not: the decode that gets their digest
-    refuses them."""
-    return len(raw) >= 20 and raw[3] == codec.FORMAT_VERSION and raw.startswith(b"TDD")
 
 
 def bucket_of(key: str) -> int:
@@ -75,6 +65,17 @@ def bucket_digests(digests: Mapping[str, bytes], keys: Iterable[str]) -> dict[in
             h.update(digests[key])
         out[bucket] = h.digest()
     return out
+
+
+class _Digests:
+    """The digests of every key and bucket in one codec format other than the current one."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self.keys: dict[str, bytes] = {}
+        self.stale: set[str] = set()  # keys whose digest is computed when next needed
+        self.buckets: dict[int, bytes] = {}
+        self.dirty: set[int] = set()
 
 
 class KeyTable:
@@ -102,6 +103,7 @@ class KeyTable:
         self._bucket_keys: dict[int, set[str]] = {}
         self._bucket_digests: dict[int, bytes] = {}
         self._dirty: set[int] = set()
+        self._older: dict[int, _Digests] = {}  # digests in other formats, for older peers
         self._last_used: dict[str, float] = {}
         self._used_here: set[str] = set()  # used on this node since the last take_used_here()
 
@@ -185,23 +187,34 @@ class KeyTable:
     def keys_with_markers(self) -> list[str]:
         return list(self._markers)
 
-    def envelope(self, key: str, raw: bytes | None = None) -> bytes:
-        """The value of ``key`` with its markers, as it travels and is stored (``raw``: the
-        value's encoding, if the caller has it)."""
-        if raw is None:
-            raw = self._stored.get(key)
+    def _raw(self, key: str, version: int) -> bytes | None:
+        """The encoding of ``key``'s value in format ``version`` (None: it has no value, or a
+        restored one that fails its decode now)."""
+        stored = self._stored.get(key)
+        if stored is not None and format_of(stored) == version:
+            return stored
+        value = self.get(key)
+        return None if value is None else codec.encode(value, version)
+
+    def envelope(
+        self, key: str, raw: bytes | None = None, version: int = codec.FORMAT_VERSION
+    ) -> bytes | None:
+        """The value of ``key`` with its markers, as it travels and is stored, in format
+        ``version`` (``raw``: the value's encoding, if the caller has it; a restored value of an
+        earlier format is encoded anew, so its row is upgraded when next written).  None: the
+        key holds no value."""
+        if raw is None or format_of(raw) != version:
+            raw = self._raw(key, version)
             if raw is None:
-                raw = codec.encode(self._values[key])
+                return None
         return join_envelope(raw, self._markers.get(key, {}))
 
-    def payload(self, key: str) -> bytes | None:
-        """What a peer gets for ``key``: its envelope, TOMBSTONE, or None if unknown here."""
+    def payload(self, key: str, version: int = codec.FORMAT_VERSION) -> bytes | None:
+        """What a peer gets for ``key``: its envelope in format ``version``, TOMBSTONE, or None
+        if unknown here."""
         if key in self._deleted:
             return TOMBSTONE
-        stored = self._stored.get(key)
-        if stored is not None and not current_format(stored):
-            self._decode(key)  # it travels in the current format (refused now: not at all)
-        return self.envelope(key) if key in self else None
+        return self.envelope(key, version=version) if key in self else None
 
     # -- adding and removing keys ------------------------------------------------------------------
 
@@ -218,13 +231,7 @@ class KeyTable:
             self._set_markers(key, markers)
         self._stored.pop(key, None)
         self._values[key] = value
-        if raw is None:
-            self._digests.pop(key, None)
-            self._stale.add(key)
-        else:
-            self._digests[key] = self._digest(key, raw[-16:])
-            self._stale.discard(key)
-        self._bucket_add(key)
+        self._changed(key, raw)
 
     def delete(self, key: str) -> None:
         """Replace ``key``'s value by a tombstone (it wins every merge: the key stays deleted)."""
@@ -234,6 +241,9 @@ class KeyTable:
         self._deleted.add(key)
         self._digests[key] = TOMBSTONE_DIGEST
         self._stale.discard(key)
+        for older in self._older.values():
+            older.keys[key] = TOMBSTONE_DIGEST
+            older.stale.discard(key)
         self._bucket_add(key)
 
     def expire(self, key: str) -> None:
@@ -251,6 +261,10 @@ class KeyTable:
         bucket = bucket_of(key)
         self._bucket_keys.get(bucket, set()).discard(key)
         self._dirty.add(bucket)
+        for older in self._older.values():
+            older.keys.pop(key, None)
+            older.stale.discard(key)
+            older.dirty.add(bucket)
 
     def restore(self, key: str, payload: bytes | None, limits: Limits) -> None:
         """Put a stored row back (None: a tombstone), its value kept as its bytes until first
@@ -265,13 +279,7 @@ class KeyTable:
         self._set_markers(key, markers)
         self._values.pop(key, None)
         self._stored[key] = raw
-        if current_format(raw):
-            self._digests[key] = self._digest(key, raw[-16:])
-            self._stale.discard(key)
-        else:
-            self._digests.pop(key, None)
-            self._stale.add(key)  # its digest needs its decode
-        self._bucket_add(key)
+        self._changed(key, raw)
         self.touch(key)
 
     def restore_rows(
@@ -284,10 +292,12 @@ class KeyTable:
         self._limits = limits
         stored, digests, values, markers = self._stored, self._digests, self._values, self._markers
         buckets, dirty, expiry, stale = self._bucket_keys, self._dirty, self._expiry, self._stale
+        current = codec.FORMAT_VERSION
         for key, payload in rows:
             if (
                 payload is None
-                or not current_format(payload)  # an envelope with markers too
+                or self._older  # digests kept in older formats too (a rolling upgrade)
+                or format_of(payload) != current  # an envelope with markers too
                 or key in values
                 or key in markers
                 or key in stale
@@ -324,6 +334,7 @@ class KeyTable:
             records.clear()
         for keys in (self._deleted, self._stale, self._dirty, self._used_here):
             keys.clear()
+        self._older.clear()
 
     def _set_markers(self, key: str, markers: Markers) -> None:
         if markers:
@@ -336,6 +347,27 @@ class KeyTable:
         bucket = bucket_of(key)
         self._bucket_keys.setdefault(bucket, set()).add(key)
         self._dirty.add(bucket)
+        for older in self._older.values():
+            older.dirty.add(bucket)
+
+    def _changed(self, key: str, raw: bytes | None) -> None:
+        """``key`` holds a new value (``raw``: its encoding, if known): its digest in the
+        encoding's format is the encoding's checksum; in the other formats it is owed."""
+        version = None if raw is None else format_of(raw)
+        if raw is not None and version == codec.FORMAT_VERSION:
+            self._digests[key] = self._digest(key, raw[-16:])
+            self._stale.discard(key)
+        else:
+            self._digests.pop(key, None)
+            self._stale.add(key)
+        for older in self._older.values():
+            if raw is not None and version == older.version:
+                older.keys[key] = self._digest(key, raw[-16:])
+                older.stale.discard(key)
+            else:
+                older.keys.pop(key, None)
+                older.stale.add(key)
+        self._bucket_add(key)
 
     # -- digests -----------------------------------------------------------------------------------
 
@@ -343,31 +375,60 @@ class KeyTable:
         markers = self._markers.get(key)
         return envelope_digest(value_digest, markers) if markers else value_digest
 
-    def digests(self) -> Mapping[str, bytes]:
-        """Every key's digest (tombstones too), computing those that changed since last asked."""
-        for key in list(self._stale):
-            value = self.get(key)  # a restored value of an older format is decoded (or refused)
-            if value is not None:
-                self._digests[key] = self._digest(key, codec.digest(value))
-        self._stale.clear()
-        return self._digests
+    def _records(
+        self, version: int
+    ) -> tuple[dict[str, bytes], set[str], dict[int, bytes], set[int]]:
+        """The digests in format ``version``: (by key, keys owed, by bucket, buckets owed).  A
+        format not kept yet (an older peer's) starts with every key's digest owed."""
+        if version == codec.FORMAT_VERSION:
+            return self._digests, self._stale, self._bucket_digests, self._dirty
+        older = self._older.get(version)
+        if older is None:
+            if version not in codec.FORMAT_VERSIONS:
+                raise ValueError(f"format version {version!r} is not one the codec writes")
+            older = self._older[version] = _Digests(version)
+            older.keys = dict.fromkeys(self._deleted, TOMBSTONE_DIGEST)
+            older.stale = set(self.names())
+            older.dirty = set(self._bucket_keys)
+        return older.keys, older.stale, older.buckets, older.dirty
 
-    def buckets(self) -> dict[int, bytes]:
-        """The digest of every non-empty bucket (a bucket whose last key left has none)."""
-        digests = self.digests()
-        for bucket in self._dirty:
+    def keep_formats(self, versions: Iterable[int]) -> None:
+        """Keep digests only in ``versions`` (those the peers use) and the current format."""
+        for version in set(self._older) - set(versions):
+            del self._older[version]
+
+    def digests(self, version: int = codec.FORMAT_VERSION) -> Mapping[str, bytes]:
+        """Every key's digest (tombstones too) in format ``version``, computing those that
+        changed since last asked."""
+        digests, stale, _, _ = self._records(version)
+        for key in list(stale):
+            raw = self._raw(key, version)  # a restored value that fails its decode is dropped
+            if raw is not None:
+                digests[key] = self._digest(key, raw[-16:])
+        stale.clear()
+        return digests
+
+    def buckets(self, version: int = codec.FORMAT_VERSION) -> dict[int, bytes]:
+        """The digest of every non-empty bucket (a bucket whose last key left has none), in
+        format ``version``."""
+        digests = self.digests(version)
+        _, _, by_bucket, dirty = self._records(version)
+        for bucket in dirty:
             keys = self._bucket_keys.get(bucket)
             if keys:
-                self._bucket_digests.update(bucket_digests(digests, keys))
+                by_bucket.update(bucket_digests(digests, keys))
             else:
                 self._bucket_keys.pop(bucket, None)
-                self._bucket_digests.pop(bucket, None)
-        self._dirty.clear()
-        return dict(self._bucket_digests)
+                by_bucket.pop(bucket, None)
+        dirty.clear()
+        return dict(by_bucket)
 
-    def digests_in(self, buckets: Iterable[object]) -> dict[str, bytes]:
-        """The digest of every key in ``buckets`` (what is not a bucket number is ignored)."""
-        digests = self.digests()
+    def digests_in(
+        self, buckets: Iterable[object], version: int = codec.FORMAT_VERSION
+    ) -> dict[str, bytes]:
+        """The digest of every key in ``buckets`` (what is not a bucket number is ignored), in
+        format ``version``."""
+        digests = self.digests(version)
         return {
             key: digests[key]
             for b in buckets

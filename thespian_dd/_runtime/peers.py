@@ -25,13 +25,13 @@ from thespian.actors import ActorAddress, ActorExitRequest, ActorTypeDispatcher
 from thespian_dd._runtime.protocol import (
     NODE_CAPABILITY,
     PEERS_MODULE,
-    PROTOCOL_VERSION,
     Introduce,
     Introduced,
     IntroducerDone,
     PeerMessage,
     wire_name,
 )
+from thespian_dd._runtime.versions import PROTOCOL_VERSIONS
 from thespian_dd.data import ReplicaId
 
 __all__ = ["Admission", "Introducer", "Peer", "PeerTable"]
@@ -107,7 +107,7 @@ class PeerTable:
             return Admission.IGNORED
         if origin in self.departed or origin in self._pruned:
             return Admission.REMOVED
-        if msg.version != PROTOCOL_VERSION:
+        if msg.version not in PROTOCOL_VERSIONS:
             return Admission.OTHER_VERSION
         return Admission.OK
 

@@ -1,9 +1,13 @@
 """What Replicators say to each other, and the Replicator's own internal messages (Akka's
 ``Internal``), apart from the public protocol of :mod:`thespian_dd.messages`.
 
-Every peer message carries :data:`PROTOCOL_VERSION`; a Replicator ignores (and counts) messages
-of another version.  Values travel as codec bytes (versioned, checksummed, capped on decode),
-never as pickled CRDTs, so a peer's payload is validated before it is merged.
+Every peer message carries a protocol version (:data:`PROTOCOL_VERSION` until a pair agrees on
+another, see :mod:`thespian_dd._runtime.versions`); a Replicator ignores (and counts) messages of
+a version it does not speak.  Fields added in a later release have a default, which is what a
+message of an earlier release means: such a message unpickles with the class default, and an
+earlier release unpickles a later message and ignores the field.  Values travel as codec bytes
+(versioned, checksummed, capped on decode), never as pickled CRDTs, so a peer's payload is
+validated before it is merged.
 
 Wire names: pickle (and Thespian's ``createActor``) name a class by its module.  The classes here
 that cross between nodes keep the module path the first release gave them (``thespian_dd._peers``
@@ -95,6 +99,9 @@ class PeerHello(PeerMessage):
     address: Any
     peers: dict[str, tuple[ReplicaId, Any]] = field(default_factory=dict)
     reply: bool = True
+    versions: dict[str, tuple[int, ...]] | None = None
+    """The protocol and format versions the sender speaks (None: a node of the first release,
+    which speaks 1 and 1); see :mod:`thespian_dd._runtime.versions`."""
 
 
 @wire_name(PEERS_MODULE)
@@ -115,6 +122,10 @@ class GossipStatus(PeerMessage):
     buckets: dict[int, bytes]
     peers: dict[str, tuple[ReplicaId, Any]] = field(default_factory=dict)
     used: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, tuple[int, ...]] | None = None
+    """As in :class:`PeerHello`."""
+    format: int = 1
+    """The codec format the digests are computed in (the pair's)."""
 
 
 @wire_name(PEERS_MODULE)
@@ -124,6 +135,8 @@ class GossipKeys(PeerMessage):
 
     digests: dict[str, bytes]
     buckets: frozenset[int]
+    format: int = 1
+    """The codec format the digests are computed in (the status's)."""
 
 
 @wire_name(PEERS_MODULE)

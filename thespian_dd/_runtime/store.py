@@ -9,6 +9,11 @@ MariaDB/MySQL get a native upsert.
 
 A :class:`Store` lives in the DurableWriter's process (:mod:`thespian_dd._runtime.writer`), and
 in the ``inspect`` command's.
+
+Upgrades: a row of an earlier codec format is read (the codec reads every format it ever wrote)
+and written in the current one when its key is next written; :meth:`Store.migrate` (the
+``migrate`` command) upgrades every row and the schema at once.  :data:`store_metadata` is the
+tables' SQLAlchemy MetaData, for a user's own migrations (alembic) to include or leave out.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import hmac
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,7 +29,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from thespian_dd import codec
+from thespian_dd._canonical import Limits
 from thespian_dd._runtime.checks import describe
+from thespian_dd._runtime.markers import join_envelope, split_envelope
 from thespian_dd._runtime.rows import (
     BAD_CHECKSUM,
     BAD_MAC,
@@ -49,11 +56,13 @@ __all__ = [
     "SCHEMA_VERSION",
     "STORE_FILE_PREFIX",
     "Entry",
+    "Migration",
     "Store",
     "StoreError",
     "StoredRow",
     "read_signing_key",
     "safe_url",
+    "store_metadata",
     "store_url",
 ]
 
@@ -66,10 +75,14 @@ LOAD_CHUNK_ROWS = 2000
 """Rows per :class:`~thespian_dd._runtime.writer.LoadChunk` (and per fetch of
 :meth:`Store.rows`): the Replicator keeps one chunk while the next is read."""
 
-_metadata = sa.MetaData()
+store_metadata = sa.MetaData()
+"""The two tables of a store (``thespian_dd_entries``, ``thespian_dd_nodes``), public as
+``thespian_dd.store_metadata``: an alembic ``env.py`` that manages its own tables in the same
+database can leave these out (``include_name``/``include_object``) or include them; their schema
+changes only with :data:`SCHEMA_VERSION`, through ``thespian-dd migrate``."""
 _entries = sa.Table(
     "thespian_dd_entries",
-    _metadata,
+    store_metadata,
     sa.Column("node", sa.String(255), primary_key=True),
     # The key's hash identifies the row: keys can be longer than any dialect's index allows
     # (MariaDB: 3072 bytes), and a fixed-width key keeps the index small.
@@ -97,7 +110,7 @@ _entries = sa.Table(
 )
 _nodes = sa.Table(
     "thespian_dd_nodes",
-    _metadata,
+    store_metadata,
     sa.Column("node", sa.String(255), primary_key=True),
     sa.Column("incarnation", sa.BigInteger, nullable=False),
     sa.Column("schema_version", sa.Integer, nullable=False),
@@ -220,7 +233,7 @@ class Store:
                 if self.engine.dialect.name == "sqlite" and not read_only:
                     sa.event.listen(self.engine, "connect", _sqlite_pragmas)
                 if create:
-                    _metadata.create_all(self.engine)
+                    store_metadata.create_all(self.engine)
                 elif not sa.inspect(self.engine).has_table(_entries.name):
                     problem = "it has no thespian_dd tables"
         except Exception as e:
@@ -324,14 +337,14 @@ class Store:
         node column differs (a tampered row, or a collation that compares loosely) fails its
         check.  Unordered: a load needs no order, and sorting costs the server."""
         seal = RowSeal(node, self._signing_key)
-        current, compare = codec.FORMAT_VERSION, hmac.compare_digest
+        formats, compare = codec.FORMAT_VERSIONS, hmac.compare_digest
         query = sa.select(*_LOAD_COLUMNS).where(_entries.c.node == node)
         for row in self._stream(query):
             stored_key_id, key, data_type, version, payload, replicas, check = row
             try:  # the good row's check, at its cheapest; any doubt is settled by _problem
                 good = (
                     type(version) is int
-                    and version == current
+                    and version in formats
                     and compare(seal(key, data_type, version, payload, replicas), check)
                     and stored_key_id == key_id(key)
                 )
@@ -360,18 +373,21 @@ class Store:
             query = query.where(_entries.c.key_id == key_id(key))
         seals: dict[str, RowSeal] = {}
         for row in self._stream(query):
-            node_column = row[0]
-            if not isinstance(node_column, str):
-                yield _stored_row(row, _WRONG_TYPE)
-                continue
-            seal = seals.get(node_column)
-            if seal is None:
-                seal = seals[node_column] = RowSeal(node_column, self._signing_key)
-            try:
-                error = self._problem(seal, *row[1:8])
-            except Exception as e:  # noqa: BLE001 - a row that cannot even be checked
-                error = _UNCHECKABLE + _first_line(e)
-            yield _stored_row(row, error)
+            yield _stored_row(row, self._checked(row, seals))
+
+    def _checked(self, row: tuple[Any, ...], seals: dict[str, RowSeal]) -> str | None:
+        """Why ``row`` (its node, then :data:`_LOAD_COLUMNS`) must not be loaded, or None;
+        ``seals``: the RowSeal of each node met so far."""
+        node = row[0]
+        if not isinstance(node, str):
+            return _WRONG_TYPE
+        seal = seals.get(node)
+        if seal is None:
+            seal = seals[node] = RowSeal(node, self._signing_key)
+        try:
+            return self._problem(seal, *row[1:8])
+        except Exception as e:  # noqa: BLE001 - a row that cannot even be checked
+            return _UNCHECKABLE + _first_line(e)
 
     def _stream(self, query: sa.Select[Any]) -> Iterator[tuple[Any, ...]]:
         with self.engine.connect() as conn:
@@ -407,8 +423,8 @@ class Store:
             return NOT_SIGNED if len(check) == CHECKSUM_BYTES else BAD_MAC
         if stored_key_id != key_id(key):
             return "the row's key id does not match its key (tampered or corrupted)"
-        if version != codec.FORMAT_VERSION:
-            return f"format version {version} is not the codec's {codec.FORMAT_VERSION}"
+        if version not in codec.FORMAT_VERSIONS:
+            return f"format version {version} is not one this code reads {codec.FORMAT_VERSIONS}"
         return None
 
     def forget(self, node: str) -> int:
@@ -487,6 +503,96 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def migrate(self) -> Migration:
+        """Bring the store to this code's schema and codec format, in one transaction (on
+        MariaDB/MySQL a table created is committed at once: DDL is not transactional there):
+        tables missing are created, the schema steps from the lowest node's schema version are
+        applied, and every row of an earlier format is decoded and written in
+        :data:`~thespian_dd.codec.FORMAT_VERSION` with a new checksum (or MAC).  A row that does
+        not pass its checks (or does not decode) is left as it is, and reported.  Running it
+        again changes nothing.  Rows are locked as they are read, and a row that a running node
+        rewrote meanwhile is not overwritten; stopping the nodes first is still the simple way.
+        Raises :class:`StoreError` for a store of a newer schema than this code knows."""
+        try:
+            with self.engine.begin() as conn:
+                store_metadata.create_all(conn)
+                found = conn.execute(
+                    sa.select(_nodes.c.node, _nodes.c.schema_version).with_for_update()
+                ).all()
+                for _, version in found:
+                    self._check_schema(version)
+                lowest = min((v for _, v in found), default=SCHEMA_VERSION)
+                for version in range(lowest, SCHEMA_VERSION):
+                    _SCHEMA_STEPS[version](conn)
+                if lowest < SCHEMA_VERSION:
+                    conn.execute(_nodes.update().values(schema_version=SCHEMA_VERSION))
+                upgraded, left = self._upgrade_rows(conn)
+        except StoreError:
+            raise
+        except Exception as e:
+            raise StoreError(f"cannot migrate {safe_url(self._setting)}: {_first_line(e)}") from e
+        return Migration(lowest, len(found), upgraded, left)
+
+    def _upgrade_rows(self, conn: sa.Connection) -> tuple[int, list[tuple[str, str, str]]]:
+        """Write every row of an earlier format in this one; returns how many, and the rows
+        left as they are: (node, key, why)."""
+        query = (
+            sa.select(_entries.c.node, *_LOAD_COLUMNS)
+            .where(_entries.c.format_version != codec.FORMAT_VERSION)
+            .with_for_update()
+        )
+        upgraded, left = 0, []
+        seals: dict[str, RowSeal] = {}
+        for row in conn.execute(query).all():
+            node, stored_key_id, key, data_type, _, payload, replicas, check = row
+            problem = self._checked(row, seals)
+            new_payload = b""
+            if problem is None and data_type != DELETED:
+                try:
+                    markers, raw = split_envelope(bytes(payload), Limits(max_bytes=1 << 40))
+                    value = codec.decode(raw, Limits(max_bytes=1 << 40))
+                    new_payload = join_envelope(codec.encode(value), markers)
+                except Exception as e:  # noqa: BLE001 - a row that does not decode stays
+                    problem = f"it does not decode: {_first_line(e)}"
+            if problem is not None:
+                left.append((str(node), str(key), problem))
+                continue
+            conn.execute(
+                _entries.update()
+                .where(
+                    _entries.c.node == node,
+                    _entries.c.key_id == stored_key_id,
+                    _entries.c.checksum == check,  # not rewritten meanwhile by a running node
+                )
+                .values(
+                    format_version=codec.FORMAT_VERSION,
+                    payload=new_payload,
+                    checksum=self._seal(node, key, data_type, new_payload, replicas),
+                )
+            )
+            upgraded += 1
+        return upgraded, left
+
+
+class Migration(NamedTuple):
+    """What :meth:`Store.migrate` did."""
+
+    schema_from: int
+    """The lowest schema version a node of the store had (now all have SCHEMA_VERSION)."""
+    nodes: int
+    rows_upgraded: int
+    """Rows written anew in this code's codec format."""
+    rows_left: list[tuple[str, str, str]]
+    """Rows left as they were, as (node, key, why): they fail their checks or their decode
+    (a node refuses them at load too)."""
+
+
+_SCHEMA_STEPS: dict[int, Callable[[sa.Connection], None]] = {}
+"""The schema changes from version N to N + 1, by N, each run inside the migration's
+transaction.  Schema version 1 is the first: there is none yet.  A later release that changes
+the schema adds its step here, raises SCHEMA_VERSION, and keeps the store readable by the
+release before it until migrate has run (see the operations guide, upgrading)."""
 
 
 def _upsert_statement(dialect: str) -> sa.Executable | None:

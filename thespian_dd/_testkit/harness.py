@@ -324,6 +324,7 @@ class _Process:
     client: Any = None
     replicator: Any = None
     starts: int = 0
+    python_path: str | None = None
 
 
 class Cluster:
@@ -400,6 +401,14 @@ class Cluster:
         if self.net is None:
             args += ["--test-partitions"]  # split() and partition() use PartitionForTests
         env = {**os.environ, "THESPLOG_FILE": str(self.workdir / f"{node.name}.thespian.log")}
+        if node.python_path is not None:
+            # First: its thespian_dd shadows any other (a package is found whole, in one place).
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [node.python_path, env.get("PYTHONPATH")])
+            )
+            # Not the working directory first (``-m`` puts it there): it may hold this tree's
+            # package, which would shadow the one on python_path.
+            env["PYTHONSAFEPATH"] = "1"
         if self.net is not None:
             args = self.net.command(i) + args
             # Thespian would otherwise guess its address (a UDP connect towards 8.8.8.8, which
@@ -488,6 +497,23 @@ class Cluster:
     def restart(self, i: int) -> None:
         """Start a killed or stopped node again on the same port."""
         self.start_node(i)
+
+    def run_code(self, i: int, python_path: str | None) -> None:
+        """From its next start, node ``i`` runs the ``thespian_dd`` found in ``python_path``
+        (put first on the ``PYTHONPATH`` of its process: e.g. a directory holding an earlier
+        release's package, for a rolling upgrade), with this interpreter and its other packages;
+        None: the code this process runs."""
+        self.nodes[i].python_path = python_path
+
+    def stop_node(self, i: int, timeout: float = 15.0) -> None:
+        """Stop node ``i`` gracefully, as an operator does before an upgrade (SIGTERM: it
+        flushes its store and leaves); killed if it has not stopped within ``timeout`` s."""
+        node = self.nodes[i]
+        if node.popen is not None and node.popen.poll() is None:
+            node.popen.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.popen.wait(timeout)
+        self.kill(i)  # whatever is left of it, and wait until its processes are gone
 
     def split(self, *groups: list[int]) -> None:
         """Cut the cluster into ``groups`` (node indexes); nodes in no group stay connected to
