@@ -301,17 +301,15 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if not self._durability.chunk(msg, sender):
             return
         limits = Limits(max_bytes=self.settings.max_value_bytes)
-        for key, payload in msg.rows:
-            try:
-                self._keys.restore(key, payload, limits)
-            except CodecError as e:
-                self._refuse_rows(1)
-                log.warning("skipped stored key %r: %s", key, e)
+        for key, error in self._keys.restore_rows(msg.rows, limits):
+            self._refused_on_decode(key, error)
         self._refuse_rows(len(msg.skipped))
 
     def _refused_on_decode(self, key: str, error: CodecError) -> None:
+        """A stored row refused here (its markers or, when first used, its value do not
+        decode): counted and logged as the DurableWriter logs a row refused at load."""
         self._refuse_rows(1)
-        log.warning("skipped stored key %r: %s", key, error)
+        log.error("skipped stored key %r of %s: %s", key, self.node.node, error)
 
     def _refuse_rows(self, n: int) -> None:
         self._rejections.refuse(n)
