@@ -2,19 +2,25 @@
 ``differing_keys``: what to send and what to ask for, keys only one side has included), and what
 one gossip message carries (``within_budget``: smallest first, a value over the budget alone and
 reported, stopping at the first value that does not fit); and the exchange itself between two
-nodes' key tables, status to keys to entries, without processes.
+nodes' key tables, status to keys to entries, without processes: buckets changing here (deltas
+in flight) left out until settled or left out too long, all compared when forced, and the key
+digests of one message within the budget.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+from functools import partial
 
 import pytest
+from fakes import Clock
 from hypothesis import given
 from hypothesis import strategies as st
 
 from thespian_dd import GCounter, ORSet, ReplicaId
 from thespian_dd._runtime.antientropy import (
+    SETTLE_LIMIT,
     AntiEntropy,
     differing_buckets,
     differing_keys,
@@ -188,12 +194,20 @@ def test_a_message_is_the_longest_run_of_smallest_values_within_the_budget(
 class Side:
     """One node's key table and anti-entropy, merging what it hears as the Replicator does."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, settle: float = 0.0, budget: int | None = None) -> None:
         self.me = ReplicaId(name, 1)
         self.keys = KeyTable(lambda _key: None)
         self.rejections = Rejections(logging.getLogger("test"))
+        self.clock = Clock(100.0)
         self.anti_entropy = AntiEntropy(
-            self.keys, lambda: self.me, self.merge, budget=BUDGET, rejections=self.rejections
+            self.keys,
+            lambda: self.me,
+            self.merge,
+            budget=BUDGET if budget is None else budget,
+            rejections=self.rejections,
+            settle=settle,
+            clock=self.clock,
+            rng=random.Random(5),
         )
         self.merged: list[str] = []
 
@@ -302,3 +316,113 @@ def test_values_over_the_budget_go_over_several_rounds_smallest_first() -> None:
         assert rounds < 12
     assert rounds > 1
     assert b.keys.names() == a.keys.names()
+
+
+# -- what anti-entropy sends follows what changed ------------------------------------------------
+
+SETTLE = 2.0
+
+
+def _fill(side: Side, n: int, owner: ReplicaId, times: int = 1) -> None:
+    for i in range(n):
+        side.keys.put(f"k{i:05}", GCounter({owner: times}))
+
+
+def _digests_sent(log: list[PeerMessage]) -> int:
+    return sum(len(m.digests) for m in log if isinstance(m, GossipKeys))
+
+
+def test_buckets_that_changed_here_within_settle_are_left_out_of_the_comparison() -> None:
+    """Under a load every bucket changes between two statuses (deltas in flight): comparing
+    them would send the digest of every key, every round."""
+    a, b = Side("a", SETTLE), Side("b", SETTLE)
+    owner = ReplicaId("w", 1)
+    _fill(a, 2000, owner)
+    _fill(b, 2000, owner)
+    b.anti_entropy.buckets()  # b's last look
+    _fill(a, 2000, owner, 2)  # a wrote everything again; the deltas are on their way to b
+    _fill(b, 1000, owner, 2)  # half arrived
+    b.clock.now += 0.5
+    log = _round(a, b)
+    assert _digests_sent(log) == 0
+    _fill(b, 2000, owner, 2)  # the rest arrived: nothing differs once settled
+    b.clock.now += SETTLE
+    assert [type(m) for m in _round(a, b)] == [GossipStatus]
+
+
+def test_a_lost_delta_is_repaired_once_its_bucket_settles() -> None:
+    a, b = Side("a", SETTLE), Side("b", SETTLE)
+    owner = ReplicaId("w", 1)
+    _fill(a, 50, owner)
+    _fill(b, 50, owner)
+    b.anti_entropy.buckets()
+    a.keys.put("k00007", GCounter({owner: 9}))  # its delta to b was lost
+    b.clock.now += SETTLE
+    log = _round(a, b)
+    assert b.keys.get("k00007") == GCounter({owner: 9})
+    assert 0 < _digests_sent(log) < 50  # only the digests of the bucket that differs
+
+
+def test_a_bucket_changing_without_pause_is_compared_after_the_settle_limit() -> None:
+    a, b = Side("a", SETTLE), Side("b", SETTLE)
+    owner = ReplicaId("w", 1)
+    a.keys.put("lost", GCounter({owner: 1}))  # never reached b
+    hot = next(f"hot{i}" for i in range(1000) if _same_bucket(f"hot{i}", "lost"))
+    compared_at = None
+    for step in range(SETTLE_LIMIT + 2):
+        b.keys.put(hot, GCounter({owner: step + 1}))  # b's bucket changes every round
+        a.keys.put(hot, GCounter({owner: step + 1}))
+        b.clock.now += SETTLE
+        _round(a, b)
+        if "lost" in b.keys:
+            compared_at = step
+            break
+    assert compared_at is not None
+    assert compared_at >= SETTLE_LIMIT - 1
+
+
+def _same_bucket(one: str, other: str) -> bool:
+    from thespian_dd._runtime.keys import bucket_of
+
+    return bucket_of(one) == bucket_of(other)
+
+
+def test_force_compares_changing_buckets_too() -> None:
+    """A peer met or heard again missed deltas: its first status is compared in full."""
+    a, b = Side("a", SETTLE), Side("b", SETTLE)
+    owner = ReplicaId("w", 1)
+    _fill(a, 100, owner)
+    b.anti_entropy.buckets()
+    _fill(b, 100, ReplicaId("b", 1))  # every bucket of b changes now
+    log: list[PeerMessage] = []
+
+    def reply(message: PeerMessage) -> None:
+        a.receive(message, b, log)
+
+    assert b.anti_entropy.on_status(a.anti_entropy.status({}), reply) is True
+    assert log == []  # all changing: left out
+    assert b.anti_entropy.on_status(a.anti_entropy.status({}), reply, force=True) is True
+    assert b.keys.names() == a.keys.names()
+
+
+def test_the_key_digests_of_one_message_fit_the_budget_and_the_rest_come_next_rounds() -> None:
+    budget = 3000
+    a, b = Side("a", budget=budget), Side("b", budget=budget)
+    owner = ReplicaId("w", 1)
+    _fill(b, 1000, owner)  # about 22 KB of key digests
+    _fill(a, 1000, owner, 2)  # every key newer on a
+    rounds = 0
+    while dict(b.keys.digests()) != dict(a.keys.digests()):
+        log: list[PeerMessage] = []
+        complete = b.anti_entropy.on_status(
+            a.anti_entropy.status({}), partial(a.receive, peer=b, log=log)
+        )
+        keys = [m for m in log if isinstance(m, GossipKeys)]
+        assert len(keys) == 1
+        size = sum(len(k) + len(d) for k, d in keys[0].digests.items())
+        assert size <= budget or len(keys[0].buckets) == 1
+        rounds += 1
+        if rounds == 1:
+            assert complete is False  # not every bucket that differs fitted
+        assert rounds < 100
+    assert rounds > 5

@@ -169,6 +169,11 @@ def test_frozen_process_messages_unpickle_with_their_fields(release: str) -> Non
         assert dataclasses.is_dataclass(load(release, name))
 
 
+NEWER_PEERS_ONLY = {"Heartbeat"}
+"""Messages a node sends only to peers of a later release than the first: a Heartbeat goes only
+to a peer whose statuses carry the directory's digest (an old peer gets a status every round)."""
+
+
 def test_the_first_release_reads_what_this_tree_sends(tmp_path: Path) -> None:
     """What an old node does during a rolling upgrade: unpickle this tree's messages (the
     fields added since are ignored) and decode their payloads, with the first release's code."""
@@ -183,6 +188,8 @@ from thespian_dd._canonical import Limits
 from thespian_dd._runtime.markers import split_envelope
 assert thespian_dd.__file__.startswith(sys.argv[1]), thespian_dd.__file__
 for path in sorted(Path(sys.argv[2]).glob("*.pickle")):
+    if path.stem in sys.argv[3:]:
+        continue
     message = pickle.loads(path.read_bytes())
     for payload in [*getattr(message, "entries", {}).values(), getattr(message, "payload", b"")]:
         if payload:
@@ -190,7 +197,14 @@ for path in sorted(Path(sys.argv[2]).glob("*.pickle")):
     print(path.stem, type(message).__name__, getattr(message, "version", "-"))
 """
     done = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path), str(COMPAT / "protocol1" / "release2")],
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(tmp_path),
+            str(COMPAT / "protocol1" / "release2"),
+            *NEWER_PEERS_ONLY,
+        ],
         env={"PYTHONPATH": str(tmp_path), "PYTHONSAFEPATH": "1"},
         cwd=tmp_path,
         capture_output=True,
@@ -200,4 +214,5 @@ for path in sorted(Path(sys.argv[2]).glob("*.pickle")):
     )
     assert done.returncode == 0, done.stderr
     read = {line.split()[0] for line in done.stdout.splitlines()}
-    assert read == {p.stem for p in (COMPAT / "protocol1" / "release2").glob("*.pickle")}
+    sent = {p.stem for p in (COMPAT / "protocol1" / "release2").glob("*.pickle")}
+    assert read == sent - NEWER_PEERS_ONLY

@@ -136,7 +136,8 @@ def test_every_mutated_stored_row_is_refused_never_loaded_wrong(
                     _mutate(path, rowid, column, value)
             after = _raw_rows(path)
             loaded = list(store.load(NODE))
-            elsewhere = [row for row in store.rows() if row.node != NODE]
+            inspected = list(store.rows())
+            elsewhere = [row for row in inspected if row.node != NODE]
         finally:
             store.close()
     mutated = {i: after[i] for i in rows if _typed(after[i]) != _typed(rows[i])}
@@ -156,6 +157,9 @@ def test_every_mutated_stored_row_is_refused_never_loaded_wrong(
             assert decode(payload) == ROW_VALUES[key]
     assert len(refused) == len(mutated) - len(moved), (mutated, refused)
     assert all(isinstance(error, str) and error for _, error in refused)
+    # The load's quick check of a good row and the full diagnosis ``inspect`` shows agree.
+    diagnosed = sorted((r.key, r.error) for r in inspected if r.node == NODE)
+    assert sorted((key, error) for key, _, error in loaded) == diagnosed
 
 
 @pytest.mark.timeout(300)

@@ -273,6 +273,61 @@ def test_restored_values_are_decoded_in_slices() -> None:
     assert {k: v.value for k, v in keys.items()} == {f"k{i}": i + 1 for i in range(10)}
 
 
+def _restored_state(keys: KeyTable) -> dict[str, object]:
+    """Everything a restore records, read without decoding a value."""
+    names = sorted(keys.names() | set(keys.digests()))
+    return {
+        "digests": dict(keys.digests()),
+        "buckets": keys.buckets(),
+        "names": keys.names(),
+        "tombstones": keys.tombstones(),
+        "undecoded": keys.undecoded(),
+        "markers": {k: dict(keys.markers(k)) for k in names},
+        "payloads": {k: keys.payload(k) for k in names},
+        "used": keys.take_used_here(),
+        "pruned": set(keys.pruned),
+    }
+
+
+def test_restore_rows_restores_every_row_as_restore_does_and_returns_those_refused() -> None:
+    """A load's chunk restored at once: the common row (a plain value of the current format)
+    takes the quick way, every other (markers, a tombstone, a key held already, damaged markers)
+    the way of :meth:`KeyTable.restore`; the table ends the same either way."""
+    markers: dict[ReplicaId, Marker] = {GONE: Performed(99)}
+    damaged = join_envelope(encode(counter(5)), markers)[:6]
+    rows: list[tuple[str, bytes | None]] = [
+        ("plain", encode(counter(1))),
+        ("session:x", encode(counter(2))),  # expires: counts as used now
+        ("marked", join_envelope(encode(counter(3)), markers)),
+        ("gone", None),
+        ("held", encode(counter(4))),
+        ("damaged", damaged),
+        ("set", encode(ORSet().add(A, "x"))),
+    ]
+    tables = []
+    for bulk in (False, True):
+        clock = Clock(1_000_000.0)
+        keys = KeyTable(lambda k: 30.0 if k.startswith("session:") else None, clock)
+        keys.put("held", counter(9), encode(counter(9)))
+        refused: list[str] = []
+        if bulk:
+            refused = [key for key, error in keys.restore_rows(rows, Limits())]
+        else:
+            for key, payload in rows:
+                try:
+                    keys.restore(key, payload, Limits())
+                except CodecError:
+                    refused.append(key)
+        assert refused == ["damaged"]
+        tables.append(keys)
+    assert _restored_state(tables[1]) == _restored_state(tables[0])
+    keys = tables[1]
+    assert keys.undecoded() == 5  # held was decoded already; nothing read decoded any other
+    assert keys.get("held") == counter(4)  # the stored row replaces what was held
+    assert keys.get("marked") == counter(3)
+    assert keys.is_deleted("gone")
+
+
 # -- digests and markers -------------------------------------------------------------------------
 
 
@@ -615,13 +670,17 @@ def apply(
     """One operation as the Replicator uses it: no put on a tombstone (a deleted key stays
     deleted), and only keys holding a value expire (``idle()`` lists no others)."""
     assert markers is None or isinstance(markers, dict)
-    if op in ("put", "restore") and key in model.keys and not model.holds_value(key):
+    if op.startswith(("put", "restore")) and key in model.keys and not model.holds_value(key):
         return
     if op == "put":
         keys.put(key, value, encode(value) if raw else None, markers)
         model.put(key, value, markers)
     elif op == "restore":
         keys.restore(key, join_envelope(encode(value), markers or {}), Limits())
+        model.put(key, value, markers or {})
+    elif op == "restore_rows":
+        payload = join_envelope(encode(value), markers or {})
+        assert keys.restore_rows([(key, payload)], Limits()) == []
         model.put(key, value, markers or {})
     elif op == "delete":
         keys.delete(key)
@@ -674,6 +733,12 @@ class KeyTableMachine(RuleBasedStateMachine):
     def restore(self, key: str, value: GCounter, markers: dict[ReplicaId, Marker] | None) -> None:
         apply(self.table, self.model, "restore", key, value, markers, True)
 
+    @rule(key=st.sampled_from(KEYS), value=counters, markers=marker_choices)
+    def restore_rows(
+        self, key: str, value: GCounter, markers: dict[ReplicaId, Marker] | None
+    ) -> None:
+        apply(self.table, self.model, "restore_rows", key, value, markers, True)
+
     @rule(key=st.sampled_from(KEYS))
     def delete(self, key: str) -> None:
         apply(self.table, self.model, "delete", key, counter(1), None, False)
@@ -691,7 +756,9 @@ TestKeyTableMachine = KeyTableMachine.TestCase
 
 operations = st.lists(
     st.tuples(
-        st.sampled_from(["put", "put", "put", "restore", "delete", "expire", "expire", "clear"]),
+        st.sampled_from(
+            ["put", "put", "put", "restore", "restore_rows", "delete", "expire", "expire", "clear"]
+        ),
         st.sampled_from(KEYS[:3]),  # two keys share a bucket
         counters,
         marker_choices,

@@ -3,18 +3,29 @@ this node, a departed or pruned replica, an address that is no ActorAddress); th
 detector on a fake monotonic clock (unreachable once ``failure_timeout`` has passed, revived only
 by the current incarnation, removed only after ``removal_timeout`` and only on the majority
 side); what a quorum request goes to (``targets``), N (``replica_count``), ``in_majority``,
-``live``, ``directory`` and ``left``; and whether a quorum request can succeed with unreachable
+``live``, ``directory`` and ``left``; the gossip fan-out (which peers a round sends its status
+and which a heartbeat, on a fake clock with a recording send) and the directory digest; and
+whether a quorum request can succeed with unreachable
 peers, for the public consistency levels, as ``Quorums.open`` decides it."""
 
 from __future__ import annotations
 
+import itertools
+import math
+import random
 from typing import Any
 
 import pytest
 from fakes import Clock
 from thespian.actors import ActorAddress
 
-from thespian_dd._runtime.peers import Admission, Peer, PeerTable
+from thespian_dd._runtime.peers import (
+    GOSSIP_FANOUT,
+    HEARTBEATS_PER_TIMEOUT,
+    Admission,
+    Peer,
+    PeerTable,
+)
 from thespian_dd._runtime.protocol import PROTOCOL_VERSION, GossipStatus, RequestTimeout
 from thespian_dd._runtime.quorums import Pending, Quorums
 from thespian_dd.data import ReplicaId
@@ -435,6 +446,162 @@ def test_live_and_directory_name_the_current_incarnations() -> None:
     t.peers.unreachable(B)
     assert t.peers.live(ME) == {"me": ME, "a": A2, "b": B}
     assert t.peers.directory() == {"a": (A2, address_of(A2)), "b": (B, address_of(B))}
+
+
+# -- gossip fan-out and heartbeats --------------------------------------------------------------
+
+GOSSIP = 2.0  # the default gossip interval; FAILURE is the default failure timeout
+MANY = [ReplicaId(f"n{i:02}", 1) for i in range(31)]
+
+
+class Sent:
+    """A recording send: when each peer was last sent anything, on the table's fake clock."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.last: dict[ReplicaId, float] = {}
+        self.log: list[tuple[float, str, ReplicaId]] = []
+
+    def quiet(self, replica: ReplicaId) -> float:
+        return self.table.clock.now - self.last.get(replica, float("-inf"))
+
+    def round(
+        self, rng: random.Random, everyone: bool = False
+    ) -> tuple[list[ReplicaId], list[ReplicaId]]:
+        status, heartbeat = self.table.peers.gossip_targets(self.quiet, rng, everyone=everyone)
+        for kind, peers in (("status", status), ("heartbeat", heartbeat)):
+            for peer in peers:
+                self.last[peer.replica] = self.table.clock.now
+                self.log.append((self.table.clock.now, kind, peer.replica))
+        return [p.replica for p in status], [p.replica for p in heartbeat]
+
+
+def settled(n: int = 31) -> tuple[Table, Sent]:
+    """A table of ``n`` peers that speak the fan-out and were each sent a status already."""
+    t = Table()
+    t.learn(*MANY[:n])
+    for replica in MANY[:n]:
+        peer = t.peers.get(replica.node)
+        assert peer is not None
+        peer.fanout = True
+    sent = Sent(t)
+    sent.round(random.Random(0))  # every peer is fresh: each gets the status once
+    return t, sent
+
+
+def test_a_new_peer_gets_the_status_in_the_next_round_and_then_only_its_turn() -> None:
+    t = Table()
+    t.learn(B, C)
+    sent = Sent(t)
+    status, heartbeat = sent.round(random.Random(1))
+    assert sorted(status) == [B, C]
+    assert heartbeat == []
+    t.learn(D)
+    for peer in (B, C, D):
+        p = t.peers.get(peer.node)
+        assert p is not None
+        p.fanout = True
+    status, _ = sent.round(random.Random(1))
+    assert D in status
+
+
+def test_a_round_sends_the_status_to_the_fanout_only_however_many_peers() -> None:
+    t, sent = settled()
+    rng = random.Random(7)
+    for r in range(1, 40):
+        t.at(r * GOSSIP)
+        status, heartbeat = sent.round(rng)
+        assert len(status) == GOSSIP_FANOUT
+        assert not set(status) & set(heartbeat)
+
+
+def test_every_peer_hears_this_node_well_within_the_failure_timeout() -> None:
+    t, sent = settled()
+    rng = random.Random(3)
+    rounds = 200
+    for r in range(1, rounds + 1):
+        t.at(r * GOSSIP)
+        sent.round(rng)
+    for replica in MANY:
+        times = [when for when, _, to in sent.log if to == replica]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        # A heartbeat is due a third of the timeout after the last message, at a round.
+        assert max(gaps) <= FAILURE / HEARTBEATS_PER_TIMEOUT + GOSSIP < FAILURE
+    # A peer gets something every ceil(due / GOSSIP) rounds, not every round.
+    every = math.ceil(FAILURE / HEARTBEATS_PER_TIMEOUT / GOSSIP)
+    assert every >= 2
+    assert (len(sent.log) - 31) / rounds <= 31 / every + GOSSIP_FANOUT
+
+
+def test_a_peer_sent_something_else_recently_needs_no_heartbeat() -> None:
+    t, sent = settled(3)
+    t.at(FAILURE / HEARTBEATS_PER_TIMEOUT + 0.1)
+    sent.last[MANY[0]] = t.clock.now - 0.5  # a delta, say
+    _, heartbeat = sent.round(random.Random(2))
+    assert MANY[0] not in heartbeat
+
+
+def test_an_unreachable_peer_gets_heartbeats_not_statuses_and_a_peer_heard_again_the_status() -> (
+    None
+):
+    t, sent = settled(5)
+    lost = MANY[0]
+    t.at(FAILURE + 1)
+    for replica in MANY[1:5]:
+        t.peers.heard(replica)
+    t.sweep()
+    got: set[str] = set()
+    for r in range(20):
+        t.at(FAILURE + 1 + r * GOSSIP)
+        status, heartbeat = sent.round(random.Random(r))
+        assert lost not in status
+        got |= {"heartbeat"} if lost in heartbeat else set()
+    assert got == {"heartbeat"}
+    t.peers.heard(lost)
+    status, _ = sent.round(random.Random(0))
+    assert lost in status  # back: it is fresh
+
+
+def test_a_peer_of_an_earlier_release_gets_the_status_every_round() -> None:
+    t, sent = settled(6)
+    old = t.peers.get(MANY[2].node)
+    assert old is not None
+    old.fanout = False
+    for r in range(1, 10):
+        t.at(r * GOSSIP)
+        status, heartbeat = sent.round(random.Random(r))
+        assert MANY[2] in status
+        assert MANY[2] not in heartbeat
+
+
+def test_everyone_sends_the_status_to_every_peer() -> None:
+    t, sent = settled(6)
+    t.at(GOSSIP)
+    status, heartbeat = sent.round(random.Random(0), everyone=True)
+    assert sorted(status) == sorted(MANY[:6])
+    assert heartbeat == []
+
+
+def test_a_peer_cut_off_by_the_test_switch_gets_nothing() -> None:
+    t, sent = settled(4)
+    t.peers.blocked = frozenset({MANY[1].node})
+    for r in range(1, 20):
+        t.at(r * GOSSIP)
+        status, heartbeat = sent.round(random.Random(r), everyone=r % 2 == 0)
+        assert MANY[1] not in status + heartbeat
+
+
+def test_the_directory_digest_is_equal_where_the_replicas_known_are() -> None:
+    one, two = Table(), Table()
+    one.learn(A1, B)
+    two.peers.learn(ME, B, ActorAddress("b as the other process names it"))
+    two.peers.learn(ME, A1, ActorAddress("a elsewhere"))
+    assert one.peers.directory_digest(ME) == two.peers.directory_digest(ME)
+    two.peers.learn(ME, A2, address_of(A2))  # a's next incarnation
+    assert one.peers.directory_digest(ME) != two.peers.directory_digest(ME)
+    one.peers.learn(ME, A2, address_of(A2))
+    assert one.peers.directory_digest(ME) == two.peers.directory_digest(ME)
+    assert one.peers.directory_digest(ME) != one.peers.directory_digest(ReplicaId("me", 2))
 
 
 # -- quorums with unreachable peers -------------------------------------------------------------

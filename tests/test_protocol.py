@@ -27,6 +27,7 @@ from thespian_dd._runtime.protocol import (
     GossipEntries,
     GossipKeys,
     GossipStatus,
+    Heartbeat,
     Introduce,
     Introduced,
     IntroducerDone,
@@ -69,6 +70,12 @@ SAMPLES: list[tuple[str, str, Any]] = [
             {"k": 1.5},
         ),
     ),
+    (
+        PEERS,
+        "GossipStatus",
+        GossipStatus(PROTOCOL_VERSION, ME, {0: bytes(8)}, {}, {}, directory=bytes(8)),
+    ),
+    (PEERS, "Heartbeat", Heartbeat(PROTOCOL_VERSION, ME)),
     (
         PEERS,
         "GossipKeys",
@@ -171,6 +178,15 @@ def test_a_pickle_written_by_a_node_of_the_first_layout_is_read() -> None:
     data = pickle.dumps(status, protocol=2)
     assert b"cthespian_dd._peers\nGossipStatus\n" in data
     assert pickle.loads(data) == status
+
+
+def test_a_status_of_a_release_without_the_directory_digest_reads_as_none() -> None:
+    # What a node of the release before the digest pickles: no ``directory`` in the state.
+    old = GossipStatus(PROTOCOL_VERSION, PEER, {1: bytes(8)}, {"me": (ME, HERE)})
+    del old.__dict__["directory"]
+    read = pickle.loads(pickle.dumps(old))
+    assert read.directory is None
+    assert read.peers == {"me": (ME, HERE)}
 
 
 def test_the_introducer_is_created_under_its_wire_name() -> None:

@@ -29,7 +29,12 @@ from thespian_dd._runtime.protocol import (
     PeerWrite,
     gossip_bytes,
 )
-from thespian_dd._runtime.window import HELD_PER_PEER, RESERVED_TRANSMITS, SendWindow
+from thespian_dd._runtime.window import (
+    HELD_PER_PEER,
+    MIN_PER_PEER,
+    RESERVED_TRANSMITS,
+    SendWindow,
+)
 from thespian_dd.data import ReplicaId
 
 pytestmark = pytest.mark.timeout(60)
@@ -117,6 +122,88 @@ def test_the_window_follows_the_peer_count() -> None:
     assert w.size() == 14
     count.n = 3
     assert w.size() == 4
+
+
+# -- slots grown from the peer count ------------------------------------------------------------
+
+
+class Slots:
+    """Thespian's slot limit as the window sets it (``grow``), recorded."""
+
+    def __init__(self) -> None:
+        self.set: list[int] = []
+
+    def __call__(self, n: int) -> None:
+        self.set.append(n)
+
+    @property
+    def limit(self) -> int:
+        return self.set[-1] if self.set else SLOTS
+
+
+def growing(peers: int) -> tuple[SendWindow, Wire, Peers, Slots, fakes.Clock[float]]:
+    wire, count, slots, clock = Wire(), Peers(peers), Slots(), fakes.Clock(0.0)
+    w = SendWindow(wire, SLOTS, count, lambda _r: None, grow=slots, clock=clock)
+    return w, wire, count, slots, clock
+
+
+@pytest.mark.parametrize(
+    ("peers", "size"), [(1, 14), (3, 4), (7, MIN_PER_PEER), (63, MIN_PER_PEER)]
+)
+def test_with_grow_every_peer_keeps_at_least_its_minimum_window(peers: int, size: int) -> None:
+    w, *_ = growing(peers)
+    assert w.size() == size
+    assert w.slots() == max(SLOTS, RESERVED_TRANSMITS + MIN_PER_PEER * peers)
+
+
+def test_thirty_silent_peers_leave_the_reserve_free_for_clients() -> None:
+    # Thirty of 31 peers frozen: their transmits never finish.  Before, 20 slots were shared
+    # and every client reply waited for a transmit to time out (a failure_timeout).
+    peers = [ReplicaId(f"n{i:02}", 1) for i in range(31)]
+    w, wire, _, slots, _ = growing(len(peers))
+    for round_ in range(20):
+        for replica in peers:
+            send(w, replica, delta(round_))
+        for transmit in wire.pending(peers[-1]):  # the one live peer answers
+            wire.finish(transmit)
+    in_flight = sum(w.in_flight(r) for r in peers)
+    assert in_flight == 30 * MIN_PER_PEER
+    assert slots.limit - in_flight >= RESERVED_TRANSMITS  # what Thespian lets clients have
+    assert all(len(w.held(r)) == 20 - MIN_PER_PEER for r in peers[:30])
+    assert [m.seq for m in wire.to(peers[-1])] == list(range(20))
+
+
+def test_the_slots_grow_as_peers_join_and_are_set_before_the_send_that_needs_them() -> None:
+    wire, count, slots = Wire(), Peers(2), Slots()
+    limits: list[int] = []  # Thespian's limit when each transmit is made
+
+    def transmit(address: Any, message: Any, done: Callable[[Any], None]) -> None:
+        limits.append(slots.limit)
+        wire(address, message, done)
+
+    w = SendWindow(transmit, SLOTS, count, lambda _r: None, grow=slots)
+    send(w, B, delta(0))
+    assert slots.set == []  # 20 are enough for 2 peers
+    count.n = 10
+    send(w, C, delta(0))
+    assert slots.set == [RESERVED_TRANSMITS + 10 * MIN_PER_PEER]
+    assert limits == [SLOTS, RESERVED_TRANSMITS + 10 * MIN_PER_PEER]
+    count.n = 4  # fewer peers: the slots stay
+    send(w, D, delta(0))
+    assert slots.set == [RESERVED_TRANSMITS + 10 * MIN_PER_PEER]
+
+
+def test_quiet_is_the_time_since_anything_was_handed_to_thespian_for_the_peer() -> None:
+    w, wire, _, _, clock = growing(1)  # 14 in flight
+    assert w.quiet(B) == float("inf")
+    clock.now = 5.0
+    for i in range(14):
+        send(w, B, delta(i))
+    clock.now = 7.5
+    send(w, B, delta(14))  # held: it does not count until it goes
+    assert w.quiet(B) == 2.5
+    wire.finish(wire.sent[0])  # the held one goes now
+    assert w.quiet(B) == 0.0
 
 
 # -- holding and releasing ----------------------------------------------------------------------

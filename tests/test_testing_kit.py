@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from thespian_dd.testing import free_port
+
 SETUP_CFG = Path(__file__).parents[1] / "setup.cfg"
 
 WITHOUT_PYTEST = """
@@ -113,3 +115,17 @@ def test_a_users_tests_get_the_fixtures(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+def test_free_port_never_hands_out_a_port_twice() -> None:
+    # Regression: the kernel gives a port that is free again to the next bind, so a Cluster of
+    # many nodes got one port twice and its second node silently joined the first's ActorSystem.
+    ports = [free_port() for _ in range(3000)]
+    assert len(set(ports)) == len(ports)
+
+
+def test_free_port_stays_below_the_ports_of_outgoing_connections() -> None:
+    # Regression: a port chosen for the 28th node of a 32-node Cluster was taken, before that
+    # node started, by an outgoing connection of the nodes started before it.
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert all(1024 < free_port() < low for _ in range(200))

@@ -106,7 +106,8 @@ def test_mypy_catches_each_wrong_use_of_a_typed_value(
         """
     )
     # One place across runs, so that mypy's cache (of thespian_dd) is reused and stays right.
-    where = request.config.cache.mkdir("mypy-typed-values") if request.config.cache else tmp_path
+    cache = getattr(request.config, "cache", None)  # None with -p no:cacheprovider
+    where = cache.mkdir("mypy-typed-values") if cache else tmp_path
     program = where / "mistakes.py"
     program.write_text(header + "\n".join(MISTAKES) + "\n")
     (where / "mypy.ini").write_text("[mypy]\n")  # a user's strict run, not this project's config

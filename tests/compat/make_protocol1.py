@@ -90,7 +90,11 @@ def messages() -> dict[str, object]:
     settings = {"node_name": "node-a", "gossip_interval": 0.2}
     payload = keys.payload("set")
     assert payload is not None
+    later = {}  # classes a later release added
+    if hasattr(p, "Heartbeat"):
+        later["Heartbeat"] = p.Heartbeat(p.PROTOCOL_VERSION, A)
     return {
+        **later,
         "PeerHello": hello,
         "PeerRemoved": p.PeerRemoved(p.PROTOCOL_VERSION, A, GONE),
         "GossipStatus": status,

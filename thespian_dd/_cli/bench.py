@@ -9,6 +9,9 @@ Section ``replicator`` (real ``multiprocTCPBase`` nodes on loopback):
 - Idle gossip: bytes per gossip round between two converged nodes at 2,000 and 20,000 keys; the
   baseline is the 2,000-key figure (the ratio should stay near 1).
 
+Section ``scale``: idle CPU, WriteMajority and convergence at many nodes, and a long load (see
+:mod:`thespian_dd._cli.bench_scale`).
+
 Section ``crdt``: merge time and encoded size of ORSet and ORMap states of n elements.
 - Merge: two replicas that share half their elements and each removed some; the baseline is the
   same-size merge of plain Python containers (``set | set``, ``{**dict, **dict}``), i.e. the
@@ -34,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from functools import partial
 from operator import or_
 from pathlib import Path
@@ -57,6 +60,7 @@ from thespian_dd import (
     WriteAll,
     WriteLocal,
 )
+from thespian_dd._cli.bench_scale import CHUNK, scale_section
 from thespian_dd._runtime.store import Entry, Store
 from thespian_dd._testkit.harness import Cluster, Node, eventually, scratch_database, start_node
 from thespian_dd.codec import decode, encode
@@ -703,7 +707,7 @@ def _pruning(scale: float, out: Callable[[str], object]) -> list[Result]:
     return results
 
 
-SECTIONS = ("crdt", "replicator", "durable", "pruning")
+SECTIONS = ("crdt", "replicator", "durable", "pruning", "scale")
 
 
 def _fmt(value: float, unit: str) -> str:
@@ -730,9 +734,11 @@ def run_bench(  # noqa: PLR0913 - one keyword per command-line option
     json_path: str | None,
     out: Callable[[str], object],
     postgresql: str | None = None,
+    nodes: int = 32,
 ) -> list[Result]:
     """Run ``sections``: crdt at each of ``sizes``; replicator and durable with counts times
-    ``scale``; durable on SQLite and, given its admin URL, PostgreSQL."""
+    ``scale``; durable on SQLite and, given its admin URL, PostgreSQL; scale with ``nodes`` nodes
+    and 300,000 keys times ``scale`` (see :mod:`thespian_dd._cli.bench_scale`)."""
     out(f"thespian_dd bench on Python {platform.python_version()}, {platform.machine()}")
     results: list[Result] = []
     if "crdt" in sections:
@@ -743,6 +749,9 @@ def run_bench(  # noqa: PLR0913 - one keyword per command-line option
         results += _durable(scale, postgresql, out)
     if "pruning" in sections:
         results += _pruning(scale, out)
+    if "scale" in sections:
+        keys = max(2 * CHUNK // 10, int(300_000 * scale))
+        results += [Result("scale", *astuple(f)) for f in scale_section(nodes, keys, out)]
     for line in _table(results):
         out(line)
     if json_path:

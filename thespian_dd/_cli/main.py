@@ -183,8 +183,14 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     bench.add_argument(
         "--section",
         action="append",
-        choices=["crdt", "replicator", "durable", "pruning"],
-        help="run only this section (repeatable; default: all)",
+        choices=["crdt", "replicator", "durable", "pruning", "scale"],
+        help="run only this section (repeatable; default: all but scale, which takes minutes)",
+    )
+    bench.add_argument(
+        "--nodes",
+        type=int,
+        default=32,
+        help="nodes of the scale section's large cluster (default: %(default)s)",
     )
     bench.add_argument(
         "--sizes",
@@ -195,7 +201,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "--scale",
         type=float,
         default=1.0,
-        help="multiply the replicator and durable sections' message and key counts "
+        help="multiply the replicator, durable and scale sections' message and key counts "
         "(default: %(default)s)",
     )
     bench.add_argument(
@@ -525,7 +531,9 @@ def _run_bench(args: argparse.Namespace) -> int:
         raise SystemExit("bench: --sizes needs at least one count >= 1")
     if not args.scale > 0:
         raise SystemExit("bench: --scale must be > 0")
-    sections = args.section or list(SECTIONS)
+    if args.nodes < 3:
+        raise SystemExit("bench: --nodes must be at least 3")
+    sections = args.section or [s for s in SECTIONS if s != "scale"]
     if args.plot and "durable" not in sections:
         raise SystemExit("bench: --plot draws the durable section: add --section durable")
     results = run_bench(
@@ -535,6 +543,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         json_path=args.json,
         out=print,
         postgresql=args.postgresql,
+        nodes=args.nodes,
     )
     if args.plot:
         from thespian_dd._cli.plot import plot_results

@@ -1,20 +1,31 @@
 """Anti-entropy: how two nodes find the keys they disagree on, and what one gossip message
 carries.
 
-Every ``gossip_interval`` each peer gets the digests of the key buckets (a GossipStatus); the
+Every ``gossip_interval`` a few peers get the digests of the key buckets (a GossipStatus); the
 receiver answers the buckets that differ with its digests of their keys (GossipKeys); the first
 node then sends the values that differ and asks for those it lacks (GossipEntries).  Values go
 within a budget of bytes per message, smallest first, so one big value cannot hold back the
-others; what does not fit goes in the next round.
+others; what does not fit goes in the next round.  So do key digests: a GossipKeys carries the
+buckets, in random order, whose digests fit the budget (one at least).
+
+What anti-entropy sends follows what changed, not how many keys there are: a bucket whose
+digest changed here within ``settle`` seconds (a write here, or a delta received: deltas are in
+flight to or from the peers) is left out of the comparison, since the deltas bring both sides
+level; under a sustained load every bucket changes every round, and comparing them would ship
+the digest of every key every round.  A bucket is compared all the same once it was left out
+for :data:`SETTLE_LIMIT` times ``settle`` (a bucket written without pause), and every bucket
+when ``force`` is asked (a peer met, or heard again after being unreachable: it missed deltas).
 
 Versions: a status says the codec format its digests are in (the pair's, see
 :mod:`thespian_dd._runtime.versions`), and the receiver compares its own digests in that format,
 so two nodes of different releases that hold equal values find them equal; values are sent in
-the format the pair uses.
+the format the pair uses.  Which buckets changed is noted in this node's own format.
 """
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -30,7 +41,10 @@ from thespian_dd._runtime.protocol import (
 )
 from thespian_dd.data import ReplicaId
 
-__all__ = ["AntiEntropy", "differing_buckets", "differing_keys", "within_budget"]
+__all__ = ["SETTLE_LIMIT", "AntiEntropy", "differing_buckets", "differing_keys", "within_budget"]
+
+SETTLE_LIMIT = 150
+"""A bucket left out of the comparison (changing) for this many times ``settle`` is compared."""
 
 
 def differing_buckets(mine: Mapping[int, bytes], theirs: Mapping[Any, object]) -> frozenset[int]:
@@ -78,16 +92,22 @@ Reply = Callable[[PeerMessage], None]
 class AntiEntropy:
     """One node's side of the exchange, over its key table.  ``me()`` is the node's current
     replica; ``merge`` merges what a peer sends; ``budget``: ``max_gossip_bytes``;
-    ``format_for(node)``: the codec format of values sent to that peer."""
+    ``format_for(node)``: the codec format of values sent to that peer; ``settle``: seconds a
+    changed bucket is left out of the comparison (0: never; see the module doc); ``clock``:
+    monotonic seconds."""
 
-    def __init__(  # noqa: PLR0913, PLR0917 - the table, four callbacks and a budget
+    def __init__(  # noqa: PLR0913 - the table, the node, the merge, limits, formats, log, clock
         self,
         keys: KeyTable,
         me: Callable[[], ReplicaId],
         merge: Merge,
         budget: int,
         rejections: Rejections,
+        *,
         format_for: Callable[[str], int] = lambda _node: codec.FORMAT_VERSION,
+        settle: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         self._keys = keys
         self._me = me
@@ -95,18 +115,52 @@ class AntiEntropy:
         self._budget = budget
         self._rejections = rejections
         self._format_for = format_for
+        self._settle = settle
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - orders buckets, guards no secret
+        self._seen: dict[int, bytes] = {}  # the bucket digests when last looked at
+        self._changed: dict[int, float] = {}  # when each bucket's digest was seen to change
+        self._compared: dict[int, float] = {}  # when each bucket's key digests were last sent
+
+    def buckets(self, version: int = codec.FORMAT_VERSION) -> dict[int, bytes]:
+        """The bucket digests here in format ``version``, noting which changed since the last
+        look (in this node's own format)."""
+        buckets = self._keys.buckets()
+        self._note_changes(buckets)
+        return buckets if version == codec.FORMAT_VERSION else self._keys.buckets(version)
+
+    def _note_changes(self, buckets: dict[int, bytes]) -> None:
+        if self._settle:
+            now = self._clock()
+            for bucket in set(buckets) | set(self._seen):
+                if buckets.get(bucket) != self._seen.get(bucket):
+                    self._changed[bucket] = now
+            self._seen = buckets
+
+    def _settled(self, buckets: Iterable[Any]) -> list[Any]:
+        """Those of ``buckets`` to compare now: not changed here within ``settle``, or left out
+        too long."""
+        now, settle = self._clock(), self._settle
+        return [
+            b
+            for b in buckets
+            if now - self._changed.get(b, -settle) >= settle
+            or now - self._compared.get(b, now) >= settle * SETTLE_LIMIT
+        ]
 
     def status(
         self,
         directory: dict[str, tuple[ReplicaId, Any]],
+        digest: bytes | None = None,
         version: int = codec.FORMAT_VERSION,
         used: dict[str, float] | None = None,
         versions: dict[str, tuple[int, ...]] | None = None,
     ) -> GossipStatus:
-        """This round's status: the bucket digests in format ``version``, the peer directory,
-        the keys that expire used here since the last status (``used``: taken already, for
-        statuses in several formats), and the versions this node speaks."""
-        buckets = self._keys.buckets(version)
+        """This round's status: the bucket digests in format ``version``, the peer directory
+        (or none) and its ``digest``, the keys that expire used here since the last status
+        (``used``: taken already, for statuses in several formats), and the versions this node
+        speaks."""
+        buckets = self.buckets(version)
         used = self._keys.take_used_here() if used is None else used
         return GossipStatus(
             PROTOCOL_VERSION,
@@ -116,24 +170,53 @@ class AntiEntropy:
             used,
             versions=versions,
             format=version,
+            directory=digest,
         )
 
-    def on_status(self, msg: GossipStatus, reply: Reply) -> None:
-        """A peer's status: note when it used keys, and answer the buckets that differ with the
-        digests of their keys here."""
+    def on_status(self, msg: GossipStatus, reply: Reply, *, force: bool = False) -> bool:
+        """A peer's status: note when it used keys, and answer the buckets that differ (those
+        settled, unless ``force``) with the digests of their keys here, as many buckets as fit
+        the budget.  Returns whether every bucket that differs was answered."""
         if not isinstance(msg.buckets, dict):
-            return
+            return True
         if isinstance(msg.used, dict):
             for key, at in msg.used.items():
                 if key in self._keys and (when := seconds(at)) is not None:
                     self._keys.touch(key, when)
         version = msg.format
         if version not in codec.FORMAT_VERSIONS:
-            return  # digests this node cannot compute: no pair uses such a format
-        differ = differing_buckets(self._keys.buckets(version), msg.buckets)
-        if differ:
-            digests = self._keys.digests_in(differ, version)
-            reply(GossipKeys(PROTOCOL_VERSION, self._me(), digests, differ, format=version))
+            return True  # digests this node cannot compute: no pair uses such a format
+        differ = list(differing_buckets(self.buckets(version), msg.buckets))
+        if self._settle and not force:
+            settled = self._settled(differ)
+            now = self._clock()
+            for bucket in differ:  # left out since: counts towards SETTLE_LIMIT
+                self._compared.setdefault(bucket, now)
+            differ = settled
+        return self._answer(differ, reply, version)
+
+    def _answer(self, differ: list[Any], reply: Reply, version: int) -> bool:
+        """Send the key digests of ``differ``'s buckets, in random order, as many as fit the
+        budget (one at least); returns whether all did."""
+        self._rng.shuffle(differ)
+        chosen: list[Any] = []
+        digests: dict[str, bytes] = {}
+        size = 0
+        for bucket in differ:
+            these = self._keys.digests_in([bucket], version)
+            cost = sum(len(k) + len(d) for k, d in these.items())
+            if chosen and size + cost > self._budget:
+                break
+            chosen.append(bucket)
+            digests.update(these)
+            size += cost
+        if chosen:
+            now = self._clock()
+            for bucket in chosen:
+                self._compared[bucket] = now
+            chosen_buckets = frozenset(chosen)
+            reply(GossipKeys(PROTOCOL_VERSION, self._me(), digests, chosen_buckets, format=version))
+        return len(chosen) == len(differ)
 
     def on_keys(self, msg: GossipKeys, reply: Reply) -> None:
         """A peer's key digests of the buckets that differ: send the values that differ, and

@@ -7,10 +7,13 @@ The parallel records are kept in step here and nowhere else:
 - :meth:`KeyTable.put` keeps a value (with new markers, if given), :meth:`KeyTable.delete` a
   tombstone, :meth:`KeyTable.restore` a stored row; :meth:`KeyTable.expire` removes a key without
   a tombstone and :meth:`KeyTable.clear` forgets everything (a load that failed).
-- A restored value is kept as its stored bytes and decoded when it is first used: a node serves
-  as soon as its rows are read, and gossip and digests work from the bytes.  A value that fails
-  its decode then is dropped and reported through ``refused(key, error)``, as a row refused at
-  load would be: never served, and its row is not written.
+- A restored value is kept as its stored bytes and decoded when it is first used (every read of
+  a value goes through :meth:`KeyTable.get`, which decodes it): a node serves as soon as its
+  rows are read.  A value that fails its decode then is dropped and reported through
+  ``refused(key, error)``, as a row refused at load would be: never served, and its row is not
+  written.  Until then its digest is the last 16 bytes of its bytes and gossip ships the bytes
+  as they are, if they are of the codec's current format (``FORMAT_VERSION``); bytes of another
+  format are decoded for their digest and re-encoded to travel.
 - Digests are computed when gossip needs them (:meth:`KeyTable.digests`), not on the path of
   every update, unless the caller has the value's encoding already.  A digest is the checksum of
   an encoding, so it depends on the codec format: during a rolling upgrade a peer of an earlier
@@ -278,6 +281,44 @@ class KeyTable:
         self._stored[key] = raw
         self._changed(key, raw)
         self.touch(key)
+
+    def restore_rows(
+        self, rows: Iterable[tuple[str, bytes | None]], limits: Limits
+    ) -> list[tuple[str, CodecError]]:
+        """:meth:`restore` every row (a load's chunk); returns the rows refused, whose pruning
+        markers do not decode.  The common row, a value of the current format without markers
+        for a key not held, is restored inline: a load restores 100,000s of them."""
+        refused = []
+        self._limits = limits
+        stored, digests, values, markers = self._stored, self._digests, self._values, self._markers
+        buckets, dirty, expiry, stale = self._bucket_keys, self._dirty, self._expiry, self._stale
+        current = codec.FORMAT_VERSION
+        for key, payload in rows:
+            if (
+                payload is None
+                or self._older  # digests kept in older formats too (a rolling upgrade)
+                or format_of(payload) != current  # an envelope with markers too
+                or key in values
+                or key in markers
+                or key in stale
+            ):
+                try:
+                    self.restore(key, payload, limits)
+                except CodecError as e:
+                    refused.append((key, e))
+                continue
+            stored[key] = payload
+            digests[key] = payload[-16:]
+            bucket = bucket_of(key)
+            members = buckets.get(bucket)
+            if members is None:
+                buckets[bucket] = {key}
+            else:
+                members.add(key)
+            dirty.add(bucket)
+            if expiry(key) is not None:
+                self.touch(key)
+        return refused
 
     def clear(self) -> None:
         """Forget every key (a load that failed or was abandoned starts again from nothing)."""

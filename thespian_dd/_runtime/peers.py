@@ -5,16 +5,27 @@ lookup hangs on its second use, so Replicators keep their own directory of peers
 name, spread it in every status, and meet a peer they know only from the convention through a
 short-lived :class:`Introducer` actor created on that peer's node.
 
-Failure detection: every status is a heartbeat; a peer not heard from for ``failure_timeout`` is
-unreachable until it is heard again.  Unreachable peers get no quorum requests and cannot
-acknowledge, but still count in N (so ``WriteAll`` with a node down fails), until they have been
-unreachable for ``removal_timeout`` and this node is on the majority side: then they are removed
-for good (departed), and their replicas will be pruned.
+Gossip fan-out: a round sends the status to at most :data:`GOSSIP_FANOUT` peers chosen at random,
+plus the peers met or heard again since the last round, plus every peer of an earlier release
+(which sends its whole directory every round and expects a status from everyone); the others get
+a :class:`~thespian_dd._runtime.protocol.Heartbeat` once nothing else went to them for a third
+of ``failure_timeout`` (see :meth:`PeerTable.gossip_targets`).  So a round costs a few messages
+whatever the number of nodes, and every peer still hears this node within the failure timeout.
+A status carries the digest of the directory, not the directory: a peer whose digest differs
+asks for it.
+
+Failure detection: every peer message is a heartbeat; a peer not heard from for
+``failure_timeout`` is unreachable until it is heard again.  Unreachable peers get no quorum
+requests and cannot acknowledge, but still count in N (so ``WriteAll`` with a node down fails),
+until they have been unreachable for ``removal_timeout`` and this node is on the majority side:
+then they are removed for good (departed), and their replicas will be pruned.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -34,7 +45,21 @@ from thespian_dd._runtime.protocol import (
 from thespian_dd._runtime.versions import PROTOCOL_VERSIONS
 from thespian_dd.data import ReplicaId
 
-__all__ = ["Admission", "Introducer", "Peer", "PeerTable"]
+__all__ = [
+    "GOSSIP_FANOUT",
+    "HEARTBEATS_PER_TIMEOUT",
+    "Admission",
+    "Introducer",
+    "Peer",
+    "PeerTable",
+]
+
+GOSSIP_FANOUT = 2
+"""Peers chosen at random for each round's status (besides those met or heard again)."""
+
+HEARTBEATS_PER_TIMEOUT = 3
+"""A peer that got nothing from this node for ``failure_timeout / HEARTBEATS_PER_TIMEOUT``
+gets a heartbeat: the failure timeout then covers two lost or late ones."""
 
 # Named by its path, not imported: replicator.py imports this module.
 REPLICATOR_CLASS = "thespian_dd.replicator.Replicator"
@@ -57,6 +82,16 @@ class Peer:
     address: Any
     last_seen: float
     reachable: bool = True
+    fresh: bool = True
+    """Met, or heard again after being unreachable, since the last round: gets its status."""
+    fanout: bool = False
+    """Its statuses carry a directory digest: it gossips to a few peers a round, and reads
+    heartbeats.  False until then (a node of an earlier release, or not heard yet)."""
+    resync: bool = True
+    """Met, or heard again after being unreachable, and not compared in full since: its next
+    status is compared bucket by bucket, changing ones too (it missed deltas meanwhile)."""
+    directory_asked: int = -1
+    """The round in which this node last asked it for its directory (once a round at most)."""
 
 
 class PeerTable:
@@ -135,6 +170,8 @@ class PeerTable:
         peer = self._peers.get(replica.node)
         if peer is not None and peer.replica == replica:
             peer.last_seen = self._clock()
+            peer.fresh |= not peer.reachable
+            peer.resync |= not peer.reachable
             peer.reachable = True
 
     def left(self, name: str) -> Peer | None:
@@ -212,6 +249,35 @@ class PeerTable:
     def live(self, me: ReplicaId) -> dict[str, ReplicaId]:
         """The current replica of this node and of every peer, by node name."""
         return {me.node: me, **{n: p.replica for n, p in self._peers.items()}}
+
+    def directory_digest(self, me: ReplicaId) -> bytes:
+        """A digest of :meth:`live` (names and incarnations, not addresses, whose text differs
+        per process): equal on two nodes that know the same replicas."""
+        h = hashlib.blake2b(digest_size=8)
+        for name, replica in sorted(self.live(me).items()):
+            h.update(f"{len(name)}:{name}:{replica.incarnation};".encode("utf-8", "surrogatepass"))
+        return h.digest()
+
+    def gossip_targets(
+        self, quiet: Callable[[ReplicaId], float], rng: random.Random, *, everyone: bool = False
+    ) -> tuple[list[Peer], list[Peer]]:
+        """This round's (peers to send the status, peers to send a heartbeat).  The status goes
+        to every fresh peer, every peer of an earlier release, and :data:`GOSSIP_FANOUT` other
+        reachable peers at random; the heartbeat to every other peer (reachable or not: a peer
+        that thinks this node unreachable must hear it to change its mind) that got nothing
+        from this node for ``quiet(replica)`` >= ``failure_timeout /``
+        :data:`HEARTBEATS_PER_TIMEOUT` seconds.  ``everyone``: the status to every peer (it
+        carries what every peer must hear).  Clears ``fresh``."""
+        peers = [p for n, p in self._peers.items() if n not in self.blocked]
+        status = [p for p in peers if everyone or p.fresh or not p.fanout]
+        others = [p for p in peers if not (everyone or p.fresh or not p.fanout) and p.reachable]
+        status += rng.sample(others, min(GOSSIP_FANOUT, len(others)))
+        for peer in status:
+            peer.fresh = False
+        due = self._failure_timeout / HEARTBEATS_PER_TIMEOUT
+        chosen = {id(p) for p in status}
+        heartbeat = [p for p in peers if id(p) not in chosen and quiet(p.replica) >= due]
+        return status, heartbeat
 
     def learn_all(
         self, me: ReplicaId, directory: Mapping[str, tuple[ReplicaId, Any]]

@@ -29,12 +29,14 @@ __all__ = [
     "TOMBSTONE",
     "DecodeTick",
     "DeltaPropagation",
+    "DeltaTick",
     "DescribeProcess",
     "Every",
     "FlushTick",
     "GossipEntries",
     "GossipKeys",
     "GossipStatus",
+    "Heartbeat",
     "Introduce",
     "Introduced",
     "IntroducerDone",
@@ -126,6 +128,11 @@ class GossipStatus(PeerMessage):
     """As in :class:`PeerHello`."""
     format: int = 1
     """The codec format the digests are computed in (the pair's)."""
+    directory: bytes | None = None
+    """The digest of the sender's directory (see ``PeerTable.directory_digest``); None from a
+    node of a release that sends its whole directory in every status instead (and expects a
+    status from every peer every round).  A receiver whose own digest differs asks for the
+    directory with a PeerHello."""
 
 
 @wire_name(PEERS_MODULE)
@@ -192,6 +199,14 @@ class PeerReadResult(PeerMessage):
     request_id: str
     key: str
     payload: bytes | None  # None: not found here
+
+
+@wire_name(PEERS_MODULE)
+@dataclass(frozen=True)
+class Heartbeat(PeerMessage):
+    """I am alive: sent to a peer that got no other message from this node for a third of the
+    failure timeout (a status goes to a few peers per round).  Only to peers whose statuses
+    carry a directory digest: a node of an earlier release cannot read it."""
 
 
 @wire_name(PEERS_MODULE)
@@ -284,6 +299,11 @@ class DecodeTick:
 
 
 @dataclass(frozen=True)
+class DeltaTick:
+    """Wakeup payload: send the deltas queued (armed by the first one queued)."""
+
+
+@dataclass(frozen=True)
 class NotifyTick:
     """Wakeup payload: time to send pending changes to subscribers."""
 
@@ -293,7 +313,7 @@ class Every:
     """Wakeup payload of a periodic round: call the method ``round``, then wake up again after
     the setting ``interval``."""
 
-    round: str  # "_gossip_round" | "_send_deltas" | "_pruning_round"
+    round: str  # "_gossip_round" | "_pruning_round"
     interval: str  # the Settings field
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "NOT_SIGNED",
     "SIGNED",
     "Entry",
+    "RowSeal",
     "StoredRow",
     "checksum",
     "key_id",
@@ -104,3 +105,43 @@ def _feed(h: hashlib.blake2b | hmac.HMAC, parts: list[bytes]) -> bytes:
 
 
 _LENGTH = struct.Struct(">Q").pack
+
+
+class RowSeal:
+    """The checksum column due for rows of ``node``: :func:`checksum` (or, with a
+    ``signing_key``, :func:`mac`) of the row's :func:`parts`, the same bytes, made in one
+    expression with the node's part prepared once, and the parts a node's rows share (data type
+    and format version, replicas) remembered: a load checks every row of one node."""
+
+    def __init__(self, node: str, signing_key: bytes | None) -> None:
+        encoded = node.encode()
+        self._head = _LENGTH(len(encoded)) + encoded
+        self._signing_key = signing_key
+        self._kinds: dict[tuple[str, int], bytes] = {}  # (data type, version) -> their parts
+        self._replicas: dict[str, bytes] = {}  # replicas -> its part
+
+    def __call__(
+        self, key: str, data_type: str, version: int, payload: bytes, replicas: str
+    ) -> bytes:
+        k = key.encode()
+        kind = self._kinds.get((data_type, version))
+        if kind is None:
+            d, v = data_type.encode(), b"%d" % version
+            kind = _LENGTH(len(d)) + d + _LENGTH(len(v)) + v
+            if len(self._kinds) < _REMEMBERED:
+                self._kinds[data_type, version] = kind
+        tail = self._replicas.get(replicas)
+        if tail is None:
+            r = replicas.encode()
+            tail = _LENGTH(len(r)) + r
+            if len(self._replicas) < _REMEMBERED:
+                self._replicas[replicas] = tail
+        fed = b"".join((self._head, _LENGTH(len(k)), k, kind, _LENGTH(len(payload)), payload, tail))
+        if self._signing_key is None:
+            return hashlib.blake2b(fed, digest_size=CHECKSUM_BYTES).digest()
+        return hmac.digest(self._signing_key, fed, "sha256")
+
+
+_REMEMBERED = 1024
+"""The distinct kinds and replica lists a :class:`RowSeal` remembers (a node's rows share few;
+a tampered store may hold many)."""

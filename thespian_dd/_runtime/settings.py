@@ -32,7 +32,7 @@ class Settings:
       ``None``: the ``thespian_dd.node_name`` capability, else ``host:admin-port``.
     - ``notify_interval``: seconds between notifications of changes to subscribers
       (``FlushChanges`` notifies at once).
-    - ``gossip_interval``: seconds between gossip rounds; each is also a heartbeat.
+    - ``gossip_interval``: seconds between gossip rounds (each sends a status to a few peers).
     - ``delta_interval``: seconds between delta propagations; 0 turns deltas off (gossip only).
     - ``failure_timeout``: seconds without a word from a peer before it counts as unreachable.
     - ``max_value_bytes``: the largest encoded value accepted from a peer, or kept after merging

@@ -7,11 +7,17 @@ clients too.  So each peer gets a share of the slots (after a reserve for client
 the store); what exceeds it waits (bounded, newest kept, only the latest status), and the
 transmit function given fails a transmit that is not delivered within ``failure_timeout``, which
 frees its slot.
+
+The slots grow with the peer count (``grow``: Thespian's limit is a module global of the
+Replicator's process), to :data:`RESERVED_TRANSMITS` plus :data:`MIN_PER_PEER` a peer: however many
+peers fall silent, their transmits leave the reserve free, and the Replicator's clients are
+answered at once, not after a transmit times out (a ``failure_timeout``) and frees a slot.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +29,14 @@ from thespian.system.transport import SendStatus, TransmitIntent
 from thespian_dd._runtime.protocol import GossipStatus, PeerMessage, gossip_bytes
 from thespian_dd.data import ReplicaId
 
-__all__ = ["HELD_PER_PEER", "RESERVED_TRANSMITS", "SendWindow", "Transmit", "transmit_within"]
+__all__ = [
+    "HELD_PER_PEER",
+    "MIN_PER_PEER",
+    "RESERVED_TRANSMITS",
+    "SendWindow",
+    "Transmit",
+    "transmit_within",
+]
 
 HELD_PER_PEER = 256
 """Messages kept for a peer whose window is full; beyond it the oldest is dropped (anti-entropy
@@ -31,6 +44,10 @@ repairs what a dropped delta or status carried; a dropped quorum request times o
 
 RESERVED_TRANSMITS = 6
 """Thespian's transmit slots kept for clients, subscribers and the store."""
+
+MIN_PER_PEER = 4
+"""The least window of a peer: the slots grow to hold it for every peer (a quorum request, a
+delta, a status and a heartbeat can be in flight to each at once)."""
 
 Transmit = Callable[[Any, Any, Callable[[Any], None]], None]
 """``transmit(address, message, done)``: send, then call ``done(status)`` once the message is
@@ -65,34 +82,54 @@ class _Channel:
     replica: ReplicaId
     in_flight: int = 0  # handed to Thespian and not yet delivered or failed
     held: deque[PeerMessage] = field(default_factory=deque)  # waiting for the window
+    last_sent: float = float("-inf")  # when the last message was handed to Thespian
 
 
 class SendWindow:
     """Peer messages through ``transmit``, at most :meth:`size` in flight per peer.
 
-    ``slots``: Thespian's transmit slots; ``peer_count()``: how many peers share them;
-    ``dead(replica)``: the transport says the peer's node is gone."""
+    ``slots``: Thespian's transmit slots at the start; ``peer_count()``: how many peers share
+    them; ``dead(replica)``: the transport says the peer's node is gone; ``grow(n)``: make
+    Thespian's slots ``n`` (called as the peers become more); ``clock``: monotonic seconds."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the transport's three hooks, its slots, the peers, a clock
         self,
         transmit: Transmit,
         slots: int,
         peer_count: Callable[[], int],
         dead: Callable[[ReplicaId], None],
+        *,
+        grow: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._transmit_fn = transmit
         self._slots = slots
         self._peer_count = peer_count
         self._dead = dead
+        self._grow = grow
+        self._granted = slots
+        self._clock = clock
         self._channels: dict[ReplicaId, _Channel] = {}
         self.bytes_out = 0
         """What the gossip messages sent carried (see :func:`gossip_bytes`)."""
 
+    def slots(self) -> int:
+        """Thespian's transmit slots: those it started with, or the reserve and
+        :data:`MIN_PER_PEER` for each peer if that is more (and ``grow`` was given)."""
+        if self._grow is None:
+            return self._slots
+        return max(self._slots, RESERVED_TRANSMITS + MIN_PER_PEER * self._peer_count())
+
     def size(self) -> int:
         """How many messages each peer may have in flight: the slots less the reserve, shared
-        among the peers (at least one each; raise THESPIAN_MAX_PENDING_TRANSMITS for clusters of
-        more than about a dozen nodes)."""
-        return max(1, (self._slots - RESERVED_TRANSMITS) // max(1, self._peer_count()))
+        among the peers (at least one each)."""
+        return max(1, (self.slots() - RESERVED_TRANSMITS) // max(1, self._peer_count()))
+
+    def quiet(self, replica: ReplicaId) -> float:
+        """Seconds since a message to ``replica`` was last handed to Thespian (infinite if
+        none was)."""
+        channel = self._channels.get(replica)
+        return float("inf") if channel is None else self._clock() - channel.last_sent
 
     def send(self, replica: ReplicaId | None, address: Any, message: PeerMessage) -> None:
         """Send ``message`` to the peer ``replica`` at ``address``, or hold it while its window
@@ -125,8 +162,12 @@ class SendWindow:
 
     def _transmit(self, channel: _Channel | None, address: Any, message: PeerMessage) -> None:
         self.bytes_out += gossip_bytes(message)
+        if self._grow is not None and (slots := self.slots()) > self._granted:
+            self._granted = slots
+            self._grow(slots)
         if channel is not None:
             channel.in_flight += 1
+            channel.last_sent = self._clock()
         self._transmit_fn(address, message, partial(self._done, channel, address))
 
     def _done(self, channel: _Channel | None, address: Any, status: Any) -> None:

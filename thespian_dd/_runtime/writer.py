@@ -15,6 +15,7 @@ class (see :mod:`thespian_dd.durable`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,26 @@ class Loaded:
 
 
 @dataclass(frozen=True)
+class _NextChunk:
+    """To itself: read and send the next chunk of load ``load`` (one handler per chunk, so the
+    actor's transport sends each chunk while the next is read: the Replicator restores one
+    chunk while the next is read, instead of getting them all once every row is read)."""
+
+    load: int
+
+
+@dataclass
+class _Loading:
+    """A load under way: what it answers, and where it is."""
+
+    message: Load
+    replicator: Any
+    record: Any  # the node's record as read before its rows (see Store.next_incarnation)
+    rows: Iterator[tuple[str, bytes | None, str | None]]
+    count: int = 0
+
+
+@dataclass(frozen=True)
 class Write:
     """To the DurableWriter: commit these entries (None: deleted) of ``node`` in ``url`` as
     batch ``seq``, then answer :class:`Written`.  ``signing_key_file`` as for :class:`Load`: a
@@ -103,6 +124,8 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.store: Store | None = None
+        self._loading: _Loading | None = None
+        self._loads = 0  # Loads received: a _NextChunk of an earlier one is stale
 
     def _open(self, url: str, signing_key_file: str | None) -> Store:
         if self.store is None:
@@ -112,38 +135,69 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
         return self.store
 
     def receiveMsg_Load(self, msg: Load, sender: Any) -> None:
-        count = 0
+        self._stop_loading()  # a Load supersedes one under way (its Replicator asks again)
+        self._loads += 1
         try:
             store = self._open(msg.url, msg.signing_key_file)
             # Refused (offline too long, a newer schema) before a row is read.
             record = store.node_record(msg.node, msg.max_offline)
+            self._loading = _Loading(msg, sender, record, store.load(msg.node))
+        except Exception as e:  # noqa: BLE001 - reported to the Replicator, which retries
+            self._close()
+            self.send(sender, Loaded(0, 0, _first_line(e)))
+            return
+        self._send_chunk()
+
+    def receiveMsg__NextChunk(self, msg: _NextChunk, sender: Any) -> None:
+        if msg.load == self._loads and self._loading is not None and sender == self.myAddress:
+            self._send_chunk()
+
+    def _send_chunk(self) -> None:
+        """Send the next chunk of the load under way; after the last, count the node's new
+        incarnation and answer Loaded."""
+        loading = self._loading
+        assert loading is not None
+        node, replicator = loading.message.node, loading.replicator
+        try:
             rows: list[tuple[str, bytes | None]] = []
             skipped: list[tuple[str, str]] = []
             size = 0
-            for key, payload, error in store.load(msg.node):
+            for key, payload, error in loading.rows:
                 if error:
-                    log.error("skipped stored key %r of %s: %s", key, msg.node, error)
+                    log.error("skipped stored key %r of %s: %s", key, node, error)
                     skipped.append((key, error))
                 else:
                     rows.append((key, payload))
                     size += len(payload or b"")
                 if len(rows) + len(skipped) >= LOAD_CHUNK_ROWS or size >= LOAD_CHUNK_BYTES:
-                    self.send(sender, LoadChunk(rows, skipped))
-                    count += len(rows) + len(skipped)
-                    rows, skipped, size = [], [], 0
-            self.send(sender, LoadChunk(rows, skipped))
-            count += len(rows) + len(skipped)
+                    self.send(replicator, LoadChunk(rows, skipped))
+                    loading.count += len(rows) + len(skipped)
+                    self.send(self.myAddress, _NextChunk(self._loads))
+                    return
+            self.send(replicator, LoadChunk(rows, skipped))
+            loading.count += len(rows) + len(skipped)
+            self._loading = None
             # Only now, every row read: a store whose rows cannot be read is not written to.
             # Counted only if the record is as it was before the rows: forgotten meanwhile,
             # what was read is gone from the store, and must not be served.
-            incarnation = store.next_incarnation(
-                msg.node, now_ms(), msg.max_offline, expected=record
+            assert self.store is not None
+            msg = loading.message
+            incarnation = self.store.next_incarnation(
+                node, now_ms(), msg.max_offline, expected=loading.record
             )
         except Exception as e:  # noqa: BLE001 - reported to the Replicator, which retries
+            self._stop_loading()
             self._close()
-            self.send(sender, Loaded(0, count, _first_line(e)))
+            self.send(replicator, Loaded(0, loading.count, _first_line(e)))
             return
-        self.send(sender, Loaded(incarnation, count))
+        self.send(replicator, Loaded(incarnation, loading.count))
+
+    def _stop_loading(self) -> None:
+        if self._loading is not None:
+            rows, self._loading = self._loading.rows, None
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()  # ends the query and gives its connection back
 
     def receiveMsg_Write(self, msg: Write, sender: Any) -> None:
         try:
@@ -157,6 +211,7 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
         self.send(sender, Written(msg.seq))
 
     def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
+        self._stop_loading()
         self._close()
 
     def _close(self) -> None:

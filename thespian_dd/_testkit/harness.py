@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import random
 import secrets
 import signal
 import socket
@@ -92,12 +93,42 @@ def scratch_database(admin_url: str) -> Iterator[str]:
         engine.dispose()
 
 
+_handed_out: set[int] = set()
+"""Every port :func:`free_port` returned in this process."""
+
+_LOWEST_PORT = 10_000
+
+
+def _ephemeral_ports() -> range:
+    """The ports the kernel gives outgoing connections (and ``bind(0)``)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)  # Linux's default
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on right now, that this process was never
+    given before, and that is below the kernel's ephemeral range.  Handed out twice, two nodes
+    asked for before either started got the same port and the second silently joined the
+    first's ActorSystem; taken from the ephemeral range (as ``bind(0)`` does), a port chosen for
+    a node was now and then taken by an outgoing connection of the nodes started before it."""
+    ephemeral = _ephemeral_ports()
+    high = max(_LOWEST_PORT + 1000, ephemeral.start)
+    rng = random.SystemRandom()  # another process (an xdist worker) draws other ports
+    for _ in range(10_000):
+        port = rng.randrange(_LOWEST_PORT, high)
+        if port in _handed_out or port in ephemeral:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise RuntimeError("free_port: no free port found below the ephemeral range")
 
 
 @dataclass(frozen=True)
