@@ -220,14 +220,13 @@ def _crdt(sizes: list[int], out: Callable[[str], object]) -> list[Result]:
                     "plain set/dict merge",
                 )
             )
-            raw, plain = encode(left), pickle.dumps(left.value)
             results.append(
                 Result(
                     "crdt",
                     f"{name} encoded size, {n:,} elements",
                     "bytes",
-                    len(raw),
-                    len(plain),
+                    len(encode(left)),
+                    len(pickle.dumps(left.value)),
                     "pickle of the plain value",
                 )
             )
