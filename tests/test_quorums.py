@@ -219,7 +219,7 @@ def test_answers_count_as_the_distinct_peers_that_answered_from_where_they_were_
         request = p if to_p else other
         counted = q.answer(request.id_, name, address)
         if request is p:
-            counts = PEERS.get(name) == address and name not in model
+            counts = p.asked.get(name) == address and name not in model
             if counts:
                 model.add(name)
             assert counted is (p if counts else None)
