@@ -260,10 +260,10 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._transmit_fn,
             asyncTransportBase.MAX_PENDING_TRANSMITS,
             peer_count=lambda: len(self._peers),
-            dead=self._peers.unreachable,
+            dead=self._dead,
             grow=_grow_transmits,
         )
-        self._random = random.Random()  # noqa: S311 - picks gossip peers and quorum primaries, guards no secret
+        self._random = random.Random()  # noqa: S311 - picks gossip peers and quorum primaries
         self._deltas = DeltaQueue()
         self._versions = Versions()
         self._anti_entropy = AntiEntropy(
@@ -541,6 +541,14 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if name not in self._peers.blocked:
             for pending in self._quorums.meet(name, peer.address):
                 self._ask_peer(pending, name, peer.address)
+
+    def _dead(self, replica: ReplicaId) -> None:
+        """The transport says ``replica``'s node is gone: unreachable without waiting for the
+        failure timeout."""
+        peer = self._peers.get(replica.node)
+        if peer is not None and peer.reachable and peer.replica == replica:
+            self._peers.unreachable(replica)
+            self._lost(peer)
 
     def _lost(self, peer: Peer) -> None:
         """``peer`` became unreachable: the open quorum requests that asked it and have
