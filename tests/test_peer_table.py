@@ -647,9 +647,9 @@ def test_a_quorum_request_the_reachable_peers_cannot_make_waits_for_the_others(
     assert needed > 1  # the Replicator asks peers only then
     assert (needed <= reachable) is can_succeed
     wakes: list[tuple[float, object]] = []
-    quorums = Quorums(lambda seconds, payload: wakes.append((seconds, payload)))
-    pending = Pending("update", ActorAddress("client"), "k", None, needed, t.peers.targets())
-    quorums.open(pending, 1.5)
+    quorums = Quorums(lambda seconds, payload: wakes.append((seconds, payload)), random.Random(0))
+    pending = Pending("update", ActorAddress("client"), "k", None, needed)
+    quorums.open(pending, t.peers.targets(), 1.5)
     assert wakes == [(1.5, RequestTimeout(pending.id_))]
     for replica in (A1, B):
         quorums.answer(pending.id_, replica.node, address_of(replica))
@@ -675,13 +675,13 @@ def test_a_write_all_with_a_peer_down_needs_it_until_it_is_removed() -> None:
     for replica in (A1, B, C):
         t.peers.heard(replica)
     t.sweep()
-    quorums = Quorums(lambda _seconds, _payload: None)
+    quorums = Quorums(lambda _seconds, _payload: None, random.Random(0))
 
     def write_all() -> bool:
         """Whether a WriteAll opened now is satisfied by the reachable peers' answers."""
         needed = WriteAll(1.0).replicas_needed(t.peers.replica_count())
-        pending = Pending("update", None, "k", None, needed, t.peers.targets())
-        quorums.open(pending, 1.0)
+        pending = Pending("update", None, "k", None, needed)
+        quorums.open(pending, t.peers.targets(), 1.0)
         for name, address in pending.asked.items():
             quorums.answer(pending.id_, name, address)
         return pending.enough()
@@ -700,9 +700,9 @@ def test_a_peer_cut_off_by_the_test_switch_cannot_answer_a_quorum() -> None:
     t.learn(B, C)
     t.peers.blocked = frozenset({"b", "c"})
     needed = WriteMajority(1.0).replicas_needed(t.peers.replica_count())
-    pending = Pending("update", None, "k", None, needed, t.peers.targets())
-    quorums = Quorums(lambda _s, _p: None)
-    quorums.open(pending, 1.0)
+    pending = Pending("update", None, "k", None, needed)
+    quorums = Quorums(lambda _s, _p: None, random.Random(0))
+    quorums.open(pending, t.peers.targets(), 1.0)
     assert pending.asked == {}
     assert quorums.answer(pending.id_, "b", address_of(B)) is None
 
@@ -710,9 +710,9 @@ def test_a_peer_cut_off_by_the_test_switch_cannot_answer_a_quorum() -> None:
 def test_an_answer_counts_once_and_only_from_the_peer_asked_at_its_address() -> None:
     t = Table()
     t.learn(*FIVE)
-    quorums = Quorums(lambda _s, _p: None)
-    pending = Pending("get", None, "k", None, 3, t.peers.targets())
-    quorums.open(pending, 1.0)
+    quorums = Quorums(lambda _s, _p: None, random.Random(0))
+    pending = Pending("get", None, "k", None, 3)
+    quorums.open(pending, t.peers.targets(), 1.0)
     assert quorums.answer(pending.id_, "b", ActorAddress("impostor")) is None
     assert quorums.answer(pending.id_, "stranger", address_of(B)) is None
     assert quorums.answer("another request", "b", address_of(B)) is None

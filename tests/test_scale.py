@@ -2,7 +2,8 @@
 a round (idle gossip bytes per round and node bounded by the fan-out, not the cluster size),
 loads 20,000 keys with gossip proportional to the values (not to the keys held) and converges;
 and 30 frozen peers of 32 leave a live node's clients answered (the transmit slots grow with the
-peer count).  The bench's ``scale`` section measures the same at full size."""
+peer count); a majority write whose primaries are frozen is completed by its secondaries.  The
+bench's ``scale`` section measures the same at full size."""
 
 from __future__ import annotations
 
@@ -15,7 +16,17 @@ from typing import Any
 
 import pytest
 
-from thespian_dd import GCounter, Get, GetStats, GetStatus, GetSuccess, Stats, Status, Update
+from thespian_dd import (
+    GCounter,
+    Get,
+    GetStats,
+    GetStatus,
+    GetSuccess,
+    Stats,
+    Status,
+    Update,
+    WriteMajority,
+)
 from thespian_dd._cli.bench_scale import _Fill, _Filled, _Loader
 from thespian_dd._runtime.keys import BUCKETS
 from thespian_dd._runtime.peers import GOSSIP_FANOUT
@@ -135,6 +146,31 @@ def test_thirty_frozen_peers_of_thirty_two_leave_the_clients_of_a_live_node_answ
         assert took < failure
         assert _stats(cluster, 0).reachable_peers >= 1
         figure(f"30 of 32 nodes frozen: 200 updates answered in {took:.1f} s")
+    finally:
+        for i in frozen:
+            _freeze(cluster, i, signal.SIGCONT)
+
+
+def test_a_majority_write_whose_primaries_are_frozen_is_completed_by_the_secondaries(
+    cluster_factory: Any,
+) -> None:
+    """7 nodes: a ``WriteMajority`` needs 3 peers and asks 5 of the 6 at once (the primaries),
+    the sixth only if still short after the delay.  With 3 peers frozen but not found
+    unreachable (``failure_timeout`` far off), about half the writes draw all 3 among their
+    primaries: only the secondary asked after the delay completes them."""
+    cluster = cluster_factory(7, gossip_interval=0.5, delta_interval=0.1, failure_timeout=60.0)
+    _meshed(cluster)
+    frozen = (4, 5, 6)
+    try:
+        for i in frozen:
+            _freeze(cluster, i, signal.SIGSTOP)
+        for r in range(12):  # all 12 drawing a live third primary: 1 chance in 4096
+            update = Update(
+                f"w-{r}", GCounter(), lambda c, n: c.increment(n, 1), WriteMajority(5.0)
+            )
+            reply = cluster.ask(0, update, timeout=30)
+            assert type(reply).__name__ == "UpdateSuccess", (r, reply)
+        assert _stats(cluster, 0).reachable_peers == 6  # the frozen ones still count as reachable
     finally:
         for i in frozen:
             _freeze(cluster, i, signal.SIGCONT)

@@ -95,7 +95,7 @@ from thespian_dd._runtime.protocol import (
     gossip_bytes,
 )
 from thespian_dd._runtime.pruning import PrunedHere, Pruning, merge_payload
-from thespian_dd._runtime.quorums import Pending, Quorums
+from thespian_dd._runtime.quorums import AskSecondaries, Pending, Quorums
 from thespian_dd._runtime.settings import CAPABILITY_PREFIX, Settings, matches
 from thespian_dd._runtime.store import safe_url
 from thespian_dd._runtime.subscriptions import Notification, Subscriptions
@@ -260,10 +260,10 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._transmit_fn,
             asyncTransportBase.MAX_PENDING_TRANSMITS,
             peer_count=lambda: len(self._peers),
-            dead=self._peers.unreachable,
+            dead=self._dead,
             grow=_grow_transmits,
         )
-        self._random = random.Random()  # noqa: S311 - picks gossip peers, guards no secret
+        self._random = random.Random()  # noqa: S311 - picks gossip peers and quorum primaries
         self._deltas = DeltaQueue()
         self._versions = Versions()
         self._anti_entropy = AntiEntropy(
@@ -276,7 +276,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             # Deltas bring changing buckets level; without deltas, gossip is all there is.
             settle=settings.gossip_interval if settings.delta_interval else 0.0,
         )
-        self._quorums = Quorums(self.wakeupAfter)
+        self._quorums = Quorums(self.wakeupAfter, self._random)
         self._subscriptions = Subscriptions(
             transmit=self._transmit_fn,
             wake=self.wakeupAfter,
@@ -460,7 +460,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if needed <= 1 or self._keys.is_deleted(msg.key):
             self._reply_get(sender, msg.key, msg.request)
             return
-        pending = Pending("get", sender, msg.key, msg.request, needed, self._peers.targets())
+        pending = Pending("get", sender, msg.key, msg.request, needed)
         self._ask_peers(pending, timeout_of(msg.consistency))
 
     def _reply_get(self, client: Any, key: str, request: Any) -> None:
@@ -513,13 +513,13 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if needed <= 1:
             self._acknowledge(kind, client, key, request)
             return
-        pending = Pending(kind, client, key, request, needed, self._peers.targets())
+        pending = Pending(kind, client, key, request, needed)
         self._ask_peers(pending, timeout_of(consistency))
 
     def _ask_peers(self, pending: Pending, timeout: float) -> None:
-        """Open a quorum request and ask the peers it names (more as they are met)."""
-        self._quorums.open(pending, timeout)
-        for name, address in pending.asked.items():
+        """Open a quorum request and ask its primaries among the reachable peers (the
+        secondaries if still short after a delay, more peers as they are met)."""
+        for name, address in self._quorums.open(pending, self._peers.targets(), timeout).items():
             self._ask_peer(pending, name, address)
 
     def _ask_peer(self, pending: Pending, name: str, address: Any) -> None:
@@ -539,6 +539,20 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if name not in self._peers.blocked:
             for pending in self._quorums.meet(name, peer.address):
                 self._ask_peer(pending, name, peer.address)
+
+    def _dead(self, replica: ReplicaId) -> None:
+        """The transport says ``replica``'s node is gone: unreachable without waiting for the
+        failure timeout."""
+        peer = self._peers.get(replica.node)
+        if peer is not None and peer.reachable and peer.replica == replica:
+            self._peers.unreachable(replica)
+            self._lost(peer)
+
+    def _lost(self, peer: Peer) -> None:
+        """``peer`` became unreachable: the open quorum requests that asked it and have
+        secondaries waiting ask one in its place."""
+        for pending, name, address in self._quorums.lost(peer.replica.node):
+            self._ask_peer(pending, name, address)
 
     def _finish(self, pending: Pending, *, timed_out: bool) -> None:
         self._quorums.close(pending)
@@ -580,10 +594,20 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         elif isinstance(payload, DecodeTick):
             if self._keys.decode_for(DECODE_SLICE):
                 self.wakeupAfter(DECODE_PAUSE, payload)
-        elif isinstance(payload, RequestTimeout):
+        elif isinstance(payload, (RequestTimeout, AskSecondaries)):
+            self._quorum_timer(payload)
+
+    def _quorum_timer(self, payload: RequestTimeout | AskSecondaries) -> None:
+        if isinstance(payload, RequestTimeout):
             pending = self._quorums.timed_out(payload.request_id)
             if pending is not None:
                 self._finish(pending, timed_out=True)
+            return
+        due = self._quorums.secondaries_due(payload.request_id)
+        if due is not None:
+            pending, peers = due
+            for name, address in peers.items():
+                self._ask_peer(pending, name, address)
 
     def _store_timer(self, payload: StoreRetry | FlushTick) -> None:
         if isinstance(payload, FlushTick):
@@ -778,7 +802,9 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                     msg.sender,
                     reason,
                 )
-                self._peers.left(node)  # known before (from a directory): no longer reached
+                gone = self._peers.left(node)  # known before (from a directory): no longer reached
+                if gone is not None:
+                    self._lost(gone)
         return self._versions.can_talk(node)
 
     def _joined(self, replica: ReplicaId) -> None:
@@ -803,6 +829,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             gone = self._peers.left(name)
             if gone is not None:
                 log.info("peer %s left the convention", gone.replica)
+                self._lost(gone)
             return
         introducer = self.createActor(Introducer, targetActorRequirements={NODE_CAPABILITY: name})
         self.send(introducer, Introduce(self._hello(reply=True)))
@@ -852,6 +879,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         kept, lost, removed = self._peers.sweep()
         for peer in lost:
             log.warning("peer %s is unreachable", peer.replica)
+            self._lost(peer)
         for peer, silent in removed:
             # Gone for good: it no longer counts in N, and its replica will be pruned.
             self._window.forget(peer.replica)
