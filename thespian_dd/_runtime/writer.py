@@ -1,11 +1,12 @@
-"""The DurableWriter: the actor, a child of the Replicator, that owns the store's engine, and
-the messages between them.
+"""The DurableWriter: the actor, a child of the Replicator, that loads the store (and commits
+to it where the Replicator cannot: see :class:`CommitThread`), and the messages between them.
 
-The engine is created inside the DurableWriter's own process (never before a fork).  The
-Replicator sends it one batch of writes at a time and sends the next batch, holding every write
-that arrived meanwhile, when the previous one is committed: that is group commit, so a busy node
-makes few large transactions instead of many small ones.  Every message carries the store's URL,
-so a DurableWriter that died and was created again picks up where the old one was.
+The engine is created inside the DurableWriter's own process (never before a fork), or by the
+CommitThread's thread.  The Replicator gives either one batch of writes at a time, and the next
+batch, holding every write that arrived meanwhile, when the previous one is committed: that is
+group commit, so a busy node makes few large transactions instead of many small ones.  Every
+message carries the store's URL, so a DurableWriter that died and was created again (or a new
+commit thread) picks up where the old one was.
 
 Thespian creates the actor from its ``"module.Class"`` path: this module's, or
 ``thespian_dd.durable.DurableWriter`` where a node of the old layout names it; both lead to this
