@@ -206,11 +206,12 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     # -- start-up --------------------------------------------------------------------------------
 
     def receiveMessage(self, msg: Any, sender: Any) -> Any:
-        self._receive(msg, sender)
+        self._dispatch_message(msg, sender)
         # Thespian watches what the last handler returned: the commit thread's answers wake us.
         return ThespianWatch([self._commits.fd]) if self._commits is not None else None
 
-    def _receive(self, msg: Any, sender: Any) -> None:
+    def _dispatch_message(self, msg: Any, sender: Any) -> None:
+        # Not ``_receive``: simpleSystemBase sets an attribute of that name on every actor.
         if self._settings is None and not isinstance(msg, ActorSystemMessage):
             self._configure(msg.settings if isinstance(msg, StartReplicator) else None)
         if isinstance(msg, ActorSystemMessage) and self._serving():
