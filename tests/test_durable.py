@@ -703,8 +703,8 @@ def test_a_killed_durable_writer_is_replaced_and_nothing_acknowledged_is_lost(
     cluster.kill(0)
     cluster.restart(0)
     # Every increment exactly once: the acknowledged ones, and the one told at each kill (applied
-    # before the next acknowledged one, so committed with it); a batch sent again to the new
-    # writer is never counted twice.
+    # before the next acknowledged one, so committed with it).  The batches are committed on the
+    # Replicator's commit thread, ended for each fork of a new writer and started again after.
     assert _value(cluster, 0, "hits").value == acknowledged + kills
 
 
