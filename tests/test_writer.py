@@ -271,3 +271,18 @@ def test_a_commit_thread_that_ends_mid_commit_answers_its_batch_and_a_new_one_ta
     commits.submit(Write(url, "n", 3, {"b": ENTRY}))
     assert _answers(commits, 1) == [Written(3)]
     assert sorted(_rows(url)) == [("a", ENTRY.payload), ("b", ENTRY.payload)]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_pause_after_the_thread_ended_mid_commit_leaves_the_next_thread_committing(
+    commits: CommitThread, tmp_path: Path
+) -> None:
+    """The end a pause asks for is the paused thread's own: a thread that ended before reading
+    it must not leave it for the next thread, which would end before committing anything."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    commits.submit(Write(url, "n", 1, _EndsTheThread()))
+    commits.pause()  # a fork while that batch is being committed: the thread ends before it
+    assert _answers(commits, 1) == [Written(1, "the commit thread ended mid-commit")]
+    commits.submit(Write(url, "n", 2, {"a": ENTRY}))  # the retry: nothing more until answered
+    assert _answers(commits, 1) == [Written(2)]
+    assert _rows(url) == [("a", ENTRY.payload)]

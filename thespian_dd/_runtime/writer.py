@@ -252,7 +252,9 @@ class CommitThread:
     waiting) starts a new thread."""
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[Write | None] = queue.SimpleQueue()
+        # A batch, or the thread that is to end when it reads it (another thread skips it: a
+        # thread that ended mid-commit leaves its own unread).
+        self._jobs: queue.SimpleQueue[Write | threading.Thread] = queue.SimpleQueue()
         self._results: queue.SimpleQueue[Written] = queue.SimpleQueue()
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
@@ -297,8 +299,8 @@ class CommitThread:
         """Let the thread commit what was submitted, close the store and end (the next
         :meth:`submit` starts another): nothing is left in another thread for a fork to copy."""
         thread, self._thread = self._thread, None
-        if thread is not None and thread.is_alive():
-            self._jobs.put(None)
+        if thread is not None:
+            self._jobs.put(thread)
             thread.join()
 
     def stop(self) -> None:
@@ -310,8 +312,11 @@ class CommitThread:
 
     def _run(self) -> None:
         pending: Write | None = None
+        me = threading.current_thread()
         try:
-            while (job := self._jobs.get()) is not None:
+            while (job := self._jobs.get()) is not me:
+                if isinstance(job, threading.Thread):
+                    continue  # the end of a thread that ended before reading it
                 pending = job
                 written = _commit(job, self._open, self._close)
                 pending = None
