@@ -7,7 +7,8 @@ meanwhile sent together next, replies only once the batch holding a key's latest
 a failed commit (its keys kept, failure replies, ``store_failures``, nothing sent until the
 retry); write-behind mode (acknowledged at once, one timer per interval, a timer that fires
 during a commit); keys that are not durable; a DurableWriter that exits; the keep-alive commit;
-a graceful stop; ``queue_depth``.
+a graceful stop; ``queue_depth``; batches committed through a ``commit`` callable (the
+Replicator's CommitThread, here also for real on an SQLite file, ending mid-commit).
 
 The writer, the timers and the clock are a recording ``send``, a recording ``wake``, a
 ``create_writer`` that returns a fresh sentinel each time, and a fake clock.
@@ -16,8 +17,10 @@ The writer, the timers and the clock are a recording ``send``, a recording ``wak
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+import select
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +31,16 @@ from hypothesis import strategies as st
 from thespian_dd._runtime.durability import Durability, LoadOutcome
 from thespian_dd._runtime.protocol import FlushTick, StoreRetry
 from thespian_dd._runtime.settings import Settings
-from thespian_dd._runtime.writer import Entry, Load, LoadChunk, Loaded, Write, Written
+from thespian_dd._runtime.store import Store
+from thespian_dd._runtime.writer import (
+    CommitThread,
+    Entry,
+    Load,
+    LoadChunk,
+    Loaded,
+    Write,
+    Written,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -63,6 +75,8 @@ class Node:
     sent: list[tuple[Any, Any]] = field(default_factory=list)
     woken: list[tuple[float, Any]] = field(default_factory=list)
     writers: list[object] = field(default_factory=list)
+    commit_fn: Callable[[Write], None] | None = None
+    entry: Callable[[str, bytes | None], Any] = entry
     durability: Durability = field(init=False)
 
     def __post_init__(self) -> None:
@@ -72,9 +86,10 @@ class Node:
             send=lambda address, message: self.sent.append((address, message)),
             wake=self.wake,
             create_writer=self._create_writer,
-            entry=entry,
+            entry=self.entry,
             clock=self.clock,
             jitter=lambda: 1.0,
+            commit=self.commit_fn,
         )
 
     def wake(self, seconds: float, payload: Any) -> None:
@@ -905,3 +920,119 @@ def test_every_reply_goes_once_and_only_after_its_write_is_committed(
     assert answered == set(registered)
     assert committed == version
     assert d.queue_depth() == 0
+
+
+# -- batches committed through ``commit`` (the Replicator's CommitThread) --------------------------
+
+
+def threaded() -> tuple[Node, list[Write]]:
+    """A serving node whose batches go to ``commit``, and the batches it got."""
+    committed: list[Write] = []
+    node = Node(Settings(store=URL), commit_fn=committed.append)
+    node.serve()
+    return node, committed
+
+
+def test_with_commit_batches_go_to_it_and_its_answers_release_the_replies() -> None:
+    node, committed = threaded()
+    d = node.durability
+    d.write("a", b"A")
+    d.reply_when_stored("a", "client", "stored a", failure_of("a"))
+    d.write("b", b"B")  # while batch 1 commits: batch 2
+    d.reply_when_stored("b", "client", "stored b", failure_of("b"))
+    assert committed == [Write(URL, NODE, 1, {"a": entry("a", b"A")}, None, ALIVE)]
+    assert node.sent == []  # nothing to the DurableWriter
+    d.committed(Written(1))
+    assert node.take_sent() == [("client", "stored a")]
+    assert committed[1:] == [Write(URL, NODE, 2, {"b": entry("b", b"B")}, None, ALIVE)]
+    d.committed(Written(2))
+    assert node.take_sent() == [("client", "stored b")]
+
+
+def test_with_commit_a_written_from_the_writer_does_not_count() -> None:
+    node, _ = threaded()
+    d = node.durability
+    d.write("a", b"A")
+    d.reply_when_stored("a", "client", "stored a", failure_of("a"))
+    node.commit(1)  # the DurableWriter commits nothing here: forged, or stale
+    assert node.sent == []
+    assert d.queue_depth() == 1
+    d.committed(Written(1))
+    assert node.take_sent() == [("client", "stored a")]
+
+
+def test_with_commit_the_writer_exiting_mid_batch_is_replaced_and_sent_nothing() -> None:
+    node, committed = threaded()
+    d = node.durability
+    d.write("a", b"A")
+    old = node.writer
+    assert not d.writer_exited(old)
+    assert node.writer is not old  # replaced, for the loads
+    assert node.sent == []  # the batch is the thread's, not the writer's
+    assert len(committed) == 1
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_commit_thread_that_ends_mid_commit_fails_the_waiting_then_a_new_one_commits(
+    tmp_path: Path,
+) -> None:
+    """The CommitThread's equivalent of a killed DurableWriter, for real on an SQLite file:
+    every client waiting hears of the failure, the retry waits out the backoff, and the retried
+    batch is committed by a new thread."""
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    commits = CommitThread()
+    dying = {"a"}  # the first commit of "a" ends the thread
+
+    def store_entry(key: str, raw: bytes | None) -> Any:
+        if key in dying:
+            dying.discard(key)
+            return _EndsTheThread()
+        return entry(key, raw)
+
+    node = Node(Settings(store=url), commit_fn=commits.submit, entry=store_entry)
+    d = node.durability
+    try:
+        node.serve()
+        d.write("a", b"A")
+        d.reply_when_stored("a", "client", "stored a", failure_of("a"))
+        d.write("b", b"B")  # waits for batch 2
+        d.reply_when_stored("b", "client", "stored b", failure_of("b"))
+        for written in _answers(commits, 1):
+            d.committed(written)
+        error = "the commit thread ended mid-commit"
+        assert node.take_sent() == [("client", Failed("a", error)), ("client", Failed("b", error))]
+        assert d.error == error
+        assert node.retries() == [0.25]
+        assert d.retry_due() is False  # the timer fired: a new thread commits both
+        for written in _answers(commits, 1):
+            d.committed(written)
+        assert d.error is None
+        assert d.queue_depth() == 0
+        assert sorted(_rows(url)) == [("a", entry("a", None).payload), ("b", b"B")]
+    finally:
+        commits.stop()
+
+
+class _EndsTheThread:
+    """An entry whose reading ends the thread that reads it (as only what is not an
+    ``Exception`` can)."""
+
+    def __iter__(self) -> Iterator[Any]:
+        raise SystemExit
+
+
+def _answers(commits: CommitThread, count: int) -> list[Written]:
+    answers: list[Written] = []
+    while len(answers) < count:
+        ready, _, _ = select.select([commits.fd], [], [], 20)
+        assert ready, f"no answer after {answers}"
+        answers += commits.drain()
+    return answers
+
+
+def _rows(url: str) -> list[tuple[str, bytes | None]]:
+    store = Store(url)
+    try:
+        return [(key, payload) for key, payload, _ in store.load(NODE)]
+    finally:
+        store.close()

@@ -49,8 +49,10 @@ from thespian_dd import (
 )
 from thespian_dd._cli.main import main
 from thespian_dd._peers import PartitionForTests
+from thespian_dd._runtime.protocol import DescribeProcess, ProcessInfo
 from thespian_dd._runtime.rows import Entry, checksum, parts
 from thespian_dd._runtime.store import Store
+from thespian_dd._testkit.harness import _children
 from thespian_dd.codec import encode
 from thespian_dd.replicator import REPLICATOR_NAME
 from thespian_dd.testing import (
@@ -701,9 +703,35 @@ def test_a_killed_durable_writer_is_replaced_and_nothing_acknowledged_is_lost(
     cluster.kill(0)
     cluster.restart(0)
     # Every increment exactly once: the acknowledged ones, and the one told at each kill (applied
-    # before the next acknowledged one, so committed with it); a batch sent again to the new
-    # writer is never counted twice.
+    # before the next acknowledged one, so committed with it).  The batches are committed on the
+    # Replicator's commit thread, ended for each fork of a new writer and started again after.
     assert _value(cluster, 0, "hits").value == acknowledged + kills
+
+
+def _threads(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/task").iterdir()))
+
+
+def test_the_replicator_forks_its_children_with_no_commit_thread_running(
+    cluster_factory: Any, tmp_path: Path
+) -> None:
+    """Sync batches are committed on a thread of the Replicator's process; a child (a new
+    DurableWriter, an Introducer) is created by forking that process, which must copy no other
+    thread: the thread ends before each fork, and the next write starts another."""
+    cluster = cluster_factory(1, store=_store(tmp_path))
+    replicator = cluster.ask(0, DescribeProcess())
+    assert isinstance(replicator, ProcessInfo)
+    assert cluster.ask(0, Update("hits", GCounter(), _increment(1))) == UpdateSuccess("hits", None)
+    assert _threads(replicator.pid) == 2  # the actor's own, and the commit thread
+    [writer] = _children(replicator.pid)
+    assert cluster.kill_writer(0) == 1
+    eventually(lambda: _children(replicator.pid) not in ([], [writer]), what="a new DurableWriter")
+    assert _threads(replicator.pid) == 1  # ended for the fork; no write since
+    assert cluster.ask(0, Update("hits", GCounter(), _increment(1))) == UpdateSuccess("hits", None)
+    assert _threads(replicator.pid) == 2
+    cluster.kill(0)
+    cluster.restart(0)
+    assert _value(cluster, 0, "hits").value == 2
 
 
 def test_a_store_outage_while_running_fails_writes_then_they_resume(tmp_path: Path) -> None:

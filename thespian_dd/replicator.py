@@ -40,7 +40,9 @@ from thespian.actors import (
     ChildActorExited,
     DeadEnvelope,
     PoisonMessage,
+    ThespianWatch,
     WakeupMessage,
+    WatchMessage,
 )
 from thespian.system.transport import asyncTransportBase
 
@@ -102,7 +104,15 @@ from thespian_dd._runtime.subscriptions import Notification, Subscriptions
 from thespian_dd._runtime.updates import modified, update_error
 from thespian_dd._runtime.versions import MINE, PROTOCOL_VERSIONS, Versions
 from thespian_dd._runtime.window import SendWindow, transmit_within
-from thespian_dd._runtime.writer import FORGOTTEN, DurableWriter, Entry, LoadChunk, Loaded, Written
+from thespian_dd._runtime.writer import (
+    FORGOTTEN,
+    CommitThread,
+    DurableWriter,
+    Entry,
+    LoadChunk,
+    Loaded,
+    Written,
+)
 from thespian_dd.data import (
     RemovedNodePruning,
     ReplicaId,
@@ -163,6 +173,10 @@ REPLICATOR_NAME = "thespian_dd.replicator"
 
 log = logging.getLogger(__name__)
 
+SYSTEM_NAME = "Thespian ActorSystem Name"
+WATCHING_SYSTEM = "multiprocTCPBase"
+"""The system base (a capability of every ActorSystem) whose actors can watch a descriptor."""
+
 DECODE_SLICE = 0.02
 DECODE_PAUSE = 0.005
 """After a load, restored values are decoded in slices of DECODE_SLICE seconds, DECODE_PAUSE
@@ -187,19 +201,27 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._gossip_in = 0
         self._gossip_rounds = 0
         self._delta_armed = False  # a DeltaTick is due
+        self._commits: CommitThread | None = None
 
     # -- start-up --------------------------------------------------------------------------------
 
     def receiveMessage(self, msg: Any, sender: Any) -> Any:
+        self._dispatch_message(msg, sender)
+        # Thespian watches what the last handler returned: the commit thread's answers wake us.
+        return ThespianWatch([self._commits.fd]) if self._commits is not None else None
+
+    def _dispatch_message(self, msg: Any, sender: Any) -> None:
+        # Not ``_receive``: simpleSystemBase sets an attribute of that name on every actor.
         if self._settings is None and not isinstance(msg, ActorSystemMessage):
             self._configure(msg.settings if isinstance(msg, StartReplicator) else None)
         if isinstance(msg, ActorSystemMessage) and self._serving():
-            return super().receiveMessage(msg, sender)
+            super().receiveMessage(msg, sender)
+            return
         try:
             if not self._serving():
                 self._while_loading(msg, sender)
-                return None
-            return super().receiveMessage(msg, sender)
+                return
+            super().receiveMessage(msg, sender)
         except Exception as e:  # noqa: BLE001 - bad input must not escape the Replicator
             # A field missing (another version) or of a type a handler trips on.  Escaping, it
             # would make Thespian retry the message and bounce it: no reply of its family.
@@ -208,7 +230,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             kind = type(msg).__name__
             self._rejections.warn_once(kind, reason, "rejected a malformed %s: %s", kind, reason)
             self._refuse(msg, sender, f"malformed {kind}: {reason}")
-            return None
 
     def _serving(self) -> bool:
         return self._settings is None or self._durability.serving
@@ -284,6 +305,11 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             dropped=lambda address: log.info("dropped a subscriber that is gone: %s", address),
         )
         self._pruning = Pruning(settings, self._keys)
+        # Sync commits on a thread of this process where Thespian can wake the actor for its
+        # answers (multiprocTCPBase); elsewhere (simpleSystemBase: no watches) the DurableWriter
+        # commits them too.  See docs/durability.md.
+        if settings.store is not None and self._capabilities.get(SYSTEM_NAME) == WATCHING_SYSTEM:
+            self._commits = CommitThread()
         self._durability = Durability(
             settings=settings,
             node_name=name,
@@ -291,6 +317,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             wake=self.wakeupAfter,
             create_writer=lambda: self.createActor(DurableWriter),
             entry=self._entry,
+            commit=self._commits.submit if self._commits is not None else None,
         )
         if settings.store is None:
             self._serve()
@@ -341,6 +368,19 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     def receiveMsg_Written(self, msg: Written, sender: Any) -> None:
         self._durability.written(msg, sender)
+
+    def receiveMsg_WatchMessage(self, msg: WatchMessage, sender: Any) -> None:
+        if self._commits is not None:
+            for written in self._commits.drain():
+                self._durability.committed(written)
+
+    def createActor(self, *args: Any, **kw: Any) -> Any:
+        """Thespian's, with the commit thread ended first: creating a child forks this process,
+        and the child must not inherit a thread's locks nor an open connection (see
+        :class:`~thespian_dd._runtime.writer.CommitThread`)."""
+        if self._commits is not None:
+            self._commits.pause()
+        return super().createActor(*args, **kw)
 
     def _forget_loaded(self) -> None:
         """Drop what a failed or abandoned load restored: the next load starts from nothing."""
@@ -1115,6 +1155,9 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         if self._settings is not None:
             self._durability.stop()
+        if self._commits is not None:
+            self._commits.stop()  # after committing what the stop flushed
+            self._commits = None
 
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
         if self._settings is not None and self._durability.writer_exited(msg.childAddress):

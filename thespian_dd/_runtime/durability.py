@@ -15,6 +15,10 @@
   that comes back is used within a second, and a sync write that cannot be committed gets its
   failure within about a second plus one commit attempt.  A DurableWriter that exits is replaced
   and sent again what it had not confirmed.
+- Where batches are committed: by the DurableWriter, or, given a ``commit`` callable (the
+  Replicator's :class:`~thespian_dd._runtime.writer.CommitThread` on a system whose actors can
+  watch a descriptor), by that; its answers come back through :meth:`Durability.committed`.
+  Loads always go to the DurableWriter.
 
 The writer is an actor; this class reaches it only through the ``send`` and ``create_writer``
 callables it is given, and arms timers through ``wake``, so it runs without processes in tests.
@@ -67,7 +71,8 @@ class Durability:
     """``send(address, message)``; ``wake(seconds, payload)``; ``create_writer()`` starts a
     DurableWriter and returns its address; ``entry(key, raw)`` is what the store gets for a key
     (None: a tombstone, FORGOTTEN: remove the row); ``jitter()`` is the fraction of each retry
-    delay waited (random in [0.5, 1] unless given)."""
+    delay waited (random in [0.5, 1] unless given); ``commit(write)``, if given, commits the
+    batches instead of the DurableWriter, and its answers come to :meth:`committed`."""
 
     def __init__(  # noqa: PLR0913 - what it acts through, each a callable
         self,
@@ -80,6 +85,7 @@ class Durability:
         entry: Callable[[str, bytes | None], Entry | None],
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = _jitter,
+        commit: Callable[[Write], None] | None = None,
     ) -> None:
         self._settings = settings
         self._node_name = node_name
@@ -89,6 +95,7 @@ class Durability:
         self._entry = entry
         self._clock = clock
         self._jitter = jitter
+        self._commit_fn = commit
         self.writer: Any = None
         # Loading.
         self.loading = False
@@ -233,18 +240,19 @@ class Durability:
     def _send_batch(self, keys: Mapping[str, bytes | None]) -> None:
         entries = {key: self._entry(key, raw) for key, raw in keys.items()}
         settings = self._settings
-        self._send(
-            self.writer,
-            Write(
-                settings.store or "",
-                self._node_name,
-                self._batch,
-                entries,
-                settings.signing_key_file,
-                # The offline bound errs by at most 1% of its TTL (on the safe side: earlier).
-                min(settings.durable_pruning_marker_ttl / 100, 60.0),
-            ),
+        write = Write(
+            settings.store or "",
+            self._node_name,
+            self._batch,
+            entries,
+            settings.signing_key_file,
+            # The offline bound errs by at most 1% of its TTL (on the safe side: earlier).
+            min(settings.durable_pruning_marker_ttl / 100, 60.0),
         )
+        if self._commit_fn is not None:
+            self._commit_fn(write)
+        else:
+            self._send(self.writer, write)
 
     def reply_when_stored(self, key: str, client: Any, reply: Any, failure: Any) -> None:
         """Send ``reply`` once ``key``'s latest write is committed (``failure(error)`` if it
@@ -260,9 +268,15 @@ class Durability:
         self._after_commit.append((batch, client, reply, failure))
 
     def written(self, msg: Written, sender: Any) -> None:
-        """A batch was committed, or failed."""
-        if msg.seq != self._batch or self._committing is None or sender != self.writer:
+        """The DurableWriter committed a batch, or failed to."""
+        if sender != self.writer or self._commit_fn is not None:
             return  # from a DurableWriter that was replaced (its batch was sent again), or forged
+        self.committed(msg)
+
+    def committed(self, msg: Written) -> None:
+        """A batch was committed, or failed (the answer of ``commit``, or of the writer)."""
+        if msg.seq != self._batch or self._committing is None:
+            return  # a batch sent again to a new DurableWriter, answered by the old one too
         committed, self._committing = self._committing, None
         done = [w for w in self._after_commit if w[0] <= msg.seq]
         self._after_commit = [w for w in self._after_commit if w[0] > msg.seq]
@@ -336,7 +350,7 @@ class Durability:
         if self.loading:
             self.loaded_rows = 0
             return True
-        if self._committing is not None:
+        if self._committing is not None and self._commit_fn is None:
             self._send_batch(dict.fromkeys(self._committing))
         return False
 

@@ -1,11 +1,12 @@
-"""The DurableWriter: the actor, a child of the Replicator, that owns the store's engine, and
-the messages between them.
+"""The DurableWriter: the actor, a child of the Replicator, that loads the store (and commits
+to it where the Replicator cannot: see :class:`CommitThread`), and the messages between them.
 
-The engine is created inside the DurableWriter's own process (never before a fork).  The
-Replicator sends it one batch of writes at a time and sends the next batch, holding every write
-that arrived meanwhile, when the previous one is committed: that is group commit, so a busy node
-makes few large transactions instead of many small ones.  Every message carries the store's URL,
-so a DurableWriter that died and was created again picks up where the old one was.
+The engine is created inside the DurableWriter's own process (never before a fork), or by the
+CommitThread's thread.  The Replicator gives either one batch of writes at a time, and the next
+batch, holding every write that arrived meanwhile, when the previous one is committed: that is
+group commit, so a busy node makes few large transactions instead of many small ones.  Every
+message carries the store's URL, so a DurableWriter that died and was created again (or a new
+commit thread) picks up where the old one was.
 
 Thespian creates the actor from its ``"module.Class"`` path: this module's, or
 ``thespian_dd.durable.DurableWriter`` where a node of the old layout names it; both lead to this
@@ -15,7 +16,10 @@ class (see :mod:`thespian_dd.durable`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +38,7 @@ from thespian_dd.lwwregister import now_ms
 __all__ = [
     "FORGOTTEN",
     "LOAD_CHUNK_BYTES",
+    "CommitThread",
     "DurableWriter",
     "Entry",
     "Load",
@@ -118,6 +123,21 @@ class Written:
     error: str | None = None
 
 
+def _commit(
+    msg: Write, open_store: Callable[[str, str | None], Store], close: Callable[[], None]
+) -> Written:
+    """Commit ``msg``'s batch in the store ``open_store`` gives; on failure ``close`` it (open
+    afresh next time: the server may have restarted) and answer the failure."""
+    try:
+        store = open_store(msg.url, msg.signing_key_file)
+        store.write(msg.node, msg.entries, alive_every=msg.alive_every)
+    except Exception as e:  # noqa: BLE001 - reported with the batch
+        log.warning("store write of %d keys failed: %s", len(msg.entries), e)
+        close()
+        return Written(msg.seq, _first_line(e))
+    return Written(msg.seq)
+
+
 class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
     """A child of the Replicator that owns the store's engine."""
 
@@ -200,15 +220,7 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
                 close()  # ends the query and gives its connection back
 
     def receiveMsg_Write(self, msg: Write, sender: Any) -> None:
-        try:
-            store = self._open(msg.url, msg.signing_key_file)
-            store.write(msg.node, msg.entries, alive_every=msg.alive_every)
-        except Exception as e:  # noqa: BLE001 - reported with the batch
-            log.warning("store write of %d keys failed: %s", len(msg.entries), e)
-            self._close()  # open afresh next time: the server may have restarted
-            self.send(sender, Written(msg.seq, _first_line(e)))
-            return
-        self.send(sender, Written(msg.seq))
+        self.send(sender, _commit(msg, self._open, self._close))
 
     def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         self._stop_loading()
@@ -218,3 +230,114 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
         if self.store is not None:
             self.store.close()
             self.store = None
+
+
+class CommitThread:
+    """Commits :class:`Write` batches on a thread of the Replicator's own process, as the
+    DurableWriter would: it saves a sync write the two messages to and from another process,
+    which cost as much as the commit.  The Replicator :meth:`submit` s a batch; the thread
+    commits it, puts its :class:`Written` in a queue and writes a byte to a pipe whose read end
+    (:attr:`fd`) the Replicator watches (``ThespianWatch``), so it gets a ``WatchMessage`` and
+    :meth:`drain` s the answers.  Batches are committed in the order submitted.
+
+    Forks: an actor creates its children by forking its own process, and a fork while another
+    thread holds a lock (of SQLite, of logging) or an open connection leaves the child with a
+    lock nobody releases and a connection it must not touch.  So the Replicator :meth:`pause` s
+    the thread around every ``createActor``: the thread finishes what was submitted, closes the
+    store and ends; the next :meth:`submit` starts a new one, which opens the store again.
+
+    A thread that dies mid-commit (it cannot be killed from outside, but an exception that is
+    not an ``Exception`` ends it) answers that batch with a failure on its way out, so the
+    Replicator's usual retry after a failed commit (with backoff, answering every client
+    waiting) starts a new thread."""
+
+    def __init__(self) -> None:
+        # A batch, or the thread that is to end when it reads it (another thread skips it: a
+        # thread that ended mid-commit leaves its own unread).
+        self._jobs: queue.SimpleQueue[Write | threading.Thread] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[Written] = queue.SimpleQueue()
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        self._thread: threading.Thread | None = None
+        self._ended: threading.Thread | None = None  # a thread that ended mid-commit
+        self._store: Store | None = None  # used by the thread only
+
+    @property
+    def fd(self) -> int:
+        """The descriptor that becomes readable when an answer is waiting."""
+        return self._read_fd
+
+    def running(self) -> bool:
+        """Whether the thread exists (a fork now would copy it)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, msg: Write) -> None:
+        """Commit ``msg``'s batch after those submitted before; its :class:`Written` follows."""
+        if self._thread is not None and self._thread is self._ended:
+            self._thread.join()  # it answered its last batch and is ending: no longer reading
+        if not self.running():
+            self._thread = threading.Thread(target=self._run, name="thespian_dd commits")
+            self._thread.daemon = True
+            self._thread.start()
+        self._jobs.put(msg)
+
+    def drain(self) -> list[Written]:
+        """The answers waiting (the pipe read empty first, so none is left unsignalled)."""
+        try:
+            while os.read(self._read_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        answers = []
+        while True:
+            try:
+                answers.append(self._results.get_nowait())
+            except queue.Empty:
+                return answers
+
+    def pause(self) -> None:
+        """Let the thread commit what was submitted, close the store and end (the next
+        :meth:`submit` starts another): nothing is left in another thread for a fork to copy."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(thread)
+            thread.join()
+
+    def stop(self) -> None:
+        """:meth:`pause`, then close the pipe: for the Replicator's exit, after its last batch
+        was submitted."""
+        self.pause()
+        for fd in (self._read_fd, self._write_fd):
+            os.close(fd)
+
+    def _run(self) -> None:
+        pending: Write | None = None
+        me = threading.current_thread()
+        try:
+            while (job := self._jobs.get()) is not me:
+                if isinstance(job, threading.Thread):
+                    continue  # the end of a thread that ended before reading it
+                pending = job
+                written = _commit(job, self._open, self._close)
+                pending = None
+                self._answer(written)
+        finally:
+            if pending is not None:  # ended by what is not an Exception, mid-commit
+                self._ended = threading.current_thread()
+                self._answer(Written(pending.seq, "the commit thread ended mid-commit"))
+            self._close()
+
+    def _answer(self, written: Written) -> None:
+        self._results.put(written)
+        os.write(self._write_fd, b"!")
+
+    def _open(self, url: str, signing_key_file: str | None) -> Store:
+        if self._store is None:
+            key = read_signing_key(signing_key_file) if signing_key_file else None
+            self._store = Store(url, signing_key=key)
+        return self._store
+
+    def _close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None

@@ -505,8 +505,11 @@ class Cluster:
         node.client = node.replicator = None
 
     def kill_writer(self, i: int) -> int:
-        """SIGKILL node ``i``'s DurableWriter (the Replicator creates a new one); how many
-        processes were killed (0 for a node without a store)."""
+        """SIGKILL node ``i``'s DurableWriter (the Replicator creates a new one, by a fork made
+        with its commit thread ended); how many processes were killed (0 for a node without a
+        store).  On ``multiprocTCPBase`` sync batches are committed on that thread, not by the
+        DurableWriter: a thread cannot be killed from outside, and one that ends mid-commit is
+        tested in ``tests/test_durability.py``."""
         info = self.ask(i, DescribeProcess())
         assert isinstance(info, ProcessInfo), f"{self.nodes[i].name} answered {info!r}"
         children = _children(info.pid)
