@@ -28,6 +28,7 @@ from fakes import Clock
 from hypothesis import given
 from hypothesis import strategies as st
 
+from thespian_dd import codec
 from thespian_dd._runtime.durability import Durability, LoadOutcome
 from thespian_dd._runtime.protocol import FlushTick, StoreRetry
 from thespian_dd._runtime.settings import Settings
@@ -62,8 +63,10 @@ def failure_of(what: str) -> Any:
 
 
 def entry(key: str, raw: bytes | None) -> Entry:
-    """What the store gets for ``key``: its encoding, or a marker that it was encoded then."""
-    return Entry("GCounter", raw if raw is not None else b"encoded:" + key.encode(), "")
+    """What the store gets for ``key``: its encoding, or a marker that it was encoded then (with
+    the codec's head, so a row of it is labelled and loaded as one of the current format)."""
+    marker = b"TDD" + bytes((codec.FORMAT_VERSION,)) + b"encoded:" + key.encode()
+    return Entry("GCounter", raw if raw is not None else marker, "")
 
 
 @dataclass
