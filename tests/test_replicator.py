@@ -49,6 +49,7 @@ from thespian_dd import (
     ReadFrom,
     ReadMajority,
     ReplicaCount,
+    ReplicaId,
     ReplicationDeleteFailure,
     Replicator,
     Stats,
@@ -65,8 +66,13 @@ from thespian_dd import (
     WriteTo,
     start,
 )
+from thespian_dd._runtime.protocol import (
+    PROTOCOL_VERSION,
+    GossipStatus,
+    PartitionForTests,
+    PeerHello,
+)
 from thespian_dd._runtime.protocol import Every as _Every
-from thespian_dd._runtime.protocol import PartitionForTests
 from thespian_dd._runtime.writer import LoadChunk, Loaded, Written
 from thespian_dd.codec import encode
 from thespian_dd.messages import WriteLocal, _load_update
@@ -439,3 +445,57 @@ def test_a_lambda_from_another_programs_main_crosses_processes(real_node: Node) 
     assert "UpdateSuccess(key='greetings', request=1)" in result.stdout
     assert "['hello from the client!']" in result.stdout
     assert _value(real_node, "greetings") == {"hello from the client!"}
+
+
+def test_a_hello_answered_leaves_the_keys_used_here_to_the_round_that_tells_every_peer() -> None:
+    """Found in review: the status answering a hello took the keys that expire used here, so
+    only the hello's sender heard of the use and the round told nobody else (they expired a
+    key still in use).  Hellos now come every round while two directories disagree."""
+    asys = ActorSystem("simpleSystemBase", transientUnique=True, logDefs=None)
+    try:
+        node = Node(
+            asys,
+            0,
+            start(asys, gossip_interval=0.2, expire_keys_after_inactivity={"k": 60.0}),
+        )
+        assert isinstance(node.ask(Update("k", GCounter(), _incr(1))), UpdateSuccess)
+        probe = node.probe()
+        hello = PeerHello(PROTOCOL_VERSION, ReplicaId("peer", 7), probe, {}, True)
+        asys.tell(node.replicator, hello)
+        statuses: list[GossipStatus] = []
+
+        def used_in_a_round() -> bool:
+            node.ask(GetStats())  # simpleSystemBase runs its timers while a call waits
+            statuses.extend(m for m in node.received(probe) if isinstance(m, GossipStatus))
+            return any("k" in s.used for s in statuses[1:])
+
+        eventually(used_in_a_round, timeout=10, what="a round's status naming k")
+        assert statuses[0].used == {}, statuses[0]  # the hello's answer
+    finally:
+        asys.shutdown()
+
+
+def test_an_actor_created_on_another_node_does_not_end_the_commit_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found in review: every createActor ended the commit thread first, waiting out a commit
+    in progress (up to a store's timeouts) with the Replicator frozen, also for an Introducer,
+    which the admin creates on the peer's node and which forks nothing here."""
+    from thespian.actors import Actor
+
+    class Commits:
+        paused = 0
+
+        def pause(self) -> None:
+            self.paused += 1
+
+    created: list[Any] = []
+    monkeypatch.setattr(Actor, "createActor", lambda _self, *a, **kw: created.append((a, kw)))
+    replicator = Replicator.__new__(Replicator)
+    commits = Commits()
+    replicator._commits = commits  # type: ignore[assignment]
+    replicator.createActor(Replicator, targetActorRequirements={"thespian_dd_node": "n2"})
+    assert commits.paused == 0
+    replicator.createActor(Replicator)  # a child forked here: the thread ends first
+    assert commits.paused == 1
+    assert len(created) == 2

@@ -115,6 +115,22 @@ def test_forgetting_a_peer_forgets_what_it_spoke() -> None:
     assert versions.speaks("far") is None
 
 
+def test_a_peer_restarted_on_another_release_is_not_sent_what_its_old_incarnation_read() -> None:
+    """Found in review: the pair was kept by node name.  b#1 spoke format 2; b restarts as b#2
+    on the first release (a rollback) and is learned from a directory before it announces
+    anything: it was sent format 2, refused it, and still acknowledged the write."""
+    versions = Versions(ME)
+    old, new = ReplicaId("b", 1), ReplicaId("b", 2)
+    versions.heard("b", announce((1, 2), (1, 2)), old)
+    assert versions.format("b") == 2
+    versions.replaced(old)
+    assert versions.format("b") == 1  # the safe guess until b#2 says more
+    # A new incarnation that announced before its old one was seen replaced keeps what it said.
+    versions.heard("b", announce((1, 2), (1, 2)), new)
+    versions.replaced(old)
+    assert versions.format("b") == 2
+
+
 def test_this_node_announces_the_codec_formats_and_the_protocol_it_speaks() -> None:
     assert MINE.formats == codec.FORMAT_VERSIONS
     assert PROTOCOL_VERSION in MINE.protocols

@@ -377,8 +377,9 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     def createActor(self, *args: Any, **kw: Any) -> Any:
         """Thespian's, with the commit thread ended first: creating a child forks this process,
         and the child must not inherit a thread's locks nor an open connection (see
-        :class:`~thespian_dd._runtime.writer.CommitThread`)."""
-        if self._commits is not None:
+        :class:`~thespian_dd._runtime.writer.CommitThread`).  An actor wanted on another node
+        (an Introducer) is created by the admin, not forked here: the thread commits on."""
+        if self._commits is not None and not kw.get("targetActorRequirements"):
             self._commits.pause()
         return super().createActor(*args, **kw)
 
@@ -763,6 +764,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         and what its window held is moot."""
         self._deltas.forget(old)
         self._window.forget(old)
+        self._versions.replaced(old)  # it may have restarted on another release
 
     def _removed(self, replica: ReplicaId) -> PeerRemoved:
         return PeerRemoved(PROTOCOL_VERSION, self.node, replica)
@@ -828,7 +830,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         node = msg.sender.node
         if isinstance(msg, (PeerHello, GossipStatus)):
             try:
-                reason = self._versions.heard(node, msg.versions)
+                reason = self._versions.heard(node, msg.versions, msg.sender)
             except ValueError as e:
                 self._rejections.refuse()
                 self._rejections.warn_once(
@@ -899,7 +901,9 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._peer_send(msg.sender.node, msg.address, self._hello(reply=False))
         peer = self._peers.get(msg.sender.node)
         lean = peer is None or peer.fanout
-        self._peer_send(msg.sender.node, msg.address, self._status(msg.sender.node, lean))
+        # The keys used here go out with the round's statuses, to every peer: not to this one.
+        status = self._status(msg.sender.node, lean, used={})
+        self._peer_send(msg.sender.node, msg.address, status)
 
     def _status(self, node: str, lean: bool, used: dict[str, float] | None = None) -> GossipStatus:
         """The status for peer ``node``: digests in the pair's format; ``lean``: with the
@@ -1156,7 +1160,9 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if self._settings is not None:
             self._durability.stop()
         if self._commits is not None:
-            self._commits.stop()  # after committing what the stop flushed
+            # Ended after committing what the stop flushed; its pipe is left open to the
+            # process's exit: Thespian still watches it while this actor stops its children.
+            self._commits.pause()
             self._commits = None
 
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from thespian_dd import codec
+from thespian_dd.data import ReplicaId
 
 __all__ = [
     "LEGACY",
@@ -109,6 +110,7 @@ class Versions:
         self.me = me
         self._clock = clock
         self._heard_at: dict[str, float] = {}
+        self._from: dict[str, ReplicaId | None] = {}  # the replica (incarnation) that announced
         self._speaks: dict[str, Speaks] = {}
         self._pair: dict[str, tuple[int, int]] = {}
         self._legacy: set[str] = set()  # peers that announce nothing
@@ -117,13 +119,14 @@ class Versions:
         lowest = common(me, LEGACY) or (me.protocols[0], me.formats[0])
         self._default = lowest
 
-    def heard(self, node: str, announced: object) -> str | None:
+    def heard(self, node: str, announced: object, replica: ReplicaId | None = None) -> str | None:
         """``node`` announced ``announced`` (a message's ``versions`` field; None: a peer of
-        the first release).  Returns the reason it cannot be talked to if that is new (for the
-        log, once); None otherwise.  Raises ValueError for a malformed announcement (nothing
-        is changed)."""
+        the first release), as its replica ``replica``.  Returns the reason it cannot be talked
+        to if that is new (for the log, once); None otherwise.  Raises ValueError for a
+        malformed announcement (nothing is changed)."""
         parsed = Speaks.parse(announced)
         speaks = parsed or LEGACY
+        self._from[node] = replica
         self._heard_at[node] = self._clock()
         self._speaks[node] = speaks
         self._legacy.discard(node) if parsed else self._legacy.add(node)
@@ -173,9 +176,17 @@ class Versions:
 
     def forget(self, node: str) -> None:
         """``node`` is gone for good."""
-        for records in (self._speaks, self._pair, self.incompatible, self._heard_at):
+        for records in (self._speaks, self._pair, self.incompatible, self._heard_at, self._from):
             records.pop(node, None)
         self._legacy.discard(node)
+
+    def replaced(self, old: ReplicaId) -> None:
+        """Replica ``old`` gave way to a new incarnation of its node, which may
+        run another release (a rollback): what ``old`` announced no longer holds, and the pair
+        falls back to the safe guess until the new one announces (if it did already, that
+        stays)."""
+        if self._from.get(old.node) == old:
+            self.forget(old.node)
 
     def forget_silent(self, seconds: float) -> None:
         """Forget the peers it cannot talk to that were not heard for ``seconds`` (they are not
