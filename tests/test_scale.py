@@ -53,6 +53,17 @@ def _meshed(cluster: Cluster) -> None:
     )
 
 
+def _rounds_pass(cluster: Cluster, rounds: int) -> None:
+    """Wait until every node has run ``rounds`` more gossip rounds."""
+    n = len(cluster.nodes)
+    start = [_stats(cluster, i).gossip_rounds for i in range(n)]
+    eventually(
+        lambda: all(_stats(cluster, i).gossip_rounds >= start[i] + rounds for i in range(n)),
+        timeout=rounds * MODERATE["gossip_interval"] * 10,
+        what=f"{rounds} gossip rounds on every node",
+    )
+
+
 def _load(cluster: Cluster, keys: int, loaders: int = 4) -> None:
     """Node 0 updates ``key-0`` .. ``key-<keys - 1>``, ``loaders`` actors at once."""
     node = cluster.nodes[0]
@@ -80,9 +91,9 @@ def test_twelve_nodes_gossip_to_a_few_peers_a_round_and_load_in_proportion_to_th
 
     # Idle: a status to GOSSIP_FANOUT peers a round (heartbeats carry no gossip bytes), where
     # every node used to send one to each of its 11 peers.
-    time.sleep(4 * MODERATE["gossip_interval"])
+    _rounds_pass(cluster, 4)  # the load's deltas and comparisons are over
     before = [_stats(cluster, i) for i in range(n)]
-    time.sleep(20 * MODERATE["gossip_interval"])
+    _rounds_pass(cluster, 20)
     after = [_stats(cluster, i) for i in range(n)]
     sent = sum(a.gossip_bytes_out - b.gossip_bytes_out for a, b in zip(after, before, strict=True))
     rounds = sum(a.gossip_rounds - b.gossip_rounds for a, b in zip(after, before, strict=True))

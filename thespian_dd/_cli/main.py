@@ -14,6 +14,13 @@ from thespian_dd import __version__
 __all__ = ["main"]
 
 
+def _store_location(command: argparse.ArgumentParser) -> None:
+    """The store a command reads or writes: ``--store URL`` or ``--store-file FILE``."""
+    where = command.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", metavar="URL", help="SQLAlchemy URL")
+    where.add_argument("--store-file", metavar="FILE", help="read the URL from FILE's first line")
+
+
 def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -151,9 +158,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         description="Print the nodes of a durable store and the rows each has stored (reads "
         "only). Rows that fail their checksum or MAC, or do not decode, are shown as UNREADABLE.",
     )
-    where = inspect.add_mutually_exclusive_group(required=True)
-    where.add_argument("--store", metavar="URL", help="SQLAlchemy URL")
-    where.add_argument("--store-file", metavar="FILE", help="read the URL from FILE's first line")
+    _store_location(inspect)
     inspect.add_argument(
         "--signing-key-file",
         metavar="FILE",
@@ -257,9 +262,7 @@ def _add_forget(commands: Any) -> None:
         "because it was offline longer than durable_pruning_marker_ttl: started again, it "
         "rejoins empty and gets the data from its peers.  Stop the node first.",
     )
-    where = forget.add_mutually_exclusive_group(required=True)
-    where.add_argument("--store", metavar="URL", help="SQLAlchemy URL")
-    where.add_argument("--store-file", metavar="FILE", help="read the URL from FILE's first line")
+    _store_location(forget)
     forget.add_argument("--node", required=True, metavar="NAME", help="the node to forget")
     forget.set_defaults(run=_run_forget)
 
@@ -273,9 +276,7 @@ def _add_backup(commands: Any) -> None:
         "server), while its nodes run. The file is a store itself: inspect reads it, restore "
         "copies it into an empty store.",
     )
-    where = backup.add_mutually_exclusive_group(required=True)
-    where.add_argument("--store", metavar="URL", help="SQLAlchemy URL")
-    where.add_argument("--store-file", metavar="FILE", help="read the URL from FILE's first line")
+    _store_location(backup)
     backup.add_argument("--to", required=True, metavar="PATH", help="the new file (must not exist)")
     backup.set_defaults(run=_run_backup)
     restore = commands.add_parser(
@@ -288,9 +289,7 @@ def _add_backup(commands: Any) -> None:
         "offline that long.",
     )
     restore.add_argument("--from", dest="source", required=True, metavar="PATH", help="a backup")
-    where = restore.add_mutually_exclusive_group(required=True)
-    where.add_argument("--store", metavar="URL", help="SQLAlchemy URL")
-    where.add_argument("--store-file", metavar="FILE", help="read the URL from FILE's first line")
+    _store_location(restore)
     restore.set_defaults(run=_run_restore)
     migrate = commands.add_parser(
         "migrate",
@@ -302,9 +301,7 @@ def _add_backup(commands: Any) -> None:
         "(MariaDB/MySQL commit a created table at once); running it twice changes nothing. "
         "Rows that fail their checks are left as they are and named (exit status 1).",
     )
-    where = migrate.add_mutually_exclusive_group(required=True)
-    where.add_argument("--store", metavar="URL", help="SQLAlchemy URL")
-    where.add_argument("--store-file", metavar="FILE", help="read the URL from FILE's first line")
+    _store_location(migrate)
     migrate.add_argument(
         "--signing-key-file",
         metavar="FILE",
