@@ -20,15 +20,13 @@ subscribers are kept in lists and compared with ``==``.
 
 from __future__ import annotations
 
-import contextlib
-import heapq
 import logging
 import os
 import random
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from functools import partial
 from typing import Any
 
@@ -57,13 +55,13 @@ from thespian_dd._runtime.checks import (
     failure_reply,
     key_error,
     seconds,
-    timeout_of,
 )
 from thespian_dd._runtime.deltas import DeltaQueue
 from thespian_dd._runtime.durability import Durability
 from thespian_dd._runtime.keys import KeyTable
 from thespian_dd._runtime.markers import Markers
-from thespian_dd._runtime.peers import Admission, Introducer, Peer, PeerTable
+from thespian_dd._runtime.membership import Membership
+from thespian_dd._runtime.peers import Introducer, PeerTable
 from thespian_dd._runtime.protocol import (
     NODE_CAPABILITY,
     PROTOCOL_VERSION,
@@ -94,15 +92,15 @@ from thespian_dd._runtime.protocol import (
     RequestTimeout,
     StartReplicator,
     StoreRetry,
-    gossip_bytes,
 )
 from thespian_dd._runtime.pruning import PrunedHere, Pruning, merge_payload
-from thespian_dd._runtime.quorums import AskSecondaries, Pending, Quorums
+from thespian_dd._runtime.quorums import AskSecondaries, Quorums
+from thespian_dd._runtime.report import Report
+from thespian_dd._runtime.requests import Requests
 from thespian_dd._runtime.settings import CAPABILITY_PREFIX, Settings, matches
-from thespian_dd._runtime.store import safe_url
 from thespian_dd._runtime.subscriptions import Notification, Subscriptions
 from thespian_dd._runtime.updates import modified, update_error
-from thespian_dd._runtime.versions import MINE, PROTOCOL_VERSIONS, Versions
+from thespian_dd._runtime.versions import Versions
 from thespian_dd._runtime.window import SendWindow, transmit_within
 from thespian_dd._runtime.writer import (
     FORGOTTEN,
@@ -124,33 +122,24 @@ from thespian_dd.messages import (
     DataDeleted,
     Delete,
     Deleted,
-    DeleteSuccess,
     Expired,
     FlushChanges,
     Get,
-    GetDataDeleted,
     GetFailure,
     GetKeys,
     GetReplicaCount,
     GetStats,
     GetStatus,
-    GetSuccess,
     InvalidRequest,
     Keys,
     ModifyFailure,
-    NotFound,
-    PeerStatus,
     ReadConsistency,
     ReplicaCount,
     ReplicationDeleteFailure,
-    Stats,
-    Status,
-    StoreFailure,
     Subscribe,
     Unsubscribe,
     Update,
     UpdateDataDeleted,
-    UpdateSuccess,
     WriteConsistency,
 )
 
@@ -198,8 +187,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._node: ReplicaId | None = None
         self._rejections = Rejections(log)
         self._refused = 0  # stored rows refused at load
-        self._gossip_in = 0
-        self._gossip_rounds = 0
         self._delta_armed = False  # a DeltaTick is due
         self._commits: CommitThread | None = None
 
@@ -273,18 +260,18 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             failure_timeout=settings.failure_timeout,
             removal_timeout=settings.removal_timeout,
             pruned=self._keys.pruned,
-            refused=lambda replica, address: self.send(address, self._removed(replica)),
+            refused=lambda replica, address: self.send(address, membership.removed(replica)),
             replaced=self._forget_incarnation,
         )
-        self._transmit_fn = transmit_within(self, settings.failure_timeout)
+        transmit = transmit_within(self, settings.failure_timeout)
         self._window = SendWindow(
-            self._transmit_fn,
+            transmit,
             asyncTransportBase.MAX_PENDING_TRANSMITS,
             peer_count=lambda: len(self._peers),
-            dead=self._dead,
+            dead=lambda replica: requests.dead(replica),  # noqa: PLW0108 - made below
             grow=_grow_transmits,
         )
-        self._random = random.Random()  # noqa: S311 - picks gossip peers and quorum primaries
+        rng = random.Random()  # noqa: S311 - picks gossip peers and quorum primaries
         self._deltas = DeltaQueue()
         self._versions = Versions()
         self._anti_entropy = AntiEntropy(
@@ -297,9 +284,23 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             # Deltas bring changing buckets level; without deltas, gossip is all there is.
             settle=settings.gossip_interval if settings.delta_interval else 0.0,
         )
-        self._quorums = Quorums(self.wakeupAfter, self._random)
+        self._membership = membership = Membership(
+            self._peers,
+            self._versions,
+            self._window,
+            self._keys,
+            self._anti_entropy,
+            self._rejections,
+            send_now=self.send,
+            me=lambda: self.node,
+            address=lambda: self.myAddress,
+            met=lambda peer: requests.met(peer),  # noqa: PLW0108 - made below
+            lost=lambda peer: requests.lost(peer),  # noqa: PLW0108
+            removal_timeout=settings.removal_timeout,
+            rng=rng,
+        )
         self._subscriptions = Subscriptions(
-            transmit=self._transmit_fn,
+            transmit=transmit,
             wake=self.wakeupAfter,
             interval=settings.notify_interval,
             dropped=lambda address: log.info("dropped a subscriber that is gone: %s", address),
@@ -318,6 +319,22 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             create_writer=lambda: self.createActor(DurableWriter),
             entry=self._entry,
             commit=self._commits.submit if self._commits is not None else None,
+        )
+        self._requests = requests = Requests(
+            Quorums(self.wakeupAfter, rng),
+            self._keys,
+            membership,
+            self._durability,
+            self.send,
+            self._merge_remote,
+        )
+        self._report = Report(
+            settings,
+            self._keys,
+            membership,
+            self._durability,
+            self._subscriptions,
+            self._rejections,
         )
         if settings.store is None:
             self._serve()
@@ -497,21 +514,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             return
         if msg.key in self._keys:
             self._keys.touch(msg.key)
-        needed = msg.consistency.replicas_needed(self._peers.replica_count())
-        if needed <= 1 or self._keys.is_deleted(msg.key):
-            self._reply_get(sender, msg.key, msg.request)
-            return
-        pending = Pending("get", sender, msg.key, msg.request, needed)
-        self._ask_peers(pending, timeout_of(msg.consistency))
-
-    def _reply_get(self, client: Any, key: str, request: Any) -> None:
-        value = self._keys.get(key)
-        if self._keys.is_deleted(key):
-            self.send(client, GetDataDeleted(key, request))
-        elif value is not None:
-            self.send(client, GetSuccess(key, request, value))
-        else:
-            self.send(client, NotFound(key, request))
+        self._requests.read(sender, msg.key, msg.request, msg.consistency)
 
     def receiveMsg_Update(self, msg: Update, sender: Any) -> None:
         current = self._keys.get(msg.key) if isinstance(msg.key, str) else None
@@ -533,7 +536,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._store(msg.key, new)
         self._keys.touch(msg.key)
         self._queue_delta(msg.key, delta)
-        self._replicate("update", sender, msg.key, msg.request, msg.consistency)
+        self._requests.write("update", sender, msg.key, msg.request, msg.consistency)
 
     def receiveMsg_Delete(self, msg: Delete, sender: Any) -> None:
         error = key_error(msg.key) or consistency_error(msg.consistency, WriteConsistency)
@@ -544,75 +547,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         else:
             self._store(msg.key, None)
             self._queue_delta(msg.key, None)
-            self._replicate("delete", sender, msg.key, msg.request, msg.consistency)
-
-    def _replicate(
-        self, kind: str, client: Any, key: str, request: Any, consistency: WriteConsistency
-    ) -> None:
-        """Acknowledge a local write now, or once enough peers have it."""
-        needed = consistency.replicas_needed(self._peers.replica_count())
-        if needed <= 1:
-            self._acknowledge(kind, client, key, request)
-            return
-        pending = Pending(kind, client, key, request, needed)
-        self._ask_peers(pending, timeout_of(consistency))
-
-    def _ask_peers(self, pending: Pending, timeout: float) -> None:
-        """Open a quorum request and ask its primaries among the reachable peers (the
-        secondaries if still short after a delay, more peers as they are met)."""
-        for name, address in self._quorums.open(pending, self._peers.targets(), timeout).items():
-            self._ask_peer(pending, name, address)
-
-    def _ask_peer(self, pending: Pending, name: str, address: Any) -> None:
-        if pending.kind == "get":
-            message: PeerMessage = PeerRead(PROTOCOL_VERSION, self.node, pending.id_, pending.key)
-        else:
-            payload = self._keys.payload(pending.key, self._versions.format(name))
-            if payload is None:
-                return  # expired meanwhile: nothing to replicate
-            message = PeerWrite(PROTOCOL_VERSION, self.node, pending.id_, pending.key, payload)
-        self._peer_send(name, address, message)
-
-    def _met(self, peer: Peer) -> None:
-        """``peer`` is reachable (it joined, came back, or restarted): the open quorum requests
-        ask it too."""
-        name = peer.replica.node
-        if name not in self._peers.blocked:
-            for pending in self._quorums.meet(name, peer.address):
-                self._ask_peer(pending, name, peer.address)
-
-    def _dead(self, replica: ReplicaId) -> None:
-        """The transport says ``replica``'s node is gone: unreachable without waiting for the
-        failure timeout."""
-        peer = self._peers.get(replica.node)
-        if peer is not None and peer.reachable and peer.replica == replica:
-            self._peers.unreachable(replica)
-            self._lost(peer)
-
-    def _lost(self, peer: Peer) -> None:
-        """``peer`` became unreachable: the open quorum requests that asked it and have
-        secondaries waiting ask one in its place."""
-        for pending, name, address in self._quorums.lost(peer.replica.node):
-            self._ask_peer(pending, name, address)
-
-    def _finish(self, pending: Pending, *, timed_out: bool) -> None:
-        self._quorums.close(pending)
-        key, request, client = pending.key, pending.request, pending.client
-        if timed_out:
-            self.send(client, pending.timeout_reply())
-        elif pending.kind == "get":
-            for payload in pending.results:
-                if payload is not None:
-                    self._merge_remote(key, payload, "read repair")
-            self._reply_get(client, key, request)
-        else:
-            self._acknowledge(pending.kind, client, key, request)
-
-    def _acknowledge(self, kind: str, client: Any, key: str, request: Any) -> None:
-        """Reply to a write once it is stored (at once if it need not be)."""
-        success = (UpdateSuccess if kind == "update" else DeleteSuccess)(key, request)
-        failure = partial(StoreFailure, key, request)
-        self._durability.reply_when_stored(key, client, success, failure)
+            self._requests.write("delete", sender, msg.key, msg.request, msg.consistency)
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         if sender != self.myAddress:  # a timer is only ever our own; another actor forged it
@@ -636,19 +571,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             if self._keys.decode_for(DECODE_SLICE):
                 self.wakeupAfter(DECODE_PAUSE, payload)
         elif isinstance(payload, (RequestTimeout, AskSecondaries)):
-            self._quorum_timer(payload)
-
-    def _quorum_timer(self, payload: RequestTimeout | AskSecondaries) -> None:
-        if isinstance(payload, RequestTimeout):
-            pending = self._quorums.timed_out(payload.request_id)
-            if pending is not None:
-                self._finish(pending, timed_out=True)
-            return
-        due = self._quorums.secondaries_due(payload.request_id)
-        if due is not None:
-            pending, peers = due
-            for name, address in peers.items():
-                self._ask_peer(pending, name, address)
+            self._requests.timer(payload)
 
     def _store_timer(self, payload: StoreRetry | FlushTick) -> None:
         if isinstance(payload, FlushTick):
@@ -681,9 +604,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             old,
             self._node,
         )
-        hello = self._hello(reply=True)
-        for peer in self._peers:
-            self._peer_send(peer.replica.node, peer.address, hello)
+        self._membership.introduce_again()
 
     def receiveMsg_PeerRemoved(self, msg: PeerRemoved, sender: Any) -> None:
         if isinstance(msg, PeerMessage) and msg.removed == self._node:
@@ -743,21 +664,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if isinstance(msg.poisonMessage, (Changed, Deleted, Expired)):
             self._subscriptions.drop(sender)
 
-    # -- peers: sending, membership and failure detection ---------------------------------------
-
-    def _peer_send(self, name: str, address: Any, message: PeerMessage) -> None:
-        """Send ``message`` to a peer through its send window (to an address not in the peer
-        table: once, outside any window)."""
-        if name in self._peers.blocked:
-            return
-        if not self._versions.can_talk(name) and not isinstance(message, PeerHello):
-            return  # never bytes a peer cannot read
-        version = self._versions.protocol(name)
-        if message.version != version:
-            message = replace(message, version=version)
-        peer = self._peers.get(name)
-        replica = None if peer is None or peer.address != address else peer.replica
-        self._window.send(replica, address, message)
+    # -- peers: membership -----------------------------------------------------------------------
 
     def _forget_incarnation(self, old: ReplicaId) -> None:
         """A peer's new incarnation replaced ``old``: its deltas were numbered per incarnation,
@@ -766,101 +673,9 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._window.forget(old)
         self._versions.replaced(old)  # it may have restarted on another release
 
-    def _removed(self, replica: ReplicaId) -> PeerRemoved:
-        return PeerRemoved(PROTOCOL_VERSION, self.node, replica)
-
-    def _hello(self, *, reply: bool) -> PeerHello:
-        directory = self._peers.directory()
-        return PeerHello(
-            PROTOCOL_VERSION,
-            self.node,
-            self.myAddress,
-            directory,
-            reply,
-            versions=MINE.announcement(),
-        )
-
-    def _accept(self, msg: Any, sender: Any) -> bool:
-        """Whether a peer message may be handled: right version, sender not cut off.  Marks the
-        sender alive."""
-        verdict = self._peers.admit(msg, self.node)
-        if verdict is not Admission.OK:
-            if verdict in (Admission.MALFORMED, Admission.OTHER_VERSION):
-                self._rejections.refuse()
-            if verdict is Admission.OTHER_VERSION:
-                reason = f"protocol version {msg.version!r} (this node speaks {PROTOCOL_VERSIONS})"
-                kind, origin = type(msg).__name__, msg.sender
-                self._rejections.warn_once(
-                    origin.node, reason, "ignoring %s from %s: %s", kind, origin, reason
-                )
-            elif (
-                verdict is Admission.REMOVED
-                and isinstance(sender, ActorAddress)
-                and not isinstance(msg, PeerRemoved)  # no answer to an answer
-            ):
-                self.send(sender, self._removed(msg.sender))
-            return False
-        origin = msg.sender
-        if not self._heard_versions(msg):
-            return False
-        with contextlib.suppress(TypeError, AttributeError):  # malformed: the handler rejects it
-            self._gossip_in += gossip_bytes(msg)
-        peer = self._peers.get(origin.node)
-        if (
-            (peer is None or peer.replica < origin)
-            and not isinstance(msg, PeerHello)
-            and self._peers.learn(self.node, origin, sender)
-        ):
-            # A peer whose hello never came, or has not come yet (it restarted while this node
-            # could not hear it; Thespian may deliver its next messages first): every peer
-            # message but the hello (which an Introducer may carry) comes from its Replicator,
-            # so that address is the one to learn.
-            self._joined(origin)
-            self._peer_send(origin.node, sender, self._hello(reply=False))
-        elif peer is not None and peer.replica == origin and not peer.reachable:
-            self._peers.heard(origin)
-            self._met(peer)
-        self._peers.heard(origin)
-        return True
-
-    def _heard_versions(self, msg: PeerMessage) -> bool:
-        """Note the versions a hello or status announces; returns whether this node can talk
-        to its sender (a peer it cannot talk to is said so once in the log, and shown in Stats
-        and Status, and kept out of the peer table)."""
-        node = msg.sender.node
-        if isinstance(msg, (PeerHello, GossipStatus)):
-            try:
-                reason = self._versions.heard(node, msg.versions, msg.sender)
-            except ValueError as e:
-                self._rejections.refuse()
-                self._rejections.warn_once(
-                    node, "versions", "ignoring %s from %s: %s", type(msg).__name__, msg.sender, e
-                )
-                return False
-            if reason is not None:
-                log.error(
-                    "thespian_dd cannot talk to peer %s: %s (see the upgrade procedure in the "
-                    "operations guide); it is left out, this node serves on",
-                    msg.sender,
-                    reason,
-                )
-                gone = self._peers.left(node)  # known before (from a directory): no longer reached
-                if gone is not None:
-                    self._lost(gone)
-        return self._versions.can_talk(node)
-
-    def _joined(self, replica: ReplicaId) -> None:
-        log.info("peer %s joined (%d peers)", replica, len(self._peers))
-        peer = self._peers.get(replica.node)
-        if peer is not None:
-            self._met(peer)
-
-    def _learn_directory(self, directory: Mapping[str, tuple[ReplicaId, Any]]) -> None:
-        talk = self._versions.can_talk
-        directory = {name: entry for name, entry in directory.items() if talk(name)}
-        for peer in self._peers.learn_all(self.node, directory):
-            self._joined(peer.replica)
-            self._peer_send(peer.replica.node, peer.address, self._hello(reply=True))
+    def _gossip_round(self) -> None:
+        self._expire_keys()
+        self._membership.round()
 
     def receiveMsg_ActorSystemConventionUpdate(self, msg: Any, sender: Any) -> None:
         name = (msg.remoteCapabilities or {}).get(NODE_CAPABILITY)
@@ -868,88 +683,18 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             return
         if not msg.remoteAdded:
             # The convention saw the node go (a graceful stop, or missed re-registrations).
-            gone = self._peers.left(name)
+            gone = self._membership.left(name)
             if gone is not None:
                 log.info("peer %s left the convention", gone.replica)
-                self._lost(gone)
             return
         introducer = self.createActor(Introducer, targetActorRequirements={NODE_CAPABILITY: name})
-        self.send(introducer, Introduce(self._hello(reply=True)))
+        self.send(introducer, Introduce(self._membership.hello(reply=True)))
 
     def receiveMsg_IntroducerDone(self, msg: IntroducerDone, sender: Any) -> None:
         self.send(sender, Introduced())
 
     def receiveMsg_PeerHello(self, msg: PeerHello, sender: Any) -> None:
-        if not self._accept(msg, sender):
-            if (
-                msg.reply
-                and isinstance(msg, PeerHello)
-                and isinstance(msg.sender, ReplicaId)
-                and isinstance(msg.address, ActorAddress)
-                and not self._versions.can_talk(msg.sender.node)
-            ):
-                # So that it learns why, and says so too (a hello carries no values).
-                self._peer_send(msg.sender.node, msg.address, self._hello(reply=False))
-            return
-        if not isinstance(msg.address, ActorAddress):
-            self._rejections.refuse()
-            return
-        if self._peers.learn(self.node, msg.sender, msg.address):
-            self._joined(msg.sender)
-        self._learn_directory(msg.peers)
-        if msg.reply:
-            self._peer_send(msg.sender.node, msg.address, self._hello(reply=False))
-        peer = self._peers.get(msg.sender.node)
-        lean = peer is None or peer.fanout
-        # The keys used here go out with the round's statuses, to every peer: not to this one.
-        status = self._status(msg.sender.node, lean, used={})
-        self._peer_send(msg.sender.node, msg.address, status)
-
-    def _status(self, node: str, lean: bool, used: dict[str, float] | None = None) -> GossipStatus:
-        """The status for peer ``node``: digests in the pair's format; ``lean``: with the
-        directory's digest only (a peer of an earlier release gets the directory too, as it
-        expects)."""
-        return self._anti_entropy.status(
-            {} if lean else self._peers.directory(),
-            self._peers.directory_digest(self.node),
-            self._versions.format(node),
-            used,
-            MINE.announcement(),
-        )
-
-    def _gossip_round(self) -> None:
-        self._gossip_rounds += 1
-        self._expire_keys()
-        kept, lost, removed = self._peers.sweep()
-        for peer in lost:
-            log.warning("peer %s is unreachable", peer.replica)
-            self._lost(peer)
-        for peer, silent in removed:
-            # Gone for good: it no longer counts in N, and its replica will be pruned.
-            self._window.forget(peer.replica)
-            self._versions.forget(peer.replica.node)
-            log.warning("peer %s removed: unreachable for %.0f s", peer.replica, silent)
-        self._versions.forget_silent(self.settings.removal_timeout)
-        self._keys.keep_formats(self._versions.formats(p.replica.node for p in kept))
-        used = self._keys.take_used_here()
-        # Keys used here that expire when idle: every peer must hear of it before it expires
-        # them (as every peer did when every round went to all).
-        statuses, heartbeats = self._peers.gossip_targets(
-            self._window.quiet, self._random, everyone=bool(used)
-        )
-        # One status per codec format and shape the peers need (one, unless a rolling upgrade
-        # is on: an earlier release reads older formats and wants the directory every round).
-        made: dict[tuple[int, bool], GossipStatus] = {}
-        for peer in statuses:
-            node = peer.replica.node
-            shape = (self._versions.format(node), peer.fanout)
-            if shape not in made:
-                made[shape] = self._status(node, peer.fanout, used)
-            self._peer_send(node, peer.address, made[shape])
-        if heartbeats:
-            heartbeat = Heartbeat(PROTOCOL_VERSION, self.node)
-            for peer in heartbeats:
-                self._peer_send(peer.replica.node, peer.address, heartbeat)
+        self._membership.on_hello(msg, sender)
 
     def receiveMsg_PartitionForTests(self, msg: PartitionForTests, sender: Any) -> None:
         if self._settings is None or not self._settings.test_partitions:
@@ -967,43 +712,23 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._peers.blocked = frozenset(msg.blocked)
         log.warning("TEST ONLY partition: ignoring peers %s", sorted(self._peers.blocked))
 
-    # -- peers: anti-entropy and deltas ----------------------------------------------------------
+    # -- peers: anti-entropy, deltas, quorum requests --------------------------------------------
 
     def receiveMsg_GossipStatus(self, msg: GossipStatus, sender: Any) -> None:
-        if not self._accept(msg, sender):
-            return
-        self._learn_directory(msg.peers)
-        peer = self._peers.get(msg.sender.node)
-        if peer is None:
-            return
-        if isinstance(msg.directory, bytes):
-            peer.fanout = True
-            if (
-                msg.directory != self._peers.directory_digest(self.node)
-                and peer.directory_asked != self._gossip_rounds
-            ):
-                # The directories differ: ours goes with the hello, its comes back with the
-                # answer (at most once a round, while they cannot agree: one side removed a
-                # peer the other still has).
-                peer.directory_asked = self._gossip_rounds
-                self._reply(peer, self._hello(reply=True))
-        if self._anti_entropy.on_status(msg, partial(self._reply, peer), force=peer.resync):
-            peer.resync = False
+        self._membership.on_status(msg, sender)
 
     def receiveMsg_Heartbeat(self, msg: Heartbeat, sender: Any) -> None:
-        self._accept(msg, sender)  # all it says: the sender is alive
+        self._membership.accept(msg, sender)  # all it says: the sender is alive
 
     def receiveMsg_GossipKeys(self, msg: GossipKeys, sender: Any) -> None:
-        if self._accept(msg, sender) and (peer := self._peers.get(msg.sender.node)) is not None:
-            self._anti_entropy.on_keys(msg, partial(self._reply, peer))
+        if self._membership.accept(msg, sender) and (peer := self._membership.sender(msg)):
+            self._anti_entropy.on_keys(msg, partial(self._membership.reply, peer))
 
     def receiveMsg_GossipEntries(self, msg: GossipEntries, sender: Any) -> None:
-        if self._accept(msg, sender):
-            peer = self._peers.get(msg.sender.node)
-            self._anti_entropy.on_entries(msg, None if peer is None else partial(self._reply, peer))
-
-    def _reply(self, peer: Peer, message: PeerMessage) -> None:
-        self._peer_send(peer.replica.node, peer.address, message)
+        if self._membership.accept(msg, sender):
+            peer = self._membership.sender(msg)
+            reply = None if peer is None else partial(self._membership.reply, peer)
+            self._anti_entropy.on_entries(msg, reply)
 
     def _queue_delta(self, key: str, delta: ReplicatedData | None) -> None:
         if self.settings.delta_interval and len(self._peers):
@@ -1024,59 +749,32 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                 version = self._versions.format(peer.replica.node)
                 if version not in messages:
                     messages[version] = self._deltas.message(self.node, self._keys, deltas, version)
-                self._reply(peer, messages[version])
+                self._membership.reply(peer, messages[version])
 
     def receiveMsg_DeltaPropagation(self, msg: DeltaPropagation, sender: Any) -> None:
-        if not self._accept(msg, sender):
+        if not self._membership.accept(msg, sender):
             return
         want = self._deltas.on_propagation(msg, self._keys, self._merge_remote)
-        peer = self._peers.get(msg.sender.node)
+        peer = self._membership.sender(msg)
         if want and peer is not None:  # deltas were lost: ask for the whole values instead
-            self._reply(peer, GossipEntries(PROTOCOL_VERSION, self.node, {}, frozenset(want)))
-
-    # -- peers: quorum requests ------------------------------------------------------------------
+            entries = GossipEntries(PROTOCOL_VERSION, self.node, {}, frozenset(want))
+            self._membership.reply(peer, entries)
 
     def receiveMsg_PeerWrite(self, msg: PeerWrite, sender: Any) -> None:
-        if not self._accept(msg, sender):
-            return
-        self._merge_remote(msg.key, msg.payload, str(msg.sender))
-        peer = self._peers.get(msg.sender.node)
-        key = msg.key
-        if (
-            peer is not None
-            and peer.replica.node not in self._peers.blocked
-            and isinstance(key, str)
-        ):
-            # A durable key is acknowledged only once stored here.
-            ack = PeerWriteAck(PROTOCOL_VERSION, self.node, msg.request_id)
-            self._durability.reply_when_stored(msg.key, peer.address, ack, None)
+        if self._membership.accept(msg, sender):
+            self._requests.on_write(msg)
 
     def receiveMsg_PeerRead(self, msg: PeerRead, sender: Any) -> None:
-        if not self._accept(msg, sender):
-            return
-        peer = self._peers.get(msg.sender.node)
-        if peer is not None and isinstance(msg.key, str):
-            payload = self._keys.payload(msg.key, self._versions.format(peer.replica.node))
-            self._reply(
-                peer, PeerReadResult(PROTOCOL_VERSION, self.node, msg.request_id, msg.key, payload)
-            )
+        if self._membership.accept(msg, sender):
+            self._requests.on_read(msg)
 
     def receiveMsg_PeerWriteAck(self, msg: PeerWriteAck, sender: Any) -> None:
-        if not self._accept(msg, sender):
-            return
-        pending = self._quorums.answer(msg.request_id, msg.sender.node, sender)
-        if pending is not None and pending.enough():
-            self._finish(pending, timed_out=False)
+        if self._membership.accept(msg, sender):
+            self._requests.on_ack(msg, sender)
 
     def receiveMsg_PeerReadResult(self, msg: PeerReadResult, sender: Any) -> None:
-        if not self._accept(msg, sender):
-            return
-        pending = self._quorums.answer(msg.request_id, msg.sender.node, sender)
-        if pending is None:
-            return
-        pending.results.append(msg.payload if isinstance(msg.payload, bytes) else None)
-        if pending.enough():
-            self._finish(pending, timed_out=False)
+        if self._membership.accept(msg, sender):
+            self._requests.on_result(msg, sender)
 
     # -- information -----------------------------------------------------------------------------
 
@@ -1087,69 +785,10 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self.send(sender, ReplicaCount(1 + len(self._peers.targets()), msg.request))
 
     def receiveMsg_GetStats(self, msg: GetStats, sender: Any) -> None:
-        durability = self._durability
-        self.send(
-            sender,
-            Stats(
-                node=str(self.node),
-                keys=len(self._keys),
-                peers=len(self._peers),
-                gossip_bytes_in=self._gossip_in,
-                gossip_bytes_out=self._window.bytes_out,
-                store_queue_depth=durability.queue_depth(),
-                last_flush=durability.last_flush,
-                recovery_time=durability.recovery_time,
-                rejected_inputs=self._rejections.count,
-                subscribers=len(self._subscriptions),
-                reachable_peers=self._peers.reachable_count(),
-                gossip_rounds=self._gossip_rounds,
-                store_failures=durability.store_failures,
-                store_error=durability.error,
-                refused_rows=self._refused,
-                serving=durability.serving,
-                incompatible_peers=self._incompatible(),
-                request=msg.request,
-            ),
-        )
+        self.send(sender, self._report.stats(self.node, self._refused, msg.request))
 
     def receiveMsg_GetStatus(self, msg: GetStatus, sender: Any) -> None:
-        durability, settings, peers = self._durability, self.settings, self._peers
-        sizes = list(self._keys.sizes())
-        self.send(
-            sender,
-            Status(
-                node=str(self.node),
-                serving=durability.serving,
-                loaded_rows=durability.loaded_rows,
-                peers=tuple(
-                    PeerStatus(
-                        p.replica.node,
-                        str(p.replica),
-                        str(p.address),
-                        p.reachable,
-                        round(peers.silence(p), 3),
-                        self._versions.describe(p.replica.node),
-                    )
-                    for p in sorted(peers, key=lambda p: p.replica.node)
-                ),
-                removed=tuple(sorted(str(r) for r in peers.departed)),
-                keys=len(self._keys),
-                tombstones=self._keys.tombstones(),
-                value_bytes=sum(size for _, size in sizes),
-                largest=tuple(heapq.nlargest(msg.largest, sizes, key=lambda ks: (ks[1], ks[0]))),
-                store=safe_url(settings.store) if settings.store else None,
-                write_mode=settings.write_mode,
-                store_queue_depth=durability.queue_depth(),
-                last_flush=durability.last_flush,
-                store_error=durability.error,
-                recovery_time=durability.recovery_time,
-                incompatible_peers=self._incompatible(),
-                request=msg.request,
-            ),
-        )
-
-    def _incompatible(self) -> tuple[str, ...]:
-        return tuple(f"{n}: {why}" for n, why in sorted(self._versions.incompatible.items()))
+        self.send(sender, self._report.status(self.node, msg.largest, msg.request))
 
     def receiveMsg_DescribeProcess(self, msg: DescribeProcess, sender: Any) -> None:
         self.send(sender, ProcessInfo(os.getpid(), os.getpgid(0)))
