@@ -24,7 +24,6 @@ import logging
 import os
 import random
 import socket
-import time
 from collections.abc import Mapping
 from dataclasses import asdict
 from functools import partial
@@ -44,9 +43,7 @@ from thespian.actors import (
 )
 from thespian.system.transport import asyncTransportBase
 
-from thespian_dd import codec
 from thespian_dd._ask import ask_until, new_token
-from thespian_dd._canonical import CodecError, Limits
 from thespian_dd._runtime.antientropy import AntiEntropy
 from thespian_dd._runtime.checks import (
     Rejections,
@@ -54,12 +51,11 @@ from thespian_dd._runtime.checks import (
     describe,
     failure_reply,
     key_error,
-    seconds,
 )
 from thespian_dd._runtime.deltas import DeltaQueue
 from thespian_dd._runtime.durability import Durability
 from thespian_dd._runtime.keys import KeyTable
-from thespian_dd._runtime.markers import Markers
+from thespian_dd._runtime.local import LocalData, stored_entry
 from thespian_dd._runtime.membership import Membership
 from thespian_dd._runtime.peers import Introducer, PeerTable
 from thespian_dd._runtime.protocol import (
@@ -93,26 +89,23 @@ from thespian_dd._runtime.protocol import (
     StartReplicator,
     StoreRetry,
 )
-from thespian_dd._runtime.pruning import PrunedHere, Pruning, merge_payload
+from thespian_dd._runtime.pruning import Pruning
 from thespian_dd._runtime.quorums import AskSecondaries, Quorums
 from thespian_dd._runtime.report import Report
 from thespian_dd._runtime.requests import Requests
 from thespian_dd._runtime.settings import CAPABILITY_PREFIX, Settings, matches
-from thespian_dd._runtime.subscriptions import Notification, Subscriptions
+from thespian_dd._runtime.subscriptions import Subscriptions
 from thespian_dd._runtime.updates import modified, update_error
 from thespian_dd._runtime.versions import Versions
 from thespian_dd._runtime.window import SendWindow, transmit_within
 from thespian_dd._runtime.writer import (
-    FORGOTTEN,
     CommitThread,
     DurableWriter,
-    Entry,
     LoadChunk,
     Loaded,
     Written,
 )
 from thespian_dd.data import (
-    RemovedNodePruning,
     ReplicaId,
     ReplicatedData,
 )
@@ -186,7 +179,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._settings_error: str | None = None
         self._node: ReplicaId | None = None
         self._rejections = Rejections(log)
-        self._refused = 0  # stored rows refused at load
         self._delta_armed = False  # a DeltaTick is due
         self._commits: CommitThread | None = None
 
@@ -255,11 +247,14 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         )
         # A new incarnation per start: the start time in ms (with a store, above every stored one).
         self._node = ReplicaId(name, now_ms())
-        self._keys = KeyTable(settings.expiry, refused=self._refused_on_decode)
+        self._keys = keys = KeyTable(
+            settings.expiry,
+            refused=lambda key, error: local.refused_on_decode(key, error),  # noqa: PLW0108
+        )
         self._peers = PeerTable(
             failure_timeout=settings.failure_timeout,
             removal_timeout=settings.removal_timeout,
-            pruned=self._keys.pruned,
+            pruned=keys.pruned,
             refused=lambda replica, address: self.send(address, membership.removed(replica)),
             replaced=self._forget_incarnation,
         )
@@ -271,41 +266,15 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             dead=lambda replica: requests.dead(replica),  # noqa: PLW0108 - made below
             grow=_grow_transmits,
         )
-        rng = random.Random()  # noqa: S311 - picks gossip peers and quorum primaries
         self._deltas = DeltaQueue()
         self._versions = Versions()
-        self._anti_entropy = AntiEntropy(
-            self._keys,
-            lambda: self.node,
-            self._merge_remote,
-            settings.max_gossip_bytes,
-            self._rejections,
-            format_for=self._versions.format,
-            # Deltas bring changing buckets level; without deltas, gossip is all there is.
-            settle=settings.gossip_interval if settings.delta_interval else 0.0,
-        )
-        self._membership = membership = Membership(
-            self._peers,
-            self._versions,
-            self._window,
-            self._keys,
-            self._anti_entropy,
-            self._rejections,
-            send_now=self.send,
-            me=lambda: self.node,
-            address=lambda: self.myAddress,
-            met=lambda peer: requests.met(peer),  # noqa: PLW0108 - made below
-            lost=lambda peer: requests.lost(peer),  # noqa: PLW0108
-            removal_timeout=settings.removal_timeout,
-            rng=rng,
-        )
         self._subscriptions = Subscriptions(
             transmit=transmit,
             wake=self.wakeupAfter,
             interval=settings.notify_interval,
             dropped=lambda address: log.info("dropped a subscriber that is gone: %s", address),
         )
-        self._pruning = Pruning(settings, self._keys)
+        self._pruning = Pruning(settings, keys)
         # Sync commits on a thread of this process where Thespian can wake the actor for its
         # answers (multiprocTCPBase); elsewhere (simpleSystemBase: no watches) the DurableWriter
         # commits them too.  See docs/durability.md.
@@ -317,24 +286,55 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             send=self.send,
             wake=self.wakeupAfter,
             create_writer=lambda: self.createActor(DurableWriter),
-            entry=self._entry,
+            entry=partial(stored_entry, keys),
             commit=self._commits.submit if self._commits is not None else None,
+        )
+        self._local = local = LocalData(
+            keys,
+            self._subscriptions,
+            self._deltas,
+            self._durability,
+            self._rejections,
+            me=lambda: self.node,
+            max_value_bytes=settings.max_value_bytes,
+            pruned_here=self._reincarnate,
+        )
+        self._anti_entropy = AntiEntropy(
+            keys,
+            lambda: self.node,
+            local.merge,
+            settings.max_gossip_bytes,
+            self._rejections,
+            format_for=self._versions.format,
+            # Deltas bring changing buckets level; without deltas, gossip is all there is.
+            settle=settings.gossip_interval if settings.delta_interval else 0.0,
+        )
+        rng = random.Random()  # noqa: S311 - picks gossip peers and quorum primaries
+        self._membership = membership = Membership(
+            self._peers,
+            self._versions,
+            self._window,
+            keys,
+            self._anti_entropy,
+            self._rejections,
+            send_now=self.send,
+            me=lambda: self.node,
+            address=lambda: self.myAddress,
+            met=lambda peer: requests.met(peer),  # noqa: PLW0108 - made below
+            lost=lambda peer: requests.lost(peer),  # noqa: PLW0108
+            removal_timeout=settings.removal_timeout,
+            rng=rng,
         )
         self._requests = requests = Requests(
             Quorums(self.wakeupAfter, rng),
-            self._keys,
+            keys,
             membership,
             self._durability,
             self.send,
-            self._merge_remote,
+            local.merge,
         )
         self._report = Report(
-            settings,
-            self._keys,
-            membership,
-            self._durability,
-            self._subscriptions,
-            self._rejections,
+            settings, keys, membership, self._durability, self._subscriptions, self._rejections
         )
         if settings.store is None:
             self._serve()
@@ -342,22 +342,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._durability.start()
 
     def receiveMsg_LoadChunk(self, msg: LoadChunk, sender: Any) -> None:
-        if not self._durability.chunk(msg, sender):
-            return
-        limits = Limits(max_bytes=self.settings.max_value_bytes)
-        for key, error in self._keys.restore_rows(msg.rows, limits):
-            self._refused_on_decode(key, error)
-        self._refuse_rows(len(msg.skipped))
-
-    def _refused_on_decode(self, key: str, error: CodecError) -> None:
-        """A stored row refused here (its markers or, when first used, its value do not
-        decode): counted and logged as the DurableWriter logs a row refused at load."""
-        self._refuse_rows(1)
-        log.error("skipped stored key %r of %s: %s", key, self.node.node, error)
-
-    def _refuse_rows(self, n: int) -> None:
-        self._rejections.refuse(n)
-        self._refused += n
+        if self._durability.chunk(msg, sender):
+            self._local.restore(msg.rows, len(msg.skipped))
 
     def receiveMsg_Loaded(self, msg: Loaded, sender: Any) -> None:
         outcome = self._durability.loaded(msg, sender)
@@ -367,7 +353,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             if outcome.first:
                 for message, client in self._durability.take_stash():
                     self._refuse(message, client, f"the store cannot be loaded: {outcome.error}")
-            self._forget_loaded()
+            self._local.forget()
             return
         self._node = ReplicaId(self.node.node, outcome.incarnation)
         log.info(
@@ -375,7 +361,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._node,
             len(self._keys) + self._keys.tombstones(),
             self._durability.recovery_time,
-            self._refused,
+            self._local.refused_rows,
         )
         self._serve()
         if self._keys.undecoded():
@@ -399,12 +385,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if self._commits is not None and not kw.get("targetActorRequirements"):
             self._commits.pause()
         return super().createActor(*args, **kw)
-
-    def _forget_loaded(self) -> None:
-        """Drop what a failed or abandoned load restored: the next load starts from nothing."""
-        self._keys.clear()
-        self._rejections.reset()
-        self._refused = 0
 
     def _serve(self) -> None:
         self.handleDeadLetters(startHandling=True)
@@ -438,73 +418,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         started = ReplicatorStarted(self.node, asdict(self.settings), msg.token, error)
         self.send(sender, started)
 
-    # -- local state -----------------------------------------------------------------------------
-
-    def _store(
-        self,
-        key: str,
-        value: ReplicatedData | None,
-        raw: bytes | None = None,
-        *,
-        markers: Markers | None = None,
-        notify: bool = True,
-    ) -> None:
-        """Keep ``value`` for ``key`` (None: a tombstone; ``raw``: its encoding if known;
-        ``markers``: its new pruning markers, None: unchanged), tell subscribers (if
-        ``notify``), and write it durably."""
-        if value is None:
-            self._keys.delete(key)
-        else:
-            self._keys.put(key, value, raw, markers)
-        if notify:
-            self._subscriptions.changed(key)
-        self._durability.write(key, raw)
-
-    def _entry(self, key: str, raw: bytes | None) -> Entry | None:
-        """What the store gets for ``key``: its current state, encoded once per batch in this
-        node's format (a row of an older format is upgraded so)."""
-        value = self._keys.get(key)
-        payload = None if value is None else self._keys.envelope(key, raw)
-        if value is None or payload is None:
-            return None if self._keys.is_deleted(key) else FORGOTTEN
-        replicas = value.modified_by_nodes() if isinstance(value, RemovedNodePruning) else ()
-        return Entry(codec.type_name(value), payload, " ".join(sorted(str(r) for r in replicas)))
-
-    def _merge_remote(self, key: Any, payload: object, origin: str, used: object = None) -> bool:
-        """Merge a peer's value into ``key``; returns whether anything changed.  A payload that
-        is malformed, of another type than the local value, or too big after the merge is
-        rejected for this key only: counted, logged once, and nothing changes.  ``used``: when
-        the peer says the key was last used, if it expires after inactivity."""
-        at = seconds(used)
-        if isinstance(key, str) and key not in self._keys and self._keys.expired(key, at):
-            return False  # it expired there; it must not come back here
-        try:
-            merged = merge_payload(
-                self._keys,
-                key,
-                payload,
-                me=self.node,
-                max_bytes=self.settings.max_value_bytes,
-                at_ms=now_ms(),
-            )
-        except Exception as e:  # noqa: BLE001 - peer data must never raise in the Replicator
-            if isinstance(e, PrunedHere):
-                self._reincarnate()
-            self._rejections.refuse()
-            reason = describe(e)
-            self._rejections.warn_once(
-                origin, reason, "rejected the value of %r from %s: %s", key, origin, reason
-            )
-            return False
-        if merged is None:
-            return False
-        if merged.value is None:
-            self._store(key, None, notify=merged.changed)
-            return True
-        self._store(key, merged.value, merged.raw, markers=merged.markers, notify=merged.changed)
-        self._keys.touch(key, at)
-        return True
-
     # -- reads and writes ------------------------------------------------------------------------
 
     def receiveMsg_Get(self, msg: Get, sender: Any) -> None:
@@ -533,7 +446,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             # the caller's failure: it must not end the node's Replicator
             self.send(sender, ModifyFailure(msg.key, msg.request, f"modify failed: {describe(e)}"))
             return
-        self._store(msg.key, new)
+        self._local.store(msg.key, new)
         self._keys.touch(msg.key)
         self._queue_delta(msg.key, delta)
         self._requests.write("update", sender, msg.key, msg.request, msg.consistency)
@@ -545,7 +458,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         elif self._keys.is_deleted(msg.key):
             self.send(sender, DataDeleted(msg.key, msg.request))
         else:
-            self._store(msg.key, None)
+            self._local.store(msg.key, None)
             self._queue_delta(msg.key, None)
             self._requests.write("delete", sender, msg.key, msg.request, msg.consistency)
 
@@ -561,7 +474,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                 self.wakeupAfter(getattr(self.settings, payload.interval), payload)
         elif isinstance(payload, NotifyTick):
             self._subscriptions.due()
-            self._notify()
+            self._local.notify()
         elif isinstance(payload, (StoreRetry, FlushTick)):
             self._store_timer(payload)
         elif isinstance(payload, DeltaTick):
@@ -610,16 +523,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if isinstance(msg, PeerMessage) and msg.removed == self._node:
             self._reincarnate()
 
-    def _expire_keys(self) -> None:
-        """Remove every key idle longer than its expiry: no tombstone, its row deleted, its
-        subscribers told ``Expired``.  Used anywhere meanwhile, it comes back by gossip."""
-        for key, used in self._keys.idle():
-            self._keys.expire(key)
-            self._deltas.drop(key)
-            self._subscriptions.changed(key)
-            self._durability.write(key, None)
-            log.info("key %r expired after %.0f s without use", key, time.time() - used)
-
     # -- subscriptions ---------------------------------------------------------------------------
 
     def receiveMsg_Subscribe(self, msg: Subscribe, sender: Any) -> None:
@@ -640,19 +543,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._subscriptions.unsubscribe(msg.key, subscriber)
 
     def receiveMsg_FlushChanges(self, msg: FlushChanges, sender: Any) -> None:
-        self._notify()
-
-    def _notify(self) -> None:
-        for key in self._subscriptions.take_changed():
-            value = self._keys.get(key)
-            message: Notification = (
-                Deleted(key)
-                if self._keys.is_deleted(key)
-                else Expired(key)
-                if value is None
-                else Changed(key, value)
-            )
-            self._subscriptions.notify(message)
+        self._local.notify()
 
     def receiveMsg_DeadEnvelope(self, msg: DeadEnvelope, sender: Any) -> None:
         # Notifications and peer messages learn of a dead target from their send; a subscriber
@@ -674,7 +565,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._versions.replaced(old)  # it may have restarted on another release
 
     def _gossip_round(self) -> None:
-        self._expire_keys()
+        self._local.expire_idle()
         self._membership.round()
 
     def receiveMsg_ActorSystemConventionUpdate(self, msg: Any, sender: Any) -> None:
@@ -754,7 +645,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     def receiveMsg_DeltaPropagation(self, msg: DeltaPropagation, sender: Any) -> None:
         if not self._membership.accept(msg, sender):
             return
-        want = self._deltas.on_propagation(msg, self._keys, self._merge_remote)
+        want = self._deltas.on_propagation(msg, self._keys, self._local.merge)
         peer = self._membership.sender(msg)
         if want and peer is not None:  # deltas were lost: ask for the whole values instead
             entries = GossipEntries(PROTOCOL_VERSION, self.node, {}, frozenset(want))
@@ -785,7 +676,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self.send(sender, ReplicaCount(1 + len(self._peers.targets()), msg.request))
 
     def receiveMsg_GetStats(self, msg: GetStats, sender: Any) -> None:
-        self.send(sender, self._report.stats(self.node, self._refused, msg.request))
+        self.send(sender, self._report.stats(self.node, self._local.refused_rows, msg.request))
 
     def receiveMsg_GetStatus(self, msg: GetStatus, sender: Any) -> None:
         self.send(sender, self._report.status(self.node, msg.largest, msg.request))
@@ -806,7 +697,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
         if self._settings is not None and self._durability.writer_exited(msg.childAddress):
-            self._forget_loaded()
+            self._local.forget()
             self._durability.load()
 
     def receiveMsg_ActorSystemMessage(self, msg: ActorSystemMessage, sender: Any) -> None:
