@@ -2,15 +2,20 @@
 
 It answers the protocol of :mod:`thespian_dd.messages` and keeps the node's replicas in step with
 its peers (the Replicators of the other nodes).  Its handlers validate and delegate to the parts
-in :mod:`thespian_dd._runtime`, plain classes each with its own tests:
+in :mod:`thespian_dd._runtime`, plain classes each with its own tests, made and wired together by
+``Parts`` (parts) once the settings are known:
 
 - ``KeyTable`` (keys): values, tombstones, pruning markers, digests and buckets, last use;
-- ``PeerTable`` (peers): membership, failure detection, N and majority; the ``Introducer``;
+  ``LocalData`` (local): every change to a key (write, merge, expiry, load) goes through it;
+- ``PeerTable`` (peers): failure detection, N and majority; the ``Introducer``;
+  ``Membership`` (membership): admitting peer messages, hellos, directory, versions, rounds;
 - ``SendWindow`` (window): transmit slots per peer;
-- ``DeltaQueue`` (deltas), ``Quorums`` (quorums), ``Subscriptions`` (subscriptions);
+- ``DeltaQueue`` (deltas); ``Requests`` (requests) over ``Quorums`` (quorums): reads and writes
+  that need peers, both sides; ``Subscriptions`` (subscriptions);
 - ``Pruning`` (pruning) and anti-entropy (antientropy);
 - ``Durability`` (durability): loading gate, group commit, replies after commit, the writer;
-- ``Settings`` (settings), the request checks (checks), the peer protocol (protocol).
+- ``Settings`` (settings), the request checks (checks), the peer protocol (protocol), what the
+  node says of itself (report).
 
 Thespian facts it relies on: an exception escaping a handler makes
 Thespian retry the message and then bounce it, with the actor's state as the first attempt left
@@ -22,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -44,7 +48,6 @@ from thespian.actors import (
 from thespian.system.transport import asyncTransportBase
 
 from thespian_dd._ask import ask_until, new_token
-from thespian_dd._runtime.antientropy import AntiEntropy
 from thespian_dd._runtime.checks import (
     Rejections,
     consistency_error,
@@ -52,12 +55,8 @@ from thespian_dd._runtime.checks import (
     failure_reply,
     key_error,
 )
-from thespian_dd._runtime.deltas import DeltaQueue
-from thespian_dd._runtime.durability import Durability
-from thespian_dd._runtime.keys import KeyTable
-from thespian_dd._runtime.local import LocalData, stored_entry
-from thespian_dd._runtime.membership import Membership
-from thespian_dd._runtime.peers import Introducer, PeerTable
+from thespian_dd._runtime.parts import Hooks, Parts
+from thespian_dd._runtime.peers import Introducer
 from thespian_dd._runtime.protocol import (
     NODE_CAPABILITY,
     PROTOCOL_VERSION,
@@ -89,15 +88,10 @@ from thespian_dd._runtime.protocol import (
     StartReplicator,
     StoreRetry,
 )
-from thespian_dd._runtime.pruning import Pruning
-from thespian_dd._runtime.quorums import AskSecondaries, Quorums
-from thespian_dd._runtime.report import Report
-from thespian_dd._runtime.requests import Requests
+from thespian_dd._runtime.quorums import AskSecondaries
 from thespian_dd._runtime.settings import CAPABILITY_PREFIX, Settings, matches
-from thespian_dd._runtime.subscriptions import Subscriptions
 from thespian_dd._runtime.updates import modified, update_error
-from thespian_dd._runtime.versions import Versions
-from thespian_dd._runtime.window import SendWindow, transmit_within
+from thespian_dd._runtime.window import transmit_within
 from thespian_dd._runtime.writer import (
     CommitThread,
     DurableWriter,
@@ -211,12 +205,12 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._refuse(msg, sender, f"malformed {kind}: {reason}")
 
     def _serving(self) -> bool:
-        return self._settings is None or self._durability.serving
+        return self._settings is None or self._parts.durability.serving
 
     def _while_loading(self, msg: Any, sender: Any) -> None:
         """Before serving: the load's own messages and timers go through; the rest waits for
         the load, or is refused while the store cannot be loaded."""
-        error = self._durability.load_error
+        error = self._parts.durability.load_error
         if isinstance(msg, (LoadChunk, Loaded, WakeupMessage, ActorSystemMessage)):
             super().receiveMessage(msg, sender)
         elif isinstance(msg, GetReplicaCount):
@@ -228,7 +222,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         elif error is not None:
             self._refuse(msg, sender, f"the store cannot be loaded: {error}")
         else:
-            self._durability.stash(msg, sender)  # answered in order once recovered
+            self._parts.durability.stash(msg, sender)  # answered in order once recovered
 
     def _configure(self, explicit: Mapping[str, Any] | None) -> None:
         """Take the settings (capabilities, then ``explicit``), make the parts and start: at once
@@ -247,135 +241,64 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         )
         # A new incarnation per start: the start time in ms (with a store, above every stored one).
         self._node = ReplicaId(name, now_ms())
-        self._keys = keys = KeyTable(
-            settings.expiry,
-            refused=lambda key, error: local.refused_on_decode(key, error),  # noqa: PLW0108
-        )
-        self._peers = PeerTable(
-            failure_timeout=settings.failure_timeout,
-            removal_timeout=settings.removal_timeout,
-            pruned=keys.pruned,
-            refused=lambda replica, address: self.send(address, membership.removed(replica)),
-            replaced=self._forget_incarnation,
-        )
-        transmit = transmit_within(self, settings.failure_timeout)
-        self._window = SendWindow(
-            transmit,
-            asyncTransportBase.MAX_PENDING_TRANSMITS,
-            peer_count=lambda: len(self._peers),
-            dead=lambda replica: requests.dead(replica),  # noqa: PLW0108 - made below
-            grow=_grow_transmits,
-        )
-        self._deltas = DeltaQueue()
-        self._versions = Versions()
-        self._subscriptions = Subscriptions(
-            transmit=transmit,
-            wake=self.wakeupAfter,
-            interval=settings.notify_interval,
-            dropped=lambda address: log.info("dropped a subscriber that is gone: %s", address),
-        )
-        self._pruning = Pruning(settings, keys)
         # Sync commits on a thread of this process where Thespian can wake the actor for its
         # answers (multiprocTCPBase); elsewhere (simpleSystemBase: no watches) the DurableWriter
         # commits them too.  See docs/durability.md.
         if settings.store is not None and self._capabilities.get(SYSTEM_NAME) == WATCHING_SYSTEM:
             self._commits = CommitThread()
-        self._durability = Durability(
-            settings=settings,
-            node_name=name,
+        hooks = Hooks(
             send=self.send,
             wake=self.wakeupAfter,
-            create_writer=lambda: self.createActor(DurableWriter),
-            entry=partial(stored_entry, keys),
-            commit=self._commits.submit if self._commits is not None else None,
-        )
-        self._local = local = LocalData(
-            keys,
-            self._subscriptions,
-            self._deltas,
-            self._durability,
-            self._rejections,
-            me=lambda: self.node,
-            max_value_bytes=settings.max_value_bytes,
-            pruned_here=self._reincarnate,
-        )
-        self._anti_entropy = AntiEntropy(
-            keys,
-            lambda: self.node,
-            local.merge,
-            settings.max_gossip_bytes,
-            self._rejections,
-            format_for=self._versions.format,
-            # Deltas bring changing buckets level; without deltas, gossip is all there is.
-            settle=settings.gossip_interval if settings.delta_interval else 0.0,
-        )
-        rng = random.Random()  # noqa: S311 - picks gossip peers and quorum primaries
-        self._membership = membership = Membership(
-            self._peers,
-            self._versions,
-            self._window,
-            keys,
-            self._anti_entropy,
-            self._rejections,
-            send_now=self.send,
-            me=lambda: self.node,
+            transmit=transmit_within(self, settings.failure_timeout),
             address=lambda: self.myAddress,
-            met=lambda peer: requests.met(peer),  # noqa: PLW0108 - made below
-            lost=lambda peer: requests.lost(peer),  # noqa: PLW0108
-            removal_timeout=settings.removal_timeout,
-            rng=rng,
+            me=lambda: self.node,
+            reincarnate=self._reincarnate,
+            create_writer=lambda: self.createActor(DurableWriter),
+            commit=self._commits.submit if self._commits is not None else None,
+            slots=asyncTransportBase.MAX_PENDING_TRANSMITS,
+            grow=_grow_transmits,
         )
-        self._requests = requests = Requests(
-            Quorums(self.wakeupAfter, rng),
-            keys,
-            membership,
-            self._durability,
-            self.send,
-            local.merge,
-        )
-        self._report = Report(
-            settings, keys, membership, self._durability, self._subscriptions, self._rejections
-        )
+        self._parts = Parts(settings, name, hooks, self._rejections)
         if settings.store is None:
             self._serve()
         else:
-            self._durability.start()
+            self._parts.durability.start()
 
     def receiveMsg_LoadChunk(self, msg: LoadChunk, sender: Any) -> None:
-        if self._durability.chunk(msg, sender):
-            self._local.restore(msg.rows, len(msg.skipped))
+        if self._parts.durability.chunk(msg, sender):
+            self._parts.local.restore(msg.rows, len(msg.skipped))
 
     def receiveMsg_Loaded(self, msg: Loaded, sender: Any) -> None:
-        outcome = self._durability.loaded(msg, sender)
+        outcome = self._parts.durability.loaded(msg, sender)
         if outcome is None:
             return  # from a DurableWriter that was replaced, or forged by another actor
         if outcome.incarnation is None:
             if outcome.first:
-                for message, client in self._durability.take_stash():
+                for message, client in self._parts.durability.take_stash():
                     self._refuse(message, client, f"the store cannot be loaded: {outcome.error}")
-            self._local.forget()
+            self._parts.local.forget()
             return
         self._node = ReplicaId(self.node.node, outcome.incarnation)
         log.info(
             "thespian_dd %s recovered %d keys in %.3f s (%d stored rows refused)",
             self._node,
-            len(self._keys) + self._keys.tombstones(),
-            self._durability.recovery_time,
-            self._local.refused_rows,
+            len(self._parts.keys) + self._parts.keys.tombstones(),
+            self._parts.durability.recovery_time,
+            self._parts.local.refused_rows,
         )
         self._serve()
-        if self._keys.undecoded():
+        if self._parts.keys.undecoded():
             self.wakeupAfter(DECODE_PAUSE, DecodeTick())
-        for message, client in self._durability.take_stash():
+        for message, client in self._parts.durability.take_stash():
             self.receiveMessage(message, client)
 
     def receiveMsg_Written(self, msg: Written, sender: Any) -> None:
-        self._durability.written(msg, sender)
+        self._parts.durability.written(msg, sender)
 
     def receiveMsg_WatchMessage(self, msg: WatchMessage, sender: Any) -> None:
         if self._commits is not None:
             for written in self._commits.drain():
-                self._durability.committed(written)
+                self._parts.durability.committed(written)
 
     def createActor(self, *args: Any, **kw: Any) -> Any:
         """Thespian's, with the commit thread ended first: creating a child forks this process,
@@ -425,13 +348,13 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if error:
             self._reject(sender, GetFailure(msg.key, msg.request, error))
             return
-        if msg.key in self._keys:
-            self._keys.touch(msg.key)
-        self._requests.read(sender, msg.key, msg.request, msg.consistency)
+        if msg.key in self._parts.keys:
+            self._parts.keys.touch(msg.key)
+        self._parts.requests.read(sender, msg.key, msg.request, msg.consistency)
 
     def receiveMsg_Update(self, msg: Update, sender: Any) -> None:
-        current = self._keys.get(msg.key) if isinstance(msg.key, str) else None
-        deleted = isinstance(msg.key, str) and self._keys.is_deleted(msg.key)
+        current = self._parts.keys.get(msg.key) if isinstance(msg.key, str) else None
+        deleted = isinstance(msg.key, str) and self._parts.keys.is_deleted(msg.key)
         error, malformed = update_error(msg, current, deleted=deleted)
         if error is not None:
             self._rejections.refuse(int(malformed))
@@ -446,21 +369,21 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             # the caller's failure: it must not end the node's Replicator
             self.send(sender, ModifyFailure(msg.key, msg.request, f"modify failed: {describe(e)}"))
             return
-        self._local.store(msg.key, new)
-        self._keys.touch(msg.key)
+        self._parts.local.store(msg.key, new)
+        self._parts.keys.touch(msg.key)
         self._queue_delta(msg.key, delta)
-        self._requests.write("update", sender, msg.key, msg.request, msg.consistency)
+        self._parts.requests.write("update", sender, msg.key, msg.request, msg.consistency)
 
     def receiveMsg_Delete(self, msg: Delete, sender: Any) -> None:
         error = key_error(msg.key) or consistency_error(msg.consistency, WriteConsistency)
         if error:
             self._reject(sender, ReplicationDeleteFailure(msg.key, msg.request, error))
-        elif self._keys.is_deleted(msg.key):
+        elif self._parts.keys.is_deleted(msg.key):
             self.send(sender, DataDeleted(msg.key, msg.request))
         else:
-            self._local.store(msg.key, None)
+            self._parts.local.store(msg.key, None)
             self._queue_delta(msg.key, None)
-            self._requests.write("delete", sender, msg.key, msg.request, msg.consistency)
+            self._parts.requests.write("delete", sender, msg.key, msg.request, msg.consistency)
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         if sender != self.myAddress:  # a timer is only ever our own; another actor forged it
@@ -473,37 +396,37 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             finally:  # a round that fails must not end the rounds
                 self.wakeupAfter(getattr(self.settings, payload.interval), payload)
         elif isinstance(payload, NotifyTick):
-            self._subscriptions.due()
-            self._local.notify()
+            self._parts.subscriptions.due()
+            self._parts.local.notify()
         elif isinstance(payload, (StoreRetry, FlushTick)):
             self._store_timer(payload)
         elif isinstance(payload, DeltaTick):
             self._delta_armed = False
             self._send_deltas()
         elif isinstance(payload, DecodeTick):
-            if self._keys.decode_for(DECODE_SLICE):
+            if self._parts.keys.decode_for(DECODE_SLICE):
                 self.wakeupAfter(DECODE_PAUSE, payload)
         elif isinstance(payload, (RequestTimeout, AskSecondaries)):
-            self._requests.timer(payload)
+            self._parts.requests.timer(payload)
 
     def _store_timer(self, payload: StoreRetry | FlushTick) -> None:
         if isinstance(payload, FlushTick):
-            self._durability.flush_due()
-        elif self._durability.retry_due():
-            self._durability.load()
+            self._parts.durability.flush_due()
+        elif self._parts.durability.retry_due():
+            self._parts.durability.load()
 
     # -- pruning and expiry ----------------------------------------------------------------------
 
     def _pruning_round(self) -> None:
         """Expire markers; then, only while every peer is reachable, mark and prune."""
-        live = self._peers.live(self.node)
-        for key in self._pruning.expire_markers(live):
-            self._durability.write(key, None)
-        self._durability.keep_alive()
+        live = self._parts.peers.live(self.node)
+        for key in self._parts.pruning.expire_markers(live):
+            self._parts.durability.write(key, None)
+        self._parts.durability.keep_alive()
         # Which replicas the data holds is known once every restored value is decoded.
-        if self._peers.all_reachable() and not self._keys.undecoded():
-            for key in self._pruning.prune(self.node, live):
-                self._durability.write(key, None)
+        if self._parts.peers.all_reachable() and not self._parts.keys.undecoded():
+            for key in self._parts.pruning.prune(self.node, live):
+                self._parts.durability.write(key, None)
 
     def _reincarnate(self) -> None:
         """Peers pruned this node's replica (it was removed while it still ran: unreachable
@@ -517,7 +440,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             old,
             self._node,
         )
-        self._membership.introduce_again()
+        self._parts.membership.introduce_again()
 
     def receiveMsg_PeerRemoved(self, msg: PeerRemoved, sender: Any) -> None:
         if isinstance(msg, PeerMessage) and msg.removed == self._node:
@@ -533,40 +456,33 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if error:
             self._reject(sender, InvalidRequest("Subscribe", error))
             return
-        self._subscriptions.subscribe(msg.key, subscriber)
-        for key in sorted(self._keys.names()):
-            if matches(msg.key, key) and (value := self._keys.get(key)) is not None:
-                self._subscriptions.tell(subscriber, Changed(key, value))
+        self._parts.subscriptions.subscribe(msg.key, subscriber)
+        for key in sorted(self._parts.keys.names()):
+            if matches(msg.key, key) and (value := self._parts.keys.get(key)) is not None:
+                self._parts.subscriptions.tell(subscriber, Changed(key, value))
 
     def receiveMsg_Unsubscribe(self, msg: Unsubscribe, sender: Any) -> None:
         subscriber = sender if msg.subscriber is None else msg.subscriber
-        self._subscriptions.unsubscribe(msg.key, subscriber)
+        self._parts.subscriptions.unsubscribe(msg.key, subscriber)
 
     def receiveMsg_FlushChanges(self, msg: FlushChanges, sender: Any) -> None:
-        self._local.notify()
+        self._parts.local.notify()
 
     def receiveMsg_DeadEnvelope(self, msg: DeadEnvelope, sender: Any) -> None:
         # Notifications and peer messages learn of a dead target from their send; a subscriber
         # may also be told of by the dead-letter route.
         if isinstance(msg.deadMessage, (Changed, Deleted, Expired)):
-            self._subscriptions.drop(msg.deadAddress)
+            self._parts.subscriptions.drop(msg.deadAddress)
 
     def receiveMsg_PoisonMessage(self, msg: PoisonMessage, sender: Any) -> None:
         if isinstance(msg.poisonMessage, (Changed, Deleted, Expired)):
-            self._subscriptions.drop(sender)
+            self._parts.subscriptions.drop(sender)
 
     # -- peers: membership -----------------------------------------------------------------------
 
-    def _forget_incarnation(self, old: ReplicaId) -> None:
-        """A peer's new incarnation replaced ``old``: its deltas were numbered per incarnation,
-        and what its window held is moot."""
-        self._deltas.forget(old)
-        self._window.forget(old)
-        self._versions.replaced(old)  # it may have restarted on another release
-
     def _gossip_round(self) -> None:
-        self._local.expire_idle()
-        self._membership.round()
+        self._parts.local.expire_idle()
+        self._parts.membership.round()
 
     def receiveMsg_ActorSystemConventionUpdate(self, msg: Any, sender: Any) -> None:
         name = (msg.remoteCapabilities or {}).get(NODE_CAPABILITY)
@@ -574,18 +490,18 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             return
         if not msg.remoteAdded:
             # The convention saw the node go (a graceful stop, or missed re-registrations).
-            gone = self._membership.left(name)
+            gone = self._parts.membership.left(name)
             if gone is not None:
                 log.info("peer %s left the convention", gone.replica)
             return
         introducer = self.createActor(Introducer, targetActorRequirements={NODE_CAPABILITY: name})
-        self.send(introducer, Introduce(self._membership.hello(reply=True)))
+        self.send(introducer, Introduce(self._parts.membership.hello(reply=True)))
 
     def receiveMsg_IntroducerDone(self, msg: IntroducerDone, sender: Any) -> None:
         self.send(sender, Introduced())
 
     def receiveMsg_PeerHello(self, msg: PeerHello, sender: Any) -> None:
-        self._membership.on_hello(msg, sender)
+        self._parts.membership.on_hello(msg, sender)
 
     def receiveMsg_PartitionForTests(self, msg: PartitionForTests, sender: Any) -> None:
         if self._settings is None or not self._settings.test_partitions:
@@ -600,86 +516,92 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                 ),
             )
             return
-        self._peers.blocked = frozenset(msg.blocked)
-        log.warning("TEST ONLY partition: ignoring peers %s", sorted(self._peers.blocked))
+        self._parts.peers.blocked = frozenset(msg.blocked)
+        log.warning("TEST ONLY partition: ignoring peers %s", sorted(self._parts.peers.blocked))
 
     # -- peers: anti-entropy, deltas, quorum requests --------------------------------------------
 
     def receiveMsg_GossipStatus(self, msg: GossipStatus, sender: Any) -> None:
-        self._membership.on_status(msg, sender)
+        self._parts.membership.on_status(msg, sender)
 
     def receiveMsg_Heartbeat(self, msg: Heartbeat, sender: Any) -> None:
-        self._membership.accept(msg, sender)  # all it says: the sender is alive
+        self._parts.membership.accept(msg, sender)  # all it says: the sender is alive
 
     def receiveMsg_GossipKeys(self, msg: GossipKeys, sender: Any) -> None:
-        if self._membership.accept(msg, sender) and (peer := self._membership.sender(msg)):
-            self._anti_entropy.on_keys(msg, partial(self._membership.reply, peer))
+        if self._parts.membership.accept(msg, sender) and (
+            peer := self._parts.membership.sender(msg)
+        ):
+            self._parts.anti_entropy.on_keys(msg, partial(self._parts.membership.reply, peer))
 
     def receiveMsg_GossipEntries(self, msg: GossipEntries, sender: Any) -> None:
-        if self._membership.accept(msg, sender):
-            peer = self._membership.sender(msg)
-            reply = None if peer is None else partial(self._membership.reply, peer)
-            self._anti_entropy.on_entries(msg, reply)
+        if self._parts.membership.accept(msg, sender):
+            peer = self._parts.membership.sender(msg)
+            reply = None if peer is None else partial(self._parts.membership.reply, peer)
+            self._parts.anti_entropy.on_entries(msg, reply)
 
     def _queue_delta(self, key: str, delta: ReplicatedData | None) -> None:
-        if self.settings.delta_interval and len(self._peers):
+        if self.settings.delta_interval and len(self._parts.peers):
             if not self._delta_armed:
                 # Armed by the first delta, not every interval: an idle node has no timer to
                 # serve (at 32 nodes, 0.2 s timers cost about a third of a core).
                 self._delta_armed = True
                 self.wakeupAfter(self.settings.delta_interval, DeltaTick())
-            self._deltas.add(key, delta)
+            self._parts.deltas.add(key, delta)
 
     def _send_deltas(self) -> None:
-        deltas = self._deltas.take()
+        deltas = self._parts.deltas.take()
         if not deltas:
             return
         messages: dict[int, DeltaPropagation] = {}  # one per codec format the peers use
-        for peer in self._peers:
+        for peer in self._parts.peers:
             if peer.reachable:
-                version = self._versions.format(peer.replica.node)
+                version = self._parts.versions.format(peer.replica.node)
                 if version not in messages:
-                    messages[version] = self._deltas.message(self.node, self._keys, deltas, version)
-                self._membership.reply(peer, messages[version])
+                    messages[version] = self._parts.deltas.message(
+                        self.node, self._parts.keys, deltas, version
+                    )
+                self._parts.membership.reply(peer, messages[version])
 
     def receiveMsg_DeltaPropagation(self, msg: DeltaPropagation, sender: Any) -> None:
-        if not self._membership.accept(msg, sender):
+        if not self._parts.membership.accept(msg, sender):
             return
-        want = self._deltas.on_propagation(msg, self._keys, self._local.merge)
-        peer = self._membership.sender(msg)
+        want = self._parts.deltas.on_propagation(msg, self._parts.keys, self._parts.local.merge)
+        peer = self._parts.membership.sender(msg)
         if want and peer is not None:  # deltas were lost: ask for the whole values instead
             entries = GossipEntries(PROTOCOL_VERSION, self.node, {}, frozenset(want))
-            self._membership.reply(peer, entries)
+            self._parts.membership.reply(peer, entries)
 
     def receiveMsg_PeerWrite(self, msg: PeerWrite, sender: Any) -> None:
-        if self._membership.accept(msg, sender):
-            self._requests.on_write(msg)
+        if self._parts.membership.accept(msg, sender):
+            self._parts.requests.on_write(msg)
 
     def receiveMsg_PeerRead(self, msg: PeerRead, sender: Any) -> None:
-        if self._membership.accept(msg, sender):
-            self._requests.on_read(msg)
+        if self._parts.membership.accept(msg, sender):
+            self._parts.requests.on_read(msg)
 
     def receiveMsg_PeerWriteAck(self, msg: PeerWriteAck, sender: Any) -> None:
-        if self._membership.accept(msg, sender):
-            self._requests.on_ack(msg, sender)
+        if self._parts.membership.accept(msg, sender):
+            self._parts.requests.on_ack(msg, sender)
 
     def receiveMsg_PeerReadResult(self, msg: PeerReadResult, sender: Any) -> None:
-        if self._membership.accept(msg, sender):
-            self._requests.on_result(msg, sender)
+        if self._parts.membership.accept(msg, sender):
+            self._parts.requests.on_result(msg, sender)
 
     # -- information -----------------------------------------------------------------------------
 
     def receiveMsg_GetKeys(self, msg: GetKeys, sender: Any) -> None:
-        self.send(sender, Keys(self._keys.names(), msg.request))
+        self.send(sender, Keys(self._parts.keys.names(), msg.request))
 
     def receiveMsg_GetReplicaCount(self, msg: GetReplicaCount, sender: Any) -> None:
-        self.send(sender, ReplicaCount(1 + len(self._peers.targets()), msg.request))
+        self.send(sender, ReplicaCount(1 + len(self._parts.peers.targets()), msg.request))
 
     def receiveMsg_GetStats(self, msg: GetStats, sender: Any) -> None:
-        self.send(sender, self._report.stats(self.node, self._local.refused_rows, msg.request))
+        self.send(
+            sender, self._parts.report.stats(self.node, self._parts.local.refused_rows, msg.request)
+        )
 
     def receiveMsg_GetStatus(self, msg: GetStatus, sender: Any) -> None:
-        self.send(sender, self._report.status(self.node, msg.largest, msg.request))
+        self.send(sender, self._parts.report.status(self.node, msg.largest, msg.request))
 
     def receiveMsg_DescribeProcess(self, msg: DescribeProcess, sender: Any) -> None:
         self.send(sender, ProcessInfo(os.getpid(), os.getpgid(0)))
@@ -688,7 +610,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         if self._settings is not None:
-            self._durability.stop()
+            self._parts.durability.stop()
         if self._commits is not None:
             # Ended after committing what the stop flushed; its pipe is left open to the
             # process's exit: Thespian still watches it while this actor stops its children.
@@ -696,9 +618,9 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._commits = None
 
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
-        if self._settings is not None and self._durability.writer_exited(msg.childAddress):
-            self._local.forget()
-            self._durability.load()
+        if self._settings is not None and self._parts.durability.writer_exited(msg.childAddress):
+            self._parts.local.forget()
+            self._parts.durability.load()
 
     def receiveMsg_ActorSystemMessage(self, msg: ActorSystemMessage, sender: Any) -> None:
         """Thespian's own messages that need nothing from us."""
