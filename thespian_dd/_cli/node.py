@@ -81,7 +81,11 @@ def log_definitions(level: str | None, config_file: str | None) -> dict[str, Any
             # process, which hands it to the handlers without looking at logger levels.
             "filters": {"sql": {"()": f"{__name__}.{QuietSQL.__name__}"}},
             "handlers": {
-                "stderr": {"class": "logging.StreamHandler", "formatter": "line", "filters": ["sql"]}
+                "stderr": {
+                    "class": "logging.StreamHandler",
+                    "formatter": "line",
+                    "filters": ["sql"],
+                }
             },
             "root": {"level": level or "WARNING", "handlers": ["stderr"]},
         }
