@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any, Self, overload
 
 from thespian.actors import ActorSystem, InvalidActorAddress
+from thespian.system.multiprocCommon import multiprocessCommon
 
 from thespian_dd._ask import ask_until, new_token, reply_to
 from thespian_dd._typevars import D
@@ -255,13 +256,43 @@ def _require_node(port: object, timeout: float) -> int:
     return port
 
 
+JOIN_ONLY = "thespian_dd join only"
+"""A capability of an ActorSystem made only to reach an admin that runs: if none answers, Thespian
+must not start one (see :func:`_start_admin_unless_join_only`)."""
+
+
+class _NoAdmin(InvalidActorAddress):  # type: ignore[misc]
+    """No admin answered where an ActorSystem was made to join one."""
+
+
+def _start_admin_unless_join_only(start_admin: Callable[..., Any]) -> Callable[..., Any]:
+    """Thespian's ``_startAdmin``, refused for a system made with :data:`JOIN_ONLY`: Thespian
+    starts a new admin wherever it finds none, so a node that stops between the client's probe
+    and its ``ActorSystem(...)`` would be replaced by a new, empty one."""
+
+    def start(self: Any, admin: Any, starter: Any, capabilities: Any, log_defs: Any) -> Any:
+        if capabilities.get(JOIN_ONLY):
+            raise _NoAdmin(admin, "no admin answers there")
+        return start_admin(self, admin, starter, capabilities, log_defs)
+
+    return start
+
+
+multiprocessCommon._startAdmin = _start_admin_unless_join_only(multiprocessCommon._startAdmin)
+
+
 def connect_admin(port: int, timeout: float) -> Any:
     """An endpoint of the ActorSystem whose admin listens on ``port`` of this host (close it with
     :func:`_disconnect`, never ``shutdown()``); ``ConnectionError`` if nothing listens there, or
     something that is no Thespian admin."""
     _require_node(port, timeout)
+    capabilities = {"Admin Port": port, JOIN_ONLY: True}
     try:
-        asys = ActorSystem("multiprocTCPBase", {"Admin Port": port}, transientUnique=True)
+        asys = ActorSystem("multiprocTCPBase", capabilities, transientUnique=True)
+    except _NoAdmin:
+        raise ConnectionError(
+            f"no thespian_dd node answers on port {port} of this host (it stopped?)"
+        ) from None
     except InvalidActorAddress:
         raise ConnectionError(
             f"port {port} of this host is not a Thespian ActorSystem's admin port"
