@@ -558,7 +558,6 @@ def test_a_malformed_peer_write_is_refused_and_counted_and_changes_nothing() -> 
     assert node.parts.keys.payload(KEY) == before
 
 
-@pytest.mark.xfail(strict=True, reason="a refused PeerWrite is acknowledged (see the docstring)")
 def test_regression_a_refused_peer_write_is_not_acknowledged() -> None:
     """Found while writing these tests (issue 13): ``Requests.on_write`` (before it, the
     Replicator's ``receiveMsg_PeerWrite``) acknowledges every PeerWrite from a known peer, even
@@ -566,7 +565,7 @@ def test_regression_a_refused_peer_write_is_not_acknowledged() -> None:
     value here).  The coordinator then counts this node as holding the value: two nodes that
     create a key with different types each get ``UpdateSuccess`` for a ``WriteAll`` while neither
     holds the other's value.  Akka's Replicator answers such a write with ``WriteNack``; here no
-    ack (the request times out) says the same."""
+    ack (the request asks its secondaries, then times out) says the same."""
     node = Node()
     node.meet("b")
     node.parts.local.store(KEY, GSet().add(A, "x"))

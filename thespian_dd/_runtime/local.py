@@ -82,11 +82,12 @@ class LocalData:
             self.subscriptions.changed(key)
         self.durability.write(key, raw)
 
-    def merge(self, key: Any, payload: object, origin: str, used: object = None) -> bool:
-        """Merge a peer's value into ``key``; returns whether anything changed.  A payload that
-        is malformed, of another type than the local value, or too big after the merge is
-        rejected for this key only: counted, logged once, and nothing changes.  ``used``: when
-        the peer says the key was last used, if it expires after inactivity."""
+    def merge(self, key: Any, payload: object, origin: str, used: object = None) -> bool | None:
+        """Merge a peer's value into ``key``; returns whether anything changed, None if it was
+        refused.  A payload that is malformed, of another type than the local value, or too big
+        after the merge is refused for this key only: counted, logged once, and nothing changes
+        (a peer's write of it is not acknowledged).  ``used``: when the peer says the key was
+        last used, if it expires after inactivity."""
         at = seconds(used)
         if isinstance(key, str) and key not in self.keys and self.keys.expired(key, at):
             return False  # it expired there; it must not come back here
@@ -107,7 +108,7 @@ class LocalData:
             self.rejections.warn_once(
                 origin, reason, "rejected the value of %r from %s: %s", key, origin, reason
             )
-            return False
+            return None
         if merged is None:
             return False
         if merged.value is None:

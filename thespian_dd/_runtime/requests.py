@@ -54,7 +54,7 @@ class Requests:
     membership: Membership
     durability: Durability
     send: Callable[[Any, Any], None]
-    merge: Callable[[str, object, str], bool]
+    merge: Callable[[str, object, str], bool | None]
 
     # -- coordinating ----------------------------------------------------------------------------
 
@@ -174,8 +174,10 @@ class Requests:
     # -- answering -------------------------------------------------------------------------------
 
     def on_write(self, msg: PeerWrite) -> None:
-        """A peer's quorum write: merged, and acknowledged once stored here (a durable key)."""
-        self.merge(msg.key, msg.payload, str(msg.sender))
+        """A peer's quorum write: merged, and acknowledged once stored here (a durable key).
+        A value refused here is not acknowledged (as Akka's WriteNack): it is not held here."""
+        if self.merge(msg.key, msg.payload, str(msg.sender)) is None:
+            return
         peer = self.membership.sender(msg)
         if (
             peer is not None
