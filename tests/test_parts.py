@@ -16,7 +16,6 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import pytest
@@ -123,37 +122,7 @@ class Node:
 
     def receive(self, msg: PeerMessage, sender: Any) -> None:
         """A peer message, handled as :class:`~thespian_dd.replicator.Replicator` handles it."""
-        parts, membership = self.parts, self.parts.membership
-        if isinstance(msg, PeerHello):
-            membership.on_hello(msg, sender)
-        elif isinstance(msg, GossipStatus):
-            membership.on_status(msg, sender)
-        elif not membership.accept(msg, sender):
-            return
-        elif isinstance(msg, Heartbeat):
-            pass  # all it says: the sender is alive
-        elif isinstance(msg, GossipKeys):
-            if peer := membership.sender(msg):
-                parts.anti_entropy.on_keys(msg, partial(membership.reply, peer))
-        elif isinstance(msg, GossipEntries):
-            peer = membership.sender(msg)
-            reply = None if peer is None else partial(membership.reply, peer)
-            parts.anti_entropy.on_entries(msg, reply)
-        elif isinstance(msg, DeltaPropagation):
-            want = parts.deltas.on_propagation(msg, parts.keys, parts.local.merge)
-            if want and (peer := membership.sender(msg)) is not None:
-                entries = GossipEntries(PROTOCOL_VERSION, self.me, {}, frozenset(want))
-                membership.reply(peer, entries)
-        elif isinstance(msg, PeerWrite):
-            parts.requests.on_write(msg)
-        elif isinstance(msg, PeerRead):
-            parts.requests.on_read(msg)
-        elif isinstance(msg, PeerWriteAck):
-            parts.requests.on_ack(msg, sender)
-        elif isinstance(msg, PeerReadResult):
-            parts.requests.on_result(msg, sender)
-        else:
-            raise AssertionError(f"a message the test does not deliver: {msg!r}")
+        self.parts.on_peer_message(msg, sender)
 
     def update(
         self,

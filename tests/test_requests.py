@@ -137,17 +137,7 @@ class Node:
 
     def receive(self, msg: PeerMessage, sender: Any = None) -> None:
         """A peer message, handled as the Replicator's handlers do."""
-        sender = address(msg.sender) if sender is None else sender
-        if not self.membership.accept(msg, sender):
-            return
-        if isinstance(msg, PeerWriteAck):
-            self.requests.on_ack(msg, sender)
-        elif isinstance(msg, PeerReadResult):
-            self.requests.on_result(msg, sender)
-        elif isinstance(msg, PeerWrite):
-            self.requests.on_write(msg)
-        elif isinstance(msg, PeerRead):
-            self.requests.on_read(msg)
+        self.parts.on_peer_message(msg, address(msg.sender) if sender is None else sender)
 
     def ack(self, name: str, request_id: str, sender: Any = None) -> None:
         self.receive(PeerWriteAck(PROTOCOL_VERSION, replica(name), request_id), sender)

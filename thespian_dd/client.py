@@ -30,7 +30,6 @@ from types import TracebackType
 from typing import Any, Self, overload
 
 from thespian.actors import ActorSystem, InvalidActorAddress
-from thespian.system.multiprocCommon import multiprocessCommon
 
 from thespian_dd._ask import ask_until, new_token, reply_to
 from thespian_dd._typevars import D
@@ -265,20 +264,29 @@ class _NoAdmin(InvalidActorAddress):  # type: ignore[misc]
     """No admin answered where an ActorSystem was made to join one."""
 
 
-def _start_admin_unless_join_only(start_admin: Callable[..., Any]) -> Callable[..., Any]:
-    """Thespian's ``_startAdmin``, refused for a system made with :data:`JOIN_ONLY`: Thespian
-    starts a new admin wherever it finds none, so a node that stops between the client's probe
-    and its ``ActorSystem(...)`` would be replaced by a new, empty one."""
-
-    def start(self: Any, admin: Any, starter: Any, capabilities: Any, log_defs: Any) -> Any:
-        if capabilities.get(JOIN_ONLY):
-            raise _NoAdmin(admin, "no admin answers there")
-        return start_admin(self, admin, starter, capabilities, log_defs)
-
-    return start
+_join_only_lock = threading.Lock()
 
 
-multiprocessCommon._startAdmin = _start_admin_unless_join_only(multiprocessCommon._startAdmin)
+def _refuse_new_admins_for_join_only() -> None:
+    """Make Thespian's ``_startAdmin`` refuse a system made with :data:`JOIN_ONLY` (once per
+    process): Thespian starts a new admin wherever it finds none, so a node that stops between
+    the client's probe and its ``ActorSystem(...)`` would be replaced by a new, empty one.
+    Patched when first needed, not at import: importing Thespian's multiprocess base early
+    changes how a node's processes start."""
+    from thespian.system.multiprocCommon import multiprocessCommon
+
+    with _join_only_lock:
+        start_admin = multiprocessCommon._startAdmin
+        if getattr(start_admin, "join_only", False):
+            return
+
+        def start(self: Any, admin: Any, starter: Any, capabilities: Any, log_defs: Any) -> Any:
+            if capabilities.get(JOIN_ONLY):
+                raise _NoAdmin(admin, "no admin answers there")
+            return start_admin(self, admin, starter, capabilities, log_defs)
+
+        start.join_only = True  # type: ignore[attr-defined]
+        multiprocessCommon._startAdmin = start
 
 
 def connect_admin(port: int, timeout: float) -> Any:
@@ -286,6 +294,7 @@ def connect_admin(port: int, timeout: float) -> Any:
     :func:`_disconnect`, never ``shutdown()``); ``ConnectionError`` if nothing listens there, or
     something that is no Thespian admin."""
     _require_node(port, timeout)
+    _refuse_new_admins_for_join_only()
     capabilities = {"Admin Port": port, JOIN_ONLY: True}
     try:
         asys = ActorSystem("multiprocTCPBase", capabilities, transientUnique=True)

@@ -30,7 +30,6 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import asdict
-from functools import partial
 from typing import Any
 
 from thespian.actors import (
@@ -59,29 +58,17 @@ from thespian_dd._runtime.parts import Hooks, Parts
 from thespian_dd._runtime.peers import Introducer
 from thespian_dd._runtime.protocol import (
     NODE_CAPABILITY,
-    PROTOCOL_VERSION,
     DecodeTick,
-    DeltaPropagation,
     DeltaTick,
     DescribeProcess,
     Every,
     FlushTick,
-    GossipEntries,
-    GossipKeys,
-    GossipStatus,
-    Heartbeat,
     Introduce,
     Introduced,
     IntroducerDone,
     NotifyTick,
     PartitionForTests,
-    PeerHello,
     PeerMessage,
-    PeerRead,
-    PeerReadResult,
-    PeerRemoved,
-    PeerWrite,
-    PeerWriteAck,
     ProcessInfo,
     ReplicatorStarted,
     RequestTimeout,
@@ -101,7 +88,6 @@ from thespian_dd._runtime.writer import (
 )
 from thespian_dd.data import (
     ReplicaId,
-    ReplicatedData,
 )
 from thespian_dd.lwwregister import now_ms
 from thespian_dd.messages import (
@@ -173,7 +159,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._settings_error: str | None = None
         self._node: ReplicaId | None = None
         self._rejections = Rejections(log)
-        self._delta_armed = False  # a DeltaTick is due
         self._commits: CommitThread | None = None
 
     # -- start-up --------------------------------------------------------------------------------
@@ -371,7 +356,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             return
         self._parts.local.store(msg.key, new)
         self._parts.keys.touch(msg.key)
-        self._queue_delta(msg.key, delta)
+        self._parts.queue_delta(msg.key, delta)
         self._parts.requests.write("update", sender, msg.key, msg.request, msg.consistency)
 
     def receiveMsg_Delete(self, msg: Delete, sender: Any) -> None:
@@ -382,7 +367,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self.send(sender, DataDeleted(msg.key, msg.request))
         else:
             self._parts.local.store(msg.key, None)
-            self._queue_delta(msg.key, None)
+            self._parts.queue_delta(msg.key, None)
             self._parts.requests.write("delete", sender, msg.key, msg.request, msg.consistency)
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
@@ -401,8 +386,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         elif isinstance(payload, (StoreRetry, FlushTick)):
             self._store_timer(payload)
         elif isinstance(payload, DeltaTick):
-            self._delta_armed = False
-            self._send_deltas()
+            self._parts.send_deltas()
         elif isinstance(payload, DecodeTick):
             if self._parts.keys.decode_for(DECODE_SLICE):
                 self.wakeupAfter(DECODE_PAUSE, payload)
@@ -441,10 +425,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._node,
         )
         self._parts.membership.introduce_again()
-
-    def receiveMsg_PeerRemoved(self, msg: PeerRemoved, sender: Any) -> None:
-        if isinstance(msg, PeerMessage) and msg.removed == self._node:
-            self._reincarnate()
 
     # -- subscriptions ---------------------------------------------------------------------------
 
@@ -500,9 +480,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     def receiveMsg_IntroducerDone(self, msg: IntroducerDone, sender: Any) -> None:
         self.send(sender, Introduced())
 
-    def receiveMsg_PeerHello(self, msg: PeerHello, sender: Any) -> None:
-        self._parts.membership.on_hello(msg, sender)
-
     def receiveMsg_PartitionForTests(self, msg: PartitionForTests, sender: Any) -> None:
         if self._settings is None or not self._settings.test_partitions:
             self._rejections.warn_once(
@@ -518,74 +495,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             return
         self._parts.peers.blocked = frozenset(msg.blocked)
         log.warning("TEST ONLY partition: ignoring peers %s", sorted(self._parts.peers.blocked))
-
-    # -- peers: anti-entropy, deltas, quorum requests --------------------------------------------
-
-    def receiveMsg_GossipStatus(self, msg: GossipStatus, sender: Any) -> None:
-        self._parts.membership.on_status(msg, sender)
-
-    def receiveMsg_Heartbeat(self, msg: Heartbeat, sender: Any) -> None:
-        self._parts.membership.accept(msg, sender)  # all it says: the sender is alive
-
-    def receiveMsg_GossipKeys(self, msg: GossipKeys, sender: Any) -> None:
-        if self._parts.membership.accept(msg, sender) and (
-            peer := self._parts.membership.sender(msg)
-        ):
-            self._parts.anti_entropy.on_keys(msg, partial(self._parts.membership.reply, peer))
-
-    def receiveMsg_GossipEntries(self, msg: GossipEntries, sender: Any) -> None:
-        if self._parts.membership.accept(msg, sender):
-            peer = self._parts.membership.sender(msg)
-            reply = None if peer is None else partial(self._parts.membership.reply, peer)
-            self._parts.anti_entropy.on_entries(msg, reply)
-
-    def _queue_delta(self, key: str, delta: ReplicatedData | None) -> None:
-        if self.settings.delta_interval and len(self._parts.peers):
-            if not self._delta_armed:
-                # Armed by the first delta, not every interval: an idle node has no timer to
-                # serve (at 32 nodes, 0.2 s timers cost about a third of a core).
-                self._delta_armed = True
-                self.wakeupAfter(self.settings.delta_interval, DeltaTick())
-            self._parts.deltas.add(key, delta)
-
-    def _send_deltas(self) -> None:
-        deltas = self._parts.deltas.take()
-        if not deltas:
-            return
-        messages: dict[int, DeltaPropagation] = {}  # one per codec format the peers use
-        for peer in self._parts.peers:
-            if peer.reachable:
-                version = self._parts.versions.format(peer.replica.node)
-                if version not in messages:
-                    messages[version] = self._parts.deltas.message(
-                        self.node, self._parts.keys, deltas, version
-                    )
-                self._parts.membership.reply(peer, messages[version])
-
-    def receiveMsg_DeltaPropagation(self, msg: DeltaPropagation, sender: Any) -> None:
-        if not self._parts.membership.accept(msg, sender):
-            return
-        want = self._parts.deltas.on_propagation(msg, self._parts.keys, self._parts.local.merge)
-        peer = self._parts.membership.sender(msg)
-        if want and peer is not None:  # deltas were lost: ask for the whole values instead
-            entries = GossipEntries(PROTOCOL_VERSION, self.node, {}, frozenset(want))
-            self._parts.membership.reply(peer, entries)
-
-    def receiveMsg_PeerWrite(self, msg: PeerWrite, sender: Any) -> None:
-        if self._parts.membership.accept(msg, sender):
-            self._parts.requests.on_write(msg)
-
-    def receiveMsg_PeerRead(self, msg: PeerRead, sender: Any) -> None:
-        if self._parts.membership.accept(msg, sender):
-            self._parts.requests.on_read(msg)
-
-    def receiveMsg_PeerWriteAck(self, msg: PeerWriteAck, sender: Any) -> None:
-        if self._parts.membership.accept(msg, sender):
-            self._parts.requests.on_ack(msg, sender)
-
-    def receiveMsg_PeerReadResult(self, msg: PeerReadResult, sender: Any) -> None:
-        if self._parts.membership.accept(msg, sender):
-            self._parts.requests.on_result(msg, sender)
 
     # -- information -----------------------------------------------------------------------------
 
@@ -626,7 +535,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         """Thespian's own messages that need nothing from us."""
 
     def receiveMsg_PeerMessage(self, msg: PeerMessage, sender: Any) -> None:
-        self._rejections.refuse()  # a peer message of a kind this version does not know
+        self._parts.on_peer_message(msg, sender)
 
     def receiveUnrecognizedMessage(self, msg: Any, sender: Any) -> None:
         self._reject(

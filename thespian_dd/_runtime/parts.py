@@ -26,6 +26,22 @@ from thespian_dd._runtime.keys import KeyTable
 from thespian_dd._runtime.local import LocalData, stored_entry
 from thespian_dd._runtime.membership import Membership
 from thespian_dd._runtime.peers import Peer, PeerTable
+from thespian_dd._runtime.protocol import (
+    PROTOCOL_VERSION,
+    DeltaPropagation,
+    DeltaTick,
+    GossipEntries,
+    GossipKeys,
+    GossipStatus,
+    Heartbeat,
+    PeerHello,
+    PeerMessage,
+    PeerRead,
+    PeerReadResult,
+    PeerRemoved,
+    PeerWrite,
+    PeerWriteAck,
+)
 from thespian_dd._runtime.pruning import Pruning
 from thespian_dd._runtime.quorums import Quorums
 from thespian_dd._runtime.report import Report
@@ -35,7 +51,7 @@ from thespian_dd._runtime.subscriptions import Subscriptions
 from thespian_dd._runtime.versions import Versions
 from thespian_dd._runtime.window import SendWindow, Transmit
 from thespian_dd._runtime.writer import Write
-from thespian_dd.data import ReplicaId
+from thespian_dd.data import ReplicaId, ReplicatedData
 
 __all__ = ["Hooks", "Parts"]
 
@@ -83,7 +99,9 @@ class Parts:
         rng: random.Random | None = None,
     ) -> None:
         rng = rng or random.Random()  # noqa: S311 - no secret
+        self.hooks = hooks
         self.settings = settings
+        self._delta_armed = False  # a DeltaTick is due
         self.rejections = rejections
         self.keys = keys = KeyTable(settings.expiry, refused=self._refused_on_decode)
         self.peers = PeerTable(
@@ -168,6 +186,78 @@ class Parts:
             settings, keys, self.membership, self.durability, self.subscriptions, rejections
         )
 
+    # -- the peer protocol ----------------------------------------------------------------------
+
+    def on_peer_message(self, msg: PeerMessage, sender: Any) -> None:
+        """A message that claims to come from a peer's Replicator, handled as its kind says:
+        the Replicator's handler of every peer message."""
+        membership = self.membership
+        if isinstance(msg, PeerHello):
+            membership.on_hello(msg, sender)
+        elif isinstance(msg, GossipStatus):
+            membership.on_status(msg, sender)
+        elif isinstance(msg, PeerRemoved):
+            if msg.removed == self.hooks.me():
+                self.hooks.reincarnate()
+        elif not isinstance(msg, _ADMITTED):
+            self.rejections.refuse()  # a peer message of a kind this version does not know
+        elif membership.accept(msg, sender):
+            self._admitted(msg, sender)
+
+    def _admitted(self, msg: PeerMessage, sender: Any) -> None:
+        membership = self.membership
+        if isinstance(msg, (GossipKeys, GossipEntries)):
+            peer = membership.sender(msg)
+            reply = None if peer is None else partial(membership.reply, peer)
+            if isinstance(msg, GossipEntries):
+                self.anti_entropy.on_entries(msg, reply)
+            elif reply is not None:
+                self.anti_entropy.on_keys(msg, reply)
+        elif isinstance(msg, DeltaPropagation):
+            self._on_deltas(msg)
+        elif isinstance(msg, PeerWrite):
+            self.requests.on_write(msg)
+        elif isinstance(msg, PeerRead):
+            self.requests.on_read(msg)
+        elif isinstance(msg, (PeerWriteAck, PeerReadResult)):
+            self.requests.on_answer(msg, sender)
+        # A Heartbeat says only that its sender is alive: accept() noted it.
+
+    def _on_deltas(self, msg: DeltaPropagation) -> None:
+        want = self.deltas.on_propagation(msg, self.keys, self.local.merge)
+        peer = self.membership.sender(msg)
+        if want and peer is not None:  # deltas were lost: ask for the whole values instead
+            entries = GossipEntries(PROTOCOL_VERSION, self.hooks.me(), {}, frozenset(want))
+            self.membership.reply(peer, entries)
+
+    # -- deltas ----------------------------------------------------------------------------------
+
+    def queue_delta(self, key: str, delta: ReplicatedData | None) -> None:
+        """Queue a local change's delta (None: a delete) for the next propagation."""
+        interval = self.settings.delta_interval
+        if interval and len(self.peers):
+            if not self._delta_armed:
+                # Armed by the first delta, not every interval: an idle node has no timer to
+                # serve (at 32 nodes, 0.2 s timers cost about a third of a core).
+                self._delta_armed = True
+                self.hooks.wake(interval, DeltaTick())
+            self.deltas.add(key, delta)
+
+    def send_deltas(self) -> None:
+        """The delta timer: what is queued goes to every reachable peer."""
+        self._delta_armed = False
+        deltas = self.deltas.take()
+        if not deltas:
+            return
+        messages: dict[int, DeltaPropagation] = {}  # one per codec format the peers use
+        for peer in self.peers:
+            if peer.reachable:
+                version = self.versions.format(peer.replica.node)
+                if version not in messages:
+                    me = self.hooks.me()
+                    messages[version] = self.deltas.message(me, self.keys, deltas, version)
+                self.membership.reply(peer, messages[version])
+
     # The parts made later, reached from those made before them.
 
     def _refused_on_decode(self, key: str, error: CodecError) -> None:
@@ -188,3 +278,16 @@ class Parts:
         self.deltas.forget(old)
         self.window.forget(old)
         self.versions.replaced(old)  # it may have restarted on another release
+
+
+_ADMITTED = (
+    Heartbeat,
+    GossipKeys,
+    GossipEntries,
+    DeltaPropagation,
+    PeerWrite,
+    PeerRead,
+    PeerWriteAck,
+    PeerReadResult,
+)
+"""The peer messages handled once their sender is admitted (:meth:`Membership.accept`)."""

@@ -139,16 +139,13 @@ class Requests:
             for name, address in peers.items():
                 self._ask(pending, name, address)
 
-    def on_ack(self, msg: PeerWriteAck, sender: Any) -> None:
-        pending = self.quorums.answer(msg.request_id, msg.sender.node, sender)
-        if pending is not None and pending.enough():
-            self._finish(pending, timed_out=False)
-
-    def on_result(self, msg: PeerReadResult, sender: Any) -> None:
+    def on_answer(self, msg: PeerWriteAck | PeerReadResult, sender: Any) -> None:
+        """A peer's answer to a request of this node (a read's result is kept for the reply)."""
         pending = self.quorums.answer(msg.request_id, msg.sender.node, sender)
         if pending is None:
             return
-        pending.results.append(msg.payload if isinstance(msg.payload, bytes) else None)
+        if isinstance(msg, PeerReadResult):
+            pending.results.append(msg.payload if isinstance(msg.payload, bytes) else None)
         if pending.enough():
             self._finish(pending, timed_out=False)
 
