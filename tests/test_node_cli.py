@@ -292,7 +292,8 @@ def test_a_clean_stop_of_a_cluster_logs_no_error(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_log_level_and_log_config_reach_the_actors_logs(nodes: list[_Node], tmp_path: Path) -> None:
     quiet = _Node(tmp_path, "quiet", free_port())
-    loud = _Node(tmp_path, "loud", free_port(), "--log-level", "info")
+    store = f"--store=sqlite:///{tmp_path / 'loud.sqlite'}"
+    loud = _Node(tmp_path, "loud", free_port(), "--log-level", "info", store)
     records = tmp_path / "records.log"
     config = tmp_path / "logging.json"
     config.write_text(
@@ -327,6 +328,9 @@ def test_log_level_and_log_config_reach_the_actors_logs(nodes: list[_Node], tmp_
         )
     )
     assert "INFO" not in quiet.log.read_text()
+    # Its store was loaded (SQL ran) before it was ready: not one statement in its log.
+    assert "recovered 0 keys" in loud.log.read_text()
+    assert "sqlalchemy" not in loud.log.read_text()
 
 
 # -- the store URL out of argv and capabilities -------------------------------------------------

@@ -255,13 +255,53 @@ def _require_node(port: object, timeout: float) -> int:
     return port
 
 
+JOIN_ONLY = "thespian_dd join only"
+"""A capability of an ActorSystem made only to reach an admin that runs: if none answers, Thespian
+must not start one (see :func:`_start_admin_unless_join_only`)."""
+
+
+class _NoAdmin(InvalidActorAddress):  # type: ignore[misc]
+    """No admin answered where an ActorSystem was made to join one."""
+
+
+_join_only_lock = threading.Lock()
+
+
+def _refuse_new_admins_for_join_only() -> None:
+    """Make Thespian's ``_startAdmin`` refuse a system made with :data:`JOIN_ONLY` (once per
+    process): Thespian starts a new admin wherever it finds none, so a node that stops between
+    the client's probe and its ``ActorSystem(...)`` would be replaced by a new, empty one.
+    Patched when first needed, not at import: importing Thespian's multiprocess base early
+    changes how a node's processes start."""
+    from thespian.system.multiprocCommon import multiprocessCommon
+
+    with _join_only_lock:
+        start_admin = multiprocessCommon._startAdmin
+        if getattr(start_admin, "join_only", False):
+            return
+
+        def start(self: Any, admin: Any, starter: Any, capabilities: Any, log_defs: Any) -> Any:
+            if capabilities.get(JOIN_ONLY):
+                raise _NoAdmin(admin, "no admin answers there")
+            return start_admin(self, admin, starter, capabilities, log_defs)
+
+        start.join_only = True  # type: ignore[attr-defined]
+        multiprocessCommon._startAdmin = start
+
+
 def connect_admin(port: int, timeout: float) -> Any:
     """An endpoint of the ActorSystem whose admin listens on ``port`` of this host (close it with
     :func:`_disconnect`, never ``shutdown()``); ``ConnectionError`` if nothing listens there, or
     something that is no Thespian admin."""
     _require_node(port, timeout)
+    _refuse_new_admins_for_join_only()
+    capabilities = {"Admin Port": port, JOIN_ONLY: True}
     try:
-        asys = ActorSystem("multiprocTCPBase", {"Admin Port": port}, transientUnique=True)
+        asys = ActorSystem("multiprocTCPBase", capabilities, transientUnique=True)
+    except _NoAdmin:
+        raise ConnectionError(
+            f"no thespian_dd node answers on port {port} of this host (it stopped?)"
+        ) from None
     except InvalidActorAddress:
         raise ConnectionError(
             f"port {port} of this host is not a Thespian ActorSystem's admin port"

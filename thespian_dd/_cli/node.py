@@ -58,16 +58,35 @@ class NodeError(Exception):
     """The node cannot start as asked; the message is the one line the operator sees."""
 
 
+class QuietSQL(logging.Filter):
+    """Drops SQLAlchemy's records below WARNING (its SQL statements, at INFO)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith("sqlalchemy")
+
+
 def log_definitions(level: str | None, config_file: str | None) -> dict[str, Any]:
     """The ``logging.config.dictConfig`` of the node: the JSON object in ``config_file``, or
-    records of ``level`` (default WARNING) and above on stderr.  Thespian gets the same as its
-    ``logDefs``, so one configuration serves both the node's and the actors' logs."""
+    records of ``level`` (default WARNING) and above on stderr, but SQLAlchemy's of WARNING
+    and above only (at INFO it logs every SQL statement the store runs: a configuration file
+    can ask for them).  Thespian gets the same as its ``logDefs``, so one configuration serves
+    both the node's and the actors' logs."""
     if config_file is None:
         return {
             "version": 1,
             "disable_existing_loggers": False,
             "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-            "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "line"}},
+            # A filter on the handler, not a level on the "sqlalchemy" logger: Thespian's actor
+            # processes forward every record of the lowest level configured to its logger
+            # process, which hands it to the handlers without looking at logger levels.
+            "filters": {"sql": {"()": f"{__name__}.{QuietSQL.__name__}"}},
+            "handlers": {
+                "stderr": {
+                    "class": "logging.StreamHandler",
+                    "formatter": "line",
+                    "filters": ["sql"],
+                }
+            },
             "root": {"level": level or "WARNING", "handlers": ["stderr"]},
         }
     try:

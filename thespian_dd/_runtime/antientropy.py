@@ -82,8 +82,9 @@ def within_budget(
     return entries, over
 
 
-Merge = Callable[[object, object, str, object], bool]
-"""``merge(key, payload, origin, used)``: merge a peer's value; returns whether it changed."""
+Merge = Callable[[object, object, str, object], bool | None]
+"""``merge(key, payload, origin, used)``: merge a peer's value; returns whether it changed
+(None: it was refused)."""
 
 Reply = Callable[[PeerMessage], None]
 """Send a message to the peer whose message is being answered."""

@@ -1,0 +1,293 @@
+"""The Replicator's parts, made and wired together in one place.
+
+The actor (:class:`thespian_dd.replicator.Replicator`) makes one :class:`Parts` when it knows its
+settings, and its handlers delegate to them.  Everything the parts do to the world goes through
+the :class:`Hooks` they are given, so the same wiring runs without processes in tests, with a
+recording ``send`` and ``transmit`` and a clock the test moves (``tests/test_parts.py`` joins
+nodes so, message by message).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from thespian_dd._canonical import CodecError
+from thespian_dd._runtime.antientropy import AntiEntropy
+from thespian_dd._runtime.checks import Rejections
+from thespian_dd._runtime.deltas import DeltaQueue
+from thespian_dd._runtime.durability import Durability
+from thespian_dd._runtime.keys import KeyTable
+from thespian_dd._runtime.local import LocalData, stored_entry
+from thespian_dd._runtime.membership import Membership
+from thespian_dd._runtime.peers import Peer, PeerTable
+from thespian_dd._runtime.protocol import (
+    PROTOCOL_VERSION,
+    DeltaPropagation,
+    DeltaTick,
+    GossipEntries,
+    GossipKeys,
+    GossipStatus,
+    Heartbeat,
+    PeerHello,
+    PeerMessage,
+    PeerRead,
+    PeerReadResult,
+    PeerRemoved,
+    PeerWrite,
+    PeerWriteAck,
+)
+from thespian_dd._runtime.pruning import Pruning
+from thespian_dd._runtime.quorums import Quorums
+from thespian_dd._runtime.report import Report
+from thespian_dd._runtime.requests import Requests
+from thespian_dd._runtime.settings import Settings
+from thespian_dd._runtime.subscriptions import Subscriptions
+from thespian_dd._runtime.versions import Versions
+from thespian_dd._runtime.window import SendWindow, Transmit
+from thespian_dd._runtime.writer import Write
+from thespian_dd.data import ReplicaId, ReplicatedData
+
+__all__ = ["Hooks", "Parts"]
+
+log = logging.getLogger("thespian_dd.replicator")
+
+
+@dataclass
+class Hooks:
+    """What the parts act through: the actor's, or a test's."""
+
+    send: Callable[[Any, Any], None]
+    """Send a message now (replies to clients and answers outside a send window)."""
+    wake: Callable[[float, Any], None]
+    """Arm a timer whose payload comes back as a wakeup."""
+    transmit: Transmit
+    """Send a message and be told when it was delivered or failed (peers, subscribers)."""
+    address: Callable[[], Any]
+    """This Replicator's own address."""
+    me: Callable[[], ReplicaId]
+    """This node's replica in its current incarnation."""
+    reincarnate: Callable[[], None]
+    """Take a new incarnation (peers pruned this node's replica)."""
+    create_writer: Callable[[], Any]
+    """Start a DurableWriter and return its address."""
+    commit: Callable[[Write], None] | None = None
+    """Commit sync batches here instead of in the DurableWriter (the commit thread)."""
+    slots: int = 20
+    """Thespian's transmit slots for this process at the start."""
+    grow: Callable[[int], None] | None = None
+    """Give this process more transmit slots."""
+
+
+class Parts:
+    """One node's parts (see :mod:`thespian_dd.replicator` for what each does), wired.
+    ``clock``: monotonic seconds; ``rng`` picks gossip peers and quorum primaries."""
+
+    def __init__(  # noqa: PLR0913 - the settings, the node, what it acts through, and inputs
+        self,
+        settings: Settings,
+        node_name: str,
+        hooks: Hooks,
+        rejections: Rejections,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        rng = rng or random.Random()  # noqa: S311 - no secret
+        self.hooks = hooks
+        self.settings = settings
+        self._delta_armed = False  # a DeltaTick is due
+        self.rejections = rejections
+        self.keys = keys = KeyTable(settings.expiry, refused=self._refused_on_decode)
+        self.peers = PeerTable(
+            failure_timeout=settings.failure_timeout,
+            removal_timeout=settings.removal_timeout,
+            pruned=keys.pruned,
+            refused=lambda replica, address: hooks.send(address, self.membership.removed(replica)),
+            replaced=self._forget_incarnation,
+            clock=clock,
+        )
+        self.window = SendWindow(
+            hooks.transmit,
+            hooks.slots,
+            peer_count=lambda: len(self.peers),
+            dead=self._dead,
+            grow=hooks.grow,
+            clock=clock,
+        )
+        self.deltas = DeltaQueue()
+        self.versions = Versions(clock=clock)
+        self.subscriptions = Subscriptions(
+            transmit=hooks.transmit,
+            wake=hooks.wake,
+            interval=settings.notify_interval,
+            dropped=lambda address: log.info("dropped a subscriber that is gone: %s", address),
+        )
+        self.pruning = Pruning(settings, keys, clock=clock)
+        self.durability = Durability(
+            settings=settings,
+            node_name=node_name,
+            send=hooks.send,
+            wake=hooks.wake,
+            create_writer=hooks.create_writer,
+            entry=partial(stored_entry, keys),
+            commit=hooks.commit,
+        )
+        self.local = LocalData(
+            keys,
+            self.subscriptions,
+            self.deltas,
+            self.durability,
+            rejections,
+            me=hooks.me,
+            max_value_bytes=settings.max_value_bytes,
+            pruned_here=hooks.reincarnate,
+        )
+        self.anti_entropy = AntiEntropy(
+            keys,
+            hooks.me,
+            self.local.merge,
+            settings.max_gossip_bytes,
+            rejections,
+            format_for=self.versions.format,
+            # Deltas bring changing buckets level; without deltas, gossip is all there is.
+            settle=settings.gossip_interval if settings.delta_interval else 0.0,
+            clock=clock,
+        )
+        self.membership = Membership(
+            self.peers,
+            self.versions,
+            self.window,
+            keys,
+            self.anti_entropy,
+            rejections,
+            send_now=hooks.send,
+            me=hooks.me,
+            address=hooks.address,
+            met=self._met,
+            lost=self._lost,
+            removal_timeout=settings.removal_timeout,
+            rng=rng,
+        )
+        self.requests = Requests(
+            Quorums(hooks.wake, rng),
+            keys,
+            self.membership,
+            self.durability,
+            hooks.send,
+            self.local.merge,
+        )
+        self.report = Report(
+            settings, keys, self.membership, self.durability, self.subscriptions, rejections
+        )
+
+    # -- the peer protocol ----------------------------------------------------------------------
+
+    def on_peer_message(self, msg: PeerMessage, sender: Any) -> None:
+        """A message that claims to come from a peer's Replicator, handled as its kind says:
+        the Replicator's handler of every peer message."""
+        membership = self.membership
+        if isinstance(msg, PeerHello):
+            membership.on_hello(msg, sender)
+        elif isinstance(msg, GossipStatus):
+            membership.on_status(msg, sender)
+        elif isinstance(msg, PeerRemoved):
+            if msg.removed == self.hooks.me():
+                self.hooks.reincarnate()
+        elif not isinstance(msg, _ADMITTED):
+            self.rejections.refuse()  # a peer message of a kind this version does not know
+        elif membership.accept(msg, sender):
+            self._admitted(msg, sender)
+
+    def _admitted(self, msg: PeerMessage, sender: Any) -> None:
+        membership = self.membership
+        if isinstance(msg, (GossipKeys, GossipEntries)):
+            peer = membership.sender(msg)
+            reply = None if peer is None else partial(membership.reply, peer)
+            if isinstance(msg, GossipEntries):
+                self.anti_entropy.on_entries(msg, reply)
+            elif reply is not None:
+                self.anti_entropy.on_keys(msg, reply)
+        elif isinstance(msg, DeltaPropagation):
+            self._on_deltas(msg)
+        elif isinstance(msg, PeerWrite):
+            self.requests.on_write(msg)
+        elif isinstance(msg, PeerRead):
+            self.requests.on_read(msg)
+        elif isinstance(msg, (PeerWriteAck, PeerReadResult)):
+            self.requests.on_answer(msg, sender)
+        # A Heartbeat says only that its sender is alive: accept() noted it.
+
+    def _on_deltas(self, msg: DeltaPropagation) -> None:
+        want = self.deltas.on_propagation(msg, self.keys, self.local.merge)
+        peer = self.membership.sender(msg)
+        if want and peer is not None:  # deltas were lost: ask for the whole values instead
+            entries = GossipEntries(PROTOCOL_VERSION, self.hooks.me(), {}, frozenset(want))
+            self.membership.reply(peer, entries)
+
+    # -- deltas ----------------------------------------------------------------------------------
+
+    def queue_delta(self, key: str, delta: ReplicatedData | None) -> None:
+        """Queue a local change's delta (None: a delete) for the next propagation."""
+        interval = self.settings.delta_interval
+        if interval and len(self.peers):
+            if not self._delta_armed:
+                # Armed by the first delta, not every interval: an idle node has no timer to
+                # serve (at 32 nodes, 0.2 s timers cost about a third of a core).
+                self._delta_armed = True
+                self.hooks.wake(interval, DeltaTick())
+            self.deltas.add(key, delta)
+
+    def send_deltas(self) -> None:
+        """The delta timer: what is queued goes to every reachable peer."""
+        self._delta_armed = False
+        deltas = self.deltas.take()
+        if not deltas:
+            return
+        messages: dict[int, DeltaPropagation] = {}  # one per codec format the peers use
+        for peer in self.peers:
+            if peer.reachable:
+                version = self.versions.format(peer.replica.node)
+                if version not in messages:
+                    me = self.hooks.me()
+                    messages[version] = self.deltas.message(me, self.keys, deltas, version)
+                self.membership.reply(peer, messages[version])
+
+    # The parts made later, reached from those made before them.
+
+    def _refused_on_decode(self, key: str, error: CodecError) -> None:
+        self.local.refused_on_decode(key, error)
+
+    def _dead(self, replica: ReplicaId) -> None:
+        self.requests.dead(replica)
+
+    def _met(self, peer: Peer) -> None:
+        self.requests.met(peer)
+
+    def _lost(self, peer: Peer) -> None:
+        self.requests.lost(peer)
+
+    def _forget_incarnation(self, old: ReplicaId) -> None:
+        """A peer's new incarnation replaced ``old``: its deltas were numbered per incarnation,
+        and what its window held is moot."""
+        self.deltas.forget(old)
+        self.window.forget(old)
+        self.versions.replaced(old)  # it may have restarted on another release
+
+
+_ADMITTED = (
+    Heartbeat,
+    GossipKeys,
+    GossipEntries,
+    DeltaPropagation,
+    PeerWrite,
+    PeerRead,
+    PeerWriteAck,
+    PeerReadResult,
+)
+"""The peer messages handled once their sender is admitted (:meth:`Membership.accept`)."""
