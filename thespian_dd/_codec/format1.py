@@ -13,14 +13,7 @@ from functools import partial
 from typing import Any
 
 from thespian_dd._canonical import CodecError, Limits, decode_tree, encode_tree
-from thespian_dd._codec.checks import (
-    ascending,
-    backed,
-    checked_marks,
-    count,
-    expect,
-    unknown_type,
-)
+from thespian_dd._codec.checks import ascending, backed, checked_marks, count, expect, unknown_type
 from thespian_dd._codec.registry import (
     BACKED_VALUES,
     BUILT_IN_TYPES,

@@ -14,14 +14,7 @@ import cbor2
 from cbor2 import CBORTag
 
 from thespian_dd._canonical import CodecError, Limits, decode_counted
-from thespian_dd._codec.checks import (
-    ascending,
-    backed,
-    checked_marks,
-    count,
-    expect,
-    unknown_type,
-)
+from thespian_dd._codec.checks import ascending, backed, checked_marks, count, expect, unknown_type
 from thespian_dd._codec.format2 import NATIVE, TREE_TAG, surrogates
 from thespian_dd._codec.registry import BACKED_VALUES, BUILT_IN, REGISTERED, registered_value
 from thespian_dd.data import CausalContext, Dot, ReplicaId, ReplicatedData
