@@ -16,7 +16,8 @@ def expect(condition: bool, what: str) -> None:
         raise CodecError(f"malformed state: {what}")
 
 
-def count(n: Any, what: str) -> int:
+def positive(n: Any, what: str) -> int:
+    """``n``, which must be an int > 0 (a counter, a dot's number)."""
     expect(type(n) is int and n > 0, f"{what} must be an int > 0, not {n!r}")
     result: int = n
     return result
@@ -36,7 +37,7 @@ def unknown_type(name: Any) -> CodecError:
     )
 
 
-def checked_marks(m: ORMap, key: Any, floor: ReplicatedData) -> ReplicatedData:
+def valid_marks(m: ORMap, key: Any, floor: ReplicatedData) -> ReplicatedData:
     """``floor``, the marks stored for ``key`` of ``m``: dots only, of the key's type, and
     stored only where they reserve more than the key's versions do."""
     expect(isinstance(floor, DotBased) and floor == floor.marks(), "marks reserve dots only")

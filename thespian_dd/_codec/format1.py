@@ -13,7 +13,7 @@ from functools import partial
 from typing import Any
 
 from thespian_dd._canonical import CodecError, Limits, decode_tree, encode_tree
-from thespian_dd._codec.checks import ascending, backed, checked_marks, count, expect, unknown_type
+from thespian_dd._codec.checks import ascending, backed, expect, positive, unknown_type, valid_marks
 from thespian_dd._codec.registry import (
     BACKED_VALUES,
     BUILT_IN_TYPES,
@@ -84,7 +84,7 @@ def _gcounter(state: Any, limits: Limits) -> GCounter:
     expect(isinstance(state, dict), "GCounter state is a dict of slots or a units context")
     for r, n in state.items():
         expect(isinstance(r, ReplicaId), "GCounter slots are keyed by ReplicaId")
-        count(n, "a GCounter slot")
+        positive(n, "a GCounter slot")
     return GCounter(state)
 
 
@@ -180,7 +180,7 @@ class _DotReader:
         expect(isinstance(flat, list) and len(flat) % 2 == 0, "dots are [index, n, ...]")
         pairs = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
         expect(ascending(pairs), "dots are sorted, once each")
-        return [(self.replica(i), count(n, "a dot counter")) for i, n in pairs]
+        return [(self.replica(i), positive(n, "a dot counter")) for i, n in pairs]
 
     def seen(self, flat: Any) -> list[Dot]:
         dots = self.dots(flat)
@@ -232,7 +232,7 @@ def _ormap(state: Any, limits: Limits) -> ORMap:
         expect(len({type(v) for v in dots.values()}) == 1, "a key's versions share one type")
         versions[key] = dots
     m = ORMap(versions, r.context)
-    floors = {key: checked_marks(m, key, _from_tree(tree, limits)) for key, tree in marks.items()}
+    floors = {key: valid_marks(m, key, _from_tree(tree, limits)) for key, tree in marks.items()}
     return ORMap(versions, r.context, floors)
 
 

@@ -14,7 +14,7 @@ import cbor2
 from cbor2 import CBORTag
 
 from thespian_dd._canonical import CodecError, Limits, decode_counted
-from thespian_dd._codec.checks import ascending, backed, checked_marks, count, expect, unknown_type
+from thespian_dd._codec.checks import ascending, backed, expect, positive, unknown_type, valid_marks
 from thespian_dd._codec.format2 import NATIVE, TREE_TAG, surrogates
 from thespian_dd._codec.registry import BACKED_VALUES, BUILT_IN, REGISTERED, registered_value
 from thespian_dd.data import CausalContext, Dot, ReplicaId, ReplicatedData
@@ -269,7 +269,7 @@ class _Reader:
         for k in range(0, len(flat), width):
             pos, i, n = flat[k : k + 3]
             expect(type(pos) is int and 0 <= pos < len(firsts), "an extra's position is in range")
-            dot = (self.replica(i), count(n, "a dot counter"))
+            dot = (self.replica(i), positive(n, "a dot counter"))
             first = firsts[pos]
             expect(
                 (pos, i, n) > previous and (i, n) > (index[first[0]], first[1]),
@@ -325,7 +325,7 @@ class _Reader:
         floors = {}
         for spelled, tree in marks.items():
             key = self.user(spelled)
-            floors[key] = checked_marks(m, key, value(tree))
+            floors[key] = valid_marks(m, key, value(tree))
         return ORMap(versions, context, floors) if floors else m
 
     def value(self, tree: Any) -> ReplicatedData:
