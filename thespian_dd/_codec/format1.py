@@ -55,11 +55,11 @@ def _to_tree(data: ReplicatedData) -> list[Any]:
 def _from_tree(tree: Any, limits: Limits) -> ReplicatedData:
     expect(isinstance(tree, list) and len(tree) == 2, "a value is [type name, state]")
     name, state = tree
-    decoder = _DECODERS.get(name) if isinstance(name, str) else None
-    registered = REGISTERED.get(name) if isinstance(name, str) else None
     try:
+        decoder = _DECODERS.get(name) if isinstance(name, str) else None
         if decoder is not None:
             return decoder(state, limits)
+        registered = REGISTERED.get(name) if isinstance(name, str) else None
         if registered is not None:
             return registered_value(registered, state)
     except CodecError as e:
