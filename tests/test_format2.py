@@ -1,4 +1,4 @@
-"""Format 2 (canonical CBOR, see the comments in :mod:`thespian_dd.codec`): bodies that are
+"""Format 2 (canonical CBOR, its layout in :mod:`thespian_dd._codec.format2`): bodies that are
 well-formed CBOR but not a value's one spelling, of the wrong shape, or past the caps are refused
 with a CodecError naming the problem; user values that need care keep their exact types; and
 the tags cbor2 would decode itself are refused, not run."""
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import enum
 import gc
-import hashlib
 from collections import namedtuple
 from typing import Any
 
@@ -16,7 +15,12 @@ import pytest
 from cbor2 import CBORTag
 from hypothesis import given
 from hypothesis import strategies as st
-from test_codec import CODEC_VALUES  # values of every type, of a fake peer, concurrent ones
+from test_codec import (  # values of every type, of a fake peer, concurrent ones; helpers
+    CODEC_VALUES,
+    assert_usable,
+    decode_or_codec_error,
+    with_valid_checksum,
+)
 
 from thespian_dd import (
     Flag,
@@ -30,7 +34,8 @@ from thespian_dd import (
     ReplicatedData,
 )
 from thespian_dd._canonical import encode_tree
-from thespian_dd.codec import _FOREIGN_TAGS, CodecError, Limits, decode, encode
+from thespian_dd._codec.format2_read import FOREIGN_TAGS
+from thespian_dd.codec import CodecError, Limits, decode, encode
 from thespian_dd.data import CausalContext
 
 A, B = ReplicaId("a", 1), ReplicaId("b", 1)
@@ -39,20 +44,12 @@ TREE = 21572
 
 
 def _raw(body: bytes) -> bytes:
-    head = b"TDD\x02" + body
-    return head + hashlib.blake2b(head, digest_size=16).digest()
+    return with_valid_checksum(body, 2)
 
 
 def _value(replicas: list[Any], value: Any) -> bytes:
     """A format-2 encoding of ``[replicas, value]`` with a valid checksum."""
     return _raw(cbor2.dumps([replicas, value], canonical=True))
-
-
-def _decode_or_error(raw: bytes, limits: Limits | None = None) -> Any:
-    try:
-        return decode(raw, limits)
-    except CodecError as e:
-        return e
 
 
 @pytest.mark.parametrize(
@@ -170,12 +167,12 @@ def test_the_gset_spellings_above_are_one_away_from_the_real_one() -> None:
     assert decode(_raw(b"\x82\x80\x82\x02\xa1\x05\xf6")) == GSet({5})
 
 
-@pytest.mark.parametrize("tag", [t for t in _FOREIGN_TAGS if t not in {28, 29}])
+@pytest.mark.parametrize("tag", [t for t in FOREIGN_TAGS if t not in {28, 29}])
 def test_tags_that_cbor2_decodes_itself_are_refused(tag: int) -> None:
     for payload in (0, "2020-01-01T00:00:00Z", b"x", [1, 2], "a.*"):
         element = CBORTag(tag, payload)
         raw = _value(["a", 1], [3, [0, 1], [], [element], [0, 1], [1], []])
-        assert isinstance(_decode_or_error(raw), CodecError)
+        assert isinstance(decode_or_codec_error(raw), CodecError)
 
 
 def test_shared_references_are_refused() -> None:
@@ -198,20 +195,14 @@ def test_every_tag_cbor2_decodes_itself_is_known_to_the_codec() -> None:
             if not (type(decoded) is CBORTag and decoded.tag == tag):
                 own.add(tag)
                 break
-    assert own <= {2, 3, *_FOREIGN_TAGS}
+    assert own <= {2, 3, *FOREIGN_TAGS}
 
 
 def test_caps_apply_to_format_2() -> None:
     # 20,000 nested arrays: refused before any recursion of the codec's own.
     with pytest.raises(CodecError, match="max_depth"):
         decode(_raw(b"\x82\x80" + b"\x81" * 20_000 + b"\x00"))
-    raw = encode(ORSet().add_all(A, range(1000)).reset_delta())
-    assert len(decode(raw, Limits(max_items=5000)).value) == 1000
-    with pytest.raises(CodecError, match="max_items"):
-        decode(raw, Limits(max_items=500))
-    with pytest.raises(CodecError, match="max_bytes"):
-        decode(raw, Limits(max_bytes=100))
-    # The items of values in tagged trees count too.
+    # (The caps every format has: test_codec.)  The items of values in tagged trees count too.
     big = encode(GSet({frozenset(range(100)), frozenset(range(100, 200))}))
     with pytest.raises(CodecError, match="max_items"):
         decode(big, Limits(max_items=150))
@@ -314,11 +305,9 @@ def test_well_formed_cbor_of_the_wrong_shape_is_refused_or_is_its_own_encoding(
     replicas: list[Any], code: int, parts: list[Any]
 ) -> None:
     raw = _value(replicas, [code, *parts])
-    result = _decode_or_error(raw, Limits(max_items=10_000, max_depth=32))
+    result = decode_or_codec_error(raw, Limits(max_items=10_000, max_depth=32))
     if not isinstance(result, CodecError):
-        assert isinstance(result, ReplicatedData)
-        result.value  # noqa: B018 - computing it must not raise
-        assert result.merge(result) == result
+        assert_usable(result)
         assert encode(result) == raw, result
 
 
@@ -364,11 +353,9 @@ def test_a_real_value_mutated_as_a_tree_is_refused_or_is_its_own_encoding(
             other = data.draw(st.integers(0, len(parent) - 1))
             parent[at], parent[other] = parent[other], parent[at]
     raw = _raw(cbor2.dumps(tree, canonical=True))
-    result = _decode_or_error(raw, Limits(max_items=10_000, max_depth=32))
+    result = decode_or_codec_error(raw, Limits(max_items=10_000, max_depth=32))
     if not isinstance(result, CodecError):
-        assert isinstance(result, ReplicatedData)
-        result.value  # noqa: B018 - computing it must not raise
-        assert result.merge(result) == result
+        assert_usable(result)
         assert encode(result) == raw, result
 
 
