@@ -487,11 +487,10 @@ def merge_dot_maps(
     a_get = a.get
     for key in dict.fromkeys(unsettled):
         mine, theirs = a_get(key), b_get(key)
-        if mine is None or theirs is None:
-            dots = theirs if mine is None else mine
-            if len(dots) == 1:  # its one dot is covered by the other side's version vector
-                del out[key]
-                continue
+        only = theirs if mine is None else mine if theirs is None else None
+        if only is not None and len(only) == 1:  # one side's one dot, the other side has seen
+            del out[key]
+            continue
         kept = _join_dots(mine, a_ctx, theirs, b_ctx)
         if kept:
             out[key] = kept
