@@ -528,8 +528,10 @@ def _join_dots(
 ) -> frozenset[Dot]:
     """One key's dots merged: those both sides hold, and those one side holds and the other has
     not seen (``None``: the side does not hold the key)."""
-    if mine is None or theirs is None:
-        return _unseen(theirs, my_ctx) if mine is None else _unseen(mine, their_ctx)  # type: ignore[arg-type]
+    if mine is None:
+        return frozenset() if theirs is None else _unseen(theirs, my_ctx)
+    if theirs is None:
+        return _unseen(mine, their_ctx)
     if mine is theirs or mine == theirs:
         return mine
     return (mine & theirs).union(_unseen(mine - theirs, their_ctx), _unseen(theirs - mine, my_ctx))
