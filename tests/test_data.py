@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Hashable
 
 import pytest
+from crdt_table import REPLICAS, ROWS, states_of
+from hypothesis import given
+from hypothesis import strategies as st
 
-from thespian_dd import ReplicaId
-from thespian_dd.data import CausalContext
+from thespian_dd import ORSet, ReplicaId
+from thespian_dd.data import CausalContext, Dot, merge_dot_maps, merge_dot_maps_by_key
 
 B, C = ReplicaId("b", 1), ReplicaId("c", 1)
 A = ReplicaId("a", 1)
@@ -89,3 +93,92 @@ def test_a_context_is_immutable_and_equal_by_content() -> None:
     assert pickle.loads(pickle.dumps(ctx)) == ctx
     with pytest.raises(AttributeError):
         ctx.ranges = {}
+
+
+# The merge of dot stores: its fast path (version-vector contexts) and its key-by-key path
+# against the rule itself, dot by dot, on stores drawn freely: several dots per key, keys the
+# two sides share by the same object, by equal objects or with other dots, keys one side holds
+# only, contexts with gaps and floors, dots outside their own side's context (a state built by
+# hand), and the states and deltas of ORSet histories.
+
+DOTS = st.tuples(st.sampled_from(REPLICAS), st.integers(1, 6))
+Store = dict[Hashable, frozenset[Dot]]
+
+
+def _by_the_rule(a: Store, a_ctx: CausalContext, b: Store, b_ctx: CausalContext) -> Store:
+    """A dot survives when both sides hold it, or one holds it and the other has not seen it."""
+    out = {}
+    for key in a.keys() | b.keys():
+        mine, theirs = a.get(key, frozenset()), b.get(key, frozenset())
+        kept = (
+            (mine & theirs)
+            | {d for d in mine - theirs if d not in b_ctx}
+            | {d for d in theirs - mine if d not in a_ctx}
+        )
+        if kept:
+            out[key] = kept
+    return out
+
+
+@st.composite
+def _context_of(draw: st.DrawFn, store: Store) -> CausalContext:
+    held = {d for dots in store.values() for d in dots}
+    if draw(st.booleans()):  # dropped from the context: a state built by hand
+        held -= draw(st.frozensets(st.sampled_from(sorted(held)))) if held else set()
+    extra = draw(st.frozensets(DOTS, max_size=6))
+    floor = draw(st.dictionaries(st.sampled_from(REPLICAS), st.integers(1, 9), max_size=2))
+    if draw(st.booleans()):  # a version vector: every dot up to the top of each replica
+        tops: dict[ReplicaId, int] = {}
+        for r, n in held | extra:
+            tops[r] = max(n, tops.get(r, 0))
+        return CausalContext({r: (0, n) for r, n in tops.items()}, floor)
+    return CausalContext.of_dots(held | extra).merge(CausalContext({}, floor))
+
+
+@st.composite
+def _store_pairs(draw: st.DrawFn) -> tuple[Store, CausalContext, Store, CausalContext]:
+    keys: st.SearchStrategy[Hashable] = st.integers(0, 7)
+    stores = st.dictionaries(keys, st.frozensets(DOTS, min_size=1, max_size=3))
+    a, b = draw(stores), draw(stores)
+    for key in draw(st.frozensets(st.sampled_from(list(a)))) if a else ():
+        how = draw(st.sampled_from(["same object", "equal object", "absent"]))
+        if how == "absent":
+            b.pop(key, None)
+        else:
+            b[key] = a[key] if how == "same object" else frozenset(list(a[key]))
+    return a, draw(_context_of(a)), b, draw(_context_of(b))
+
+
+@given(pair=_store_pairs())
+def test_dot_store_merge_follows_the_rule_dot_by_dot(
+    pair: tuple[Store, CausalContext, Store, CausalContext],
+) -> None:
+    expected = _by_the_rule(*pair)
+    assert merge_dot_maps(*pair) == expected
+    assert merge_dot_maps_by_key(*pair) == expected
+    a, a_ctx, b, b_ctx = pair
+    assert merge_dot_maps(b, b_ctx, a, a_ctx) == expected
+    merged = merge_dot_maps(*pair)
+    for key, dots in a.items():  # what both sides hold as one object stays that object
+        if b.get(key) is dots:
+            assert merged[key] is dots
+
+
+@given(data=st.data())
+def test_dot_store_merge_follows_the_rule_on_orset_states_and_deltas(data: st.DataObject) -> None:
+    row = next(row for row in ROWS if row.name == "ORSet")
+    x, y = data.draw(states_of(row, 2))
+    changed = row.apply(y, REPLICAS[0], data.draw(row.ops()))
+    for s, t in [(x, y), (x, changed), (x, changed.delta or changed), (changed.delta or y, y)]:
+        expected = _by_the_rule(s.entries, s.context, t.entries, t.context)
+        assert merge_dot_maps(s.entries, s.context, t.entries, t.context) == expected
+        assert merge_dot_maps_by_key(s.entries, s.context, t.entries, t.context) == expected
+        assert s.merge(t).entries == expected
+
+
+def test_a_set_merge_of_states_in_step_shares_their_dots() -> None:
+    left = ORSet().add_all(A, range(10)).reset_delta()
+    right = left.add(B, 10).remove(B, 0).reset_delta()
+    merged = left.merge(right)
+    assert merged.value == frozenset(range(1, 11))
+    assert all(merged.entries[e] is left.entries[e] for e in range(1, 10))
