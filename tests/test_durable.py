@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from thespian.actors import ActorSystem
+from thespian.actors import ActorExitRequest, ActorSystem
 
 from thespian_dd import (
     Changed,
@@ -744,6 +744,39 @@ def test_the_replicator_forks_its_children_with_no_commit_thread_running(
     cluster.kill(0)
     cluster.restart(0)
     assert _value(cluster, 0, "hits").value == 2
+
+
+def test_regression_sync_writes_committed_at_a_graceful_stop_are_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """History: five sync Updates, then the Replicator's ActorExitRequest, told back to back.
+    The stop committed every write (the commit thread finishes what it was given), but their
+    replies came from the thread's answers, which only a later watch wakeup delivered, and none
+    comes to an actor that exits: the writes were stored and never acknowledged."""
+    url = f"sqlite:///{tmp_path}/n.db"
+    asys = _actor_system(free_port(), store=url, node_name="n")
+    try:
+        replicator = asys.createActor(Replicator, globalName=REPLICATOR_NAME)
+        eventually(lambda: asys.ask(replicator, GetStats(), 5).serving, what="the load")
+        keys = [f"k{i}" for i in range(5)]
+        for key in keys:
+            asys.tell(replicator, Update(key, GCounter(), _increment(1)))
+        asys.tell(replicator, ActorExitRequest())
+        replies = []
+        deadline = time.monotonic() + 20
+        while len(replies) < len(keys) and time.monotonic() < deadline:
+            reply = asys.listen(1)
+            if isinstance(reply, UpdateSuccess):
+                replies.append(reply.key)
+        assert sorted(replies) == keys
+    finally:
+        asys.shutdown()
+    store = Store(url)
+    try:
+        stored = {key: payload for key, payload, _error in store.load("n")}
+        assert all(stored.get(key) is not None for key in keys)
+    finally:
+        store.close()
 
 
 def test_a_store_outage_while_running_fails_writes_then_they_resume(tmp_path: Path) -> None:

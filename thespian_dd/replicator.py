@@ -521,9 +521,12 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if self._settings is not None:
             self._parts.durability.stop()
         if self._commits is not None:
-            # Ended after committing what the stop flushed; its pipe is left open to the
-            # process's exit: Thespian still watches it while this actor stops its children.
+            # Ended after committing what the stop flushed, whose clients are answered now (no
+            # watch wakes this actor again); its pipe is left open to the process's exit:
+            # Thespian still watches it while this actor stops its children.
             self._commits.pause()
+            for written in self._commits.drain():
+                self._parts.durability.committed(written)
             self._commits = None
 
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
