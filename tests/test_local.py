@@ -19,30 +19,24 @@ batches its hooks were sent.
 
 from __future__ import annotations
 
-import gc
 import logging
-import random
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from fakes import Clock
+from fakes import FakeNode, Wire, restore_collector
 from thespian.actors import ActorAddress
-from thespian.system.transport import SendStatus
 
 from thespian_dd import Flag, GCounter, ORSet, ReplicaId
 from thespian_dd._canonical import Limits
-from thespian_dd._runtime.checks import Rejections
 from thespian_dd._runtime.keys import TOMBSTONE_DIGEST, KeyTable, bucket_digests, bucket_of
 from thespian_dd._runtime.local import stored_entry
 from thespian_dd._runtime.markers import Initialized, Performed, envelope_digest, join_envelope
-from thespian_dd._runtime.parts import Hooks, Parts
 from thespian_dd._runtime.protocol import TOMBSTONE
 from thespian_dd._runtime.settings import Settings
 from thespian_dd._runtime.versions import format_of
-from thespian_dd._runtime.writer import FORGOTTEN, Entry, Loaded, Write, Written
+from thespian_dd._runtime.writer import FORGOTTEN, Entry, Loaded
 from thespian_dd.codec import FORMAT_VERSION, digest, encode
 from thespian_dd.data import ReplicatedData
 from thespian_dd.messages import Changed, Deleted, Expired
@@ -59,80 +53,26 @@ EXPIRES = {"session*": 60.0}
 LONE, OTHER = "session-1", "k1"
 
 
-@pytest.fixture(autouse=True)
-def _collector_restored() -> Iterator[None]:
-    """A load turns the cyclic collector off until it ends."""
-    enabled = gc.isenabled()
-    yield
-    if enabled:
-        gc.enable()
+_collector_restored = pytest.fixture(autouse=True)(restore_collector)
 
 
 @dataclass
-class Node:
-    """One node's wired parts, with everything they act through recorded."""
+class Node(FakeNode):
+    """A node whose transmits are finished as they are made (a subscriber is told as soon as it
+    is sent to), with SUBSCRIBER subscribed to every key."""
 
-    settings: Settings = field(default_factory=Settings)
-    me: ReplicaId = A
-    sent: list[tuple[Any, Any]] = field(default_factory=list)
-    transmitted: list[tuple[Any, Any]] = field(default_factory=list)
-    writers: list[object] = field(default_factory=list)
-    reincarnations: int = 0
-    parts: Parts = field(init=False)
+    wire: Wire = field(default_factory=lambda: Wire(at_once=True))
 
     def __post_init__(self) -> None:
-        hooks = Hooks(
-            send=lambda address, message: self.sent.append((address, message)),
-            wake=lambda _seconds, _payload: None,
-            transmit=self._transmit,
-            address=lambda: ActorAddress(f"replicator-{self.me.node}"),
-            me=lambda: self.me,
-            reincarnate=self._reincarnate,
-            create_writer=self._create_writer,
-        )
-        self.parts = Parts(
-            self.settings,
-            self.me.node,
-            hooks,
-            Rejections(logging.getLogger(LOGGER)),
-            clock=Clock(1000.0),
-            rng=random.Random(0),
-        )
+        super().__post_init__()
         self.parts.subscriptions.subscribe("*", SUBSCRIBER)
-
-    def _transmit(self, address: Any, message: Any, done: Callable[[Any], None]) -> None:
-        self.transmitted.append((address, message))
-        done(SendStatus.Sent)
-
-    def _reincarnate(self) -> None:
-        self.reincarnations += 1
-
-    def _create_writer(self) -> object:
-        writer = object()
-        self.writers.append(writer)
-        return writer
-
-    @property
-    def rejected(self) -> int:
-        return self.parts.rejections.count
 
     def told(self) -> list[Any]:
         """What the subscriber is told now (a notification time): taken."""
         self.parts.local.notify()
-        told = [m for a, m in self.transmitted if a == SUBSCRIBER]
-        self.transmitted.clear()
+        told = self.wire.to(SUBSCRIBER)
+        self.wire.sent.clear()
         return told
-
-    def writes(self) -> list[dict[str, Entry | None]]:
-        """The entries of every batch sent to the store since last asked, each committed as it
-        comes (which sends the next: one batch is in flight at a time)."""
-        entries = []
-        while batches := [m for _, m in self.sent if isinstance(m, Write)]:
-            self.sent.clear()
-            for batch in batches:
-                entries.append(batch.entries)
-                self.parts.durability.committed(Written(batch.seq))
-        return entries
 
 
 def durable_node(**settings: Any) -> Node:
@@ -245,7 +185,7 @@ def test_a_merge_that_changes_the_value_tells_subscribers_one_that_changes_nothi
     assert not node.parts.local.merge("k", payload, str(B))  # nothing new
     assert not node.parts.local.merge("k", encode(counter(2, B)), str(B))  # older: nothing new
     assert node.told() == []
-    assert node.rejected == 0
+    assert node.rejections.count == 0
 
 
 def test_a_merge_that_changes_only_the_markers_is_kept_but_tells_no_subscriber() -> None:
@@ -309,7 +249,7 @@ def test_a_payload_that_must_be_refused_is_counted_and_changes_nothing(case: str
     node.told()
     digests, buckets = dict(node.parts.keys.digests()), node.parts.keys.buckets()
     assert not node.parts.local.merge(key, payload, str(B))
-    assert node.rejected == 1
+    assert node.rejections.count == 1
     assert node.parts.keys.get("k") == value
     assert node.parts.keys.names() == {"k"}
     assert dict(node.parts.keys.digests()) == digests
@@ -331,7 +271,7 @@ def test_a_refused_payload_is_logged_once_per_origin(caplog: pytest.LogCaptureFi
     assert str(B) in warnings[0]
     assert str(C) in warnings[1]
     assert all("ORSet" in w and "GCounter" in w for w in warnings)
-    assert node.rejected == 5  # every one counted
+    assert node.rejections.count == 5  # every one counted
 
 
 def test_a_payload_saying_this_replica_was_pruned_is_refused_and_takes_a_new_incarnation() -> None:
@@ -341,7 +281,7 @@ def test_a_payload_saying_this_replica_was_pruned_is_refused_and_takes_a_new_inc
     payload = join_envelope(encode(counter(5, B)), {A: Performed(far)})
     assert not node.parts.local.merge("k", payload, str(B))
     assert node.reincarnations == 1
-    assert node.rejected == 1
+    assert node.rejections.count == 1
     assert node.parts.keys.get("k") == counter(1)
     assert node.parts.keys.markers("k") == {}
 
@@ -360,7 +300,7 @@ def test_an_expired_key_is_not_brought_back_by_a_peers_older_use_but_is_by_a_rec
     assert LONE not in node.parts.keys
     assert LONE not in node.parts.keys.digests()
     assert node.told() == []
-    assert node.rejected == 0  # not a bad input: the peer has not expired it yet
+    assert node.rejections.count == 0  # not a bad input: the peer has not expired it yet
     used = time.time() - 5
     assert node.parts.local.merge(LONE, payload, str(B), used)
     assert node.parts.keys.get(LONE) == counter(3)
@@ -450,16 +390,16 @@ def test_rows_refused_at_restore_or_first_decode_are_counted_until_forget() -> N
     undecodable = b"TDD" + bytes((FORMAT_VERSION,)) + b"\xff" * 24
     local.restore([("good", encode(counter(1))), ("marked", bad_markers), ("late", undecodable)], 2)
     assert local.refused_rows == 3  # the writer's two, and the markers refused here
-    assert node.rejected == 3
+    assert node.rejections.count == 3
     assert keys.names() == {"good", "late"}
     assert keys.get("late") is None  # first used: its value does not decode
     assert local.refused_rows == 4
-    assert node.rejected == 4
+    assert node.rejections.count == 4
     assert keys.names() == {"good"}
     assert "late" not in keys.digests()
     local.forget()
     assert local.refused_rows == 0
-    assert node.rejected == 0
+    assert node.rejections.count == 0
     assert len(keys) == 0
     assert keys.digests() == {}
     assert keys.buckets() == {}

@@ -14,16 +14,14 @@ protocol version."""
 from __future__ import annotations
 
 import logging
-import random
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from fakes import Clock, Wire
+from fakes import Clock, FakeNode, address, hello
 from thespian.actors import ActorAddress
 
 from thespian_dd import codec
-from thespian_dd._runtime.checks import Rejections
-from thespian_dd._runtime.parts import Hooks, Parts
 from thespian_dd._runtime.peers import GOSSIP_FANOUT, HEARTBEATS_PER_TIMEOUT, Peer
 from thespian_dd._runtime.protocol import (
     PROTOCOL_VERSION,
@@ -43,29 +41,11 @@ pytestmark = pytest.mark.timeout(60)
 FAILURE = 30.0
 REMOVAL = 300.0
 ME = ReplicaId("me", 1)
-HERE = ActorAddress("me@1")
+HERE = address(ME)
 B, C, D = ReplicaId("b", 1), ReplicaId("c", 1), ReplicaId("d", 1)
 B2 = ReplicaId("b", 2)
 NONE_IN_COMMON = {"protocol": (99,), "format": (99,)}
 LOG = "tests.membership"
-
-
-def address(replica: ReplicaId) -> ActorAddress:
-    return ActorAddress(f"{replica.node}@{replica.incarnation}")
-
-
-def hello(
-    replica: ReplicaId,
-    *,
-    reply: bool = True,
-    peers: dict[str, tuple[ReplicaId, Any]] | None = None,
-    versions: object = None,
-) -> PeerHello:
-    # Any: a peer may announce anything.
-    announced: Any = MINE.announcement() if versions is None else versions
-    return PeerHello(
-        PROTOCOL_VERSION, replica, address(replica), peers or {}, reply, versions=announced
-    )
 
 
 def status(replica: ReplicaId, directory: bytes, buckets: dict[int, bytes] | None = None) -> Any:
@@ -79,32 +59,24 @@ def status(replica: ReplicaId, directory: bytes, buckets: dict[int, bytes] | Non
     )
 
 
-class Node:
-    """Node "me"'s Parts, wired to recorders: ``sent`` (the hooks' ``send``: answers outside any
-    window), ``wire`` (the window's transmits, delivered by :meth:`out`), ``met`` and ``lost``
-    (what Membership told the requests), on a clock the test moves."""
+@dataclass
+class Node(FakeNode):
+    """Node "me", storeless, on a clock from 0, besides what a :class:`FakeNode` records: ``met``
+    and ``lost`` (what Membership told the requests)."""
 
-    def __init__(self, seed: int = 0) -> None:
-        self.clock = Clock(0.0)
-        self.wire = Wire()
-        self.sent: list[tuple[Any, Any]] = []
-        self.rejections = Rejections(logging.getLogger(LOG))
-        hooks = Hooks(
-            send=lambda to, message: self.sent.append((to, message)),
-            wake=lambda seconds, payload: None,
-            transmit=self.wire,
-            address=lambda: HERE,
-            me=lambda: ME,
-            reincarnate=_unexpected,
-            create_writer=_unexpected,
-        )
-        settings = Settings(node_name="me", failure_timeout=FAILURE, removal_timeout=REMOVAL)
-        self.parts = Parts(
-            settings, "me", hooks, self.rejections, clock=self.clock, rng=random.Random(seed)
-        )
+    settings: Settings = field(
+        default_factory=lambda: Settings(failure_timeout=FAILURE, removal_timeout=REMOVAL)
+    )
+    me: ReplicaId = ME
+    clock: Clock[float] = field(default_factory=lambda: Clock(0.0))
+    log: str = LOG
+    strict: bool = True
+    met: list[ReplicaId] = field(default_factory=list)
+    lost: list[ReplicaId] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self.membership = m = self.parts.membership
-        self.met: list[ReplicaId] = []
-        self.lost: list[ReplicaId] = []
         met, lost = m.met, m.lost
 
         def record_met(peer: Peer) -> None:
@@ -117,15 +89,6 @@ class Node:
 
         m.met, m.lost = record_met, record_lost
 
-    def out(self) -> list[tuple[Any, PeerMessage]]:
-        """What went to peers since the last call, as (address, message), each delivered."""
-        done = []
-        while pending := self.wire.pending():
-            for transmit in pending:
-                self.wire.finish(transmit)
-                done.append((transmit.address, transmit.message))
-        return done
-
     def to(self, replica: ReplicaId) -> list[PeerMessage]:
         """What went to ``replica``'s address since the last :meth:`out`, delivered."""
         return [message for to, message in self.out() if to == address(replica)]
@@ -134,7 +97,7 @@ class Node:
         """Each replica says hello (no reply asked) and, if ``digest``, sends a status with
         this node's directory digest (it gossips by fan-out and knows the same peers)."""
         for replica in replicas:
-            self.membership.on_hello(hello(replica, reply=False), address(replica))
+            self.hello(replica, reply=False)
         if digest:
             for replica in replicas:
                 self.membership.on_status(status(replica, self.digest()), address(replica))
@@ -142,10 +105,6 @@ class Node:
 
     def digest(self) -> bytes:
         return self.membership.peers.directory_digest(ME)
-
-    def hear(self, *replicas: ReplicaId) -> None:
-        for replica in replicas:
-            assert self.membership.accept(Heartbeat(PROTOCOL_VERSION, replica), address(replica))
 
     def round_at(self, now: float) -> tuple[set[str], set[str]]:
         """Run a round at ``now``; returns the nodes sent a status and those sent a heartbeat."""
@@ -161,10 +120,6 @@ class Node:
                 assert isinstance(message, Heartbeat), message
                 heartbeats.add(name)
         return statuses, heartbeats
-
-
-def _unexpected() -> Any:
-    raise AssertionError("not expected here")
 
 
 # -- hellos --------------------------------------------------------------------------------------
@@ -439,7 +394,7 @@ def test_no_peer_is_removed_on_the_minority_side() -> None:
 def test_a_round_sends_statuses_to_the_fanout_and_the_peers_met_since_and_heartbeats_to_the_rest(
     seed: int,
 ) -> None:
-    node = Node(seed)
+    node = Node(seed=seed)
     five = [ReplicaId(name, 1) for name in "bcdef"]
     node.meet(*five)
     names = {r.node for r in five}
@@ -466,7 +421,7 @@ def test_a_round_sends_statuses_to_the_fanout_and_the_peers_met_since_and_heartb
 
 
 def test_the_fanout_picks_different_peers_from_round_to_round() -> None:
-    node = Node(7)
+    node = Node(seed=7)
     many = [ReplicaId(f"n{i}", 1) for i in range(8)]
     node.meet(*many)
     node.round_at(0.0)

@@ -13,20 +13,18 @@ sides: by deltas, by gossip alone, and through quorum writes and reads.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import fakes
 import pytest
-from fakes import Clock, Wire
+from fakes import FakeNode, replica
 from thespian.actors import ActorAddress
 from thespian.system.transport import SendStatus
 
 from thespian_dd import GCounter, ORSet, ReplicaId
-from thespian_dd._runtime.checks import Rejections
 from thespian_dd._runtime.markers import Performed
-from thespian_dd._runtime.parts import Hooks, Parts
 from thespian_dd._runtime.protocol import (
     PROTOCOL_VERSION,
     DeltaPropagation,
@@ -67,62 +65,15 @@ CLIENT = ActorAddress("client")
 
 
 def address(name: str) -> ActorAddress:
-    return ActorAddress(f"replicator-{name}")
+    """Node ``name``'s address: its first incarnation's, where its next ones come back too."""
+    return fakes.address(replica(name))
 
 
-@dataclass
-class Node:
-    """One node's wired parts.  Its transmits are recorded on ``wire`` (finished by the test, or
-    by :class:`Network` as it delivers them), what it sends outside a window on ``sent``."""
-
-    name: str
-    settings: Settings = field(default_factory=Settings)
-    slots: int = 20
-    incarnation: int = 1
-    clock: Clock[float] = field(default_factory=lambda: Clock(1000.0))
-    wire: Wire = field(default_factory=Wire)
-    sent: list[tuple[Any, Any]] = field(default_factory=list)
-    parts: Parts = field(init=False)
-
-    def __post_init__(self) -> None:
-        hooks = Hooks(
-            send=lambda to, message: self.sent.append((to, message)),
-            wake=lambda _seconds, _payload: None,
-            transmit=self.wire,
-            address=lambda: self.address,
-            me=lambda: self.me,
-            reincarnate=lambda: None,
-            create_writer=object,
-            slots=self.slots,
-        )
-        self.parts = Parts(
-            self.settings,
-            self.name,
-            hooks,
-            Rejections(logging.getLogger(LOGGER)),
-            clock=self.clock,
-            rng=random.Random(0),
-        )
-
-    @property
-    def me(self) -> ReplicaId:
-        return ReplicaId(self.name, self.incarnation)
-
-    @property
-    def address(self) -> ActorAddress:
-        return address(self.name)
-
-    def finish_all(self) -> None:
-        """Deliver (as far as the transport is concerned) every transmit, and those it frees."""
-        while pending := self.wire.pending():
-            for transmit in pending:
-                self.wire.finish(transmit)
+class Node(FakeNode):
+    """A node whose transmits are finished by the test, or by :class:`Network` as it delivers
+    them."""
 
     # -- what the Replicator's handlers do -------------------------------------------------------
-
-    def receive(self, msg: PeerMessage, sender: Any) -> None:
-        """A peer message, handled as :class:`~thespian_dd.replicator.Replicator` handles it."""
-        self.parts.on_peer_message(msg, sender)
 
     def update(
         self,
@@ -205,7 +156,7 @@ class Network:
 
     def deliver(self, target: Node, message: PeerMessage, sender: Any) -> None:
         self.delivered.append(message)
-        target.receive(message, sender)
+        target.parts.on_peer_message(message, sender)
 
     def meet(self, a: str, b: str) -> None:
         """``a`` introduces itself to ``b`` (as an Introducer would carry its hello)."""
@@ -214,7 +165,7 @@ class Network:
 
 
 def network(*names: str, **settings: Any) -> Network:
-    net = Network({name: Node(name, Settings(**settings)) for name in names})
+    net = Network({name: Node(Settings(**settings), replica(name)) for name in names})
     for other in names[1:]:
         net.meet(names[0], other)
     return net
@@ -224,21 +175,15 @@ def add(element: str) -> Callable[[Any, ReplicaId], Any]:
     return lambda s, node: s.add(node, element)
 
 
-def hello(replica: ReplicaId, peers: dict[str, tuple[ReplicaId, Any]] | None = None) -> PeerHello:
-    return PeerHello(
-        PROTOCOL_VERSION,
-        replica,
-        address(replica.node),
-        peers or {},
-        versions=MINE.announcement(),
-    )
+def hello(sender: ReplicaId, peers: dict[str, tuple[ReplicaId, Any]] | None = None) -> PeerHello:
+    return fakes.hello(sender, peers=peers, at=address(sender.node))
 
 
 # -- incarnations --------------------------------------------------------------------------------
 
 
 def test_a_peers_new_incarnation_forgets_its_deltas_window_and_versions() -> None:
-    node = Node("a", slots=7)  # one message in flight per peer: the rest is held
+    node = Node(slots=7)  # one message in flight per peer: the rest is held
     old, new = ReplicaId("b", 1), ReplicaId("b", 2)
     parts = node.parts
     node.receive(hello(old), address("b"))
@@ -266,7 +211,7 @@ def test_a_peers_new_incarnation_forgets_its_deltas_window_and_versions() -> Non
 
 
 def test_a_new_incarnation_that_announces_first_keeps_its_versions() -> None:
-    node = Node("a")
+    node = Node()
     node.receive(hello(ReplicaId("b", 1)), address("b"))
     node.receive(hello(ReplicaId("b", 2)), address("b"))
     assert node.parts.versions.speaks("b") == MINE
@@ -278,12 +223,12 @@ def test_a_new_incarnation_that_announces_first_keeps_its_versions() -> None:
 
 def with_peers(node: Node, names: str) -> None:
     for name in names:
-        node.receive(hello(ReplicaId(name, 1)), address(name))
-    node.finish_all()
+        node.receive(hello(replica(name)), address(name))
+    node.out()
 
 
 def test_a_dead_target_makes_the_open_requests_that_asked_it_ask_a_secondary() -> None:
-    node = Node("a")
+    node = Node()
     with_peers(node, "bcdef")
     node.update("k", GCounter(), lambda c, n: c.increment(n), WriteTo(2, 5.0), "r1")
     primaries = node.peer_writes()
@@ -308,7 +253,7 @@ def test_a_dead_target_makes_the_open_requests_that_asked_it_ask_a_secondary() -
 
 
 def test_a_peer_the_failure_detector_loses_is_replaced_by_a_secondary() -> None:
-    node = Node("a", Settings(failure_timeout=10.0))
+    node = Node(Settings(failure_timeout=10.0))
     with_peers(node, "bcdef")
     node.update("k", GCounter(), lambda c, n: c.increment(n), WriteTo(2, 5.0), "r1")
     primaries = node.peer_writes()
@@ -316,7 +261,7 @@ def test_a_peer_the_failure_detector_loses_is_replaced_by_a_secondary() -> None:
     node.clock.now += 11
     for name in "bcdef":
         if name != silent:
-            node.receive(Heartbeat(PROTOCOL_VERSION, ReplicaId(name, 1)), address(name))
+            node.receive(Heartbeat(PROTOCOL_VERSION, replica(name)), address(name))
     node.parts.membership.round()
     asked = node.peer_writes()
     assert len(asked) == 4
@@ -325,17 +270,17 @@ def test_a_peer_the_failure_detector_loses_is_replaced_by_a_secondary() -> None:
 
 
 def test_a_peer_heard_again_is_asked_by_the_requests_that_could_not_reach_it() -> None:
-    node = Node("a")
+    node = Node()
     with_peers(node, "bc")
     assert node.parts.membership.left("c") is not None  # unreachable: not asked
     node.update("k", GCounter(), lambda c, n: c.increment(n), WriteAll(5.0), "r1")
     assert [to for to, _ in node.peer_writes()] == [address("b")]
     node.receive(Heartbeat(PROTOCOL_VERSION, ReplicaId("c", 1)), address("c"))
     assert [to for to, _ in node.peer_writes()] == [address("b"), address("c")]
-    node.finish_all()
+    node.out()
     for name in "bc":
         request_id = node.peer_writes()[0][1].request_id
-        node.receive(PeerWriteAck(PROTOCOL_VERSION, ReplicaId(name, 1), request_id), address(name))
+        node.receive(PeerWriteAck(PROTOCOL_VERSION, replica(name), request_id), address(name))
     assert node.replies() == [UpdateSuccess("k", "r1")]
 
 
@@ -343,7 +288,7 @@ def test_a_peer_heard_again_is_asked_by_the_requests_that_could_not_reach_it() -
 
 
 def test_a_pruned_replica_learned_from_a_directory_is_told_it_was_removed() -> None:
-    node = Node("a")
+    node = Node()
     pruned = ReplicaId("b", 1)
     node.parts.local.store("k", GCounter().increment(node.me), markers={pruned: Performed(10**15)})
     node.receive(hello(ReplicaId("c", 1), {"b": (pruned, address("b"))}), address("c"))
@@ -355,7 +300,7 @@ def test_a_pruned_replica_learned_from_a_directory_is_told_it_was_removed() -> N
 def test_a_restored_value_refused_when_first_decoded_reaches_the_refused_rows(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    node = Node("a")
+    node = Node()
     undecodable = b"TDD" + bytes((FORMAT_VERSION,)) + b"\xff" * 24
     node.parts.local.restore([("good", encode(GCounter())), ("late", undecodable)], 0)
     assert node.parts.local.refused_rows == 0  # restored as bytes: not decoded yet
@@ -387,7 +332,7 @@ def test_nodes_joined_by_hand_meet_each_other() -> None:
         peer = net.nodes[name].parts.peers.get(other)
         assert peer is not None
         assert peer.reachable
-        assert peer.replica == ReplicaId(other, 1)
+        assert peer.replica == replica(other)
     assert {type(m) for m in net.delivered} >= {PeerHello, GossipStatus}
 
 

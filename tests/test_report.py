@@ -12,32 +12,22 @@ URL without its password, and serving False (with the rows read so far) while lo
 
 from __future__ import annotations
 
-import gc
-import logging
-import random
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
-from fakes import Clock
+from fakes import Clock, FakeNode, Wire, address, restore_collector
 from thespian.actors import ActorAddress
-from thespian.system.transport import SendStatus
 
 from thespian_dd import GCounter, ORSet, ReplicaId
-from thespian_dd._runtime.checks import Rejections
-from thespian_dd._runtime.parts import Hooks, Parts
 from thespian_dd._runtime.protocol import (
     PROTOCOL_VERSION,
     GossipEntries,
     Heartbeat,
-    PeerHello,
     PeerMessage,
     gossip_bytes,
 )
 from thespian_dd._runtime.settings import Settings
-from thespian_dd._runtime.versions import MINE
 from thespian_dd._runtime.writer import LoadChunk, Loaded, Write, Written
 from thespian_dd.codec import FORMAT_VERSION, encode
 from thespian_dd.messages import PeerStatus, Stats, Status
@@ -52,75 +42,15 @@ BAD_MARKERS = b"TDE\x01" + (100).to_bytes(4, "big") + b"short"
 PAIR = f"protocol 1, format 1/2 -> protocol 1, format {FORMAT_VERSION}"
 
 
-def address(replica: ReplicaId) -> ActorAddress:
-    return ActorAddress(f"replicator-{replica.node}")
-
-
-@pytest.fixture(autouse=True)
-def _collector_restored() -> Iterator[None]:
-    """A load turns the cyclic collector off until it ends; a test may leave one unfinished."""
-    enabled = gc.isenabled()
-    yield
-    if enabled:
-        gc.enable()
+_collector_restored = pytest.fixture(autouse=True)(restore_collector)
 
 
 @dataclass
-class Node:
-    """One node's wired parts, with what they send recorded and a clock the test moves."""
+class Node(FakeNode):
+    """A node whose transmits are finished as they are made, on a clock from START."""
 
-    settings: Settings
-    me: ReplicaId = A
     clock: Clock[float] = field(default_factory=lambda: Clock(START))
-    sent: list[tuple[Any, Any]] = field(default_factory=list)
-    transmitted: list[tuple[Any, Any]] = field(default_factory=list)
-    writers: list[object] = field(default_factory=list)
-    parts: Parts = field(init=False)
-
-    def __post_init__(self) -> None:
-        hooks = Hooks(
-            send=lambda to, message: self.sent.append((to, message)),
-            wake=lambda _seconds, _payload: None,
-            transmit=self._transmit,
-            address=lambda: address(self.me),
-            me=lambda: self.me,
-            reincarnate=lambda: None,
-            create_writer=self._create_writer,
-        )
-        self.parts = Parts(
-            self.settings,
-            self.me.node,
-            hooks,
-            Rejections(logging.getLogger("thespian_dd.replicator")),
-            clock=self.clock,
-            rng=random.Random(0),
-        )
-
-    def _transmit(self, to: Any, message: Any, done: Callable[[Any], None]) -> None:
-        self.transmitted.append((to, message))
-        done(SendStatus.Sent)
-
-    def _create_writer(self) -> object:
-        writer = object()
-        self.writers.append(writer)
-        return writer
-
-    def hello(self, replica: ReplicaId, versions: Any = None) -> None:
-        """``replica``'s hello arrives (speaking what this node speaks, unless told)."""
-        announced = MINE.announcement() if versions is None else versions
-        msg = PeerHello(PROTOCOL_VERSION, replica, address(replica), versions=announced)
-        self.parts.membership.on_hello(msg, address(replica))
-
-    def heard(self, replica: ReplicaId) -> None:
-        """A heartbeat of ``replica`` arrives."""
-        assert self.parts.membership.accept(Heartbeat(PROTOCOL_VERSION, replica), address(replica))
-
-    def commit_all(self) -> None:
-        """Commit every batch sent to the store, and those that follow."""
-        while batches := [m for _, m in self.sent if isinstance(m, Write)]:
-            self.sent.clear()
-            for batch in batches:
-                self.parts.durability.committed(Written(batch.seq))
+    wire: Wire = field(default_factory=lambda: Wire(at_once=True))
 
     def stats(self) -> Stats:
         return self.parts.report.stats(self.me, self.parts.local.refused_rows, "req-1")
@@ -153,13 +83,13 @@ def with_peers(node: Node) -> None:
     for peer in (C, B, D):
         node.hello(peer)
     node.clock.now = START + REMOVAL + 1
-    node.heard(B)
-    node.heard(C)
+    node.hear(B)
+    node.hear(C)
     node.parts.membership.round()
     assert node.parts.membership.left("c") is not None
-    node.hello(Z, {"protocol": (99,), "format": (99,)})
+    node.hello(Z, versions={"protocol": (99,), "format": (99,)})
     node.clock.now += 1.25
-    node.heard(B)
+    node.hear(B)
     node.clock.now += 0.5
 
 
@@ -182,14 +112,14 @@ def test_stats_says_every_figure_of_a_known_state() -> None:
     assert parts.membership.bytes_in - bytes_before == len("g") + len(payload) + len("w1")
     assert not parts.local.merge("g", b"\x00junk", str(B))  # refused: one more rejection
     before = time.time()
-    node.commit_all()
+    node.writes()
     after = time.time()
     # One batch fails while another key waits: both are kept for the retry.
     parts.local.store("q1", GCounter().increment(A))
     parts.local.store("q2", GCounter().increment(A))
     (failing,) = [m for _, m in node.sent if isinstance(m, Write)]
     parts.durability.committed(Written(failing.seq, "disk full"))
-    peer_messages = [m for _, m in node.transmitted if isinstance(m, PeerMessage)]
+    peer_messages = [t.message for t in node.wire.sent if isinstance(t.message, PeerMessage)]
 
     stats = node.stats()
 

@@ -14,26 +14,21 @@ answers with the payload in the pair's format (None for a missing key)."""
 
 from __future__ import annotations
 
-import logging
-import random
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from fakes import Clock, Wire
+from fakes import Clock, FakeNode, address, replica
 from thespian.actors import ActorAddress
 from thespian.system.transport import SendStatus
 
 from thespian_dd import GCounter, GSet
-from thespian_dd._runtime.checks import Rejections
 from thespian_dd._runtime.markers import format_version
-from thespian_dd._runtime.parts import Hooks, Parts
 from thespian_dd._runtime.peers import Peer
 from thespian_dd._runtime.protocol import (
     PROTOCOL_VERSION,
     TOMBSTONE,
     Heartbeat,
-    PeerHello,
-    PeerMessage,
     PeerRead,
     PeerReadResult,
     PeerWrite,
@@ -41,8 +36,6 @@ from thespian_dd._runtime.protocol import (
     RequestTimeout,
 )
 from thespian_dd._runtime.quorums import EXTRA_PRIMARIES, AskSecondaries, secondary_delay
-from thespian_dd._runtime.settings import Settings
-from thespian_dd._runtime.versions import MINE
 from thespian_dd.codec import FORMAT_VERSION
 from thespian_dd.data import ReplicaId, ReplicatedData
 from thespian_dd.messages import (
@@ -69,75 +62,35 @@ pytestmark = pytest.mark.timeout(60)
 
 TIMEOUT = 2.0
 CLIENT = ActorAddress("client")
-A = ReplicaId("a", 1)
+A = replica("a")
 KEY = "k"
-
-
-def replica(name: str) -> ReplicaId:
-    return A if name == "a" else ReplicaId(name, 1)
-
-
-def address(of: ReplicaId) -> ActorAddress:
-    return ActorAddress(f"{of.node}@{of.incarnation}")
 
 
 def name_at(to: ActorAddress) -> str:
     return str(to.addressDetails).split("@")[0]
 
 
-class Node:
-    """A node's Parts, wired to recorders: ``sent`` (the hooks' ``send``: client replies and
-    answers outside any window), ``wire`` (the window's transmits, delivered by :meth:`out`),
-    ``woken`` (timers armed), on a clock the test moves."""
+@dataclass
+class Node(FakeNode):
+    """A storeless node on a clock from 0: client replies are on ``sent``, timers on ``woken``."""
 
-    def __init__(self, me: ReplicaId = A, seed: int = 0) -> None:
-        self.me = me
-        self.clock = Clock(0.0)
-        self.wire = Wire()
-        self.sent: list[tuple[Any, Any]] = []
-        self.woken: list[tuple[float, Any]] = []
-        self.rejections = Rejections(logging.getLogger("tests.requests"))
-        hooks = Hooks(
-            send=lambda to, message: self.sent.append((to, message)),
-            wake=lambda seconds, payload: self.woken.append((seconds, payload)),
-            transmit=self.wire,
-            address=lambda: address(me),
-            me=lambda: me,
-            reincarnate=_unexpected,
-            create_writer=_unexpected,
-        )
-        settings = Settings(node_name=me.node)
-        self.parts = Parts(
-            settings, me.node, hooks, self.rejections, clock=self.clock, rng=random.Random(seed)
-        )
+    clock: Clock[float] = field(default_factory=lambda: Clock(0.0))
+    strict: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self.requests = self.parts.requests
         self.membership = self.parts.membership
 
     def meet(self, *names: str, versions: object = None) -> None:
         """Each peer says hello (announcing ``versions``, or what this release speaks)."""
         for name in names:
-            peer = replica(name)
-            announced: Any = MINE.announcement() if versions is None else versions
-            hello = PeerHello(PROTOCOL_VERSION, peer, address(peer), {}, False, versions=announced)
-            self.membership.on_hello(hello, address(peer))
+            self.hello(replica(name), reply=False, versions=versions)
         self.out()
-
-    def out(self) -> list[tuple[Any, PeerMessage]]:
-        """What went to peers since the last call, as (address, message), each delivered."""
-        done = []
-        while pending := self.wire.pending():
-            for transmit in pending:
-                self.wire.finish(transmit)
-                done.append((transmit.address, transmit.message))
-        return done
 
     def asked(self) -> dict[str, Any]:
         """The peers sent a PeerWrite or PeerRead since the last :meth:`out`, by name."""
         return {name_at(to): m for to, m in self.out() if isinstance(m, (PeerWrite, PeerRead))}
-
-    def receive(self, msg: PeerMessage, sender: Any = None) -> None:
-        """A peer message, handled as the Replicator's handlers do."""
-        self.parts.on_peer_message(msg, address(msg.sender) if sender is None else sender)
 
     def ack(self, name: str, request_id: str, sender: Any = None) -> None:
         self.receive(PeerWriteAck(PROTOCOL_VERSION, replica(name), request_id), sender)
@@ -161,10 +114,6 @@ class Node:
     def unreachable(self, *names: str) -> None:
         for name in names:
             self.membership.peers.unreachable(replica(name))
-
-
-def _unexpected() -> Any:
-    raise AssertionError("not expected here")
 
 
 def counter(of: ReplicaId, n: int) -> GCounter:
@@ -344,7 +293,7 @@ def _answer_reads(node: Node, peers: dict[str, Node]) -> None:
 
 
 def _peers(node: Node, *names: str) -> dict[str, Node]:
-    peers = {name: Node(replica(name)) for name in names}
+    peers = {name: Node(me=replica(name)) for name in names}
     node.meet(*names)
     for peer in peers.values():
         peer.meet("a")
@@ -498,7 +447,7 @@ def test_dead_is_ignored_for_an_older_incarnation() -> None:
 
 
 def _write_from(name: str, value: ReplicatedData | None, request_id: str = "r1") -> PeerWrite:
-    peer = Node(replica(name))
+    peer = Node(me=replica(name))
     peer.parts.local.store(KEY, value)
     payload = peer.parts.keys.payload(KEY)
     assert payload is not None
