@@ -25,7 +25,8 @@ import sqlalchemy as sa
 from thespian.actors import ActorSystem
 
 from thespian_dd import GCounter
-from thespian_dd._runtime.store import LOAD_CHUNK_ROWS, Entry, Store
+from thespian_dd._runtime.rows import Entry
+from thespian_dd._runtime.store import LOAD_CHUNK_ROWS, Store
 from thespian_dd._runtime.writer import (
     LOAD_CHUNK_BYTES,
     CommitThread,

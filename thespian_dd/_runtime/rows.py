@@ -1,5 +1,5 @@
-"""A stored row's format: what the Replicator sends for a key, what a row holds, and the checksum
-or MAC that seals it.
+"""A stored row's format: what the Replicator sends for a key, what a row holds, the checksum
+or MAC that seals it, and the checks a row must pass to be loaded.
 
 Every column that loading reads (node, key, data type, format version, payload, replicas) is
 covered, length-prefixed so no two different rows feed the same bytes.  A row written without a
@@ -12,7 +12,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from typing import NamedTuple
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
+
+from thespian_dd import codec
+from thespian_dd._runtime.database import first_line
 
 __all__ = [
     "BAD_CHECKSUM",
@@ -26,10 +30,14 @@ __all__ = [
     "Entry",
     "RowSeal",
     "StoredRow",
+    "checked",
     "checksum",
     "key_id",
+    "loaded",
     "mac",
     "parts",
+    "problem",
+    "stored_row",
 ]
 
 
@@ -117,6 +125,8 @@ class RowSeal:
         encoded = node.encode()
         self._head = _LENGTH(len(encoded)) + encoded
         self._signing_key = signing_key
+        self.signed = signing_key is not None
+        """Rows are sealed with a MAC (a signing key), not a checksum."""
         self._kinds: dict[tuple[str, int], bytes] = {}  # (data type, version) -> their parts
         self._replicas: dict[str, bytes] = {}  # replicas -> its part
 
@@ -145,3 +155,104 @@ class RowSeal:
 _REMEMBERED = 1024
 """The distinct kinds and replica lists a :class:`RowSeal` remembers (a node's rows share few;
 a tampered store may hold many)."""
+
+
+_UNCHECKABLE = "the row cannot be checked (tampered or corrupted): "
+_WRONG_TYPE = "a column of the row has the wrong type (tampered or corrupted)"
+
+
+def loaded(
+    seal: RowSeal, rows: Iterable[tuple[Any, ...]]
+) -> Iterator[tuple[str, bytes | None, str | None]]:
+    """The rows a node recovers from, as (key, payload or None if deleted, error or None), each
+    checked (its checksum or MAC as ``seal`` makes them for the node, key id and format version)
+    in one pass; ``rows``: the :data:`~thespian_dd._runtime.schema.LOAD_COLUMNS` of the node's
+    rows."""
+    formats, compare = codec.FORMAT_VERSIONS, hmac.compare_digest
+    for row in rows:
+        stored_key_id, key, data_type, version, payload, replicas, check = row
+        try:  # the good row's check, at its cheapest; any doubt is settled by problem()
+            good = (
+                type(version) is int
+                and version in formats
+                and compare(seal(key, data_type, version, payload, replicas), check)
+                and stored_key_id == key_id(key)
+            )
+        except Exception:  # noqa: BLE001 - a column of a wrong type: problem() says which
+            good = False
+        if not good:
+            try:
+                error = problem(seal, *row)
+            except Exception as e:  # noqa: BLE001 - a row that cannot even be checked
+                error = _UNCHECKABLE + first_line(e)
+            if error is not None:
+                yield (key if isinstance(key, str) else repr(key)), None, error
+                continue
+        if data_type == DELETED:
+            yield key, None, None
+        else:
+            yield key, payload if type(payload) is bytes else bytes(payload), None
+
+
+def checked(
+    row: tuple[Any, ...], seals: dict[str, RowSeal], signing_key: bytes | None
+) -> str | None:
+    """Why ``row`` (its node, then :data:`~thespian_dd._runtime.schema.LOAD_COLUMNS`) must not
+    be loaded, or None; ``seals``: the RowSeal of each node met so far."""
+    node = row[0]
+    if not isinstance(node, str):
+        return _WRONG_TYPE
+    seal = seals.get(node)
+    if seal is None:
+        seal = seals[node] = RowSeal(node, signing_key)
+    try:
+        return problem(seal, *row[1:8])
+    except Exception as e:  # noqa: BLE001 - a row that cannot even be checked
+        return _UNCHECKABLE + first_line(e)
+
+
+def problem(  # noqa: PLR0913, PLR0917 - the columns of a row, as selected
+    seal: RowSeal,
+    stored_key_id: object,
+    key: object,
+    data_type: object,
+    version: object,
+    payload: object,
+    replicas: object,
+    check: object,
+) -> str | None:
+    """Why a row must not be loaded, or None: its columns' types, its checksum (or MAC, as
+    ``seal`` makes them for its node), its key id and its format version."""
+    if not (
+        type(key) is str
+        and type(data_type) is str
+        and type(replicas) is str
+        and type(version) is int
+        and isinstance(payload, (bytes, memoryview))
+        and isinstance(check, (bytes, memoryview))
+    ):
+        return _WRONG_TYPE
+    due = seal(key, data_type, version, bytes(payload), replicas)
+    if not hmac.compare_digest(due, bytes(check)):
+        if not seal.signed:
+            # It cannot be verified without the key: never load it unverified.
+            return SIGNED if len(check) == MAC_BYTES else BAD_CHECKSUM
+        return NOT_SIGNED if len(check) == CHECKSUM_BYTES else BAD_MAC
+    if stored_key_id != key_id(key):
+        return "the row's key id does not match its key (tampered or corrupted)"
+    if version not in codec.FORMAT_VERSIONS:
+        return f"format version {version} is not one this code reads {codec.FORMAT_VERSIONS}"
+    return None
+
+
+def stored_row(row: tuple[Any, ...], error: str | None) -> StoredRow:
+    """``row`` (its node, :data:`~thespian_dd._runtime.schema.LOAD_COLUMNS` and ``updated_at``)
+    as a :class:`StoredRow`; a refused row's columns may be of any type (tampered): they are made
+    printable."""
+    node, _, key, data_type, version, payload, replicas, _, updated_at = row
+    texts: list[Any] = [node, key, data_type, replicas]
+    if error is not None:
+        texts = [v if isinstance(v, str) else repr(v) for v in texts]
+    node, key, data_type, replicas = texts
+    payload = bytes(payload) if isinstance(payload, (bytes, memoryview)) else b""
+    return StoredRow(node, key, data_type, version, payload, replicas, updated_at, error)

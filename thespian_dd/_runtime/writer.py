@@ -25,14 +25,10 @@ from typing import Any
 
 from thespian.actors import ActorTypeDispatcher
 
-from thespian_dd._runtime.store import (
-    FORGOTTEN,
-    LOAD_CHUNK_ROWS,
-    Entry,
-    Store,
-    _first_line,
-    read_signing_key,
-)
+from thespian_dd._runtime.database import first_line as _first_line
+from thespian_dd._runtime.database import read_signing_key
+from thespian_dd._runtime.rows import FORGOTTEN, Entry
+from thespian_dd._runtime.store import LOAD_CHUNK_ROWS, Store
 from thespian_dd.lwwregister import now_ms
 
 __all__ = [
