@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from thespian_dd import codec
@@ -33,7 +33,6 @@ __all__ = [
     "checked",
     "checksum",
     "key_id",
-    "loaded",
     "mac",
     "parts",
     "problem",
@@ -134,22 +133,82 @@ class RowSeal:
         self, key: str, data_type: str, version: int, payload: bytes, replicas: str
     ) -> bytes:
         k = key.encode()
-        kind = self._kinds.get((data_type, version))
-        if kind is None:
-            d, v = data_type.encode(), b"%d" % version
-            kind = _LENGTH(len(d)) + d + _LENGTH(len(v)) + v
-            if len(self._kinds) < _REMEMBERED:
-                self._kinds[data_type, version] = kind
-        tail = self._replicas.get(replicas)
-        if tail is None:
-            r = replicas.encode()
-            tail = _LENGTH(len(r)) + r
-            if len(self._replicas) < _REMEMBERED:
-                self._replicas[replicas] = tail
+        kind = self._kinds.get((data_type, version)) or self._kind(data_type, version)
+        tail = self._replicas.get(replicas) or self._tail(replicas)
         fed = b"".join((self._head, _LENGTH(len(k)), k, kind, _LENGTH(len(payload)), payload, tail))
         if self._signing_key is None:
             return hashlib.blake2b(fed, digest_size=CHECKSUM_BYTES).digest()
         return hmac.digest(self._signing_key, fed, "sha256")
+
+    def _kind(self, data_type: str, version: int) -> bytes:
+        """The parts of a data type and format version (remembered, up to a bound)."""
+        d, v = data_type.encode(), b"%d" % version
+        kind = _LENGTH(len(d)) + d + _LENGTH(len(v)) + v
+        if len(self._kinds) < _REMEMBERED:
+            self._kinds[data_type, version] = kind
+        return kind
+
+    def _tail(self, replicas: str) -> bytes:
+        """The part of a replicas list (remembered, up to a bound)."""
+        r = replicas.encode()
+        tail = _LENGTH(len(r)) + r
+        if len(self._replicas) < _REMEMBERED:
+            self._replicas[replicas] = tail
+        return tail
+
+    def check(
+        self, rows: Iterable[Sequence[Any]]
+    ) -> tuple[list[tuple[str, bytes | None]], list[tuple[str, str]]]:
+        """The rows a node recovers from (their
+        :data:`~thespian_dd._runtime.schema.LOAD_COLUMNS`), each checked: its checksum or MAC,
+        its key id and its format version.  Returns the rows that pass, as (key, payload, or
+        None if deleted), and those refused, as (key, why).
+
+        A load checks 100,000s of rows: the good row's check is this loop, the seal of
+        :meth:`__call__` made inline, the key encoded once for the seal and the key id; a row
+        that fails it, or raises (a column of a wrong type), is settled by :func:`problem`."""
+        loaded: list[tuple[str, bytes | None]] = []
+        refused: list[tuple[str, str]] = []
+        formats, compare, blake2b, length = (
+            codec.FORMAT_VERSIONS,
+            hmac.compare_digest,
+            hashlib.blake2b,
+            _LENGTH,
+        )
+        head, kinds, tails, signing_key = self._head, self._kinds, self._replicas, self._signing_key
+        for row in rows:
+            stored_key_id, key, data_type, version, payload, replicas, check = row
+            try:
+                k = key.encode()
+                kind = kinds.get((data_type, version)) or self._kind(data_type, version)
+                tail = tails.get(replicas) or self._tail(replicas)
+                fed = b"".join((head, length(len(k)), k, kind, length(len(payload)), payload, tail))
+                due = (
+                    blake2b(fed, digest_size=CHECKSUM_BYTES).digest()
+                    if signing_key is None
+                    else hmac.digest(signing_key, fed, "sha256")
+                )
+                good = (
+                    type(version) is int
+                    and version in formats
+                    and compare(due, check)
+                    and stored_key_id == blake2b(k, digest_size=16).hexdigest()
+                )
+            except Exception:  # noqa: BLE001 - a column of a wrong type: problem() says which
+                good = False
+            if not good:
+                try:
+                    error = problem(self, *row)
+                except Exception as e:  # noqa: BLE001 - a row that cannot even be checked
+                    error = _UNCHECKABLE + first_line(e)
+                if error is not None:
+                    refused.append(((key if isinstance(key, str) else repr(key)), error))
+                    continue
+            if data_type == DELETED:
+                loaded.append((key, None))
+            else:
+                loaded.append((key, payload if type(payload) is bytes else bytes(payload)))
+        return loaded, refused
 
 
 _REMEMBERED = 1024
@@ -159,39 +218,6 @@ a tampered store may hold many)."""
 
 _UNCHECKABLE = "the row cannot be checked (tampered or corrupted): "
 _WRONG_TYPE = "a column of the row has the wrong type (tampered or corrupted)"
-
-
-def loaded(
-    seal: RowSeal, rows: Iterable[tuple[Any, ...]]
-) -> Iterator[tuple[str, bytes | None, str | None]]:
-    """The rows a node recovers from, as (key, payload or None if deleted, error or None), each
-    checked (its checksum or MAC as ``seal`` makes them for the node, key id and format version)
-    in one pass; ``rows``: the :data:`~thespian_dd._runtime.schema.LOAD_COLUMNS` of the node's
-    rows."""
-    formats, compare = codec.FORMAT_VERSIONS, hmac.compare_digest
-    for row in rows:
-        stored_key_id, key, data_type, version, payload, replicas, check = row
-        try:  # the good row's check, at its cheapest; any doubt is settled by problem()
-            good = (
-                type(version) is int
-                and version in formats
-                and compare(seal(key, data_type, version, payload, replicas), check)
-                and stored_key_id == key_id(key)
-            )
-        except Exception:  # noqa: BLE001 - a column of a wrong type: problem() says which
-            good = False
-        if not good:
-            try:
-                error = problem(seal, *row)
-            except Exception as e:  # noqa: BLE001 - a row that cannot even be checked
-                error = _UNCHECKABLE + first_line(e)
-            if error is not None:
-                yield (key if isinstance(key, str) else repr(key)), None, error
-                continue
-        if data_type == DELETED:
-            yield key, None, None
-        else:
-            yield key, payload if type(payload) is bytes else bytes(payload), None
 
 
 def checked(

@@ -40,7 +40,6 @@ from thespian_dd._runtime.rows import (
     StoredRow,
     checked,
     key_id,
-    loaded,
     stored_row,
 )
 from thespian_dd._runtime.schema import (
@@ -202,14 +201,32 @@ class Store:
             return f"--store-file {self._setting[len(STORE_FILE_PREFIX) :]}"
         return f"--store {safe_url(self._setting)}"
 
-    def load(self, node: str) -> Iterator[tuple[str, bytes | None, str | None]]:
-        """Every row of ``node``: (key, payload or None if deleted, error or None); the rows a
-        node recovers from, each checked (see :func:`~thespian_dd._runtime.rows.loaded`).  The
-        node is not selected but fed to the check as the one asked for: a row whose node column
-        differs (a tampered row, or a collation that compares loosely) fails its check.
-        Unordered: a load needs no order, and sorting costs the server."""
+    def load_chunks(
+        self, node: str
+    ) -> Iterator[tuple[list[tuple[str, bytes | None]], list[tuple[str, str]]]]:
+        """Every row of ``node``, the rows a node recovers from, in chunks of up to
+        :data:`LOAD_CHUNK_ROWS`, each checked (see :meth:`RowSeal.check
+        <thespian_dd._runtime.rows.RowSeal.check>`): (rows loaded, as (key, payload or None if
+        deleted), rows refused, as (key, why)).  The node is not selected but fed to the check
+        as the one asked for: a row whose node column differs (a tampered row, or a collation
+        that compares loosely) fails its check.  Unordered: a load needs no order, and sorting
+        costs the server.  Fetched a chunk at a time (``partitions``), not a row at a time: a
+        load reads 100,000s of rows."""
+        seal = RowSeal(node, self._signing_key)
         query = sa.select(*LOAD_COLUMNS).where(entries_table.c.node == node)
-        return loaded(RowSeal(node, self._signing_key), self._stream(query))
+        with self.engine.connect() as conn:
+            result = conn.execution_options(yield_per=LOAD_CHUNK_ROWS).execute(query)
+            for chunk in result.partitions():
+                yield seal.check(chunk)
+
+    def load(self, node: str) -> Iterator[tuple[str, bytes | None, str | None]]:
+        """The rows of :meth:`load_chunks` one at a time: (key, payload or None if deleted,
+        error or None)."""
+        for loaded, refused in self.load_chunks(node):
+            for key, payload in loaded:
+                yield key, payload, None
+            for key, error in refused:
+                yield key, None, error
 
     def rows(self, node: str | None = None, key: str | None = None) -> Iterator[StoredRow]:
         """The stored rows (of ``node``, of ``key``), each checked; streamed, not all at once."""
