@@ -113,11 +113,11 @@ class _Loading:
     count: int = 0
 
 
-def _load_chunks(
+def _chunk_messages(
     rows: list[tuple[str, bytes | None]], skipped: list[tuple[str, str]]
 ) -> list[LoadChunk]:
-    """The messages of one chunk the store read: itself (the common case), or pieces of at most
-    :data:`LOAD_CHUNK_BYTES` of payload (or one row), so a chunk of large values does not
+    """The messages of one chunk the store read: one (the common case), or pieces that end
+    once their payloads reach :data:`LOAD_CHUNK_BYTES`, so a chunk of large values does not
     make one huge message."""
     if sum(len(payload) for _, payload in rows if payload) <= LOAD_CHUNK_BYTES:
         return [LoadChunk(rows, skipped)]
@@ -218,7 +218,7 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
             for rows, skipped in loading.rows:
                 for key, error in skipped:
                     log.error("skipped stored key %r of %s: %s", key, node, error)
-                for chunk in _load_chunks(rows, skipped):
+                for chunk in _chunk_messages(rows, skipped):
                     self.send(replicator, chunk)
                     loading.count += len(chunk.rows) + len(chunk.skipped)
                 self.wakeupAfter(_CHUNK_PAUSE, _NextChunk(self._loads))
