@@ -119,7 +119,7 @@ def _chunk_messages(
     """The messages of one chunk the store read: one (the common case), or pieces that end
     once their payloads reach :data:`LOAD_CHUNK_BYTES`, so a chunk of large values does not
     make one huge message."""
-    if sum(len(payload) for _, payload in rows if payload) <= LOAD_CHUNK_BYTES:
+    if sum([len(payload) for _, payload in rows if payload]) <= LOAD_CHUNK_BYTES:
         return [LoadChunk(rows, skipped)]
     pieces: list[list[tuple[str, bytes | None]]] = [[]]
     size = 0
