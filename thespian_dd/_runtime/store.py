@@ -1,7 +1,7 @@
 """The SQL store of durable keys: a node's rows and record, read and written.
 
 A :class:`Store` lives in the DurableWriter's process (:mod:`thespian_dd._runtime.writer`), and
-in the commands' that read or change a store (``inspect``, ``migrate``, ``forget-node``).  It puts
+in that of each command that reads or changes a store (``inspect``, ``migrate``, ...).  It puts
 together the database (:mod:`thespian_dd._runtime.database`: URL, engine), the tables
 (:mod:`thespian_dd._runtime.schema`) and the rows' format and checks
 (:mod:`thespian_dd._runtime.rows`); SQLAlchemy Core, so any database it speaks works; SQLite (one
