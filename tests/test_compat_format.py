@@ -38,7 +38,8 @@ from thespian_dd import (
 )
 from thespian_dd._runtime.keys import KeyTable
 from thespian_dd._runtime.markers import Performed, join_envelope
-from thespian_dd._runtime.store import Entry, Store
+from thespian_dd._runtime.rows import Entry
+from thespian_dd._runtime.store import Store
 from thespian_dd.codec import (
     FORMAT_VERSION,
     FORMAT_VERSIONS,

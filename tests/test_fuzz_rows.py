@@ -19,7 +19,8 @@ from fuzzing import ROW_VALUES, mutations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from thespian_dd._runtime.store import Entry, Store
+from thespian_dd._runtime.rows import Entry
+from thespian_dd._runtime.store import Store
 from thespian_dd.codec import decode, encode
 
 ROW_COLUMNS = (

@@ -12,7 +12,8 @@ import pytest
 
 from thespian_dd import Delete, GCounter, ORSet, ReplicaId, Update
 from thespian_dd._cli.main import main
-from thespian_dd._runtime.store import Entry, Store
+from thespian_dd._runtime.rows import Entry
+from thespian_dd._runtime.store import Store
 from thespian_dd.codec import encode
 
 pytestmark = pytest.mark.timeout(180)

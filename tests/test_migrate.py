@@ -20,8 +20,10 @@ import thespian_dd
 from thespian_dd import GCounter, ORSet, ReplicaId, codec
 from thespian_dd._cli.main import main
 from thespian_dd._cli.migrate import migrate_store
-from thespian_dd._runtime.rows import checksum, parts
-from thespian_dd._runtime.store import SCHEMA_VERSION, Entry, Store, StoreError
+from thespian_dd._runtime.database import StoreError
+from thespian_dd._runtime.rows import Entry, checksum, parts
+from thespian_dd._runtime.schema import SCHEMA_VERSION
+from thespian_dd._runtime.store import Store
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -23,9 +23,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from thespian.actors import ActorSystem
+from thespian.system.transport import asyncTransportBase
 
 from thespian_dd import GCounter
-from thespian_dd._runtime.store import LOAD_CHUNK_ROWS, Entry, Store
+from thespian_dd._runtime.rows import Entry
+from thespian_dd._runtime.store import LOAD_CHUNK_ROWS, Store
 from thespian_dd._runtime.writer import (
     LOAD_CHUNK_BYTES,
     CommitThread,
@@ -36,6 +38,7 @@ from thespian_dd._runtime.writer import (
     Write,
     Written,
 )
+from thespian_dd._testkit.harness import free_port
 from thespian_dd.codec import encode
 
 pytestmark = pytest.mark.timeout(60)
@@ -109,6 +112,41 @@ def test_a_chunk_ends_early_once_its_payloads_reach_load_chunk_bytes(
     chunks, loaded = _load(asys, Load(url, "n"))
     assert [len(chunk.rows) for chunk in chunks] == [4, 2]
     assert loaded == Loaded(loaded.incarnation, 6)
+
+
+@pytest.mark.multinode
+def test_a_load_under_way_lets_the_transport_run_between_its_chunks(tmp_path: Path) -> None:
+    """Regression: the DurableWriter chained its chunks through messages to itself, which
+    Thespian's TCP transport handles before it sends or reads anything else, until
+    MAX_PENDING_TRANSMITS (20) chunks wait: the Replicator got them in bursts of 20, restoring
+    nothing meanwhile, and a Load sent meanwhile waited as long.  Now the transport runs after
+    every chunk: a Load sent once the first chunk arrived supersedes the load under way after a
+    few chunks, on real processes."""
+    url = f"sqlite:///{tmp_path}/w.db"
+    chunks = 30
+    store = Store(url)
+    store.write("n", {f"k{i}": ENTRY for i in range(chunks * LOAD_CHUNK_ROWS)})
+    store.write("m", {"m": ENTRY})
+    store.close()
+    port = free_port()
+    asys = ActorSystem("multiprocTCPBase", {"Admin Port": port}, transientUnique=True)
+    try:
+        writer = asys.createActor(DurableWriter)
+        replies = [asys.ask(writer, Load(url, "n"), 20)]
+        assert isinstance(replies[0], LoadChunk), replies[0]
+        asys.tell(writer, Load(url, "m"))
+        while not isinstance(replies[-1], Loaded):
+            replies.append(asys.listen(20))
+            assert replies[-1] is not None, "no answer within 20 s"
+    finally:
+        asys.shutdown()
+    loaded = replies[-1]
+    assert (loaded.rows, loaded.error) == (1, None)  # the second load's, the first's never came
+    of_n = [r for r in replies if isinstance(r, LoadChunk) and r.rows and r.rows[0][0] != "m"]
+    assert 1 <= len(of_n) < asyncTransportBase.MAX_PENDING_TRANSMITS
+    assert [r.rows for r in replies if isinstance(r, LoadChunk) and r not in of_n] == [
+        [("m", ENTRY.payload)]
+    ]
 
 
 def test_a_load_that_cannot_open_the_store_is_answered_with_the_reason(

@@ -7,7 +7,7 @@ start with ``_`` are internals.
 
 import logging
 
-from thespian_dd._runtime import store as _store
+from thespian_dd._runtime import schema as _schema
 from thespian_dd.client import (
     AsyncClient,
     AsyncSubscription,
@@ -198,7 +198,7 @@ __all__ = [
     "store_metadata",
 ]
 
-store_metadata = _store.store_metadata
+store_metadata = _schema.store_metadata
 """The SQLAlchemy ``MetaData`` of a store's two tables, ``thespian_dd_entries`` and
 ``thespian_dd_nodes``, for your own migrations (alembic) in the same database to leave out or
 include.  Their schema changes only with the store's schema version, through ``python -m

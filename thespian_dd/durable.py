@@ -1,5 +1,6 @@
-"""Durable storage, by its old name: the SQL store lives in :mod:`thespian_dd._runtime.store`,
-the DurableWriter actor and its messages in :mod:`thespian_dd._runtime.writer`.
+"""Durable storage, by its old name: the SQL store lives in :mod:`thespian_dd._runtime.store`
+(and the modules it names), the DurableWriter actor and its messages in
+:mod:`thespian_dd._runtime.writer`.
 
 This module stays, re-exporting the public names it held before they moved, because Thespian
 creates an actor from its ``"module.Class"`` path, and a node of the old layout names its writer
@@ -9,6 +10,7 @@ package imports from the two modules above.
 
 from __future__ import annotations
 
+from thespian_dd._runtime.database import StoreError, read_signing_key, safe_url
 from thespian_dd._runtime.rows import (
     BAD_CHECKSUM,
     BAD_MAC,
@@ -22,14 +24,8 @@ from thespian_dd._runtime.rows import (
     StoredRow,
     key_id,
 )
-from thespian_dd._runtime.store import (
-    LOAD_CHUNK_ROWS,
-    SCHEMA_VERSION,
-    Store,
-    StoreError,
-    read_signing_key,
-    safe_url,
-)
+from thespian_dd._runtime.schema import SCHEMA_VERSION
+from thespian_dd._runtime.store import LOAD_CHUNK_ROWS, Store
 from thespian_dd._runtime.writer import (
     LOAD_CHUNK_BYTES,
     DurableWriter,

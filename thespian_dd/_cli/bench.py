@@ -61,7 +61,8 @@ from thespian_dd import (
     WriteLocal,
 )
 from thespian_dd._cli.bench_scale import CHUNK, scale_section
-from thespian_dd._runtime.store import Entry, Store
+from thespian_dd._runtime.rows import Entry
+from thespian_dd._runtime.store import Store
 from thespian_dd._testkit.harness import Cluster, Node, eventually, scratch_database, start_node
 from thespian_dd.codec import decode, encode
 from thespian_dd.data import CausalContext

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from thespian_dd._runtime.store import Store, safe_url
+from thespian_dd._runtime.database import safe_url
+from thespian_dd._runtime.store import Store
 
 __all__ = ["forget_node"]
 
 
 def forget_node(url: str, node: str, out: Callable[[str], object]) -> int:
     """Remove ``node``'s rows and node record from the store at ``url`` (or ``file:PATH``);
-    returns the exit status.  Raises :class:`~thespian_dd._runtime.store.StoreError` if the
+    returns the exit status.  Raises :class:`~thespian_dd._runtime.database.StoreError` if the
     store cannot be opened (nothing is created) or has no such node."""
     store = Store(url, create=False)
     try:

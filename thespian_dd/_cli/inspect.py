@@ -8,7 +8,8 @@ from collections.abc import Callable
 from thespian_dd import codec
 from thespian_dd._canonical import CodecError, Limits
 from thespian_dd._runtime.markers import split_envelope
-from thespian_dd._runtime.store import DELETED, Store, StoredRow
+from thespian_dd._runtime.rows import DELETED, StoredRow
+from thespian_dd._runtime.store import Store
 
 __all__ = ["inspect_store"]
 
@@ -26,7 +27,7 @@ def inspect_store(
 ) -> int:
     """Print the nodes of the store at ``url`` and their rows (each verified with
     ``signing_key``, if given, as the nodes load them); returns the exit status (1 if nothing
-    matched).  Raises :class:`~thespian_dd._runtime.store.StoreError` if it cannot be read."""
+    matched).  Raises :class:`~thespian_dd._runtime.database.StoreError` if it cannot be read."""
     store = Store(url, read_only=True, signing_key=signing_key)
     try:
         nodes = [n for n in store.nodes() if node is None or n[0] == node]

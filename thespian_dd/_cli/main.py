@@ -419,7 +419,7 @@ def _store(args: argparse.Namespace) -> str:
     URL is read where the store is opened)."""
     from pathlib import Path
 
-    from thespian_dd._runtime.store import STORE_FILE_PREFIX
+    from thespian_dd._runtime.database import STORE_FILE_PREFIX
 
     if args.store_file is None:
         return str(args.store)
@@ -428,7 +428,7 @@ def _store(args: argparse.Namespace) -> str:
 
 def _run_inspect(args: argparse.Namespace) -> int:
     from thespian_dd._cli.inspect import inspect_store
-    from thespian_dd._runtime.store import StoreError, read_signing_key
+    from thespian_dd._runtime.database import StoreError, read_signing_key
     from thespian_dd.replicator import Settings
 
     try:
@@ -471,7 +471,8 @@ def _run_status(args: argparse.Namespace) -> int:
 def _run_backup(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from thespian_dd._runtime.store import StoreError, backup, safe_url
+    from thespian_dd._runtime.backup import backup
+    from thespian_dd._runtime.database import StoreError, safe_url
 
     try:
         nodes, rows = backup(_store(args), Path(args.to))
@@ -484,7 +485,8 @@ def _run_backup(args: argparse.Namespace) -> int:
 def _run_restore(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from thespian_dd._runtime.store import StoreError, restore, safe_url
+    from thespian_dd._runtime.backup import restore
+    from thespian_dd._runtime.database import StoreError, safe_url
 
     try:
         nodes, rows = restore(Path(args.source), _store(args))
@@ -498,7 +500,7 @@ def _run_restore(args: argparse.Namespace) -> int:
 
 def _run_migrate(args: argparse.Namespace) -> int:
     from thespian_dd._cli.migrate import migrate_store
-    from thespian_dd._runtime.store import StoreError, read_signing_key
+    from thespian_dd._runtime.database import StoreError, read_signing_key
 
     try:
         key = read_signing_key(args.signing_key_file) if args.signing_key_file else None
@@ -509,7 +511,7 @@ def _run_migrate(args: argparse.Namespace) -> int:
 
 def _run_forget(args: argparse.Namespace) -> int:
     from thespian_dd._cli.forget import forget_node
-    from thespian_dd._runtime.store import StoreError
+    from thespian_dd._runtime.database import StoreError
 
     try:
         return forget_node(_store(args), args.node, print)

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from thespian_dd import codec
-from thespian_dd._runtime.store import SCHEMA_VERSION, Store, safe_url
+from thespian_dd._runtime.database import safe_url
+from thespian_dd._runtime.schema import SCHEMA_VERSION
+from thespian_dd._runtime.store import Store
 
 __all__ = ["migrate_store"]
 
@@ -22,7 +24,7 @@ SHOWN = 20
 def migrate_store(url: str, out: Callable[[str], object], signing_key: bytes | None = None) -> int:
     """Migrate the store at ``url`` (or ``file:PATH``), opened with ``signing_key`` if its rows
     are signed; returns the exit status (1 if some rows could not be upgraded).  Raises
-    :class:`~thespian_dd._runtime.store.StoreError` if the store cannot be opened (nothing is
+    :class:`~thespian_dd._runtime.database.StoreError` if the store cannot be opened (nothing is
     created), is of a newer schema, or the migration fails (then nothing changed)."""
     store = Store(url, create=False, signing_key=signing_key)
     try:

@@ -29,9 +29,9 @@ from thespian.actors import ActorExitRequest, ActorSystem
 
 from thespian_dd._cli.metrics import MetricsServer, require_prometheus
 from thespian_dd._peers import NODE_CAPABILITY
-from thespian_dd._runtime.store import (
+from thespian_dd._runtime.database import (
     StoreError,
-    _connect_args,
+    connect_args,
     read_signing_key,
     safe_url,
     store_url,
@@ -137,7 +137,7 @@ def _unreachable(url: str) -> str | None:
     None."""
     engine = None
     try:
-        engine = sa.create_engine(url, connect_args=_connect_args(url))  # parses, loads the driver
+        engine = sa.create_engine(url, connect_args=connect_args(url))  # parses, loads the driver
         if engine.dialect.name != "sqlite":
             with engine.connect():
                 pass

@@ -36,7 +36,7 @@ from thespian_dd._runtime.checks import describe
 from thespian_dd._runtime.markers import Marker, Markers, Performed, envelope_digest, join_envelope
 from thespian_dd._runtime.markers import split_envelope as _split_envelope
 from thespian_dd._runtime.protocol import TOMBSTONE
-from thespian_dd._runtime.versions import format_of
+from thespian_dd._runtime.versions import format_of, format_prefix
 from thespian_dd.data import ReplicaId, ReplicatedData
 
 __all__ = ["BUCKETS", "TOMBSTONE_DIGEST", "KeyTable", "bucket_digests", "bucket_of"]
@@ -292,12 +292,12 @@ class KeyTable:
         self._limits = limits
         stored, digests, values, markers = self._stored, self._digests, self._values, self._markers
         buckets, dirty, expiry, stale = self._bucket_keys, self._dirty, self._expiry, self._stale
-        current = codec.FORMAT_VERSION
+        current, blake2b = format_prefix(codec.FORMAT_VERSION), hashlib.blake2b
         for key, payload in rows:
             if (
                 payload is None
                 or self._older  # digests kept in older formats too (a rolling upgrade)
-                or format_of(payload) != current  # an envelope with markers too
+                or not payload.startswith(current)  # an envelope with markers too
                 or key in values
                 or key in markers
                 or key in stale
@@ -309,7 +309,10 @@ class KeyTable:
                 continue
             stored[key] = payload
             digests[key] = payload[-16:]
-            bucket = bucket_of(key)
+            # bucket_of(key), inline: a load restores 100,000s of keys.
+            bucket = (
+                blake2b(key.encode("utf-8", "surrogatepass"), digest_size=2).digest()[0] % BUCKETS
+            )
             members = buckets.get(bucket)
             if members is None:
                 buckets[bucket] = {key}

@@ -144,6 +144,8 @@ class Settings:
         """Seconds of inactivity after which ``key`` expires (an exact key before the longest
         matching prefix), or None."""
         rules = self.expire_keys_after_inactivity
+        if not rules:  # the common case, asked for every key a load restores
+            return None
         if key in rules:
             return rules[key]
         matching = [p for p in rules if p.endswith("*") and key.startswith(p[:-1])]

@@ -29,6 +29,7 @@ __all__ = [
     "Speaks",
     "Versions",
     "format_of",
+    "format_prefix",
 ]
 
 PROTOCOL_VERSIONS: tuple[int, ...] = (1,)
@@ -40,6 +41,12 @@ _MAGIC = b"TDD"  # the codec's: a format version byte follows it
 def format_of(raw: bytes) -> int | None:
     """The format version of a codec encoding (None: not one)."""
     return raw[len(_MAGIC)] if len(raw) > len(_MAGIC) and raw.startswith(_MAGIC) else None
+
+
+def format_prefix(version: int) -> bytes:
+    """What every codec encoding of format ``version`` starts with: ``raw`` starts with it
+    exactly when ``format_of(raw) == version``."""
+    return _MAGIC + bytes((version,))
 
 
 @dataclass(frozen=True)

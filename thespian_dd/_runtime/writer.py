@@ -21,18 +21,15 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from thespian.actors import ActorTypeDispatcher
+from thespian.actors import ActorTypeDispatcher, WakeupMessage
 
-from thespian_dd._runtime.store import (
-    FORGOTTEN,
-    LOAD_CHUNK_ROWS,
-    Entry,
-    Store,
-    _first_line,
-    read_signing_key,
-)
+from thespian_dd._runtime.database import first_line as _first_line
+from thespian_dd._runtime.database import read_signing_key
+from thespian_dd._runtime.rows import FORGOTTEN, Entry
+from thespian_dd._runtime.store import Store
 from thespian_dd.lwwregister import now_ms
 
 __all__ = [
@@ -69,10 +66,15 @@ class Load:
     signing_key_file: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class LoadChunk:
     rows: list[tuple[str, bytes | None]]  # (key, codec bytes or None: deleted)
     skipped: list[tuple[str, str]]  # (key, why)
+
+    def __repr__(self) -> str:
+        # Thespian formats every message it transmits (for a debug log, whether logged or
+        # not): the rows in full took a tenth of a 100,000-key load.
+        return f"LoadChunk(<{len(self.rows)} rows>, skipped={self.skipped!r:.200})"
 
 
 @dataclass(frozen=True)
@@ -84,11 +86,19 @@ class Loaded:
 
 @dataclass(frozen=True)
 class _NextChunk:
-    """To itself: read and send the next chunk of load ``load`` (one handler per chunk, so the
-    actor's transport sends each chunk while the next is read: the Replicator restores one
-    chunk while the next is read, instead of getting them all once every row is read)."""
+    """The payload of the DurableWriter's wakeup to read and send the next chunk of load
+    ``load``: one handler per chunk, so the Replicator restores one chunk while the next is
+    read, instead of getting them all once every row is read.  A wakeup, not a message to
+    itself: Thespian's TCP transport handles the messages an actor sends itself before it
+    sends or reads anything else (until ``MAX_PENDING_TRANSMITS`` sends wait), so a chain of
+    them sent the chunks in bursts of 20; a wakeup lets the transport run first (for up to
+    :data:`_CHUNK_PAUSE`)."""
 
     load: int
+
+
+_CHUNK_PAUSE = timedelta(milliseconds=1)
+"""How long the transport may run between chunks (less if it has nothing to do)."""
 
 
 @dataclass
@@ -98,8 +108,28 @@ class _Loading:
     message: Load
     replicator: Any
     record: Any  # the node's record as read before its rows (see Store.next_incarnation)
-    rows: Iterator[tuple[str, bytes | None, str | None]]
+    rows: Iterator[tuple[list[tuple[str, bytes | None]], list[tuple[str, str]]]]
+    """The chunks of :meth:`Store.load_chunks`."""
     count: int = 0
+
+
+def _chunk_messages(
+    rows: list[tuple[str, bytes | None]], skipped: list[tuple[str, str]]
+) -> list[LoadChunk]:
+    """The messages of one chunk the store read: one (the common case), or pieces that end
+    once their payloads reach :data:`LOAD_CHUNK_BYTES`, so a chunk of large values does not
+    make one huge message."""
+    if sum([len(payload) for _, payload in rows if payload]) <= LOAD_CHUNK_BYTES:
+        return [LoadChunk(rows, skipped)]
+    pieces: list[list[tuple[str, bytes | None]]] = [[]]
+    size = 0
+    for row in rows:
+        if size >= LOAD_CHUNK_BYTES:
+            pieces.append([])
+            size = 0
+        pieces[-1].append(row)
+        size += len(row[1] or b"")
+    return [LoadChunk(piece, skipped if i == 0 else []) for i, piece in enumerate(pieces)]
 
 
 @dataclass(frozen=True)
@@ -161,15 +191,21 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
             store = self._open(msg.url, msg.signing_key_file)
             # Refused (offline too long, a newer schema) before a row is read.
             record = store.node_record(msg.node, msg.max_offline)
-            self._loading = _Loading(msg, sender, record, store.load(msg.node))
+            self._loading = _Loading(msg, sender, record, store.load_chunks(msg.node))
         except Exception as e:  # noqa: BLE001 - reported to the Replicator, which retries
             self._close()
             self.send(sender, Loaded(0, 0, _first_line(e)))
             return
         self._send_chunk()
 
-    def receiveMsg__NextChunk(self, msg: _NextChunk, sender: Any) -> None:
-        if msg.load == self._loads and self._loading is not None and sender == self.myAddress:
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+        next_chunk = msg.payload
+        if (
+            isinstance(next_chunk, _NextChunk)
+            and next_chunk.load == self._loads
+            and self._loading is not None
+            and sender == self.myAddress
+        ):
             self._send_chunk()
 
     def _send_chunk(self) -> None:
@@ -179,23 +215,14 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
         assert loading is not None
         node, replicator = loading.message.node, loading.replicator
         try:
-            rows: list[tuple[str, bytes | None]] = []
-            skipped: list[tuple[str, str]] = []
-            size = 0
-            for key, payload, error in loading.rows:
-                if error:
+            for rows, skipped in loading.rows:
+                for key, error in skipped:
                     log.error("skipped stored key %r of %s: %s", key, node, error)
-                    skipped.append((key, error))
-                else:
-                    rows.append((key, payload))
-                    size += len(payload or b"")
-                if len(rows) + len(skipped) >= LOAD_CHUNK_ROWS or size >= LOAD_CHUNK_BYTES:
-                    self.send(replicator, LoadChunk(rows, skipped))
-                    loading.count += len(rows) + len(skipped)
-                    self.send(self.myAddress, _NextChunk(self._loads))
-                    return
-            self.send(replicator, LoadChunk(rows, skipped))
-            loading.count += len(rows) + len(skipped)
+                for chunk in _chunk_messages(rows, skipped):
+                    self.send(replicator, chunk)
+                    loading.count += len(chunk.rows) + len(chunk.skipped)
+                self.wakeupAfter(_CHUNK_PAUSE, _NextChunk(self._loads))
+                return
             self._loading = None
             # Only now, every row read: a store whose rows cannot be read is not written to.
             # Counted only if the record is as it was before the rows: forgotten meanwhile,
