@@ -762,7 +762,7 @@ def test_regression_sync_writes_committed_at_a_graceful_stop_are_acknowledged(
         for key in keys:
             asys.tell(replicator, Update(key, GCounter(), _increment(1)))
         asys.tell(replicator, ActorExitRequest())
-        replies = []
+        replies: list[str] = []
         deadline = time.monotonic() + 20
         while len(replies) < len(keys) and time.monotonic() < deadline:
             reply = asys.listen(1)

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from thespian_dd._runtime.checks import Rejections
+from thespian_dd._runtime.database import safe_url
 from thespian_dd._runtime.durability import Durability
 from thespian_dd._runtime.keys import KeyTable
 from thespian_dd._runtime.membership import Membership
 from thespian_dd._runtime.settings import Settings
-from thespian_dd._runtime.store import safe_url
 from thespian_dd._runtime.subscriptions import Subscriptions
 from thespian_dd.data import ReplicaId
 from thespian_dd.messages import PeerStatus, Stats, Status

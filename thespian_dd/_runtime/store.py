@@ -53,9 +53,7 @@ from thespian_dd._runtime.schema import (
     upsert_statement,
 )
 
-__all__ = ["LOAD_CHUNK_ROWS", "Migration", "NodeRecord", "Store", "safe_url"]
-# safe_url: thespian_dd.replicator imports it from here (being split meanwhile); it belongs to
-# thespian_dd._runtime.database.
+__all__ = ["LOAD_CHUNK_ROWS", "Migration", "NodeRecord", "Store"]
 
 LOAD_CHUNK_ROWS = 2000
 """Rows per :class:`~thespian_dd._runtime.writer.LoadChunk` (and per fetch of
