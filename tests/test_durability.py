@@ -373,6 +373,45 @@ def test_writes_while_a_batch_commits_go_together_in_the_next_batch() -> None:
     assert node.writes() == []  # nothing left
 
 
+def test_the_next_batch_is_handed_over_before_the_replies_of_the_committed_one() -> None:
+    """So the store commits it while the replies are sent; no reply goes before its commit."""
+    node = serving()
+    d = node.durability
+    d.write("a", b"A")
+    d.reply_when_stored("a", "client 1", "stored a", failure_of("a"))
+    d.write("b", b"B")  # while batch 1 commits
+    d.reply_when_stored("b", "client 2", "stored b", failure_of("b"))
+    assert [type(m) for _, m in node.take_sent()] == [Write]
+    node.commit(1)
+    sent = node.take_sent()
+    assert [(to, type(m)) for to, m in sent] == [(node.writer, Write), ("client 1", str)]
+    assert sent[0][1].seq == 2
+    assert sent[1][1] == "stored a"
+    node.commit(2)
+    assert node.take_sent() == [("client 2", "stored b")]
+
+
+def test_replies_of_a_committed_batch_go_out_even_if_the_next_batch_cannot_be_built() -> None:
+    """Building the next batch (encoding its entries) raising must not swallow the replies of
+    the batch that was committed."""
+
+    def entry_or_raise(key: str, raw: bytes | None) -> Entry:
+        if key == "bad":
+            raise ValueError("cannot encode")
+        return entry(key, raw)
+
+    node = Node(Settings(store=URL), entry=entry_or_raise)
+    node.serve()
+    d = node.durability
+    d.write("a", b"A")
+    d.reply_when_stored("a", "client", "stored a", failure_of("a"))
+    d.write("bad", b"X")
+    node.take_sent()
+    with pytest.raises(ValueError, match="cannot encode"):
+        node.commit(1)
+    assert node.take_sent() == [("client", "stored a")]
+
+
 def test_a_reply_waits_for_the_batch_holding_the_keys_latest_write() -> None:
     node = serving()
     d = node.durability
@@ -669,9 +708,10 @@ def test_the_writer_exiting_with_a_batch_in_flight_sends_it_again_with_the_same_
     d.written(Written(2), old)  # from the dead writer: does not count
     assert node.sent == []
     d.written(Written(2), new)
-    sent = node.take_sent()
-    assert sent[0] == ("client", "stored b")
-    assert sent[1:] == [(new, Write(URL, NODE, 3, {"c": entry("c", b"C")}, None, ALIVE))]
+    assert node.take_sent() == [
+        (new, Write(URL, NODE, 3, {"c": entry("c", b"C")}, None, ALIVE)),
+        ("client", "stored b"),
+    ]
 
 
 def test_an_idle_writer_that_exits_is_replaced_and_later_batches_go_to_the_new_one() -> None:

@@ -8,7 +8,8 @@
   arrives meanwhile goes in the next batch.  In write-behind mode the first write after a commit
   arms a timer of ``write_behind_interval`` that later writes never push back.
 - Replies after commit: a sync write is acknowledged only once its batch is committed (the
-  failure reply if the commit fails).
+  failure reply if the commit fails); the next batch is handed over before those replies are
+  sent, so it is committed while they go out.
 - A failed commit answers every request waiting on the store with its failure, keeps its keys
   for the next batch, and is retried: after 0.25 s, doubling to at most 1 s, each delay
   shortened at random by up to half (nodes sharing a store do not retry in step), so a store
@@ -284,11 +285,15 @@ class Durability:
             self.last_flush = self._clock()
             self.store_failure = None
             self._retry_delay = 0.0
-            for _, client, reply, _ in done:
-                self._send(client, reply)
-            if self._settings.write_mode == "sync" or self._flush_due:
-                self._flush_due = False
-                self.flush()
+            try:
+                if self._settings.write_mode == "sync" or self._flush_due:
+                    # The next batch first: it is committed while the replies go out (each
+                    # a transport send), so the store and the sends overlap.
+                    self._flush_due = False
+                    self.flush()
+            finally:
+                for _, client, reply, _ in done:
+                    self._send(client, reply)
             return
         # Keep the keys (their state now is at least what failed) and try again with backoff.
         # Every client waiting on the store hears now, also those of the next batch: a reply
