@@ -146,6 +146,11 @@ class Write:
     signing_key_file: str | None = None
     alive_every: float = 0.0
 
+    def __repr__(self) -> str:
+        # Thespian formats every message it transmits (as LoadChunk): not the entries, nor the
+        # store's URL (a password in it would reach any debug log).
+        return f"Write(node={self.node!r}, seq={self.seq}, <{len(self.entries)} entries>)"
+
 
 @dataclass(frozen=True)
 class Written:
