@@ -183,6 +183,13 @@ class PeerTable:
         peer.reachable = False
         return peer
 
+    def drop(self, name: str) -> Peer | None:
+        """Node ``name`` turned out to speak no version this node does: out of the table at
+        once, so out of N (a ``WriteAll`` must not wait for a peer that can never answer).  Not
+        departed: its next incarnation, on a release this node reads, is learned as any peer.
+        Returns the peer, if it was known."""
+        return self._peers.pop(name, None)
+
     def unreachable(self, replica: ReplicaId) -> None:
         """The transport says ``replica``'s node is gone (no need to wait for the timeout)."""
         peer = self._peers.get(replica.node)
