@@ -844,8 +844,9 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
                     msg.sender,
                     reason,
                 )
-                gone = self._peers.left(node)  # known before (from a directory): no longer reached
+                gone = self._peers.drop(node)  # known before (from a directory): out of N
                 if gone is not None:
+                    self._window.forget(gone.replica)
                     self._lost(gone)
         return self._versions.can_talk(node)
 
