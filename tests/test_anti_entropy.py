@@ -455,7 +455,7 @@ def test_regression_a_status_that_cannot_be_compared_does_not_count_as_compared(
     a.keys.put("k", _counter(a, 1))
     status = a.anti_entropy.status({})
     if broken == "buckets":
-        status = dataclasses.replace(status, buckets=[1, 2])
+        status = dataclasses.replace(status, buckets=[1, 2])  # type: ignore[arg-type]
     else:
         status = dataclasses.replace(status, format=max(codec.FORMAT_VERSIONS) + 1)
     sent: list[PeerMessage] = []

@@ -21,6 +21,7 @@ from fakes import Clock
 from thespian.actors import ActorAddress, ActorSystem
 
 from thespian_dd import GCounter
+from thespian_dd._runtime import peers as peers_module
 from thespian_dd._runtime.peers import (
     GOSSIP_FANOUT,
     HEARTBEATS_PER_TIMEOUT,
@@ -432,7 +433,7 @@ def test_regression_a_peer_known_from_a_directory_then_found_incompatible_leaves
         tell = partial(asys.tell, node.replicator)
         tell(PeerHello(PROTOCOL_VERSION, near, near_at, {"far": (far, far_at)}, False))
         assert node.ask(GetReplicaCount()) == ReplicaCount(3)
-        incompatible = {"protocol": (1,), "format": (99,)}
+        incompatible: dict[str, tuple[int, ...]] = {"protocol": (1,), "format": (99,)}
         tell(PeerHello(PROTOCOL_VERSION, far, far_at, {}, False, versions=incompatible))
         write = Update("k", GCounter(), lambda c, n: c.increment(n, 1), WriteAll(timeout=30))
         asys.tell(client, ProbeSend(node.replicator, write))
@@ -587,6 +588,81 @@ def test_every_peer_hears_this_node_well_within_the_failure_timeout() -> None:
     every = math.ceil(FAILURE / HEARTBEATS_PER_TIMEOUT / GOSSIP)
     assert every >= 2
     assert (len(sent.log) - 31) / rounds <= 31 / every + GOSSIP_FANOUT
+
+
+def test_a_delivery_counts_as_hearing_a_reachable_peer_and_revives_none() -> None:
+    t = Table()
+    t.learn(B, C)
+    t.at(5.0)
+    t.peers.delivered(B)
+    t.peers.delivered(ReplicaId("c", 0))  # an older incarnation's delivery says nothing of c#1
+    t.at(FAILURE + 1.0)
+    assert t.sweep() == ([B, C], [C], [])
+    t.peers.delivered(C)
+    assert t.peers.targets() == {"b": address_of(B)}  # unreachable until it speaks itself
+
+
+def test_a_peer_heard_from_recently_needs_no_heartbeat() -> None:
+    t, sent = settled(5)
+    t.at(FAILURE / HEARTBEATS_PER_TIMEOUT + 0.1)
+    t.peers.heard(MANY[0])
+    status, heartbeat = sent.round(random.Random(2))
+    assert MANY[0] not in heartbeat
+    assert set(heartbeat) == set(MANY[1:5]) - set(status)
+
+
+@pytest.mark.parametrize("phase", [0.0, 0.3, 0.7, 1.0, 1.5, 1.9])
+def test_one_heartbeat_a_period_serves_both_ends_of_a_pair(
+    phase: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two idle nodes, rounds ``phase`` seconds apart, each delivery counted by the sender as
+    hearing its peer: each hears the other well within the failure timeout, and they send
+    together about half the heartbeats that both would send each on its own.  (No statuses:
+    with one peer, the fan-out would send it one every round.)"""
+    monkeypatch.setattr(peers_module, "GOSSIP_FANOUT", 0)
+    clock = Clock(0.0)
+    x, y = ReplicaId("x", 1), ReplicaId("y", 1)
+    ends = {}
+    for me, other in ((x, y), (y, x)):
+        table = PeerTable(
+            failure_timeout=FAILURE,
+            removal_timeout=REMOVAL,
+            pruned=set(),
+            refused=lambda _r, _a: None,
+            replaced=lambda _r: None,
+            clock=clock,
+        )
+        assert table.learn(me, other, address_of(other))
+        peer = table.get(other.node)
+        assert peer is not None
+        peer.fanout, peer.fresh = True, False
+        ends[me] = (table, other, {other: 0.0})
+    heard: dict[ReplicaId, list[float]] = {x: [0.0], y: [0.0]}  # when each heard the other
+    beats = 0
+    rounds = [(r * GOSSIP, x) for r in range(1, 150)]
+    rounds += [(r * GOSSIP + phase, y) for r in range(1, 150)]
+    for when, me in sorted(rounds, key=lambda wm: wm[0]):
+        clock.now = when
+        table, other, last = ends[me]
+        quiet = lambda r, last=last: clock.now - last.get(r, float("-inf"))  # noqa: E731
+        _, heartbeat = table.gossip_targets(quiet, random.Random(0))
+        for _peer in heartbeat:  # delivered at once: the peer hears me, and I hear of it
+            beats += 1
+            last[other] = when
+            ends[other][0].heard(me)
+            table.delivered(other)
+            heard[other].append(when)
+            heard[me].append(when)
+        assert table.sweep()[1] == []  # never unreachable
+    for times in heard.values():
+        assert (
+            max(b - a for a, b in itertools.pairwise(times))
+            <= FAILURE / HEARTBEATS_PER_TIMEOUT + GOSSIP
+        )
+    each_alone = (
+        2 * (149 * GOSSIP) / (math.ceil(FAILURE / HEARTBEATS_PER_TIMEOUT / GOSSIP) * GOSSIP)
+    )
+    assert beats <= 0.6 * each_alone
 
 
 def test_a_peer_sent_something_else_recently_needs_no_heartbeat() -> None:

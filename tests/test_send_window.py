@@ -370,6 +370,20 @@ def test_a_dead_target_is_reported_by_its_replica() -> None:
     assert dead == [B]  # other failures wait for the failure detector
 
 
+def test_a_delivery_is_reported_by_its_replica_and_nothing_else_is() -> None:
+    wire, delivered = Wire(), list[ReplicaId]()
+    w = SendWindow(wire, SLOTS, Peers(7), lambda _r: None, delivered=delivered.append)
+    send(w, B, delta(0))
+    send(w, C, delta(0))
+    send(w, C, delta(1))
+    w.send(None, address_of(D), delta(0))  # outside any window: no peer to report
+    wire.finish(wire.sent[0], SendStatus.Failed)
+    wire.finish(wire.sent[1], SendStatus.Sent)
+    wire.finish(wire.sent[2], SendStatus.DeadTarget)
+    wire.finish(wire.sent[3], SendStatus.Sent)
+    assert delivered == [C]
+
+
 def test_a_dead_target_still_frees_its_slot() -> None:
     w, wire, _, dead = window(14)  # 1 each
     send(w, B, delta(0))

@@ -89,10 +89,11 @@ class SendWindow:
     """Peer messages through ``transmit``, at most :meth:`size` in flight per peer.
 
     ``slots``: Thespian's transmit slots at the start; ``peer_count()``: how many peers share
-    them; ``dead(replica)``: the transport says the peer's node is gone; ``grow(n)``: make
-    Thespian's slots ``n`` (called as the peers become more); ``clock``: monotonic seconds."""
+    them; ``dead(replica)``: the transport says the peer's node is gone; ``delivered(replica)``:
+    a message to the peer was delivered (its process is alive); ``grow(n)``: make Thespian's
+    slots ``n`` (called as the peers become more); ``clock``: monotonic seconds."""
 
-    def __init__(  # noqa: PLR0913 - the transport's three hooks, its slots, the peers, a clock
+    def __init__(  # noqa: PLR0913 - the transport's four hooks, its slots, the peers, a clock
         self,
         transmit: Transmit,
         slots: int,
@@ -100,6 +101,7 @@ class SendWindow:
         dead: Callable[[ReplicaId], None],
         *,
         grow: Callable[[int], None] | None = None,
+        delivered: Callable[[ReplicaId], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._transmit_fn = transmit
@@ -107,6 +109,7 @@ class SendWindow:
         self._peer_count = peer_count
         self._dead = dead
         self._grow = grow
+        self._delivered = delivered
         self._granted = slots
         self._clock = clock
         self._channels: dict[ReplicaId, _Channel] = {}
@@ -179,5 +182,7 @@ class SendWindow:
             return  # removed, or a new incarnation
         if status == SendStatus.DeadTarget:
             self._dead(channel.replica)  # its node is gone: no need to wait for the timeout
+        elif status == SendStatus.Sent and self._delivered is not None:
+            self._delivered(channel.replica)
         while channel.held and channel.in_flight < self.size():
             self._transmit(channel, address, channel.held.popleft())
