@@ -283,6 +283,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             peer_count=lambda: len(self._peers),
             dead=self._dead,
             grow=_grow_transmits,
+            delivered=self._peers.delivered,
         )
         self._random = random.Random()  # noqa: S311 - picks gossip peers and quorum primaries
         self._deltas = DeltaQueue()
