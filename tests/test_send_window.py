@@ -34,6 +34,7 @@ from thespian_dd._runtime.window import (
     MIN_PER_PEER,
     RESERVED_TRANSMITS,
     SendWindow,
+    poll_selectors,
 )
 from thespian_dd.data import ReplicaId
 
@@ -542,3 +543,26 @@ class WindowMachine(RuleBasedStateMachine):
 
 
 TestWindowMachine = WindowMachine.TestCase
+
+
+def test_poll_selectors_makes_thespians_tcp_transport_select_with_poll() -> None:
+    """The transport builds a selector every turn of its loop: poll's registration makes no
+    system call (see poll_selectors).  A socket pair shows it still reports readiness."""
+    import selectors
+    import socket
+
+    from thespian.system.transport import TCPTransport
+
+    saved = TCPTransport.selectors
+    try:
+        poll_selectors()
+        made = TCPTransport.selectors.DefaultSelector()
+        assert isinstance(made, selectors.PollSelector)
+        left, right = socket.socketpair()
+        with left, right, made:
+            made.register(left, TCPTransport.selectors.EVENT_READ)
+            assert made.select(0) == []
+            right.send(b"x")
+            assert [key.fileobj for key, _ in made.select(1)] == [left]
+    finally:
+        TCPTransport.selectors = saved
