@@ -103,7 +103,7 @@ from thespian_dd._runtime.store import safe_url
 from thespian_dd._runtime.subscriptions import Notification, Subscriptions
 from thespian_dd._runtime.updates import modified, update_error
 from thespian_dd._runtime.versions import MINE, PROTOCOL_VERSIONS, Versions
-from thespian_dd._runtime.window import SendWindow, transmit_within
+from thespian_dd._runtime.window import SendWindow, poll_selectors, transmit_within
 from thespian_dd._runtime.writer import (
     FORGOTTEN,
     CommitThread,
@@ -276,6 +276,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             refused=lambda replica, address: self.send(address, self._removed(replica)),
             replaced=self._forget_incarnation,
         )
+        poll_selectors()  # this process's transport: a cheaper turn of its loop
         self._transmit_fn = transmit_within(self, settings.failure_timeout)
         self._window = SendWindow(
             self._transmit_fn,
