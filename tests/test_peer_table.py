@@ -590,16 +590,21 @@ def test_every_peer_hears_this_node_well_within_the_failure_timeout() -> None:
     assert (len(sent.log) - 31) / rounds <= 31 / every + GOSSIP_FANOUT
 
 
-def test_a_delivery_counts_as_hearing_a_reachable_peer_and_revives_none() -> None:
+def test_a_delivery_counts_as_hearing_the_peer_and_revives_it() -> None:
+    """A peer this node finds unreachable hears this node's heartbeats, so it sends none back:
+    their delivery must revive it here, or it would stay unreachable until removed."""
     t = Table()
     t.learn(B, C)
     t.at(5.0)
-    t.peers.delivered(B)
-    t.peers.delivered(ReplicaId("c", 0))  # an older incarnation's delivery says nothing of c#1
+    assert t.peers.delivered(B) is None  # reachable already: nothing to meet again
+    assert t.peers.delivered(ReplicaId("c", 0)) is None  # an older incarnation's says nothing
     t.at(FAILURE + 1.0)
     assert t.sweep() == ([B, C], [C], [])
-    t.peers.delivered(C)
-    assert t.peers.targets() == {"b": address_of(B)}  # unreachable until it speaks itself
+    revived = t.peers.delivered(C)
+    assert revived is not None
+    assert revived.replica == C
+    assert revived.resync  # it missed deltas meanwhile
+    assert set(t.peers.targets()) == {"b", "c"}
 
 
 def test_a_peer_heard_from_recently_needs_no_heartbeat() -> None:
@@ -611,58 +616,109 @@ def test_a_peer_heard_from_recently_needs_no_heartbeat() -> None:
     assert set(heartbeat) == set(MANY[1:5]) - set(status)
 
 
-@pytest.mark.parametrize("phase", [0.0, 0.3, 0.7, 1.0, 1.5, 1.9])
+class Pair:
+    """Two idle nodes x and y on one fake clock, rounds ``phase`` seconds apart, each
+    heartbeat delivered at once: the receiver hears the sender, and the sender counts the
+    delivery.  (No statuses: with one peer, the fan-out would send it one every round.)"""
+
+    X, Y = ReplicaId("x", 1), ReplicaId("y", 1)
+
+    def __init__(self, phase: float) -> None:
+        self.clock = Clock(0.0)
+        self.phase = phase
+        self.tables: dict[ReplicaId, PeerTable] = {}
+        self.last: dict[ReplicaId, float] = {self.X: 0.0, self.Y: 0.0}  # last sent, by sender
+        self.heard: dict[ReplicaId, list[float]] = {self.X: [0.0], self.Y: [0.0]}
+        self.beats = 0
+        self.frozen: ReplicaId | None = None
+        """A node that runs no round and hears nothing (a stopped process)."""
+        for me, other in ((self.X, self.Y), (self.Y, self.X)):
+            table = PeerTable(
+                failure_timeout=FAILURE,
+                removal_timeout=REMOVAL,
+                pruned=set(),
+                refused=lambda _r, _a: None,
+                replaced=lambda _r: None,
+                clock=self.clock,
+            )
+            assert table.learn(me, other, address_of(other))
+            peer = table.get(other.node)
+            assert peer is not None
+            peer.fanout, peer.fresh = True, False
+            self.tables[me] = table
+
+    def other(self, me: ReplicaId) -> ReplicaId:
+        return self.Y if me == self.X else self.X
+
+    def run(self, start: int, stop: int) -> list[tuple[float, ReplicaId, list[ReplicaId]]]:
+        """Rounds ``start`` .. ``stop - 1`` of both; returns who each sweep found lost."""
+        rounds = [(r * GOSSIP, self.X) for r in range(start, stop)]
+        rounds += [(r * GOSSIP + self.phase, self.Y) for r in range(start, stop)]
+        lost = []
+        for when, me in sorted(rounds, key=lambda wm: wm[0]):
+            if me == self.frozen:
+                continue
+            self.clock.now = when
+            table, other = self.tables[me], self.other(me)
+            _, heartbeat = table.gossip_targets(partial(self.quiet, me), random.Random(0))
+            for _peer in heartbeat:
+                self.beats += 1
+                self.last[me] = when
+                if other != self.frozen:
+                    self.tables[other].heard(me)
+                    table.delivered(other)
+                    self.heard[other].append(when)
+                    self.heard[me].append(when)
+            lost.append((when, me, [p.replica for p in table.sweep()[1]]))
+        return lost
+
+    def quiet(self, me: ReplicaId, _to: ReplicaId) -> float:
+        return self.clock.now - self.last[me]
+
+    def reachable(self, at: ReplicaId) -> bool:
+        peer = self.tables[at].get(self.other(at).node)
+        assert peer is not None
+        return peer.reachable
+
+
+PHASES = [0.0, 0.3, 0.7, 1.0, 1.5, 1.9]
+
+
+@pytest.mark.parametrize("phase", PHASES)
 def test_one_heartbeat_a_period_serves_both_ends_of_a_pair(
     phase: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two idle nodes, rounds ``phase`` seconds apart, each delivery counted by the sender as
-    hearing its peer: each hears the other well within the failure timeout, and they send
-    together about half the heartbeats that both would send each on its own.  (No statuses:
-    with one peer, the fan-out would send it one every round.)"""
+    """Each hears the other well within the failure timeout, and they send together about
+    half the heartbeats that both would send each on its own."""
     monkeypatch.setattr(peers_module, "GOSSIP_FANOUT", 0)
-    clock = Clock(0.0)
-    x, y = ReplicaId("x", 1), ReplicaId("y", 1)
-    ends = {}
-    for me, other in ((x, y), (y, x)):
-        table = PeerTable(
-            failure_timeout=FAILURE,
-            removal_timeout=REMOVAL,
-            pruned=set(),
-            refused=lambda _r, _a: None,
-            replaced=lambda _r: None,
-            clock=clock,
-        )
-        assert table.learn(me, other, address_of(other))
-        peer = table.get(other.node)
-        assert peer is not None
-        peer.fanout, peer.fresh = True, False
-        ends[me] = (table, other, {other: 0.0})
-    heard: dict[ReplicaId, list[float]] = {x: [0.0], y: [0.0]}  # when each heard the other
-    beats = 0
-    rounds = [(r * GOSSIP, x) for r in range(1, 150)]
-    rounds += [(r * GOSSIP + phase, y) for r in range(1, 150)]
-    for when, me in sorted(rounds, key=lambda wm: wm[0]):
-        clock.now = when
-        table, other, last = ends[me]
-        quiet = lambda r, last=last: clock.now - last.get(r, float("-inf"))  # noqa: E731
-        _, heartbeat = table.gossip_targets(quiet, random.Random(0))
-        for _peer in heartbeat:  # delivered at once: the peer hears me, and I hear of it
-            beats += 1
-            last[other] = when
-            ends[other][0].heard(me)
-            table.delivered(other)
-            heard[other].append(when)
-            heard[me].append(when)
-        assert table.sweep()[1] == []  # never unreachable
-    for times in heard.values():
-        assert (
-            max(b - a for a, b in itertools.pairwise(times))
-            <= FAILURE / HEARTBEATS_PER_TIMEOUT + GOSSIP
-        )
-    each_alone = (
-        2 * (149 * GOSSIP) / (math.ceil(FAILURE / HEARTBEATS_PER_TIMEOUT / GOSSIP) * GOSSIP)
-    )
-    assert beats <= 0.6 * each_alone
+    pair = Pair(phase)
+    assert all(lost == [] for _, _, lost in pair.run(1, 150))  # never unreachable
+    for times in pair.heard.values():
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert max(gaps) <= FAILURE / HEARTBEATS_PER_TIMEOUT + GOSSIP
+    each_alone = 2 * 149 / math.ceil(FAILURE / HEARTBEATS_PER_TIMEOUT / GOSSIP)
+    assert pair.beats <= 0.6 * each_alone
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_regression_a_peer_found_unreachable_is_revived_by_the_delivery_of_heartbeats(
+    phase: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """y stops past the failure timeout, so x finds it unreachable; y resumes and hears x's
+    heartbeats, so it sends none back.  x must take their delivery as hearing y (it did not:
+    y stayed unreachable at x until removed)."""
+    monkeypatch.setattr(peers_module, "GOSSIP_FANOUT", 0)
+    pair = Pair(phase)
+    pair.run(1, 20)
+    pair.frozen = Pair.Y
+    lost = pair.run(20, 20 + math.ceil(FAILURE / GOSSIP) + 2)
+    assert (Pair.X, [Pair.Y]) in [(me, found) for _, me, found in lost]
+    assert not pair.reachable(Pair.X)
+    pair.frozen = None
+    pair.run(30, 30 + math.ceil(FAILURE / HEARTBEATS_PER_TIMEOUT / GOSSIP) + 1)
+    assert pair.reachable(Pair.X)
+    assert pair.reachable(Pair.Y)
+    assert all(lost == [] for _, _, lost in pair.run(40, 100))
 
 
 def test_a_peer_sent_something_else_recently_needs_no_heartbeat() -> None:

@@ -197,13 +197,17 @@ class PeerTable:
         Returns the peer, if it was known."""
         return self._peers.pop(name, None)
 
-    def delivered(self, replica: ReplicaId) -> None:
+    def delivered(self, replica: ReplicaId) -> Peer | None:
         """A message to ``replica`` was delivered: its process is alive, as a message from it
-        would say.  For a reachable peer only: one unreachable is revived by a message from it
-        (which the Replicator takes as meeting it again)."""
+        would say (see :meth:`heard`).  Returns the peer if this made it reachable again (the
+        Replicator meets it again, as when a message from it revives it).  An unreachable peer
+        must be revived so: having heard this node's heartbeats, it sends none back."""
         peer = self._peers.get(replica.node)
-        if peer is not None and peer.replica == replica and peer.reachable:
-            peer.last_seen = self._clock()
+        if peer is None or peer.replica != replica:
+            return None
+        revived = not peer.reachable
+        self.heard(replica)
+        return peer if revived else None
 
     def unreachable(self, replica: ReplicaId) -> None:
         """The transport says ``replica``'s node is gone (no need to wait for the timeout)."""
