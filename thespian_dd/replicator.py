@@ -284,7 +284,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             peer_count=lambda: len(self._peers),
             dead=self._dead,
             grow=_grow_transmits,
-            delivered=self._peers.delivered,
+            delivered=self._delivered,
         )
         self._random = random.Random()  # noqa: S311 - picks gossip peers and quorum primaries
         self._deltas = DeltaQueue()
@@ -590,6 +590,11 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if peer is not None and peer.reachable and peer.replica == replica:
             self._peers.unreachable(replica)
             self._lost(peer)
+
+    def _delivered(self, replica: ReplicaId) -> None:
+        """A message to ``replica`` was delivered: it is alive, and met again if it was not."""
+        if (peer := self._peers.delivered(replica)) is not None:
+            self._met(peer)
 
     def _lost(self, peer: Peer) -> None:
         """``peer`` became unreachable: the open quorum requests that asked it and have
