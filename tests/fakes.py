@@ -51,11 +51,19 @@ class Wire:
 
     sent: list[Transmit] = field(default_factory=list)  # every transmit, in order
     at_once: bool = False
+    silent: set[str] = field(default_factory=set)
+    """Nodes gone silent (stopped, frozen, cut off): a transmit to one is never delivered; it
+    fails when finished (the window then counts no delivery, which would say it is alive)."""
 
     def __call__(self, address: Any, message: Any, done: Callable[[Any], None]) -> None:
         self.sent.append(transmit := Transmit(address, message, done))
         if self.at_once:
-            self.finish(transmit)
+            self.finish(transmit, self.outcome(address))
+
+    def outcome(self, address: Any) -> Any:
+        """How a transmit to ``address`` ends: delivered, unless its node is silent."""
+        silent = str(getattr(address, "addressDetails", address)).split("@")[0] in self.silent
+        return SendStatus.Failed if silent else SendStatus.Sent
 
     def to(self, address: Any) -> list[Any]:
         return [t.message for t in self.sent if t.address == address]
@@ -177,7 +185,7 @@ class FakeNode:
         done = []
         while pending := self.wire.pending():
             for transmit in pending:
-                self.wire.finish(transmit)
+                self.wire.finish(transmit, self.wire.outcome(transmit.address))
                 done.append((transmit.address, transmit.message))
         return done
 

@@ -3,12 +3,13 @@
 one gossip message carries (``within_budget``: smallest first, a value over the budget alone and
 reported, stopping at the first value that does not fit); and the exchange itself between two
 nodes' key tables, status to keys to entries, without processes: buckets changing here (deltas
-in flight) left out until settled or left out too long, all compared when forced, and the key
-digests of one message within the budget.
+in flight) left out until settled or left out too long (counted per peer), all compared when
+forced, what counts as compared in full, and the key digests of one message within the budget.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from functools import partial
@@ -18,7 +19,7 @@ from fakes import Clock
 from hypothesis import given
 from hypothesis import strategies as st
 
-from thespian_dd import GCounter, ORSet, ReplicaId
+from thespian_dd import GCounter, ORSet, ReplicaId, codec
 from thespian_dd._runtime.antientropy import (
     SETTLE_LIMIT,
     AntiEntropy,
@@ -399,7 +400,7 @@ def test_force_compares_changing_buckets_too() -> None:
     def reply(message: PeerMessage) -> None:
         a.receive(message, b, log)
 
-    assert b.anti_entropy.on_status(a.anti_entropy.status({}), reply) is True
+    assert b.anti_entropy.on_status(a.anti_entropy.status({}), reply) is False
     assert log == []  # all changing: left out
     assert b.anti_entropy.on_status(a.anti_entropy.status({}), reply, force=True) is True
     assert b.keys.names() == a.keys.names()
@@ -426,3 +427,55 @@ def test_the_key_digests_of_one_message_fit_the_budget_and_the_rest_come_next_ro
             assert complete is False  # not every bucket that differs fitted
         assert rounds < 100
     assert rounds > 5
+
+
+def test_regression_a_status_with_buckets_left_out_does_not_count_as_compared_in_full() -> None:
+    """Review finding: ``on_status`` said True (the peer's resync done) when the changing
+    buckets were left out and nothing was compared; the Replicator then cleared the peer's
+    resync, and the deltas it missed waited for the settle limit."""
+    a, b = Side("a", SETTLE), Side("b", SETTLE)
+    _fill(a, 100, ReplicaId("w", 1))
+    b.anti_entropy.buckets()
+    _fill(b, 100, ReplicaId("b", 1))
+    sent: list[PeerMessage] = []
+    assert b.anti_entropy.on_status(a.anti_entropy.status({}), sent.append) is False
+    assert sent == []
+    b.clock.now += SETTLE  # settled: compared, and now it is complete
+    assert b.anti_entropy.on_status(a.anti_entropy.status({}), sent.append) is True
+    assert [type(m) for m in sent] == [GossipKeys]
+
+
+@pytest.mark.parametrize("broken", ["buckets", "format"])
+def test_regression_a_status_that_cannot_be_compared_does_not_count_as_compared(
+    broken: str,
+) -> None:
+    """Review finding: a status whose buckets are no mapping, or in a format this node cannot
+    compute, answered True (resync done) though nothing was compared."""
+    a, b = Side("a"), Side("b")
+    a.keys.put("k", _counter(a, 1))
+    status = a.anti_entropy.status({})
+    if broken == "buckets":
+        status = dataclasses.replace(status, buckets=[1, 2])  # type: ignore[arg-type]
+    else:
+        status = dataclasses.replace(status, format=max(codec.FORMAT_VERSIONS) + 1)
+    sent: list[PeerMessage] = []
+    assert b.anti_entropy.on_status(status, sent.append, force=True) is False
+    assert sent == []
+
+
+def test_regression_a_bucket_compared_with_one_peer_is_still_due_for_another() -> None:
+    """Review finding: when each bucket was last compared was kept for all peers together: a
+    changing bucket compared with peer a (whose status comes first each round) was thereby not
+    left out too long for peer c, so what c alone held there never reached b."""
+    a, b, c = Side("a", SETTLE), Side("b", SETTLE), Side("c", SETTLE)
+    owner = ReplicaId("w", 1)
+    in_bucket = [f"k{i}" for i in range(5000) if _same_bucket(f"k{i}", "hot")][:2]
+    a.keys.put(in_bucket[0], GCounter({owner: 1}))  # its delta to b was lost
+    c.keys.put(in_bucket[1], GCounter({c.me: 1}))  # so was this one
+    for step in range(SETTLE_LIMIT + 2):
+        for side in (a, b, c):
+            side.keys.put("hot", GCounter({owner: step + 1}))  # the bucket changes every round
+        b.clock.now += SETTLE
+        _round(a, b)
+        _round(c, b)
+    assert set(in_bucket) <= b.keys.names()

@@ -13,12 +13,15 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from functools import partial
 from typing import Any
 
 import pytest
 from fakes import Clock
-from thespian.actors import ActorAddress
+from thespian.actors import ActorAddress, ActorSystem
 
+from thespian_dd import GCounter
+from thespian_dd._runtime import peers as peers_module
 from thespian_dd._runtime.peers import (
     GOSSIP_FANOUT,
     HEARTBEATS_PER_TIMEOUT,
@@ -26,21 +29,34 @@ from thespian_dd._runtime.peers import (
     Peer,
     PeerTable,
 )
-from thespian_dd._runtime.protocol import PROTOCOL_VERSION, GossipStatus, RequestTimeout
+from thespian_dd._runtime.protocol import (
+    PROTOCOL_VERSION,
+    GossipStatus,
+    PeerHello,
+    PeerWrite,
+    PeerWriteAck,
+    RequestTimeout,
+)
 from thespian_dd._runtime.quorums import Pending, Quorums
+from thespian_dd._testkit.harness import Node, ProbeSend
 from thespian_dd.data import ReplicaId
 from thespian_dd.messages import (
+    GetReplicaCount,
     ReadAll,
     ReadConsistency,
     ReadFrom,
     ReadLocal,
     ReadMajority,
+    ReplicaCount,
+    Update,
+    UpdateSuccess,
     WriteAll,
     WriteConsistency,
     WriteLocal,
     WriteMajority,
     WriteTo,
 )
+from thespian_dd.replicator import start
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -389,6 +405,47 @@ def test_a_peer_that_left_is_removed_after_removal_timeout_since_last_heard() ->
     assert t.sweep() == ([C], [], [(B, REMOVAL + 0.5)])
 
 
+def test_a_peer_dropped_is_out_of_n_at_once_but_not_departed() -> None:
+    t = Table()
+    t.learn(B, C)
+    dropped = t.peers.drop("b")
+    assert dropped is not None
+    assert dropped.replica == B
+    assert t.peers.drop("b") is None
+    assert t.peers.replica_count() == 2
+    assert t.peers.targets() == {"c": address_of(C)}
+    assert t.peers.in_majority()
+    assert t.peers.departed == set()
+    t.learn(ReplicaId("b", 2))  # restarted on a release this node reads: learned as any peer
+    assert t.peers.replica_count() == 3
+
+
+def test_regression_a_peer_known_from_a_directory_then_found_incompatible_leaves_n() -> None:
+    """Review finding: a peer learned from another's directory, then found to speak no version
+    in common, was only marked unreachable and still counted in N until removed, so a WriteAll
+    timed out meanwhile.  A Replicator on simpleSystemBase (no processes); probes are the
+    peers."""
+    asys = ActorSystem("simpleSystemBase", transientUnique=True, logDefs=None)
+    try:
+        node = Node(asys, 0, start(asys))
+        client, near_at, far_at = node.probe(), node.probe(), node.probe()
+        near, far = ReplicaId("near", 1), ReplicaId("far", 1)
+        tell = partial(asys.tell, node.replicator)
+        tell(PeerHello(PROTOCOL_VERSION, near, near_at, {"far": (far, far_at)}, False))
+        assert node.ask(GetReplicaCount()) == ReplicaCount(3)
+        incompatible: dict[str, tuple[int, ...]] = {"protocol": (1,), "format": (99,)}
+        tell(PeerHello(PROTOCOL_VERSION, far, far_at, {}, False, versions=incompatible))
+        write = Update("k", GCounter(), lambda c, n: c.increment(n, 1), WriteAll(timeout=30))
+        asys.tell(client, ProbeSend(node.replicator, write))
+        (asked,) = [m for m in node.received(near_at) if isinstance(m, PeerWrite)]
+        ack = PeerWriteAck(PROTOCOL_VERSION, near, asked.request_id)
+        asys.tell(near_at, ProbeSend(node.replicator, ack))
+        assert [type(m) for m in node.received(client)] == [UpdateSuccess]
+        assert not any(isinstance(m, PeerWrite) for m in node.received(far_at))
+    finally:
+        asys.shutdown()
+
+
 # -- what the Replicator reads -------------------------------------------------------------------
 
 
@@ -531,6 +588,137 @@ def test_every_peer_hears_this_node_well_within_the_failure_timeout() -> None:
     every = math.ceil(FAILURE / HEARTBEATS_PER_TIMEOUT / GOSSIP)
     assert every >= 2
     assert (len(sent.log) - 31) / rounds <= 31 / every + GOSSIP_FANOUT
+
+
+def test_a_delivery_counts_as_hearing_the_peer_and_revives_it() -> None:
+    """A peer this node finds unreachable hears this node's heartbeats, so it sends none back:
+    their delivery must revive it here, or it would stay unreachable until removed."""
+    t = Table()
+    t.learn(B, C)
+    t.at(5.0)
+    assert t.peers.delivered(B) is None  # reachable already: nothing to meet again
+    assert t.peers.delivered(ReplicaId("c", 0)) is None  # an older incarnation's says nothing
+    t.at(FAILURE + 1.0)
+    assert t.sweep() == ([B, C], [C], [])
+    revived = t.peers.delivered(C)
+    assert revived is not None
+    assert revived.replica == C
+    assert revived.resync  # it missed deltas meanwhile
+    assert set(t.peers.targets()) == {"b", "c"}
+
+
+def test_a_peer_heard_from_recently_needs_no_heartbeat() -> None:
+    t, sent = settled(5)
+    t.at(FAILURE / HEARTBEATS_PER_TIMEOUT + 0.1)
+    t.peers.heard(MANY[0])
+    status, heartbeat = sent.round(random.Random(2))
+    assert MANY[0] not in heartbeat
+    assert set(heartbeat) == set(MANY[1:5]) - set(status)
+
+
+class Pair:
+    """Two idle nodes x and y on one fake clock, rounds ``phase`` seconds apart, each
+    heartbeat delivered at once: the receiver hears the sender, and the sender counts the
+    delivery.  (No statuses: with one peer, the fan-out would send it one every round.)"""
+
+    X, Y = ReplicaId("x", 1), ReplicaId("y", 1)
+
+    def __init__(self, phase: float) -> None:
+        self.clock = Clock(0.0)
+        self.phase = phase
+        self.tables: dict[ReplicaId, PeerTable] = {}
+        self.last: dict[ReplicaId, float] = {self.X: 0.0, self.Y: 0.0}  # last sent, by sender
+        self.heard: dict[ReplicaId, list[float]] = {self.X: [0.0], self.Y: [0.0]}
+        self.beats = 0
+        self.frozen: ReplicaId | None = None
+        """A node that runs no round and hears nothing (a stopped process)."""
+        for me, other in ((self.X, self.Y), (self.Y, self.X)):
+            table = PeerTable(
+                failure_timeout=FAILURE,
+                removal_timeout=REMOVAL,
+                pruned=set(),
+                refused=lambda _r, _a: None,
+                replaced=lambda _r: None,
+                clock=self.clock,
+            )
+            assert table.learn(me, other, address_of(other))
+            peer = table.get(other.node)
+            assert peer is not None
+            peer.fanout, peer.fresh = True, False
+            self.tables[me] = table
+
+    def other(self, me: ReplicaId) -> ReplicaId:
+        return self.Y if me == self.X else self.X
+
+    def run(self, start: int, stop: int) -> list[tuple[float, ReplicaId, list[ReplicaId]]]:
+        """Rounds ``start`` .. ``stop - 1`` of both; returns who each sweep found lost."""
+        rounds = [(r * GOSSIP, self.X) for r in range(start, stop)]
+        rounds += [(r * GOSSIP + self.phase, self.Y) for r in range(start, stop)]
+        lost = []
+        for when, me in sorted(rounds, key=lambda wm: wm[0]):
+            if me == self.frozen:
+                continue
+            self.clock.now = when
+            table, other = self.tables[me], self.other(me)
+            _, heartbeat = table.gossip_targets(partial(self.quiet, me), random.Random(0))
+            for _peer in heartbeat:
+                self.beats += 1
+                self.last[me] = when
+                if other != self.frozen:
+                    self.tables[other].heard(me)
+                    table.delivered(other)
+                    self.heard[other].append(when)
+                    self.heard[me].append(when)
+            lost.append((when, me, [p.replica for p in table.sweep()[1]]))
+        return lost
+
+    def quiet(self, me: ReplicaId, _to: ReplicaId) -> float:
+        return self.clock.now - self.last[me]
+
+    def reachable(self, at: ReplicaId) -> bool:
+        peer = self.tables[at].get(self.other(at).node)
+        assert peer is not None
+        return peer.reachable
+
+
+PHASES = [0.0, 0.3, 0.7, 1.0, 1.5, 1.9]
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_one_heartbeat_a_period_serves_both_ends_of_a_pair(
+    phase: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each hears the other well within the failure timeout, and they send together about
+    half the heartbeats that both would send each on its own."""
+    monkeypatch.setattr(peers_module, "GOSSIP_FANOUT", 0)
+    pair = Pair(phase)
+    assert all(lost == [] for _, _, lost in pair.run(1, 150))  # never unreachable
+    for times in pair.heard.values():
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert max(gaps) <= FAILURE / HEARTBEATS_PER_TIMEOUT + GOSSIP
+    each_alone = 2 * 149 / math.ceil(FAILURE / HEARTBEATS_PER_TIMEOUT / GOSSIP)
+    assert pair.beats <= 0.6 * each_alone
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_regression_a_peer_found_unreachable_is_revived_by_the_delivery_of_heartbeats(
+    phase: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """y stops past the failure timeout, so x finds it unreachable; y resumes and hears x's
+    heartbeats, so it sends none back.  x must take their delivery as hearing y (it did not:
+    y stayed unreachable at x until removed)."""
+    monkeypatch.setattr(peers_module, "GOSSIP_FANOUT", 0)
+    pair = Pair(phase)
+    pair.run(1, 20)
+    pair.frozen = Pair.Y
+    lost = pair.run(20, 20 + math.ceil(FAILURE / GOSSIP) + 2)
+    assert (Pair.X, [Pair.Y]) in [(me, found) for _, me, found in lost]
+    assert not pair.reachable(Pair.X)
+    pair.frozen = None
+    pair.run(30, 30 + math.ceil(FAILURE / HEARTBEATS_PER_TIMEOUT / GOSSIP) + 1)
+    assert pair.reachable(Pair.X)
+    assert pair.reachable(Pair.Y)
+    assert all(lost == [] for _, _, lost in pair.run(40, 100))
 
 
 def test_a_peer_sent_something_else_recently_needs_no_heartbeat() -> None:

@@ -85,6 +85,7 @@ def with_peers(node: Node) -> None:
     node.clock.now = START + REMOVAL + 1
     node.hear(B)
     node.hear(C)
+    node.wire.silent.update({"c", "d"})  # d stopped long ago; c is stopping
     node.parts.membership.round()
     assert node.parts.membership.left("c") is not None
     node.hello(Z, versions={"protocol": (99,), "format": (99,)})

@@ -34,6 +34,7 @@ from thespian_dd._runtime.window import (
     MIN_PER_PEER,
     RESERVED_TRANSMITS,
     SendWindow,
+    poll_selectors,
 )
 from thespian_dd.data import ReplicaId
 
@@ -370,6 +371,20 @@ def test_a_dead_target_is_reported_by_its_replica() -> None:
     assert dead == [B]  # other failures wait for the failure detector
 
 
+def test_a_delivery_is_reported_by_its_replica_and_nothing_else_is() -> None:
+    wire, delivered = Wire(), list[ReplicaId]()
+    w = SendWindow(wire, SLOTS, Peers(7), lambda _r: None, delivered=delivered.append)
+    send(w, B, delta(0))
+    send(w, C, delta(0))
+    send(w, C, delta(1))
+    w.send(None, address_of(D), delta(0))  # outside any window: no peer to report
+    wire.finish(wire.sent[0], SendStatus.Failed)
+    wire.finish(wire.sent[1], SendStatus.Sent)
+    wire.finish(wire.sent[2], SendStatus.DeadTarget)
+    wire.finish(wire.sent[3], SendStatus.Sent)
+    assert delivered == [C]
+
+
 def test_a_dead_target_still_frees_its_slot() -> None:
     w, wire, _, dead = window(14)  # 1 each
     send(w, B, delta(0))
@@ -528,3 +543,26 @@ class WindowMachine(RuleBasedStateMachine):
 
 
 TestWindowMachine = WindowMachine.TestCase
+
+
+def test_poll_selectors_makes_thespians_tcp_transport_select_with_poll() -> None:
+    """The transport builds a selector every turn of its loop: poll's registration makes no
+    system call (see poll_selectors).  A socket pair shows it still reports readiness."""
+    import selectors
+    import socket
+
+    from thespian.system.transport import TCPTransport
+
+    saved = TCPTransport.selectors
+    try:
+        poll_selectors()
+        made = TCPTransport.selectors.DefaultSelector()
+        assert isinstance(made, selectors.PollSelector)
+        left, right = socket.socketpair()
+        with left, right, made:
+            made.register(left, TCPTransport.selectors.EVENT_READ)
+            assert made.select(0) == []
+            right.send(b"x")
+            assert [key.fileobj for key, _ in made.select(1)] == [left]
+    finally:
+        TCPTransport.selectors = saved

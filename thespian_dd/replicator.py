@@ -78,7 +78,7 @@ from thespian_dd._runtime.protocol import (
 from thespian_dd._runtime.quorums import AskSecondaries
 from thespian_dd._runtime.settings import CAPABILITY_PREFIX, Settings, matches
 from thespian_dd._runtime.updates import modified, update_error
-from thespian_dd._runtime.window import transmit_within
+from thespian_dd._runtime.window import poll_selectors, transmit_within
 from thespian_dd._runtime.writer import (
     CommitThread,
     DurableWriter,
@@ -231,6 +231,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         # commits them too.  See docs/durability.md.
         if settings.store is not None and self._capabilities.get(SYSTEM_NAME) == WATCHING_SYSTEM:
             self._commits = CommitThread()
+        poll_selectors()  # this process's transport: a cheaper turn of its loop
         hooks = Hooks(
             send=self.send,
             wake=self.wakeupAfter,

@@ -121,7 +121,11 @@ class AntiEntropy:
         self._rng = rng or random.Random()  # noqa: S311 - orders buckets, guards no secret
         self._seen: dict[int, bytes] = {}  # the bucket digests when last looked at
         self._changed: dict[int, float] = {}  # when each bucket's digest was seen to change
-        self._compared: dict[int, float] = {}  # when each bucket's key digests were last sent
+        # Per peer (node name), the buckets that differ from it: when each was last compared
+        # with it (its key digests sent), or first found differing.  Per peer: a bucket compared
+        # with one peer says nothing of another, and shared, a bucket compared with one peer
+        # each round would never count as left out too long for the others.
+        self._compared: dict[str, dict[int, float]] = {}
 
     def buckets(self, version: int = codec.FORMAT_VERSION) -> dict[int, bytes]:
         """The bucket digests here in format ``version``, noting which changed since the last
@@ -138,15 +142,15 @@ class AntiEntropy:
                     self._changed[bucket] = now
             self._seen = buckets
 
-    def _settled(self, buckets: Iterable[Any]) -> list[Any]:
-        """Those of ``buckets`` to compare now: not changed here within ``settle``, or left out
-        too long."""
+    def _settled(self, buckets: Iterable[Any], compared: dict[int, float]) -> list[Any]:
+        """Those of ``buckets`` to compare now with a peer (``compared``: its bookkeeping): not
+        changed here within ``settle``, or left out too long."""
         now, settle = self._clock(), self._settle
         return [
             b
             for b in buckets
             if now - self._changed.get(b, -settle) >= settle
-            or now - self._compared.get(b, now) >= settle * SETTLE_LIMIT
+            or now - compared[b] >= settle * SETTLE_LIMIT
         ]
 
     def status(
@@ -177,28 +181,32 @@ class AntiEntropy:
     def on_status(self, msg: GossipStatus, reply: Reply, *, force: bool = False) -> bool:
         """A peer's status: note when it used keys, and answer the buckets that differ (those
         settled, unless ``force``) with the digests of their keys here, as many buckets as fit
-        the budget.  Returns whether every bucket that differs was answered."""
+        the budget.  Returns whether every bucket that differs was answered (so False when
+        buckets were left out, or when the status could not be compared at all: a peer that
+        must be compared in full still must)."""
         if not isinstance(msg.buckets, dict):
-            return True
+            return False
         if isinstance(msg.used, dict):
             for key, at in msg.used.items():
                 if key in self._keys and (when := seconds(at)) is not None:
                     self._keys.touch(key, when)
         version = msg.format
         if version not in codec.FORMAT_VERSIONS:
-            return True  # digests this node cannot compute: no pair uses such a format
+            return False  # digests this node cannot compute: no pair uses such a format
         differ = list(differing_buckets(self.buckets(version), msg.buckets))
-        if self._settle and not force:
-            settled = self._settled(differ)
-            now = self._clock()
-            for bucket in differ:  # left out since: counts towards SETTLE_LIMIT
-                self._compared.setdefault(bucket, now)
-            differ = settled
-        return self._answer(differ, reply, version)
+        # A bucket that differs keeps the time it was last compared with this peer, or first
+        # found differing (counts towards SETTLE_LIMIT); one that agrees is dropped.
+        now, known = self._clock(), self._compared.get(msg.sender.node, {})
+        compared = {bucket: known.get(bucket, now) for bucket in differ}
+        self._compared[msg.sender.node] = compared
+        chosen = differ if force or not self._settle else self._settled(differ, compared)
+        return self._answer(chosen, reply, version, compared) == len(differ)
 
-    def _answer(self, differ: list[Any], reply: Reply, version: int) -> bool:
+    def _answer(
+        self, differ: list[Any], reply: Reply, version: int, compared: dict[int, float]
+    ) -> int:
         """Send the key digests of ``differ``'s buckets, in random order, as many as fit the
-        budget (one at least); returns whether all did."""
+        budget (one at least), noting them in ``compared``; returns how many went."""
         self._rng.shuffle(differ)
         chosen: list[Any] = []
         digests: dict[str, bytes] = {}
@@ -214,10 +222,10 @@ class AntiEntropy:
         if chosen:
             now = self._clock()
             for bucket in chosen:
-                self._compared[bucket] = now
+                compared[bucket] = now
             chosen_buckets = frozenset(chosen)
             reply(GossipKeys(PROTOCOL_VERSION, self._me(), digests, chosen_buckets, format=version))
-        return len(chosen) == len(differ)
+        return len(chosen)
 
     def on_keys(self, msg: GossipKeys, reply: Reply) -> None:
         """A peer's key digests of the buckets that differ: send the values that differ, and

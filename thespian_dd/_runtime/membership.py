@@ -189,7 +189,10 @@ class Membership:
                     msg.sender,
                     reason,
                 )
-                self.left(node)  # known before (from a directory): no longer reached
+                gone = self.peers.drop(node)  # known before (from a directory): out of N
+                if gone is not None:
+                    self.window.forget(gone.replica)
+                    self.lost(gone)
         return self.versions.can_talk(node)
 
     def left(self, name: str) -> Peer | None:

@@ -118,6 +118,7 @@ class Parts:
             peer_count=lambda: len(self.peers),
             dead=self._dead,
             grow=hooks.grow,
+            delivered=self._delivered,
             clock=clock,
         )
         self.deltas = DeltaQueue()
@@ -265,6 +266,11 @@ class Parts:
 
     def _dead(self, replica: ReplicaId) -> None:
         self.requests.dead(replica)
+
+    def _delivered(self, replica: ReplicaId) -> None:
+        """A message to ``replica`` was delivered: it is alive, and met again if it was not."""
+        if (peer := self.peers.delivered(replica)) is not None:
+            self.requests.met(peer)
 
     def _met(self, peer: Peer) -> None:
         self.requests.met(peer)

@@ -8,17 +8,24 @@ short-lived :class:`Introducer` actor created on that peer's node.
 Gossip fan-out: a round sends the status to at most :data:`GOSSIP_FANOUT` peers chosen at random,
 plus the peers met or heard again since the last round, plus every peer of an earlier release
 (which sends its whole directory every round and expects a status from everyone); the others get
-a :class:`~thespian_dd._runtime.protocol.Heartbeat` once nothing else went to them for a third
-of ``failure_timeout`` (see :meth:`PeerTable.gossip_targets`).  So a round costs a few messages
-whatever the number of nodes, and every peer still hears this node within the failure timeout.
+a :class:`~thespian_dd._runtime.protocol.Heartbeat` once nothing else went to them, and nothing
+came from them, for a third of ``failure_timeout`` (see :meth:`PeerTable.gossip_targets`).  So a
+round costs a few messages whatever the number of nodes, and every peer still hears this node
+within the failure timeout.
 A status carries the digest of the directory, not the directory: a peer whose digest differs
 asks for it.
 
-Failure detection: every peer message is a heartbeat; a peer not heard from for
-``failure_timeout`` is unreachable until it is heard again.  Unreachable peers get no quorum
-requests and cannot acknowledge, but still count in N (so ``WriteAll`` with a node down fails),
-until they have been unreachable for ``removal_timeout`` and this node is on the majority side:
-then they are removed for good (departed), and their replicas will be pruned.
+Failure detection: every peer message is a heartbeat, and so is the delivery of a message to a
+peer (Thespian's transport acknowledges each one: the peer's process took it); a peer not heard
+from for ``failure_timeout`` is unreachable until it is heard again.  So one heartbeat a period
+serves both ends of a pair: the peer that receives it hears the sender, the sender hears of its
+delivery, and the peer, having heard the sender, sends none back.  (Heartbeats in both
+directions cost twice the messages: at 32 nodes idle, most of the work there is.)
+
+Unreachable peers get no quorum requests and cannot acknowledge, but still count in N (so
+``WriteAll`` with a node down fails), until they have been unreachable for ``removal_timeout``
+and this node is on the majority side: then they are removed for good (departed), and their
+replicas will be pruned.
 """
 
 from __future__ import annotations
@@ -183,6 +190,25 @@ class PeerTable:
         peer.reachable = False
         return peer
 
+    def drop(self, name: str) -> Peer | None:
+        """Node ``name`` turned out to speak no version this node does: out of the table at
+        once, so out of N (a ``WriteAll`` must not wait for a peer that can never answer).  Not
+        departed: its next incarnation, on a release this node reads, is learned as any peer.
+        Returns the peer, if it was known."""
+        return self._peers.pop(name, None)
+
+    def delivered(self, replica: ReplicaId) -> Peer | None:
+        """A message to ``replica`` was delivered: its process is alive, as a message from it
+        would say (see :meth:`heard`).  Returns the peer if this made it reachable again (the
+        Replicator meets it again, as when a message from it revives it).  An unreachable peer
+        must be revived so: having heard this node's heartbeats, it sends none back."""
+        peer = self._peers.get(replica.node)
+        if peer is None or peer.replica != replica:
+            return None
+        revived = not peer.reachable
+        self.heard(replica)
+        return peer if revived else None
+
     def unreachable(self, replica: ReplicaId) -> None:
         """The transport says ``replica``'s node is gone (no need to wait for the timeout)."""
         peer = self._peers.get(replica.node)
@@ -266,8 +292,11 @@ class PeerTable:
         reachable peers at random; the heartbeat to every other peer (reachable or not: a peer
         that thinks this node unreachable must hear it to change its mind) that got nothing
         from this node for ``quiet(replica)`` >= ``failure_timeout /``
-        :data:`HEARTBEATS_PER_TIMEOUT` seconds.  ``everyone``: the status to every peer (it
-        carries what every peer must hear).  Clears ``fresh``."""
+        :data:`HEARTBEATS_PER_TIMEOUT` seconds and was not heard from (nor had a message
+        delivered) for as long: a peer heard from recently heard this node then (its message
+        was delivered), or it heard this node's heartbeat and got its delivery for one.
+        ``everyone``: the status to every peer (it carries what every peer must hear).  Clears
+        ``fresh``."""
         peers = [p for n, p in self._peers.items() if n not in self.blocked]
         status = [p for p in peers if everyone or p.fresh or not p.fanout]
         others = [p for p in peers if not (everyone or p.fresh or not p.fanout) and p.reachable]
@@ -276,7 +305,12 @@ class PeerTable:
             peer.fresh = False
         due = self._failure_timeout / HEARTBEATS_PER_TIMEOUT
         chosen = {id(p) for p in status}
-        heartbeat = [p for p in peers if id(p) not in chosen and quiet(p.replica) >= due]
+        now = self._clock()
+        heartbeat = [
+            p
+            for p in peers
+            if id(p) not in chosen and quiet(p.replica) >= due and now - p.last_seen >= due
+        ]
         return status, heartbeat
 
     def learn_all(
