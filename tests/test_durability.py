@@ -992,6 +992,29 @@ def test_with_commit_batches_go_to_it_and_its_answers_release_the_replies() -> N
     assert node.take_sent() == [("client", "stored b")]
 
 
+@pytest.mark.parametrize(("first", "second"), [("disk full", None), (None, "disk full")])
+def test_regression_a_stop_answers_each_batch_s_clients_with_that_batch_s_outcome(
+    first: str | None, second: str | None
+) -> None:
+    """Review finding: batch 1 in flight, batch 2 sent by a graceful stop, both answered at
+    the exit.  Batch 1's answer was ignored (not the last batch) and batch 2's answered every
+    client: batch 1's client was told its failed write was stored (or, the other way round,
+    that its stored write failed)."""
+    node, committed = threaded()
+    d = node.durability
+    d.write("a", b"A")
+    d.reply_when_stored("a", "client a", "stored a", failure_of("a"))
+    d.write("b", b"B")
+    d.reply_when_stored("b", "client b", "stored b", failure_of("b"))
+    d.stop()
+    assert [w.seq for w in committed] == [1, 2]
+    d.committed(Written(1, first))
+    d.committed(Written(2, second))
+    said = dict(node.take_sent())
+    assert said["client a"] == ("stored a" if first is None else failure_of("a")(first))
+    assert said["client b"] == ("stored b" if second is None else failure_of("b")(second))
+
+
 def test_with_commit_a_written_from_the_writer_does_not_count() -> None:
     node, _ = threaded()
     d = node.durability

@@ -18,9 +18,8 @@ from typing import Any
 
 import pytest
 from fakes import Clock
-from thespian.actors import ActorAddress, ActorSystem
+from thespian.actors import ActorAddress
 
-from thespian_dd import GCounter
 from thespian_dd._runtime import peers as peers_module
 from thespian_dd._runtime.peers import (
     GOSSIP_FANOUT,
@@ -32,31 +31,22 @@ from thespian_dd._runtime.peers import (
 from thespian_dd._runtime.protocol import (
     PROTOCOL_VERSION,
     GossipStatus,
-    PeerHello,
-    PeerWrite,
-    PeerWriteAck,
     RequestTimeout,
 )
 from thespian_dd._runtime.quorums import Pending, Quorums
-from thespian_dd._testkit.harness import Node, ProbeSend
 from thespian_dd.data import ReplicaId
 from thespian_dd.messages import (
-    GetReplicaCount,
     ReadAll,
     ReadConsistency,
     ReadFrom,
     ReadLocal,
     ReadMajority,
-    ReplicaCount,
-    Update,
-    UpdateSuccess,
     WriteAll,
     WriteConsistency,
     WriteLocal,
     WriteMajority,
     WriteTo,
 )
-from thespian_dd.replicator import start
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -403,47 +393,6 @@ def test_a_peer_that_left_is_removed_after_removal_timeout_since_last_heard() ->
     t.at(REMOVAL + 0.5)
     t.peers.heard(C)
     assert t.sweep() == ([C], [], [(B, REMOVAL + 0.5)])
-
-
-def test_a_peer_dropped_is_out_of_n_at_once_but_not_departed() -> None:
-    t = Table()
-    t.learn(B, C)
-    dropped = t.peers.drop("b")
-    assert dropped is not None
-    assert dropped.replica == B
-    assert t.peers.drop("b") is None
-    assert t.peers.replica_count() == 2
-    assert t.peers.targets() == {"c": address_of(C)}
-    assert t.peers.in_majority()
-    assert t.peers.departed == set()
-    t.learn(ReplicaId("b", 2))  # restarted on a release this node reads: learned as any peer
-    assert t.peers.replica_count() == 3
-
-
-def test_regression_a_peer_known_from_a_directory_then_found_incompatible_leaves_n() -> None:
-    """Review finding: a peer learned from another's directory, then found to speak no version
-    in common, was only marked unreachable and still counted in N until removed, so a WriteAll
-    timed out meanwhile.  A Replicator on simpleSystemBase (no processes); probes are the
-    peers."""
-    asys = ActorSystem("simpleSystemBase", transientUnique=True, logDefs=None)
-    try:
-        node = Node(asys, 0, start(asys))
-        client, near_at, far_at = node.probe(), node.probe(), node.probe()
-        near, far = ReplicaId("near", 1), ReplicaId("far", 1)
-        tell = partial(asys.tell, node.replicator)
-        tell(PeerHello(PROTOCOL_VERSION, near, near_at, {"far": (far, far_at)}, False))
-        assert node.ask(GetReplicaCount()) == ReplicaCount(3)
-        incompatible: dict[str, tuple[int, ...]] = {"protocol": (1,), "format": (99,)}
-        tell(PeerHello(PROTOCOL_VERSION, far, far_at, {}, False, versions=incompatible))
-        write = Update("k", GCounter(), lambda c, n: c.increment(n, 1), WriteAll(timeout=30))
-        asys.tell(client, ProbeSend(node.replicator, write))
-        (asked,) = [m for m in node.received(near_at) if isinstance(m, PeerWrite)]
-        ack = PeerWriteAck(PROTOCOL_VERSION, near, asked.request_id)
-        asys.tell(near_at, ProbeSend(node.replicator, ack))
-        assert [type(m) for m in node.received(client)] == [UpdateSuccess]
-        assert not any(isinstance(m, PeerWrite) for m in node.received(far_at))
-    finally:
-        asys.shutdown()
 
 
 # -- what the Replicator reads -------------------------------------------------------------------

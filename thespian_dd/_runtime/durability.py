@@ -109,6 +109,7 @@ class Durability:
         # Writing.
         self._unwritten: dict[str, bytes | None] = {}  # key -> its encoding, if known
         self._committing: set[str] | None = None  # the keys of the batch being committed
+        self._overtaken: int | None = None  # a batch a stop sent the next one after
         self._batch = 0
         self._after_commit: list[tuple[int, Any, Any, Any]] = []
         self._flush_timer = False
@@ -230,6 +231,9 @@ class Durability:
         busy = self._committing is not None or self._retry_pending
         if not self._unwritten or (busy and not stopping):
             return
+        if self._committing is not None:
+            # Overtaken at a stop: its own answer must still settle its own clients.
+            self._overtaken = self._batch
         keys, self._unwritten = self._unwritten, {}
         self._commit(keys)
 
@@ -276,6 +280,9 @@ class Durability:
 
     def committed(self, msg: Written) -> None:
         """A batch was committed, or failed (the answer of ``commit``, or of the writer)."""
+        if msg.seq == self._overtaken and msg.seq < self._batch:
+            self._settle_overtaken(msg)
+            return
         if msg.seq != self._batch or self._committing is None:
             return  # a batch sent again to a new DurableWriter, answered by the old one too
         committed, self._committing = self._committing, None
@@ -311,6 +318,18 @@ class Durability:
             if failure is not None:
                 self._send(client, failure(msg.error))
         self.retry_later()
+
+    def _settle_overtaken(self, msg: Written) -> None:
+        """The answer of the batch a stop sent the next one after: its clients hear how it went
+        (never the next batch's outcome)."""
+        self._overtaken = None
+        done = [w for w in self._after_commit if w[0] <= msg.seq]
+        self._after_commit = [w for w in self._after_commit if w[0] > msg.seq]
+        for _, client, reply, failure in done:
+            if msg.error is None:
+                self._send(client, reply)
+            elif failure is not None:
+                self._send(client, failure(msg.error))
 
     def retry_later(self, at_least: float = 0.0) -> None:
         """Try the store again after a backoff: 0.25 s doubling to 1 s while it fails, each delay

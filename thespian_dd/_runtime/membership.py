@@ -189,10 +189,11 @@ class Membership:
                     msg.sender,
                     reason,
                 )
-                gone = self.peers.drop(node)  # known before (from a directory): out of N
-                if gone is not None:
-                    self.window.forget(gone.replica)
-                    self.lost(gone)
+                # Known before (from a directory): unreachable from now on, and removed after
+                # removal_timeout like any silent peer.  It still counts in N until then: taken
+                # out at once, it would also leave what pruning counts as live, and a node on the
+                # minority side of an upgrade could prune the replicas of nodes that still run.
+                self.left(node)
         return self.versions.can_talk(node)
 
     def left(self, name: str) -> Peer | None:

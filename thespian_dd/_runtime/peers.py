@@ -190,13 +190,6 @@ class PeerTable:
         peer.reachable = False
         return peer
 
-    def drop(self, name: str) -> Peer | None:
-        """Node ``name`` turned out to speak no version this node does: out of the table at
-        once, so out of N (a ``WriteAll`` must not wait for a peer that can never answer).  Not
-        departed: its next incarnation, on a release this node reads, is learned as any peer.
-        Returns the peer, if it was known."""
-        return self._peers.pop(name, None)
-
     def delivered(self, replica: ReplicaId) -> Peer | None:
         """A message to ``replica`` was delivered: its process is alive, as a message from it
         would say (see :meth:`heard`).  Returns the peer if this made it reachable again (the

@@ -196,7 +196,10 @@ def poll_selectors() -> None:
     default ``epoll``.  The transport builds a new selector at every turn of its loop and
     registers every open socket in it (one per peer and direction: about 60 at 32 nodes); with
     epoll each registration is a system call, and the selector's creation and closing two more,
-    where poll registers in Python and makes one call.  The events are the same."""
+    where poll registers in Python and makes one call.  The events are the same.  Where there
+    is no poll (Windows), the default stays."""
+    if not hasattr(selectors, "PollSelector"):
+        return
     shim = types.SimpleNamespace(**vars(selectors))
     shim.DefaultSelector = selectors.PollSelector
     TCPTransport.selectors = shim
