@@ -257,7 +257,7 @@ def _require_node(port: object, timeout: float) -> int:
 
 JOIN_ONLY = "thespian_dd join only"
 """A capability of an ActorSystem made only to reach an admin that runs: if none answers, Thespian
-must not start one (see :func:`_start_admin_unless_join_only`)."""
+must not start one (see :func:`_refuse_new_admins_for_join_only`)."""
 
 
 class _NoAdmin(InvalidActorAddress):  # type: ignore[misc]

@@ -292,7 +292,7 @@ class KeyTable:
         self._limits = limits
         stored, digests, values, markers = self._stored, self._digests, self._values, self._markers
         buckets, dirty, expiry, stale = self._bucket_keys, self._dirty, self._expiry, self._stale
-        current, blake2b = format_prefix(codec.FORMAT_VERSION), hashlib.blake2b
+        current = format_prefix(codec.FORMAT_VERSION)
         for key, payload in rows:
             if (
                 payload is None
@@ -309,10 +309,7 @@ class KeyTable:
                 continue
             stored[key] = payload
             digests[key] = payload[-16:]
-            # bucket_of(key), inline: a load restores 100,000s of keys.
-            bucket = (
-                blake2b(key.encode("utf-8", "surrogatepass"), digest_size=2).digest()[0] % BUCKETS
-            )
+            bucket = bucket_of(key)
             members = buckets.get(bucket)
             if members is None:
                 buckets[bucket] = {key}

@@ -26,8 +26,7 @@ from typing import Any
 
 from thespian.actors import ActorTypeDispatcher, WakeupMessage
 
-from thespian_dd._runtime.database import first_line as _first_line
-from thespian_dd._runtime.database import read_signing_key
+from thespian_dd._runtime.database import first_line, read_signing_key
 from thespian_dd._runtime.rows import FORGOTTEN, Entry
 from thespian_dd._runtime.store import Store
 from thespian_dd.lwwregister import now_ms
@@ -169,7 +168,7 @@ def _commit(
     except Exception as e:  # noqa: BLE001 - reported with the batch
         log.warning("store write of %d keys failed: %s", len(msg.entries), e)
         close()
-        return Written(msg.seq, _first_line(e))
+        return Written(msg.seq, first_line(e))
     return Written(msg.seq)
 
 
@@ -199,7 +198,7 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
             self._loading = _Loading(msg, sender, record, store.load_chunks(msg.node))
         except Exception as e:  # noqa: BLE001 - reported to the Replicator, which retries
             self._close()
-            self.send(sender, Loaded(0, 0, _first_line(e)))
+            self.send(sender, Loaded(0, 0, first_line(e)))
             return
         self._send_chunk()
 
@@ -240,7 +239,7 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
         except Exception as e:  # noqa: BLE001 - reported to the Replicator, which retries
             self._stop_loading()
             self._close()
-            self.send(replicator, Loaded(0, loading.count, _first_line(e)))
+            self.send(replicator, Loaded(0, loading.count, first_line(e)))
             return
         self.send(replicator, Loaded(incarnation, loading.count))
 
