@@ -28,6 +28,8 @@ from thespian_dd._runtime.markers import Performed
 from thespian_dd._runtime.protocol import (
     PROTOCOL_VERSION,
     DeltaPropagation,
+    DeltaTick,
+    Every,
     GossipEntries,
     GossipKeys,
     GossipStatus,
@@ -88,30 +90,23 @@ class Node(FakeNode):
         new, delta = modified(msg, self.parts.keys.get(key), self.me)
         self.parts.local.store(key, new)
         self.parts.keys.touch(key)
-        if self.settings.delta_interval and len(self.parts.peers):
-            self.parts.deltas.add(key, delta)
+        self.parts.queue_delta(key, delta)
         self.parts.requests.write("update", CLIENT, key, request, msg.consistency)
 
     def get(self, key: str, consistency: ReadConsistency, request: Any = None) -> None:
         self.parts.requests.read(CLIENT, key, request, consistency)
 
-    def send_deltas(self) -> None:
-        """The delta timer fired: as ``_send_deltas``."""
-        parts = self.parts
-        deltas = parts.deltas.take()
-        if not deltas:
-            return
-        messages: dict[int, DeltaPropagation] = {}
-        for peer in parts.peers:
-            if peer.reachable:
-                version = parts.versions.format(peer.replica.node)
-                if version not in messages:
-                    messages[version] = parts.deltas.message(self.me, parts.keys, deltas, version)
-                parts.membership.reply(peer, messages[version])
+    def fire(self, kind: type) -> None:
+        """The timers of ``kind`` this node armed are due (at least one must be)."""
+        due = [payload for _, payload in self.woken if isinstance(payload, kind)]
+        assert due, f"no {kind.__name__} armed"
+        self.woken[:] = [(t, p) for t, p in self.woken if not isinstance(p, kind)]
+        for payload in due:
+            self.parts.on_timer(payload)
 
     def gossip_round(self) -> None:
-        self.parts.local.expire_idle()
-        self.parts.membership.round()
+        """The gossip round's timer is due."""
+        self.parts.on_timer(Every("gossip_round", "gossip_interval"))
 
     def replies(self) -> list[Any]:
         """What CLIENT was sent (taken)."""
@@ -342,8 +337,8 @@ def test_two_nodes_converge_by_deltas_on_an_orset_written_on_both_sides() -> Non
     a.update("set", ORSet[str](), add("x"))
     b.update("set", ORSet[str](), add("y"))
     b.update("set", ORSet[str](), add("z"))
-    a.send_deltas()
-    b.send_deltas()
+    a.fire(DeltaTick)
+    b.fire(DeltaTick)
     net.run()
     assert {m.__class__ for m in net.delivered} >= {DeltaPropagation}
     set_a, set_b = values(net, "set")
@@ -353,8 +348,8 @@ def test_two_nodes_converge_by_deltas_on_an_orset_written_on_both_sides() -> Non
     assert digests(net)[0] == digests(net)[1]
     a.update("set", ORSet[str](), lambda s, node: s.remove(node, "y"))
     b.update("set", ORSet[str](), add("y"))  # concurrent with the remove: the add wins
-    a.send_deltas()
-    b.send_deltas()
+    a.fire(DeltaTick)
+    b.fire(DeltaTick)
     net.run()
     set_a, set_b = values(net, "set")
     assert isinstance(set_a, ORSet)
@@ -411,3 +406,49 @@ def test_a_local_write_needs_no_peer() -> None:
     a.update("set", ORSet[str](), add("x"), WriteLocal(), "w1")
     assert a.replies() == [UpdateSuccess("set", "w1")]
     assert a.peer_writes() == []
+
+
+# -- timers, rounds, subscriptions ----------------------------------------------------------------
+
+
+def test_a_round_that_fails_is_armed_again() -> None:
+    """A gossip round that raises must not end the rounds: its timer is armed again first."""
+    node = Node()
+    node.parts.start_rounds()
+    assert sorted(type(p).__name__ for _, p in node.woken) == ["Every", "Every"]
+
+    def broken() -> None:
+        raise RuntimeError("a broken round")
+
+    node.parts.membership.round = broken  # type: ignore[method-assign]
+    node.woken.clear()
+    with pytest.raises(RuntimeError, match="a broken round"):
+        node.gossip_round()
+    assert node.woken == [(node.settings.gossip_interval, Every("gossip_round", "gossip_interval"))]
+
+
+def test_a_delta_timer_is_armed_once_for_the_deltas_queued_before_it() -> None:
+    net = network("a", "b")
+    a = net.nodes["a"]
+    for element in "xyz":
+        a.update("set", ORSet[str](), add(element))
+    assert [p for _, p in a.woken if isinstance(p, DeltaTick)] == [DeltaTick()]
+    a.fire(DeltaTick)
+    net.run()
+    (propagation,) = [m for m in net.delivered if isinstance(m, DeltaPropagation)]
+    assert set(propagation.entries) == {"set"}
+    a.update("set", ORSet[str](), add("w"))
+    assert [p for _, p in a.woken if isinstance(p, DeltaTick)] == [DeltaTick()]  # armed again
+
+
+def test_a_new_subscriber_is_told_each_matching_value_in_key_order() -> None:
+    node = Node()
+    node.wire.at_once = True  # each notification delivered: the next is not held behind it
+    for key in ("cart-b", "other", "cart-a"):
+        node.update(key, GCounter(), lambda c, n: c.increment(n))
+    node.parts.local.store("cart-c", None)  # deleted: nothing to tell
+    subscriber = ActorAddress("subscriber")
+    node.parts.subscribe("cart-*", subscriber)
+    told = [t.message for t in node.wire.sent if t.address == subscriber]
+    assert [m.key for m in told] == ["cart-a", "cart-b"]
+    assert all(m.data == GCounter().increment(node.me) for m in told)

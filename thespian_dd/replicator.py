@@ -58,25 +58,17 @@ from thespian_dd._runtime.parts import Hooks, Parts
 from thespian_dd._runtime.peers import Introducer
 from thespian_dd._runtime.protocol import (
     NODE_CAPABILITY,
-    DecodeTick,
-    DeltaTick,
     DescribeProcess,
-    Every,
-    FlushTick,
     Introduce,
     Introduced,
     IntroducerDone,
-    NotifyTick,
     PartitionForTests,
     PeerMessage,
     ProcessInfo,
     ReplicatorStarted,
-    RequestTimeout,
     StartReplicator,
-    StoreRetry,
 )
-from thespian_dd._runtime.quorums import AskSecondaries
-from thespian_dd._runtime.settings import CAPABILITY_PREFIX, Settings, matches
+from thespian_dd._runtime.settings import CAPABILITY_PREFIX, Settings
 from thespian_dd._runtime.updates import modified, update_error
 from thespian_dd._runtime.window import poll_selectors, transmit_within
 from thespian_dd._runtime.writer import (
@@ -138,11 +130,6 @@ log = logging.getLogger(__name__)
 SYSTEM_NAME = "Thespian ActorSystem Name"
 WATCHING_SYSTEM = "multiprocTCPBase"
 """The system base (a capability of every ActorSystem) whose actors can watch a descriptor."""
-
-DECODE_SLICE = 0.02
-DECODE_PAUSE = 0.005
-"""After a load, restored values are decoded in slices of DECODE_SLICE seconds, DECODE_PAUSE
-apart: the node serves at once, and no request waits long behind the decoding."""
 
 
 class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
@@ -273,8 +260,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             self._parts.local.refused_rows,
         )
         self._serve()
-        if self._parts.keys.undecoded():
-            self.wakeupAfter(DECODE_PAUSE, DecodeTick())
+        self._parts.decode_restored()
         for message, client in self._parts.durability.take_stash():
             self.receiveMessage(message, client)
 
@@ -298,9 +284,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     def _serve(self) -> None:
         self.handleDeadLetters(startHandling=True)
         self.notifyOnSystemRegistrationChanges(True)
-        rounds = [("_gossip_round", "gossip_interval"), ("_pruning_round", "pruning_interval")]
-        for method, interval in rounds:
-            self.wakeupAfter(getattr(self.settings, interval), Every(method, interval))
+        self._parts.start_rounds()
         log.info("thespian_dd Replicator %s ready", self._node)
 
     def _refuse(self, msg: Any, sender: Any, error: str) -> None:
@@ -374,44 +358,10 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         if sender != self.myAddress:  # a timer is only ever our own; another actor forged it
             self._rejections.refuse()
-            return
-        payload = msg.payload
-        if isinstance(payload, Every):
-            try:
-                getattr(self, payload.round)()
-            finally:  # a round that fails must not end the rounds
-                self.wakeupAfter(getattr(self.settings, payload.interval), payload)
-        elif isinstance(payload, NotifyTick):
-            self._parts.subscriptions.due()
-            self._parts.local.notify()
-        elif isinstance(payload, (StoreRetry, FlushTick)):
-            self._store_timer(payload)
-        elif isinstance(payload, DeltaTick):
-            self._parts.send_deltas()
-        elif isinstance(payload, DecodeTick):
-            if self._parts.keys.decode_for(DECODE_SLICE):
-                self.wakeupAfter(DECODE_PAUSE, payload)
-        elif isinstance(payload, (RequestTimeout, AskSecondaries)):
-            self._parts.requests.timer(payload)
+        else:
+            self._parts.on_timer(msg.payload)
 
-    def _store_timer(self, payload: StoreRetry | FlushTick) -> None:
-        if isinstance(payload, FlushTick):
-            self._parts.durability.flush_due()
-        elif self._parts.durability.retry_due():
-            self._parts.durability.load()
-
-    # -- pruning and expiry ----------------------------------------------------------------------
-
-    def _pruning_round(self) -> None:
-        """Expire markers; then, only while every peer is reachable, mark and prune."""
-        live = self._parts.peers.live(self.node)
-        for key in self._parts.pruning.expire_markers(live):
-            self._parts.durability.write(key, None)
-        self._parts.durability.keep_alive()
-        # Which replicas the data holds is known once every restored value is decoded.
-        if self._parts.peers.all_reachable() and not self._parts.keys.undecoded():
-            for key in self._parts.pruning.prune(self.node, live):
-                self._parts.durability.write(key, None)
+    # -- pruning -------------------------------------------------------------------------------
 
     def _reincarnate(self) -> None:
         """Peers pruned this node's replica (it was removed while it still ran: unreachable
@@ -437,10 +387,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         if error:
             self._reject(sender, InvalidRequest("Subscribe", error))
             return
-        self._parts.subscriptions.subscribe(msg.key, subscriber)
-        for key in sorted(self._parts.keys.names()):
-            if matches(msg.key, key) and (value := self._parts.keys.get(key)) is not None:
-                self._parts.subscriptions.tell(subscriber, Changed(key, value))
+        self._parts.subscribe(msg.key, subscriber)
 
     def receiveMsg_Unsubscribe(self, msg: Unsubscribe, sender: Any) -> None:
         subscriber = sender if msg.subscriber is None else msg.subscriber
@@ -461,10 +408,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     # -- peers: membership -----------------------------------------------------------------------
 
-    def _gossip_round(self) -> None:
-        self._parts.local.expire_idle()
-        self._parts.membership.round()
-
     def receiveMsg_ActorSystemConventionUpdate(self, msg: Any, sender: Any) -> None:
         name = (msg.remoteCapabilities or {}).get(NODE_CAPABILITY)
         if not isinstance(name, str) or name == self.node.node:
@@ -482,20 +425,14 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self.send(sender, Introduced())
 
     def receiveMsg_PartitionForTests(self, msg: PartitionForTests, sender: Any) -> None:
-        if self._settings is None or not self._settings.test_partitions:
-            self._rejections.warn_once(
-                str(sender), "partition", "refused PartitionForTests: test_partitions is off"
-            )
-            self._reject(
-                sender,
-                InvalidRequest(
-                    "PartitionForTests",
-                    "this node was not started with the test-only setting test_partitions",
-                ),
-            )
+        if self._settings is not None and self._settings.test_partitions:
+            self._parts.peers.blocked = frozenset(msg.blocked)
+            log.warning("TEST ONLY partition: ignoring peers %s", sorted(self._parts.peers.blocked))
             return
-        self._parts.peers.blocked = frozenset(msg.blocked)
-        log.warning("TEST ONLY partition: ignoring peers %s", sorted(self._parts.peers.blocked))
+        message = "refused PartitionForTests: test_partitions is off"
+        self._rejections.warn_once(str(sender), "partition", message)
+        error = "this node was not started with the test-only setting test_partitions"
+        self._reject(sender, InvalidRequest("PartitionForTests", error))
 
     # -- information -----------------------------------------------------------------------------
 

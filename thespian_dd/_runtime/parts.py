@@ -28,12 +28,16 @@ from thespian_dd._runtime.membership import Membership
 from thespian_dd._runtime.peers import Peer, PeerTable
 from thespian_dd._runtime.protocol import (
     PROTOCOL_VERSION,
+    DecodeTick,
     DeltaPropagation,
     DeltaTick,
+    Every,
+    FlushTick,
     GossipEntries,
     GossipKeys,
     GossipStatus,
     Heartbeat,
+    NotifyTick,
     PeerHello,
     PeerMessage,
     PeerRead,
@@ -41,21 +45,29 @@ from thespian_dd._runtime.protocol import (
     PeerRemoved,
     PeerWrite,
     PeerWriteAck,
+    RequestTimeout,
+    StoreRetry,
 )
 from thespian_dd._runtime.pruning import Pruning
-from thespian_dd._runtime.quorums import Quorums
+from thespian_dd._runtime.quorums import AskSecondaries, Quorums
 from thespian_dd._runtime.report import Report
 from thespian_dd._runtime.requests import Requests
-from thespian_dd._runtime.settings import Settings
+from thespian_dd._runtime.settings import Settings, matches
 from thespian_dd._runtime.subscriptions import Subscriptions
 from thespian_dd._runtime.versions import Versions
 from thespian_dd._runtime.window import SendWindow, Transmit
 from thespian_dd._runtime.writer import Write
 from thespian_dd.data import ReplicaId, ReplicatedData
+from thespian_dd.messages import Changed
 
 __all__ = ["Hooks", "Parts"]
 
 log = logging.getLogger("thespian_dd.replicator")
+
+DECODE_SLICE = 0.02
+DECODE_PAUSE = 0.005
+"""After a load, restored values are decoded in slices of DECODE_SLICE seconds, DECODE_PAUSE
+apart: the node serves at once, and no request waits long behind the decoding."""
 
 
 @dataclass
@@ -230,6 +242,71 @@ class Parts:
         if want and peer is not None:  # deltas were lost: ask for the whole values instead
             entries = GossipEntries(PROTOCOL_VERSION, self.hooks.me(), {}, frozenset(want))
             self.membership.reply(peer, entries)
+
+    # -- timers and rounds -----------------------------------------------------------------------
+
+    def start_rounds(self) -> None:
+        """Arm the periodic rounds (the node serves from now on)."""
+        for method, interval in (
+            ("gossip_round", "gossip_interval"),
+            ("pruning_round", "pruning_interval"),
+        ):
+            self.hooks.wake(getattr(self.settings, interval), Every(method, interval))
+
+    def on_timer(self, payload: Any) -> None:
+        """One of this node's own timers is due (the Replicator checked it is its own)."""
+        if isinstance(payload, Every):
+            try:
+                getattr(self, payload.round)()
+            finally:  # a round that fails must not end the rounds
+                self.hooks.wake(getattr(self.settings, payload.interval), payload)
+        elif isinstance(payload, NotifyTick):
+            self.subscriptions.due()
+            self.local.notify()
+        elif isinstance(payload, FlushTick):
+            self.durability.flush_due()
+        elif isinstance(payload, StoreRetry):
+            if self.durability.retry_due():
+                self.durability.load()
+        elif isinstance(payload, DeltaTick):
+            self.send_deltas()
+        elif isinstance(payload, DecodeTick):
+            if self.keys.decode_for(DECODE_SLICE):
+                self.hooks.wake(DECODE_PAUSE, payload)
+        elif isinstance(payload, (RequestTimeout, AskSecondaries)):
+            self.requests.timer(payload)
+
+    def decode_restored(self) -> None:
+        """Decode the values a load restored, a slice at a time, while the node serves."""
+        if self.keys.undecoded():
+            self.hooks.wake(DECODE_PAUSE, DecodeTick())
+
+    def gossip_round(self) -> None:
+        """Expire idle keys, then a round of membership and anti-entropy."""
+        self.local.expire_idle()
+        self.membership.round()
+
+    def pruning_round(self) -> None:
+        """Expire markers; then, only while every peer is reachable, mark and prune."""
+        me = self.hooks.me()
+        live = self.peers.live(me)
+        for key in self.pruning.expire_markers(live):
+            self.durability.write(key, None)
+        self.durability.keep_alive()
+        # Which replicas the data holds is known once every restored value is decoded.
+        if self.peers.all_reachable() and not self.keys.undecoded():
+            for key in self.pruning.prune(me, live):
+                self.durability.write(key, None)
+
+    # -- subscriptions ---------------------------------------------------------------------------
+
+    def subscribe(self, pattern: str, subscriber: Any) -> None:
+        """Subscribe ``subscriber`` to ``pattern``, and tell it the value of each key that
+        matches, in key order."""
+        self.subscriptions.subscribe(pattern, subscriber)
+        for key in sorted(self.keys.names()):
+            if matches(pattern, key) and (value := self.keys.get(key)) is not None:
+                self.subscriptions.tell(subscriber, Changed(key, value))
 
     # -- deltas ----------------------------------------------------------------------------------
 

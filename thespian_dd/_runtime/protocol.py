@@ -310,10 +310,10 @@ class NotifyTick:
 
 @dataclass(frozen=True)
 class Every:
-    """Wakeup payload of a periodic round: call the method ``round``, then wake up again after
-    the setting ``interval``."""
+    """Wakeup payload of a periodic round: call the parts' method ``round``, then wake up again
+    after the setting ``interval``."""
 
-    round: str  # "_gossip_round" | "_pruning_round"
+    round: str  # "gossip_round" | "pruning_round", methods of Parts
     interval: str  # the Settings field
 
 
