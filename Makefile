@@ -22,9 +22,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
-# The fast tier: every test that starts no node and no network namespace, on both cores.
+# The fast tier: every test that starts no other process (no node, no network namespace, no
+# command line run), on both cores.  FAST_TIER="not multinode" adds the command line's tests.
+FAST_TIER ?= not multinode and not subprocess
 fast: $(VENV)/.installed
-	$(BIN)/python -m pytest -m "not multinode" -n 2
+	$(BIN)/python -m pytest -m "$(FAST_TIER)" -n 2
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -3,9 +3,11 @@ or with HYPOTHESIS_PROFILE=ci)."""
 
 import contextlib
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -13,8 +15,9 @@ from hypothesis import HealthCheck, settings
 # Not from .testing: pytest loads that plugin itself.
 from thespian_dd._testkit.harness import scratch_database
 
-# 250 examples per property in CI (four times the dev run): the suite must stay well under the
-# CI budget on a 2-core machine, and the law tests are most of its time.
+# 250 examples per property in CI; 30 in the dev run, the quick look of `make fast` (under a
+# minute on a 2-core machine, where the law tests are half its time).  The suite must stay well
+# under the CI budget on a 2-core machine, and the law tests are most of its time.
 settings.register_profile(
     "ci",
     max_examples=250,
@@ -23,7 +26,7 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile(
-    "dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    "dev", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 # The profile's name stays in the environment: tests that scale their own counts read it.
 os.environ["HYPOTHESIS_PROFILE"] = os.environ.get("HYPOTHESIS_PROFILE") or (
@@ -91,6 +94,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("multinode") or item.path.name == "test_netns.py":
             item.add_marker(pytest.mark.xdist_group("nodes"))
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_starts_no_process(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test with neither marker (the fast tier) that starts a process fails, naming the
+    marker it needs: so `make fast` stays what it says."""
+    if request.node.get_closest_marker("multinode") or request.node.get_closest_marker(
+        "subprocess"
+    ):
+        return
+    name = request.node.nodeid
+
+    def refused(*args: object, **kw: object) -> NoReturn:
+        raise AssertionError(f"{name} starts a process: mark it subprocess (or multinode)")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refused)
 
 
 @pytest.fixture

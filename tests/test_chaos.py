@@ -130,7 +130,7 @@ def test_a_short_chaos_schedule_with_real_partitions_loses_no_acknowledged_opera
     ("write_mode", "network"),
     [
         # The long sync run is part of every test run, CI included; the others on demand.
-        pytest.param("sync", False, marks=[pytest.mark.multinode, pytest.mark.slow]),
+        pytest.param("sync", False, marks=pytest.mark.multinode),
         pytest.param("write-behind", False, marks=[pytest.mark.multinode, pytest.mark.chaos]),
         pytest.param("sync", True, marks=[pytest.mark.multinode, pytest.mark.chaos]),
     ],

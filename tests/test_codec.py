@@ -248,6 +248,7 @@ DIGEST_PROGRAM = textwrap.dedent(
 )
 
 
+@pytest.mark.subprocess
 def test_digests_agree_across_processes_with_different_hash_seeds() -> None:
     outputs = set()
     for seed in ("1", "2", "12345"):
@@ -265,6 +266,7 @@ def test_digests_agree_across_processes_with_different_hash_seeds() -> None:
     assert len(outputs.pop().split(",")) == 7
 
 
+@pytest.mark.subprocess
 def test_set_order_really_differs_between_those_seeds() -> None:
     # Guards the test above: if iteration order were the same anyway, it would prove nothing.
     program = 'print(list({"e%d" % i for i in range(50)}))'

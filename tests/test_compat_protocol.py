@@ -174,6 +174,7 @@ NEWER_PEERS_ONLY = {"Heartbeat"}
 to a peer whose statuses carry the directory's digest (an old peer gets a status every round)."""
 
 
+@pytest.mark.subprocess
 def test_the_first_release_reads_what_this_tree_sends(tmp_path: Path) -> None:
     """What an old node does during a rolling upgrade: unpickle this tree's messages (the
     fields added since are ignored) and decode their payloads, with the first release's code."""

@@ -58,6 +58,7 @@ def test_the_bench_prints_each_figure_with_its_baseline_and_ratio(
     assert any("growth" in row["name"] for row in rows)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -97,6 +98,7 @@ def test_bad_arguments_get_a_one_line_error_not_a_traceback(args: list[str], mes
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.subprocess
 def test_help_describes_every_command() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "thespian_dd", "--help"],
@@ -136,6 +138,7 @@ def _run(prog: str, *args: str, check: bool = True) -> subprocess.CompletedProce
     )
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("prog", ["thespian-dd", "python -m thespian_dd"])
 def test_version_prints_the_package_and_its_version(prog: str) -> None:
     result = _run(prog, "--version")
@@ -143,6 +146,7 @@ def test_version_prints_the_package_and_its_version(prog: str) -> None:
     assert thespian_dd.__version__ == version("thespian_dd")  # what pip says is installed
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("prog", ["thespian-dd", "python -m thespian_dd"])
 def test_help_and_errors_name_the_program_as_it_was_run(prog: str) -> None:
     assert _run(prog, "--help").stdout.startswith(f"usage: {prog} [-h] [--version] COMMAND")

@@ -89,6 +89,7 @@ def loaded(url: str) -> dict[str, object]:
         store.close()
 
 
+@pytest.mark.subprocess
 def test_migrate_brings_a_store_of_the_previous_release_to_this_one_and_twice_is_once(
     tmp_path: Path, store_url: str
 ) -> None:

@@ -160,6 +160,7 @@ def test_a_second_node_on_a_used_port_is_refused_and_the_first_runs_on(
     assert first.popen.poll() is None
 
 
+@pytest.mark.subprocess
 @pytest.mark.timeout(60)
 def test_a_port_held_by_another_program_is_refused_at_once() -> None:
     with socket.socket() as held:
@@ -217,6 +218,7 @@ def test_kill_9_of_the_printed_pid_stops_every_process_and_a_restart_recovers(
 # -- bad stores and options ---------------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("options", "message"),
@@ -254,6 +256,7 @@ def test_bad_stores_and_options_get_one_line_and_exit_1(
     assert not _listening(port)
 
 
+@pytest.mark.subprocess
 @pytest.mark.timeout(60)
 def test_debug_shows_the_traceback() -> None:
     result = _cli(
@@ -408,6 +411,7 @@ def _hits(cluster: Cluster, i: int) -> int | None:
     return reply.data.value if isinstance(reply, GetSuccess) else None
 
 
+@pytest.mark.subprocess
 @pytest.mark.timeout(60)
 def test_forget_node_refuses_an_unknown_node_and_a_missing_store(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/s.db"
@@ -430,6 +434,7 @@ def _snapshot(directory: Path) -> dict[str, tuple[int, int, bytes]]:
     }
 
 
+@pytest.mark.subprocess
 @pytest.mark.timeout(60)
 def test_inspect_changes_no_file_and_creates_none(tmp_path: Path) -> None:
     empty = tmp_path / "empty.db"
@@ -492,6 +497,7 @@ def test_status_shows_each_peer_and_a_node_down(tmp_path: Path) -> None:
         assert (ready.returncode, ready.stdout) == (0, "")
 
 
+@pytest.mark.subprocess
 @pytest.mark.timeout(120)
 def test_status_of_what_is_no_node_here_is_one_line() -> None:
     free = free_port()
@@ -598,6 +604,7 @@ def test_metrics_ready_and_alive_are_served_over_http(nodes: list[_Node], tmp_pa
     assert _get(f"{base}/elsewhere")[0] == 404
 
 
+@pytest.mark.subprocess
 @pytest.mark.timeout(120)
 def test_a_metrics_port_that_cannot_serve_is_one_line(tmp_path: Path) -> None:
     with socket.socket() as other:

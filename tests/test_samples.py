@@ -24,6 +24,7 @@ def _run(name: str, *args: str) -> str:
     return result.stdout
 
 
+@pytest.mark.subprocess
 def test_crdt_basics() -> None:
     out = _run("crdt_basics.py")
     assert "counter: 7" in out

@@ -48,6 +48,7 @@ def test_the_cluster_factory_is_there(cluster_factory):
 """
 
 
+@pytest.mark.subprocess
 def test_the_helpers_import_and_work_without_pytest() -> None:
     result = subprocess.run(
         [sys.executable, "-c", WITHOUT_PYTEST],
