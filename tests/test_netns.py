@@ -164,13 +164,13 @@ def test_every_host_reaches_every_host_beyond_the_kernels_neighbour_table(
             deadline = time.monotonic() + 20
             while pending and time.monotonic() < deadline:
                 for key, _ in selector.select(0.5):
-                    s = key.fileobj
-                    assert isinstance(s, socket.socket)
-                    error = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    assert error == 0, (pending[s], os.strerror(error))
-                    selector.unregister(s)
-                    del pending[s]
-                    s.close()
+                    done = key.fileobj
+                    assert isinstance(done, socket.socket)
+                    error = done.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    assert error == 0, (pending[done], os.strerror(error))
+                    selector.unregister(done)
+                    del pending[done]
+                    done.close()
             assert not pending, f"{len(pending)} of {n * (n - 1)} pairs never connected"
         finally:
             for s in [*pending, *servers]:
