@@ -4,6 +4,8 @@ root, ``ip`` and ``nft``: skipped without them, failed in CI."""
 
 from __future__ import annotations
 
+import os
+import selectors
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -119,6 +121,60 @@ def test_a_split_is_silence_and_heal_ends_it(network: Callable[[int], Network]) 
         assert [_connect(net, i, served) for i in (0, 2)] == ["ok", "ok"]
     finally:
         server.close()
+
+
+def _hosts_beyond_the_neighbour_table() -> int:
+    """The fewest hosts whose pairs need more ARP entries than the kernel's neighbour table
+    holds (``gc_thresh3``: one limit for every network namespace of the machine together)."""
+    limit = int(Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3").read_text())
+    n = 2
+    while n * (n - 1) <= limit and n < 253:
+        n += 1
+    return n
+
+
+@pytest.mark.timeout(120)
+def test_every_host_reaches_every_host_beyond_the_kernels_neighbour_table(
+    network: Callable[[int], Network],
+) -> None:
+    """Regression: 64 nodes on a Network never meshed, 33 knew 32 peers and 31 none.  The ARP
+    entries of all namespaces share one table of 1,024 (``gc_thresh3``); 32 hosts with 32 entries
+    each filled it ("neighbor table overflow" in the kernel log), and no later host could
+    resolve any address, not even the convention leader's.  The hosts now know each other's
+    addresses from the start (permanent entries, which the limit does not count)."""
+    n = _hosts_beyond_the_neighbour_table()
+    net = network(n)
+    servers = []
+    for i in range(n):
+        with net.inside(i):
+            servers.append(socket.create_server((net.address(i), 0), backlog=n))
+    # Every pair at once, without blocking: a pair that cannot resolve its peer never connects.
+    pending: dict[socket.socket, tuple[int, int]] = {}
+    with selectors.DefaultSelector() as selector:
+        try:
+            for i in range(n):
+                for j in range(n):
+                    if i != j:
+                        with net.inside(i):
+                            s = socket.socket()
+                        s.setblocking(False)
+                        s.connect_ex(servers[j].getsockname())
+                        pending[s] = (i, j)
+                        selector.register(s, selectors.EVENT_WRITE)
+            deadline = time.monotonic() + 20
+            while pending and time.monotonic() < deadline:
+                for key, _ in selector.select(0.5):
+                    done = key.fileobj
+                    assert isinstance(done, socket.socket)
+                    error = done.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    assert error == 0, (pending[done], os.strerror(error))
+                    selector.unregister(done)
+                    del pending[done]
+                    done.close()
+            assert not pending, f"{len(pending)} of {n * (n - 1)} pairs never connected"
+        finally:
+            for s in [*pending, *servers]:
+                s.close()
 
 
 def _value(cluster: Cluster, i: int, key: str, timeout: float = 5.0) -> Any:

@@ -4,6 +4,7 @@
 
     host i (netns tdd<token>-<i>)            switch (netns tdd<token>-sw)
       lo, eth0 = 10.213.0.(i+1)/24  <--veth-->  h<i>  enslaved to bridge br0
+      (hardware address 02:74:64:64:00:<i+1>)
 
 Nothing is created in, or changed in, the caller's (root) namespace: the veth pairs are created
 in the switch namespace with one end moved straight into the host's.  Because the hosts can reach
@@ -13,7 +14,9 @@ or with another :class:`Network`; the random token only keeps namespace names ap
 A partition (:meth:`Network.split`) is an nftables rule in each host's namespace that drops, on
 input, every packet from a host of another group: senders see silence (TCP retransmits, then a
 timeout), never ``connection refused`` or ``EPERM`` as a drop on output or a blackhole route
-would give.  ARP still works, as it does across a real switch whose IP traffic is lost.
+would give.  The hosts need no ARP: each knows every other's hardware address from the start
+(permanent entries, made with the hosts), as if ARP answered across a switch whose IP
+traffic is lost.
 
 Needs root (or CAP_SYS_ADMIN and CAP_NET_ADMIN), ``ip`` (iproute2) and ``nft`` (nftables):
 :func:`unavailable` says why not, for a pytest skip.
@@ -45,6 +48,12 @@ _CAP_SYS_ADMIN = 21
 _SEARCH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 _TABLE = "tdd"
 _NETNS_DIR = "/run/netns"
+
+
+def _mac(i: int) -> str:
+    """Host ``i``'s hardware address (locally administered, ending in its address's last
+    byte)."""
+    return f"02:74:64:64:00:{i + 1:02x}"
 
 
 def _tool(name: str) -> str:
@@ -160,7 +169,7 @@ class Network:
             # Both ends are born in the namespaces they belong to: the root namespace never
             # sees them, so names cannot collide with its interfaces or another Network's.
             port = f"h{i}"
-            veth = ["type", "veth", "peer", "name", "eth0", "netns", host]
+            veth = ["type", "veth", "peer", "name", "eth0", "address", _mac(i), "netns", host]
             _run([ip, "-n", self.switch, "link", "add", port, *veth])
             _run([ip, "-n", self.switch, "link", "set", port, "master", "br0", "up"])
             _run([ip, "-n", host, "addr", "add", f"{self.address(i)}/24", "dev", "eth0"])
@@ -170,6 +179,18 @@ class Network:
                 f"add table inet {_TABLE}\n"
                 f"add chain inet {_TABLE} input {{ type filter hook input priority 0; }}\n",
             )
+        # Every host knows every other's hardware address from the start: the ARP entries of
+        # all namespaces share one kernel table, of 1,024 by default (gc_thresh3), which 32
+        # hosts of 32 peers fill ("neighbor table overflow"), and a host resolving later reaches
+        # nobody.  Permanent entries do not count against that limit.
+        for i, host in enumerate(self.hosts):
+            entries = "".join(
+                f"neigh replace {self.address(j)} lladdr {_mac(j)} dev eth0 nud permanent\n"
+                for j in range(len(self.hosts))
+                if j != i
+            )
+            if entries:
+                _run([ip, "-n", host, "-batch", "-"], stdin=entries)
 
     def __enter__(self) -> Self:
         return self
