@@ -295,26 +295,11 @@ def _merge_entries(
     # other side holds (their dots are in that side's context).
     a_top = dict.fromkeys(b_ctx.ranges, 0) | a_tops
     b_top = dict.fromkeys(a_ctx.ranges, 0) | b_tops
-    b_get = b.get
     try:
-        # Elements a holds that b does not hold alike: those both hold (their dots differ), and
-        # those only a holds by a dot b has seen (or by several); then the same for b.
-        unsettled = [
-            e
-            for e, mine in a.items()
-            if (
-                (theirs := b_get(e)) is None
-                and (isinstance(mine, frozenset) or mine[1] <= b_top[mine[0]])
-            )
-            or (theirs is not mine and theirs is not None and theirs != mine)
-        ]
-        unsettled += [
-            e
-            for e, theirs in b.items()
-            if e not in a and (isinstance(theirs, frozenset) or theirs[1] <= a_top[theirs[0]])
-        ]
+        unsettled = _unsettled(a, b, b_top) + _unsettled(b, a, a_top, shared=False)
     except KeyError:  # a dot outside its own side's context (a state built by hand)
         return _merge_by_element(a, a_ctx, b, b_ctx)
+    b_get = b.get
     out = {**a, **b}
     a_get = a.get
     for e in unsettled:
@@ -332,6 +317,50 @@ def _merge_entries(
         else:
             out[e] = kept
     return out
+
+
+def _unsettled(
+    a: Mapping[Any, Held],
+    b: Mapping[Any, Held],
+    b_top: Mapping[ReplicaId, int],
+    *,
+    shared: bool = True,
+) -> list[Any]:
+    """The elements ``a`` holds that ``b`` does not hold alike, under ``b``'s version vector
+    ``b_top``: those ``a`` alone holds by a dot ``b`` has seen (or by several), and, if
+    ``shared``, those both hold with different dots.  Raises ``KeyError`` for a dot of a replica
+    ``b_top`` does not know.
+
+    The first try reads every element as one dot, which is nearly always true and saves a type
+    check per element; an element holding several (a frozenset, not subscriptable) makes it
+    raise ``TypeError``, and the second asks each element."""
+    b_get = b.get
+    try:
+        if shared:
+            return [
+                e
+                for e, mine in a.items()
+                if ((theirs := b_get(e)) is None and mine[1] <= b_top[mine[0]])  # type: ignore[index]
+                or (theirs is not mine and theirs is not None and theirs != mine)
+            ]
+        return [e for e, mine in a.items() if e not in b and mine[1] <= b_top[mine[0]]]  # type: ignore[index]
+    except TypeError:
+        pass
+    if shared:
+        return [
+            e
+            for e, mine in a.items()
+            if (
+                (theirs := b_get(e)) is None
+                and (isinstance(mine, frozenset) or mine[1] <= b_top[mine[0]])
+            )
+            or (theirs is not mine and theirs is not None and theirs != mine)
+        ]
+    return [
+        e
+        for e, mine in a.items()
+        if e not in b and (isinstance(mine, frozenset) or mine[1] <= b_top[mine[0]])
+    ]
 
 
 def _merge_by_element(
