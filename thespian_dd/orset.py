@@ -52,13 +52,13 @@ _EMPTY_CONTEXT = CausalContext()
 
 def dots_of(held: Held) -> Collection[Dot]:
     """The dots an element holds (as stored in :attr:`ORSet.entries`), as a collection."""
-    return held if type(held) is frozenset else (held,)  # type: ignore[return-value]
+    return held if isinstance(held, frozenset) else (held,)
 
 
 def held_of(dots: Collection[Dot]) -> Held | None:
     """What an element holding ``dots`` (distinct) stores: the dot when it is one, None for none."""
     if len(dots) > 1:
-        return dots if type(dots) is frozenset else frozenset(dots)
+        return dots if isinstance(dots, frozenset) else frozenset(dots)
     for dot in dots:
         return dot
     return None
@@ -66,7 +66,7 @@ def held_of(dots: Collection[Dot]) -> Held | None:
 
 def _normal(held: Any) -> Any:
     """``held`` as the constructor stores it: a frozenset of one dot becomes that dot."""
-    if type(held) is frozenset and len(held) == 1:
+    if isinstance(held, frozenset) and len(held) == 1:
         for dot in held:
             return dot
     return held
@@ -88,12 +88,10 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         self,
         entries: Mapping[Hashable, frozenset[Dot] | Dot] | None = None,
         context: CausalContext = _EMPTY_CONTEXT,
-        *,
-        _delta: ORSet[A] | None = None,
     ) -> None:
         object.__setattr__(self, "entries", {e: _normal(h) for e, h in (entries or {}).items()})
         object.__setattr__(self, "context", context)
-        object.__setattr__(self, "_delta", _delta)
+        object.__setattr__(self, "_delta", None)
 
     @classmethod
     def _of(
