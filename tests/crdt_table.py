@@ -31,6 +31,7 @@ from thespian_dd import (
     PNCounterMap,
     ReplicaId,
 )
+from thespian_dd.orset import dots_of
 
 REPLICAS = (ReplicaId("a", 1), ReplicaId("b", 1), ReplicaId("b", 2))
 
@@ -156,7 +157,9 @@ def _keeps_pncounter(a: PNCounter, b: PNCounter, m: PNCounter) -> bool:
 def _keeps_dots(a: ORSet, b: ORSet, m: ORSet) -> bool:
     """Every element of ``a`` holding an add that ``b`` has not seen is in the merge."""
     return all(
-        e in m.entries for e, dots in a.entries.items() if any(d not in b.context for d in dots)
+        e in m.entries
+        for e, held in a.entries.items()
+        if any(d not in b.context for d in dots_of(held))
     )
 
 

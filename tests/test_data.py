@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 
 import pytest
 from crdt_table import REPLICAS, ROWS, states_of
@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from thespian_dd import ORSet, ReplicaId
-from thespian_dd.data import CausalContext, Dot, merge_dot_maps, merge_dot_maps_by_key
+from thespian_dd.data import CausalContext, Dot
+from thespian_dd.orset import Held, _merge_by_element, _merge_entries, dots_of, held_of
 
 B, C = ReplicaId("b", 1), ReplicaId("c", 1)
 A = ReplicaId("a", 1)
@@ -145,8 +146,23 @@ def _store_pairs(draw: st.DrawFn) -> tuple[Store, CausalContext, Store, CausalCo
         if how == "absent":
             b.pop(key, None)
         else:
-            b[key] = a[key] if how == "same object" else frozenset(list(a[key]))
+            b[key] = a[key] if how == "same object" else frozenset((r, n) for r, n in a[key])
     return a, draw(_context_of(a)), b, draw(_context_of(b))
+
+
+def _held(store: Store) -> dict[Hashable, Held]:
+    """``store`` as an ORSet holds it: an element's one dot as the dot itself."""
+    return {key: held for key, dots in store.items() if (held := held_of(dots)) is not None}
+
+
+def _sets(entries: Mapping[Hashable, Held]) -> Store:
+    return {key: frozenset(dots_of(held)) for key, held in entries.items()}
+
+
+def _merges(a: Store, a_ctx: CausalContext, b: Store, b_ctx: CausalContext) -> list[Store]:
+    """The merge of both stores by the fast path and element by element, as frozensets."""
+    pair = (_held(a), a_ctx, _held(b), b_ctx)
+    return [_sets(_merge_entries(*pair)), _sets(_merge_by_element(*pair))]
 
 
 @given(pair=_store_pairs())
@@ -154,14 +170,14 @@ def test_dot_store_merge_follows_the_rule_dot_by_dot(
     pair: tuple[Store, CausalContext, Store, CausalContext],
 ) -> None:
     expected = _by_the_rule(*pair)
-    assert merge_dot_maps(*pair) == expected
-    assert merge_dot_maps_by_key(*pair) == expected
+    assert _merges(*pair) == [expected, expected]
     a, a_ctx, b, b_ctx = pair
-    assert merge_dot_maps(b, b_ctx, a, a_ctx) == expected
-    merged = merge_dot_maps(*pair)
-    for key, dots in a.items():  # what both sides hold as one object stays that object
-        if b.get(key) is dots:
-            assert merged[key] is dots
+    assert _merges(b, b_ctx, a, a_ctx) == [expected, expected]
+    held_a, held_b = _held(a), _held(b)
+    merged = _merge_entries(held_a, a_ctx, held_b, b_ctx)
+    for key, held in held_a.items():  # what both sides hold as one object stays that object
+        if held_b.get(key) is held:
+            assert merged[key] is held
 
 
 @given(data=st.data())
@@ -170,10 +186,9 @@ def test_dot_store_merge_follows_the_rule_on_orset_states_and_deltas(data: st.Da
     x, y = data.draw(states_of(row, 2))
     changed = row.apply(y, REPLICAS[0], data.draw(row.ops()))
     for s, t in [(x, y), (x, changed), (x, changed.delta or changed), (changed.delta or y, y)]:
-        expected = _by_the_rule(s.entries, s.context, t.entries, t.context)
-        assert merge_dot_maps(s.entries, s.context, t.entries, t.context) == expected
-        assert merge_dot_maps_by_key(s.entries, s.context, t.entries, t.context) == expected
-        assert s.merge(t).entries == expected
+        expected = _by_the_rule(_sets(s.entries), s.context, _sets(t.entries), t.context)
+        assert _merges(_sets(s.entries), s.context, _sets(t.entries), t.context) == [expected] * 2
+        assert _sets(s.merge(t).entries) == expected
 
 
 def test_a_set_merge_of_states_in_step_shares_their_dots() -> None:

@@ -3,6 +3,7 @@ and tombstones): adds, removes and clears on three replicas, merges and deltas."
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 
 import pytest
@@ -11,6 +12,7 @@ from textbook import Operation, Row, Tag, TextbookORSet, against_textbook
 
 from thespian_dd import ORSet, ReplicaId
 from thespian_dd.data import CausalContext
+from thespian_dd.orset import dots_of
 
 A, B, C = ReplicaId("a", 1), ReplicaId("b", 1), ReplicaId("c", 1)
 
@@ -40,7 +42,26 @@ def test_removed_elements_leave_no_tombstones() -> None:
 
 def test_adding_again_keeps_one_dot_per_element() -> None:
     s = ORSet().add(A, "x").add(A, "x").add(B, "x")
-    assert len(s.entries["x"]) == 1
+    assert s.entries["x"] == (B, 1)  # held as the dot itself, not in a frozenset of one
+    assert list(dots_of(s.entries["x"])) == [(B, 1)]
+
+
+def test_concurrent_adds_hold_both_dots_and_one_dot_again_after_a_re_add() -> None:
+    a, b = ORSet().add(A, "x"), ORSet().add(B, "x")
+    both = a.merge(b)
+    assert both.entries["x"] == frozenset({(A, 1), (B, 1)})
+    assert both == b.merge(a) == ORSet({"x": frozenset({(A, 1), (B, 1)})}, both.context)
+    assert both.add(A, "x").entries["x"] == (A, 2)
+    assert both.remove(B, "x").merge(a).value == frozenset()
+
+
+def test_a_frozenset_of_one_dot_given_to_the_constructor_is_held_as_the_dot() -> None:
+    made = ORSet({"x": frozenset({(A, 1)})}, ORSet().add(A, "x").context)
+    assert made.entries["x"] == (A, 1)
+    assert made == ORSet().add(A, "x").reset_delta()
+    assert pickle.loads(pickle.dumps(made)) == made
+    # Pickled as earlier releases pickled it (and read it): each element's dots in a frozenset.
+    assert made.__reduce__() == (ORSet, ({"x": frozenset({(A, 1)})}, made.context))
 
 
 def test_a_delta_applied_out_of_order_leaves_a_gap_until_the_missing_one_arrives() -> None:

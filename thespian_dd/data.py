@@ -36,7 +36,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from bisect import bisect_left
 from collections.abc import Collection, Hashable, Iterable, Mapping
-from itertools import filterfalse
 from typing import Any, NamedTuple, Self, TypeVar
 
 __all__ = [
@@ -436,105 +435,6 @@ def _normalise_runs(bounds: tuple[int, ...]) -> tuple[int, ...]:
         else:
             out += (lo, hi)
     return tuple(out)
-
-
-def merge_dot_maps(
-    a: Mapping[Hashable, frozenset[Dot]],
-    a_ctx: CausalContext,
-    b: Mapping[Hashable, frozenset[Dot]],
-    b_ctx: CausalContext,
-) -> dict[Hashable, frozenset[Dot]]:
-    """The join of two dot stores (key -> dots) under their causal contexts.
-
-    A dot survives when both sides have it, or when one side has it and the other has not seen it
-    (a dot the other side has seen but does not hold was removed there).  Keys left without dots
-    are gone.  This is the ORSet merge of Almeida et al., "Delta State Replicated Data Types".
-
-    When both contexts are version vectors (the usual case: states, not deltas) the merge starts
-    from both stores copied at C speed and only settles the keys that can differ from that copy:
-    a key whose dots are not the same object on both sides, or a key held on one side by a dot
-    the other side's version vector covers (it was removed there).  A key the two sides share,
-    the common case of replicas in step, costs one lookup; one held on one side by one dot costs
-    one compare.  Other contexts take :func:`merge_dot_maps_by_key`.
-    """
-    if a is b:
-        return dict(a)
-    a_tops, b_tops = a_ctx.tops(), b_ctx.tops()
-    if a_tops is None or b_tops is None:
-        return merge_dot_maps_by_key(a, a_ctx, b, b_ctx)
-    # Each side's top counter per replica, and 0 for a replica it has never seen whose dots the
-    # other side holds (their dots are in that side's context).
-    a_top = dict.fromkeys(b_ctx.ranges, 0) | a_tops
-    b_top = dict.fromkeys(a_ctx.ranges, 0) | b_tops
-    b_get = b.get
-    try:
-        # Keys a holds whose dots b does not hold as they are (the same object): those both hold
-        # (their dots differ), and those only a holds by a dot b has seen; then those only b
-        # holds by a dot a has seen.  A key is listed once per dot: the loop below takes it once.
-        unsettled = [
-            key
-            for key, dots in a.items()
-            if (theirs := b_get(key)) is not dots
-            for r, n in dots
-            if theirs is not None or n <= b_top[r]
-        ]
-        unsettled += [
-            key for key, dots in b.items() if key not in a for r, n in dots if n <= a_top[r]
-        ]
-    except KeyError:  # a dot outside its own side's context (a state built by hand)
-        return merge_dot_maps_by_key(a, a_ctx, b, b_ctx)
-    out = {**a, **b}
-    a_get = a.get
-    for key in dict.fromkeys(unsettled):
-        mine, theirs = a_get(key), b_get(key)
-        only = theirs if mine is None else mine if theirs is None else None
-        if only is not None and len(only) == 1:  # one side's one dot, the other side has seen
-            del out[key]
-            continue
-        kept = _join_dots(mine, a_ctx, theirs, b_ctx)
-        if kept:
-            out[key] = kept
-        else:
-            del out[key]
-    return out
-
-
-def merge_dot_maps_by_key(
-    a: Mapping[Hashable, frozenset[Dot]],
-    a_ctx: CausalContext,
-    b: Mapping[Hashable, frozenset[Dot]],
-    b_ctx: CausalContext,
-) -> dict[Hashable, frozenset[Dot]]:
-    """:func:`merge_dot_maps` for any contexts, key by key (runs with gaps: deltas, values
-    created again in a map)."""
-    out: dict[Hashable, frozenset[Dot]] = {}
-    b_get, only_a = b.get, []
-    for key, dots in a.items():
-        other = b_get(key)
-        if other is None:
-            only_a.append(key)
-        elif kept := _join_dots(dots, a_ctx, other, b_ctx):
-            out[key] = kept
-    add_unseen(out, a, only_a, b_ctx)
-    add_unseen(out, b, filterfalse(a.keys().__contains__, b), a_ctx)
-    return out
-
-
-def _join_dots(
-    mine: frozenset[Dot] | None,
-    my_ctx: CausalContext,
-    theirs: frozenset[Dot] | None,
-    their_ctx: CausalContext,
-) -> frozenset[Dot]:
-    """One key's dots merged: those both sides hold, and those one side holds and the other has
-    not seen (``None``: the side does not hold the key)."""
-    if mine is None:
-        return frozenset() if theirs is None else _unseen(theirs, my_ctx)
-    if theirs is None:
-        return _unseen(mine, their_ctx)
-    if mine is theirs or mine == theirs:
-        return mine
-    return (mine & theirs).union(_unseen(mine - theirs, their_ctx), _unseen(theirs - mine, my_ctx))
 
 
 S = TypeVar("S", bound=Collection[Any])

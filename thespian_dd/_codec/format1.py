@@ -31,7 +31,7 @@ from thespian_dd.lwwregister import LWWRegister
 from thespian_dd.mvregister import MVRegister
 from thespian_dd.ormap import ORMap, ORMapBacked
 from thespian_dd.ormultimap import ORMultiMap
-from thespian_dd.orset import ORSet
+from thespian_dd.orset import ORSet, dots_of
 from thespian_dd.pncounter import PNCounter
 from thespian_dd.pncountermap import PNCounterMap
 
@@ -191,7 +191,10 @@ class _DotReader:
 
 def _orset_tree(s: ORSet) -> Any:
     w = _DotWriter(s.context)
-    return [w.context(s.context), {element: w.flat(dots) for element, dots in s.entries.items()}]
+    return [
+        w.context(s.context),
+        {element: w.flat(dots_of(held)) for element, held in s.entries.items()},
+    ]
 
 
 def _orset(state: Any, limits: Limits) -> ORSet:

@@ -164,7 +164,10 @@ class _Writer:
         index = self.index
         rows: list[tuple[int, int, Any, list[tuple[int, int]], Any]] = []
         for key, dots in items:
-            if len(dots) == 1:
+            if isinstance(dots, tuple):  # an ORSet element's one dot, held as it is
+                r, n = dots
+                rows.append((index[r], n, key, [], dots))
+            elif len(dots) == 1:
                 ((r, n),) = dots
                 rows.append((index[r], n, key, [], dots))
             else:

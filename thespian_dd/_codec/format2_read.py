@@ -24,7 +24,7 @@ from thespian_dd.gset import GSet
 from thespian_dd.lwwregister import LWWRegister
 from thespian_dd.mvregister import MVRegister
 from thespian_dd.ormap import ORMap
-from thespian_dd.orset import ORSet
+from thespian_dd.orset import ORSet, dots_of
 from thespian_dd.pncounter import PNCounter
 
 _INT = {int}
@@ -289,12 +289,12 @@ class _Reader:
         elements = self.users(parts[2], "ORSet elements")
         firsts = self.firsts(context, parts[3], parts[4], len(elements))
         _shared_firsts_ordered(parts[2], parts[4])
-        entries = dict(zip(elements, map(frozenset, zip(firsts)), strict=True))
+        entries: dict[Any, Any] = dict(zip(elements, firsts, strict=True))
         if len(entries) != len(elements):
             raise CodecError("malformed state: ORSet elements are distinct")
         for pos, dot, _ in self.extras(context, parts[5], 3, firsts):
             element = elements[pos]
-            entries[element] = entries[element] | {dot}
+            entries[element] = frozenset((*dots_of(entries[element]), dot))
         return ORSet(entries, context)
 
     def ormap(self, parts: list[Any]) -> ORMap:
