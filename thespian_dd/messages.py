@@ -12,6 +12,7 @@ it pickled with dill, since Thespian pickles messages with plain pickle.
 
 from __future__ import annotations
 
+import dis
 import importlib
 import inspect
 import io
@@ -19,12 +20,13 @@ import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
-from types import FunctionType, ModuleType
+from functools import partial
+from types import CodeType, FunctionType, ModuleType
 from typing import Any
 
 import dill
 
+from thespian_dd._codec.registry import BUILT_IN
 from thespian_dd.data import ReplicaId, ReplicatedData
 
 __all__ = [
@@ -113,6 +115,11 @@ class WriteConsistency(ABC):
 
 @dataclass(frozen=True, slots=True)
 class _Local:
+    def __reduce__(self) -> tuple[Any, ...]:
+        # No fields: the class alone (a dataclass with slots pickles its fields by name, in
+        # Python, 3 µs a message).
+        return (type(self), ())
+
     def replicas_needed(self, n: int) -> int:  # noqa: ARG002 - only this replica, whatever n
         """1: only this replica, whatever ``n``."""
         return 1
@@ -209,12 +216,39 @@ class Get:
     consistency: ReadConsistency = field(default_factory=ReadLocal)
     request: Any = None
 
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        # The most common read, ReadLocal, travels as the key and the request alone.
+        if type(self) is not Get:
+            return object.__reduce__(self)
+        if type(self.consistency) is ReadLocal:
+            return (_read_local, (self.key, self.request))
+        return (Get, (self.key, self.consistency, self.request))
 
-@lru_cache(maxsize=256)
+
+_READ_LOCAL = ReadLocal()
+_WRITE_LOCAL = WriteLocal()
+
+
+def _read_local(key: Any, request: Any) -> Get:
+    """A :class:`Get` with ReadLocal, as it travels."""
+    return Get(key, _READ_LOCAL, request)
+
+
+_LOADED: dict[bytes, Any] = {}
+"""The modify functions loaded from each blob that may be shared between Updates (see
+:func:`_shareable`): clients send the same few functions over and over."""
+
+_LOADED_MAX = 256
+
+
 def _load_modify(blob: bytes) -> Any:
-    # Clients send the same few functions over and over: load each once.
+    """The function ``blob`` holds: loaded once when it keeps no state of its own between runs,
+    else at each Update, so that each runs with what it captured as it was sent."""
+    modify = _LOADED.get(blob)
+    if modify is not None:
+        return modify
     try:
-        return dill.loads(blob)
+        modify = dill.loads(blob)
     except ModuleNotFoundError as e:
         raise ModuleNotFoundError(
             f"{e}: modify refers to module {e.name!r} by name, and this node cannot import it "
@@ -222,6 +256,64 @@ def _load_modify(blob: bytes) -> Any:
             "which travels by value)",
             name=e.name,
         ) from None
+    if _shareable(modify):
+        if len(_LOADED) >= _LOADED_MAX:
+            _LOADED.clear()
+        _LOADED[blob] = modify
+    return modify
+
+
+_IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), range)
+_WRITES_STATE = frozenset({"STORE_DEREF", "DELETE_DEREF", "STORE_GLOBAL", "DELETE_GLOBAL"})
+
+
+def _shareable(value: object, depth: int = 0) -> bool:
+    """Whether one loaded copy of ``value`` (a modify, or what it refers to) may serve every
+    Update that carries the same bytes: nothing a run does can change what the next run sees.
+    A function found by its name is the node's own, shared like the rest of its module; one
+    sent by value must hold only immutable values (closure cells, defaults, the globals it
+    reads), and neither rebind a captured variable (``nonlocal``) nor a global."""
+    if type(value) in _IMMUTABLE or isinstance(value, (type, ModuleType)):
+        return True
+    if type(value) in (tuple, frozenset):
+        return all(_shareable(v, depth) for v in value)  # type: ignore[attr-defined]
+    if depth > 4:
+        return False
+    if type(value) is partial:
+        return not value.__dict__ and all(
+            _shareable(v, depth + 1) for v in (value.func, value.args, *value.keywords.values())
+        )
+    return type(value) is FunctionType and _shareable_function(value, depth)
+
+
+def _shareable_function(value: FunctionType, depth: int) -> bool:
+    """:func:`_shareable` for a plain function."""
+    if _located(value):
+        return True
+    if value.__dict__ or _writes_state(value.__code__, frozenset(value.__code__.co_freevars)):
+        return False
+    cells = [cell.cell_contents for cell in value.__closure__ or ()]
+    read = [value.__globals__[name] for name in _names(value.__code__) if name in value.__globals__]
+    defaults = (value.__defaults__, tuple((value.__kwdefaults__ or {}).values()))
+    return all(_shareable(v, depth + 1) for v in (*cells, *read, *defaults))
+
+
+def _writes_state(code: CodeType, free: frozenset[str]) -> bool:
+    """Whether ``code`` (or code nested in it) rebinds a global or one of the ``free``
+    variables its function captured."""
+    for op in dis.get_instructions(code):
+        if op.opname in _WRITES_STATE and (op.opname.endswith("GLOBAL") or op.argval in free):
+            return True
+    return any(_writes_state(c, free) for c in code.co_consts if isinstance(c, CodeType))
+
+
+def _names(code: CodeType) -> set[str]:
+    """The global names ``code`` (or code nested in it) may read."""
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, CodeType):
+            names |= _names(c)
+    return names
 
 
 def _save_module(pickler: dill.Pickler, module: ModuleType) -> None:
@@ -366,14 +458,41 @@ def _dumps_checked(modify: Callable[..., Any]) -> bytes:
 def _load_update(
     key: Any, initial: Any, modify_blob: bytes, consistency: Any, request: Any
 ) -> Update:
+    """An :class:`Update` as it travels; ``consistency`` None stands for WriteLocal."""
     update = Update.__new__(Update)
-    object.__setattr__(update, "key", key)
-    object.__setattr__(update, "initial", initial)
-    object.__setattr__(update, "_modify", None)
-    object.__setattr__(update, "_modify_blob", modify_blob)
-    object.__setattr__(update, "consistency", consistency)
-    object.__setattr__(update, "request", request)
+    setattr_ = object.__setattr__
+    setattr_(update, "key", key)
+    setattr_(update, "initial", initial)
+    setattr_(update, "_modify", None)
+    setattr_(update, "_modify_blob", modify_blob)
+    setattr_(update, "consistency", _WRITE_LOCAL if consistency is None else consistency)
+    setattr_(update, "request", request)
     return update
+
+
+def _load_update_from_empty(
+    key: Any, data_type: type, modify_blob: bytes, consistency: Any, request: Any
+) -> Update:
+    """An :class:`Update` whose ``initial`` is the empty value of a built-in ``data_type``, as
+    it travels."""
+    return _load_update(key, _EMPTY[data_type], modify_blob, consistency, request)
+
+
+def _empty_values() -> dict[type, ReplicatedData]:
+    """The built-in types that have an empty value (made without arguments), with that value."""
+    empty = {}
+    for data_type in BUILT_IN:
+        try:
+            empty[data_type] = data_type()
+        except TypeError:  # needs a value to start from (LWWRegister)
+            continue
+    return empty
+
+
+_EMPTY = _empty_values()
+"""Every Update's ``initial`` that equals one of these values travels as its type (an Update of
+a counter pickled its ``GCounter()`` in 5 µs and loaded it in 7): values are immutable, so the
+node gives them all the one empty value."""
 
 
 class Update:
@@ -436,10 +555,14 @@ class Update:
     def __reduce__(self) -> tuple[Any, ...]:
         # Thespian pickles messages with plain pickle, which cannot carry a lambda or a closure
         # from __main__: dill can, by value.
-        return (
-            _load_update,
-            (self.key, self.initial, self._modify_blob, self.consistency, self.request),
-        )
+        initial, consistency = self.initial, self.consistency
+        if type(consistency) is WriteLocal:
+            consistency = None
+        empty = _EMPTY.get(type(initial))
+        if empty is not None and initial == empty:
+            args = (self.key, type(initial), self._modify_blob, consistency, self.request)
+            return (_load_update_from_empty, args)
+        return (_load_update, (self.key, initial, self._modify_blob, consistency, self.request))
 
     @property
     def modify(self) -> Callable[[Any, ReplicaId], Any]:
