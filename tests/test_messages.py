@@ -5,9 +5,12 @@ test_fuzz_peer.py)."""
 from __future__ import annotations
 
 import pickle
+import subprocess
 import sys
+import tarfile
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -226,3 +229,47 @@ class _TaggedGet(Get):
     """A Get of one's own, with a field more: it travels whole."""
 
     tag: int = 0
+
+
+PREVIOUS_RELEASE = Path(__file__).parent / "compat" / "thespian_dd-349b515.tar.xz"
+
+READ_IN_THE_PREVIOUS_RELEASE = """
+import pickle, sys
+import thespian_dd
+assert thespian_dd.__file__.startswith(sys.argv[1]), thespian_dd.__file__
+for m in pickle.loads(sys.stdin.buffer.read()):
+    initial = getattr(m, "initial", None)
+    shown = (type(initial).__name__, initial.value) if initial is not None else None
+    print(type(m).__name__, repr(m.key), shown, repr(m.consistency), repr(m.request))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_updates_and_gets_of_this_tree_are_read_by_the_previous_release(
+    tmp_path: Path,
+) -> None:
+    # A client of this tree writes to the nodes of the previous release during an upgrade.
+    with tarfile.open(PREVIOUS_RELEASE) as archive:
+        archive.extractall(tmp_path, filter="data")
+    messages = [
+        Update("a", GCounter(), _increment_once),
+        Update("b", ORSet[str]().add(NODE, "x"), _increment_once, WriteMajority(2.0), [1]),
+        Get("c"),
+        Get("d", ReadAll(3.0), "r"),
+    ]
+    read = subprocess.run(
+        [sys.executable, "-c", READ_IN_THE_PREVIOUS_RELEASE, str(tmp_path)],
+        input=pickle.dumps(messages),
+        capture_output=True,
+        env={"PYTHONPATH": str(tmp_path)},
+        cwd=tmp_path,
+        check=False,
+        timeout=50,
+    )
+    assert read.returncode == 0, read.stderr.decode()[-2000:]
+    assert read.stdout.decode().splitlines() == [
+        "Update 'a' ('GCounter', 0) WriteLocal() None",
+        "Update 'b' ('ORSet', frozenset({'x'})) WriteMajority(timeout=2.0, min_cap=0) [1]",
+        "Get 'c' None ReadLocal() None",
+        "Get 'd' None ReadAll(timeout=3.0) 'r'",
+    ]
