@@ -224,6 +224,14 @@ def test_a_get_arrives_as_it_was_made(consistency: Any) -> None:
     )
 
 
+def test_a_get_missing_a_field_arrives_missing_it_for_the_node_to_refuse() -> None:
+    get = object.__new__(Get)
+    object.__setattr__(get, "key", "k")
+    received = pickle.loads(pickle.dumps(get))
+    assert received.key == "k"
+    assert not hasattr(received, "consistency")
+
+
 @dataclass(frozen=True)
 class _TaggedGet(Get):
     """A Get of one's own, with a field more: it travels whole."""
