@@ -5,14 +5,19 @@ test_fuzz_peer.py)."""
 from __future__ import annotations
 
 import pickle
+import subprocess
 import sys
+import tarfile
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from thespian_dd import (
     GCounter,
+    Get,
     ORSet,
     ReadAll,
     ReadFrom,
@@ -23,7 +28,7 @@ from thespian_dd import (
     WriteLocal,
     WriteMajority,
 )
-from thespian_dd.messages import _load_modify, majority
+from thespian_dd.messages import _LOADED, majority
 
 NODE = ReplicaId("n", 1)
 
@@ -89,7 +94,7 @@ def _increment_once(counter: GCounter, node: ReplicaId) -> GCounter:
 
 def _sent(update: Update) -> Any:
     """``update``'s modify as a node that has not loaded it yet loads it."""
-    _load_modify.cache_clear()
+    _LOADED.clear()
     return pickle.loads(pickle.dumps(update)).modify
 
 
@@ -148,3 +153,131 @@ def test_a_partial_of_a_mutable_value_is_pickled_with_its_value_at_each_update()
 
 def _add_first(items: list[str], current: ORSet, node: ReplicaId) -> ORSet:
     return current.add(node, items[0])
+
+
+def test_a_modify_that_changes_what_it_captured_runs_at_each_update_as_it_was_sent() -> None:
+    # Two Updates carry the same bytes; the first run pops from the node's copy of the list.
+    # The second must start from the list as it was sent, not from what the first run left.
+    pending = ["a", "b"]
+
+    def take(current: ORSet, node: ReplicaId) -> ORSet:
+        return current.add(node, pending.pop())
+
+    runs = 0
+
+    def count(current: GCounter, node: ReplicaId) -> GCounter:
+        nonlocal runs
+        runs += 1
+        return current.increment(node, runs)
+
+    first, second = Update("k", ORSet(), take), Update("k", ORSet(), take)
+    assert first._modify_blob == second._modify_blob
+    _LOADED.clear()
+    for update in (first, second):
+        assert pickle.loads(pickle.dumps(update)).modify(ORSet(), NODE).value == {"b"}
+    for update in (Update("k", GCounter(), count), Update("k", GCounter(), count)):
+        assert pickle.loads(pickle.dumps(update)).modify(GCounter(), NODE).value == 1
+
+
+def test_a_modify_that_keeps_no_state_is_loaded_once_for_every_update_that_carries_it() -> None:
+    step = 2
+    update = Update("k", GCounter(), lambda c, n: c.increment(n, step))
+    _LOADED.clear()
+    loaded = [pickle.loads(pickle.dumps(update)).modify for _ in range(2)]
+    assert loaded[0] is loaded[1]
+    assert loaded[0](GCounter(), NODE).value == 2
+
+
+class _OwnCounter(GCounter):
+    """A data type of one's own: it travels as itself, never as an empty built-in."""
+
+    __slots__ = ()
+
+
+@pytest.mark.parametrize(
+    "initial",
+    [GCounter(), GCounter().increment(NODE, 2), ORSet(), ORSet().add(NODE, "x"), _OwnCounter()],
+)
+@pytest.mark.parametrize("consistency", [WriteLocal(), WriteMajority(2.0, 3)])
+def test_an_update_arrives_as_it_was_made(initial: Any, consistency: Any) -> None:
+    update = Update("k", initial, _increment_once, consistency, request=("tag", 1))
+    received = pickle.loads(pickle.dumps(update))
+    assert type(received.initial) is type(initial)
+    assert received.initial == initial
+    assert (received.key, received.consistency, received.request) == ("k", consistency, ("tag", 1))
+    assert received.modify is _increment_once
+
+
+def test_an_initial_that_is_not_a_value_arrives_as_it_was_sent_for_the_node_to_refuse() -> None:
+    # The class itself, not GCounter(): the node must see the mistake, not an empty counter.
+    received = pickle.loads(pickle.dumps(Update("k", GCounter, _increment_once)))  # type: ignore[arg-type]
+    assert received.initial is GCounter
+
+
+@pytest.mark.parametrize("consistency", [ReadLocal(), ReadFrom(2, 1.0), ReadAll(3.0)])
+def test_a_get_arrives_as_it_was_made(consistency: Any) -> None:
+    get = Get("k", consistency, request=["r"])
+    assert pickle.loads(pickle.dumps(get)) == get
+    assert pickle.loads(pickle.dumps(get)).consistency == consistency
+    assert pickle.loads(pickle.dumps(_TaggedGet("k", consistency, 3))) == _TaggedGet(
+        "k", consistency, 3
+    )
+
+
+def test_a_get_missing_a_field_arrives_missing_it_for_the_node_to_refuse() -> None:
+    get = object.__new__(Get)
+    object.__setattr__(get, "key", "k")
+    received = pickle.loads(pickle.dumps(get))
+    assert received.key == "k"
+    assert not hasattr(received, "consistency")
+
+
+@dataclass(frozen=True)
+class _TaggedGet(Get):
+    """A Get of one's own, with a field more: it travels whole."""
+
+    tag: int = 0
+
+
+PREVIOUS_RELEASE = Path(__file__).parent / "compat" / "thespian_dd-349b515.tar.xz"
+
+READ_IN_THE_PREVIOUS_RELEASE = """
+import pickle, sys
+import thespian_dd
+assert thespian_dd.__file__.startswith(sys.argv[1]), thespian_dd.__file__
+for m in pickle.loads(sys.stdin.buffer.read()):
+    initial = getattr(m, "initial", None)
+    shown = (type(initial).__name__, initial.value) if initial is not None else None
+    print(type(m).__name__, repr(m.key), shown, repr(m.consistency), repr(m.request))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_updates_and_gets_of_this_tree_are_read_by_the_previous_release(
+    tmp_path: Path,
+) -> None:
+    # A client of this tree writes to the nodes of the previous release during an upgrade.
+    with tarfile.open(PREVIOUS_RELEASE) as archive:
+        archive.extractall(tmp_path, filter="data")
+    messages = [
+        Update("a", GCounter(), _increment_once),
+        Update("b", ORSet[str]().add(NODE, "x"), _increment_once, WriteMajority(2.0), [1]),
+        Get("c"),
+        Get("d", ReadAll(3.0), "r"),
+    ]
+    read = subprocess.run(
+        [sys.executable, "-c", READ_IN_THE_PREVIOUS_RELEASE, str(tmp_path)],
+        input=pickle.dumps(messages),
+        capture_output=True,
+        env={"PYTHONPATH": str(tmp_path)},
+        cwd=tmp_path,
+        check=False,
+        timeout=50,
+    )
+    assert read.returncode == 0, read.stderr.decode()[-2000:]
+    assert read.stdout.decode().splitlines() == [
+        "Update 'a' ('GCounter', 0) WriteLocal() None",
+        "Update 'b' ('ORSet', frozenset({'x'})) WriteMajority(timeout=2.0, min_cap=0) [1]",
+        "Get 'c' None ReadLocal() None",
+        "Get 'd' None ReadAll(timeout=3.0) 'r'",
+    ]
