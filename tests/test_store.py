@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,10 @@ import sqlalchemy as sa
 
 from thespian_dd import GCounter, ReplicaId
 from thespian_dd._runtime.database import StoreError
-from thespian_dd._runtime.rows import FORGOTTEN, Entry
+from thespian_dd._runtime.rows import DELETED, FORGOTTEN, Entry
+from thespian_dd._runtime.schema import store_metadata, writes
 from thespian_dd._runtime.store import Store
-from thespian_dd.codec import encode
+from thespian_dd.codec import FORMAT_VERSION, encode
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -39,6 +41,127 @@ def test_the_store_round_trips_rows_and_tombstones_on_every_store(store_url: str
         assert store.next_incarnation("n", 1) == 8
         assert [name for name, _, _ in store.nodes()] == ["n"]
     finally:
+        store.close()
+
+
+def _stored(store: Store, node: str) -> dict[str, tuple[object, ...]]:
+    """``node``'s rows as SQLAlchemy reads them (not the write path): key -> its columns."""
+    return {
+        r.key: (r.data_type, r.format_version, r.payload, r.replicas, r.error)
+        for r in store.rows(node)
+    }
+
+
+def test_commits_reuse_their_compiled_statements_and_rows_read_back_identically(
+    store_url: str,
+) -> None:
+    """Commits go through the driver with statements compiled once per store (and one kept
+    connection); what they write reads back column for column through SQLAlchemy, in this store
+    and in another opened afresh: upserts, tombstones, forgotten keys, a key longer than any
+    index and a payload of 300 KB."""
+    url = store_url.format(name="w")
+    store = Store(url)
+    other = None
+    try:
+        store.next_incarnation("n")
+        one = GCounter().increment(ReplicaId("n", 1), 1)
+        two = one.increment(ReplicaId("n", 1), 1)
+        long_key = "ключ/🔑 " + "k" * 3000
+        big = Entry("LWWRegister", b"\x01" + bytes(range(256)) * 1200, "n#1 m#2")
+        started = time.time()
+        store.write("n", {"a": Entry("GCounter", encode(one), "n#1"), "b": big, "c": None})
+        statements, connection = store._writes, store._writer
+        assert statements is not None
+        assert connection is not None
+        store.write("n", {"a": Entry("GCounter", encode(two), "n#1"), "b": FORGOTTEN})
+        store.write("n", {long_key: big, "c": Entry("GCounter", encode(one), "")})
+        store.write("n", {})
+        assert store._writes is statements
+        assert store._writer is connection
+        expected = {
+            "a": ("GCounter", FORMAT_VERSION, encode(two), "n#1", None),
+            "c": ("GCounter", FORMAT_VERSION, encode(one), "", None),
+            long_key: (big.data_type, FORMAT_VERSION, big.payload, big.replicas, None),
+        }
+        assert _stored(store, "n") == expected
+        assert all(started <= r.updated_at <= time.time() for r in store.rows("n"))
+        other = Store(url, create=False)
+        assert _stored(other, "n") == expected
+        assert {k: p for k, p, _ in other.load("n")} == {k: v[2] for k, v in expected.items()}
+        store.write("n", {"a": None})
+        assert _stored(other, "n")["a"] == (DELETED, FORMAT_VERSION, b"", "", None)
+    finally:
+        store.close()
+        if other is not None:
+            other.close()
+
+
+def test_a_driver_statement_gives_each_paramstyle_its_parameters() -> None:
+    """Positional paramstyles get a tuple in the order of the SQL's placeholders, named ones the
+    row itself: SQLite's qmark, and the pyformat SQLAlchemy picks for psycopg and PyMySQL.  No
+    database: the dialects only compile."""
+    row = {"node": "n", "key_id": "i", "last_alive": 1.5}
+    for url, delete, alive in [
+        ("sqlite://", ("n", "i"), (1.5, "n")),
+        ("postgresql+psycopg://u@h/d", row, row),
+        ("mysql+pymysql://u@h/d", row, row),
+    ]:
+        engine = sa.create_engine(url)
+        statements = writes(engine.dialect)
+        assert statements.delete.params(row) == delete, url
+        assert statements.delete.sql.count("?") == (2 if url == "sqlite://" else 0)
+        assert statements.alive.params(row) == alive, url  # SET's value before WHERE's
+        assert statements.upsert is not None
+        engine.dispose()
+
+
+def test_a_store_without_an_upsert_replaces_rows_in_the_same_transaction(store_url: str) -> None:
+    """Where a dialect has no upsert, a commit deletes each row and inserts it again: still one
+    row per (node, key), the latest, and other nodes' rows untouched."""
+    store = Store(store_url.format(name="p"))
+    try:
+        store.write("n", {"a": Entry("GCounter", encode(GCounter()), "")})
+        assert store._writes is not None
+        store._writes = store._writes._replace(upsert=None)  # as another dialect compiles
+        counter = GCounter().increment(ReplicaId("n", 1), 3)
+        store.write("n", {"a": Entry("GCounter", encode(counter), "n#1"), "b": None})
+        store.write("m", {"a": Entry("GCounter", encode(GCounter()), "")})
+        assert _stored(store, "n") == {
+            "a": ("GCounter", FORMAT_VERSION, encode(counter), "n#1", None),
+            "b": (DELETED, FORMAT_VERSION, b"", "", None),
+        }
+        assert list(_stored(store, "m")) == ["a"]
+    finally:
+        store.close()
+
+
+def test_a_commit_that_fails_midway_leaves_none_of_its_rows_and_the_next_one_works(
+    store_url: str,
+) -> None:
+    """A commit whose last statement fails (the node table dropped by someone else) rolls back
+    the rows it had written, gives its connection up, and raises; once the table is back the
+    next commit goes through on a new connection."""
+    url = store_url.format(name="f")
+    store = Store(url)
+    engine = sa.create_engine(url)
+    try:
+        store.next_incarnation("n")
+        old = Entry("GCounter", encode(GCounter()), "")
+        new = Entry("GCounter", encode(GCounter().increment(ReplicaId("n", 1), 1)), "n#1")
+        store.write("n", {"a": old})
+        store_metadata.tables["thespian_dd_nodes"].drop(engine)
+        with pytest.raises(Exception, match="thespian_dd_nodes"):
+            store.write("n", {"a": new, "b": new})  # the upsert runs, then last_alive fails
+        assert store._writer is None
+        store_metadata.create_all(engine)
+        assert _stored(store, "n") == {"a": ("GCounter", FORMAT_VERSION, old.payload, "", None)}
+        store.write("n", {"a": new, "b": new})
+        assert _stored(store, "n") == {
+            "a": ("GCounter", FORMAT_VERSION, new.payload, "n#1", None),
+            "b": ("GCounter", FORMAT_VERSION, new.payload, "n#1", None),
+        }
+    finally:
+        engine.dispose()
         store.close()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import select
 import sqlite3
 import threading
@@ -248,6 +249,37 @@ def test_the_commit_thread_commits_batches_in_order_and_answers_each_through_its
     assert _answers(commits, 3) == [Written(1), Written(2), Written(3)]
     assert sorted(_rows(url)) == [(k, ENTRY.payload) for k in "abc"]
     assert commits.drain() == []  # the pipe read empty with the answers: nothing is left
+
+
+def test_the_commit_thread_answers_on_through_a_full_pipe(
+    commits: CommitThread, tmp_path: Path
+) -> None:
+    """The wake-up byte is written without blocking: with the pipe full (bytes the Replicator
+    has yet to read) an answer is queued all the same, and the next drain gets every one."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    for size in (4096, 1):  # to the last byte: a write of up to 4096 is all or nothing
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(commits._write_fd, b"!" * size)
+    for seq, key in enumerate("ab", start=1):
+        commits.submit(Write(url, "n", seq, {key: ENTRY}))
+    thread = commits._thread
+
+    def committed() -> int:  # read by sqlite3 alone: a Store here would create tables too
+        with contextlib.closing(sqlite3.connect(tmp_path / "c.db")) as conn:
+            try:
+                return int(conn.execute("SELECT count(*) FROM thespian_dd_entries").fetchone()[0])
+            except sqlite3.OperationalError:
+                return 0  # no table yet
+
+    eventually(lambda: committed() == 2, what="both batches committed, the pipe still full")
+    assert _answers(commits, 2) == [Written(1), Written(2)]
+    commits.submit(Write(url, "n", 3, {"c": ENTRY}))
+    assert _answers(commits, 1) == [Written(3)]
+    assert commits._thread is thread  # the same thread: nothing ended it
+    assert thread is not None
+    assert thread.is_alive()
+    assert sorted(_rows(url)) == [(k, ENTRY.payload) for k in "abc"]
 
 
 def test_a_failed_commit_on_the_thread_is_answered_and_the_next_opens_the_store_afresh(

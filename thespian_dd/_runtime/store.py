@@ -46,11 +46,13 @@ from thespian_dd._runtime.schema import (
     LOAD_COLUMNS,
     SCHEMA_STEPS,
     SCHEMA_VERSION,
+    DriverStatement,
+    Writes,
     check_schema,
     entries_table,
     nodes_table,
     store_metadata,
-    upsert_statement,
+    writes,
 )
 
 __all__ = ["LOAD_CHUNK_ROWS", "Migration", "NodeRecord", "Store"]
@@ -96,8 +98,11 @@ class Store:
             raise StoreError("the signing key must be non-empty bytes")
         self._signing_key = signing_key
         self._seals: dict[str, RowSeal] = {}  # node -> the seal of its rows
-        # Built once: constructing it took about 45% of a one-row commit's Python time.
-        self._upsert_statement: sa.Executable | None = None
+        # Compiled once, run through the driver on a connection kept for commits: through
+        # SQLAlchemy's execute and pool, a one-row commit took 4 times as much CPU outside the
+        # fsync (see schema.DriverStatement).
+        self._writes: Writes | None = None
+        self._writer: Any = None  # the pool's DBAPI connection that commits, once used
         self._alive_at: dict[str, float] = {}  # node -> when its last_alive was last written
         self._setting = url
         url = store_url(url)
@@ -269,13 +274,16 @@ class Store:
         """Upsert every entry (None: deleted) in one transaction, which also records that the
         node is alive (no entries: only that) if it was last recorded ``alive_every`` seconds
         ago or more: that record is for the offline bound of ``next_incarnation``, and its
-        UPDATE cost about a third of a one-row SQLite commit."""
+        UPDATE cost about a third of a one-row SQLite commit.  Returns once committed; on
+        failure the transaction is rolled back and its connection given up (the next write
+        takes another: the server may have restarted)."""
         now = time.time()
         rows = []
-        forgotten = [key_id(key) for key, entry in entries.items() if entry == FORGOTTEN]
+        forgotten = []
         seal = self._seal(node)
         for key, entry in entries.items():
             if entry == FORGOTTEN:
+                forgotten.append({"node": node, "key_id": key_id(key)})
                 continue
             data_type, raw, replicas = (DELETED, b"", "") if entry is None else entry
             # A row says the format of its own bytes (a tombstone's: the current one).
@@ -293,20 +301,46 @@ class Store:
                     "updated_at": now,
                 }
             )
-        with self.engine.begin() as conn:
-            if rows:
-                self._upsert(conn, rows)
-            if forgotten:
-                conn.execute(
-                    entries_table.delete().where(
-                        entries_table.c.node == node, entries_table.c.key_id.in_(forgotten)
-                    )
-                )
-            if not entries or now - self._alive_at.get(node, 0.0) >= alive_every:
-                conn.execute(
-                    nodes_table.update().where(nodes_table.c.node == node).values(last_alive=now)
-                )
-                self._alive_at[node] = now
+        alive = not entries or now - self._alive_at.get(node, 0.0) >= alive_every
+        connection = self._writer_connection()
+        statements = self._writes
+        assert statements is not None
+        try:
+            cursor = connection.cursor()
+            try:
+                if rows and statements.upsert is not None:
+                    _run(cursor, statements.upsert, rows)
+                elif rows:  # any other dialect: the portable way, in the same transaction
+                    _run(cursor, statements.delete, rows)
+                    _run(cursor, statements.insert, rows)
+                if forgotten:
+                    _run(cursor, statements.delete, forgotten)
+                if alive:
+                    _run(cursor, statements.alive, [{"node": node, "last_alive": now}])
+            finally:
+                cursor.close()
+            connection.commit()
+        except BaseException:
+            self._drop_writer()
+            raise
+        if alive:
+            self._alive_at[node] = now
+
+    def _writer_connection(self) -> Any:
+        """The DBAPI connection commits go through (checked out of the engine's pool once,
+        kept until :meth:`close` or a failure), and the statements compiled for its dialect."""
+        if self._writer is None:
+            self._writer = self.engine.raw_connection()
+            if self._writes is None:  # the dialect knows its server once connected
+                self._writes = writes(self.engine.dialect)
+        return self._writer
+
+    def _drop_writer(self) -> None:
+        """Give the commits' connection back, its transaction rolled back (a connection that
+        fails to roll back is discarded by the pool)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
 
     def _seal(self, node: str) -> RowSeal:
         """The seal of ``node``'s rows: their MAC with a signing key, else their checksum."""
@@ -315,22 +349,8 @@ class Store:
             seal = self._seals[node] = RowSeal(node, self._signing_key)
         return seal
 
-    def _upsert(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
-        if self._upsert_statement is None:
-            self._upsert_statement = upsert_statement(self.engine.dialect.name)
-        if self._upsert_statement is not None:
-            conn.execute(self._upsert_statement, rows)
-        else:  # any other dialect: the portable way, in the same transaction
-            node = rows[0]["node"]
-            ids = [r["key_id"] for r in rows]
-            conn.execute(
-                entries_table.delete().where(
-                    entries_table.c.node == node, entries_table.c.key_id.in_(ids)
-                )
-            )
-            conn.execute(entries_table.insert(), rows)
-
     def close(self) -> None:
+        self._drop_writer()
         self.engine.dispose()
 
     def migrate(self) -> Migration:
@@ -404,6 +424,11 @@ class Store:
             )
             upgraded += 1
         return upgraded, left
+
+
+def _run(cursor: Any, statement: DriverStatement, rows: list[dict[str, Any]]) -> None:
+    """Run ``statement`` once per row (``executemany``: one round trip where the driver can)."""
+    cursor.executemany(statement.sql, [statement.params(row) for row in rows])
 
 
 class Migration(NamedTuple):

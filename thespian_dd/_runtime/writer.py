@@ -15,6 +15,8 @@ class (see :mod:`thespian_dd.durable`).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import queue
@@ -263,6 +265,21 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
             self.store = None
 
 
+def _write_holding_the_gil() -> Callable[[int, bytes, int], int] | None:
+    """libc's ``write(fd, buffer, size)`` called without releasing the GIL (ctypes' ``PyDLL``;
+    ``os.write`` releases it), or None where there is no such libc."""
+    try:
+        write = ctypes.PyDLL(None).write
+    except (OSError, AttributeError, TypeError):
+        return None
+    write.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t)
+    write.restype = ctypes.c_ssize_t
+    return write
+
+
+_WRITE_HOLDING_THE_GIL = _write_holding_the_gil()
+
+
 class CommitThread:
     """Commits :class:`Write` batches on a thread of the Replicator's own process, as the
     DurableWriter would: it saves a sync write the two messages to and from another process,
@@ -289,6 +306,7 @@ class CommitThread:
         self._results: queue.SimpleQueue[Written] = queue.SimpleQueue()
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)  # a full pipe has a byte unread: enough
         self._thread: threading.Thread | None = None
         self._ended: threading.Thread | None = None  # a thread that ended mid-commit
         self._store: Store | None = None  # used by the thread only
@@ -359,8 +377,18 @@ class CommitThread:
             self._close()
 
     def _answer(self, written: Written) -> None:
+        """Queue ``written`` and wake the Replicator.  The byte is written without releasing
+        the GIL: with ``os.write`` the Replicator's thread, woken by the byte, often took the GIL
+        before this thread had it back, and the two then took turns at each of the Replicator's
+        system calls (the pipe's read, the reply's send), a thread wake-up each.  Now this thread
+        holds it until it waits for its next batch, a few bytecodes later."""
         self._results.put(written)
-        os.write(self._write_fd, b"!")
+        write = _WRITE_HOLDING_THE_GIL
+        if write is None or write(self._write_fd, b"!", 1) != 1:
+            # Not written (or no such libc): os.write says why, but for a full pipe, which
+            # holds bytes the Replicator has yet to read: it will drain.
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._write_fd, b"!")
 
     def _open(self, url: str, signing_key_file: str | None) -> Store:
         if self._store is None:
