@@ -16,7 +16,7 @@ and written in the current one when its key is next written; :meth:`Store.migrat
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -201,20 +201,19 @@ class Store:
 
     def load_chunks(
         self, node: str
-    ) -> Iterator[tuple[list[tuple[str, bytes | None]], list[tuple[str, str]]]]:
+    ) -> Generator[tuple[list[tuple[str, bytes | None]], list[tuple[str, str]]], None, None]:
         """Every row of ``node``, the rows a node recovers from, in chunks of up to
         :data:`LOAD_CHUNK_ROWS`, each checked (see :meth:`RowSeal.check
         <thespian_dd._runtime.rows.RowSeal.check>`): (rows loaded, as (key, payload or None if
         deleted), rows refused, as (key, why)).  The node is not selected but fed to the check
         as the one asked for: a row whose node column differs (a tampered row, or a collation
         that compares loosely) fails its check.  Unordered: a load needs no order, and sorting
-        costs the server.  Fetched a chunk at a time (``partitions``), not a row at a time: a
-        load reads 100,000s of rows."""
+        costs the server.  Fetched a chunk at a time, not a row at a time: a load reads
+        100,000s of rows.  Closing it midway ends the query and gives its connection back."""
         seal = RowSeal(node, self._signing_key)
         query = sa.select(*LOAD_COLUMNS).where(entries_table.c.node == node)
         with self.engine.connect() as conn:
-            result = conn.execution_options(yield_per=LOAD_CHUNK_ROWS).execute(query)
-            for chunk in result.partitions():
+            for chunk in _fetch_chunks(conn, query):
                 yield seal.check(chunk)
 
     def load(self, node: str) -> Iterator[tuple[str, bytes | None, str | None]]:
@@ -404,6 +403,33 @@ class Store:
             )
             upgraded += 1
         return upgraded, left
+
+
+def _fetch_chunks(conn: sa.Connection, query: sa.Select[Any]) -> Iterator[Sequence[Any]]:
+    """The rows of ``query`` in lists of up to :data:`LOAD_CHUNK_ROWS`, without holding them
+    all: through the driver's own cursor where the driver is known (psycopg: a server-side
+    cursor in binary, so ``bytea`` travels as bytes and not as hex text; sqlite3: its cursor,
+    which steps rows as they are fetched), else through SQLAlchemy (``yield_per``).  The
+    driver's tuples skip SQLAlchemy's Row per row: a third of the load's CPU on PostgreSQL."""
+    driver = conn.dialect.driver
+    if driver not in ("psycopg", "pysqlite"):
+        result = conn.execution_options(yield_per=LOAD_CHUNK_ROWS).execute(query)
+        yield from result.partitions()
+        return
+    compiled = query.compile(dialect=conn.dialect)
+    params: Any = compiled.params
+    if compiled.positiontup is not None:
+        params = [params[name] for name in compiled.positiontup]
+    raw = conn.connection
+    # psycopg: a named cursor lives in the transaction its query begins, which the pool rolls
+    # back when the connection returns to it.
+    cursor = raw.cursor("thespian_dd_load", binary=True) if driver == "psycopg" else raw.cursor()
+    try:
+        cursor.execute(str(compiled), params)
+        while rows := cursor.fetchmany(LOAD_CHUNK_ROWS):
+            yield rows
+    finally:
+        cursor.close()
 
 
 class Migration(NamedTuple):

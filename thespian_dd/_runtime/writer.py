@@ -19,7 +19,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -107,7 +107,7 @@ class _Loading:
     message: Load
     replicator: Any
     record: Any  # the node's record as read before its rows (see Store.next_incarnation)
-    rows: Iterator[tuple[list[tuple[str, bytes | None]], list[tuple[str, str]]]]
+    rows: Generator[tuple[list[tuple[str, bytes | None]], list[tuple[str, str]]], None, None]
     """The chunks of :meth:`Store.load_chunks`."""
     count: int = 0
 
@@ -246,9 +246,7 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
     def _stop_loading(self) -> None:
         if self._loading is not None:
             rows, self._loading = self._loading.rows, None
-            close = getattr(rows, "close", None)
-            if close is not None:
-                close()  # ends the query and gives its connection back
+            rows.close()  # ends the query and gives its connection back
 
     def receiveMsg_Write(self, msg: Write, sender: Any) -> None:
         self.send(sender, _commit(msg, self._open, self._close))
