@@ -15,6 +15,7 @@ and written in the current one when its key is next written; :meth:`Store.migrat
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -407,29 +408,48 @@ class Store:
 
 def _fetch_chunks(conn: sa.Connection, query: sa.Select[Any]) -> Iterator[Sequence[Any]]:
     """The rows of ``query`` in lists of up to :data:`LOAD_CHUNK_ROWS`, without holding them
-    all: through the driver's own cursor where the driver is known (psycopg: a server-side
-    cursor in binary, so ``bytea`` travels as bytes and not as hex text; sqlite3: its cursor,
-    which steps rows as they are fetched), else through SQLAlchemy (``yield_per``).  The
-    driver's tuples skip SQLAlchemy's Row per row: a third of the load's CPU on PostgreSQL."""
+    all, as the driver's own tuples where the driver is known (SQLAlchemy's Row per row cost a
+    third of the load's CPU on PostgreSQL), else through SQLAlchemy (``yield_per``).
+
+    psycopg: one query whose rows the server streams as fast as they are taken (libpq's chunked
+    rows; memory stays bounded, the socket's buffers holding what is not yet taken), in binary
+    (``bytea`` as bytes, not hex text): a server-side cursor took a round trip per chunk,
+    each waiting for the server to be scheduled, and on a busy machine cost twice the rows'
+    own time.  sqlite3: its cursor, which steps the rows as they are fetched."""
     driver = conn.dialect.driver
-    if driver not in ("psycopg", "pysqlite"):
-        result = conn.execution_options(yield_per=LOAD_CHUNK_ROWS).execute(query)
-        yield from result.partitions()
+    streamed = driver == "psycopg" and _psycopg_streams_chunks()
+    if not streamed and driver != "pysqlite":
+        yield from conn.execution_options(yield_per=LOAD_CHUNK_ROWS).execute(query).partitions()
         return
     compiled = query.compile(dialect=conn.dialect)
     params: Any = compiled.params
     if compiled.positiontup is not None:
         params = [params[name] for name in compiled.positiontup]
-    raw = conn.connection
-    # psycopg: a named cursor lives in the transaction its query begins, which the pool rolls
-    # back when the connection returns to it.
-    cursor = raw.cursor("thespian_dd_load", binary=True) if driver == "psycopg" else raw.cursor()
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    if streamed:
+        rows = raw.cursor().stream(str(compiled), params, binary=True, size=LOAD_CHUNK_ROWS)
+        try:
+            while chunk := list(itertools.islice(rows, LOAD_CHUNK_ROWS)):
+                yield chunk
+        finally:
+            rows.close()  # a load stopped midway: the query is cancelled
+        return
+    cursor = raw.cursor()
     try:
         cursor.execute(str(compiled), params)
-        while rows := cursor.fetchmany(LOAD_CHUNK_ROWS):
-            yield rows
+        while chunk := cursor.fetchmany(LOAD_CHUNK_ROWS):
+            yield chunk
     finally:
         cursor.close()
+
+
+def _psycopg_streams_chunks() -> bool:
+    """Whether psycopg streams a query's rows in chunks (psycopg 3.2 with libpq 17 or later)."""
+    import psycopg  # the driver of a PostgreSQL store only: not imported before one is used
+
+    capabilities = getattr(psycopg, "capabilities", None)  # psycopg 3.2
+    return capabilities is not None and bool(capabilities.has_stream_chunked())
 
 
 class Migration(NamedTuple):
