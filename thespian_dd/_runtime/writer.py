@@ -107,10 +107,10 @@ _Chunk = tuple[list[tuple[str, bytes | None]], list[tuple[str, str]]]
 
 class _ReadAhead:
     """The chunks of a load, read (fetched and checked) on a thread of their own, one ahead of
-    the chunk being sent: the next chunk's fetch (on a database server, a round trip and the
-    server's work) and check overlap the sending of this one and the transport's turn between
-    chunks, where the actor's thread waits (a 100,000-key load on PostgreSQL: <figure> s of
-    <figure>).  The query is made, and ended, on that thread only."""
+    the chunk being sent: the next chunk's fetch (on a database server, the server's work and
+    the wait for it) and check overlap the sending of this one and the transport's turn
+    between chunks, where the actor's thread waits.  The query is made, and ended, on that
+    thread only; the DurableWriter forks no process, so the thread is never copied."""
 
     def __init__(self, chunks: Generator[_Chunk, None, None]) -> None:
         self._chunks = chunks
