@@ -15,7 +15,6 @@ class (see :mod:`thespian_dd.durable`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import queue
@@ -123,16 +122,24 @@ class _ReadAhead:
     def _run(self) -> None:
         try:
             for chunk in self._chunks:
-                if self._stopped.is_set():
+                if not self._put(chunk):
                     return
-                self._queue.put(chunk)
             item: _Chunk | BaseException | None = None  # the end
         except BaseException as e:  # noqa: BLE001 - raised again by next(), in the actor
             item = e
         finally:
             self._chunks.close()  # ends the query, gives its connection back
-        if not self._stopped.is_set():
-            self._queue.put(item)
+        self._put(item)
+
+    def _put(self, item: _Chunk | BaseException | None) -> bool:
+        """Queue ``item`` once there is room; False if the load was closed meanwhile."""
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(item, timeout=_STOP_POLL)
+            except queue.Full:
+                continue
+            return True
+        return False
 
     def next(self) -> _Chunk | None:
         """The next chunk (None: there is none), once read; raises what reading raised."""
@@ -142,12 +149,13 @@ class _ReadAhead:
         return item
 
     def close(self) -> None:
-        """Stop reading: the thread ends after the fetch under way, if any, and ends the query.
-        After the flag, the thread puts at most one more item, which the slot freed here
-        takes, so it never waits for a reader that is gone."""
+        """Stop reading: the thread ends after the fetch under way, if any (or within
+        :data:`_STOP_POLL` if it waits to queue a chunk), and ends the query."""
         self._stopped.set()
-        with contextlib.suppress(queue.Empty):
-            self._queue.get_nowait()
+
+
+_STOP_POLL = 0.05
+"""How often a read-ahead thread waiting to queue a chunk looks whether its load was closed."""
 
 
 @dataclass
