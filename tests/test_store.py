@@ -16,9 +16,17 @@ import sqlalchemy as sa
 
 from thespian_dd import GCounter, ReplicaId
 from thespian_dd._runtime.database import StoreError
-from thespian_dd._runtime.rows import DELETED, FORGOTTEN, Entry
+from thespian_dd._runtime.rows import (
+    BAD_CHECKSUM,
+    DELETED,
+    FORGOTTEN,
+    SIGNED,
+    Entry,
+    RowSeal,
+    key_id,
+)
 from thespian_dd._runtime.schema import store_metadata, writes
-from thespian_dd._runtime.store import Store
+from thespian_dd._runtime.store import LOAD_CHUNK_ROWS, Store
 from thespian_dd.codec import FORMAT_VERSION, encode
 
 pytestmark = pytest.mark.timeout(180)
@@ -131,6 +139,61 @@ def test_a_store_without_an_upsert_replaces_rows_in_the_same_transaction(store_u
             "b": (DELETED, FORMAT_VERSION, b"", "", None),
         }
         assert list(_stored(store, "m")) == ["a"]
+    finally:
+        store.close()
+
+
+def test_a_load_checks_every_row_of_every_chunk_on_every_store(store_url: str) -> None:
+    """Each store's load path (a driver's own cursor, or SQLAlchemy's) reads every row of the
+    node, in chunks of at most LOAD_CHUNK_ROWS, and refuses each damaged row with why; a load
+    stopped midway leaves the store to be read and written again."""
+    url = store_url.format(name="c")
+    keys = [f"k{i}" for i in range(2 * LOAD_CHUNK_ROWS + 5)]
+    payload = encode(GCounter().increment(ReplicaId("n", 1), 2))
+    store = Store(url)
+    try:
+        store.write("n", {k: Entry("GCounter", payload, "n#1") for k in keys} | {"gone": None})
+        store.write("other", {"k0": Entry("GCounter", payload, "")})
+        damage = {
+            "k1": ("payload", b"tampered", BAD_CHECKSUM),
+            f"k{LOAD_CHUNK_ROWS + 3}": ("checksum", b"m" * 32, SIGNED),
+            f"k{2 * LOAD_CHUNK_ROWS + 4}": (
+                "key_id",
+                key_id("another"),
+                "the row's key id does not match its key (tampered or corrupted)",
+            ),
+            "k7": ("format_version", 99, "format version 99 is not one this code reads"),
+        }
+        with store.engine.begin() as conn:
+            for key, (column, value, _) in damage.items():
+                conn.execute(
+                    sa.text(
+                        f"UPDATE thespian_dd_entries SET {column} = :v "
+                        "WHERE node = 'n' AND key_id = :id"
+                    ),
+                    {"v": value, "id": key_id(key)},
+                )
+            # A row of a format this code does not read, sealed as its writer would have.
+            future = RowSeal("n", None)("k7", "GCounter", 99, payload, "n#1")
+            conn.execute(
+                sa.text(
+                    "UPDATE thespian_dd_entries SET checksum = :c WHERE node = 'n' AND key_id = :id"
+                ),
+                {"c": future, "id": key_id("k7")},
+            )
+        chunks = list(store.load_chunks("n"))
+        assert all(len(loaded) + len(refused) <= LOAD_CHUNK_ROWS for loaded, refused in chunks)
+        loaded = dict(row for good, _ in chunks for row in good)
+        refused = dict(row for _, bad in chunks for row in bad)
+        assert loaded == {k: payload for k in keys if k not in damage} | {"gone": None}
+        assert refused.keys() == damage.keys()
+        for key, (_, _, why) in damage.items():
+            assert refused[key].startswith(why), (key, refused[key])
+        stopped = store.load_chunks("n")
+        next(stopped)
+        stopped.close()
+        store.write("n", {"k1": Entry("GCounter", payload, "n#1")})
+        assert {k: p for k, p, error in store.load("n") if error is None}["k1"] == payload
     finally:
         store.close()
 

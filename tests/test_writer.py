@@ -38,6 +38,7 @@ from thespian_dd._runtime.writer import (
     Loaded,
     Write,
     Written,
+    _ReadAhead,
 )
 from thespian_dd._testkit.harness import eventually, free_port
 from thespian_dd.codec import encode
@@ -114,6 +115,66 @@ def test_a_chunk_ends_early_once_its_payloads_reach_load_chunk_bytes(
     chunks, loaded = _load(asys, Load(url, "n"))
     assert [len(chunk.rows) for chunk in chunks] == [4, 2]
     assert loaded == Loaded(loaded.incarnation, 6)
+
+
+def _chunks(
+    n: int, ended: threading.Event, fail: bool = False, go: Any = None, third: Any = None
+) -> Any:
+    """``n`` chunks of one row each, then a failure if ``fail``; from the third on, each only
+    once ``go`` is set (if given), ``third`` set as the third is handed over; ``ended`` is set
+    once the generator is closed or done (as a query is ended)."""
+    try:
+        for i in range(n):
+            if go is not None and i >= 2:
+                go.wait()
+            if third is not None and i == 2:
+                third.set()
+            yield [(f"k{i}", b"x")], []
+        if fail:
+            raise sa.exc.OperationalError("SELECT", {}, Exception("the server went away"))
+    finally:
+        ended.set()
+
+
+def test_a_read_ahead_gives_every_chunk_in_order_then_none_and_ends_the_query() -> None:
+    ended = threading.Event()
+    rows = _ReadAhead(_chunks(5, ended))
+    got = []
+    while (chunk := rows.next()) is not None:
+        got.append(chunk[0][0][0])
+    assert got == [f"k{i}" for i in range(5)]
+    assert ended.is_set()
+
+
+def test_a_read_ahead_raises_what_reading_raised_after_the_chunks_read_before() -> None:
+    ended = threading.Event()
+    rows = _ReadAhead(_chunks(2, ended, fail=True))
+    assert rows.next() is not None
+    assert rows.next() is not None
+    with pytest.raises(sa.exc.OperationalError, match="the server went away"):
+        rows.next()
+    assert ended.is_set()
+
+
+@pytest.mark.parametrize("closed", ["while reading", "with a chunk waiting to be queued"])
+def test_a_read_ahead_closed_midway_ends_its_query_and_its_thread(closed: str) -> None:
+    """Closed while its thread reads the next chunk, or while it holds one and the queue is
+    full (the actor took one chunk, and one waits): either way the query and the thread end,
+    and nobody waits for the actor to take another chunk."""
+    ended, go, third = threading.Event(), threading.Event(), threading.Event()
+    before = threading.active_count()
+    rows = _ReadAhead(_chunks(1000, ended, go=go, third=third))
+    assert rows.next() is not None
+    eventually(rows._queue.full)  # the second chunk waits; the thread reads the third
+    if closed == "while reading":
+        rows.close()
+        go.set()
+    else:
+        go.set()
+        assert third.wait(10)  # the thread goes on to queue it: the queue is full
+        rows.close()
+    assert ended.wait(10)
+    eventually(lambda: threading.active_count() == before, timeout=10)
 
 
 @pytest.mark.multinode

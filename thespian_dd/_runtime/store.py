@@ -15,8 +15,9 @@ and written in the current one when its key is next written; :meth:`Store.migrat
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -206,20 +207,19 @@ class Store:
 
     def load_chunks(
         self, node: str
-    ) -> Iterator[tuple[list[tuple[str, bytes | None]], list[tuple[str, str]]]]:
+    ) -> Generator[tuple[list[tuple[str, bytes | None]], list[tuple[str, str]]], None, None]:
         """Every row of ``node``, the rows a node recovers from, in chunks of up to
         :data:`LOAD_CHUNK_ROWS`, each checked (see :meth:`RowSeal.check
         <thespian_dd._runtime.rows.RowSeal.check>`): (rows loaded, as (key, payload or None if
         deleted), rows refused, as (key, why)).  The node is not selected but fed to the check
         as the one asked for: a row whose node column differs (a tampered row, or a collation
         that compares loosely) fails its check.  Unordered: a load needs no order, and sorting
-        costs the server.  Fetched a chunk at a time (``partitions``), not a row at a time: a
-        load reads 100,000s of rows."""
+        costs the server.  Fetched a chunk at a time, not a row at a time: a load reads
+        100,000s of rows.  Closing it midway ends the query and gives its connection back."""
         seal = RowSeal(node, self._signing_key)
         query = sa.select(*LOAD_COLUMNS).where(entries_table.c.node == node)
         with self.engine.connect() as conn:
-            result = conn.execution_options(yield_per=LOAD_CHUNK_ROWS).execute(query)
-            for chunk in result.partitions():
+            for chunk in _fetch_chunks(conn, query):
                 yield seal.check(chunk)
 
     def load(self, node: str) -> Iterator[tuple[str, bytes | None, str | None]]:
@@ -429,6 +429,53 @@ class Store:
 def _run(cursor: Any, statement: DriverStatement, rows: list[dict[str, Any]]) -> None:
     """Run ``statement`` once per row (``executemany``: one round trip where the driver can)."""
     cursor.executemany(statement.sql, [statement.params(row) for row in rows])
+
+
+def _fetch_chunks(conn: sa.Connection, query: sa.Select[Any]) -> Iterator[Sequence[Any]]:
+    """The rows of ``query`` in lists of up to :data:`LOAD_CHUNK_ROWS`, without holding them
+    all, as the driver's own tuples where the driver is known (SQLAlchemy's Row per row cost a
+    quarter of reading's CPU on PostgreSQL), else through SQLAlchemy (``yield_per``).
+
+    psycopg: one query whose rows the server streams as fast as they are taken (libpq's chunked
+    rows; memory stays bounded, the socket's buffers holding what is not yet taken), in binary
+    (``bytea`` as bytes, not hex text): a server-side cursor took a round trip per chunk,
+    each waiting for the server to be scheduled (100,000 rows read and checked on a busy
+    2-core machine: 0.61-1.10 s; streamed, 0.48-0.65 s).  sqlite3: its cursor, which steps the
+    rows as they are fetched."""
+    driver = conn.dialect.driver
+    streamed = driver == "psycopg" and _psycopg_streams_chunks()
+    if not streamed and driver != "pysqlite":
+        yield from conn.execution_options(yield_per=LOAD_CHUNK_ROWS).execute(query).partitions()
+        return
+    compiled = query.compile(dialect=conn.dialect)
+    params: Any = compiled.params
+    if compiled.positiontup is not None:
+        params = [params[name] for name in compiled.positiontup]
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    if streamed:
+        rows = raw.cursor().stream(str(compiled), params, binary=True, size=LOAD_CHUNK_ROWS)
+        try:
+            while chunk := list(itertools.islice(rows, LOAD_CHUNK_ROWS)):
+                yield chunk
+        finally:
+            rows.close()  # a load stopped midway: the query is cancelled
+        return
+    cursor = raw.cursor()
+    try:
+        cursor.execute(str(compiled), params)
+        while chunk := cursor.fetchmany(LOAD_CHUNK_ROWS):
+            yield chunk
+    finally:
+        cursor.close()
+
+
+def _psycopg_streams_chunks() -> bool:
+    """Whether psycopg streams a query's rows in chunks (psycopg 3.2 with libpq 17 or later)."""
+    import psycopg  # the driver of a PostgreSQL store only: not imported before one is used
+
+    capabilities = getattr(psycopg, "capabilities", None)  # psycopg 3.2
+    return capabilities is not None and bool(capabilities.has_stream_chunked())
 
 
 class Migration(NamedTuple):

@@ -21,7 +21,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -102,6 +102,64 @@ _CHUNK_PAUSE = timedelta(milliseconds=1)
 """How long the transport may run between chunks (less if it has nothing to do)."""
 
 
+_Chunk = tuple[list[tuple[str, bytes | None]], list[tuple[str, str]]]
+"""A chunk of :meth:`Store.load_chunks`: (rows loaded, rows refused)."""
+
+
+class _ReadAhead:
+    """The chunks of a load, read (fetched and checked) on a thread of their own, one ahead of
+    the chunk being sent: the next chunk's fetch (on a database server, the server's work and
+    the wait for it) and check overlap the sending of this one and the transport's turn
+    between chunks, where the actor's thread waits.  The query is made, and ended, on that
+    thread only; the DurableWriter forks no process, so the thread is never copied."""
+
+    def __init__(self, chunks: Generator[_Chunk, None, None]) -> None:
+        self._chunks = chunks
+        # One chunk waits at most: a load holds at most three (sent, waiting, being read).
+        self._queue: queue.Queue[_Chunk | BaseException | None] = queue.Queue(maxsize=1)
+        self._stopped = threading.Event()
+        thread = threading.Thread(target=self._run, name="thespian_dd load", daemon=True)
+        thread.start()
+
+    def _run(self) -> None:
+        try:
+            for chunk in self._chunks:
+                if not self._put(chunk):
+                    return
+            item: _Chunk | BaseException | None = None  # the end
+        except BaseException as e:  # noqa: BLE001 - raised again by next(), in the actor
+            item = e
+        finally:
+            self._chunks.close()  # ends the query, gives its connection back
+        self._put(item)
+
+    def _put(self, item: _Chunk | BaseException | None) -> bool:
+        """Queue ``item`` once there is room; False if the load was closed meanwhile."""
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(item, timeout=_STOP_POLL)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    def next(self) -> _Chunk | None:
+        """The next chunk (None: there is none), once read; raises what reading raised."""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop reading: the thread ends after the fetch under way, if any (or within
+        :data:`_STOP_POLL` if it waits to queue a chunk), and ends the query."""
+        self._stopped.set()
+
+
+_STOP_POLL = 0.05
+"""How often a read-ahead thread waiting to queue a chunk looks whether its load was closed."""
+
+
 @dataclass
 class _Loading:
     """A load under way: what it answers, and where it is."""
@@ -109,7 +167,7 @@ class _Loading:
     message: Load
     replicator: Any
     record: Any  # the node's record as read before its rows (see Store.next_incarnation)
-    rows: Iterator[tuple[list[tuple[str, bytes | None]], list[tuple[str, str]]]]
+    rows: _ReadAhead
     """The chunks of :meth:`Store.load_chunks`."""
     count: int = 0
 
@@ -197,7 +255,8 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
             store = self._open(msg.url, msg.signing_key_file)
             # Refused (offline too long, a newer schema) before a row is read.
             record = store.node_record(msg.node, msg.max_offline)
-            self._loading = _Loading(msg, sender, record, store.load_chunks(msg.node))
+            rows = _ReadAhead(store.load_chunks(msg.node))
+            self._loading = _Loading(msg, sender, record, rows)
         except Exception as e:  # noqa: BLE001 - reported to the Replicator, which retries
             self._close()
             self.send(sender, Loaded(0, 0, first_line(e)))
@@ -221,12 +280,14 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
         assert loading is not None
         node, replicator = loading.message.node, loading.replicator
         try:
-            for rows, skipped in loading.rows:
+            chunk = loading.rows.next()
+            if chunk is not None:
+                rows, skipped = chunk
                 for key, error in skipped:
                     log.error("skipped stored key %r of %s: %s", key, node, error)
-                for chunk in _chunk_messages(rows, skipped):
-                    self.send(replicator, chunk)
-                    loading.count += len(chunk.rows) + len(chunk.skipped)
+                for message in _chunk_messages(rows, skipped):
+                    self.send(replicator, message)
+                    loading.count += len(message.rows) + len(message.skipped)
                 self.wakeupAfter(_CHUNK_PAUSE, _NextChunk(self._loads))
                 return
             self._loading = None
@@ -248,9 +309,7 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
     def _stop_loading(self) -> None:
         if self._loading is not None:
             rows, self._loading = self._loading.rows, None
-            close = getattr(rows, "close", None)
-            if close is not None:
-                close()  # ends the query and gives its connection back
+            rows.close()
 
     def receiveMsg_Write(self, msg: Write, sender: Any) -> None:
         self.send(sender, _commit(msg, self._open, self._close))
