@@ -29,12 +29,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from thespian_dd import codec
+from thespian_dd._runtime.commits import CommitThread
 from thespian_dd._runtime.durability import Durability, LoadOutcome
 from thespian_dd._runtime.protocol import FlushTick, StoreRetry
 from thespian_dd._runtime.settings import Settings
 from thespian_dd._runtime.store import Store
 from thespian_dd._runtime.writer import (
-    CommitThread,
     Entry,
     Load,
     LoadChunk,

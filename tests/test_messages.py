@@ -252,6 +252,7 @@ for m in pickle.loads(sys.stdin.buffer.read()):
 """
 
 
+@pytest.mark.subprocess
 @pytest.mark.timeout(60)
 def test_the_updates_and_gets_of_this_tree_are_read_by_the_previous_release(
     tmp_path: Path,

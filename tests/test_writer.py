@@ -2,21 +2,14 @@
 inside the test's process (``simpleSystemBase``: no node, no other process): a load comes in
 chunks bounded by rows and by bytes, then the count; a store that fails is reported with the
 message it failed, and opened afresh for the next one.  With real nodes: ``tests/test_durable.py``
-(restarts, a killed DurableWriter, store outages).
-
-The CommitThread, which commits sync batches in the Replicator's own process, on a real SQLite
-file too: answers through its pipe in order, failures, a pause that leaves nothing for a fork to
-copy, and a thread that ends mid-commit."""
+(restarts, a killed DurableWriter, store outages).  The commit thread: ``tests/test_commits.py``."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import select
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +24,6 @@ from thespian_dd._runtime.rows import Entry
 from thespian_dd._runtime.store import LOAD_CHUNK_ROWS, Store
 from thespian_dd._runtime.writer import (
     LOAD_CHUNK_BYTES,
-    CommitThread,
     DurableWriter,
     Load,
     LoadChunk,
@@ -267,151 +259,3 @@ def test_a_failed_write_is_answered_with_its_batch_and_the_next_opens_the_store_
         assert [(key, payload) for key, payload, _ in store.load("n")] == [("c", ENTRY.payload)]
     finally:
         store.close()
-
-
-def _answers(commits: CommitThread, count: int) -> list[Written]:
-    """The next ``count`` answers, each waited for as the Replicator waits: on the pipe."""
-    answers: list[Written] = []
-    deadline = time.monotonic() + 20
-    while len(answers) < count:
-        ready, _, _ = select.select([commits.fd], [], [], max(0.0, deadline - time.monotonic()))
-        assert ready, f"no answer after {answers}"
-        answers += commits.drain()
-    return answers
-
-
-def _rows(url: str) -> list[tuple[str, bytes | None]]:
-    store = Store(url)
-    try:
-        return [(key, payload) for key, payload, _ in store.load("n")]
-    finally:
-        store.close()
-
-
-def _open_files() -> set[str]:
-    return {str(fd.resolve()) for fd in Path("/proc/self/fd").iterdir()}
-
-
-@pytest.fixture
-def commits() -> Iterator[CommitThread]:
-    thread = CommitThread()
-    try:
-        yield thread
-    finally:
-        thread.stop()
-
-
-def test_the_commit_thread_commits_batches_in_order_and_answers_each_through_its_pipe(
-    commits: CommitThread, tmp_path: Path
-) -> None:
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    for seq, key in enumerate("abc", start=1):
-        commits.submit(Write(url, "n", seq, {key: ENTRY}))
-    assert _answers(commits, 3) == [Written(1), Written(2), Written(3)]
-    assert sorted(_rows(url)) == [(k, ENTRY.payload) for k in "abc"]
-    assert commits.drain() == []  # the pipe read empty with the answers: nothing is left
-
-
-def test_the_commit_thread_answers_on_through_a_full_pipe(
-    commits: CommitThread, tmp_path: Path
-) -> None:
-    """The wake-up byte is written without blocking: with the pipe full (bytes the Replicator
-    has yet to read) an answer is queued all the same, and the next drain gets every one."""
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    for size in (4096, 1):  # to the last byte: a write of up to 4096 is all or nothing
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                os.write(commits._write_fd, b"!" * size)
-    for seq, key in enumerate("ab", start=1):
-        commits.submit(Write(url, "n", seq, {key: ENTRY}))
-    thread = commits._thread
-
-    def committed() -> int:  # read by sqlite3 alone: a Store here would create tables too
-        with contextlib.closing(sqlite3.connect(tmp_path / "c.db")) as conn:
-            try:
-                return int(conn.execute("SELECT count(*) FROM thespian_dd_entries").fetchone()[0])
-            except sqlite3.OperationalError:
-                return 0  # no table yet
-
-    eventually(lambda: committed() == 2, what="both batches committed, the pipe still full")
-    assert _answers(commits, 2) == [Written(1), Written(2)]
-    commits.submit(Write(url, "n", 3, {"c": ENTRY}))
-    assert _answers(commits, 1) == [Written(3)]
-    assert commits._thread is thread  # the same thread: nothing ended it
-    assert thread is not None
-    assert thread.is_alive()
-    assert sorted(_rows(url)) == [(k, ENTRY.payload) for k in "abc"]
-
-
-def test_a_failed_commit_on_the_thread_is_answered_and_the_next_opens_the_store_afresh(
-    commits: CommitThread, tmp_path: Path
-) -> None:
-    url = f"sqlite:///{tmp_path / 'later' / 'c.db'}"  # its directory does not exist yet
-    commits.submit(Write(url, "n", 1, {"a": ENTRY}))
-    [failed] = _answers(commits, 1)
-    assert failed.seq == 1
-    assert "unable to open database file" in (failed.error or "")
-    (tmp_path / "later").mkdir()
-    commits.submit(Write(url, "n", 2, {"a": ENTRY}))
-    assert _answers(commits, 1) == [Written(2)]
-    assert _rows(url) == [("a", ENTRY.payload)]
-
-
-def test_a_pause_commits_what_was_submitted_and_leaves_no_thread_nor_open_store(
-    commits: CommitThread, tmp_path: Path
-) -> None:
-    """What a fork (the Replicator creating a child) must not copy: another thread (it may hold
-    a lock the child would wait on forever) or an open connection to the store."""
-    path = tmp_path / "c.db"
-    url = f"sqlite:///{path}"
-    commits.submit(Write(url, "n", 1, {"a": ENTRY}))
-    assert _answers(commits, 1) == [Written(1)]
-    assert commits.running()
-    assert str(path) in _open_files()
-    commits.submit(Write(url, "n", 2, {"b": ENTRY}))
-    commits.pause()
-    assert not commits.running()
-    assert "thespian_dd commits" not in [t.name for t in threading.enumerate()]
-    assert str(path) not in _open_files()
-    assert _answers(commits, 1) == [Written(2)]  # committed before it ended
-    commits.submit(Write(url, "n", 3, {"c": ENTRY}))  # a new thread, the store opened again
-    assert _answers(commits, 1) == [Written(3)]
-    assert sorted(_rows(url)) == [(k, ENTRY.payload) for k in "abc"]
-
-
-class _EndsTheThread(dict[str, Entry | None]):
-    """Entries whose reading ends the thread that reads them (as only what is not an
-    ``Exception`` can)."""
-
-    def items(self) -> Any:
-        raise SystemExit
-
-
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_a_commit_thread_that_ends_mid_commit_answers_its_batch_and_a_new_one_takes_over(
-    commits: CommitThread, tmp_path: Path
-) -> None:
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    commits.submit(Write(url, "n", 1, {"a": ENTRY}))
-    assert _answers(commits, 1) == [Written(1)]
-    commits.submit(Write(url, "n", 2, _EndsTheThread()))
-    assert _answers(commits, 1) == [Written(2, "the commit thread ended mid-commit")]
-    eventually(lambda: not commits.running(), what="the ended thread gone")
-    commits.submit(Write(url, "n", 3, {"b": ENTRY}))
-    assert _answers(commits, 1) == [Written(3)]
-    assert sorted(_rows(url)) == [("a", ENTRY.payload), ("b", ENTRY.payload)]
-
-
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_a_pause_after_the_thread_ended_mid_commit_leaves_the_next_thread_committing(
-    commits: CommitThread, tmp_path: Path
-) -> None:
-    """The end a pause asks for is the paused thread's own: a thread that ended before reading
-    it must not leave it for the next thread, which would end before committing anything."""
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    commits.submit(Write(url, "n", 1, _EndsTheThread()))
-    commits.pause()  # a fork while that batch is being committed: the thread ends before it
-    assert _answers(commits, 1) == [Written(1, "the commit thread ended mid-commit")]
-    commits.submit(Write(url, "n", 2, {"a": ENTRY}))  # the retry: nothing more until answered
-    assert _answers(commits, 1) == [Written(2)]
-    assert _rows(url) == [("a", ENTRY.payload)]

@@ -54,6 +54,7 @@ from thespian_dd._runtime.checks import (
     failure_reply,
     key_error,
 )
+from thespian_dd._runtime.commits import CommitThread
 from thespian_dd._runtime.parts import Hooks, Parts
 from thespian_dd._runtime.peers import Introducer
 from thespian_dd._runtime.protocol import (
@@ -72,7 +73,6 @@ from thespian_dd._runtime.settings import CAPABILITY_PREFIX, Settings
 from thespian_dd._runtime.updates import modified, update_error
 from thespian_dd._runtime.window import poll_selectors, transmit_within
 from thespian_dd._runtime.writer import (
-    CommitThread,
     DurableWriter,
     LoadChunk,
     Loaded,
@@ -275,7 +275,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     def createActor(self, *args: Any, **kw: Any) -> Any:
         """Thespian's, with the commit thread ended first: creating a child forks this process,
         and the child must not inherit a thread's locks nor an open connection (see
-        :class:`~thespian_dd._runtime.writer.CommitThread`).  An actor wanted on another node
+        :class:`~thespian_dd._runtime.commits.CommitThread`).  An actor wanted on another node
         (an Introducer) is created by the admin, not forked here: the thread commits on."""
         if self._commits is not None and not kw.get("targetActorRequirements"):
             self._commits.pause()

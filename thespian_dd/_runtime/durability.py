@@ -17,7 +17,7 @@
   failure within about a second plus one commit attempt.  A DurableWriter that exits is replaced
   and sent again what it had not confirmed.
 - Where batches are committed: by the DurableWriter, or, given a ``commit`` callable (the
-  Replicator's :class:`~thespian_dd._runtime.writer.CommitThread` on a system whose actors can
+  Replicator's :class:`~thespian_dd._runtime.commits.CommitThread` on a system whose actors can
   watch a descriptor), by that; its answers come back through :meth:`Durability.committed`.
   Loads always go to the DurableWriter.
 
