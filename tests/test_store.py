@@ -25,7 +25,7 @@ from thespian_dd._runtime.rows import (
     RowSeal,
     key_id,
 )
-from thespian_dd._runtime.schema import store_metadata, writes
+from thespian_dd._runtime.schema import store_metadata
 from thespian_dd._runtime.store import LOAD_CHUNK_ROWS, Store
 from thespian_dd.codec import FORMAT_VERSION, encode
 
@@ -102,25 +102,6 @@ def test_commits_reuse_their_compiled_statements_and_rows_read_back_identically(
         store.close()
         if other is not None:
             other.close()
-
-
-def test_a_driver_statement_gives_each_paramstyle_its_parameters() -> None:
-    """Positional paramstyles get a tuple in the order of the SQL's placeholders, named ones the
-    row itself: SQLite's qmark, and the pyformat SQLAlchemy picks for psycopg and PyMySQL.  No
-    database: the dialects only compile."""
-    row = {"node": "n", "key_id": "i", "last_alive": 1.5}
-    for url, delete, alive in [
-        ("sqlite://", ("n", "i"), (1.5, "n")),
-        ("postgresql+psycopg://u@h/d", row, row),
-        ("mysql+pymysql://u@h/d", row, row),
-    ]:
-        engine = sa.create_engine(url)
-        statements = writes(engine.dialect)
-        assert statements.delete.params(row) == delete, url
-        assert statements.delete.sql.count("?") == (2 if url == "sqlite://" else 0)
-        assert statements.alive.params(row) == alive, url  # SET's value before WHERE's
-        assert statements.upsert is not None
-        engine.dispose()
 
 
 def test_a_store_without_an_upsert_replaces_rows_in_the_same_transaction(store_url: str) -> None:

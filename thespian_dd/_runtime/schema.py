@@ -1,5 +1,5 @@
-"""The store's two tables, its schema version and the steps between versions, each dialect's
-upsert of a row, and a commit's statements compiled once for the driver (:class:`Writes`).
+"""The store's two tables, its schema version and the steps between versions, and each
+dialect's upsert of a row.
 
 One row of ``thespian_dd_entries`` per ``(node, key)`` holds the key's codec bytes (or an empty
 payload for a deleted key), its data type, the codec's format version, the replicas the value
@@ -10,12 +10,10 @@ commit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.sql.compiler import SQLCompiler
 
 from thespian_dd._runtime.database import StoreError
 
@@ -23,14 +21,11 @@ __all__ = [
     "LOAD_COLUMNS",
     "SCHEMA_STEPS",
     "SCHEMA_VERSION",
-    "DriverStatement",
-    "Writes",
     "check_schema",
     "entries_table",
     "nodes_table",
     "store_metadata",
     "upsert_statement",
-    "writes",
 ]
 
 SCHEMA_VERSION = 1
@@ -129,64 +124,3 @@ def upsert_statement(dialect: str) -> sa.Insert | None:
             {name: mysql_insert.inserted[name] for name in _UPDATED}
         )
     return None
-
-
-class DriverStatement:
-    """A statement compiled once for a dialect, to run through its driver (the DBAPI cursor):
-    its SQL text and the driver's parameters of a row.  A one-row commit through SQLAlchemy's
-    ``execute`` spent most of its Python time in SQLAlchemy (the compiled-statement cache, the
-    execution context, the pool's checkout and reset), about as much as sqlite3 with its fsync.
-
-    The values go to the driver as they are: every column here is one the drivers take as
-    Python gives it (str, int, bytes, float), no type with a bind processor that changes it."""
-
-    def __init__(self, statement: sa.ClauseElement, dialect: sa.Dialect) -> None:
-        compiled = statement.compile(dialect=dialect)
-        assert isinstance(compiled, SQLCompiler)
-        self.sql = compiled.string
-        # A positional paramstyle (qmark, format, numeric) takes a tuple in the order of the
-        # statement's placeholders; a named one (named, pyformat) the mapping itself.
-        self._order = tuple(compiled.positiontup or ()) if dialect.positional else None
-
-    def params(self, values: Mapping[str, Any]) -> Any:
-        """The driver's parameters for ``values`` (column or bind name -> value)."""
-        if self._order is None:
-            return values
-        return tuple([values[name] for name in self._order])
-
-
-class Writes(NamedTuple):
-    """What a commit runs, compiled for one dialect (see :func:`writes`)."""
-
-    upsert: DriverStatement | None
-    """The dialect's insert-or-update of an entry row; None where it has none, then a row is
-    deleted (:attr:`delete`) and inserted (:attr:`insert`) in the same transaction."""
-    insert: DriverStatement
-    delete: DriverStatement
-    """Delete the row of (``node``, ``key_id``)."""
-    alive: DriverStatement
-    """Set ``node``'s ``last_alive``."""
-
-
-def writes(dialect: sa.Dialect) -> Writes:
-    """The statements of a commit, compiled for ``dialect`` (that of a connected engine: MariaDB
-    and MySQL are told apart by the server)."""
-    upsert = upsert_statement(dialect.name)
-    node: sa.BindParameter[str] = sa.bindparam("node")
-    key: sa.BindParameter[str] = sa.bindparam("key_id")
-    return Writes(
-        upsert=None if upsert is None else DriverStatement(upsert, dialect),
-        insert=DriverStatement(entries_table.insert(), dialect),
-        delete=DriverStatement(
-            entries_table.delete().where(
-                entries_table.c.node == node, entries_table.c.key_id == key
-            ),
-            dialect,
-        ),
-        alive=DriverStatement(
-            nodes_table.update()
-            .where(nodes_table.c.node == node)
-            .values(last_alive=sa.bindparam("last_alive")),
-            dialect,
-        ),
-    )

@@ -15,9 +15,8 @@ and written in the current one when its key is next written; :meth:`Store.migrat
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -32,6 +31,7 @@ from thespian_dd._runtime.database import (
     safe_url,
     store_url,
 )
+from thespian_dd._runtime.driver import Writes, fetch_chunks, run, writes
 from thespian_dd._runtime.markers import format_version, join_envelope, split_envelope
 from thespian_dd._runtime.rows import (
     DELETED,
@@ -47,13 +47,10 @@ from thespian_dd._runtime.schema import (
     LOAD_COLUMNS,
     SCHEMA_STEPS,
     SCHEMA_VERSION,
-    DriverStatement,
-    Writes,
     check_schema,
     entries_table,
     nodes_table,
     store_metadata,
-    writes,
 )
 
 __all__ = ["LOAD_CHUNK_ROWS", "Migration", "NodeRecord", "Store"]
@@ -101,7 +98,7 @@ class Store:
         self._seals: dict[str, RowSeal] = {}  # node -> the seal of its rows
         # Compiled once, run through the driver on a connection kept for commits: through
         # SQLAlchemy's execute and pool, a one-row commit took 4 times as much CPU outside the
-        # fsync (see schema.DriverStatement).
+        # fsync (see driver.DriverStatement).
         self._writes: Writes | None = None
         self._writer: Any = None  # the pool's DBAPI connection that commits, once used
         self._alive_at: dict[str, float] = {}  # node -> when its last_alive was last written
@@ -219,7 +216,7 @@ class Store:
         seal = RowSeal(node, self._signing_key)
         query = sa.select(*LOAD_COLUMNS).where(entries_table.c.node == node)
         with self.engine.connect() as conn:
-            for chunk in _fetch_chunks(conn, query):
+            for chunk in fetch_chunks(conn, query, LOAD_CHUNK_ROWS):
                 yield seal.check(chunk)
 
     def load(self, node: str) -> Iterator[tuple[str, bytes | None, str | None]]:
@@ -309,14 +306,14 @@ class Store:
             cursor = connection.cursor()
             try:
                 if rows and statements.upsert is not None:
-                    _run(cursor, statements.upsert, rows)
+                    run(cursor, statements.upsert, rows)
                 elif rows:  # any other dialect: the portable way, in the same transaction
-                    _run(cursor, statements.delete, rows)
-                    _run(cursor, statements.insert, rows)
+                    run(cursor, statements.delete, rows)
+                    run(cursor, statements.insert, rows)
                 if forgotten:
-                    _run(cursor, statements.delete, forgotten)
+                    run(cursor, statements.delete, forgotten)
                 if alive:
-                    _run(cursor, statements.alive, [{"node": node, "last_alive": now}])
+                    run(cursor, statements.alive, [{"node": node, "last_alive": now}])
             finally:
                 cursor.close()
             connection.commit()
@@ -424,58 +421,6 @@ class Store:
             )
             upgraded += 1
         return upgraded, left
-
-
-def _run(cursor: Any, statement: DriverStatement, rows: list[dict[str, Any]]) -> None:
-    """Run ``statement`` once per row (``executemany``: one round trip where the driver can)."""
-    cursor.executemany(statement.sql, [statement.params(row) for row in rows])
-
-
-def _fetch_chunks(conn: sa.Connection, query: sa.Select[Any]) -> Iterator[Sequence[Any]]:
-    """The rows of ``query`` in lists of up to :data:`LOAD_CHUNK_ROWS`, without holding them
-    all, as the driver's own tuples where the driver is known (SQLAlchemy's Row per row cost a
-    quarter of reading's CPU on PostgreSQL), else through SQLAlchemy (``yield_per``).
-
-    psycopg: one query whose rows the server streams as fast as they are taken (libpq's chunked
-    rows; memory stays bounded, the socket's buffers holding what is not yet taken), in binary
-    (``bytea`` as bytes, not hex text): a server-side cursor took a round trip per chunk,
-    each waiting for the server to be scheduled (100,000 rows read and checked on a busy
-    2-core machine: 0.61-1.10 s; streamed, 0.48-0.65 s).  sqlite3: its cursor, which steps the
-    rows as they are fetched."""
-    driver = conn.dialect.driver
-    streamed = driver == "psycopg" and _psycopg_streams_chunks()
-    if not streamed and driver != "pysqlite":
-        yield from conn.execution_options(yield_per=LOAD_CHUNK_ROWS).execute(query).partitions()
-        return
-    compiled = query.compile(dialect=conn.dialect)
-    params: Any = compiled.params
-    if compiled.positiontup is not None:
-        params = [params[name] for name in compiled.positiontup]
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    if streamed:
-        rows = raw.cursor().stream(str(compiled), params, binary=True, size=LOAD_CHUNK_ROWS)
-        try:
-            while chunk := list(itertools.islice(rows, LOAD_CHUNK_ROWS)):
-                yield chunk
-        finally:
-            rows.close()  # a load stopped midway: the query is cancelled
-        return
-    cursor = raw.cursor()
-    try:
-        cursor.execute(str(compiled), params)
-        while chunk := cursor.fetchmany(LOAD_CHUNK_ROWS):
-            yield chunk
-    finally:
-        cursor.close()
-
-
-def _psycopg_streams_chunks() -> bool:
-    """Whether psycopg streams a query's rows in chunks (psycopg 3.2 with libpq 17 or later)."""
-    import psycopg  # the driver of a PostgreSQL store only: not imported before one is used
-
-    capabilities = getattr(psycopg, "capabilities", None)  # psycopg 3.2
-    return capabilities is not None and bool(capabilities.has_stream_chunked())
 
 
 class Migration(NamedTuple):

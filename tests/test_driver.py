@@ -1,0 +1,30 @@
+"""The driver's own statements (:mod:`thespian_dd._runtime.driver`), compiled for each dialect
+without a database.  Commits and loads through them, on every store: ``tests/test_store.py``."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from thespian_dd._runtime.driver import writes
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_a_driver_statement_gives_each_paramstyle_its_parameters() -> None:
+    """Positional paramstyles get a tuple in the order of the SQL's placeholders, named ones the
+    row itself: SQLite's qmark, and the pyformat SQLAlchemy picks for psycopg and PyMySQL.  No
+    database: the dialects only compile."""
+    row = {"node": "n", "key_id": "i", "last_alive": 1.5}
+    for url, delete, alive in [
+        ("sqlite://", ("n", "i"), (1.5, "n")),
+        ("postgresql+psycopg://u@h/d", row, row),
+        ("mysql+pymysql://u@h/d", row, row),
+    ]:
+        engine = sa.create_engine(url)
+        statements = writes(engine.dialect)
+        assert statements.delete.params(row) == delete, url
+        assert statements.delete.sql.count("?") == (2 if url == "sqlite://" else 0)
+        assert statements.alive.params(row) == alive, url  # SET's value before WHERE's
+        assert statements.upsert is not None
+        engine.dispose()
