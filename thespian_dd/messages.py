@@ -27,6 +27,7 @@ from typing import Any
 import dill
 
 from thespian_dd._codec.registry import BUILT_IN
+from thespian_dd._shown import shown
 from thespian_dd.data import ReplicaId, ReplicatedData
 
 __all__ = [
@@ -585,6 +586,9 @@ class Update:
             f", request={self.request!r})"
         )
 
+    def __str__(self) -> str:
+        return shown(self, ("key", "initial", "consistency", "request"))  # see GetResponse
+
 
 @dataclass(frozen=True)
 class Delete:
@@ -668,6 +672,9 @@ class GetResponse:
 
     key: str
     request: Any
+
+    def __str__(self) -> str:
+        return shown(self)  # Thespian formats every message it sends: not the whole value
 
 
 @dataclass(frozen=True)
@@ -765,6 +772,9 @@ class Changed:
     key: str
     data: Any
 
+    def __str__(self) -> str:
+        return shown(self)  # Thespian formats every message it sends: not the whole value
+
 
 @dataclass(frozen=True)
 class Deleted:
@@ -787,6 +797,9 @@ class Keys:
 
     keys: frozenset[str]
     request: Any = None
+
+    def __str__(self) -> str:
+        return shown(self)  # Thespian formats every message it sends: not every key
 
 
 @dataclass(frozen=True)

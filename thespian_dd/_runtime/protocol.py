@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from thespian_dd._shown import shown
 from thespian_dd.data import ReplicaId
 
 __all__ = [
@@ -90,6 +91,10 @@ def wire_name(module: str) -> Callable[[T], T]:
 class PeerMessage:
     version: int
     sender: ReplicaId
+
+    def __str__(self) -> str:
+        # Thespian formats every message it sends: digests, entries and payloads only by size.
+        return shown(self)
 
 
 @wire_name(PEERS_MODULE)
