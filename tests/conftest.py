@@ -100,8 +100,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _fast_tier_starts_no_process(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A test with neither marker (the fast tier) that starts a process fails, naming the
-    marker it needs: so `make fast` stays what it says."""
+    """A test with neither marker (the fast tier) that runs a program through ``subprocess``
+    fails, naming the marker it needs: so `make fast` stays what it says.  (A fork, such as
+    a multiprocTCPBase ActorSystem's, is not caught here: those tests are ``multinode``.)"""
     if request.node.get_closest_marker("multinode") or request.node.get_closest_marker(
         "subprocess"
     ):

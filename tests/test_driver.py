@@ -12,14 +12,17 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def test_a_driver_statement_gives_each_paramstyle_its_parameters() -> None:
-    """Positional paramstyles get a tuple in the order of the SQL's placeholders, named ones the
-    row itself: SQLite's qmark, and the pyformat SQLAlchemy picks for psycopg and PyMySQL.  No
-    database: the dialects only compile."""
-    row = {"node": "n", "key_id": "i", "last_alive": 1.5}
+    """Positional paramstyles get a tuple in the order of the SQL's placeholders, named ones a
+    mapping of the statement's names only (a row holds more than a delete binds): SQLite's qmark,
+    and the pyformat SQLAlchemy picks for psycopg and PyMySQL.  No database: the dialects only
+    compile."""
+    row = {"node": "n", "key_id": "i", "last_alive": 1.5, "payload": b"not bound here"}
+    keys = {"node": "n", "key_id": "i"}
+    node = {"node": "n", "last_alive": 1.5}
     for url, delete, alive in [
         ("sqlite://", ("n", "i"), (1.5, "n")),
-        ("postgresql+psycopg://u@h/d", row, row),
-        ("mysql+pymysql://u@h/d", row, row),
+        ("postgresql+psycopg://u@h/d", keys, node),
+        ("mysql+pymysql://u@h/d", keys, node),
     ]:
         engine = sa.create_engine(url)
         statements = writes(engine.dialect)

@@ -239,6 +239,20 @@ class _TaggedGet(Get):
     tag: int = 0
 
 
+class _SlottedGet(Get):
+    """A Get of one's own with slots: it travels whole too (pickle's own form refused it)."""
+
+    __slots__ = ("note",)
+
+
+def test_a_get_of_ones_own_with_slots_arrives_as_it_was_made() -> None:
+    get = _SlottedGet("k", ReadAll(2.0), 5)
+    object.__setattr__(get, "note", "n")
+    received = pickle.loads(pickle.dumps(get))
+    assert type(received) is _SlottedGet
+    assert (received, getattr(received, "note", None)) == (get, "n")
+
+
 PREVIOUS_RELEASE = Path(__file__).parent / "compat" / "thespian_dd-349b515.tar.xz"
 
 READ_IN_THE_PREVIOUS_RELEASE = """

@@ -64,6 +64,16 @@ def test_a_frozenset_of_one_dot_given_to_the_constructor_is_held_as_the_dot() ->
     assert made.__reduce__() == (ORSet, ({"x": frozenset({(A, 1)})}, made.context))
 
 
+class _Tags(ORSet[str]):
+    """A set of one's own."""
+
+
+def test_a_subclass_unpickles_as_itself() -> None:
+    tags = _Tags().add(A, "x")  # a mutator's result is a plain ORSet; the constructor's is not
+    made = _Tags(tags.entries, tags.context)
+    assert type(pickle.loads(pickle.dumps(made))) is _Tags
+
+
 def test_a_delta_applied_out_of_order_leaves_a_gap_until_the_missing_one_arrives() -> None:
     first = ORSet().add(A, "x")
     second = first.reset_delta().add(A, "y")

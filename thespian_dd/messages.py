@@ -12,6 +12,7 @@ it pickled with dill, since Thespian pickles messages with plain pickle.
 
 from __future__ import annotations
 
+import copyreg
 import dis
 import importlib
 import inspect
@@ -223,7 +224,8 @@ class Get:
         # one: the node refuses it) travels whole.
         fields = self.__dict__
         if type(self) is not Get or fields.keys() != _GET_FIELDS:
-            return object.__reduce__(self)
+            newobj = copyreg.__newobj__  # type: ignore[attr-defined]  # pickle's default form
+            return (newobj, (type(self),), self.__getstate__())
         return (Get, (fields["key"], fields["consistency"], fields["request"]))
 
 

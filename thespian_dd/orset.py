@@ -108,7 +108,7 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         # Each element's dots as a frozenset, as releases before the one-dot form pickled them,
         # so that they unpickle what this one pickles.
         entries = {e: frozenset(dots_of(h)) for e, h in self.entries.items()}
-        return (ORSet, (entries, self.context))
+        return (type(self), (entries, self.context))
 
     def _state(self) -> tuple[Any, ...]:
         return (self.entries, self.context)

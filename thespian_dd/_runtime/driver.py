@@ -30,14 +30,18 @@ class DriverStatement:
         assert isinstance(compiled, SQLCompiler)
         self.sql = compiled.string
         # A positional paramstyle (qmark, format, numeric) takes a tuple in the order of the
-        # statement's placeholders; a named one (named, pyformat) the mapping itself.
-        self._order = tuple(compiled.positiontup or ()) if dialect.positional else None
+        # statement's placeholders; a named one (named, pyformat) a mapping of its names only
+        # (a row holds more columns than a delete binds, and some drivers refuse names unused).
+        self._positional = bool(dialect.positional)
+        self._names = (
+            tuple(compiled.positiontup or ()) if self._positional else tuple(compiled.params)
+        )
 
     def params(self, values: Mapping[str, Any]) -> Any:
         """The driver's parameters for ``values`` (column or bind name -> value)."""
-        if self._order is None:
-            return values
-        return tuple([values[name] for name in self._order])
+        if self._positional:
+            return tuple([values[name] for name in self._names])
+        return {name: values[name] for name in self._names}
 
 
 class Writes(NamedTuple):

@@ -346,6 +346,12 @@ class Store:
             seal = self._seals[node] = RowSeal(node, self._signing_key)
         return seal
 
+    @property
+    def per_thread(self) -> bool:
+        """Whether each thread gets a database of its own (in-memory SQLite: SQLAlchemy's
+        ``SingletonThreadPool``), so the store must be read on the thread that made it."""
+        return isinstance(self.engine.pool, sa.pool.SingletonThreadPool)
+
     def close(self) -> None:
         self._drop_writer()
         self.engine.dispose()

@@ -107,15 +107,19 @@ class _ReadAhead:
     the chunk being sent: the next chunk's fetch (on a database server, the server's work and
     the wait for it) and check overlap the sending of this one and the transport's turn
     between chunks, where the actor's thread waits.  The query is made, and ended, on that
-    thread only; the DurableWriter forks no process, so the thread is never copied."""
+    thread only; the DurableWriter forks no process, so the thread is never copied.
 
-    def __init__(self, chunks: Generator[_Chunk, None, None]) -> None:
+    ``thread=False``: read on the caller's thread, at each :meth:`next`, for a store whose
+    every thread has a database of its own (in-memory SQLite)."""
+
+    def __init__(self, chunks: Generator[_Chunk, None, None], *, thread: bool = True) -> None:
         self._chunks = chunks
         # One chunk waits at most: a load holds at most three (sent, waiting, being read).
         self._queue: queue.Queue[_Chunk | BaseException | None] = queue.Queue(maxsize=1)
         self._stopped = threading.Event()
-        thread = threading.Thread(target=self._run, name="thespian_dd load", daemon=True)
-        thread.start()
+        self._thread = thread
+        if thread:
+            threading.Thread(target=self._run, name="thespian_dd load", daemon=True).start()
 
     def _run(self) -> None:
         try:
@@ -141,6 +145,8 @@ class _ReadAhead:
 
     def next(self) -> _Chunk | None:
         """The next chunk (None: there is none), once read; raises what reading raised."""
+        if not self._thread:
+            return next(self._chunks, None)
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item
@@ -150,6 +156,8 @@ class _ReadAhead:
         """Stop reading: the thread ends after the fetch under way, if any (or within
         :data:`_STOP_POLL` if it waits to queue a chunk), and ends the query."""
         self._stopped.set()
+        if not self._thread:
+            self._chunks.close()
 
 
 _STOP_POLL = 0.05
@@ -251,7 +259,7 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
             store = self._open(msg.url, msg.signing_key_file)
             # Refused (offline too long, a newer schema) before a row is read.
             record = store.node_record(msg.node, msg.max_offline)
-            rows = _ReadAhead(store.load_chunks(msg.node))
+            rows = _ReadAhead(store.load_chunks(msg.node), thread=not store.per_thread)
             self._loading = _Loading(msg, sender, record, rows)
         except Exception as e:  # noqa: BLE001 - reported to the Replicator, which retries
             self._close()
