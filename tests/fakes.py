@@ -1,12 +1,15 @@
 """Fakes the unit tests of :mod:`thespian_dd._runtime` share: a clock the test moves by hand, a
 recording ``transmit`` that delivers nothing until the test says so, and :class:`FakeNode`, one
-node's wired :class:`~thespian_dd._runtime.parts.Parts` acting through recorders."""
+node's wired :class:`~thespian_dd._runtime.parts.Parts` acting through recorders; and the
+commit thread's answers and a store's rows, read as the Replicator and a restart read them."""
 
 from __future__ import annotations
 
 import gc
 import logging
 import random
+import select
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -15,9 +18,11 @@ from thespian.actors import ActorAddress
 from thespian.system.transport import SendStatus
 
 from thespian_dd._runtime.checks import Rejections
+from thespian_dd._runtime.commits import CommitThread
 from thespian_dd._runtime.parts import Hooks, Parts
 from thespian_dd._runtime.protocol import PROTOCOL_VERSION, Heartbeat, PeerHello, PeerMessage
 from thespian_dd._runtime.settings import Settings
+from thespian_dd._runtime.store import Store
 from thespian_dd._runtime.versions import MINE
 from thespian_dd._runtime.writer import Entry, Write, Written
 from thespian_dd.data import ReplicaId
@@ -214,3 +219,24 @@ class FakeNode:
         """A peer message from ``sender`` (its sender's address unless told), handled as
         :class:`~thespian_dd.replicator.Replicator` handles it."""
         self.parts.on_peer_message(msg, address(msg.sender) if sender is None else sender)
+
+
+def commit_answers(commits: CommitThread, count: int) -> list[Written]:
+    """The commit thread's next ``count`` answers, each waited for as the Replicator waits: on
+    its pipe (20 s in all)."""
+    answers: list[Written] = []
+    deadline = time.monotonic() + 20
+    while len(answers) < count:
+        ready, _, _ = select.select([commits.fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no answer after {answers}"
+        answers += commits.drain()
+    return answers
+
+
+def stored_rows(url: str, node: str) -> list[tuple[str, bytes | None]]:
+    """``node``'s rows in the store at ``url``, loaded as a restart loads them: (key, payload)."""
+    store = Store(url)
+    try:
+        return [(key, payload) for key, payload, _ in store.load(node)]
+    finally:
+        store.close()

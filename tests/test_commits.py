@@ -7,20 +7,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import commit_answers, stored_rows
 
 from thespian_dd import GCounter
 from thespian_dd._runtime.commits import CommitThread
 from thespian_dd._runtime.rows import Entry
-from thespian_dd._runtime.store import Store
 from thespian_dd._runtime.writer import Write, Written
 from thespian_dd._testkit.harness import eventually
 from thespian_dd.codec import encode
@@ -28,25 +26,6 @@ from thespian_dd.codec import encode
 pytestmark = pytest.mark.timeout(60)
 
 ENTRY = Entry("GCounter", encode(GCounter()), "")
-
-
-def _answers(commits: CommitThread, count: int) -> list[Written]:
-    """The next ``count`` answers, each waited for as the Replicator waits: on the pipe."""
-    answers: list[Written] = []
-    deadline = time.monotonic() + 20
-    while len(answers) < count:
-        ready, _, _ = select.select([commits.fd], [], [], max(0.0, deadline - time.monotonic()))
-        assert ready, f"no answer after {answers}"
-        answers += commits.drain()
-    return answers
-
-
-def _rows(url: str) -> list[tuple[str, bytes | None]]:
-    store = Store(url)
-    try:
-        return [(key, payload) for key, payload, _ in store.load("n")]
-    finally:
-        store.close()
 
 
 def _open_files() -> set[str]:
@@ -68,8 +47,8 @@ def test_the_commit_thread_commits_batches_in_order_and_answers_each_through_its
     url = f"sqlite:///{tmp_path / 'c.db'}"
     for seq, key in enumerate("abc", start=1):
         commits.submit(Write(url, "n", seq, {key: ENTRY}))
-    assert _answers(commits, 3) == [Written(1), Written(2), Written(3)]
-    assert sorted(_rows(url)) == [(k, ENTRY.payload) for k in "abc"]
+    assert commit_answers(commits, 3) == [Written(1), Written(2), Written(3)]
+    assert sorted(stored_rows(url, "n")) == [(k, ENTRY.payload) for k in "abc"]
     assert commits.drain() == []  # the pipe read empty with the answers: nothing is left
 
 
@@ -95,13 +74,13 @@ def test_the_commit_thread_answers_on_through_a_full_pipe(
                 return 0  # no table yet
 
     eventually(lambda: committed() == 2, what="both batches committed, the pipe still full")
-    assert _answers(commits, 2) == [Written(1), Written(2)]
+    assert commit_answers(commits, 2) == [Written(1), Written(2)]
     commits.submit(Write(url, "n", 3, {"c": ENTRY}))
-    assert _answers(commits, 1) == [Written(3)]
+    assert commit_answers(commits, 1) == [Written(3)]
     assert commits._thread is thread  # the same thread: nothing ended it
     assert thread is not None
     assert thread.is_alive()
-    assert sorted(_rows(url)) == [(k, ENTRY.payload) for k in "abc"]
+    assert sorted(stored_rows(url, "n")) == [(k, ENTRY.payload) for k in "abc"]
 
 
 def test_a_failed_commit_on_the_thread_is_answered_and_the_next_opens_the_store_afresh(
@@ -109,13 +88,13 @@ def test_a_failed_commit_on_the_thread_is_answered_and_the_next_opens_the_store_
 ) -> None:
     url = f"sqlite:///{tmp_path / 'later' / 'c.db'}"  # its directory does not exist yet
     commits.submit(Write(url, "n", 1, {"a": ENTRY}))
-    [failed] = _answers(commits, 1)
+    [failed] = commit_answers(commits, 1)
     assert failed.seq == 1
     assert "unable to open database file" in (failed.error or "")
     (tmp_path / "later").mkdir()
     commits.submit(Write(url, "n", 2, {"a": ENTRY}))
-    assert _answers(commits, 1) == [Written(2)]
-    assert _rows(url) == [("a", ENTRY.payload)]
+    assert commit_answers(commits, 1) == [Written(2)]
+    assert stored_rows(url, "n") == [("a", ENTRY.payload)]
 
 
 def test_a_pause_commits_what_was_submitted_and_leaves_no_thread_nor_open_store(
@@ -126,7 +105,7 @@ def test_a_pause_commits_what_was_submitted_and_leaves_no_thread_nor_open_store(
     path = tmp_path / "c.db"
     url = f"sqlite:///{path}"
     commits.submit(Write(url, "n", 1, {"a": ENTRY}))
-    assert _answers(commits, 1) == [Written(1)]
+    assert commit_answers(commits, 1) == [Written(1)]
     assert commits.running()
     assert str(path) in _open_files()
     commits.submit(Write(url, "n", 2, {"b": ENTRY}))
@@ -134,10 +113,10 @@ def test_a_pause_commits_what_was_submitted_and_leaves_no_thread_nor_open_store(
     assert not commits.running()
     assert "thespian_dd commits" not in [t.name for t in threading.enumerate()]
     assert str(path) not in _open_files()
-    assert _answers(commits, 1) == [Written(2)]  # committed before it ended
+    assert commit_answers(commits, 1) == [Written(2)]  # committed before it ended
     commits.submit(Write(url, "n", 3, {"c": ENTRY}))  # a new thread, the store opened again
-    assert _answers(commits, 1) == [Written(3)]
-    assert sorted(_rows(url)) == [(k, ENTRY.payload) for k in "abc"]
+    assert commit_answers(commits, 1) == [Written(3)]
+    assert sorted(stored_rows(url, "n")) == [(k, ENTRY.payload) for k in "abc"]
 
 
 class _EndsTheThread(dict[str, Entry | None]):
@@ -154,13 +133,13 @@ def test_a_commit_thread_that_ends_mid_commit_answers_its_batch_and_a_new_one_ta
 ) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     commits.submit(Write(url, "n", 1, {"a": ENTRY}))
-    assert _answers(commits, 1) == [Written(1)]
+    assert commit_answers(commits, 1) == [Written(1)]
     commits.submit(Write(url, "n", 2, _EndsTheThread()))
-    assert _answers(commits, 1) == [Written(2, "the commit thread ended mid-commit")]
+    assert commit_answers(commits, 1) == [Written(2, "the commit thread ended mid-commit")]
     eventually(lambda: not commits.running(), what="the ended thread gone")
     commits.submit(Write(url, "n", 3, {"b": ENTRY}))
-    assert _answers(commits, 1) == [Written(3)]
-    assert sorted(_rows(url)) == [("a", ENTRY.payload), ("b", ENTRY.payload)]
+    assert commit_answers(commits, 1) == [Written(3)]
+    assert sorted(stored_rows(url, "n")) == [("a", ENTRY.payload), ("b", ENTRY.payload)]
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
@@ -172,7 +151,7 @@ def test_a_pause_after_the_thread_ended_mid_commit_leaves_the_next_thread_commit
     url = f"sqlite:///{tmp_path / 'c.db'}"
     commits.submit(Write(url, "n", 1, _EndsTheThread()))
     commits.pause()  # a fork while that batch is being committed: the thread ends before it
-    assert _answers(commits, 1) == [Written(1, "the commit thread ended mid-commit")]
+    assert commit_answers(commits, 1) == [Written(1, "the commit thread ended mid-commit")]
     commits.submit(Write(url, "n", 2, {"a": ENTRY}))  # the retry: nothing more until answered
-    assert _answers(commits, 1) == [Written(2)]
-    assert _rows(url) == [("a", ENTRY.payload)]
+    assert commit_answers(commits, 1) == [Written(2)]
+    assert stored_rows(url, "n") == [("a", ENTRY.payload)]

@@ -17,14 +17,13 @@ The writer, the timers and the clock are a recording ``send``, a recording ``wak
 from __future__ import annotations
 
 import gc
-import select
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import Clock
+from fakes import Clock, commit_answers, stored_rows
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -33,7 +32,6 @@ from thespian_dd._runtime.commits import CommitThread
 from thespian_dd._runtime.durability import Durability, LoadOutcome
 from thespian_dd._runtime.protocol import FlushTick, StoreRetry
 from thespian_dd._runtime.settings import Settings
-from thespian_dd._runtime.store import Store
 from thespian_dd._runtime.writer import (
     Entry,
     Load,
@@ -1063,18 +1061,18 @@ def test_a_commit_thread_that_ends_mid_commit_fails_the_waiting_then_a_new_one_c
         d.reply_when_stored("a", "client", "stored a", failure_of("a"))
         d.write("b", b"B")  # waits for batch 2
         d.reply_when_stored("b", "client", "stored b", failure_of("b"))
-        for written in _answers(commits, 1):
+        for written in commit_answers(commits, 1):
             d.committed(written)
         error = "the commit thread ended mid-commit"
         assert node.take_sent() == [("client", Failed("a", error)), ("client", Failed("b", error))]
         assert d.error == error
         assert node.retries() == [0.25]
         assert d.retry_due() is False  # the timer fired: a new thread commits both
-        for written in _answers(commits, 1):
+        for written in commit_answers(commits, 1):
             d.committed(written)
         assert d.error is None
         assert d.queue_depth() == 0
-        assert sorted(_rows(url)) == [("a", entry("a", None).payload), ("b", b"B")]
+        assert sorted(stored_rows(url, NODE)) == [("a", entry("a", None).payload), ("b", b"B")]
     finally:
         commits.stop()
 
@@ -1085,20 +1083,3 @@ class _EndsTheThread:
 
     def __iter__(self) -> Iterator[Any]:
         raise SystemExit
-
-
-def _answers(commits: CommitThread, count: int) -> list[Written]:
-    answers: list[Written] = []
-    while len(answers) < count:
-        ready, _, _ = select.select([commits.fd], [], [], 20)
-        assert ready, f"no answer after {answers}"
-        answers += commits.drain()
-    return answers
-
-
-def _rows(url: str) -> list[tuple[str, bytes | None]]:
-    store = Store(url)
-    try:
-        return [(key, payload) for key, payload, _ in store.load(NODE)]
-    finally:
-        store.close()

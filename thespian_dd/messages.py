@@ -232,18 +232,34 @@ class Get:
 _GET_FIELDS = {"key", "consistency", "request"}
 
 _LOADED: dict[bytes, Any] = {}
-"""The modify functions loaded from each blob that may be shared between Updates (see
-:func:`_shareable`): clients send the same few functions over and over."""
+"""The modify function loaded from each blob that may be shared between Updates (see
+:func:`_shareable`), or :data:`_FRESH` for a blob loaded afresh at each Update: clients send the
+same few functions over and over, and telling whether one may be shared costs several loads."""
 
+_FRESH = object()
 _LOADED_MAX = 256
 
 
 def _load_modify(blob: bytes) -> Any:
     """The function ``blob`` holds: loaded once when it keeps no state of its own between runs,
     else at each Update, so that each runs with what it captured as it was sent."""
-    modify = _LOADED.get(blob)
-    if modify is not None:
-        return modify
+    known = _LOADED.get(blob)
+    if known is not None and known is not _FRESH:
+        return known
+    try:
+        modify = dill.loads(blob)
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            f"{e}: modify refers to module {e.name!r} by name, and this node cannot import it "
+            "(install it where the node runs, or define the function in the client's __main__, "
+            "which travels by value)",
+            name=e.name,
+        ) from None
+    if known is None:
+        if len(_LOADED) >= _LOADED_MAX:
+            _LOADED.clear()
+        _LOADED[blob] = modify if _shareable(modify) else _FRESH
+    return modify
     try:
         modify = dill.loads(blob)
     except ModuleNotFoundError as e:
