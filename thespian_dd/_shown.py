@@ -1,4 +1,4 @@
-"""How a message shows as text (``str``), for Thespian's log lines.
+"""How messages show as text (``str``), for Thespian's log lines.
 
 Thespian formats every message it sends or receives, ``str(message)`` cut to a few hundred
 characters afterwards, for a debug line whether it is logged or not.  A message that carries a
@@ -6,6 +6,11 @@ value, bytes or a large collection would be formatted whole each time: a ``GetSu
 100,000-element ORSet took 80 ms to format on the Replicator, and as long again on the client.
 So such a message shows its fields with each value as its type, bytes as their size, and a
 collection of more than a few items as its size.  ``repr`` stays whole, for debugging.
+
+Formatting is paid twice per message (by the sender and by the receiver), on every ``Update``
+and every reply, so the usual fields (a short str, an int, None) take ``repr`` at once rather
+than ``reprlib``'s dispatch: an ``Update`` showed in 8 µs that way, against 0.5 µs for the
+message of a Thespian echo.
 """
 
 from __future__ import annotations
@@ -16,17 +21,20 @@ from typing import Any
 
 from thespian_dd.data import ReplicatedData
 
-__all__ = ["shown"]
+__all__ = ["short", "shown"]
 
 _FEW = 4
 """A collection of more items shows as its size: ``reprlib`` would sort the items first."""
+
+_LONG = 80
+"""The longest a str shows whole (``reprlib`` cuts a longer one in the middle)."""
 
 
 class _Short(reprlib.Repr):
     def __init__(self) -> None:
         super().__init__()
         self.maxlevel = 2
-        self.maxstring = self.maxother = 80
+        self.maxstring = self.maxother = _LONG
 
     def repr1(self, x: Any, level: int) -> str:
         if isinstance(x, ReplicatedData):
@@ -39,12 +47,32 @@ class _Short(reprlib.Repr):
 
 
 _SHORT = _Short()
+_WHOLE = (bool, type(None), float)
+"""Types whose ``repr`` is short whatever the value."""
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def short(x: Any) -> str:
+    """``x`` shown short: as ``repr`` when that is short, else as described in the module."""
+    kind = type(x)
+    if (
+        (kind is str and len(x) <= _LONG)
+        or kind in _WHOLE
+        or (kind is int and -(2**63) <= x < 2**63)
+    ):
+        return repr(x)
+    if isinstance(x, ReplicatedData):
+        return f"<{kind.__name__}>"
+    return _SHORT.repr(x)
 
 
 def shown(message: Any, fields: tuple[str, ...] | None = None) -> str:
     """``message`` as ``Name(field=value, ...)`` with each value shown short (see the module);
     ``fields``: its fields' names, when it is not a dataclass."""
     if fields is None:
-        fields = tuple(f.name for f in dataclasses.fields(message))
-    parts = ", ".join(f"{name}={_SHORT.repr(getattr(message, name, None))}" for name in fields)
+        kind = type(message)
+        fields = _FIELDS.get(kind)
+        if fields is None:
+            fields = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(message))
+    parts = ", ".join(f"{name}={short(getattr(message, name, None))}" for name in fields)
     return f"{type(message).__name__}({parts})"

@@ -260,20 +260,6 @@ def _load_modify(blob: bytes) -> Any:
             _LOADED.clear()
         _LOADED[blob] = modify if _shareable(modify) else _FRESH
     return modify
-    try:
-        modify = dill.loads(blob)
-    except ModuleNotFoundError as e:
-        raise ModuleNotFoundError(
-            f"{e}: modify refers to module {e.name!r} by name, and this node cannot import it "
-            "(install it where the node runs, or define the function in the client's __main__, "
-            "which travels by value)",
-            name=e.name,
-        ) from None
-    if _shareable(modify):
-        if len(_LOADED) >= _LOADED_MAX:
-            _LOADED.clear()
-        _LOADED[blob] = modify
-    return modify
 
 
 _IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), range)
