@@ -68,3 +68,12 @@ def test_a_few_items_show_each_short_and_many_show_their_count() -> None:
 def test_repr_stays_whole() -> None:
     counter = GCounter().increment(NODE, 2)
     assert repr(GetSuccess("k", 1, counter)) == f"GetSuccess(key='k', request=1, data={counter!r})"
+
+
+def test_short_fields_show_as_their_repr_and_long_ones_cut() -> None:
+    expected = "GetSuccess(key='k', request=(1, 'r'), data=None)"
+    assert str(GetSuccess("k", (1, "r"), None)) == expected
+    long_key, huge = "k" * 1_000, 10**1_000
+    shown = str(Update(long_key, GCounter(), lambda c, n: c, request=huge))
+    assert len(shown) < 300
+    assert "initial=<GCounter>" in shown

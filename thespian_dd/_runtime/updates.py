@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from thespian_dd import codec
 from thespian_dd._runtime.checks import consistency_error, describe, key_error
-from thespian_dd.data import DeltaReplicatedData, ReplicaId, ReplicatedData
+from thespian_dd.data import CausalContext, DeltaReplicatedData, ReplicaId, ReplicatedData
+from thespian_dd.gcounter import GCounter
 from thespian_dd.messages import Update, WriteConsistency
+from thespian_dd.pncounter import PNCounter
 
 __all__ = ["modified", "update_error"]
 
@@ -78,8 +80,38 @@ def modified(
     # no encoding for, a type of one's own that fails) would make every later store write and
     # gossip round of the key raise.  Of a built-in type only what is new needs it (the delta);
     # a type of one's own is encoded whole.
+    if _counts_only(shipped):
+        return new, shipped
     try:
         codec.encode(shipped if type(new) in codec.BUILT_IN_TYPES else new)
     except Exception as e:  # noqa: BLE001 - the caller's values, whatever they raise
         raise ValueError(f"what modify returned cannot be encoded: {describe(e)}") from None
     return new, shipped
+
+
+def _counts_only(value: object) -> bool:
+    """Whether ``value`` is a counter (GCounter, PNCounter) whose units name only ReplicaIds,
+    with int bounds: the codec writes any such counter, so it need not be encoded to know it
+    (an Update's most common value, whose encoding was a third of the Replicator's work on it:
+    6 µs of 16).  Anything else, a counter made of other parts included, is encoded."""
+    if type(value) is GCounter:
+        return _plain(value.units)
+    if type(value) is PNCounter:
+        p, n = value.p, value.n
+        return type(p) is GCounter and type(n) is GCounter and _plain(p.units) and _plain(n.units)
+    return False
+
+
+def _plain(units: object) -> bool:
+    if type(units) is not CausalContext:
+        return False
+    ranges, floor = units.ranges, units.floor
+    if type(ranges) is not dict or type(floor) is not dict:
+        return False
+    for replica, bounds in ranges.items():
+        if type(replica) is not ReplicaId or type(bounds) is not tuple:
+            return False
+        for bound in bounds:
+            if type(bound) is not int:
+                return False
+    return all(type(r) is ReplicaId and type(n) is int for r, n in floor.items())
