@@ -61,7 +61,9 @@ class CommitThread:
         os.set_blocking(self._write_fd, False)  # a full pipe has a byte unread: enough
         self._thread: threading.Thread | None = None
         self._ended: threading.Thread | None = None  # a thread that ended mid-commit
-        self._store: Store | None = None  # used by the thread only
+        self._store: Store | None = None  # used by one thread at a time, holding _busy
+        self._busy = threading.Lock()
+        self._unanswered = 0  # batches submitted and not yet drained (the caller's count)
 
     @property
     def fd(self) -> int:
@@ -72,8 +74,24 @@ class CommitThread:
         """Whether the thread exists (a fork now would copy it)."""
         return self._thread is not None and self._thread.is_alive()
 
+    def commit_here(self, msg: Write) -> Written | None:
+        """Commit ``msg``'s batch on the caller's thread and return its :class:`Written`, if
+        nothing submitted is unanswered and the thread has opened a store that any thread may
+        use (not an in-memory SQLite, a database per thread); else None, and the caller
+        :meth:`submit` s it.  It saves the thread's wake-up and the Replicator's extra turn of
+        its loop to see the pipe, and holds the Replicator for the commit: for a writer with no
+        company (see :class:`~thespian_dd._runtime.durability.Durability`)."""
+        store = self._store
+        if self._unanswered or store is None or store.per_thread:
+            return None
+        with self._busy:  # free but for a thread ending mid-commit, which closes the store
+            if self._store is not store:
+                return None
+            return commit(msg, self._open, self._close)
+
     def submit(self, msg: Write) -> None:
         """Commit ``msg``'s batch after those submitted before; its :class:`Written` follows."""
+        self._unanswered += 1
         if self._thread is not None and self._thread is self._ended:
             self._thread.join()  # it answered its last batch and is ending: no longer reading
         if not self.running():
@@ -94,6 +112,7 @@ class CommitThread:
             try:
                 answers.append(self._results.get_nowait())
             except queue.Empty:
+                self._unanswered -= len(answers)
                 return answers
 
     def pause(self) -> None:
@@ -103,6 +122,8 @@ class CommitThread:
         if thread is not None:
             self._jobs.put(thread)
             thread.join()
+        with self._busy:
+            self._close()  # the thread closed it, unless it ended before (it leaves it open)
 
     def stop(self) -> None:
         """:meth:`pause`, then close the pipe: for the Replicator's exit, after its last batch
@@ -119,14 +140,16 @@ class CommitThread:
                 if isinstance(job, threading.Thread):
                     continue  # the end of a thread that ended before reading it
                 pending = job
-                written = commit(job, self._open, self._close)
+                with self._busy:
+                    written = commit(job, self._open, self._close)
                 pending = None
                 self._answer(written)
         finally:
+            with self._busy:
+                self._close()
             if pending is not None:  # ended by what is not an Exception, mid-commit
                 self._ended = threading.current_thread()
                 self._answer(Written(pending.seq, "the commit thread ended mid-commit"))
-            self._close()
 
     def _answer(self, written: Written) -> None:
         """Queue ``written`` and wake the Replicator.  The byte is written without releasing
