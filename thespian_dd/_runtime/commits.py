@@ -40,6 +40,9 @@ class CommitThread:
     (:attr:`fd`) the Replicator watches (``ThespianWatch``), so it gets a ``WatchMessage`` and
     :meth:`drain` s the answers.  Batches are committed in the order submitted.
 
+    A batch may also be committed on the caller's thread (:meth:`commit_here`) when nothing
+    submitted is unanswered: no wake-up and no pipe, for a writer with no company.
+
     Forks: an actor creates its children by forking its own process, and a fork while another
     thread holds a lock (of SQLite, of logging) or an open connection leaves the child with a
     lock nobody releases and a connection it must not touch.  So the Replicator :meth:`pause` s
@@ -84,7 +87,9 @@ class CommitThread:
         store = self._store
         if self._unanswered or store is None or store.per_thread:
             return None
-        with self._busy:  # free but for a thread ending mid-commit, which closes the store
+        # Free: the thread commits only what is unanswered.  Held all the same, so the store is
+        # used by one thread at a time whatever the caller does.
+        with self._busy:
             if self._store is not store:
                 return None
             return commit(msg, self._open, self._close)
@@ -121,9 +126,7 @@ class CommitThread:
         thread, self._thread = self._thread, None
         if thread is not None:
             self._jobs.put(thread)
-            thread.join()
-        with self._busy:
-            self._close()  # the thread closed it, unless it ended before (it leaves it open)
+            thread.join()  # it closed the store, which a commit here never opens
 
     def stop(self) -> None:
         """:meth:`pause`, then close the pipe: for the Replicator's exit, after its last batch
