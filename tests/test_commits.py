@@ -155,3 +155,58 @@ def test_a_pause_after_the_thread_ended_mid_commit_leaves_the_next_thread_commit
     commits.submit(Write(url, "n", 2, {"a": ENTRY}))  # the retry: nothing more until answered
     assert commit_answers(commits, 1) == [Written(2)]
     assert stored_rows(url, "n") == [("a", ENTRY.payload)]
+
+
+def test_commit_here_commits_on_the_caller_s_thread_once_the_thread_opened_the_store(
+    commits: CommitThread, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert commits.commit_here(Write(url, "n", 1, {"a": ENTRY})) is None  # no store open yet
+    commits.submit(Write(url, "n", 1, {"a": ENTRY}))
+    assert commits.commit_here(Write(url, "n", 2, {"b": ENTRY})) is None  # batch 1 unanswered
+    assert commit_answers(commits, 1) == [Written(1)]
+    assert commits.commit_here(Write(url, "n", 2, {"b": ENTRY})) == Written(2)
+    assert sorted(stored_rows(url, "n")) == [("a", ENTRY.payload), ("b", ENTRY.payload)]
+    commits.submit(Write(url, "n", 3, {"c": ENTRY}))  # the thread again, on the same store
+    assert commit_answers(commits, 1) == [Written(3)]
+    assert commits.drain() == []  # a commit here is answered by its return only
+    assert sorted(stored_rows(url, "n")) == [(k, ENTRY.payload) for k in "abc"]
+
+
+def test_a_failed_commit_here_is_answered_and_the_store_opened_afresh_by_the_thread(
+    commits: CommitThread, tmp_path: Path
+) -> None:
+    path = tmp_path / "c.db"
+    url = f"sqlite:///{path}"
+    commits.submit(Write(url, "n", 1, {"a": ENTRY}))
+    assert commit_answers(commits, 1) == [Written(1)]
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("DROP TABLE thespian_dd_entries")
+    failed = commits.commit_here(Write(url, "n", 2, {"b": ENTRY}))
+    assert failed is not None
+    assert failed.seq == 2
+    assert "thespian_dd_entries" in (failed.error or "")
+    assert commits.commit_here(Write(url, "n", 3, {"b": ENTRY})) is None  # closed: not here
+    commits.submit(Write(url, "n", 3, {"b": ENTRY}))  # the thread opens it (and its tables)
+    assert commit_answers(commits, 1) == [Written(3)]
+    assert stored_rows(url, "n") == [("b", ENTRY.payload)]
+
+
+def test_an_in_memory_store_is_never_committed_here(commits: CommitThread) -> None:
+    """In-memory SQLite gives each thread a database of its own: the thread's must hold all."""
+    url = "sqlite://"
+    commits.submit(Write(url, "n", 1, {"a": ENTRY}))
+    assert commit_answers(commits, 1) == [Written(1)]
+    assert commits.commit_here(Write(url, "n", 2, {"b": ENTRY})) is None
+
+
+def test_a_pause_closes_the_store_a_commit_here_used(commits: CommitThread, tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    url = f"sqlite:///{path}"
+    commits.submit(Write(url, "n", 1, {"a": ENTRY}))
+    assert commit_answers(commits, 1) == [Written(1)]
+    assert commits.commit_here(Write(url, "n", 2, {"b": ENTRY})) == Written(2)
+    commits.pause()
+    assert not commits.running()
+    assert str(path) not in _open_files()
+    assert commits.commit_here(Write(url, "n", 3, {"c": ENTRY})) is None  # closed until a thread

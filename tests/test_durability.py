@@ -8,7 +8,8 @@ a failed commit (its keys kept, failure replies, ``store_failures``, nothing sen
 retry); write-behind mode (acknowledged at once, one timer per interval, a timer that fires
 during a commit); keys that are not durable; a DurableWriter that exits; the keep-alive commit;
 a graceful stop; ``queue_depth``; batches committed through a ``commit`` callable (the
-Replicator's CommitThread, here also for real on an SQLite file, ending mid-commit).
+Replicator's CommitThread, here also for real on an SQLite file, ending mid-commit); batches of
+a lone writer committed here (``commit_here``), company sending them back to the thread.
 
 The writer, the timers and the clock are a recording ``send``, a recording ``wake``, a
 ``create_writer`` that returns a fresh sentinel each time, and a fake clock.
@@ -29,7 +30,7 @@ from hypothesis import strategies as st
 
 from thespian_dd import codec
 from thespian_dd._runtime.commits import CommitThread
-from thespian_dd._runtime.durability import Durability, LoadOutcome
+from thespian_dd._runtime.durability import PROBE_EVERY, QUIET_BEFORE_HERE, Durability, LoadOutcome
 from thespian_dd._runtime.protocol import FlushTick, StoreRetry
 from thespian_dd._runtime.settings import Settings
 from thespian_dd._runtime.writer import (
@@ -77,6 +78,7 @@ class Node:
     woken: list[tuple[float, Any]] = field(default_factory=list)
     writers: list[object] = field(default_factory=list)
     commit_fn: Callable[[Write], None] | None = None
+    commit_here: Callable[[Write], Written | None] | None = None
     entry: Callable[[str, bytes | None], Any] = entry
     durability: Durability = field(init=False)
 
@@ -91,6 +93,7 @@ class Node:
             clock=self.clock,
             jitter=lambda: 1.0,
             commit=self.commit_fn,
+            commit_here=self.commit_here,
         )
 
     def wake(self, seconds: float, payload: Any) -> None:
@@ -1083,3 +1086,114 @@ class _EndsTheThread:
 
     def __iter__(self) -> Iterator[Any]:
         raise SystemExit
+
+
+# -- batches committed here (``commit_here``: the CommitThread on the Replicator's thread) -----
+
+
+class Here:
+    """A ``commit_here`` that commits what it is given at once (or, ``able`` False, cannot)."""
+
+    def __init__(self) -> None:
+        self.able = True
+        self.error: str | None = None
+        self.batches: list[Write] = []
+
+    def __call__(self, write: Write) -> Written | None:
+        if not self.able:
+            return None
+        self.batches.append(write)
+        return Written(write.seq, self.error)
+
+
+def here_node() -> tuple[Node, list[Write], Here]:
+    committed: list[Write] = []
+    here = Here()
+    node = Node(Settings(store=URL), commit_fn=committed.append, commit_here=here)
+    node.serve()
+    return node, committed, here
+
+
+def lone_write(node: Node, key: str, raw: bytes) -> None:
+    """A lone writer's write: it waits for its reply before the next."""
+    d = node.durability
+    d.write(key, raw)
+    d.reply_when_stored(key, "client", f"stored {key}", failure_of(key))
+
+
+def test_a_lone_writer_s_batches_are_committed_here_after_quiet_ones_on_the_thread() -> None:
+    node, committed, here = here_node()
+    d = node.durability
+    for k in range(QUIET_BEFORE_HERE):  # the thread commits them, no write arriving meanwhile
+        lone_write(node, f"k{k}", b"x")
+        assert node.sent == []
+        d.committed(Written(committed[-1].seq))
+        assert node.take_sent() == [("client", f"stored k{k}")]
+    assert here.batches == []
+    lone_write(node, "a", b"A")  # committed before the reply is registered: sent at once
+    assert here.batches == [
+        Write(URL, NODE, QUIET_BEFORE_HERE + 1, {"a": entry("a", b"A")}, None, ALIVE)
+    ]
+    assert node.take_sent() == [("client", "stored a")]
+    assert len(committed) == QUIET_BEFORE_HERE
+    assert d.queue_depth() == 0
+    assert d.committed_here == 1
+
+
+def test_every_probe_every_th_batch_goes_to_the_thread_and_company_keeps_them_there() -> None:
+    node, committed, here = here_node()
+    d = node.durability
+    for k in range(QUIET_BEFORE_HERE):
+        lone_write(node, f"k{k}", b"x")
+        d.committed(Written(committed[-1].seq))
+    for k in range(PROBE_EVERY - 1):
+        lone_write(node, f"h{k}", b"x")
+    assert len(here.batches) == PROBE_EVERY - 1
+    node.take_sent()
+    lone_write(node, "probe", b"P")  # the probe: to the thread
+    assert committed[-1].entries == {"probe": entry("probe", b"P")}
+    assert node.sent == []
+    lone_write(node, "company", b"C")  # a write while the probe commits: company
+    d.committed(Written(committed[-1].seq))
+    assert node.take_sent() == [("client", "stored probe")]
+    assert committed[-1].entries == {"company": entry("company", b"C")}  # the next batch
+    d.committed(Written(committed[-1].seq))
+    assert node.take_sent() == [("client", "stored company")]
+    lone_write(node, "after", b"A")  # no longer quiet: the thread again
+    assert committed[-1].entries == {"after": entry("after", b"A")}
+    assert len(here.batches) == PROBE_EVERY - 1
+
+
+def test_a_batch_that_cannot_be_committed_here_goes_to_the_thread() -> None:
+    node, committed, here = here_node()
+    d = node.durability
+    for k in range(QUIET_BEFORE_HERE):
+        lone_write(node, f"k{k}", b"x")
+        d.committed(Written(committed[-1].seq))
+    here.able = False  # e.g. a batch of the thread still unanswered, or no store open yet
+    lone_write(node, "a", b"A")
+    assert committed[-1].entries == {"a": entry("a", b"A")}
+    node.take_sent()
+    d.committed(Written(committed[-1].seq))
+    assert node.take_sent() == [("client", "stored a")]
+
+
+def test_a_failed_commit_here_keeps_the_key_and_its_writer_hears_after_the_retry() -> None:
+    """The writer's reply is registered after its commit here failed: it waits for the retry's
+    commit (as a write that comes during the backoff does), and is told its outcome."""
+    node, committed, here = here_node()
+    d = node.durability
+    for k in range(QUIET_BEFORE_HERE):
+        lone_write(node, f"k{k}", b"x")
+        d.committed(Written(committed[-1].seq))
+    node.take_sent()
+    here.error = "disk full"
+    lone_write(node, "a", b"A")
+    assert node.sent == []  # not acknowledged
+    assert d.error == "disk full"
+    assert d.queue_depth() == 1
+    assert node.retries() == [0.25]
+    assert d.retry_due() is False  # the retry goes to the thread
+    assert committed[-1].entries == {"a": entry("a", None)}  # encoded again: its state now
+    d.committed(Written(committed[-1].seq, "disk full"))
+    assert node.take_sent() == [("client", Failed("a", "disk full"))]

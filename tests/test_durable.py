@@ -114,6 +114,24 @@ def test_a_node_killed_and_restarted_recovers_every_acknowledged_value(
     assert stats.recovery_time is not None
 
 
+def test_a_lone_writer_killed_right_after_an_acknowledgement_loses_nothing(
+    cluster_factory: Any, tmp_path: Path
+) -> None:
+    """A lone client waits for each reply before its next write, so no write comes while a batch
+    commits: after the first few on the commit thread, its batches are committed on the
+    Replicator's own thread (``commit_here``, see tests/test_durability.py) and each reply sent
+    after that commit returned.  kill -9 right after the last acknowledgement: all are there."""
+    cluster = cluster_factory(1, store=_store(tmp_path))
+    for k in range(1, 61):
+        reply = cluster.ask(0, Update("hits", GCounter(), _increment(1)))
+        assert reply == UpdateSuccess("hits", None)
+        if k % 20 == 0:  # other messages between writes do not count as company
+            assert _value(cluster, 0, "hits").value == k
+    cluster.kill(0)
+    cluster.restart(0)
+    assert _value(cluster, 0, "hits").value == 60
+
+
 def _increment(amount: int) -> Any:
     # A lambda travels by value (dill); node processes cannot import this test module.
     return lambda counter, node: counter.increment(node, amount)

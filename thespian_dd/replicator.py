@@ -228,6 +228,7 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             reincarnate=self._reincarnate,
             create_writer=lambda: self.createActor(DurableWriter),
             commit=self._commits.submit if self._commits is not None else None,
+            commit_here=self._commits.commit_here if self._commits is not None else None,
             slots=asyncTransportBase.MAX_PENDING_TRANSMITS,
             grow=_grow_transmits,
         )

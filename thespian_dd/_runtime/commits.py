@@ -40,6 +40,9 @@ class CommitThread:
     (:attr:`fd`) the Replicator watches (``ThespianWatch``), so it gets a ``WatchMessage`` and
     :meth:`drain` s the answers.  Batches are committed in the order submitted.
 
+    A batch may also be committed on the caller's thread (:meth:`commit_here`) when nothing
+    submitted is unanswered: no wake-up and no pipe, for a writer with no company.
+
     Forks: an actor creates its children by forking its own process, and a fork while another
     thread holds a lock (of SQLite, of logging) or an open connection leaves the child with a
     lock nobody releases and a connection it must not touch.  So the Replicator :meth:`pause` s
@@ -61,7 +64,9 @@ class CommitThread:
         os.set_blocking(self._write_fd, False)  # a full pipe has a byte unread: enough
         self._thread: threading.Thread | None = None
         self._ended: threading.Thread | None = None  # a thread that ended mid-commit
-        self._store: Store | None = None  # used by the thread only
+        self._store: Store | None = None  # used by one thread at a time, holding _busy
+        self._busy = threading.Lock()
+        self._unanswered = 0  # batches submitted and not yet drained (the caller's count)
 
     @property
     def fd(self) -> int:
@@ -72,8 +77,26 @@ class CommitThread:
         """Whether the thread exists (a fork now would copy it)."""
         return self._thread is not None and self._thread.is_alive()
 
+    def commit_here(self, msg: Write) -> Written | None:
+        """Commit ``msg``'s batch on the caller's thread and return its :class:`Written`, if
+        nothing submitted is unanswered and the thread has opened a store that any thread may
+        use (not an in-memory SQLite, a database per thread); else None, and the caller
+        :meth:`submit` s it.  It saves the thread's wake-up and the Replicator's extra turn of
+        its loop to see the pipe, and holds the Replicator for the commit: for a writer with no
+        company (see :class:`~thespian_dd._runtime.durability.Durability`)."""
+        store = self._store
+        if self._unanswered or store is None or store.per_thread:
+            return None
+        # Free: the thread commits only what is unanswered.  Held all the same, so the store is
+        # used by one thread at a time whatever the caller does.
+        with self._busy:
+            if self._store is not store:
+                return None
+            return commit(msg, self._open, self._close)
+
     def submit(self, msg: Write) -> None:
         """Commit ``msg``'s batch after those submitted before; its :class:`Written` follows."""
+        self._unanswered += 1
         if self._thread is not None and self._thread is self._ended:
             self._thread.join()  # it answered its last batch and is ending: no longer reading
         if not self.running():
@@ -94,6 +117,7 @@ class CommitThread:
             try:
                 answers.append(self._results.get_nowait())
             except queue.Empty:
+                self._unanswered -= len(answers)
                 return answers
 
     def pause(self) -> None:
@@ -102,7 +126,7 @@ class CommitThread:
         thread, self._thread = self._thread, None
         if thread is not None:
             self._jobs.put(thread)
-            thread.join()
+            thread.join()  # it closed the store, which a commit here never opens
 
     def stop(self) -> None:
         """:meth:`pause`, then close the pipe: for the Replicator's exit, after its last batch
@@ -119,14 +143,16 @@ class CommitThread:
                 if isinstance(job, threading.Thread):
                     continue  # the end of a thread that ended before reading it
                 pending = job
-                written = commit(job, self._open, self._close)
+                with self._busy:
+                    written = commit(job, self._open, self._close)
                 pending = None
                 self._answer(written)
         finally:
+            with self._busy:
+                self._close()
             if pending is not None:  # ended by what is not an Exception, mid-commit
                 self._ended = threading.current_thread()
                 self._answer(Written(pending.seq, "the commit thread ended mid-commit"))
-            self._close()
 
     def _answer(self, written: Written) -> None:
         """Queue ``written`` and wake the Replicator.  The byte is written without releasing

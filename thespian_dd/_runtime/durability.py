@@ -20,6 +20,14 @@
   Replicator's :class:`~thespian_dd._runtime.commits.CommitThread` on a system whose actors can
   watch a descriptor), by that; its answers come back through :meth:`Durability.committed`.
   Loads always go to the DurableWriter.
+- Committed here: given ``commit_here`` too, a sync batch is committed on the Replicator's own
+  thread while writes come one at a time (a lone writer, who waits for each reply before the
+  next write): the batch is answered before the handler returns, without the thread's wake-up and
+  the extra turn of Thespian's loop to see its answer.  Writes come one at a time once
+  ``QUIET_BEFORE_HERE`` batches in a row were committed by the thread with no write arriving
+  meanwhile; every ``PROBE_EVERY``-th batch still goes to the thread to see whether that still
+  holds.  With company (several clients, peers' writes) commits stay on the thread, so writes
+  arriving during a commit are handled meanwhile and grouped in the next batch.
 
 The writer is an actor; this class reaches it only through the ``send`` and ``create_writer``
 callables it is given, and arms timers through ``wake``, so it runs without processes in tests.
@@ -53,6 +61,12 @@ LOAD_RETRY_PER_ROW = 1e-4
 """A failed load is tried again no sooner than this many seconds per row it had read (100,000
 rows, a tenth of a second's work: 10 s)."""
 
+QUIET_BEFORE_HERE = 4
+PROBE_EVERY = 16
+"""Batches are committed here after QUIET_BEFORE_HERE quiet ones in a row on the commit thread;
+then every PROBE_EVERY-th goes to the thread again to see whether it is still quiet.  With 16
+clients a quarter to a half of the thread's batches are quiet, so four in a row are rare."""
+
 
 def _jitter() -> float:
     return random.uniform(0.5, 1.0)  # noqa: S311 - spreads retries, no secret
@@ -73,7 +87,9 @@ class Durability:
     DurableWriter and returns its address; ``entry(key, raw)`` is what the store gets for a key
     (None: a tombstone, FORGOTTEN: remove the row); ``jitter()`` is the fraction of each retry
     delay waited (random in [0.5, 1] unless given); ``commit(write)``, if given, commits the
-    batches instead of the DurableWriter, and its answers come to :meth:`committed`."""
+    batches instead of the DurableWriter, and its answers come to :meth:`committed`;
+    ``commit_here(write)``, if given, commits a batch at once and returns its answer, or returns
+    None if it cannot now (then ``commit`` gets it)."""
 
     def __init__(  # noqa: PLR0913 - what it acts through, each a callable
         self,
@@ -87,6 +103,7 @@ class Durability:
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = _jitter,
         commit: Callable[[Write], None] | None = None,
+        commit_here: Callable[[Write], Written | None] | None = None,
     ) -> None:
         self._settings = settings
         self._node_name = node_name
@@ -97,6 +114,10 @@ class Durability:
         self._clock = clock
         self._jitter = jitter
         self._commit_fn = commit
+        self._commit_here = commit_here
+        self._quiet = 0  # batches in a row the thread committed with no write arriving meanwhile
+        self._here = 0  # batches committed here since the last one sent to the thread
+        self.committed_here = 0
         self.writer: Any = None
         # Loading.
         self.loading = False
@@ -217,17 +238,19 @@ class Durability:
             return
         self._unwritten[key] = raw
         if self._settings.write_mode == "sync":
-            self.flush()
+            self.flush(here=self._quiet >= QUIET_BEFORE_HERE)
         elif not self._flush_timer:
             # Armed by the first write after a flush and never pushed back by later ones, so
             # steady writes cannot postpone the commit.
             self._flush_timer = True
             self._wake(self._settings.write_behind_interval, FlushTick())
 
-    def flush(self, *, stopping: bool = False) -> None:
+    def flush(self, *, stopping: bool = False, here: bool = False) -> None:
         """Send what is unwritten as one batch, unless a batch is being committed or the store
         is failing (a retry is due).  ``stopping``: a graceful stop sends it anyway (the
-        DurableWriter commits its batches in order, before it handles its own exit request)."""
+        DurableWriter commits its batches in order, before it handles its own exit request).
+        ``here``: writes come one at a time; commit it here (see ``commit_here``) but every
+        ``PROBE_EVERY``-th time."""
         busy = self._committing is not None or self._retry_pending
         if not self._unwritten or (busy and not stopping):
             return
@@ -235,14 +258,14 @@ class Durability:
             # Overtaken at a stop: its own answer must still settle its own clients.
             self._overtaken = self._batch
         keys, self._unwritten = self._unwritten, {}
-        self._commit(keys)
+        self._commit(keys, here=here)
 
-    def _commit(self, keys: Mapping[str, bytes | None]) -> None:
+    def _commit(self, keys: Mapping[str, bytes | None], *, here: bool = False) -> None:
         self._committing = set(keys)
         self._batch += 1
-        self._send_batch(keys)
+        self._send_batch(keys, here=here)
 
-    def _send_batch(self, keys: Mapping[str, bytes | None]) -> None:
+    def _send_batch(self, keys: Mapping[str, bytes | None], *, here: bool = False) -> None:
         entries = {key: self._entry(key, raw) for key, raw in keys.items()}
         settings = self._settings
         write = Write(
@@ -254,7 +277,15 @@ class Durability:
             # The offline bound errs by at most 1% of its TTL (on the safe side: earlier).
             min(settings.durable_pruning_marker_ttl / 100, 60.0),
         )
+        if here and self._commit_here is not None and self._here < PROBE_EVERY - 1:
+            answer = self._commit_here(write)
+            if answer is not None:
+                self._here += 1
+                self.committed_here += 1
+                self.committed(answer)
+                return
         if self._commit_fn is not None:
+            self._here = 0
             self._commit_fn(write)
         else:
             self._send(self.writer, write)
@@ -286,6 +317,8 @@ class Durability:
         if msg.seq != self._batch or self._committing is None:
             return  # a batch sent again to a new DurableWriter, answered by the old one too
         committed, self._committing = self._committing, None
+        # Quiet: no write came while the thread committed (one committed here leaves none).
+        self._quiet = 0 if self._unwritten else self._quiet + 1
         done = [w for w in self._after_commit if w[0] <= msg.seq]
         self._after_commit = [w for w in self._after_commit if w[0] > msg.seq]
         if msg.error is None:

@@ -56,7 +56,7 @@ from thespian_dd._runtime.settings import Settings, matches
 from thespian_dd._runtime.subscriptions import Subscriptions
 from thespian_dd._runtime.versions import Versions
 from thespian_dd._runtime.window import SendWindow, Transmit
-from thespian_dd._runtime.writer import Write
+from thespian_dd._runtime.writer import Write, Written
 from thespian_dd.data import ReplicaId, ReplicatedData
 from thespian_dd.messages import Changed
 
@@ -90,6 +90,8 @@ class Hooks:
     """Start a DurableWriter and return its address."""
     commit: Callable[[Write], None] | None = None
     """Commit sync batches here instead of in the DurableWriter (the commit thread)."""
+    commit_here: Callable[[Write], Written | None] | None = None
+    """Commit a sync batch on the caller's thread, if it can now (the commit thread's)."""
     slots: int = 20
     """Thespian's transmit slots for this process at the start."""
     grow: Callable[[int], None] | None = None
@@ -150,6 +152,7 @@ class Parts:
             create_writer=hooks.create_writer,
             entry=partial(stored_entry, keys),
             commit=hooks.commit,
+            commit_here=hooks.commit_here,
         )
         self.local = LocalData(
             keys,
