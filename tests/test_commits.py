@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import server_database
 from fakes import commit_answers, stored_rows
 
 from thespian_dd import GCounter
@@ -198,6 +199,20 @@ def test_an_in_memory_store_is_never_committed_here(commits: CommitThread) -> No
     commits.submit(Write(url, "n", 1, {"a": ENTRY}))
     assert commit_answers(commits, 1) == [Written(1)]
     assert commits.commit_here(Write(url, "n", 2, {"b": ENTRY})) is None
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mariadb"])
+def test_a_server_s_store_is_never_committed_here(commits: CommitThread, kind: str) -> None:
+    """A server's commit can stall as long as the network does: the Replicator's thread must
+    not wait for it (its Gets and its peers' heartbeats would wait too)."""
+    with server_database(kind) as url:
+        commits.submit(Write(url, "n", 1, {"a": ENTRY}))
+        assert commit_answers(commits, 1) == [Written(1)]
+        assert commits.commit_here(Write(url, "n", 2, {"b": ENTRY})) is None
+        commits.submit(Write(url, "n", 2, {"b": ENTRY}))
+        assert commit_answers(commits, 1) == [Written(2)]
+        commits.pause()  # closes its connection before the database is dropped
+        assert sorted(stored_rows(url, "n")) == [("a", ENTRY.payload), ("b", ENTRY.payload)]
 
 
 def test_a_pause_closes_the_store_a_commit_here_used(commits: CommitThread, tmp_path: Path) -> None:

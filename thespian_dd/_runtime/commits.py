@@ -79,13 +79,14 @@ class CommitThread:
 
     def commit_here(self, msg: Write) -> Written | None:
         """Commit ``msg``'s batch on the caller's thread and return its :class:`Written`, if
-        nothing submitted is unanswered and the thread has opened a store that any thread may
-        use (not an in-memory SQLite, a database per thread); else None, and the caller
+        nothing submitted is unanswered and the thread has opened a SQLite file (not an
+        in-memory SQLite, a database per thread; not a server, whose commit can stall with the
+        network and would stall the Replicator with it); else None, and the caller
         :meth:`submit` s it.  It saves the thread's wake-up and the Replicator's extra turn of
         its loop to see the pipe, and holds the Replicator for the commit: for a writer with no
         company (see :class:`~thespian_dd._runtime.durability.Durability`)."""
         store = self._store
-        if self._unanswered or store is None or store.per_thread:
+        if self._unanswered or store is None or not store.on_this_machine:
             return None
         # Free: the thread commits only what is unanswered.  Held all the same, so the store is
         # used by one thread at a time whatever the caller does.

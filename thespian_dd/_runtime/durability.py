@@ -27,7 +27,8 @@
   ``QUIET_BEFORE_HERE`` batches in a row were committed by the thread with no write arriving
   meanwhile; every ``PROBE_EVERY``-th batch still goes to the thread to see whether that still
   holds.  With company (several clients, peers' writes) commits stay on the thread, so writes
-  arriving during a commit are handled meanwhile and grouped in the next batch.
+  arriving during a commit are handled meanwhile and grouped in the next batch.  ``commit_here``
+  decides which stores it takes (the commit thread's: a SQLite file only).
 
 The writer is an actor; this class reaches it only through the ``send`` and ``create_writer``
 callables it is given, and arms timers through ``wake``, so it runs without processes in tests.

@@ -352,6 +352,13 @@ class Store:
         ``SingletonThreadPool``), so the store must be read on the thread that made it."""
         return isinstance(self.engine.pool, sa.pool.SingletonThreadPool)
 
+    @property
+    def on_this_machine(self) -> bool:
+        """Whether a commit waits only for this machine's disk: a SQLite file.  A server's
+        commit waits for the network and the server too, which can stall for as long as they
+        do."""
+        return self.engine.dialect.name == "sqlite" and not self.per_thread
+
     def close(self) -> None:
         self._drop_writer()
         self.engine.dispose()
