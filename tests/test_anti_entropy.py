@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from thespian_dd import GCounter, ORSet, ReplicaId, codec
+from thespian_dd._runtime import keys as keys_module
 from thespian_dd._runtime.antientropy import (
     SETTLE_LIMIT,
     AntiEntropy,
@@ -349,6 +350,41 @@ def test_buckets_that_changed_here_within_settle_are_left_out_of_the_comparison(
     _fill(b, 2000, owner, 2)  # the rest arrived: nothing differs once settled
     b.clock.now += SETTLE
     assert [type(m) for m in _round(a, b)] == [GossipStatus]
+
+
+@pytest.mark.parametrize("held", [1_000, 10_000])
+def test_a_round_under_a_load_hashes_the_keys_written_not_the_keys_held(
+    monkeypatch: pytest.MonkeyPatch, held: int
+) -> None:
+    """Loading 300,000 keys on 3 nodes fell to 0.30x the rate of its first 20,000 keys while
+    each status and each status answered hashed every key of every bucket that changed (all of
+    them, under a load): a round must hash only the keys written since the last."""
+    a, b = Side("a", SETTLE), Side("b", SETTLE)
+    owner = ReplicaId("w", 1)
+    _fill(a, held, owner)
+    _fill(b, held, owner)
+    _round(a, b)
+    _round(b, a)
+    calls = [0]
+    real = keys_module.key_hash
+
+    def counted(key: str, digest: bytes) -> int:
+        calls[0] += 1
+        return real(key, digest)
+
+    monkeypatch.setattr(keys_module, "key_hash", counted)
+    rounds, written = 3, 200
+    for step in range(rounds):
+        for i in range(step * written, (step + 1) * written):
+            value = GCounter({owner: 2})
+            a.keys.put(f"k{i:05}", value, codec.encode(value))  # a local update
+            b.keys.put(f"k{i:05}", value)  # its delta, arrived
+        for side in (a, b):
+            side.clock.now += SETTLE / 2
+        log = _round(a, b) + _round(b, a)
+        assert _digests_sent(log) == 0  # every bucket changing: left out
+    # Two hashes for each key written on each side (the old digest out, the new one in).
+    assert calls[0] == rounds * written * 2 * 2
 
 
 def test_a_lost_delta_is_repaired_once_its_bucket_settles() -> None:
