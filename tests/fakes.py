@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 from thespian.actors import ActorAddress
 from thespian.system.transport import SendStatus
 
+from thespian_dd._runtime import keys as keys_module
 from thespian_dd._runtime.checks import Rejections
 from thespian_dd._runtime.commits import CommitThread
 from thespian_dd._runtime.parts import Hooks, Parts
@@ -240,3 +241,17 @@ def stored_rows(url: str, node: str) -> list[tuple[str, bytes | None]]:
         return [(key, payload) for key, payload, _ in store.load(node)]
     finally:
         store.close()
+
+
+def counting_key_hashes(monkeypatch: Any) -> list[int]:
+    """Count the calls of :func:`~thespian_dd._runtime.keys.key_hash` (the work of keeping
+    bucket digests) from now on: ``calls[0]``."""
+    calls = [0]
+    real = keys_module.key_hash
+
+    def counted(key: str, digest: bytes) -> int:
+        calls[0] += 1
+        return real(key, digest)
+
+    monkeypatch.setattr(keys_module, "key_hash", counted)
+    return calls

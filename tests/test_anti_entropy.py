@@ -15,12 +15,11 @@ import random
 from functools import partial
 
 import pytest
-from fakes import Clock
+from fakes import Clock, counting_key_hashes
 from hypothesis import given
 from hypothesis import strategies as st
 
 from thespian_dd import GCounter, ORSet, ReplicaId, codec
-from thespian_dd._runtime import keys as keys_module
 from thespian_dd._runtime.antientropy import (
     SETTLE_LIMIT,
     AntiEntropy,
@@ -365,14 +364,7 @@ def test_a_round_under_a_load_hashes_the_keys_written_not_the_keys_held(
     _fill(b, held, owner)
     _round(a, b)
     _round(b, a)
-    calls = [0]
-    real = keys_module.key_hash
-
-    def counted(key: str, digest: bytes) -> int:
-        calls[0] += 1
-        return real(key, digest)
-
-    monkeypatch.setattr(keys_module, "key_hash", counted)
+    calls = counting_key_hashes(monkeypatch)
     rounds, written = 3, 200
     for step in range(rounds):
         for i in range(step * written, (step + 1) * written):

@@ -1121,6 +1121,13 @@ def lone_write(node: Node, key: str, raw: bytes) -> None:
     d.reply_when_stored(key, "client", f"stored {key}", failure_of(key))
 
 
+def quiet_batches(node: Node, committed: list[Write]) -> None:
+    """As many lone writes as make the writes quiet, each committed by the thread."""
+    for k in range(QUIET_BEFORE_HERE):
+        lone_write(node, f"k{k}", b"x")
+        node.durability.committed(Written(committed[-1].seq))
+
+
 def test_a_lone_writer_s_batches_are_committed_here_after_quiet_ones_on_the_thread() -> None:
     node, committed, here = here_node()
     d = node.durability
@@ -1143,9 +1150,7 @@ def test_a_lone_writer_s_batches_are_committed_here_after_quiet_ones_on_the_thre
 def test_every_probe_every_th_batch_goes_to_the_thread_and_company_keeps_them_there() -> None:
     node, committed, here = here_node()
     d = node.durability
-    for k in range(QUIET_BEFORE_HERE):
-        lone_write(node, f"k{k}", b"x")
-        d.committed(Written(committed[-1].seq))
+    quiet_batches(node, committed)
     for k in range(PROBE_EVERY - 1):
         lone_write(node, f"h{k}", b"x")
     assert len(here.batches) == PROBE_EVERY - 1
@@ -1167,9 +1172,7 @@ def test_every_probe_every_th_batch_goes_to_the_thread_and_company_keeps_them_th
 def test_a_batch_that_cannot_be_committed_here_goes_to_the_thread() -> None:
     node, committed, here = here_node()
     d = node.durability
-    for k in range(QUIET_BEFORE_HERE):
-        lone_write(node, f"k{k}", b"x")
-        d.committed(Written(committed[-1].seq))
+    quiet_batches(node, committed)
     here.able = False  # e.g. a batch of the thread still unanswered, or no store open yet
     lone_write(node, "a", b"A")
     assert committed[-1].entries == {"a": entry("a", b"A")}
@@ -1183,9 +1186,7 @@ def test_a_failed_commit_here_keeps_the_key_and_its_writer_hears_after_the_retry
     commit (as a write that comes during the backoff does), and is told its outcome."""
     node, committed, here = here_node()
     d = node.durability
-    for k in range(QUIET_BEFORE_HERE):
-        lone_write(node, f"k{k}", b"x")
-        d.committed(Written(committed[-1].seq))
+    quiet_batches(node, committed)
     node.take_sent()
     here.error = "disk full"
     lone_write(node, "a", b"A")

@@ -12,14 +12,13 @@ import hashlib
 from collections.abc import Callable
 
 import pytest
-from fakes import Clock
+from fakes import Clock, counting_key_hashes
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from thespian_dd import GCounter, ORSet, ReplicaId
 from thespian_dd._canonical import CodecError, Limits
-from thespian_dd._runtime import keys as keys_module
 from thespian_dd._runtime.keys import (
     BUCKETS,
     TOMBSTONE_DIGEST,
@@ -494,19 +493,6 @@ def test_digests_in_gives_the_keys_of_the_buckets_asked_and_ignores_what_is_no_b
     assert keys.digests_in([12345, -1]) == {}
 
 
-def _counting_key_hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count the calls of :func:`key_hash` (the work of keeping bucket digests) from now on."""
-    calls = [0]
-    real = keys_module.key_hash
-
-    def counted(key: str, digest: bytes) -> int:
-        calls[0] += 1
-        return real(key, digest)
-
-    monkeypatch.setattr(keys_module, "key_hash", counted)
-    return calls
-
-
 @pytest.mark.parametrize("held", [1_000, 10_000])
 def test_reading_the_buckets_hashes_the_keys_changed_since_the_last_read_not_the_keys_held(
     monkeypatch: pytest.MonkeyPatch, held: int
@@ -518,7 +504,7 @@ def test_reading_the_buckets_hashes_the_keys_changed_since_the_last_read_not_the
     for i in range(held):
         keys.put(f"key{i}", counter(1), encode(counter(1)))
     keys.buckets()
-    calls = _counting_key_hashes(monkeypatch)
+    calls = counting_key_hashes(monkeypatch)
     for i in range(40):  # every bucket (probably) changes, as under a load
         keys.put(f"key{i}", counter(2), encode(counter(2)))
     for i in range(40, 50):
