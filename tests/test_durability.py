@@ -1119,6 +1119,7 @@ def lone_write(node: Node, key: str, raw: bytes) -> None:
     d = node.durability
     d.write(key, raw)
     d.reply_when_stored(key, "client", f"stored {key}", failure_of(key))
+    d.settle()  # the end of the Update's handling
 
 
 def quiet_batches(node: Node, committed: list[Write]) -> None:
@@ -1181,20 +1182,39 @@ def test_a_batch_that_cannot_be_committed_here_goes_to_the_thread() -> None:
     assert node.take_sent() == [("client", "stored a")]
 
 
-def test_a_failed_commit_here_keeps_the_key_and_its_writer_hears_after_the_retry() -> None:
-    """The writer's reply is registered after its commit here failed: it waits for the retry's
-    commit (as a write that comes during the backoff does), and is told its outcome."""
+def test_a_failed_commit_here_tells_its_writer_at_once_and_keeps_the_key_for_the_thread() -> None:
+    """The writer's reply is registered before the message's writes are committed here: a
+    failure tells it at once, as one on the thread does, and the key is kept and retried on the
+    thread."""
     node, committed, here = here_node()
     d = node.durability
     quiet_batches(node, committed)
     node.take_sent()
     here.error = "disk full"
     lone_write(node, "a", b"A")
-    assert node.sent == []  # not acknowledged
+    assert node.take_sent() == [("client", Failed("a", "disk full"))]  # not acknowledged
     assert d.error == "disk full"
     assert d.queue_depth() == 1
     assert node.retries() == [0.25]
     assert d.retry_due() is False  # the retry goes to the thread
     assert committed[-1].entries == {"a": entry("a", None)}  # encoded again: its state now
-    d.committed(Written(committed[-1].seq, "disk full"))
-    assert node.take_sent() == [("client", Failed("a", "disk full"))]
+    d.committed(Written(committed[-1].seq))
+    assert d.error is None
+    assert d.queue_depth() == 0
+
+
+def test_the_writes_of_one_message_are_one_commit_here_not_one_each() -> None:
+    """Found in review: once writes came one at a time, every write was committed here as it
+    came, so a message that writes many keys (a peer's delta, an expiry, a pruning round) ran
+    up to 15 commits (fsyncs) one after the other on the Replicator's thread, where the thread
+    groups them.  They are one batch, committed at the end of the message."""
+    node, committed, here = here_node()
+    d = node.durability
+    quiet_batches(node, committed)
+    for k in range(40):  # one message's writes
+        d.write(f"m{k}", b"x")
+    assert here.batches == []  # none yet: the message is still being handled
+    d.settle()
+    assert [sorted(batch.entries) for batch in here.batches] == [sorted(f"m{k}" for k in range(40))]
+    assert len(committed) == QUIET_BEFORE_HERE  # nothing more went to the thread
+    assert d.queue_depth() == 0

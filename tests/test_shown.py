@@ -77,3 +77,13 @@ def test_short_fields_show_as_their_repr_and_long_ones_cut() -> None:
     shown = str(Update(long_key, GCounter(), lambda c, n: c, request=huge))
     assert len(shown) < 300
     assert "initial=<GCounter>" in shown
+
+
+def test_an_int_of_more_digits_than_python_writes_shows_as_its_size() -> None:
+    """Found in review: ``str`` of a message with an int of more than 4,300 digits raised
+    (``reprlib`` writes it whole first), alone or inside a short tuple."""
+    giant = 10**5_000
+    assert str(GetSuccess("k", giant, None)) == (
+        f"GetSuccess(key='k', request=<int of {giant.bit_length()} bits>, data=None)"
+    )
+    assert "<int of" in str(GetSuccess("k", (1, giant), None))

@@ -30,6 +30,10 @@ _LONG = 80
 """The longest a str shows whole (``reprlib`` cuts a longer one in the middle)."""
 
 
+_INT_BITS = 256
+"""A bigger int shows as its size."""
+
+
 class _Short(reprlib.Repr):
     def __init__(self) -> None:
         super().__init__()
@@ -43,6 +47,9 @@ class _Short(reprlib.Repr):
             return f"<{len(x)} bytes>"
         if isinstance(x, (dict, list, tuple, set, frozenset)) and len(x) > _FEW:
             return f"<{type(x).__name__} of {len(x)}>"
+        if isinstance(x, int) and x.bit_length() > _INT_BITS:
+            # reprlib writes every digit first, and Python refuses more than 4,300 of them.
+            return f"<int of {x.bit_length()} bits>"
         return super().repr1(x, level)
 
 

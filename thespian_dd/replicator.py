@@ -152,8 +152,11 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
 
     def receiveMessage(self, msg: Any, sender: Any) -> Any:
         self._dispatch_message(msg, sender)
+        if self._commits is None:
+            return None
+        self._parts.durability.settle()  # this message's lone writes, committed here at once
         # Thespian watches what the last handler returned: the commit thread's answers wake us.
-        return ThespianWatch([self._commits.fd]) if self._commits is not None else None
+        return ThespianWatch([self._commits.fd])
 
     def _dispatch_message(self, msg: Any, sender: Any) -> None:
         # Not ``_receive``: simpleSystemBase sets an attribute of that name on every actor.

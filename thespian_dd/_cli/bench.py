@@ -336,21 +336,21 @@ def _round_trips(asys: Any, driver: Any, target: Any, kind: str, n: int) -> floa
     return done.seconds
 
 
-BLOCKS = 10
+ROUND_TRIP_BLOCKS = 10
 """Blocks the round trips of :func:`_round_trip_rates` are made in."""
 
 
 def _round_trip_rates(asys: Any, driver: Any, targets: dict[str, Any], n: int) -> dict[str, float]:
     """Round trips per second of each kind of ``targets`` (kind: address), ``n`` of each in all,
-    made in :data:`BLOCKS` blocks that take turns (each block all kinds, each starting one kind
-    further on): the rate of a kind is that of its median block.  Measured one kind after the
-    other, the machine's load drifting between them moved the ratios by 20% from run to run on a
-    shared 2-core machine; interleaved, the drift slows every kind alike, and a block that met a
-    burst of load is an outlier the median leaves out."""
+    made in :data:`ROUND_TRIP_BLOCKS` blocks that take turns (each block all kinds, each
+    starting one kind further on): the rate of a kind is that of its median block.  Measured one
+    kind after the other, the machine's load drifting between them moved the ratios by 20% from
+    run to run on a shared 2-core machine; interleaved, the drift slows every kind alike, and a
+    block that met a burst of load is an outlier the median leaves out."""
     kinds = list(targets)
-    each = max(1, n // BLOCKS)
+    each = max(1, n // ROUND_TRIP_BLOCKS)
     times: dict[str, list[float]] = {kind: [] for kind in kinds}
-    for block in range(BLOCKS):
+    for block in range(ROUND_TRIP_BLOCKS):
         for turn in range(len(kinds)):
             kind = kinds[(block + turn) % len(kinds)]
             times[kind].append(_round_trips(asys, driver, targets[kind], kind, each))
@@ -365,7 +365,7 @@ def _replicator(scale: float, out: Callable[[str], object]) -> list[Result]:
     n = scaled(2000)
     out(
         f"  replicator: {n:,} sequential round trips each: echo, Update, Get, "
-        f"interleaved in {BLOCKS} blocks ..."
+        f"interleaved in {ROUND_TRIP_BLOCKS} blocks ..."
     )
     node = start_node()
     try:
@@ -463,13 +463,13 @@ def _idle_gossip(cluster: Cluster) -> float:
     return sent / rounds
 
 
-BLOCKS = 5
+MODE_BLOCKS = 5
 """The durable section's Update throughputs are measured in this many blocks per mode."""
 
 
 def _update_rates(nodes: dict[str, Node], clients: int, n: int) -> dict[str, float]:
     """Updates per second of each node when ``clients`` driver actors each make sequential
-    Updates (of their own key) at the same time, ``n`` in all per node: in :data:`BLOCKS`
+    Updates (of their own key) at the same time, ``n`` in all per node: in :data:`MODE_BLOCKS`
     blocks, the nodes taken in turn (each block in the next order), each node's rate its
     Updates over the sum of its blocks' times.  Load that comes and goes on a shared machine
     falls on every node alike, where measuring one node after the other gave it to one alone."""
@@ -480,16 +480,16 @@ def _update_rates(nodes: dict[str, Node], clients: int, n: int) -> dict[str, flo
     for mode, node in nodes.items():  # warm up: every key exists, every path is hot
         for c, driver in enumerate(drivers[mode]):
             node.asys.ask(driver, _RoundTrips(node.replicator, "update", 20, f"bench-{c}"), 60)
-    each = max(1, n // (clients * BLOCKS))
+    each = max(1, n // (clients * MODE_BLOCKS))
     order = list(nodes)
     elapsed = dict.fromkeys(nodes, 0.0)
-    for block in range(BLOCKS):
+    for block in range(MODE_BLOCKS):
         for mode in order[block % len(order) :] + order[: block % len(order)]:
             elapsed[mode] += _block(nodes[mode], drivers[mode], each)
     for mode, node in nodes.items():
         for driver in drivers[mode]:
             node.asys.tell(driver, ActorExitRequest())
-    return {mode: each * clients * BLOCKS / seconds for mode, seconds in elapsed.items()}
+    return {mode: each * clients * MODE_BLOCKS / seconds for mode, seconds in elapsed.items()}
 
 
 def _block(node: Node, drivers: list[Any], each: int) -> float:
@@ -538,7 +538,7 @@ def _durable(scale: float, postgresql: str | None, out: Callable[[str], object])
             for clients in (1, 16):
                 out(
                     f"  durable: {label}, {clients} client(s), {n:,} Updates per mode, "
-                    f"in {BLOCKS} blocks per mode taken in turn ..."
+                    f"in {MODE_BLOCKS} blocks per mode taken in turn ..."
                 )
                 nodes: dict[str, Node] = {}
                 try:

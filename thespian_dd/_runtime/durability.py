@@ -26,9 +26,11 @@
   the extra turn of Thespian's loop to see its answer.  Writes come one at a time once
   ``QUIET_BEFORE_HERE`` batches in a row were committed by the thread with no write arriving
   meanwhile; every ``PROBE_EVERY``-th batch still goes to the thread to see whether that still
-  holds.  With company (several clients, peers' writes) commits stay on the thread, so writes
-  arriving during a commit are handled meanwhile and grouped in the next batch.  ``commit_here``
-  decides which stores it takes (the commit thread's: a SQLite file only).
+  holds.  All the writes of one message are one such batch, committed at its end
+  (:meth:`Durability.settle`).  With company (several clients, peers' writes) commits stay on
+  the thread, so writes arriving during a commit are handled meanwhile and grouped in the next
+  batch.  ``commit_here`` decides which stores it takes (the commit thread's: a SQLite file
+  only).
 
 The writer is an actor; this class reaches it only through the ``send`` and ``create_writer``
 callables it is given, and arms timers through ``wake``, so it runs without processes in tests.
@@ -119,6 +121,7 @@ class Durability:
         self._quiet = 0  # batches in a row the thread committed with no write arriving meanwhile
         self._here = 0  # batches committed here since the last one sent to the thread
         self.committed_here = 0
+        self._here_due = False  # writes left for settle() to commit here
         self.writer: Any = None
         # Loading.
         self.loading = False
@@ -239,12 +242,25 @@ class Durability:
             return
         self._unwritten[key] = raw
         if self._settings.write_mode == "sync":
-            self.flush(here=self._quiet >= QUIET_BEFORE_HERE)
+            if self._commit_here is not None and self._quiet >= QUIET_BEFORE_HERE:
+                # With every other write of this message: see settle().
+                self._here_due = True
+            else:
+                self.flush()
         elif not self._flush_timer:
             # Armed by the first write after a flush and never pushed back by later ones, so
             # steady writes cannot postpone the commit.
             self._flush_timer = True
             self._wake(self._settings.write_behind_interval, FlushTick())
+
+    def settle(self) -> None:
+        """The end of a message's handling: the batch of writes that come one at a time, left
+        for now by :meth:`write`, is committed here with every write the message made (a peer's
+        delta, an expiry or a pruning round writes many keys in one message: one commit, not
+        one each)."""
+        if self._here_due:
+            self._here_due = False
+            self.flush(here=True)
 
     def flush(self, *, stopping: bool = False, here: bool = False) -> None:
         """Send what is unwritten as one batch, unless a batch is being committed or the store

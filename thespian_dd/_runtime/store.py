@@ -354,8 +354,9 @@ class Store:
 
     @property
     def on_this_machine(self) -> bool:
-        """Whether a commit waits only for this machine's disk: a SQLite file.  A server's
-        commit waits for the network and the server too, which can stall for as long as they
+        """Whether the store is a SQLite file: a commit waits for this machine's disk (and, up to
+        SQLite's busy timeout, for another program holding the file's write lock), where a
+        server's commit waits for the network and the server, which can stall as long as they
         do."""
         return self.engine.dialect.name == "sqlite" and not self.per_thread
 
