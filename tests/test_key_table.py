@@ -742,6 +742,8 @@ def apply(
     elif op == "clear":
         keys.clear()
         model.keys.clear()
+    elif op == "forget_older":  # no peer of an older format left: its digests are dropped
+        keys.keep_formats([])
 
 
 def check(keys: KeyTable, model: Model, older: bool = False) -> None:
@@ -813,7 +815,10 @@ TestKeyTableMachine = KeyTableMachine.TestCase
 operations = st.lists(
     st.tuples(
         st.sampled_from(
-            ["put", "put", "put", "restore", "restore_rows", "delete", "expire", "expire", "clear"]
+            [
+                *["put", "put", "put", "restore", "restore_rows", "delete", "expire", "expire"],
+                *["clear", "forget_older"],
+            ]
         ),
         st.sampled_from(KEYS[:3]),  # two keys share a bucket
         counters,
@@ -834,7 +839,7 @@ def test_buckets_read_now_and_then_equal_those_recomputed_from_scratch(
     """Changes that pile up between two reads of the buckets (several keys of a bucket, a key
     put then expired, ...) come out as if every digest were recomputed: in the current format,
     whose bucket digests are kept key by key, and in format 1 (``older``), whose are
-    recomputed."""
+    recomputed (and rebuilt from nothing after the last older peer left)."""
     keys, model = KeyTable(never), Model()
     for op, key, value, markers, raw, look in ops:
         apply(keys, model, op, key, value, markers, raw)
