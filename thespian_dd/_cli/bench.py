@@ -347,14 +347,26 @@ def _round_trip_rates(asys: Any, driver: Any, targets: dict[str, Any], n: int) -
     kind after the other, the machine's load drifting between them moved the ratios by 20% from
     run to run on a shared 2-core machine; interleaved, the drift slows every kind alike, and a
     block that met a burst of load is an outlier the median leaves out."""
-    kinds = list(targets)
     each = max(1, n // ROUND_TRIP_BLOCKS)
+    times = _interleaved(
+        list(targets),
+        ROUND_TRIP_BLOCKS,
+        lambda kind: _round_trips(asys, driver, targets[kind], kind, each),
+    )
+    return {kind: each / statistics.median(t) for kind, t in times.items()}
+
+
+def _interleaved(
+    kinds: list[str], blocks: int, measure: Callable[[str], float]
+) -> dict[str, list[float]]:
+    """``measure(kind)`` of every kind in each of ``blocks`` blocks, each block starting one
+    kind further on: each kind's times, block by block."""
     times: dict[str, list[float]] = {kind: [] for kind in kinds}
-    for block in range(ROUND_TRIP_BLOCKS):
+    for block in range(blocks):
         for turn in range(len(kinds)):
             kind = kinds[(block + turn) % len(kinds)]
-            times[kind].append(_round_trips(asys, driver, targets[kind], kind, each))
-    return {kind: each / statistics.median(t) for kind, t in times.items()}
+            times[kind].append(measure(kind))
+    return times
 
 
 def _replicator(scale: float, out: Callable[[str], object]) -> list[Result]:
@@ -481,15 +493,13 @@ def _update_rates(nodes: dict[str, Node], clients: int, n: int) -> dict[str, flo
         for c, driver in enumerate(drivers[mode]):
             node.asys.ask(driver, _RoundTrips(node.replicator, "update", 20, f"bench-{c}"), 60)
     each = max(1, n // (clients * MODE_BLOCKS))
-    order = list(nodes)
-    elapsed = dict.fromkeys(nodes, 0.0)
-    for block in range(MODE_BLOCKS):
-        for mode in order[block % len(order) :] + order[: block % len(order)]:
-            elapsed[mode] += _block(nodes[mode], drivers[mode], each)
+    times = _interleaved(
+        list(nodes), MODE_BLOCKS, lambda mode: _block(nodes[mode], drivers[mode], each)
+    )
     for mode, node in nodes.items():
         for driver in drivers[mode]:
             node.asys.tell(driver, ActorExitRequest())
-    return {mode: each * clients * MODE_BLOCKS / seconds for mode, seconds in elapsed.items()}
+    return {mode: each * clients * MODE_BLOCKS / sum(t) for mode, t in times.items()}
 
 
 def _block(node: Node, drivers: list[Any], each: int) -> float:

@@ -120,7 +120,6 @@ class Durability:
         self._commit_here = commit_here
         self._quiet = 0  # batches in a row the thread committed with no write arriving meanwhile
         self._here = 0  # batches committed here since the last one sent to the thread
-        self.committed_here = 0
         self._here_due = False  # writes left for settle() to commit here
         self.writer: Any = None
         # Loading.
@@ -298,7 +297,6 @@ class Durability:
             answer = self._commit_here(write)
             if answer is not None:
                 self._here += 1
-                self.committed_here += 1
                 self.committed(answer)
                 return
         if self._commit_fn is not None:
