@@ -69,6 +69,7 @@ from thespian_dd._peers import (
     GossipEntries,
     GossipKeys,
     GossipStatus,
+    Heartbeat,
     PeerHello,
     PeerMessage,
     PeerRead,
@@ -267,6 +268,7 @@ def peer_cases(draw: st.DrawFn, sentinels: dict[str, Any]) -> PeerCase:
                 GossipStatus,
                 GossipKeys,
                 PeerHello,
+                Heartbeat,
                 PeerRemoved,
                 PeerMessage,
             ]
@@ -320,6 +322,10 @@ def peer_cases(draw: st.DrawFn, sentinels: dict[str, Any]) -> PeerCase:
         fields["reply"] = draw(_maybe(st.booleans()))
     elif cls is PeerRemoved:
         fields["removed"] = draw(st.one_of(FAKE_REPLICAS, JUNK))
+    if cls in (GossipStatus, PeerHello, Heartbeat):  # what the sender says of its watch
+        names = st.frozensets(st.one_of(st.sampled_from(["a", "b", "c"]), st.text(max_size=3)))
+        fields["watching"] = draw(st.one_of(st.none(), _maybe(names)))
+        fields["silent"] = draw(_maybe(names))
     if cls is not PeerMessage and draw(st.integers(0, 9)) == 0:
         del fields[draw(st.sampled_from(sorted(fields)))]  # a field of another version is missing
     return PeerCase(cls, fields)

@@ -24,9 +24,11 @@ from thespian_dd._runtime import peers as peers_module
 from thespian_dd._runtime.peers import (
     GOSSIP_FANOUT,
     HEARTBEATS_PER_TIMEOUT,
+    WATCHERS,
     Admission,
     Peer,
     PeerTable,
+    Record,
 )
 from thespian_dd._runtime.protocol import (
     PROTOCOL_VERSION,
@@ -81,7 +83,8 @@ class Table:
         return self
 
     def sweep(self) -> tuple[list[ReplicaId], list[ReplicaId], list[tuple[ReplicaId, float]]]:
-        kept, lost, removed = self.peers.sweep()
+        kept, lost, removed, revived = self.peers.sweep()
+        assert revived == []  # time passing alone revives nobody
         return (
             [p.replica for p in kept],
             [p.replica for p in lost],
@@ -726,6 +729,134 @@ def test_a_peer_cut_off_by_the_test_switch_gets_nothing() -> None:
         t.at(r * GOSSIP)
         status, heartbeat = sent.round(random.Random(r), everyone=r % 2 == 0)
         assert MANY[1] not in status + heartbeat
+
+
+# -- the ring of watchers (whole clusters: tests/test_watch_ring.py) -------------------------------
+
+
+def ring(n: int = 8) -> Table:
+    """A table of ``n`` peers of this release, each said to watch nobody yet, judged once."""
+    t = Table()
+    t.learn(*MANY[:n])
+    for replica in MANY[:n]:
+        t.peers.told(replica, Record())
+        peer = t.peers.get(replica.node)
+        assert peer is not None
+        peer.fanout = True
+    t.peers.judge()
+    return t
+
+
+def test_this_node_watches_watchers_reachable_peers_of_the_ring_and_the_unreachable_between() -> (
+    None
+):
+    t = ring()
+    watching = t.peers.record.watching
+    assert len(watching) == WATCHERS
+    assert t.peers.record.silent == frozenset()
+    first = min(watching)
+    t.peers.unreachable(ReplicaId(first, 1))
+    t.peers.judge()
+    assert t.peers.record.watching > watching  # past the unreachable one: one more
+    assert len(t.peers.record.watching) == WATCHERS + 1
+    assert t.peers.record.silent == {first}
+
+
+def test_a_peer_this_node_does_not_watch_is_reachable_while_a_reachable_watcher_vouches() -> None:
+    t = ring()
+    me = t.peers.record.watching
+    other = sorted({r.node for r in MANY[:8]} - me)
+    watcher, watched = other[0], other[1]
+    t.peers.told(ReplicaId(watcher, 1), Record(frozenset({watched})))
+    t.at(FAILURE + 1)
+    for name in me | {watcher}:
+        t.peers.heard(ReplicaId(name, 1))
+    lost, revived = t.peers.judge()
+    assert watched not in {p.replica.node for p in lost}  # vouched for, though not heard here
+    assert {p.replica.node for p in lost} == set(other) - {watcher, watched}
+    assert revived == []
+    # Its watcher stops hearing it: unreachable here at once.
+    t.peers.told(ReplicaId(watcher, 1), Record(frozenset({watched}), frozenset({watched})))
+    lost, _ = t.peers.judge()
+    assert [p.replica.node for p in lost] == [watched]
+    # And heard again there: reachable again here.
+    t.peers.told(ReplicaId(watcher, 1), Record(frozenset({watched})))
+    lost, revived = t.peers.judge()
+    assert (lost, [p.replica.node for p in revived]) == ([], [watched])
+
+
+def test_vouching_starts_from_what_this_node_heard_not_from_stale_word() -> None:
+    """Two peers that last said they hear each other, neither heard here nor vouched for by a
+    peer heard here: both unreachable (a split leaves such word behind on the other side)."""
+    t = ring()
+    me = t.peers.record.watching
+    x, y = sorted({r.node for r in MANY[:8]} - me)[:2]
+    t.peers.told(ReplicaId(x, 1), Record(frozenset({y})))
+    t.peers.told(ReplicaId(y, 1), Record(frozenset({x})))
+    t.at(FAILURE + 1)
+    for name in me:
+        t.peers.heard(ReplicaId(name, 1))
+    lost, _ = t.peers.judge()
+    assert {x, y} <= {p.replica.node for p in lost}
+
+
+def test_a_peer_this_node_starts_to_watch_stays_reachable_for_a_heartbeats_period() -> None:
+    """It watches on past an unreachable peer: the next is not heard here yet (nobody
+    heartbeats it from here), but was reachable, vouched for by its watcher until now."""
+    t = ring()
+    watching = t.peers.record.watching
+    t.at(FAILURE + 1)
+    for replica in MANY[:8]:
+        t.peers.heard(replica)
+    t.at(2 * FAILURE + 1.5)
+    for name in watching:
+        t.peers.heard(ReplicaId(name, 1))
+    first = min(watching)
+    t.peers.unreachable(ReplicaId(first, 1))
+    lost, _ = t.peers.judge()
+    (new,) = t.peers.record.watching - watching
+    assert first in t.peers.record.silent
+    assert new not in {p.replica.node for p in lost}  # silent here for 10.5 s, but just watched
+    assert new not in t.peers.record.silent
+    t.at(2 * FAILURE + 1.5 + FAILURE / HEARTBEATS_PER_TIMEOUT + 0.1)
+    for name in watching - {first}:
+        t.peers.heard(ReplicaId(name, 1))
+    lost, _ = t.peers.judge()
+    assert [p.replica.node for p in lost] == [new]  # no heartbeat of it was delivered
+    assert t.peers.record.silent == {first, new}
+
+
+def test_a_peer_lost_when_its_watchers_stop_vouching_is_removed_after_it_was_last_known_alive() -> (
+    None
+):
+    """Heard here last at 0, vouched for until 200 s: removed ``removal_timeout`` after 200 s
+    less ``failure_timeout`` (its watcher had not heard it for that long), not after 0."""
+    t = ring()
+    me = t.peers.record.watching
+    watcher, watched = sorted({r.node for r in MANY[:8]} - me)[:2]
+    t.peers.told(ReplicaId(watcher, 1), Record(frozenset({watched})))
+    t.at(200.0)
+    for name in me | {watcher}:
+        t.peers.heard(ReplicaId(name, 1))
+    t.peers.told(ReplicaId(watcher, 1), Record(frozenset({watched}), frozenset({watched})))
+    assert watched in {p.replica.node for p in t.peers.judge()[0]}
+    t.at(200.0 - FAILURE + REMOVAL)
+    for name in me | {watcher}:
+        t.peers.heard(ReplicaId(name, 1))
+    assert t.peers.sweep()[2] == []
+    t.at(200.0 - FAILURE + REMOVAL + 0.5)
+    assert (watched, REMOVAL + 0.5) in [(p.replica.node, s) for p, s in t.peers.sweep()[2]]
+
+
+def test_of_the_reachable_ring_only_the_watched_get_heartbeats_and_on_announce_everyone() -> None:
+    t = ring()
+    watching = t.peers.record.watching
+    t.at(FAILURE / HEARTBEATS_PER_TIMEOUT + 0.1)
+    rng = random.Random(0)
+    status, heartbeat = t.peers.gossip_targets(lambda _r: math.inf, rng)
+    assert {p.replica.node for p in heartbeat} == watching - {p.replica.node for p in status}
+    status, heartbeat = t.peers.gossip_targets(lambda _r: 0.0, rng, announce=True)
+    assert {p.replica for p in status + heartbeat} == set(MANY[:8])
 
 
 def test_the_directory_digest_is_equal_where_the_replicas_known_are() -> None:

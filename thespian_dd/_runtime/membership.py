@@ -28,7 +28,7 @@ from thespian.actors import ActorAddress
 from thespian_dd._runtime.antientropy import AntiEntropy
 from thespian_dd._runtime.checks import Rejections
 from thespian_dd._runtime.keys import KeyTable
-from thespian_dd._runtime.peers import Admission, Peer, PeerTable
+from thespian_dd._runtime.peers import Admission, Peer, PeerTable, Record
 from thespian_dd._runtime.protocol import (
     PROTOCOL_VERSION,
     GossipStatus,
@@ -67,6 +67,8 @@ class Membership:
     rng: random.Random = field(default_factory=random.Random)
     rounds: int = 0
     bytes_in: int = 0
+    announced: Record = field(default_factory=Record)
+    """What this node last told every peer of its watch."""
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -88,6 +90,7 @@ class Membership:
         self.send(peer.replica.node, peer.address, message)
 
     def hello(self, *, reply: bool) -> PeerHello:
+        record = self.peers.record
         return PeerHello(
             PROTOCOL_VERSION,
             self.me(),
@@ -95,7 +98,13 @@ class Membership:
             self.peers.directory(),
             reply,
             versions=MINE.announcement(),
+            watching=record.watching,
+            silent=record.silent,
         )
+
+    def heartbeat(self) -> Heartbeat:
+        record = self.peers.record
+        return Heartbeat(PROTOCOL_VERSION, self.me(), record.watching, record.silent)
 
     def removed(self, replica: ReplicaId) -> PeerRemoved:
         return PeerRemoved(PROTOCOL_VERSION, self.me(), replica)
@@ -104,13 +113,15 @@ class Membership:
         """The status for peer ``node``: digests in the pair's format; ``lean``: with the
         directory's digest only (a peer of an earlier release gets the directory too, as it
         expects)."""
-        return self.anti_entropy.status(
+        status = self.anti_entropy.status(
             {} if lean else self.peers.directory(),
             self.peers.directory_digest(self.me()),
             self.versions.format(node),
             used,
             MINE.announcement(),
         )
+        record = self.peers.record
+        return replace(status, watching=record.watching, silent=record.silent)
 
     def introduce_again(self) -> None:
         """Tell every peer this node's (new) incarnation."""
@@ -144,6 +155,7 @@ class Membership:
         origin = msg.sender
         if not self._heard_versions(msg):
             return False
+        told = False
         with contextlib.suppress(TypeError, AttributeError):  # malformed: the handler rejects it
             self.bytes_in += gossip_bytes(msg)
         peer = self.peers.get(origin.node)
@@ -161,8 +173,36 @@ class Membership:
         elif peer is not None and peer.replica == origin and not peer.reachable:
             self.peers.heard(origin)
             self.met(peer)
+            told = True
         self.peers.heard(origin)
+        if self._told(msg) or told:
+            self.judge()
         return True
+
+    def _told(self, msg: PeerMessage) -> bool:
+        """Note what a hello, status or heartbeat says of its sender's watch; returns whether
+        that changed."""
+        if not isinstance(msg, (PeerHello, GossipStatus, Heartbeat)):
+            return False
+        record = None if msg.watching is None else Record.of(msg.watching, msg.silent)
+        if msg.watching is not None and record is None:
+            self.rejections.refuse()  # malformed: what it says of its watch is ignored
+            return False
+        return self.peers.told(msg.sender, record)
+
+    def judge(self) -> None:
+        """Decide again which peers are reachable (what a peer says of its watch changed, or a
+        peer was heard again), and tell the quorum requests."""
+        lost, revived = self.peers.judge()
+        self._changed(lost, revived)
+
+    def _changed(self, lost: list[Peer], revived: list[Peer]) -> None:
+        for peer in lost:
+            log.warning("peer %s is unreachable", peer.replica)
+            self.lost(peer)
+        for peer in revived:
+            log.info("peer %s is reachable again", peer.replica)
+            self.met(peer)
 
     def sender(self, msg: PeerMessage) -> Peer | None:
         """The peer table's entry for an accepted message's sender."""
@@ -268,10 +308,8 @@ class Membership:
     def round(self) -> None:
         """A gossip round: sweep the failure detector, then statuses and heartbeats."""
         self.rounds += 1
-        kept, lost, removed = self.peers.sweep()
-        for peer in lost:
-            log.warning("peer %s is unreachable", peer.replica)
-            self.lost(peer)
+        kept, lost, removed, revived = self.peers.sweep()
+        self._changed(lost, revived)
         for peer, silent in removed:
             # Gone for good: it no longer counts in N, and its replica will be pruned.
             self.window.forget(peer.replica)
@@ -282,8 +320,11 @@ class Membership:
         used = self.keys.take_used_here()
         # Keys used here that expire when idle: every peer must hear of it before it expires
         # them (as every peer did when every round went to all).
+        # What this node says of its watch changed: every peer hears it now.
+        announce = self.peers.record != self.announced
+        self.announced = self.peers.record
         statuses, heartbeats = self.peers.gossip_targets(
-            self.window.quiet, self.rng, everyone=bool(used)
+            self.window.quiet, self.rng, everyone=bool(used), announce=announce
         )
         # One status per codec format and shape the peers need (one, unless a rolling upgrade
         # is on: an earlier release reads older formats and wants the directory every round).
@@ -295,6 +336,6 @@ class Membership:
                 made[shape] = self.status(node, peer.fanout, used)
             self.reply(peer, made[shape])
         if heartbeats:
-            heartbeat = Heartbeat(PROTOCOL_VERSION, self.me())
+            heartbeat = self.heartbeat()
             for peer in heartbeats:
                 self.reply(peer, heartbeat)

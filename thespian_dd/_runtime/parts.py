@@ -125,6 +125,7 @@ class Parts:
             refused=lambda replica, address: hooks.send(address, self.membership.removed(replica)),
             replaced=self._forget_incarnation,
             clock=clock,
+            node=node_name,
         )
         self.window = SendWindow(
             hooks.transmit,

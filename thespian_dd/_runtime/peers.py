@@ -16,11 +16,22 @@ A status carries the digest of the directory, not the directory: a peer whose di
 asks for it.
 
 Failure detection: every peer message is a heartbeat, and so is the delivery of a message to a
-peer (Thespian's transport acknowledges each one: the peer's process took it); a peer not heard
-from for ``failure_timeout`` is unreachable until it is heard again.  So one heartbeat a period
-serves both ends of a pair: the peer that receives it hears the sender, the sender hears of its
-delivery, and the peer, having heard the sender, sends none back.  (Heartbeats in both
-directions cost twice the messages: at 32 nodes idle, most of the work there is.)
+peer (Thespian's transport acknowledges each one: the peer's process took it).  So one heartbeat a
+period serves both ends of a pair: the peer that receives it hears the sender, the sender hears
+of its delivery, and the peer, having heard the sender, sends none back.
+
+Heartbeats between every pair would grow with n² (at 32 nodes idle, most of the work there was),
+so nodes of this release watch each other on a ring, as Akka's cluster does: the ring orders the
+nodes by a hash of their names, and each node watches the :data:`WATCHERS` nodes after it that it
+can reach (and the unreachable ones between them), heartbeating them when quiet.  Each says, in
+its hellos, statuses and heartbeats, whom it watches and which of them it has not heard for
+``failure_timeout`` (a :class:`Record`), and tells every peer at once when that changes.  A peer
+is reachable here (:meth:`PeerTable.judge`) if this node heard it within ``failure_timeout``, or
+if a reachable node watches it and still hears it: vouching starts from what this node heard
+itself, so a peer that nobody on this side of a partition hears is unreachable however its old
+watchers vouched for it.  A peer this node watches, or that the transport or the convention said
+is gone, is judged by this node's own hearing alone.  A node of an earlier release watches no
+ring: it is judged by this node's own hearing, and gets heartbeats when quiet, as every peer did.
 
 Unreachable peers get no quorum requests and cannot acknowledge, but still count in N (so
 ``WriteAll`` with a node down fails), until they have been unreachable for ``removal_timeout``
@@ -55,10 +66,12 @@ from thespian_dd.data import ReplicaId
 __all__ = [
     "GOSSIP_FANOUT",
     "HEARTBEATS_PER_TIMEOUT",
+    "WATCHERS",
     "Admission",
     "Introducer",
     "Peer",
     "PeerTable",
+    "Record",
 ]
 
 GOSSIP_FANOUT = 2
@@ -67,6 +80,10 @@ GOSSIP_FANOUT = 2
 HEARTBEATS_PER_TIMEOUT = 3
 """A peer that got nothing from this node for ``failure_timeout / HEARTBEATS_PER_TIMEOUT``
 gets a heartbeat: the failure timeout then covers two lost or late ones."""
+
+WATCHERS = 4
+"""How many reachable nodes watch each node of the ring (Akka's ``monitored-by-nr-of-members``):
+in a cluster of at most ``WATCHERS + 1`` nodes, every node watches every other."""
 
 # Named by its path, not imported: replicator.py imports this module.
 REPLICATOR_CLASS = "thespian_dd.replicator.Replicator"
@@ -81,6 +98,24 @@ class Admission(enum.Enum):
     IGNORED = "from a node cut off (TEST ONLY), or from this node itself"
     REMOVED = "from a replica removed for good or pruned: told so, so it takes a new one"
     OTHER_VERSION = "of another protocol version: counted, and logged once per peer"
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a node says of its watch: the nodes it watches, and those of them it has not heard
+    for ``failure_timeout`` (by node name)."""
+
+    watching: frozenset[str] = frozenset()
+    silent: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, watching: object, silent: object) -> Record | None:
+        """The record of a message's two fields; None if they are malformed."""
+        if not (isinstance(watching, frozenset) and isinstance(silent, frozenset)):
+            return None
+        if not all(isinstance(n, str) for n in watching) or not silent <= watching:
+            return None
+        return cls(watching, silent)
 
 
 @dataclass
@@ -99,6 +134,16 @@ class Peer:
     status is compared bucket by bucket, changing ones too (it missed deltas meanwhile)."""
     directory_asked: int = -1
     """The round in which this node last asked it for its directory (once a round at most)."""
+    record: Record | None = None
+    """What it last said of its watch (None: a node of an earlier release, or not heard yet:
+    it is no part of the ring)."""
+    gone: bool = False
+    """The transport or the convention said it is gone: unreachable until heard again."""
+    watched_since: float | None = None
+    """Since when this node watches it (None: it does not)."""
+    alive_at: float = 0.0
+    """When it was last known alive here: when last heard, or (if it became unreachable when
+    its watchers stopped vouching for it) ``failure_timeout`` before that."""
 
 
 class PeerTable:
@@ -107,7 +152,7 @@ class PeerTable:
     ``pruned``: replicas pruned from the data (kept by the key table); such a replica may not
     join, and ``refused(replica, address)`` is called to tell it.  ``replaced(old)`` is called
     when a peer's new incarnation replaces ``old`` (what was kept per incarnation is moot).
-    ``clock``: monotonic seconds."""
+    ``clock``: monotonic seconds; ``node``: this node's name (its place on the ring)."""
 
     def __init__(  # noqa: PLR0913 - the detector's two timeouts, two callbacks, two inputs
         self,
@@ -118,6 +163,7 @@ class PeerTable:
         refused: Callable[[ReplicaId, Any], None],
         replaced: Callable[[ReplicaId], None],
         clock: Callable[[], float] = time.monotonic,
+        node: str = "",
     ) -> None:
         self._failure_timeout = failure_timeout
         self._removal_timeout = removal_timeout
@@ -130,6 +176,10 @@ class PeerTable:
         """Replicas removed for good: they may never be peers again."""
         self.blocked: frozenset[str] = frozenset()
         """TEST ONLY: node names whose messages are dropped (see PartitionForTests)."""
+        self._node = node
+        self.record = Record()
+        """What this node says of its watch (see :meth:`judge`)."""
+        self._places: dict[str, bytes] = {}
 
     def get(self, name: str) -> Peer | None:
         return self._peers.get(name)
@@ -180,6 +230,16 @@ class PeerTable:
             peer.fresh |= not peer.reachable
             peer.resync |= not peer.reachable
             peer.reachable = True
+            peer.gone = False
+
+    def told(self, replica: ReplicaId, record: Record | None) -> bool:
+        """``replica`` said ``record`` of its watch; returns whether that changed what it had
+        said (for the current incarnation only)."""
+        peer = self._peers.get(replica.node)
+        if peer is None or peer.replica != replica or peer.record == record:
+            return False
+        peer.record = record
+        return True
 
     def left(self, name: str) -> Peer | None:
         """The convention saw node ``name`` go: it is unreachable until heard again (it still
@@ -187,7 +247,8 @@ class PeerTable:
         peer = self._peers.get(name)
         if peer is None or not peer.reachable:
             return None
-        peer.reachable = False
+        self._down(peer, peer.last_seen)
+        peer.gone = True
         return peer
 
     def delivered(self, replica: ReplicaId) -> Peer | None:
@@ -206,32 +267,134 @@ class PeerTable:
         """The transport says ``replica``'s node is gone (no need to wait for the timeout)."""
         peer = self._peers.get(replica.node)
         if peer is not None and peer.replica == replica:
-            peer.reachable = False
+            if peer.reachable:
+                self._down(peer, peer.last_seen)
+            peer.gone = True
 
-    def sweep(self) -> tuple[list[Peer], list[Peer], list[tuple[Peer, float]]]:
-        """Apply the failure detector: (peers kept, peers that just became unreachable, peers
-        removed for good with how long they were silent).  Every peer silent past
-        ``failure_timeout`` is marked first, and only then is the majority decided, once: a node
-        that ran no round for a while (stopped, suspended) must not count as reachable the
-        peers it is about to find silent, and so remove the majority it cannot reach."""
-        now = self._clock()
-        lost = []
-        for peer in self._peers.values():
-            if peer.reachable and now - peer.last_seen > self._failure_timeout:
-                peer.reachable = False
+    @staticmethod
+    def _down(peer: Peer, alive_at: float) -> None:
+        peer.reachable = False
+        peer.alive_at = alive_at
+
+    # -- the ring ------------------------------------------------------------------------------
+
+    def _place(self, name: str) -> bytes:
+        """A node's place on the ring: a hash of its name, so that the nodes of one rack or one
+        half of a sorted list do not all watch each other."""
+        place = self._places.get(name)
+        if place is None:
+            place = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+            self._places[name] = place
+        return place
+
+    def _watch(self) -> frozenset[str]:
+        """Whom this node watches: the ring's nodes after it, up to :data:`WATCHERS` reachable
+        ones, with the unreachable ones between them."""
+        ring = sorted(
+            (n for n, p in self._peers.items() if p.record is not None),
+            key=self._place,
+        )
+        mine = self._place(self._node)
+        start = next((i for i, n in enumerate(ring) if self._place(n) > mine), 0)
+        watched: list[str] = []
+        reachable = 0
+        for name in ring[start:] + ring[:start]:
+            if reachable == WATCHERS:
+                break
+            watched.append(name)
+            reachable += self._peers[name].reachable
+        return frozenset(watched)
+
+    def judge(self) -> tuple[list[Peer], list[Peer]]:
+        """Decide which peers are reachable now: (those that just became unreachable, those that
+        just became reachable again).  A peer is reachable if this node heard it (or a message to
+        it was delivered) within ``failure_timeout``, or if a reachable node that watches it
+        says it hears it; this node vouches for the peers it watches that were reachable and
+        that it has watched for less than a heartbeat's period (``failure_timeout /``
+        :data:`HEARTBEATS_PER_TIMEOUT`: long enough for the heartbeat it sends at once to be
+        delivered, short, since a peer it starts to watch past unreachable ones may be across a
+        partition too).  A peer this node watches, a node
+        of an earlier release, and a peer the transport or the convention said is gone are
+        judged by this node's own hearing alone.  Also decides whom this node watches now
+        (:attr:`record`, what it tells its peers)."""
+        reach, own = self._heard_here()
+        vouched_until = self._clock() - self._failure_timeout
+        vouchers = [self._peers[name].record for name in reach]
+        while vouchers:
+            record = vouchers.pop()
+            for name in () if record is None else record.watching - record.silent:
+                peer = self._peers.get(name)
+                if peer is not None and name not in reach and name not in own:
+                    reach.add(name)
+                    vouchers.append(peer.record)
+        lost: list[Peer] = []
+        revived: list[Peer] = []
+        for name, peer in self._peers.items():
+            if peer.reachable and name not in reach:
+                alive_at = peer.last_seen
+                if name not in own:
+                    alive_at = max(alive_at, vouched_until)
+                self._down(peer, alive_at)
                 lost.append(peer)
+            elif not peer.reachable and name in reach:
+                peer.reachable = True
+                peer.fresh = peer.resync = True
+                revived.append(peer)
+        return lost, revived
+
+    def _heard_here(self) -> tuple[set[str], set[str]]:
+        """(The peers reachable by this node's own hearing and watch, the peers judged by this
+        node's own hearing alone); sets :attr:`record`."""
+        now = self._clock()
+        timeout = self._failure_timeout
+        grace = timeout / HEARTBEATS_PER_TIMEOUT
+        watching = self._watch()
+        silent = set()
+        own: set[str] = set()
+        reach: set[str] = set()
+        for name, peer in self._peers.items():
+            since = None
+            if name in watching:
+                if peer.watched_since is None:
+                    peer.watched_since = now
+                since = peer.watched_since
+            else:
+                peer.watched_since = None
+            if since is not None or peer.gone or peer.record is None or name in self.blocked:
+                own.add(name)
+            if now - peer.last_seen <= timeout and not peer.gone and name not in self.blocked:
+                reach.add(name)
+            elif since is not None and not (peer.reachable and now - since <= grace):
+                silent.add(name)
+        self.record = Record(watching, frozenset(silent))
+        # Heard, or watched too briefly to tell: reachable as before.
+        return reach | (watching - silent), own
+
+    def sweep(
+        self,
+    ) -> tuple[list[Peer], list[Peer], list[tuple[Peer, float]], list[Peer]]:
+        """Apply the failure detector: (peers kept, peers that just became unreachable, peers
+        removed for good with how long they were silent, peers that just became reachable
+        again).  Every peer is judged first (:meth:`judge`), and only then is the majority
+        decided, once: a node that ran no round for a while (stopped, suspended) must not count
+        as reachable the peers it is about to find silent, and so remove the majority it cannot
+        reach.  A peer is removed once it has been silent, as far as this node can tell, for
+        ``removal_timeout`` (since ``alive_at``: a peer this node does not watch may be heard here
+        rarely)."""
+        lost, revived = self.judge()
+        now = self._clock()
         majority = self.in_majority()
         kept: list[Peer] = []
         removed: list[tuple[Peer, float]] = []
         for name, peer in list(self._peers.items()):
-            silent = now - peer.last_seen
+            silent = now - max(peer.last_seen, peer.alive_at)
             if majority and not peer.reachable and silent > self._removal_timeout:
                 del self._peers[name]
                 self.departed.add(peer.replica)
                 removed.append((peer, silent))
             else:
                 kept.append(peer)
-        return kept, lost, removed
+        return kept, lost, removed, revived
 
     def silence(self, peer: Peer) -> float:
         """Seconds since ``peer`` was last heard."""
@@ -278,7 +441,12 @@ class PeerTable:
         return h.digest()
 
     def gossip_targets(
-        self, quiet: Callable[[ReplicaId], float], rng: random.Random, *, everyone: bool = False
+        self,
+        quiet: Callable[[ReplicaId], float],
+        rng: random.Random,
+        *,
+        everyone: bool = False,
+        announce: bool = False,
     ) -> tuple[list[Peer], list[Peer]]:
         """This round's (peers to send the status, peers to send a heartbeat).  The status goes
         to every fresh peer, every peer of an earlier release, and :data:`GOSSIP_FANOUT` other
@@ -287,9 +455,11 @@ class PeerTable:
         from this node for ``quiet(replica)`` >= ``failure_timeout /``
         :data:`HEARTBEATS_PER_TIMEOUT` seconds and was not heard from (nor had a message
         delivered) for as long: a peer heard from recently heard this node then (its message
-        was delivered), or it heard this node's heartbeat and got its delivery for one.
-        ``everyone``: the status to every peer (it carries what every peer must hear).  Clears
-        ``fresh``."""
+        was delivered), or it heard this node's heartbeat and got its delivery for one.  Of the
+        reachable peers of the ring, only those this node watches get heartbeats (the others'
+        watchers vouch for them).  ``everyone``: the status to every peer (it carries what every
+        peer must hear); ``announce``: a heartbeat to every peer the status does not go to (this
+        node's :attr:`record` changed).  Clears ``fresh``."""
         peers = [p for n, p in self._peers.items() if n not in self.blocked]
         status = [p for p in peers if everyone or p.fresh or not p.fanout]
         others = [p for p in peers if not (everyone or p.fresh or not p.fanout) and p.reachable]
@@ -302,7 +472,15 @@ class PeerTable:
         heartbeat = [
             p
             for p in peers
-            if id(p) not in chosen and quiet(p.replica) >= due and now - p.last_seen >= due
+            if id(p) not in chosen
+            and (
+                announce
+                or (
+                    (p.record is None or p.watched_since is not None or not p.reachable)
+                    and quiet(p.replica) >= due
+                    and now - p.last_seen >= due
+                )
+            )
         ]
         return status, heartbeat
 

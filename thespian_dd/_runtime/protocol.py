@@ -109,6 +109,11 @@ class PeerHello(PeerMessage):
     versions: dict[str, tuple[int, ...]] | None = None
     """The protocol and format versions the sender speaks (None: a node of the first release,
     which speaks 1 and 1); see :mod:`thespian_dd._runtime.versions`."""
+    watching: frozenset[str] | None = None
+    """The nodes the sender watches on the ring (None: a node of an earlier release, which
+    watches none); see :mod:`thespian_dd._runtime.peers`."""
+    silent: frozenset[str] = frozenset()
+    """Those of ``watching`` the sender has not heard for its failure timeout."""
 
 
 @wire_name(PEERS_MODULE)
@@ -138,6 +143,9 @@ class GossipStatus(PeerMessage):
     node of a release that sends its whole directory in every status instead (and expects a
     status from every peer every round).  A receiver whose own digest differs asks for the
     directory with a PeerHello."""
+    watching: frozenset[str] | None = None
+    """As in :class:`PeerHello`."""
+    silent: frozenset[str] = frozenset()
 
 
 @wire_name(PEERS_MODULE)
@@ -209,9 +217,15 @@ class PeerReadResult(PeerMessage):
 @wire_name(PEERS_MODULE)
 @dataclass(frozen=True)
 class Heartbeat(PeerMessage):
-    """I am alive: sent to a peer that got no other message from this node for a third of the
-    failure timeout (a status goes to a few peers per round).  Only to peers whose statuses
-    carry a directory digest: a node of an earlier release cannot read it."""
+    """I am alive: sent to a peer this node watches (or that is unreachable, or of an earlier
+    release) that got no other message from this node for a third of the failure timeout (a
+    status goes to a few peers per round), and to every peer when what this node says of its
+    watch changed.  Only to peers whose statuses carry a directory digest: a node of the first
+    release cannot read it."""
+
+    watching: frozenset[str] | None = None
+    """As in :class:`PeerHello`."""
+    silent: frozenset[str] = frozenset()
 
 
 @wire_name(PEERS_MODULE)
