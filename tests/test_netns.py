@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from thespian.actors import ActorAddress
 from thespian.system.messages.status import Thespian_StatusReq
 
 from thespian_dd import (
@@ -28,7 +29,9 @@ from thespian_dd import (
     Update,
     UpdateSuccess,
 )
+from thespian_dd._runtime.peers import WATCHERS, PeerTable, Record
 from thespian_dd._testkit.netns import Network
+from thespian_dd.data import ReplicaId
 from thespian_dd.testing import (
     Cluster,
     Probe,
@@ -255,6 +258,66 @@ def test_replicas_diverge_in_a_real_partition_and_converge_after_heal(
     )
     record_property("seconds to converge after heal", round(time.monotonic() - healed, 2))
     eventually(lambda: [_replicas(cluster, i) for i in range(2)] == [2, 2], 10, what="2 replicas")
+
+
+def _watchers(names: list[str], of: str) -> list[str]:
+    """The nodes that watch node ``of`` on the ring, all nodes reachable (as the Replicators'
+    own peer tables decide it)."""
+    watchers = []
+    for name in names:
+        table = PeerTable(
+            failure_timeout=1.0,
+            removal_timeout=2.0,
+            pruned=set(),
+            refused=lambda _r, _a: None,
+            replaced=lambda _r: None,
+            node=name,
+        )
+        for other in names:
+            replica = ReplicaId(other, 1)
+            if table.learn(ReplicaId(name, 1), replica, ActorAddress(other)):
+                table.told(replica, Record())
+        table.judge()
+        if of in table.record.watching:
+            watchers.append(name)
+    return watchers
+
+
+def _reachable(cluster: Cluster, i: int) -> int | None:
+    stats = cluster.ask(i, GetStats(), 5)
+    return stats.reachable_peers if isinstance(stats, Stats) else None
+
+
+@pytest.mark.timeout(240)
+def test_eight_nodes_watching_on_a_ring_each_find_exactly_their_side_of_a_real_split(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    """Beyond five nodes each node heartbeats only the 4 it watches.  The split puts one node
+    with the three of its side that do not watch it, and its 4 watchers on the other side: its
+    side must keep it reachable (no one there watched it), and find the other side unreachable
+    (the watchers across the split stop vouching); and after the heal, all 7 peers again."""
+    cluster = cluster_factory(8, network=True)
+    n = len(cluster.nodes)
+    eventually(lambda: all(_reachable(cluster, i) == n - 1 for i in range(n)), 60, what="mesh")
+    lonely = cluster.names.index("node-1")
+    watchers = [cluster.names.index(w) for w in _watchers(cluster.names, "node-1")]
+    assert len(watchers) == WATCHERS
+    side = [i for i in range(n) if i not in watchers]
+    cluster.split(side, watchers)
+    _add(cluster, lonely, "k", 1)
+    eventually(
+        lambda: (
+            [_reachable(cluster, i) for i in range(n)]
+            == [len(side) - 1 if i in side else len(watchers) - 1 for i in range(n)]
+        ),
+        30,
+        what="each side reaching only itself",
+    )
+    for i in side:
+        assert _value(cluster, i, "k") == 1  # the lonely node's update reached its side
+    cluster.heal()
+    eventually(lambda: all(_reachable(cluster, i) == n - 1 for i in range(n)), 30, what="heal")
+    eventually(lambda: all(_value(cluster, i, "k") == 1 for i in range(n)), 30, what="converge")
 
 
 @pytest.mark.timeout(60)
