@@ -728,10 +728,19 @@ def apply(
     elif op == "restore":
         keys.restore(key, join_envelope(encode(value), markers or {}), Limits())
         model.put(key, value, markers or {})
-    elif op == "restore_rows":
+    elif op == "restore_rows":  # a load's chunk: this key and every other not deleted
         payload = join_envelope(encode(value), markers or {})
-        assert keys.restore_rows([(key, payload)], Limits()) == []
-        model.put(key, value, markers or {})
+        chunk = [
+            key,
+            *(k for k in KEYS[:3] if k != key and (model.holds_value(k) or k not in model.keys)),
+        ]
+        assert keys.restore_rows([(k, payload) for k in chunk], Limits()) == []
+        for k in chunk:
+            model.put(k, value, markers or {})
+    elif op == "restore_damaged":  # a row whose checksum fails when first used: dropped then
+        keys.restore(key, encode(value)[:-1], Limits())
+        assert keys.get(key) is None
+        model.keys.pop(key, None)
     elif op == "delete":
         keys.delete(key)
         model.keys[key] = None
@@ -817,7 +826,7 @@ operations = st.lists(
         st.sampled_from(
             [
                 *["put", "put", "put", "restore", "restore_rows", "delete", "expire", "expire"],
-                *["clear", "forget_older"],
+                *["clear", "forget_older", "restore_damaged"],
             ]
         ),
         st.sampled_from(KEYS[:3]),  # two keys share a bucket
