@@ -165,6 +165,7 @@ class KeyTable:
         self._older: dict[int, _Digests] = {}  # digests in other formats, for older peers
         self._last_used: dict[str, float] = {}
         self._used_here: set[str] = set()  # used on this node since the last take_used_here()
+        self._written: set[str] = set()  # given a value since the last take_written()
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -245,6 +246,12 @@ class KeyTable:
 
     def keys_with_markers(self) -> list[str]:
         return list(self._markers)
+
+    def take_written(self) -> set[str]:
+        """The keys given a value (put or restored) since the last call; some may have none now
+        (deleted or expired since)."""
+        written, self._written = self._written, set()
+        return written
 
     def _raw(self, key: str, version: int) -> bytes | None:
         """The encoding of ``key``'s value in format ``version`` (None: it has no value, or a
@@ -347,7 +354,7 @@ class KeyTable:
         self._limits = limits
         stored, values, markers = self._stored, self._values, self._markers
         digests, stale, dirty = self._current.keys, self._current.stale, self._current.dirty
-        buckets, expiry = self._bucket_keys, self._expiry
+        buckets, expiry, written = self._bucket_keys, self._expiry, self._written
         current = format_prefix(codec.FORMAT_VERSION)
         for key, payload in rows:
             if (
@@ -364,6 +371,7 @@ class KeyTable:
                     refused.append((key, e))
                 continue
             stored[key] = payload
+            written.add(key)
             digests[key] = payload[-16:]  # its bucket's digest is computed from scratch
             bucket = bucket_of(key)
             members = buckets.get(bucket)
@@ -411,6 +419,7 @@ class KeyTable:
     def _changed(self, key: str, raw: bytes | None) -> None:
         """``key`` holds a new value (``raw``: its encoding, if known): its digest in the
         encoding's format is the encoding's checksum; in the other formats it is owed."""
+        self._written.add(key)
         version = None if raw is None else format_of(raw)
         bucket = self._bucket_add(key)
         for record in self._all():

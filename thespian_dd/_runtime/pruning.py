@@ -124,6 +124,11 @@ class Pruning:
         self._clock_ms = clock_ms
         self.removed_since: dict[ReplicaId, float] = {}
         """Each removed replica present in the data, since when it has been seen removed."""
+        self._present: set[ReplicaId] = set()
+        """Every replica in the data, and maybe some no longer in it: those found by the last
+        walk over every value, with those of the values written since."""
+        self.walks = 0
+        """Rounds that walked every value (see :meth:`_note_removed`)."""
 
     def expire_markers(self, live: Mapping[str, ReplicaId]) -> list[str]:
         """Drop expired Performed markers, and Initialized ones whose owner is gone (the leader
@@ -154,8 +159,12 @@ class Pruning:
             now = self._clock()
             wait = self._settings.max_pruning_dissemination
             to_mark = {r for r, since in self.removed_since.items() if now - since >= wait}
-        changed = []
-        for key, value in self._keys.items():
+        # Nothing to mark: only a key with a marker (that this node may perform) can change.
+        keys = self._keys
+        names = keys.names() if to_mark else keys.keys_with_markers()
+        changed: list[str] = []
+        for key in names:
+            value = keys.get(key)
             if isinstance(value, RemovedNodePruning) and self._prune(key, value, to_mark, me, live):
                 changed.append(key)
         return changed
@@ -191,11 +200,22 @@ class Pruning:
         return True
 
     def _note_removed(self, live: Mapping[str, ReplicaId]) -> None:
-        """Track since when each replica in the data has been removed."""
-        present: set[ReplicaId] = set()
-        for value in self._keys.values():
+        """Track since when each replica in the data has been removed.  A round looks only at
+        the values written since the last, unless a replica it knows of is removed: then it
+        walks every value, to tell which removed replicas the data still holds (at 300,000 keys
+        a walk is about a second of the Replicator's time; most rounds need none)."""
+        present = self._present
+        for key in self._keys.take_written():
+            value = self._keys.get(key)
             if isinstance(value, RemovedNodePruning):
                 present |= value.modified_by_nodes()
+        if any(_removed(r, live) for r in present):
+            self.walks += 1
+            present = set()
+            for value in self._keys.values():
+                if isinstance(value, RemovedNodePruning):
+                    present |= value.modified_by_nodes()
+            self._present = present
         removed = {r for r in present if _removed(r, live)}
         now = self._clock()
         self.removed_since = {r: self.removed_since.get(r, now) for r in removed}
