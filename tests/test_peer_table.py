@@ -762,6 +762,13 @@ def test_this_node_watches_watchers_reachable_peers_of_the_ring_and_the_unreacha
     assert t.peers.record.silent == {first}
 
 
+HOLD = FAILURE / HEARTBEATS_PER_TIMEOUT
+
+
+def lost_names(t: Table) -> set[str]:
+    return {p.replica.node for p in t.peers.judge()[0]}
+
+
 def test_a_peer_this_node_does_not_watch_is_reachable_while_a_reachable_watcher_vouches() -> None:
     t = ring()
     me = t.peers.record.watching
@@ -771,14 +778,15 @@ def test_a_peer_this_node_does_not_watch_is_reachable_while_a_reachable_watcher_
     t.at(FAILURE + 1)
     for name in me | {watcher}:
         t.peers.heard(ReplicaId(name, 1))
-    lost, revived = t.peers.judge()
-    assert watched not in {p.replica.node for p in lost}  # vouched for, though not heard here
-    assert {p.replica.node for p in lost} == set(other) - {watcher, watched}
-    assert revived == []
-    # Its watcher stops hearing it: unreachable here at once.
+    assert lost_names(t) == set()  # the unvouched are held a heartbeat's period
+    t.at(FAILURE + 1 + HOLD + 0.1)
+    for name in me | {watcher}:
+        t.peers.heard(ReplicaId(name, 1))
+    # Vouched for, though not heard here; the others no longer.
+    assert lost_names(t) == set(other) - {watcher, watched}
+    # Its watcher stops hearing it: unreachable here at once, no hold.
     t.peers.told(ReplicaId(watcher, 1), Record(frozenset({watched}), frozenset({watched})))
-    lost, _ = t.peers.judge()
-    assert [p.replica.node for p in lost] == [watched]
+    assert lost_names(t) == {watched}
     # And heard again there: reachable again here.
     t.peers.told(ReplicaId(watcher, 1), Record(frozenset({watched})))
     lost, revived = t.peers.judge()
@@ -787,7 +795,8 @@ def test_a_peer_this_node_does_not_watch_is_reachable_while_a_reachable_watcher_
 
 def test_vouching_starts_from_what_this_node_heard_not_from_stale_word() -> None:
     """Two peers that last said they hear each other, neither heard here nor vouched for by a
-    peer heard here: both unreachable (a split leaves such word behind on the other side)."""
+    peer heard here: both unreachable once held (a split leaves such word behind on the other
+    side), and a held peer vouches for nobody meanwhile."""
     t = ring()
     me = t.peers.record.watching
     x, y = sorted({r.node for r in MANY[:8]} - me)[:2]
@@ -796,13 +805,19 @@ def test_vouching_starts_from_what_this_node_heard_not_from_stale_word() -> None
     t.at(FAILURE + 1)
     for name in me:
         t.peers.heard(ReplicaId(name, 1))
-    lost, _ = t.peers.judge()
-    assert {x, y} <= {p.replica.node for p in lost}
+    assert lost_names(t) == set()
+    t.at(FAILURE + 1 + HOLD / 2)
+    assert lost_names(t) == set()
+    t.at(FAILURE + 1 + HOLD + 0.1)
+    for name in me:
+        t.peers.heard(ReplicaId(name, 1))
+    assert {x, y} <= lost_names(t)
 
 
-def test_a_peer_this_node_starts_to_watch_stays_reachable_for_a_heartbeats_period() -> None:
+def test_a_peer_this_node_starts_to_watch_stays_reachable_but_unvouched_until_heard() -> None:
     """It watches on past an unreachable peer: the next is not heard here yet (nobody
-    heartbeats it from here), but was reachable, vouched for by its watcher until now."""
+    heartbeats it from here), but was reachable, vouched for by its watcher until now.  It stays
+    reachable here for a heartbeat's period, and is not vouched for to others until heard."""
     t = ring()
     watching = t.peers.record.watching
     t.at(FAILURE + 1)
@@ -813,16 +828,21 @@ def test_a_peer_this_node_starts_to_watch_stays_reachable_for_a_heartbeats_perio
         t.peers.heard(ReplicaId(name, 1))
     first = min(watching)
     t.peers.unreachable(ReplicaId(first, 1))
-    lost, _ = t.peers.judge()
-    (new,) = t.peers.record.watching - watching
+    lost = lost_names(t)
+    (new,) = {p.replica.node for p in t.peers if p.watched_since is not None} - watching
+    assert new not in lost  # silent here for 10.5 s, but just watched
+    assert t.peers.record.watching == watching  # vouches for the new one to nobody yet
     assert first in t.peers.record.silent
-    assert new not in {p.replica.node for p in lost}  # silent here for 10.5 s, but just watched
-    assert new not in t.peers.record.silent
-    t.at(2 * FAILURE + 1.5 + FAILURE / HEARTBEATS_PER_TIMEOUT + 0.1)
+    assert t.peers.confirms(ReplicaId(new, 1))
+    t.peers.delivered(ReplicaId(new, 1))  # the heartbeat it sent at once
+    assert lost_names(t) == set()
+    assert t.peers.record.watching == watching | {new}
+    assert not t.peers.confirms(ReplicaId(new, 1))
+    # Then silent for the failure timeout: unreachable here, and said so.
+    t.at(2 * FAILURE + 1.5 + FAILURE + 0.1)
     for name in watching - {first}:
         t.peers.heard(ReplicaId(name, 1))
-    lost, _ = t.peers.judge()
-    assert [p.replica.node for p in lost] == [new]  # no heartbeat of it was delivered
+    assert new in lost_names(t)
     assert t.peers.record.silent == {first, new}
 
 
@@ -838,14 +858,52 @@ def test_a_peer_lost_when_its_watchers_stop_vouching_is_removed_after_it_was_las
     t.at(200.0)
     for name in me | {watcher}:
         t.peers.heard(ReplicaId(name, 1))
+    t.peers.judge()
     t.peers.told(ReplicaId(watcher, 1), Record(frozenset({watched}), frozenset({watched})))
-    assert watched in {p.replica.node for p in t.peers.judge()[0]}
+    assert watched in lost_names(t)
     t.at(200.0 - FAILURE + REMOVAL)
     for name in me | {watcher}:
         t.peers.heard(ReplicaId(name, 1))
-    assert t.peers.sweep()[2] == []
+    assert watched not in [p.replica.node for p, _ in t.peers.sweep()[2]]
     t.at(200.0 - FAILURE + REMOVAL + 0.5)
     assert (watched, REMOVAL + 0.5) in [(p.replica.node, s) for p, s in t.peers.sweep()[2]]
+
+
+@pytest.mark.parametrize("how", ["left the convention", "dead target", "watched and silent"])
+def test_regression_a_peer_vouched_for_long_is_not_removed_as_soon_as_it_is_lost(how: str) -> None:
+    """What happened before the fix (found by review, in simulated 64-node clusters): a node
+    may not hear a peer it does not watch for minutes while the peer's watchers vouch for it.
+    Lost then (the convention missed its re-registration, a send came back dead, or this node
+    started to watch it and its first heartbeat came late), its removal was timed from when it
+    was last heard here: 300 s ago, so the next sweep removed a live node for good (and pruned
+    it), on a minority side of a split too.  Removal runs from when it was last known alive."""
+    t = ring()
+    me = t.peers.record.watching
+    watcher, watched = sorted({r.node for r in MANY[:8]} - me)[:2]
+    t.peers.told(ReplicaId(watcher, 1), Record(frozenset({watched})))
+    for now in range(10, 400, 10):  # vouched for all along, never heard here
+        t.at(float(now))
+        for name in me | {watcher}:
+            t.peers.heard(ReplicaId(name, 1))
+        t.peers.judge()
+    peer = t.peers.get(watched)
+    assert peer is not None
+    assert peer.reachable
+    assert peer.last_seen == 0.0
+    if how == "left the convention":
+        t.peers.left(watched)
+    elif how == "dead target":
+        t.peers.unreachable(ReplicaId(watched, 1))
+    else:
+        peer.watched_since = 390.0 - FAILURE  # as if watched, never heard: silent here
+        t.peers._watch = lambda: me | {watched}  # type: ignore[method-assign]
+    t.at(400.0)
+    for name in me | {watcher}:
+        t.peers.heard(ReplicaId(name, 1))
+    kept, _, removed, _ = t.peers.sweep()
+    assert not peer.reachable
+    assert watched not in [p.replica.node for p, _ in removed]
+    assert peer in kept
 
 
 def test_of_the_reachable_ring_only_the_watched_get_heartbeats_and_on_announce_everyone() -> None:

@@ -174,6 +174,7 @@ class Membership:
             self.peers.heard(origin)
             self.met(peer)
             told = True
+        told |= self.peers.confirms(origin)  # a peer it started to watch, heard: say so
         self.peers.heard(origin)
         if self._told(msg) or told:
             self.judge()
@@ -192,9 +193,17 @@ class Membership:
 
     def judge(self) -> None:
         """Decide again which peers are reachable (what a peer says of its watch changed, or a
-        peer was heard again), and tell the quorum requests."""
+        peer was heard again), tell the quorum requests, and every peer if what this node says
+        of its watch changed (a peer it started to watch was heard: the others may be holding
+        that peer reachable until someone vouches for it)."""
         lost, revived = self.peers.judge()
         self._changed(lost, revived)
+        if self.peers.record != self.announced:
+            self.announced = self.peers.record
+            heartbeat = self.heartbeat()
+            for peer in self.peers:
+                if peer.fanout and peer.replica.node not in self.peers.blocked:
+                    self.reply(peer, heartbeat)
 
     def _changed(self, lost: list[Peer], revived: list[Peer]) -> None:
         for peer in lost:
@@ -273,6 +282,8 @@ class Membership:
             return
         if self.peers.learn(self.me(), msg.sender, msg.address):
             self._joined(msg.sender)
+            if self._told(msg):  # learnt only now: what it says of its watch counts too
+                self.judge()
         self._learn_directory(msg.peers)
         if msg.reply:
             self.send(msg.sender.node, msg.address, self.hello(reply=False))

@@ -350,8 +350,11 @@ class Parts:
 
     def _delivered(self, replica: ReplicaId) -> None:
         """A message to ``replica`` was delivered: it is alive, and met again if it was not."""
+        confirms = self.peers.confirms(replica)  # a peer it started to watch: say so at once
         if (peer := self.peers.delivered(replica)) is not None:
             self.requests.met(peer)
+        if confirms:
+            self.membership.judge()
 
     def _met(self, peer: Peer) -> None:
         self.requests.met(peer)

@@ -142,8 +142,10 @@ class Peer:
     watched_since: float | None = None
     """Since when this node watches it (None: it does not)."""
     alive_at: float = 0.0
-    """When it was last known alive here: when last heard, or (if it became unreachable when
-    its watchers stopped vouching for it) ``failure_timeout`` before that."""
+    """When it was last known alive here: when last heard, or ``failure_timeout`` before the last
+    time a reachable watcher vouched for it (see :meth:`PeerTable.judge`)."""
+    held_since: float | None = None
+    """Since when it is reachable here only by a hold (its vouchers became unreachable)."""
 
 
 class PeerTable:
@@ -274,7 +276,8 @@ class PeerTable:
     @staticmethod
     def _down(peer: Peer, alive_at: float) -> None:
         peer.reachable = False
-        peer.alive_at = alive_at
+        peer.held_since = None
+        peer.alive_at = max(peer.alive_at, alive_at)
 
     # -- the ring ------------------------------------------------------------------------------
 
@@ -307,51 +310,75 @@ class PeerTable:
 
     def judge(self) -> tuple[list[Peer], list[Peer]]:
         """Decide which peers are reachable now: (those that just became unreachable, those that
-        just became reachable again).  A peer is reachable if this node heard it (or a message to
-        it was delivered) within ``failure_timeout``, or if a reachable node that watches it
-        says it hears it; this node vouches for the peers it watches that were reachable and
-        that it has watched for less than a heartbeat's period (``failure_timeout /``
-        :data:`HEARTBEATS_PER_TIMEOUT`: long enough for the heartbeat it sends at once to be
-        delivered, short, since a peer it starts to watch past unreachable ones may be across a
-        partition too).  A peer this node watches, a node
-        of an earlier release, and a peer the transport or the convention said is gone are
-        judged by this node's own hearing alone.  Also decides whom this node watches now
-        (:attr:`record`, what it tells its peers)."""
-        reach, own = self._heard_here()
-        vouched_until = self._clock() - self._failure_timeout
+        just became reachable again), and whom this node watches (:attr:`record`, what it tells
+        its peers).
+
+        A peer is reachable if this node heard it (or a message to it was delivered) within
+        ``failure_timeout``, or if a node reachable so says it watches it and hears it: vouching
+        starts from what this node heard itself.  A peer this node watches, a node of an earlier
+        release, and a peer the transport or the convention said is gone are judged by this
+        node's own hearing alone.  Two short holds, each a heartbeat's period (``failure_timeout
+        /`` :data:`HEARTBEATS_PER_TIMEOUT`), bridge a change of watchers: a reachable peer this
+        node starts to watch stays reachable here until a heartbeat could have been delivered,
+        and a reachable peer whose vouchers all became unreachable (none of them said it is
+        silent) stays reachable until a new watcher could vouch for it.  Neither is vouched for
+        to others, nor vouches for anyone: stale word from across a partition props nobody up.
+        Every peer reachable on first-hand or vouched-for evidence was alive ``failure_timeout``
+        ago at least (:attr:`Peer.alive_at`, from which removal is timed)."""
+        now = self._clock()
+        hold = self._failure_timeout / HEARTBEATS_PER_TIMEOUT
+        reach, own, grace = self._heard_here(now, hold)
         vouchers = [self._peers[name].record for name in reach]
+        flagged: set[str] = set()
         while vouchers:
             record = vouchers.pop()
-            for name in () if record is None else record.watching - record.silent:
+            if record is None:
+                continue
+            flagged |= record.silent
+            for name in record.watching - record.silent:
                 peer = self._peers.get(name)
                 if peer is not None and name not in reach and name not in own:
                     reach.add(name)
                     vouchers.append(peer.record)
+        return self._settle(reach, (own | flagged) - grace, grace, now, hold)
+
+    def _settle(
+        self, reach: set[str], down: set[str], grace: set[str], now: float, hold: float
+    ) -> tuple[list[Peer], list[Peer]]:
+        """Mark each peer reachable if in ``reach`` (or ``grace``); else unreachable now if in
+        ``down``, else after a hold (see :meth:`judge`)."""
         lost: list[Peer] = []
         revived: list[Peer] = []
         for name, peer in self._peers.items():
-            if peer.reachable and name not in reach:
-                alive_at = peer.last_seen
-                if name not in own:
-                    alive_at = max(alive_at, vouched_until)
-                self._down(peer, alive_at)
+            if name in reach:
+                peer.held_since = None
+                peer.alive_at = max(peer.alive_at, peer.last_seen, now - self._failure_timeout)
+                if not peer.reachable:
+                    peer.reachable = True
+                    peer.fresh = peer.resync = True
+                    revived.append(peer)
+            elif not peer.reachable or name in grace:
+                continue
+            elif name in down:
+                self._down(peer, peer.last_seen)
                 lost.append(peer)
-            elif not peer.reachable and name in reach:
-                peer.reachable = True
-                peer.fresh = peer.resync = True
-                revived.append(peer)
+            elif peer.held_since is None:
+                peer.held_since = now
+            elif now - peer.held_since > hold:
+                self._down(peer, peer.last_seen)
+                lost.append(peer)
         return lost, revived
 
-    def _heard_here(self) -> tuple[set[str], set[str]]:
-        """(The peers reachable by this node's own hearing and watch, the peers judged by this
-        node's own hearing alone); sets :attr:`record`."""
-        now = self._clock()
+    def _heard_here(self, now: float, grace: float) -> tuple[set[str], set[str], set[str]]:
+        """(The peers heard here within ``failure_timeout``, the peers judged by this node's own
+        hearing alone, the reachable peers this node watches since less than ``grace`` and has
+        not heard yet); sets :attr:`record`, which leaves the latter out."""
         timeout = self._failure_timeout
-        grace = timeout / HEARTBEATS_PER_TIMEOUT
         watching = self._watch()
         silent = set()
         own: set[str] = set()
         reach: set[str] = set()
+        unsure: set[str] = set()
         for name, peer in self._peers.items():
             since = None
             if name in watching:
@@ -360,15 +387,30 @@ class PeerTable:
                 since = peer.watched_since
             else:
                 peer.watched_since = None
-            if since is not None or peer.gone or peer.record is None or name in self.blocked:
+            blocked = name in self.blocked
+            if since is not None or peer.gone or peer.record is None or blocked:
                 own.add(name)
-            if now - peer.last_seen <= timeout and not peer.gone and name not in self.blocked:
+            if now - peer.last_seen <= timeout and not peer.gone and not blocked:
                 reach.add(name)
-            elif since is not None and not (peer.reachable and now - since <= grace):
+            elif since is None:
+                continue
+            elif peer.reachable and now - since <= grace and not blocked:
+                unsure.add(name)
+            else:
                 silent.add(name)
-        self.record = Record(watching, frozenset(silent))
-        # Heard, or watched too briefly to tell: reachable as before.
-        return reach | (watching - silent), own
+        self.record = Record(watching - unsure, frozenset(silent))
+        return reach, own, unsure
+
+    def confirms(self, replica: ReplicaId) -> bool:
+        """Whether ``replica`` is a peer this node watches and has not vouched for yet (a
+        message to it was just delivered: it can, and should say so at once)."""
+        peer = self._peers.get(replica.node)
+        return (
+            peer is not None
+            and peer.replica == replica
+            and peer.watched_since is not None
+            and replica.node not in self.record.watching
+        )
 
     def sweep(
         self,
