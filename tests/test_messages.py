@@ -4,6 +4,8 @@ test_fuzz_peer.py)."""
 
 from __future__ import annotations
 
+import copyreg
+import io
 import pickle
 import subprocess
 import sys
@@ -25,10 +27,28 @@ from thespian_dd import (
     ReadMajority,
     ReplicaId,
     Update,
+    WriteAll,
     WriteLocal,
     WriteMajority,
+    WriteTo,
 )
-from thespian_dd.messages import _LOADED, majority
+from thespian_dd._shown import shown
+from thespian_dd.messages import (
+    _LOADED,
+    DataDeleted,
+    DeleteSuccess,
+    GetDataDeleted,
+    GetFailure,
+    GetSuccess,
+    ModifyFailure,
+    NotFound,
+    ReplicationDeleteFailure,
+    StoreFailure,
+    UpdateDataDeleted,
+    UpdateSuccess,
+    UpdateTimeout,
+    majority,
+)
 
 NODE = ReplicaId("n", 1)
 
@@ -253,6 +273,123 @@ def test_a_get_of_ones_own_with_slots_arrives_as_it_was_made() -> None:
     assert (received, getattr(received, "note", None)) == (get, "n")
 
 
+def test_a_function_sent_by_name_is_checked_again_once_its_code_or_defaults_change() -> None:
+    def two(counter: GCounter, node: ReplicaId) -> GCounter:
+        return counter
+
+    def three(counter: GCounter, node: ReplicaId, extra: int) -> GCounter:
+        return counter
+
+    sent = _sent_by_name
+    original = (sent.__code__, sent.__defaults__, sent.__kwdefaults__)
+    try:
+        Update("k", GCounter(), sent)  # checked and cached
+        sent.__code__ = three.__code__
+        with pytest.raises(TypeError, match="must take two arguments"):
+            Update("k", GCounter(), sent)
+        sent.__code__ = two.__code__
+        Update("k", GCounter(), sent)
+        sent.__defaults__ = (1,)  # a default for node: still takes two arguments, still checked
+        Update("k", GCounter(), sent)
+        sent.__code__, sent.__defaults__ = three.__code__, (1,)  # the third now has a default
+        Update("k", GCounter(), sent)
+        sent.__defaults__ = None
+        with pytest.raises(TypeError, match="must take two arguments"):
+            Update("k", GCounter(), sent)
+        sent.__kwdefaults__ = {}
+        with pytest.raises(TypeError, match="must take two arguments"):
+            Update("k", GCounter(), sent)
+    finally:
+        sent.__code__, sent.__defaults__, sent.__kwdefaults__ = original
+
+
+def _sent_by_name(counter: GCounter, node: ReplicaId) -> GCounter:
+    return counter.increment(node, 1)
+
+
+REPLIES = [
+    GetSuccess("k", ("tag", 1), GCounter().increment(NODE, 2)),
+    NotFound("k", None),
+    GetFailure("k", "r", "timed out"),
+    GetDataDeleted("k", 3),
+    UpdateSuccess("k", None),
+    UpdateTimeout("k", [1, 2]),
+    ModifyFailure("k", None, "modify failed"),
+    StoreFailure("k", "r", "disk full"),
+    UpdateDataDeleted("k", 0),
+    DeleteSuccess("k", None),
+    DataDeleted("k", "r"),
+    ReplicationDeleteFailure("k", None, "timed out"),
+]
+
+
+@pytest.mark.parametrize("reply", REPLIES, ids=lambda reply: type(reply).__name__)
+def test_a_reply_travels_as_its_class_and_fields_and_arrives_as_it_was_made(reply: Any) -> None:
+    sent = pickle.dumps(reply)
+    received = pickle.loads(sent)
+    assert type(received) is type(reply)
+    assert received == reply
+    assert repr(received) == repr(reply)
+    assert str(received) == str(reply)
+    assert vars(received) == vars(reply)  # every field, and nothing more
+    assert b"request" not in sent  # its fields in order, not by name (pickle's own form)
+    assert len(sent) < len(_in_pickles_own_form(reply))
+
+
+def _in_pickles_own_form(reply: Any) -> bytes:
+    """``reply`` pickled in pickle's own form (as every earlier release sends it): the class,
+    then a dict of the fields by name."""
+
+    class OwnForm(pickle.Pickler):
+        def reducer_override(self, obj: Any) -> Any:
+            if obj is reply:
+                newobj = copyreg.__newobj__  # type: ignore[attr-defined]
+                return (newobj, (type(obj),), dict(vars(obj)))
+            return NotImplemented
+
+    out = io.BytesIO()
+    OwnForm(out, protocol=pickle.DEFAULT_PROTOCOL).dump(reply)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("reply", REPLIES, ids=lambda reply: type(reply).__name__)
+def test_a_reply_in_pickles_own_form_is_read(reply: Any) -> None:
+    own = _in_pickles_own_form(reply)
+    assert b"request" in own
+    received = pickle.loads(own)
+    assert type(received) is type(reply)
+    assert received == reply
+    assert repr(received) == repr(reply)
+
+
+@dataclass(frozen=True)
+class _TaggedSuccess(UpdateSuccess):
+    """A reply of one's own, with a field more: it travels whole."""
+
+    tag: int = 0
+
+
+def test_a_reply_of_ones_own_or_missing_a_field_travels_whole() -> None:
+    tagged = _TaggedSuccess("k", None, 7)
+    received = pickle.loads(pickle.dumps(tagged))
+    assert (type(received), received) == (_TaggedSuccess, tagged)
+    partial_reply = object.__new__(UpdateSuccess)
+    object.__setattr__(partial_reply, "key", "k")
+    received = pickle.loads(pickle.dumps(partial_reply))
+    assert vars(received) == {"key": "k"}
+
+
+def test_an_update_shows_as_its_fields_shown_short() -> None:
+    for consistency in (WriteLocal(), WriteMajority(2.0, 3), WriteTo(2, 1.0), WriteAll(4.0)):
+        update = Update("k", _OwnCounter(), _increment_once, consistency, ("t", 1))
+        fields = ("key", "initial", "consistency", "request")
+        assert str(update) == shown(update, fields)
+        assert str(update) == (
+            f"Update(key='k', initial=<_OwnCounter>, consistency={consistency!r}, request=('t', 1))"
+        )
+    assert str(Get("k", ReadLocal())) == "Get(key='k', consistency=ReadLocal(), request=None)"
+
+
 PREVIOUS_RELEASE = Path(__file__).parent / "compat" / "thespian_dd-349b515.tar.xz"
 
 READ_IN_THE_PREVIOUS_RELEASE = """
@@ -260,9 +397,23 @@ import pickle, sys
 import thespian_dd
 assert thespian_dd.__file__.startswith(sys.argv[1]), thespian_dd.__file__
 for m in pickle.loads(sys.stdin.buffer.read()):
+    if not hasattr(m, "consistency"):  # a reply
+        print(repr(m))
+        continue
     initial = getattr(m, "initial", None)
     shown = (type(initial).__name__, initial.value) if initial is not None else None
     print(type(m).__name__, repr(m.key), shown, repr(m.consistency), repr(m.request))
+"""
+
+WRITTEN_BY_THE_PREVIOUS_RELEASE = """
+import pickle, sys
+import thespian_dd
+from thespian_dd import GCounter, ReplicaId
+from thespian_dd.messages import GetSuccess, ModifyFailure, UpdateSuccess
+assert thespian_dd.__file__.startswith(sys.argv[1]), thespian_dd.__file__
+counter = GCounter().increment(ReplicaId("n", 1), 2)
+replies = [UpdateSuccess("a", None), ModifyFailure("b", [1], "no"), GetSuccess("c", "r", counter)]
+sys.stdout.buffer.write(pickle.dumps(replies))
 """
 
 
@@ -279,6 +430,10 @@ def test_the_updates_and_gets_of_this_tree_are_read_by_the_previous_release(
         Update("b", ORSet[str]().add(NODE, "x"), _increment_once, WriteMajority(2.0), [1]),
         Get("c"),
         Get("d", ReadAll(3.0), "r"),
+        # A node of this tree answers a client of the previous release (another node's actor).
+        UpdateSuccess("e", None),
+        ModifyFailure("f", [2], "modify failed"),
+        GetSuccess("g", "r", GCounter().increment(NODE, 3)),
     ]
     read = subprocess.run(
         [sys.executable, "-c", READ_IN_THE_PREVIOUS_RELEASE, str(tmp_path)],
@@ -295,4 +450,31 @@ def test_the_updates_and_gets_of_this_tree_are_read_by_the_previous_release(
         "Update 'b' ('ORSet', frozenset({'x'})) WriteMajority(timeout=2.0, min_cap=0) [1]",
         "Get 'c' None ReadLocal() None",
         "Get 'd' None ReadAll(timeout=3.0) 'r'",
+        "UpdateSuccess(key='e', request=None)",
+        "ModifyFailure(key='f', request=[2], error='modify failed')",
+        f"GetSuccess(key='g', request='r', data={GCounter().increment(NODE, 3)!r})",
     ]
+
+
+@pytest.mark.subprocess
+@pytest.mark.timeout(60)
+def test_the_replies_of_the_previous_release_are_read_by_this_tree(tmp_path: Path) -> None:
+    # A client of this tree asks a node of the previous release during an upgrade.
+    with tarfile.open(PREVIOUS_RELEASE) as archive:
+        archive.extractall(tmp_path, filter="data")
+    written = subprocess.run(
+        [sys.executable, "-c", WRITTEN_BY_THE_PREVIOUS_RELEASE, str(tmp_path)],
+        capture_output=True,
+        env={"PYTHONPATH": str(tmp_path)},
+        cwd=tmp_path,
+        check=False,
+        timeout=50,
+    )
+    assert written.returncode == 0, written.stderr.decode()[-2000:]
+    replies = pickle.loads(written.stdout)
+    assert replies == [
+        UpdateSuccess("a", None),
+        ModifyFailure("b", [1], "no"),
+        GetSuccess("c", "r", GCounter().increment(ReplicaId("n", 1), 2)),
+    ]
+    assert [type(reply) for reply in replies] == [UpdateSuccess, ModifyFailure, GetSuccess]

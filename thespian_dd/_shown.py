@@ -21,7 +21,7 @@ from typing import Any
 
 from thespian_dd.data import ReplicatedData
 
-__all__ = ["short", "shown"]
+__all__ = ["short", "show_as", "shown"]
 
 _FEW = 4
 """A collection of more items shows as its size: ``reprlib`` would sort the items first."""
@@ -57,6 +57,19 @@ _SHORT = _Short()
 _WHOLE = (bool, type(None), float)
 """Types whose ``repr`` is short whatever the value."""
 _FIELDS: dict[type, tuple[str, ...]] = {}
+_CONSTANT: dict[type, str] = {}
+"""Types whose every instance shows the same: each value type met (as ``<ORSet>``), and those
+given to :func:`show_as`.  Found by type at once, where ``isinstance`` against the abstract
+:class:`~thespian_dd.data.ReplicatedData` and ``reprlib``'s dispatch took most of the time an
+``Update`` took to show."""
+
+_CONSTANT_MAX = 256
+
+
+def show_as(kind: type, text: str) -> None:
+    """Every instance of ``kind`` (exactly) shows as ``text``: for a class whose instances
+    have no fields, such as ``WriteLocal``."""
+    _CONSTANT[kind] = text
 
 
 def short(x: Any) -> str:
@@ -68,7 +81,12 @@ def short(x: Any) -> str:
         or (kind is int and -(2**63) <= x < 2**63)
     ):
         return repr(x)
+    constant = _CONSTANT.get(kind)
+    if constant is not None:
+        return constant
     if isinstance(x, ReplicatedData):
+        if len(_CONSTANT) < _CONSTANT_MAX:
+            _CONSTANT[kind] = f"<{kind.__name__}>"
         return f"<{kind.__name__}>"
     return _SHORT.repr(x)
 
@@ -81,5 +99,5 @@ def shown(message: Any, fields: tuple[str, ...] | None = None) -> str:
         fields = _FIELDS.get(kind)
         if fields is None:
             fields = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(message))
-    parts = ", ".join(f"{name}={short(getattr(message, name, None))}" for name in fields)
+    parts = ", ".join([f"{name}={short(getattr(message, name, None))}" for name in fields])
     return f"{type(message).__name__}({parts})"

@@ -49,6 +49,9 @@ class GCounter(DeltaReplicatedData, RemovedNodePruning, DotBased):
         self, state: Mapping[ReplicaId, int] | None = None, *, _delta: GCounter | None = None
     ) -> None:
         """``state``: each replica's total (its units ``1..n``)."""
+        if not state:  # the empty counter, most Updates' initial: nothing to check
+            self._set(CausalContext._normal({}, {}), _delta)
+            return
         ranges = {}
         for r, n in (state or {}).items():
             check_replica(r)
