@@ -7,6 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 from thespian_dd._runtime.driver import writes
+from thespian_dd._runtime.schema import entries_table
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,3 +32,19 @@ def test_a_driver_statement_gives_each_paramstyle_its_parameters() -> None:
         assert statements.alive.params(row) == alive, url  # SET's value before WHERE's
         assert statements.upsert is not None
         engine.dispose()
+
+
+def test_sqlite_upserts_a_batch_of_rows_in_one_statement_of_their_parameters_in_order() -> None:
+    """SQLite's statement of n rows has n times the columns' placeholders, and its parameters
+    are each row's columns in the table's order (compiled once per row count); other dialects
+    have none."""
+    statements = writes(sa.create_engine("sqlite://").dialect)
+    rows = statements.rows_upsert
+    assert rows is not None
+    assert rows.sql(3).count("?") == 3 * len(entries_table.columns)
+    assert rows.sql(3) is rows.sql(3)
+    assert "ON CONFLICT" in rows.sql(1)
+    values = [{c.name: f"{c.name}{i}" for c in entries_table.columns} for i in range(2)]
+    assert rows.params(values) == [f"{c.name}{i}" for i in range(2) for c in entries_table.columns]
+    for url in ("postgresql+psycopg://u@h/d", "mysql+pymysql://u@h/d"):
+        assert writes(sa.create_engine(url).dialect).rows_upsert is None

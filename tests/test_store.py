@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from thespian_dd import GCounter, ReplicaId
 from thespian_dd._runtime.database import StoreError
+from thespian_dd._runtime.driver import ROWS_PER_STATEMENT
 from thespian_dd._runtime.rows import (
     BAD_CHECKSUM,
     DELETED,
@@ -206,6 +207,48 @@ def test_a_commit_that_fails_midway_leaves_none_of_its_rows_and_the_next_one_wor
         }
     finally:
         engine.dispose()
+        store.close()
+
+
+def test_an_sqlite_batch_of_rows_is_one_statement_committed_as_it_returns(tmp_path: Path) -> None:
+    """On SQLite a batch of rows alone (no forgotten key, no alive record due) is one upsert
+    statement in autocommit mode: committed once ``write`` returns, as another connection sees,
+    and all or nothing (a trigger refusing its second row leaves the first unwritten, the
+    connection given up, the next batch written).  A batch of more rows than one statement
+    takes, or with a forgotten key, is one transaction as before.  The pool gets its connection
+    back in the transaction mode it lent it in."""
+    url = f"sqlite:///{tmp_path}/one.db"
+    store = Store(url)
+    other = sqlite3.connect(tmp_path / "one.db")
+    try:
+        entry = Entry("GCounter", encode(GCounter().increment(ReplicaId("n", 1), 1)), "n#1")
+        store.write("n", {"first": entry}, alive_every=3600)  # the alive record: a transaction
+        lent = store._writer
+        assert lent is not None
+        assert lent.driver_connection.isolation_level is None  # autocommit while it commits
+        store.write("n", {"a": entry, "b": None}, alive_every=3600)
+        assert other.execute("SELECT count(*) FROM thespian_dd_entries").fetchone() == (3,)
+        many = {f"k{i}": entry for i in range(ROWS_PER_STATEMENT + 1)}
+        store.write("n", {**many, "b": FORGOTTEN}, alive_every=3600)
+        store.write("n", many, alive_every=3600)
+        assert set(_stored(store, "n")) == {"first", "a", *many}
+        other.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON thespian_dd_entries WHEN NEW.key = 'bad' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )
+        other.commit()
+        with pytest.raises(sqlite3.IntegrityError, match="refused by the test"):
+            store.write("n", {"new": entry, "bad": entry}, alive_every=3600)
+        assert store._writer is None
+        assert "new" not in _stored(store, "n")
+        with store.engine.connect() as conn:  # the pool's connection, as the write left it
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            assert driver.isolation_level == ""
+        store.write("n", {"new": entry}, alive_every=3600)
+        assert "new" in _stored(store, "n")
+    finally:
+        other.close()
         store.close()
 
 

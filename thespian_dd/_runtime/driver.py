@@ -13,7 +13,15 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from thespian_dd._runtime.schema import entries_table, nodes_table, upsert_statement
 
-__all__ = ["DriverStatement", "Writes", "fetch_chunks", "run", "writes"]
+__all__ = [
+    "ROWS_PER_STATEMENT",
+    "DriverStatement",
+    "RowsUpsert",
+    "Writes",
+    "fetch_chunks",
+    "run",
+    "writes",
+]
 
 
 class DriverStatement:
@@ -44,6 +52,42 @@ class DriverStatement:
         return {name: values[name] for name in self._names}
 
 
+class RowsUpsert:
+    """SQLite's upsert of a batch's rows as one statement (compiled once per row count, up to
+    :data:`ROWS_PER_STATEMENT`), run in autocommit mode: the statement is its own transaction,
+    so a batch is one step of the driver, where ``executemany`` inside ``BEGIN`` and ``COMMIT``
+    made two or more per row and four more.  Each such step gives up the GIL and takes it back,
+    a wait on the Replicator's thread, which holds it as it works (see
+    :class:`~thespian_dd._runtime.commits.CommitThread`)."""
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        self._dialect = dialect
+        self._sql: dict[int, str] = {}
+        self.names = tuple(column.name for column in entries_table.columns)
+
+    def sql(self, rows: int) -> str:
+        """The statement of ``rows`` rows (its parameters: each row's columns in order)."""
+        sql = self._sql.get(rows)
+        if sql is None:
+            statement = upsert_statement(self._dialect.name, rows)
+            assert statement is not None
+            compiled = statement.compile(dialect=self._dialect)
+            assert isinstance(compiled, SQLCompiler)
+            expected = [f"{name}_{i}" for i in range(rows) for name in self.names]
+            assert list(compiled.positiontup or ()) == expected, "rows' parameters out of order"
+            sql = self._sql[rows] = compiled.string
+        return sql
+
+    def params(self, rows: list[dict[str, Any]]) -> list[Any]:
+        names = self.names
+        return [row[name] for row in rows for name in names]
+
+
+ROWS_PER_STATEMENT = 100
+"""The most rows :class:`RowsUpsert` writes in one statement: 900 parameters, within SQLite's
+oldest limit of 999."""
+
+
 class Writes(NamedTuple):
     """What a commit runs, compiled for one dialect (see :func:`writes`)."""
 
@@ -55,6 +99,8 @@ class Writes(NamedTuple):
     """Delete the row of (``node``, ``key_id``)."""
     alive: DriverStatement
     """Set ``node``'s ``last_alive``."""
+    rows_upsert: RowsUpsert | None = None
+    """SQLite: a batch's rows in one statement, in autocommit mode."""
 
 
 def writes(dialect: sa.Dialect) -> Writes:
@@ -78,6 +124,7 @@ def writes(dialect: sa.Dialect) -> Writes:
             .values(last_alive=sa.bindparam("last_alive")),
             dialect,
         ),
+        rows_upsert=RowsUpsert(dialect) if dialect.name == "sqlite" else None,
     )
 
 

@@ -110,10 +110,17 @@ def check_schema(version: int) -> None:
         )
 
 
-def upsert_statement(dialect: str) -> sa.Insert | None:
-    """The dialect's insert-or-update of entry rows, or None where there is none."""
+def upsert_statement(dialect: str, rows: int | None = None) -> sa.Insert | None:
+    """The dialect's insert-or-update of entry rows, or None where there is none.  ``rows``
+    (SQLite and PostgreSQL): the statement of that many rows at once, each column's parameter
+    of row ``i`` named ``{column}_{i}``."""
     if dialect in ("sqlite", "postgresql"):
         insert = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(entries_table)
+        if rows is not None:
+            names = [column.name for column in entries_table.columns]
+            insert = insert.values(
+                [{name: sa.bindparam(f"{name}_{i}") for name in names} for i in range(rows)]
+            )
         return insert.on_conflict_do_update(
             index_elements=[entries_table.c.node, entries_table.c.key_id],
             set_={name: insert.excluded[name] for name in _UPDATED},

@@ -15,6 +15,7 @@ and written in the current one when its key is next written; :meth:`Store.migrat
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Generator, Iterator, Mapping
 from typing import Any, NamedTuple
@@ -31,7 +32,7 @@ from thespian_dd._runtime.database import (
     safe_url,
     store_url,
 )
-from thespian_dd._runtime.driver import Writes, fetch_chunks, run, writes
+from thespian_dd._runtime.driver import ROWS_PER_STATEMENT, Writes, fetch_chunks, run, writes
 from thespian_dd._runtime.markers import format_version, join_envelope, split_envelope
 from thespian_dd._runtime.rows import (
     DELETED,
@@ -101,6 +102,7 @@ class Store:
         # fsync (see driver.DriverStatement).
         self._writes: Writes | None = None
         self._writer: Any = None  # the pool's DBAPI connection that commits, once used
+        self._isolation: str | None = ""  # its sqlite3 isolation_level before autocommit
         self._alive_at: dict[str, float] = {}  # node -> when its last_alive was last written
         self._setting = url
         url = store_url(url)
@@ -302,18 +304,20 @@ class Store:
         connection = self._writer_connection()
         statements = self._writes
         assert statements is not None
+        alive_rows = [{"node": node, "last_alive": now}] if alive else []
+        one = statements.rows_upsert
+        alone = 0 < len(rows) <= ROWS_PER_STATEMENT and not (forgotten or alive_rows)
         try:
             cursor = connection.cursor()
             try:
-                if rows and statements.upsert is not None:
-                    run(cursor, statements.upsert, rows)
-                elif rows:  # any other dialect: the portable way, in the same transaction
-                    run(cursor, statements.delete, rows)
-                    run(cursor, statements.insert, rows)
-                if forgotten:
-                    run(cursor, statements.delete, forgotten)
-                if alive:
-                    run(cursor, statements.alive, [{"node": node, "last_alive": now}])
+                if one is not None and alone:
+                    # SQLite, autocommit: the statement is its own transaction, committed once
+                    # it returns (see RowsUpsert).
+                    cursor.execute(one.sql(len(rows)), one.params(rows))
+                    return
+                if one is not None:  # autocommit: the transaction is begun here
+                    cursor.execute("BEGIN")
+                self._run_batch(cursor, statements, rows, forgotten, alive_rows)
             finally:
                 cursor.close()
             connection.commit()
@@ -323,13 +327,39 @@ class Store:
         if alive:
             self._alive_at[node] = now
 
+    @staticmethod
+    def _run_batch(
+        cursor: Any,
+        statements: Writes,
+        rows: list[dict[str, Any]],
+        forgotten: list[dict[str, Any]],
+        alive: list[dict[str, Any]],
+    ) -> None:
+        """A batch's statements, in the transaction the caller commits."""
+        if rows and statements.upsert is not None:
+            run(cursor, statements.upsert, rows)
+        elif rows:  # any other dialect: the portable way, in the same transaction
+            run(cursor, statements.delete, rows)
+            run(cursor, statements.insert, rows)
+        if forgotten:
+            run(cursor, statements.delete, forgotten)
+        if alive:
+            run(cursor, statements.alive, alive)
+
     def _writer_connection(self) -> Any:
         """The DBAPI connection commits go through (checked out of the engine's pool once,
         kept until :meth:`close` or a failure), and the statements compiled for its dialect."""
         if self._writer is None:
-            self._writer = self.engine.raw_connection()
+            writer = self.engine.raw_connection()
             if self._writes is None:  # the dialect knows its server once connected
                 self._writes = writes(self.engine.dialect)
+            if self._writes.rows_upsert is not None:
+                # sqlite3's autocommit mode (given back as it was: see _drop_writer).
+                driver = writer.driver_connection
+                assert driver is not None
+                self._isolation = driver.isolation_level
+                driver.isolation_level = None
+            self._writer = writer
         return self._writer
 
     def _drop_writer(self) -> None:
@@ -337,6 +367,9 @@ class Store:
         fails to roll back is discarded by the pool)."""
         writer, self._writer = self._writer, None
         if writer is not None:
+            if self._writes is not None and self._writes.rows_upsert is not None:
+                with contextlib.suppress(Exception):  # a str: no COMMIT, as None would make
+                    writer.driver_connection.isolation_level = self._isolation
             writer.close()
 
     def _seal(self, node: str) -> RowSeal:
