@@ -247,6 +247,7 @@ def test_a_pattern_ending_in_a_star_is_a_prefix_and_any_other_an_exact_key(
 def test_a_change_arms_the_timer_once_until_it_fires() -> None:
     world = World()
     subs = world.subscriptions(interval=0.25)
+    subs.subscribe("*", S)
     subs.changed("b")
     subs.changed("a")
     subs.changed("b")
@@ -260,8 +261,7 @@ def test_a_change_arms_the_timer_once_until_it_fires() -> None:
 
 
 def test_the_changed_keys_are_taken_sorted_and_once() -> None:
-    world = World()
-    subs = world.subscriptions()
+    subs, _ = setup(("*", S))
     for key in ("b", "c", "a", "b"):
         subs.changed(key)
     assert subs.take_changed() == ["a", "b", "c"]
@@ -272,14 +272,32 @@ def test_the_changed_keys_are_taken_sorted_and_once() -> None:
 
 def test_changes_taken_before_the_timer_fires_leave_it_armed() -> None:
     # FlushChanges notifies at once; the timer still fires later and finds nothing.
-    world = World()
-    subs = world.subscriptions()
+    subs, world = setup(("*", S))
     subs.changed("a")
     assert subs.take_changed() == ["a"]
     subs.changed("b")
     assert len(world.wakes) == 1
     subs.due()
     assert subs.take_changed() == ["b"]
+
+
+def test_with_no_subscriber_a_change_arms_no_timer_and_is_not_kept() -> None:
+    """Nobody to tell: no notification wakeup (a peer's write merged on a node without
+    subscribers costs none), and nothing is kept for a later subscriber, which is told the
+    current values when it subscribes (Parts.subscribe)."""
+    subs, world = setup()
+    subs.changed("a")
+    assert world.wakes == []
+    subs.subscribe("*", S)
+    assert subs.take_changed() == []
+    subs.changed("b")
+    assert world.wakes == [(0.5, NotifyTick())]
+    subs.due()
+    assert subs.take_changed() == ["b"]
+    subs.unsubscribe("*", S)
+    subs.changed("c")
+    assert len(world.wakes) == 1
+    assert subs.take_changed() == []
 
 
 # -- against a model ------------------------------------------------------------------------------

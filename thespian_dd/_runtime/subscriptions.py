@@ -79,7 +79,12 @@ class Subscriptions:
             self._dropped(address)
 
     def changed(self, key: str) -> None:
-        """``key`` changed: its subscribers hear of it at the next notification time."""
+        """``key`` changed: its subscribers hear of it at the next notification time.  With no
+        subscriber there is no one to tell, and no timer is armed (a subscriber is told the
+        value of each key it matches when it subscribes): on a node without subscribers, as
+        peers mostly are, a write or a peer's value merged costs no notification wakeup."""
+        if not self._subscriptions:
+            return
         self._changed.add(key)
         if not self._armed:
             self._armed = True
