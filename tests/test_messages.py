@@ -417,14 +417,30 @@ sys.stdout.buffer.write(pickle.dumps(replies))
 """
 
 
+def _in_the_previous_release(tmp_path: Path, script: str, given: bytes = b"") -> bytes:
+    """What ``script`` prints, run by the previous release's code (extracted in ``tmp_path``)
+    with ``given`` on its standard input."""
+    with tarfile.open(PREVIOUS_RELEASE) as archive:
+        archive.extractall(tmp_path, filter="data")
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        input=given,
+        capture_output=True,
+        env={"PYTHONPATH": str(tmp_path)},
+        cwd=tmp_path,
+        check=False,
+        timeout=50,
+    )
+    assert run.returncode == 0, run.stderr.decode()[-2000:]
+    return run.stdout
+
+
 @pytest.mark.subprocess
 @pytest.mark.timeout(60)
 def test_the_updates_and_gets_of_this_tree_are_read_by_the_previous_release(
     tmp_path: Path,
 ) -> None:
     # A client of this tree writes to the nodes of the previous release during an upgrade.
-    with tarfile.open(PREVIOUS_RELEASE) as archive:
-        archive.extractall(tmp_path, filter="data")
     messages = [
         Update("a", GCounter(), _increment_once),
         Update("b", ORSet[str]().add(NODE, "x"), _increment_once, WriteMajority(2.0), [1]),
@@ -435,17 +451,8 @@ def test_the_updates_and_gets_of_this_tree_are_read_by_the_previous_release(
         ModifyFailure("f", [2], "modify failed"),
         GetSuccess("g", "r", GCounter().increment(NODE, 3)),
     ]
-    read = subprocess.run(
-        [sys.executable, "-c", READ_IN_THE_PREVIOUS_RELEASE, str(tmp_path)],
-        input=pickle.dumps(messages),
-        capture_output=True,
-        env={"PYTHONPATH": str(tmp_path)},
-        cwd=tmp_path,
-        check=False,
-        timeout=50,
-    )
-    assert read.returncode == 0, read.stderr.decode()[-2000:]
-    assert read.stdout.decode().splitlines() == [
+    read = _in_the_previous_release(tmp_path, READ_IN_THE_PREVIOUS_RELEASE, pickle.dumps(messages))
+    assert read.decode().splitlines() == [
         "Update 'a' ('GCounter', 0) WriteLocal() None",
         "Update 'b' ('ORSet', frozenset({'x'})) WriteMajority(timeout=2.0, min_cap=0) [1]",
         "Get 'c' None ReadLocal() None",
@@ -460,18 +467,7 @@ def test_the_updates_and_gets_of_this_tree_are_read_by_the_previous_release(
 @pytest.mark.timeout(60)
 def test_the_replies_of_the_previous_release_are_read_by_this_tree(tmp_path: Path) -> None:
     # A client of this tree asks a node of the previous release during an upgrade.
-    with tarfile.open(PREVIOUS_RELEASE) as archive:
-        archive.extractall(tmp_path, filter="data")
-    written = subprocess.run(
-        [sys.executable, "-c", WRITTEN_BY_THE_PREVIOUS_RELEASE, str(tmp_path)],
-        capture_output=True,
-        env={"PYTHONPATH": str(tmp_path)},
-        cwd=tmp_path,
-        check=False,
-        timeout=50,
-    )
-    assert written.returncode == 0, written.stderr.decode()[-2000:]
-    replies = pickle.loads(written.stdout)
+    replies = pickle.loads(_in_the_previous_release(tmp_path, WRITTEN_BY_THE_PREVIOUS_RELEASE))
     assert replies == [
         UpdateSuccess("a", None),
         ModifyFailure("b", [1], "no"),
