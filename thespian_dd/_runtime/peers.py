@@ -25,7 +25,7 @@ so nodes of this release watch each other on a ring, as Akka's cluster does: the
 nodes by a hash of their names, and each node watches the :data:`WATCHERS` nodes after it that it
 can reach (and the unreachable ones between them), heartbeating them when quiet.  Each says, in
 its hellos, statuses and heartbeats, whom it watches and which of them it has not heard for
-``failure_timeout`` (a :class:`Record`), and tells every peer at once when that changes.  A peer
+``failure_timeout`` (a :class:`Record`), and tells every peer when that changes.  A peer
 is reachable here (:meth:`PeerTable.judge`) if this node heard it within ``failure_timeout``, or
 if a reachable node watches it and still hears it: vouching starts from what this node heard
 itself, so a peer that nobody on this side of a partition hears is unreachable however its old
@@ -34,9 +34,9 @@ is gone, is judged by this node's own hearing alone.  A node of an earlier relea
 ring: it is judged by this node's own hearing, and gets heartbeats when quiet, as every peer did.
 
 Unreachable peers get no quorum requests and cannot acknowledge, but still count in N (so
-``WriteAll`` with a node down fails), until they have been unreachable for ``removal_timeout``
-and this node is on the majority side: then they are removed for good (departed), and their
-replicas will be pruned.
+``WriteAll`` with a node down fails), until they are unreachable and have been silent, since
+last known alive (:attr:`Peer.alive_at`), for ``removal_timeout``, and this node is on the
+majority side: then they are removed for good (departed), and their replicas will be pruned.
 """
 
 from __future__ import annotations
