@@ -28,8 +28,14 @@ from thespian_dd._runtime.antientropy import (
     within_budget,
 )
 from thespian_dd._runtime.checks import Rejections
-from thespian_dd._runtime.keys import KeyTable
-from thespian_dd._runtime.protocol import GossipEntries, GossipKeys, GossipStatus, PeerMessage
+from thespian_dd._runtime.keys import MAX_PARTS, KeyTable, bucket_of, part_of
+from thespian_dd._runtime.protocol import (
+    PROTOCOL_VERSION,
+    GossipEntries,
+    GossipKeys,
+    GossipStatus,
+    PeerMessage,
+)
 from thespian_dd._runtime.pruning import merge_payload
 
 pytestmark = pytest.mark.timeout(60)
@@ -449,12 +455,89 @@ def test_the_key_digests_of_one_message_fit_the_budget_and_the_rest_come_next_ro
         keys = [m for m in log if isinstance(m, GossipKeys)]
         assert len(keys) == 1
         size = sum(len(k) + len(d) for k, d in keys[0].digests.items())
-        assert size <= budget or len(keys[0].buckets) == 1
+        assert size <= budget
         rounds += 1
         if rounds == 1:
             assert complete is False  # not every bucket that differs fitted
         assert rounds < 100
     assert rounds > 5
+
+
+def test_a_bucket_whose_key_digests_exceed_the_budget_goes_in_parts_each_within_it() -> None:
+    """About 1.2 million keys at the default budget: one bucket's key digests no longer fit
+    one message.  It goes in parts, one a round, each within the budget, the parts in turn; the
+    status counts as compared in full once the last part of the last bucket went; the two
+    nodes converge."""
+    budget = 300
+    a, b = Side("a", budget=budget), Side("b", budget=budget)
+    owner = ReplicaId("w", 1)
+    _fill(b, 4000, owner)  # about 1.4 KB of key digests a bucket
+    _fill(a, 4000, owner, 2)  # every key newer on a
+    sent: dict[int, list[tuple[int, int]]] = {}
+    completes = []
+    while dict(b.keys.digests()) != dict(a.keys.digests()):
+        log: list[PeerMessage] = []
+        reply = partial(a.receive, peer=b, log=log)
+        completes.append(b.anti_entropy.on_status(a.anti_entropy.status({}), reply))
+        [keys] = [m for m in log if isinstance(m, GossipKeys)]
+        assert sum(len(k) + len(d) for k, d in keys.digests.items()) <= budget
+        [bucket] = keys.buckets
+        assert keys.part is not None
+        sent.setdefault(bucket, []).append(keys.part)
+        assert len(completes) <= 64 * 16
+    assert len(sent) == 64
+    for parts in sent.values():  # 8 parts, or 16 for a bucket over 1.2 KB, in turn; a part's
+        count = parts[0][1]  # values that did not fit the budget wait for its next turn
+        assert count in (8, 16)
+        assert len(parts) >= count
+        assert parts == [(i % count, count) for i in range(len(parts))]
+    assert completes == [False] * (len(completes) - 1) + [True]
+
+
+def test_the_keys_of_a_part_are_those_of_two_parts_of_twice_as_many() -> None:
+    keys = [f"k{i}" for i in range(2000)]
+    for count in (2, 4, 128):
+        for index in range(count):
+            mine = {k for k in keys if part_of(k, count) == index}
+            finer = {k for k in keys if part_of(k, 2 * count) in (index, index + count)}
+            assert mine == finer
+    assert {part_of(k, MAX_PARTS) for k in keys} == set(range(MAX_PARTS))
+
+
+def test_a_part_is_compared_alone_the_rest_of_its_bucket_left_be() -> None:
+    """A GossipKeys of one part: the receiver sends the values that differ in that part only,
+    not the bucket's other keys as if the sender lacked them."""
+    a, b = Side("a"), Side("b")
+    owner = ReplicaId("w", 1)
+    _fill(a, 400, owner, 2)
+    _fill(b, 400, owner)
+    bucket = bucket_of("k00000")
+    part = (part_of("k00000", 4), 4)
+    digests = b.keys.digests_in([bucket], codec.FORMAT_VERSION, part)
+    assert "k00000" in digests
+    assert len(digests) < len(b.keys.digests_in([bucket]))
+    sent: list[PeerMessage] = []
+    message = GossipKeys(PROTOCOL_VERSION, b.me, digests, frozenset({bucket}), part=part)
+    a.anti_entropy.on_keys(message, sent.append)
+    [entries] = sent
+    assert isinstance(entries, GossipEntries)
+    assert set(entries.entries) == set(digests)  # every key of the part is newer on a
+
+
+@pytest.mark.parametrize(
+    "part",
+    [(4, 4), (-1, 4), (0, 0), (0, 512), (0.0, 2), (True, 2), [0, 2], (0, 2, 1), "0/2", 3],
+)
+def test_a_part_that_names_no_part_is_ignored(part: object) -> None:
+    a, b = Side("a"), Side("b")
+    _fill(a, 10, ReplicaId("w", 1))
+    sent: list[PeerMessage] = []
+    message = GossipKeys(PROTOCOL_VERSION, b.me, {}, frozenset({bucket_of("k00000")}), part=part)  # type: ignore[arg-type]
+    a.anti_entropy.on_keys(message, sent.append)
+    assert sent == []
+    two = GossipKeys(PROTOCOL_VERSION, b.me, {}, frozenset({1, 2}), part=(0, 2))
+    a.anti_entropy.on_keys(two, sent.append)
+    assert sent == []  # a part is of one bucket
 
 
 def test_regression_a_status_with_buckets_left_out_does_not_count_as_compared_in_full() -> None:

@@ -316,6 +316,8 @@ def peer_cases(draw: st.DrawFn, sentinels: dict[str, Any]) -> PeerCase:
             _maybe(st.dictionaries(any_key.filter(_hashable), st.binary(max_size=16)))
         )
         fields["buckets"] = draw(_maybe(st.frozensets(st.integers(-1, 70), max_size=4)))
+        parts = st.tuples(st.integers(-1, 300), st.integers(-1, 300))
+        fields["part"] = draw(st.one_of(st.none(), _maybe(parts)))
     elif cls is PeerHello:
         fields["address"] = draw(st.one_of(st.just(PROBE), st.just(PROBE), JUNK))
         fields["peers"] = draw(_maybe(_directories()))

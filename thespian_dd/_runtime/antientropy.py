@@ -6,7 +6,9 @@ receiver answers the buckets that differ with its digests of their keys (GossipK
 node then sends the values that differ and asks for those it lacks (GossipEntries).  Values go
 within a budget of bytes per message, smallest first, so one big value cannot hold back the
 others; what does not fit goes in the next round.  So do key digests: a GossipKeys carries the
-buckets, in random order, whose digests fit the budget (one at least).
+buckets, in random order, whose digests fit the budget; a bucket whose digests alone exceed it
+(about 20,000 keys a bucket at the default budget: 1.2 million keys) goes in parts, by a hash of
+the key (:func:`~thespian_dd._runtime.keys.part_of`), one part a message, the parts in turn.
 
 What anti-entropy sends follows what changed, not how many keys there are: a bucket whose
 digest changed here within ``settle`` seconds (a write here, or a delta received: deltas are in
@@ -31,7 +33,7 @@ from typing import Any
 
 from thespian_dd import codec
 from thespian_dd._runtime.checks import Rejections, seconds
-from thespian_dd._runtime.keys import KeyTable
+from thespian_dd._runtime.keys import MAX_PARTS, KeyTable
 from thespian_dd._runtime.protocol import (
     PROTOCOL_VERSION,
     GossipEntries,
@@ -126,6 +128,8 @@ class AntiEntropy:
         # with one peer says nothing of another, and shared, a bucket compared with one peer
         # each round would never count as left out too long for the others.
         self._compared: dict[str, dict[int, float]] = {}
+        # Per peer, the next part to send of each bucket sent in parts (see _answer).
+        self._next_part: dict[str, dict[int, int]] = {}
 
     def buckets(self, version: int = codec.FORMAT_VERSION) -> dict[int, bytes]:
         """The bucket digests here in format ``version``, noting which changed since the last
@@ -200,21 +204,31 @@ class AntiEntropy:
         compared = {bucket: known.get(bucket, now) for bucket in differ}
         self._compared[msg.sender.node] = compared
         chosen = differ if force or not self._settle else self._settled(differ, compared)
-        return self._answer(chosen, reply, version, compared) == len(differ)
+        answered = self._answer(chosen, reply, version, compared, msg.sender.node)
+        return answered == len(differ)
 
     def _answer(
-        self, differ: list[Any], reply: Reply, version: int, compared: dict[int, float]
+        self,
+        differ: list[Any],
+        reply: Reply,
+        version: int,
+        compared: dict[int, float],
+        peer: str,
     ) -> int:
         """Send the key digests of ``differ``'s buckets, in random order, as many as fit the
-        budget (one at least), noting them in ``compared``; returns how many went."""
+        budget, noting them in ``compared``; returns how many went.  A bucket whose digests
+        alone exceed the budget goes in parts (the next part for ``peer``), and counts as sent
+        with its last part."""
         self._rng.shuffle(differ)
         chosen: list[Any] = []
         digests: dict[str, bytes] = {}
         size = 0
         for bucket in differ:
             these = self._keys.digests_in([bucket], version)
-            cost = sum(len(k) + len(d) for k, d in these.items())
-            if chosen and size + cost > self._budget:
+            cost = _cost(these)
+            if not chosen and cost > self._budget:
+                return self._answer_part(bucket, cost, reply, version, compared=compared, peer=peer)
+            if size + cost > self._budget:
                 break
             chosen.append(bucket)
             digests.update(these)
@@ -227,12 +241,46 @@ class AntiEntropy:
             reply(GossipKeys(PROTOCOL_VERSION, self._me(), digests, chosen_buckets, format=version))
         return len(chosen)
 
+    def _answer_part(  # noqa: PLR0913 - as _answer, and the bucket and its digests' size
+        self,
+        bucket: int,
+        cost: int,
+        reply: Reply,
+        version: int,
+        *,
+        compared: dict[int, float],
+        peer: str,
+    ) -> int:
+        """Send the next part for ``peer`` of ``bucket``'s key digests (``cost`` bytes whole),
+        in as many parts as make each about half the budget (the keys fall in parts by a hash:
+        so a part has room for a few more than its share), a power of two (a part's keys are
+        those of two parts of twice as many), at most :data:`MAX_PARTS`.  Returns 1 once the
+        last part went, else 0."""
+        count = 2
+        while count < MAX_PARTS and 2 * cost > self._budget * count:
+            count *= 2
+        turns = self._next_part.setdefault(peer, {})
+        index = turns.get(bucket, 0) % count
+        turns[bucket] = index + 1
+        digests = self._keys.digests_in([bucket], version, (index, count))
+        part = (index, count)
+        reply(GossipKeys(PROTOCOL_VERSION, self._me(), digests, frozenset({bucket}), version, part))
+        if index + 1 < count:
+            return 0
+        del turns[bucket]
+        compared[bucket] = self._clock()
+        return 1
+
     def on_keys(self, msg: GossipKeys, reply: Reply) -> None:
         """A peer's key digests of the buckets that differ: send the values that differ, and
         ask for those it has and this node lacks or holds otherwise."""
         if not isinstance(msg.digests, dict) or msg.format not in codec.FORMAT_VERSIONS:
             return
-        send, want = differing_keys(self._keys.digests_in(msg.buckets, msg.format), msg.digests)
+        part = msg.part
+        if part is not None and not _a_part(part, msg.buckets):
+            return
+        here = self._keys.digests_in(msg.buckets, msg.format, part)
+        send, want = differing_keys(here, msg.digests)
         self.send_entries(send, want, reply, self._format_for(msg.sender.node))
 
     def on_entries(self, msg: GossipEntries, reply: Reply | None) -> None:
@@ -269,3 +317,20 @@ class AntiEntropy:
         if entries or want:
             used = self._keys.used(entries)
             reply(GossipEntries(PROTOCOL_VERSION, self._me(), entries, want, used))
+
+
+def _cost(digests: Mapping[str, bytes]) -> int:
+    """What key digests weigh against the budget: their keys' and digests' lengths."""
+    return sum(len(k) + len(d) for k, d in digests.items())
+
+
+def _a_part(part: object, buckets: object) -> bool:
+    """Whether a GossipKeys's ``part`` names a part, ``(index, count)``, of one bucket."""
+    return (
+        isinstance(part, tuple)
+        and len(part) == 2
+        and all(type(n) is int for n in part)
+        and 0 <= part[0] < part[1] <= MAX_PARTS
+        and isinstance(buckets, frozenset)
+        and len(buckets) == 1
+    )

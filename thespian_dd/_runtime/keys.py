@@ -46,12 +46,14 @@ from thespian_dd.data import ReplicaId, ReplicatedData
 
 __all__ = [
     "BUCKETS",
+    "MAX_PARTS",
     "ORDERED_BUCKETS",
     "TOMBSTONE_DIGEST",
     "KeyTable",
     "bucket_digests",
     "bucket_of",
     "key_hash",
+    "part_of",
 ]
 
 BUCKETS = 64
@@ -62,9 +64,23 @@ digests); in later formats a bucket's digest is the XOR of its keys' :func:`key_
 
 
 def bucket_of(key: str) -> int:
-    return (
-        hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=2).digest()[0] % BUCKETS
-    )
+    return _hash2(key)[0] % BUCKETS
+
+
+MAX_PARTS = 256
+"""The most parts a bucket's key digests go in (see :func:`part_of`)."""
+
+
+def part_of(key: str, count: int) -> int:
+    """Which of ``count`` parts of its bucket ``key`` is in (``count`` at most
+    :data:`MAX_PARTS`): a bucket whose key digests exceed the gossip budget is compared a part a
+    message.  The other byte of the hash that gave its bucket, so a part holds about
+    ``1/count`` of its bucket's keys."""
+    return _hash2(key)[1] % count
+
+
+def _hash2(key: str) -> bytes:
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=2).digest()
 
 
 def key_hash(key: str, digest: bytes) -> int:
@@ -487,16 +503,21 @@ class KeyTable:
         return {bucket: record.sums[bucket].to_bytes(8, "big") for bucket in self._bucket_keys}
 
     def digests_in(
-        self, buckets: Iterable[object], version: int = codec.FORMAT_VERSION
+        self,
+        buckets: Iterable[object],
+        version: int = codec.FORMAT_VERSION,
+        part: tuple[int, int] | None = None,
     ) -> dict[str, bytes]:
         """The digest of every key in ``buckets`` (what is not a bucket number is ignored), in
-        format ``version``."""
+        format ``version``; ``part`` ``(index, count)``: only of the keys in that part of
+        their bucket (:func:`part_of`)."""
         digests = self.digests(version)
         return {
             key: digests[key]
             for b in buckets
             if isinstance(b, int)
             for key in self._bucket_keys.get(b, ())
+            if part is None or part_of(key, part[1]) == part[0]
         }
 
     # -- last use of keys that expire ----------------------------------------------------------

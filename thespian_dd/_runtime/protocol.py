@@ -157,6 +157,12 @@ class GossipKeys(PeerMessage):
     buckets: frozenset[int]
     format: int = 1
     """The codec format the digests are computed in (the status's)."""
+    part: tuple[int, int] | None = None
+    """``(index, count)``: the digests are only of the keys in part ``index`` of ``count`` of
+    the one bucket named (:func:`~thespian_dd._runtime.keys.part_of`), a bucket whose key
+    digests exceed ``max_gossip_bytes``; None: of every key of the buckets.  A node of an
+    earlier release ignores it: it takes the bucket's other keys for keys the sender lacks,
+    and sends them, within the budget."""
 
 
 @wire_name(PEERS_MODULE)
