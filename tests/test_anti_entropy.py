@@ -28,7 +28,7 @@ from thespian_dd._runtime.antientropy import (
     within_budget,
 )
 from thespian_dd._runtime.checks import Rejections
-from thespian_dd._runtime.keys import MAX_PARTS, KeyTable, bucket_of, part_of
+from thespian_dd._runtime.keys import MAX_PARTS, ORDERED_BUCKETS, KeyTable, bucket_of, part_of
 from thespian_dd._runtime.protocol import (
     PROTOCOL_VERSION,
     GossipEntries,
@@ -492,6 +492,22 @@ def test_a_bucket_whose_key_digests_exceed_the_budget_goes_in_parts_each_within_
         assert len(parts) >= count
         assert parts == [(i % count, count) for i in range(len(parts))]
     assert completes == [False] * (len(completes) - 1) + [True]
+
+
+def test_a_node_of_the_first_release_gets_a_bucket_over_the_budget_whole() -> None:
+    """A status in codec format 1 (a node of the first release, which reads no parts, would
+    take a part for the whole bucket): its over-budget bucket goes whole, as before."""
+    a, b = Side("a", budget=300), Side("b", budget=300)
+    owner = ReplicaId("w", 1)
+    _fill(b, 4000, owner)
+    _fill(a, 4000, owner, 2)
+    sent: list[PeerMessage] = []
+    b.anti_entropy.on_status(a.anti_entropy.status({}, version=ORDERED_BUCKETS), sent.append)
+    [keys] = sent
+    assert isinstance(keys, GossipKeys)
+    assert keys.part is None
+    assert keys.digests == b.keys.digests_in(keys.buckets, ORDERED_BUCKETS)  # whole
+    assert sum(len(k) + len(d) for k, d in keys.digests.items()) > 300
 
 
 def test_the_keys_of_a_part_are_those_of_two_parts_of_twice_as_many() -> None:

@@ -32,8 +32,6 @@ from thespian_dd import (
     WriteMajority,
     WriteTo,
 )
-from thespian_dd._runtime.keys import ORDERED_BUCKETS, KeyTable, bucket_of, part_of
-from thespian_dd._runtime.protocol import PROTOCOL_VERSION, GossipKeys
 from thespian_dd._shown import shown
 from thespian_dd.messages import (
     _LOADED,
@@ -476,46 +474,3 @@ def test_the_replies_of_the_previous_release_are_read_by_this_tree(tmp_path: Pat
         GetSuccess("c", "r", GCounter().increment(ReplicaId("n", 1), 2)),
     ]
     assert [type(reply) for reply in replies] == [UpdateSuccess, ModifyFailure, GetSuccess]
-
-
-PARTS_IN_THE_PREVIOUS_RELEASE = """
-import logging, pickle, sys
-import thespian_dd
-from thespian_dd import GCounter, ReplicaId
-from thespian_dd._runtime.antientropy import AntiEntropy
-from thespian_dd._runtime.checks import Rejections
-from thespian_dd._runtime.keys import KeyTable
-assert thespian_dd.__file__.startswith(sys.argv[1]), thespian_dd.__file__
-message = pickle.loads(sys.stdin.buffer.read())
-keys = KeyTable(lambda key: None)
-for i in range(200):
-    keys.put(f"k{i:03}", GCounter().increment(ReplicaId("w", 1), 1))
-sent = []
-old = AntiEntropy(keys, lambda: ReplicaId("old", 1), None, 1 << 20, Rejections(logging.getLogger()))
-old.on_keys(message, sent.append)
-[entries] = sent
-print(" ".join(sorted(entries.entries)))
-print(" ".join(sorted(entries.want)))
-"""
-
-
-@pytest.mark.subprocess
-@pytest.mark.timeout(60)
-def test_a_part_of_a_bucket_is_read_by_the_previous_release_as_the_whole_bucket(
-    tmp_path: Path,
-) -> None:
-    """A node of the previous release reads a GossipKeys of one part of a bucket (too big for
-    one message) as the whole bucket: it sends the values of the bucket's other keys, which the
-    sender holds already, and asks for nothing; the pair converges all the same."""
-    keys = KeyTable(lambda _key: None)
-    for i in range(200):
-        keys.put(f"k{i:03}", GCounter().increment(ReplicaId("w", 1), 1))
-    bucket = bucket_of("k000")
-    part = (part_of("k000", 2), 2)
-    digests = keys.digests_in([bucket], ORDERED_BUCKETS, part)  # the pair's format: 1
-    whole = keys.digests_in([bucket], ORDERED_BUCKETS)
-    message = GossipKeys(PROTOCOL_VERSION, NODE, digests, frozenset({bucket}), 1, part)
-    read = _in_the_previous_release(tmp_path, PARTS_IN_THE_PREVIOUS_RELEASE, pickle.dumps(message))
-    sent, wanted = read.decode().split("\n")[:2]
-    assert sent.split() == sorted(set(whole) - set(digests))
-    assert wanted == ""

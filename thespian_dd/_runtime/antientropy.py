@@ -8,7 +8,8 @@ within a budget of bytes per message, smallest first, so one big value cannot ho
 others; what does not fit goes in the next round.  So do key digests: a GossipKeys carries the
 buckets, in random order, whose digests fit the budget; a bucket whose digests alone exceed it
 (about 20,000 keys a bucket at the default budget: 1.2 million keys) goes in parts, by a hash of
-the key (:func:`~thespian_dd._runtime.keys.part_of`), one part a message, the parts in turn.
+the key (:func:`~thespian_dd._runtime.keys.part_of`), one part a message, the parts in turn; to
+a node of the first release (codec format 1, which reads no parts) it goes whole.
 
 What anti-entropy sends follows what changed, not how many keys there are: a bucket whose
 digest changed here within ``settle`` seconds (a write here, or a delta received: deltas are in
@@ -33,7 +34,7 @@ from typing import Any
 
 from thespian_dd import codec
 from thespian_dd._runtime.checks import Rejections, seconds
-from thespian_dd._runtime.keys import MAX_PARTS, KeyTable
+from thespian_dd._runtime.keys import MAX_PARTS, ORDERED_BUCKETS, KeyTable
 from thespian_dd._runtime.protocol import (
     PROTOCOL_VERSION,
     GossipEntries,
@@ -218,7 +219,8 @@ class AntiEntropy:
         """Send the key digests of ``differ``'s buckets, in random order, as many as fit the
         budget, noting them in ``compared``; returns how many went.  A bucket whose digests
         alone exceed the budget goes in parts (the next part for ``peer``), and counts as sent
-        with its last part."""
+        with its last part; in format 1 (a peer of the first release, which reads no parts) it
+        goes whole."""
         self._rng.shuffle(differ)
         chosen: list[Any] = []
         digests: dict[str, bytes] = {}
@@ -226,9 +228,9 @@ class AntiEntropy:
         for bucket in differ:
             these = self._keys.digests_in([bucket], version)
             cost = _cost(these)
-            if not chosen and cost > self._budget:
+            if not chosen and cost > self._budget and version != ORDERED_BUCKETS:
                 return self._answer_part(bucket, cost, reply, version, compared=compared, peer=peer)
-            if size + cost > self._budget:
+            if chosen and size + cost > self._budget:
                 break
             chosen.append(bucket)
             digests.update(these)

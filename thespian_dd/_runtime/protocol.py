@@ -160,9 +160,8 @@ class GossipKeys(PeerMessage):
     part: tuple[int, int] | None = None
     """``(index, count)``: the digests are only of the keys in part ``index`` of ``count`` of
     the one bucket named (:func:`~thespian_dd._runtime.keys.part_of`), a bucket whose key
-    digests exceed ``max_gossip_bytes``; None: of every key of the buckets.  A node of an
-    earlier release ignores it: it takes the bucket's other keys for keys the sender lacks,
-    and sends them, within the budget."""
+    digests exceed ``max_gossip_bytes``; None: of every key of the buckets.  Only in format 2
+    and later: a node of the first release would take it for the whole bucket."""
 
 
 @wire_name(PEERS_MODULE)
