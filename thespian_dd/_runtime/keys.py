@@ -64,7 +64,9 @@ digests); in later formats a bucket's digest is the XOR of its keys' :func:`key_
 
 
 def bucket_of(key: str) -> int:
-    return _hash2(key)[0] % BUCKETS
+    return (
+        hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=2).digest()[0] % BUCKETS
+    )
 
 
 MAX_PARTS = 256
@@ -76,11 +78,7 @@ def part_of(key: str, count: int) -> int:
     :data:`MAX_PARTS`): a bucket whose key digests exceed the gossip budget is compared a part a
     message.  The other byte of the hash that gave its bucket, so a part holds about
     ``1/count`` of its bucket's keys."""
-    return _hash2(key)[1] % count
-
-
-def _hash2(key: str) -> bytes:
-    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=2).digest()
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=2).digest()[1] % count
 
 
 def key_hash(key: str, digest: bytes) -> int:
