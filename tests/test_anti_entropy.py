@@ -494,6 +494,95 @@ def test_a_bucket_whose_key_digests_exceed_the_budget_goes_in_parts_each_within_
     assert completes == [False] * (len(completes) - 1) + [True]
 
 
+def _two_sides_with_a_bucket_in_16_parts() -> tuple[Side, Side, list[str]]:
+    """a and b alike, 4,000 keys, budget 300: bucket of k00000 goes in 16 parts (its keys)."""
+    a, b = Side("a", budget=300), Side("b", budget=300)
+    for side in (a, b):
+        _fill(side, 4000, ReplicaId("w", 1))
+    bucket = bucket_of("k00000")
+    keys = [k for k in a.keys.names() if bucket_of(k) == bucket]
+    return a, b, keys
+
+
+def _in_part(keys: list[str], index: int, count: int = 16) -> str:
+    return next(k for k in sorted(keys) if part_of(k, count) == index)
+
+
+def _parts_b_sends(a: Side, b: Side, *, force: bool = False) -> tuple[bool, list[object]]:
+    """One status of a to b (what follows runs to its end): b's answer, and the parts it sent."""
+    log: list[PeerMessage] = []
+    answered = b.anti_entropy.on_status(
+        a.anti_entropy.status({}), partial(a.receive, peer=b, log=log), force=force
+    )
+    return answered, [m.part for m in log if isinstance(m, GossipKeys)]
+
+
+def _converge_in_parts(a: Side, b: Side) -> list[object]:
+    sent = []
+    while dict(a.keys.digests()) != dict(b.keys.digests()):
+        sent += _parts_b_sends(a, b)[1]
+    return sent
+
+
+def test_regression_a_sweep_left_midway_starts_over_when_its_bucket_differs_again() -> None:
+    """Review finding: the next part to send was kept per peer and bucket until the last part
+    went.  History: a holds a newer value in part 8 of 16; b sends parts 0..8, and the bucket
+    agrees (the sweep stops midway); later a holds a newer value in part 0.  b resumed at part
+    9 and counted the bucket compared at part 15, part 0 unsent (with settle, 300 s later).  (A
+    sweep goes on while its bucket differs at each status: a part compared in it was compared
+    within a few rounds, as a whole bucket would be.)"""
+    a, b, keys = _two_sides_with_a_bucket_in_16_parts()
+    a.keys.put(_in_part(keys, 8), GCounter({ReplicaId("w", 1): 5}))
+    assert _converge_in_parts(a, b) == [(i, 16) for i in range(9)]
+    assert _parts_b_sends(a, b) == (True, [])  # a status: the bucket agrees
+    a.keys.put(_in_part(keys, 0), GCounter({ReplicaId("w", 1): 5}))
+    assert _parts_b_sends(a, b) == (False, [(0, 16)])
+    assert dict(a.keys.digests()) == dict(b.keys.digests())
+
+
+def test_regression_a_peer_restarted_or_to_resync_gets_every_part_again() -> None:
+    """Review finding: a sweep kept across a new incarnation of the peer, or across the start
+    of a forced comparison (the peer missed deltas), ended with parts never compared since.
+    History: b sends parts 0..8 of a bucket to a and stops midway (it agrees); a restarts
+    (incarnation 2) without a value of part 0; b's first part to it is part 0.  Then the same
+    for a forced status of the same incarnation."""
+    a, b, keys = _two_sides_with_a_bucket_in_16_parts()
+    owner = ReplicaId("w", 1)
+    a.keys.put(_in_part(keys, 8), GCounter({owner: 5}))
+    _converge_in_parts(a, b)
+    a.me = ReplicaId("a", 2)  # restarted, and a write of part 0 here is newer on b
+    b.keys.put(_in_part(keys, 0), GCounter({owner: 6}))
+    assert _parts_b_sends(a, b, force=True) == (False, [(0, 16)])
+    assert dict(a.keys.digests()) == dict(b.keys.digests())
+
+    assert _parts_b_sends(a, b) == (True, [])  # a status: the bucket agrees
+    a.keys.put(_in_part(keys, 3), GCounter({owner: 7}))
+    assert _parts_b_sends(a, b) == (False, [(0, 16)])  # a new sweep: parts 0..3
+    assert _parts_b_sends(a, b)[1] == [(1, 16)]
+    b.keys.put(_in_part(keys, 0), GCounter({owner: 8}))  # a missed it: resync
+    assert _parts_b_sends(a, b, force=True) == (False, [(0, 16)])
+    assert [_parts_b_sends(a, b, force=True) for _ in range(4)] == [
+        (False, [(1, 16)]),
+        (False, [(2, 16)]),
+        (False, [(3, 16)]),  # a's value of part 3 comes
+        (True, []),  # the bucket agrees: compared in full
+    ]
+
+
+def test_regression_a_sweep_whose_part_count_changes_starts_over() -> None:
+    """Review finding: a bucket's part count that shrank mid-sweep (keys expired) made the
+    cursor land on the last part, and the bucket counted as compared.  History: b sends parts
+    0..6 of 16 to a (a value of part 9 newer on a); 25 keys of the bucket expire on both sides
+    (8 parts now); b's next part is 0 of 8, and the bucket does not count as compared."""
+    a, b, keys = _two_sides_with_a_bucket_in_16_parts()
+    a.keys.put(_in_part(keys, 9), GCounter({ReplicaId("w", 1): 5}))
+    assert [_parts_b_sends(a, b, force=True)[1] for _ in range(7)] == [[(i, 16)] for i in range(7)]
+    for key in sorted(keys)[-25:]:
+        for side in (a, b):
+            side.keys.expire(key)
+    assert _parts_b_sends(a, b, force=True) == (False, [(0, 8)])
+
+
 def test_a_node_of_the_first_release_gets_a_bucket_over_the_budget_whole() -> None:
     """A status in codec format 1 (a node of the first release, which reads no parts, would
     take a part for the whole bucket): its over-budget bucket goes whole, as before."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from thespian_dd import codec
@@ -129,8 +130,10 @@ class AntiEntropy:
         # with one peer says nothing of another, and shared, a bucket compared with one peer
         # each round would never count as left out too long for the others.
         self._compared: dict[str, dict[int, float]] = {}
-        # Per peer, the next part to send of each bucket sent in parts (see _answer).
-        self._next_part: dict[str, dict[int, int]] = {}
+        # Per peer (node name), the buckets being sent in parts (see _answer_part): its
+        # incarnation, whether the sweeps began forced, and per bucket the part count and the
+        # parts sent (a bit each).
+        self._sweeps: dict[str, _Sweeps] = {}
 
     def buckets(self, version: int = codec.FORMAT_VERSION) -> dict[int, bytes]:
         """The bucket digests here in format ``version``, noting which changed since the last
@@ -204,9 +207,22 @@ class AntiEntropy:
         now, known = self._clock(), self._compared.get(msg.sender.node, {})
         compared = {bucket: known.get(bucket, now) for bucket in differ}
         self._compared[msg.sender.node] = compared
+        sweeps = self._sweeps_of(msg.sender, differ, force=force)
         chosen = differ if force or not self._settle else self._settled(differ, compared)
-        answered = self._answer(chosen, reply, version, compared, msg.sender.node)
-        return answered == len(differ)
+        return self._answer(chosen, reply, version, compared, sweeps) == len(differ)
+
+    def _sweeps_of(self, peer: ReplicaId, differ: list[Any], *, force: bool) -> _Sweeps:
+        """The sweeps of buckets in parts with ``peer``, kept only where they still hold: for
+        its incarnation, for buckets that still differ, and not across the start of a forced
+        comparison (the peer missed deltas: every part is owed again)."""
+        sweeps = self._sweeps.get(peer.node)
+        if sweeps is None or sweeps.replica != peer or (force and not sweeps.forced):
+            sweeps = self._sweeps[peer.node] = _Sweeps(peer, force)
+        sweeps.forced = force
+        kept = set(differ)
+        for bucket in [b for b in sweeps.parts if b not in kept]:
+            del sweeps.parts[bucket]
+        return sweeps
 
     def _answer(
         self,
@@ -214,13 +230,13 @@ class AntiEntropy:
         reply: Reply,
         version: int,
         compared: dict[int, float],
-        peer: str,
+        sweeps: _Sweeps,
     ) -> int:
         """Send the key digests of ``differ``'s buckets, in random order, as many as fit the
         budget, noting them in ``compared``; returns how many went.  A bucket whose digests
-        alone exceed the budget goes in parts (the next part for ``peer``), and counts as sent
-        with its last part; in format 1 (a peer of the first release, which reads no parts) it
-        goes whole."""
+        alone exceed the budget goes in parts (the next part of its sweep in ``sweeps``), and
+        counts as sent once every part went; in format 1 (a peer of the first release, which
+        reads no parts) it goes whole."""
         self._rng.shuffle(differ)
         chosen: list[Any] = []
         digests: dict[str, bytes] = {}
@@ -229,7 +245,7 @@ class AntiEntropy:
             these = self._keys.digests_in([bucket], version)
             cost = _cost(these)
             if not chosen and cost > self._budget and version != ORDERED_BUCKETS:
-                return self._answer_part(bucket, cost, reply, version, compared=compared, peer=peer)
+                return self._answer_part(bucket, cost, reply, version, compared, sweeps)
             if chosen and size + cost > self._budget:
                 break
             chosen.append(bucket)
@@ -243,33 +259,45 @@ class AntiEntropy:
             reply(GossipKeys(PROTOCOL_VERSION, self._me(), digests, chosen_buckets, format=version))
         return len(chosen)
 
-    def _answer_part(  # noqa: PLR0913 - as _answer, and the bucket and its digests' size
+    def _answer_part(  # noqa: PLR0913, PLR0917 - as _answer, and the bucket and its size
         self,
         bucket: int,
         cost: int,
         reply: Reply,
         version: int,
-        *,
         compared: dict[int, float],
-        peer: str,
+        sweeps: _Sweeps,
     ) -> int:
-        """Send the next part for ``peer`` of ``bucket``'s key digests (``cost`` bytes whole),
-        in as many parts as make each about half the budget (the keys fall in parts by a hash:
-        so a part has room for a few more than its share), a power of two (a part's keys are
-        those of two parts of twice as many), at most :data:`MAX_PARTS`.  Returns 1 once the
-        last part went, else 0."""
+        """Send the next part of ``bucket``'s key digests (``cost`` bytes whole) not sent in
+        its sweep.  The parts: as many as make each a quarter to a half of the budget (the
+        keys fall in parts by a hash, so a part has room for more than its share), a power of
+        two, at most :data:`MAX_PARTS`; a sweep whose count changes starts again.  Returns 1
+        once every part of the sweep went (the sweep ends), else 0."""
         count = 2
         while count < MAX_PARTS and 2 * cost > self._budget * count:
             count *= 2
-        turns = self._next_part.setdefault(peer, {})
-        index = turns.get(bucket, 0) % count
-        turns[bucket] = index + 1
+        swept_count, sent = sweeps.parts.get(bucket, (count, 0))
+        if swept_count != count:
+            sent = 0
+        index = next(i for i in range(count) if not sent >> i & 1)
+        sent |= 1 << index
         digests = self._keys.digests_in([bucket], version, (index, count))
         part = (index, count)
         reply(GossipKeys(PROTOCOL_VERSION, self._me(), digests, frozenset({bucket}), version, part))
-        if index + 1 < count:
+        if _cost(digests) > self._budget:
+            self._rejections.warn_once(
+                "digest budget",
+                f"bucket {bucket}",
+                "key digests of part %d of %d of bucket %d (%d bytes) exceed max_gossip_bytes",
+                index,
+                count,
+                bucket,
+                _cost(digests),
+            )
+        if sent != (1 << count) - 1:
+            sweeps.parts[bucket] = (count, sent)
             return 0
-        del turns[bucket]
+        sweeps.parts.pop(bucket, None)
         compared[bucket] = self._clock()
         return 1
 
@@ -319,6 +347,16 @@ class AntiEntropy:
         if entries or want:
             used = self._keys.used(entries)
             reply(GossipEntries(PROTOCOL_VERSION, self._me(), entries, want, used))
+
+
+@dataclass
+class _Sweeps:
+    """A peer's buckets being sent in parts: for which incarnation of it, whether its last
+    status was compared forced, and per bucket (part count, a bit per part sent)."""
+
+    replica: ReplicaId
+    forced: bool
+    parts: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 def _cost(digests: Mapping[str, bytes]) -> int:
