@@ -281,10 +281,10 @@ class AntiEntropy:
             sent = 0
         index = next(i for i in range(count) if not sent >> i & 1)
         sent |= 1 << index
-        digests = self._keys.digests_in([bucket], version, (index, count))
         part = (index, count)
+        digests = self._keys.digests_in([bucket], version, part)
         reply(GossipKeys(PROTOCOL_VERSION, self._me(), digests, frozenset({bucket}), version, part))
-        if _cost(digests) > self._budget:
+        if (size := _cost(digests)) > self._budget:
             self._rejections.warn_once(
                 "digest budget",
                 f"bucket {bucket}",
@@ -292,7 +292,7 @@ class AntiEntropy:
                 index,
                 count,
                 bucket,
-                _cost(digests),
+                size,
             )
         if sent != (1 << count) - 1:
             sweeps.parts[bucket] = (count, sent)
