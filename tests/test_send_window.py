@@ -33,9 +33,7 @@ from thespian_dd._runtime.window import (
     HELD_PER_PEER,
     MIN_PER_PEER,
     RESERVED_TRANSMITS,
-    OneTurnPoll,
     SendWindow,
-    poll_selectors,
 )
 from thespian_dd.data import ReplicaId
 
@@ -544,91 +542,3 @@ class WindowMachine(RuleBasedStateMachine):
 
 
 TestWindowMachine = WindowMachine.TestCase
-
-
-def test_poll_selectors_makes_thespians_tcp_transport_select_with_poll() -> None:
-    """The transport builds a selector every turn of its loop: a OneTurnPoll registers in
-    user space and cheaply (see poll_selectors).  A socket pair shows it still reports
-    readiness."""
-    import socket
-
-    from thespian.system.transport import TCPTransport
-
-    saved = TCPTransport.selectors
-    try:
-        poll_selectors()
-        made = TCPTransport.selectors.DefaultSelector()
-        assert isinstance(made, OneTurnPoll)
-        left, right = socket.socketpair()
-        with left, right, made:
-            made.register(left, TCPTransport.selectors.EVENT_READ)
-            assert made.select(0) == []
-            right.send(b"x")
-            assert [key.fileobj for key, _ in made.select(1)] == [left]
-    finally:
-        TCPTransport.selectors = saved
-
-
-def _ready(selector: Any, fds: dict[int, int]) -> set[tuple[int, int]]:
-    for fd, events in fds.items():
-        selector.register(fd, events)
-    try:
-        return {(key.fd, events) for key, events in selector.select(0)}
-    finally:
-        selector.close()
-
-
-def test_one_turn_poll_reports_what_a_poll_selector_reports() -> None:
-    """Readable, writable, both, a peer that hung up, and a closed descriptor: the same
-    (descriptor, events) pairs as selectors.PollSelector, which the transport used before."""
-    import selectors
-    import socket
-
-    read, write = selectors.EVENT_READ, selectors.EVENT_WRITE
-    a, b = socket.socketpair()
-    c, d = socket.socketpair()
-    e, f = socket.socketpair()
-    gone, other = socket.socketpair()
-    with a, b, c, d, e, f, other:
-        b.send(b"x")  # a readable (and writable)
-        f.close()  # e: its peer hung up
-        closed = gone.fileno()
-        gone.close()  # a descriptor closed while registered: poll says POLLNVAL
-        fds = {a.fileno(): read | write, c.fileno(): read, d.fileno(): write}
-        fds |= {e.fileno(): read, closed: read}
-        ours = _ready(OneTurnPoll(), fds)
-        assert ours == _ready(selectors.PollSelector(), fds)
-        assert (a.fileno(), read | write) in ours
-        assert (d.fileno(), write) in ours
-        assert (e.fileno(), read) in ours
-        assert all(fd != c.fileno() for fd, _ in ours)  # nothing to read: not ready
-
-
-def test_one_turn_poll_refuses_what_a_selector_refuses_and_waits_as_told() -> None:
-    """A descriptor registered twice (KeyError), a negative one or no events (ValueError), as
-    selectors; a timeout in seconds waits about that long; a registered object is given back
-    as its key's fileobj."""
-    import selectors
-    import socket
-    import time
-
-    a, b = socket.socketpair()
-    with a, b, OneTurnPoll() as poll:
-        poll.register(a, selectors.EVENT_READ, "data")
-        with pytest.raises(KeyError):
-            poll.register(a.fileno(), selectors.EVENT_WRITE)
-        with pytest.raises(ValueError, match="file descriptor"):
-            poll.register(-1, selectors.EVENT_READ)
-        with pytest.raises(ValueError, match="events"):
-            poll.register(b, 0)
-        started = time.monotonic()
-        assert poll.select(0.05) == []
-        assert time.monotonic() - started >= 0.04
-        b.send(b"x")
-        [(key, events)] = poll.select(None)
-        assert (key.fileobj, key.fd, key.data, events) == (
-            a,
-            a.fileno(),
-            "data",
-            selectors.EVENT_READ,
-        )

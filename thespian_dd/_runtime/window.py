@@ -17,18 +17,14 @@ answered at once, not after a transmit times out (a ``failure_timeout``) and fre
 from __future__ import annotations
 
 import datetime as dt
-import math
-import select
-import selectors
 import time
-import types
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Self
+from typing import Any
 
-from thespian.system.transport import SendStatus, TCPTransport, TransmitIntent
+from thespian.system.transport import SendStatus, TransmitIntent
 
 from thespian_dd._runtime.protocol import GossipStatus, PeerMessage, gossip_bytes
 from thespian_dd.data import ReplicaId
@@ -37,10 +33,8 @@ __all__ = [
     "HELD_PER_PEER",
     "MIN_PER_PEER",
     "RESERVED_TRANSMITS",
-    "OneTurnPoll",
     "SendWindow",
     "Transmit",
-    "poll_selectors",
     "transmit_within",
 ]
 
@@ -192,79 +186,3 @@ class SendWindow:
             self._delivered(channel.replica)
         while channel.held and channel.in_flight < self.size():
             self._transmit(channel, address, channel.held.popleft())
-
-
-class OneTurnPoll:
-    """A selector for one turn of Thespian's TCP transport loop, which makes a new selector
-    every turn, registers every open socket in it (about 40 a Replicator at 32 nodes, 60 or
-    more in the busiest), selects once and closes it.  ``selectors.PollSelector`` builds a
-    key and checks it in three tables at each registration, 2.5 µs a socket: at 32 nodes a
-    hundred turns of the cluster's loops per WriteMajority write spent about 10 ms of CPU
-    registering.  This one hands the descriptor to ``select.poll`` and keeps what
-    registration gave, making the key only for a descriptor that is ready: a turn of 40
-    sockets takes 9 µs rather than 100.  The events reported are computed as
-    ``PollSelector`` computes them (an error or hang-up shows as readable and writable)."""
-
-    __slots__ = ("_poll", "_registered")
-
-    def __init__(self) -> None:
-        self._poll = select.poll()
-        self._registered: dict[int, tuple[Any, int, Any]] = {}
-
-    def register(self, fileobj: Any, events: int, data: Any = None) -> None:
-        """Watch ``fileobj`` (a descriptor or an object with ``fileno``) for ``events``
-        (``selectors.EVENT_READ`` and/or ``EVENT_WRITE``); KeyError if it is registered
-        already, ValueError for an invalid descriptor or no events (as a selector)."""
-        fd = fileobj if isinstance(fileobj, int) else int(fileobj.fileno())
-        if fd < 0:
-            raise ValueError(f"Invalid file descriptor: {fd}")
-        if not events or events & ~(selectors.EVENT_READ | selectors.EVENT_WRITE):
-            raise ValueError(f"Invalid events: {events!r}")
-        if fd in self._registered:
-            raise KeyError(f"{fileobj!r} (FD {fd}) is already registered")
-        mask = (select.POLLIN if events & selectors.EVENT_READ else 0) | (
-            select.POLLOUT if events & selectors.EVENT_WRITE else 0
-        )
-        self._poll.register(fd, mask)
-        self._registered[fd] = (fileobj, events, data)
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        """The registered descriptors ready within ``timeout`` seconds (None or negative: wait
-        until one is; 0: do not wait), each as (its key, its ready events)."""
-        # Milliseconds, rounded up as selectors does; None: no limit.
-        wait = None if timeout is None or timeout < 0 else math.ceil(timeout * 1e3)
-        ready = []
-        for fd, event in self._poll.poll(wait):
-            entry = self._registered.get(fd)
-            if entry is None:
-                continue
-            fileobj, events, data = entry
-            got = (selectors.EVENT_WRITE if event & ~select.POLLIN else 0) | (
-                selectors.EVENT_READ if event & ~select.POLLOUT else 0
-            )
-            ready.append((selectors.SelectorKey(fileobj, fd, events, data), got & events))
-        return ready
-
-    def close(self) -> None:
-        self._registered.clear()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def poll_selectors() -> None:
-    """Make Thespian's TCP transport, in this process, select with ``poll`` through a
-    :class:`OneTurnPoll` rather than the default ``epoll`` selector.  The transport builds a
-    new selector at every turn of its loop and registers every open socket in it (one per peer
-    and direction: about 60 at 32 nodes); with epoll each registration is a system call, and
-    the selector's creation and closing two more, where poll registers in user space and makes
-    one call; and a ``PollSelector`` still spends 2.5 µs of Python on each registration.  The
-    events are the same.  Where there is no poll (Windows), the default stays."""
-    if not hasattr(select, "poll"):
-        return
-    shim = types.SimpleNamespace(**vars(selectors))
-    shim.DefaultSelector = OneTurnPoll
-    TCPTransport.selectors = shim

@@ -1,0 +1,206 @@
+"""quicken_transport, Thespian's TCP transport made cheaper in the Replicator's process: each
+change computes what Thespian's own code computes (the selector's events, an idle socket's
+expiry, an address's hash, the debug descriptions), is never pickled into what another process
+reads, and is idempotent.  The multi-node tests run every Replicator quickened."""
+
+from __future__ import annotations
+
+import datetime as dt
+import pickle
+import selectors
+import socket
+import time
+from typing import Any
+
+import pytest
+from thespian.actors import ActorAddress
+from thespian.system.timing import ExpirationTimer
+from thespian.system.transport import (
+    IPBase,
+    ReceiveEnvelope,
+    TCPTransport,
+    TransmitIntent,
+)
+
+from thespian_dd._runtime.transport import Described, OneTurnPoll, quicken_transport
+
+pytestmark = pytest.mark.timeout(60)
+
+ORIGINAL_IDENTIFY = (TransmitIntent.identify, ReceiveEnvelope.identify)
+ORIGINAL_HASH = IPBase.IPActorAddress.__hash__
+ORIGINAL_EXPIRED = TCPTransport.IdleSocket.expired
+
+
+@pytest.fixture
+def quickened(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process quickened for one test, Thespian's own attributes back after it."""
+    for owner, name in [
+        (TCPTransport, "selectors"),
+        (TCPTransport.IdleSocket, "expired"),
+        (IPBase.IPActorAddress, "__hash__"),
+        (IPBase.IPActorAddress, "__getstate__"),
+        (TransmitIntent, "identify"),
+        (TransmitIntent, "__str__"),
+        (ReceiveEnvelope, "identify"),
+        (ReceiveEnvelope, "__str__"),
+    ]:
+        monkeypatch.setattr(owner, name, getattr(owner, name))
+    quicken_transport()
+
+
+class Shown:
+    """A message that counts how often it is formatted."""
+
+    def __init__(self) -> None:
+        self.formatted = 0
+
+    def __str__(self) -> str:
+        self.formatted += 1
+        return "shown-message"
+
+
+def _address(port: int) -> ActorAddress:
+    return ActorAddress(IPBase.TCPv4ActorAddress("127.0.0.1", port))
+
+
+def test_an_idle_socket_expires_when_its_timer_says(quickened: None) -> None:
+    """Asked at every turn for every idle socket: the timer's own answer, without its view."""
+    left, right = socket.socketpair()
+    with left, right:
+        idle = TCPTransport.IdleSocket(left, _address(1))
+        assert not idle.expired()
+        assert not ORIGINAL_EXPIRED(idle)
+        idle.validity = ExpirationTimer(dt.timedelta(seconds=0))
+        assert idle.expired()
+        assert ORIGINAL_EXPIRED(idle)
+        idle.validity = ExpirationTimer(dt.timedelta(milliseconds=50))
+        assert not idle.expired()
+        time.sleep(0.06)
+        assert idle.expired()
+        assert ORIGINAL_EXPIRED(idle)
+
+
+def test_an_address_keeps_its_hash_and_never_pickles_it(quickened: None) -> None:
+    """The hash is Thespian's own value (dicts filled before the Replicator quickened its
+    process still find their keys); a pickled address carries no hash, as another process
+    hashes strings differently, and reads back equal, with the same hash here."""
+    details = IPBase.TCPv4ActorAddress("127.0.0.1", 1900)
+    expected = ORIGINAL_HASH(details)
+    assert hash(details) == expected
+    assert hash(details) == expected  # the kept one
+    assert "_thespian_dd_hash" in details.__dict__
+    address = ActorAddress(details)
+    table = {details: "found"}
+    back = pickle.loads(pickle.dumps(address))
+    assert "_thespian_dd_hash" not in back.addressDetails.__dict__
+    assert back == address
+    assert table[back.addressDetails] == "found"
+    assert "_thespian_dd_hash" in back.addressDetails.__dict__
+
+
+def test_descriptions_are_formatted_only_when_written_and_read_as_before(
+    quickened: None,
+) -> None:
+    """Thespian formats a description of every transmit and receipt for a debug line that is
+    dropped unless its own log is at debug level: now only a line written formats it, and it
+    reads as Thespian's."""
+    message = Shown()
+    envelope = ReceiveEnvelope(_address(1901), message)
+    described = envelope.identify()
+    assert isinstance(described, Described)
+    assert message.formatted == 0
+    # Thespian's lines are %-formatted.
+    assert "ACTOR got %s" % described == "ACTOR got " + ORIGINAL_IDENTIFY[1](envelope)  # noqa: UP031
+    assert str(envelope) == ORIGINAL_IDENTIFY[1](envelope)
+    assert "shown-message" in str(envelope)
+
+    intent = TransmitIntent(_address(1902), message)
+    formatted = message.formatted
+    described = intent.identify()
+    assert message.formatted == formatted
+    line = "actualTransmit of %s" % described  # noqa: UP031 - as Thespian formats it
+    assert line.startswith("actualTransmit of TransportIntent(")
+    assert "shown-message" in line
+    assert str(_address(1902)) in line
+    assert str(intent).startswith("************* TransportIntent(")
+
+
+def test_quickening_twice_changes_nothing(quickened: None) -> None:
+    """The Replicator quickens at each start in its process: a second call wraps nothing
+    twice (a description still formats to a string)."""
+    before = (TransmitIntent.identify, IPBase.IPActorAddress.__hash__)
+    quicken_transport()
+    assert (TransmitIntent.identify, IPBase.IPActorAddress.__hash__) == before
+    envelope = ReceiveEnvelope(_address(1903), "hello")
+    assert str(envelope.identify()) == ORIGINAL_IDENTIFY[1](envelope)
+
+
+def test_quickened_the_tcp_transport_selects_with_a_one_turn_poll(quickened: None) -> None:
+    """The transport builds a selector every turn of its loop: a OneTurnPoll registers in
+    user space and cheaply.  A socket pair shows it still reports readiness."""
+    made = TCPTransport.selectors.DefaultSelector()
+    assert isinstance(made, OneTurnPoll)
+    left, right = socket.socketpair()
+    with left, right, made:
+        made.register(left, TCPTransport.selectors.EVENT_READ)
+        assert made.select(0) == []
+        right.send(b"x")
+        assert [key.fileobj for key, _ in made.select(1)] == [left]
+
+
+def _ready(selector: Any, fds: dict[int, int]) -> set[tuple[int, int]]:
+    for fd, events in fds.items():
+        selector.register(fd, events)
+    try:
+        return {(key.fd, events) for key, events in selector.select(0)}
+    finally:
+        selector.close()
+
+
+def test_one_turn_poll_reports_what_a_poll_selector_reports() -> None:
+    """Readable, writable, both, a peer that hung up, and a closed descriptor: the same
+    (descriptor, events) pairs as selectors.PollSelector, which the transport used before."""
+    read, write = selectors.EVENT_READ, selectors.EVENT_WRITE
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    e, f = socket.socketpair()
+    gone, other = socket.socketpair()
+    with a, b, c, d, e, f, other:
+        b.send(b"x")  # a readable (and writable)
+        f.close()  # e: its peer hung up
+        closed = gone.fileno()
+        gone.close()  # a descriptor closed while registered: poll says POLLNVAL
+        fds = {a.fileno(): read | write, c.fileno(): read, d.fileno(): write}
+        fds |= {e.fileno(): read, closed: read}
+        ours = _ready(OneTurnPoll(), fds)
+        assert ours == _ready(selectors.PollSelector(), fds)
+        assert (a.fileno(), read | write) in ours
+        assert (d.fileno(), write) in ours
+        assert (e.fileno(), read) in ours
+        assert all(fd != c.fileno() for fd, _ in ours)  # nothing to read: not ready
+
+
+def test_one_turn_poll_refuses_what_a_selector_refuses_and_waits_as_told() -> None:
+    """A descriptor registered twice (KeyError), a negative one or no events (ValueError), as
+    selectors; a timeout in seconds waits about that long; a registered object is given back
+    as its key's fileobj."""
+    a, b = socket.socketpair()
+    with a, b, OneTurnPoll() as poll:
+        poll.register(a, selectors.EVENT_READ, "data")
+        with pytest.raises(KeyError):
+            poll.register(a.fileno(), selectors.EVENT_WRITE)
+        with pytest.raises(ValueError, match="file descriptor"):
+            poll.register(-1, selectors.EVENT_READ)
+        with pytest.raises(ValueError, match="events"):
+            poll.register(b, 0)
+        started = time.monotonic()
+        assert poll.select(0.05) == []
+        assert time.monotonic() - started >= 0.04
+        b.send(b"x")
+        [(key, events)] = poll.select(None)
+        assert (key.fileobj, key.fd, key.data, events) == (
+            a,
+            a.fileno(),
+            "data",
+            selectors.EVENT_READ,
+        )
