@@ -22,7 +22,12 @@ from thespian.system.transport import (
     TransmitIntent,
 )
 
-from thespian_dd._runtime.transport import Described, OneTurnPoll, quicken_transport
+from thespian_dd._runtime.transport import (
+    Described,
+    OneTurnPoll,
+    idle_connection_seconds,
+    quicken_transport,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,6 +42,7 @@ def quickened(monkeypatch: pytest.MonkeyPatch) -> None:
     for owner, name in [
         (TCPTransport, "selectors"),
         (TCPTransport.IdleSocket, "expired"),
+        (TCPTransport, "MAX_IDLE_SOCKET_PERIOD"),
         (IPBase.IPActorAddress, "__hash__"),
         (IPBase.IPActorAddress, "__getstate__"),
         (TransmitIntent, "identify"),
@@ -45,7 +51,7 @@ def quickened(monkeypatch: pytest.MonkeyPatch) -> None:
         (ReceiveEnvelope, "__str__"),
     ]:
         monkeypatch.setattr(owner, name, getattr(owner, name))
-    quicken_transport()
+    quicken_transport(45.0)
 
 
 class Shown:
@@ -78,6 +84,19 @@ def test_an_idle_socket_expires_when_its_timer_says(quickened: None) -> None:
         time.sleep(0.06)
         assert idle.expired()
         assert ORIGINAL_EXPIRED(idle)
+
+
+def test_an_idle_connection_is_closed_after_the_idle_time_given(quickened: None) -> None:
+    """Thespian's own expiry of an idle connection, after ``idle_seconds`` (45 here) rather
+    than 20 minutes: three failure timeouts, at least 30 s."""
+    left, right = socket.socketpair()
+    with left, right:
+        idle = TCPTransport.IdleSocket(left, _address(1))
+        remaining = idle.validity.view().remainingSeconds()
+        assert 44 < remaining <= 45
+    assert idle_connection_seconds(2.0) == 30.0
+    assert idle_connection_seconds(10.0) == 30.0
+    assert idle_connection_seconds(60.0) == 180.0
 
 
 def test_an_address_keeps_its_hash_and_never_pickles_it(quickened: None) -> None:
@@ -129,7 +148,7 @@ def test_quickening_twice_changes_nothing(quickened: None) -> None:
     """The Replicator quickens at each start in its process: a second call wraps nothing
     twice (a description still formats to a string)."""
     before = (TransmitIntent.identify, IPBase.IPActorAddress.__hash__)
-    quicken_transport()
+    quicken_transport(45.0)
     assert (TransmitIntent.identify, IPBase.IPActorAddress.__hash__) == before
     envelope = ReceiveEnvelope(_address(1903), "hello")
     assert str(envelope.identify()) == ORIGINAL_IDENTIFY[1](envelope)

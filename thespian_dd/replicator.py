@@ -70,7 +70,7 @@ from thespian_dd._runtime.protocol import (
     StartReplicator,
 )
 from thespian_dd._runtime.settings import CAPABILITY_PREFIX, Settings
-from thespian_dd._runtime.transport import quicken_transport
+from thespian_dd._runtime.transport import idle_connection_seconds, quicken_transport
 from thespian_dd._runtime.updates import modified, update_error
 from thespian_dd._runtime.window import transmit_within
 from thespian_dd._runtime.writer import (
@@ -222,7 +222,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         # commits them too.  See docs/durability.md.
         if settings.store is not None and self._capabilities.get(SYSTEM_NAME) == WATCHING_SYSTEM:
             self._commits = CommitThread()
-        quicken_transport()  # this process's transport: a cheaper turn of its loop
+        # This process's transport: a cheaper turn of its loop.
+        quicken_transport(idle_connection_seconds(settings.failure_timeout))
         hooks = Hooks(
             send=self.send,
             wake=self.wakeupAfter,
