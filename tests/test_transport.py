@@ -36,21 +36,29 @@ ORIGINAL_HASH = IPBase.IPActorAddress.__hash__
 ORIGINAL_EXPIRED = TCPTransport.IdleSocket.expired
 
 
+PATCHED = [
+    (TCPTransport, "selectors"),
+    (TCPTransport.IdleSocket, "expired"),
+    (TCPTransport, "MAX_IDLE_SOCKET_PERIOD"),
+    (IPBase.IPActorAddress, "__hash__"),
+    (IPBase.IPActorAddress, "__getstate__"),
+    (TransmitIntent, "identify"),
+    (TransmitIntent, "__str__"),
+    (ReceiveEnvelope, "identify"),
+    (ReceiveEnvelope, "__str__"),
+]
+"""What quicken_transport sets: Thespian's own back after each test."""
+
+
+def _keep_thespians(monkeypatch: pytest.MonkeyPatch) -> None:
+    for owner, name in PATCHED:
+        monkeypatch.setattr(owner, name, getattr(owner, name))
+
+
 @pytest.fixture
 def quickened(monkeypatch: pytest.MonkeyPatch) -> None:
     """This process quickened for one test, Thespian's own attributes back after it."""
-    for owner, name in [
-        (TCPTransport, "selectors"),
-        (TCPTransport.IdleSocket, "expired"),
-        (TCPTransport, "MAX_IDLE_SOCKET_PERIOD"),
-        (IPBase.IPActorAddress, "__hash__"),
-        (IPBase.IPActorAddress, "__getstate__"),
-        (TransmitIntent, "identify"),
-        (TransmitIntent, "__str__"),
-        (ReceiveEnvelope, "identify"),
-        (ReceiveEnvelope, "__str__"),
-    ]:
-        monkeypatch.setattr(owner, name, getattr(owner, name))
+    _keep_thespians(monkeypatch)
     quicken_transport(45.0)
 
 
@@ -79,6 +87,9 @@ def test_an_idle_socket_expires_when_its_timer_says(quickened: None) -> None:
         idle.validity = ExpirationTimer(dt.timedelta(seconds=0))
         assert idle.expired()
         assert ORIGINAL_EXPIRED(idle)
+        idle.validity = ExpirationTimer(None)  # never
+        assert not idle.expired()
+        assert not ORIGINAL_EXPIRED(idle)
         idle.validity = ExpirationTimer(dt.timedelta(milliseconds=50))
         assert not idle.expired()
         time.sleep(0.06)
@@ -99,22 +110,26 @@ def test_an_idle_connection_is_closed_after_the_idle_time_given(quickened: None)
     assert idle_connection_seconds(60.0) == 180.0
 
 
-def test_an_address_keeps_its_hash_and_never_pickles_it(quickened: None) -> None:
-    """The hash is Thespian's own value (dicts filled before the Replicator quickened its
-    process still find their keys); a pickled address carries no hash, as another process
+def test_an_address_keeps_its_hash_and_never_pickles_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hash is Thespian's own value: a dict filled before the Replicator quickened its
+    process still finds its keys.  A pickled address carries no hash, as another process
     hashes strings differently, and reads back equal, with the same hash here."""
     details = IPBase.TCPv4ActorAddress("127.0.0.1", 1900)
-    expected = ORIGINAL_HASH(details)
+    expected = hash(details)
+    table = {details: "found"}
+    _keep_thespians(monkeypatch)
+    quicken_transport(45.0)
     assert hash(details) == expected
     assert hash(details) == expected  # the kept one
     assert "_thespian_dd_hash" in details.__dict__
+    assert table[IPBase.TCPv4ActorAddress("127.0.0.1", 1900)] == "found"
     address = ActorAddress(details)
-    table = {details: "found"}
     back = pickle.loads(pickle.dumps(address))
     assert "_thespian_dd_hash" not in back.addressDetails.__dict__
     assert back == address
     assert table[back.addressDetails] == "found"
     assert "_thespian_dd_hash" in back.addressDetails.__dict__
+    assert ORIGINAL_HASH(back.addressDetails) == expected
 
 
 def test_descriptions_are_formatted_only_when_written_and_read_as_before(

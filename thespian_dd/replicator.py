@@ -220,10 +220,13 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         # Sync commits on a thread of this process where Thespian can wake the actor for its
         # answers (multiprocTCPBase); elsewhere (simpleSystemBase: no watches) the DurableWriter
         # commits them too.  See docs/durability.md.
-        if settings.store is not None and self._capabilities.get(SYSTEM_NAME) == WATCHING_SYSTEM:
+        multiprocess = self._capabilities.get(SYSTEM_NAME) == WATCHING_SYSTEM
+        if settings.store is not None and multiprocess:
             self._commits = CommitThread()
-        # This process's transport: a cheaper turn of its loop.
-        quicken_transport(idle_connection_seconds(settings.failure_timeout))
+        if multiprocess:
+            # Its own process (and its DurableWriter's, forked from it): a cheaper turn of the
+            # transport's loop.  Elsewhere the process is the caller's, and stays as it is.
+            quicken_transport(idle_connection_seconds(settings.failure_timeout))
         hooks = Hooks(
             send=self.send,
             wake=self.wakeupAfter,

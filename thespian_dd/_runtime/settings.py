@@ -35,8 +35,8 @@ class Settings:
     - ``gossip_interval``: seconds between gossip rounds (each sends a status to a few peers).
     - ``delta_interval``: seconds between delta propagations; 0 turns deltas off (gossip only).
     - ``failure_timeout``: seconds without a word from a peer before it counts as unreachable.
-      The Replicator's process also closes a connection unused for three of these (at least
-      30 s; a message reopens it).
+      On the multiprocess base, the Replicator's process (and its DurableWriter's) also closes
+      a connection unused for three of these (at least 30 s; the next message reopens it).
     - ``max_value_bytes``: the largest encoded value accepted from a peer, or kept after merging
       one.
     - ``max_gossip_bytes``: the budget of values in one gossip message.
