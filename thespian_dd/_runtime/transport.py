@@ -9,8 +9,9 @@ the 35 connections of a Replicator, or 65 for one that introduced itself to ever
 answers of the remote admins that created its Introducers came on connections Thespian keeps
 open, idle, for 20 minutes.
 
-Each change here keeps what the transport does and computes the same values, more cheaply; each
-is a plain attribute of Thespian's, set again by each call (so calling twice changes nothing):
+Each change but the idle period keeps what the transport does, computing the same values more
+cheaply; each is a plain attribute of Thespian's, set again by each call (so calling twice changes
+nothing):
 
 - :class:`OneTurnPoll` as the selector (``poll``, registering in user space);
 - an idle socket's expiry read from its timer without building a view of it;
