@@ -10,6 +10,7 @@ import pickle
 import selectors
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,14 +23,21 @@ from thespian.system.transport import (
     TransmitIntent,
 )
 
+from thespian_dd import GCounter, Get, ReplicaId, Update
 from thespian_dd._runtime.transport import (
     Described,
     OneTurnPoll,
     idle_connection_seconds,
     quicken_transport,
 )
+from thespian_dd.testing import eventually, start_node
 
 pytestmark = pytest.mark.timeout(60)
+
+
+def _increment(counter: GCounter, node: ReplicaId) -> GCounter:
+    return counter.increment(node, 1)
+
 
 ORIGINAL_IDENTIFY = (TransmitIntent.identify, ReceiveEnvelope.identify)
 ORIGINAL_HASH = IPBase.IPActorAddress.__hash__
@@ -238,3 +246,42 @@ def test_one_turn_poll_refuses_what_a_selector_refuses_and_waits_as_told() -> No
             "data",
             selectors.EVENT_READ,
         )
+
+
+def _connections_to(port: int) -> list[str]:
+    """The states (``/proc/net/tcp``'s hex codes: 01 established, 08 close-wait) of this
+    process's TCP connections to ``port``."""
+    states = []
+    for line in Path("/proc/self/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].rsplit(":", 1)[1], 16) == port:
+            states.append(fields[3])
+    return states
+
+
+@pytest.mark.multinode
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not Path("/proc/self/net/tcp").exists(), reason="reads Linux's /proc")
+def test_a_replicator_closes_a_connection_left_unused_for_three_failure_timeouts() -> None:
+    """A real node (failure_timeout 10 s: 30 s): the connection this process's ask opened to
+    its Replicator is still open after 25 s unused, closed by the Replicator within 30 s and a
+    few turns of its loop (this end, whose loop does not run between asks, sees it
+    half-closed), and the next ask opens another and is answered."""
+    node = start_node(failure_timeout=10.0)
+    try:
+        assert node.ask(Update("k", GCounter(), _increment)) is not None
+        port = node.replicator.addressDetails.sockname[1]
+        assert "01" in _connections_to(port)
+        asked = time.monotonic()
+        time.sleep(25.0)
+        assert "01" in _connections_to(port)  # not closed before its time
+        eventually(
+            lambda: "01" not in _connections_to(port),
+            timeout=idle_connection_seconds(10.0) + 20.0 - (time.monotonic() - asked),
+            interval=0.5,
+            what="the Replicator closed the unused connection",
+        )
+        reply = node.ask(Get("k"))
+        assert reply.data.value == 1
+    finally:
+        node.asys.shutdown()
