@@ -23,14 +23,17 @@ from thespian.system.transport import (
     TransmitIntent,
 )
 
-from thespian_dd import GCounter, Get, ReplicaId, Update
+from thespian_dd import Changed, GCounter, Get, ReplicaId, Subscribe, Update, UpdateSuccess
+from thespian_dd._runtime import transport
 from thespian_dd._runtime.transport import (
     Described,
-    OneTurnPoll,
+    KeptPoll,
     idle_connection_seconds,
+    idle_turn,
     quicken_transport,
+    run_with_expiry,
 )
-from thespian_dd.testing import eventually, start_node
+from thespian_dd.testing import FAST, eventually, start_node
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,10 +45,11 @@ def _increment(counter: GCounter, node: ReplicaId) -> GCounter:
 ORIGINAL_IDENTIFY = (TransmitIntent.identify, ReceiveEnvelope.identify)
 ORIGINAL_HASH = IPBase.IPActorAddress.__hash__
 ORIGINAL_EXPIRED = TCPTransport.IdleSocket.expired
+ORIGINAL_LOOP = TCPTransport.TCPTransport._runWithExpiry
 
 
 PATCHED = [
-    (TCPTransport, "selectors"),
+    (TCPTransport.TCPTransport, "_runWithExpiry"),
     (TCPTransport.IdleSocket, "expired"),
     (TCPTransport, "MAX_IDLE_SOCKET_PERIOD"),
     (IPBase.IPActorAddress, "__hash__"),
@@ -176,75 +180,217 @@ def test_quickening_twice_changes_nothing(quickened: None) -> None:
     assert str(envelope.identify()) == ORIGINAL_IDENTIFY[1](envelope)
 
 
-def test_quickened_the_tcp_transport_selects_with_a_one_turn_poll(quickened: None) -> None:
-    """The transport builds a selector every turn of its loop: a OneTurnPoll registers in
-    user space and cheaply.  A socket pair shows it still reports readiness."""
-    made = TCPTransport.selectors.DefaultSelector()
-    assert isinstance(made, OneTurnPoll)
-    left, right = socket.socketpair()
-    with left, right, made:
-        made.register(left, TCPTransport.selectors.EVENT_READ)
-        assert made.select(0) == []
-        right.send(b"x")
-        assert [key.fileobj for key, _ in made.select(1)] == [left]
+def test_with_this_thespian_the_loop_is_ours(quickened: None) -> None:
+    """The loop is replaced only for the Thespian it was written from (the source of its loop,
+    checked): CI fails here if the Thespian installed is another, whose loop would stay."""
+    assert TCPTransport.TCPTransport._runWithExpiry is run_with_expiry
 
 
-def _ready(selector: Any, fds: dict[int, int]) -> set[tuple[int, int]]:
-    for fd, events in fds.items():
-        selector.register(fd, events)
-    try:
+def test_another_thespians_loop_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Thespian whose loop's source differs from the one ours was written from keeps its own
+    loop (the other changes still apply)."""
+    _keep_thespians(monkeypatch)
+    monkeypatch.setattr(transport, "_THESPIANS_LOOP", "0" * 64)
+    quicken_transport(45.0)
+    assert TCPTransport.TCPTransport._runWithExpiry is ORIGINAL_LOOP
+    assert TransmitIntent.identify is not ORIGINAL_IDENTIFY[0]
+
+
+def _selected(fds: dict[int, int]) -> set[tuple[int, int]]:
+    """What a new ``selectors.PollSelector`` (Thespian's kind: a new one every turn) reports for
+    ``fds`` at once, as (descriptor, events)."""
+    with selectors.PollSelector() as selector:
+        for fd, events in fds.items():
+            selector.register(fd, events)
         return {(key.fd, events) for key, events in selector.select(0)}
-    finally:
-        selector.close()
 
 
-def test_one_turn_poll_reports_what_a_poll_selector_reports() -> None:
-    """Readable, writable, both, a peer that hung up, and a closed descriptor: the same
-    (descriptor, events) pairs as selectors.PollSelector, which the transport used before."""
+def _kept(poll: KeptPoll, fds: dict[int, int]) -> set[tuple[int, int]]:
+    """What ``poll`` reports for ``fds`` at once, in the same form."""
     read, write = selectors.EVENT_READ, selectors.EVENT_WRITE
+    rrecv, rsend = poll.select(
+        [fd for fd, e in fds.items() if e & read], [fd for fd, e in fds.items() if e & write], 0
+    )
+    events: dict[int, int] = {}
+    for fd in rrecv:
+        events[fd] = events.get(fd, 0) | read
+    for fd in rsend:
+        events[fd] = events.get(fd, 0) | write
+    return set(events.items())
+
+
+def test_a_kept_poll_reports_what_a_new_selector_reports_turn_after_turn() -> None:
+    """One KeptPoll over turns whose descriptors change (added, dropped, asked for other
+    events, closed while watched, a closed one's number taken by a new socket), against a new
+    PollSelector each turn: readable, writable, both, a peer that hung up, a closed
+    descriptor (POLLNVAL: both, as the selector says)."""
+    read, write = selectors.EVENT_READ, selectors.EVENT_WRITE
+    poll = KeptPoll()
     a, b = socket.socketpair()
     c, d = socket.socketpair()
     e, f = socket.socketpair()
-    gone, other = socket.socketpair()
-    with a, b, c, d, e, f, other:
-        b.send(b"x")  # a readable (and writable)
+    with a, b, c, d, e, f:
+        turns: list[dict[int, int]] = [
+            {a.fileno(): read, c.fileno(): read},
+            {a.fileno(): read | write, c.fileno(): read, d.fileno(): write},
+            {c.fileno(): read, e.fileno(): read},  # a and d dropped
+            {a.fileno(): read, e.fileno(): read | write},
+        ]
+        for fds in turns[:2]:
+            assert _kept(poll, fds) == _selected(fds)
+        b.send(b"x")  # a readable
         f.close()  # e: its peer hung up
-        closed = gone.fileno()
-        gone.close()  # a descriptor closed while registered: poll says POLLNVAL
-        fds = {a.fileno(): read | write, c.fileno(): read, d.fileno(): write}
-        fds |= {e.fileno(): read, closed: read}
-        ours = _ready(OneTurnPoll(), fds)
-        assert ours == _ready(selectors.PollSelector(), fds)
-        assert (a.fileno(), read | write) in ours
-        assert (d.fileno(), write) in ours
-        assert (e.fileno(), read) in ours
-        assert all(fd != c.fileno() for fd, _ in ours)  # nothing to read: not ready
+        for fds in turns:
+            assert _kept(poll, fds) == _selected(fds)
+        assert (a.fileno(), read) in _kept(poll, turns[3])
+        assert (e.fileno(), read | write) in _kept(poll, turns[3])
+        gone, other = socket.socketpair()
+        with other:
+            number = gone.fileno()
+            fds = {number: read, a.fileno(): read}
+            assert _kept(poll, fds) == _selected(fds)
+            gone.close()  # closed while watched
+            assert _kept(poll, fds) == _selected(fds) == {(number, read), (a.fileno(), read)}
+            again, peer = socket.socketpair()  # the lowest free numbers: the closed one's
+            with again, peer:
+                assert number in (again.fileno(), peer.fileno())
+                fds = {number: read, a.fileno(): read}
+                assert _kept(poll, fds) == _selected(fds) == {(a.fileno(), read)}
 
 
-def test_one_turn_poll_refuses_what_a_selector_refuses_and_waits_as_told() -> None:
-    """A descriptor registered twice (KeyError), a negative one or no events (ValueError), as
-    selectors; a timeout in seconds waits about that long; a registered object is given back
-    as its key's fileobj."""
+def test_a_kept_poll_refuses_a_negative_descriptor_and_waits_as_told() -> None:
+    """A negative descriptor (a closed socket's number) raises ValueError as a selector's
+    register does, which the loop handles, and the next turn works; a timeout in seconds waits
+    about that long; None waits until a descriptor is ready."""
     a, b = socket.socketpair()
-    with a, b, OneTurnPoll() as poll:
-        poll.register(a, selectors.EVENT_READ, "data")
-        with pytest.raises(KeyError):
-            poll.register(a.fileno(), selectors.EVENT_WRITE)
+    poll = KeptPoll()
+    with a, b:
+        assert poll.select([a.fileno()], [], 0) == ([], [])
         with pytest.raises(ValueError, match="file descriptor"):
-            poll.register(-1, selectors.EVENT_READ)
-        with pytest.raises(ValueError, match="events"):
-            poll.register(b, 0)
+            poll.select([a.fileno(), -1], [], 0)
         started = time.monotonic()
-        assert poll.select(0.05) == []
+        assert poll.select([a.fileno()], [], 0.05) == ([], [])
         assert time.monotonic() - started >= 0.04
         b.send(b"x")
-        [(key, events)] = poll.select(None)
-        assert (key.fileobj, key.fd, key.data, events) == (
-            a,
-            a.fileno(),
-            "data",
-            selectors.EVENT_READ,
+        assert poll.select([a.fileno()], [b.fileno()], None) == ([a.fileno()], [b.fileno()])
+
+
+class Endpoint:
+    """What idle_turn reads and calls of a TCP transport: its table of idle connections (by
+    opsKey of the remote address), its incoming sockets, and the handling of a readable one
+    (recorded, and kept as incoming, as Thespian's does with a message begun)."""
+
+    def __init__(self, idle: list[Any]) -> None:
+        self._openSockets = {TCPTransport.opsKey(s.rmtaddr): s for s in idle}
+        self._incomingSockets: dict[int, Any] = {}
+        self.handled: list[tuple[Any, int]] = []
+
+    def _handlePossibleIncoming(
+        self, incoming: Any, fileno: int, *, has_exclusive_flag: bool
+    ) -> Any:
+        assert has_exclusive_flag
+        self.handled.append((incoming, fileno))
+        return incoming
+
+
+def _idle_pair(port: int) -> tuple[Any, socket.socket]:
+    """An idle connection to address ``port`` and its other end."""
+    mine, theirs = socket.socketpair()
+    return TCPTransport.IdleSocket(mine, _address(port)), theirs
+
+
+def _turn(endpoint: Endpoint, idle: list[Any], rrecv: list[int]) -> None:
+    idle_turn(endpoint, idle, [s.socket.fileno() for s in idle], rrecv)
+
+
+def test_idle_turn_hands_a_readable_connection_over_and_leaves_the_rest(quickened: None) -> None:
+    """A readable idle connection (a message, or the other end closing) leaves the table and
+    is handled as incoming on its socket; the others, unreadable and in time, stay open."""
+    (quiet, q), (busy, b) = _idle_pair(2001), _idle_pair(2002)
+    with q, b, quiet.socket, busy.socket:
+        endpoint = Endpoint([quiet, busy])
+        _turn(endpoint, [quiet, busy], [busy.socket.fileno()])
+        assert list(endpoint._openSockets.values()) == [quiet]
+        [(incoming, fileno)] = endpoint.handled
+        assert isinstance(incoming, TCPTransport.TCPIncomingPersistent)
+        assert (incoming.socket, incoming.fromAddress, fileno) == (
+            busy.socket,
+            busy.rmtaddr,
+            busy.socket.fileno(),
         )
+        assert endpoint._incomingSockets == {busy.socket.fileno(): incoming}
+        assert quiet.socket.fileno() != -1
+
+
+def test_idle_turn_closes_a_replaced_connection_and_spares_one_a_send_took(
+    quickened: None,
+) -> None:
+    """A connection the table now holds another for (the same address) is closed; one whose
+    address left the table (a send took its socket) stays open while unread and in time, as
+    Thespian's walk leaves it."""
+    (old, o), (taken, t) = _idle_pair(2003), _idle_pair(2004)
+    newer, n = _idle_pair(2003)
+    with o, t, n, newer.socket, taken.socket:
+        endpoint = Endpoint([old, taken])
+        endpoint._openSockets[TCPTransport.opsKey(old.rmtaddr)] = newer
+        del endpoint._openSockets[TCPTransport.opsKey(taken.rmtaddr)]
+        _turn(endpoint, [old, taken], [])
+        assert old.socket.fileno() == -1  # closed
+        assert taken.socket.fileno() != -1
+        assert list(endpoint._openSockets.values()) == [newer]
+        assert endpoint.handled == []
+
+
+def test_idle_turn_closes_an_expired_connection_at_its_scan_once_a_second(
+    quickened: None,
+) -> None:
+    """A connection unused for the idle period is closed and leaves the table at the next scan
+    for expired ones, which runs once a second, not at every turn."""
+    (stale, s), (fresh, f) = _idle_pair(2005), _idle_pair(2006)
+    with s, f, fresh.socket:
+        endpoint = Endpoint([stale, fresh])
+        _turn(endpoint, [stale, fresh], [])  # the first turn scans
+        stale.validity = ExpirationTimer(dt.timedelta(seconds=0))
+        _turn(endpoint, [stale, fresh], [])  # within the second: not scanned
+        assert stale.socket.fileno() != -1
+
+        def scanned() -> bool:
+            _turn(endpoint, [stale, fresh], [])
+            return bool(stale.socket.fileno() == -1)
+
+        eventually(
+            scanned,
+            timeout=5.0,
+            interval=0.05,
+            what="the next scan closed the expired connection",
+        )
+        assert list(endpoint._openSockets.values()) == [fresh]
+        assert fresh.socket.fileno() != -1
+
+
+@pytest.mark.multinode
+def test_a_node_started_quickened_answers_through_the_quick_loop(quickened: None) -> None:
+    """This process quickened, then a real node started from it: its admin and Replicator
+    (forked from it) and this process's own endpoint all run the quick loop (asks, tells,
+    creating a probe, a subscription's notifications), and every reply is right."""
+    node = start_node(None, **FAST)
+    try:
+        probe = node.probe()
+        node.asys.tell(node.replicator, Subscribe("k", probe))
+        for _ in range(40):
+            node.asys.tell(node.replicator, Update("k", GCounter(), _increment))
+        for _ in range(40):
+            reply = node.ask(Update("k", GCounter(), _increment))
+            assert isinstance(reply, UpdateSuccess), reply
+        assert node.ask(Get("k")).data.value == 80
+
+        def told() -> list[int]:
+            return [m.data.value for m in node.received(probe) if isinstance(m, Changed)]
+
+        eventually(lambda: 80 in told(), timeout=10.0, what="the subscriber was told 80")
+        assert told() == sorted(told())
+    finally:
+        node.asys.shutdown()
 
 
 def _connections_to(port: int) -> list[str]:

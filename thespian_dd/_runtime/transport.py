@@ -13,7 +13,10 @@ Each change but the idle period keeps what the transport does, computing the sam
 cheaply; each is a plain attribute of Thespian's, set again by each call (so calling twice changes
 nothing):
 
-- :class:`OneTurnPoll` as the selector (``poll``, registering in user space);
+- the loop itself (:func:`run_with_expiry`): Thespian's, turn for turn, with the descriptors kept
+  registered from turn to turn (:class:`KeptPoll`) and an idle connection given work only in a
+  turn that concerns it (:func:`idle_turn`); only for the Thespian whose loop it was written
+  from (4.0.1, checked by the loop's source), another keeps its own;
 - an idle socket's expiry read from its timer without building a view of it;
 - an idle connection closed after ``idle_seconds`` unused rather than 20 minutes (Thespian's own
   expiry, sooner: the next message to that address opens a new one);
@@ -25,16 +28,39 @@ nothing):
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import hashlib
+import inspect
+import logging
 import math
+import operator
 import select
-import selectors
-import types
-from typing import Any, Self
+import time
+from typing import Any
 
+from thespian.actors import WatchMessage
 from thespian.system import timing
-from thespian.system.transport import IPBase, ReceiveEnvelope, TCPTransport, TransmitIntent
+from thespian.system.transport import (
+    IPBase,
+    ReceiveEnvelope,
+    TCPTransport,
+    Thespian__Run_Expired,
+    Thespian__Run_HandlerResult,
+    Thespian__Run_Terminated,
+    TransmitIntent,
+    TransmitOnly,
+)
+from thespian.system.transport.errmgmt import err_bad_fileno, err_select_retry
+from thespian.system.utilis import thesplog
 
-__all__ = ["Described", "OneTurnPoll", "idle_connection_seconds", "quicken_transport"]
+__all__ = [
+    "Described",
+    "KeptPoll",
+    "idle_connection_seconds",
+    "idle_turn",
+    "quicken_transport",
+    "run_with_expiry",
+]
 
 
 def idle_connection_seconds(failure_timeout: float) -> float:
@@ -44,67 +70,6 @@ def idle_connection_seconds(failure_timeout: float) -> float:
     peers a round, at random) and then reconnects, one connect, where the open connection cost
     work at every turn of the loop meanwhile."""
     return max(30.0, 3 * failure_timeout)
-
-
-class OneTurnPoll:
-    """A selector for one turn of Thespian's TCP transport loop, which makes a new selector
-    every turn, registers every open socket in it (about 40 a Replicator at 32 nodes, 60 or
-    more in the busiest), selects once and closes it.  ``selectors.PollSelector`` builds a
-    key and checks it in three tables at each registration, 2.5 µs a socket: at 32 nodes a
-    hundred turns of the cluster's loops per WriteMajority write spent about 10 ms of CPU
-    registering.  This one hands the descriptor to ``select.poll`` and keeps what
-    registration gave, making the key only for a descriptor that is ready: a turn of 40
-    sockets takes 9 µs rather than 100.  The events reported are computed as
-    ``PollSelector`` computes them (an error or hang-up shows as readable and writable)."""
-
-    __slots__ = ("_poll", "_registered")
-
-    def __init__(self) -> None:
-        self._poll = select.poll()
-        self._registered: dict[int, tuple[Any, int, Any]] = {}
-
-    def register(self, fileobj: Any, events: int, data: Any = None) -> None:
-        """Watch ``fileobj`` (a descriptor or an object with ``fileno``) for ``events``
-        (``selectors.EVENT_READ`` and/or ``EVENT_WRITE``); KeyError if it is registered
-        already, ValueError for an invalid descriptor or no events (as a selector)."""
-        fd = fileobj if isinstance(fileobj, int) else int(fileobj.fileno())
-        if fd < 0:
-            raise ValueError(f"Invalid file descriptor: {fd}")
-        if not events or events & ~(selectors.EVENT_READ | selectors.EVENT_WRITE):
-            raise ValueError(f"Invalid events: {events!r}")
-        if fd in self._registered:
-            raise KeyError(f"{fileobj!r} (FD {fd}) is already registered")
-        mask = (select.POLLIN if events & selectors.EVENT_READ else 0) | (
-            select.POLLOUT if events & selectors.EVENT_WRITE else 0
-        )
-        self._poll.register(fd, mask)
-        self._registered[fd] = (fileobj, events, data)
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        """The registered descriptors ready within ``timeout`` seconds (None or negative: wait
-        until one is; 0: do not wait), each as (its key, its ready events)."""
-        # Milliseconds, rounded up as selectors does; None: no limit.
-        wait = None if timeout is None or timeout < 0 else math.ceil(timeout * 1e3)
-        ready = []
-        for fd, event in self._poll.poll(wait):
-            entry = self._registered.get(fd)
-            if entry is None:
-                continue
-            fileobj, events, data = entry
-            got = (selectors.EVENT_WRITE if event & ~select.POLLIN else 0) | (
-                selectors.EVENT_READ if event & ~select.POLLOUT else 0
-            )
-            ready.append((selectors.SelectorKey(fileobj, fd, events, data), got & events))
-        return ready
-
-    def close(self) -> None:
-        self._registered.clear()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class Described:
@@ -173,10 +138,6 @@ def quicken_transport(idle_seconds: float) -> None:
     """Make Thespian's TCP transport in this process cheaper to run (see the module doc), its
     connections closed once unused for ``idle_seconds``: the Replicator calls it as it starts,
     in its own process."""
-    if hasattr(select, "poll"):  # else (Windows) the default selector stays
-        shim = types.SimpleNamespace(**vars(selectors))
-        shim.DefaultSelector = OneTurnPoll
-        TCPTransport.selectors = shim
     TCPTransport.IdleSocket.expired = _idle_expired
     TCPTransport.MAX_IDLE_SOCKET_PERIOD = dt.timedelta(seconds=idle_seconds)
     IPBase.IPActorAddress.__hash__ = _address_hash
@@ -185,3 +146,316 @@ def quicken_transport(idle_seconds: float) -> None:
     TransmitIntent.__str__ = _intent_str
     ReceiveEnvelope.identify = _identify_envelope
     ReceiveEnvelope.__str__ = _envelope_str
+    if hasattr(select, "poll") and _loop_is_thespians(_THESPIANS_LOOP):
+        TCPTransport.TCPTransport._runWithExpiry = run_with_expiry
+
+
+# -- the loop --------------------------------------------------------------------------------------
+
+_THESPIANS_LOOP = "5a6c512c48e9fd0ab13cbc2ca91db058c7322a4af4af658a930631ccdbd51f96"
+"""The SHA-256 of the source of Thespian 4.0.1's ``TCPTransport._runWithExpiry``, which
+:func:`run_with_expiry` does turn for turn.  Another Thespian keeps its own loop."""
+
+_IDLE_SCAN_SECONDS = 1.0
+"""How often the loop looks for connections unused for the idle period (Thespian: at every
+turn); one is closed up to this much later."""
+
+_POLL = "_thespian_dd_poll"
+_SCAN = "_thespian_dd_idle_scan"
+
+
+def _loop_is_thespians(digest: str) -> bool:
+    """Whether the installed Thespian's loop is the one of ``digest`` (False if its source
+    cannot be read)."""
+    try:
+        source = inspect.getsource(TCPTransport.TCPTransport._runWithExpiry)
+    except (OSError, TypeError):
+        return False
+    return hashlib.sha256(source.encode()).hexdigest() == digest
+
+
+class KeptPoll:
+    """The descriptors a transport's loop waits on, registered in one ``select.poll`` kept from
+    turn to turn: each turn hands over those it wants and only what changed since the last is
+    registered again (Thespian registers every open socket in a new selector at every turn).
+    ``poll`` names descriptors by number, so one closed and its number reused is watched as
+    Thespian's new selector would watch it.  Readiness is reported as
+    ``selectors.PollSelector`` reports it: an error or a hang-up counts as both readable and
+    writable, for the events asked."""
+
+    __slots__ = ("_poll", "_registered")
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+        self._registered: dict[int, int] = {}
+
+    def select(
+        self, wrecv: list[int], wsend: list[int], timeout: float | None
+    ) -> tuple[list[int], list[int]]:
+        """The descriptors of ``wrecv`` ready to read and of ``wsend`` ready to write, waiting
+        up to ``timeout`` seconds (None: until one is); ValueError for a negative descriptor,
+        as a selector's ``register`` raises it."""
+        want = dict.fromkeys(wrecv, select.POLLIN)
+        for fd in wsend:
+            want[fd] = want.get(fd, 0) | select.POLLOUT
+        if want and min(want) < 0:
+            raise ValueError(f"Invalid file descriptor: {min(want)}")
+        if want != self._registered:
+            try:
+                for fd in self._registered.keys() - want.keys():
+                    self._poll.unregister(fd)
+                for fd, mask in want.items() - self._registered.items():
+                    self._poll.register(fd, mask)
+            except BaseException:
+                self._poll, self._registered = select.poll(), {}
+                raise
+            self._registered = want
+        # Milliseconds, rounded up as selectors does; None: no limit.
+        wait = None if timeout is None or timeout < 0 else math.ceil(timeout * 1e3)
+        rrecv: list[int] = []
+        rsend: list[int] = []
+        for fd, event in self._poll.poll(wait):
+            mask = want.get(fd, 0)
+            if mask & select.POLLIN and event & ~select.POLLOUT:
+                rrecv.append(fd)
+            if mask & select.POLLOUT and event & ~select.POLLIN:
+                rsend.append(fd)
+        return rrecv, rsend
+
+
+def _hold(transport: Any) -> None:
+    """Take the transport's processing flag, as Thespian's ``exclusive_processing`` does
+    (another thread may be sending); the caller gives it back (``_not_processing``)."""
+    while not transport._exclusively_processing():
+        time.sleep(0.000001)
+
+
+def run_with_expiry(self: Any, incomingHandler: Any) -> Any:  # noqa: C901, N803, PLR0912, PLR0915 - Thespian's loop and name
+    """``TCPTransport._runWithExpiry`` of Thespian 4.0.1 (``_THESPIANS_LOOP``), turn for turn:
+    deliver what was received, wait for the descriptors, receive, send, time out and deliver.
+    Two things are cheaper: the descriptors stay registered in a :class:`KeptPoll`, and an idle
+    connection gets work only in a turn that concerns it (:func:`idle_turn`), where Thespian's
+    loop hashes, looks up and checks every idle connection at every turn."""
+    tcp = TCPTransport.TCPTransport
+    xmit_only = incomingHandler == TransmitOnly or isinstance(incomingHandler, TransmitOnly)
+    if hasattr(self, "_aborting_run"):
+        delattr(self, "_aborting_run")
+    poll = self.__dict__.get(_POLL)
+    if poll is None:
+        poll = self.__dict__[_POLL] = KeptPoll()
+    while not hasattr(self, "_aborting_run") or (
+        self._aborting_run and (self._transmitIntents or self._waitingTransmits)
+    ):
+        ct = timing.currentTime()
+        if self.run_time.view(ct).expired():
+            break
+        if xmit_only:
+            if not self._transmitIntents and not self._waitingTransmits:
+                return 0
+        else:
+            stop = _deliver(self, incomingHandler)
+            if stop is not None:
+                return stop
+
+        _hold(self)
+        try:
+            sending = [t for t in self._transmitIntents.values() if not t.backoffPause()]
+            wsend = [tcp._socketFile(t) for t in sending if tcp._waitForSendable(t)]
+            wrecv = [tcp._socketFile(t) for t in sending if not tcp._waitForSendable(t)]
+            wrecv = [fd for fd in wrecv if fd]
+            wsend = [fd for fd in wsend if fd]
+            wrecv.extend(
+                fd
+                for fd, incoming in self._incomingSockets.items()
+                if fd and not incoming.backoffPause()
+            )
+            idle = list(getattr(self, "_openSockets", {}).values())
+            idle_fds = [s.socket.fileno() for s in idle]
+            wrecv.extend(idle_fds)
+            delays = [
+                d
+                for d in (
+                    self.run_time.view(ct).remaining(),
+                    *(t.delay(ct) for t in self._transmitIntents.values()),
+                    *(w.delay() for w in self._waitingTransmits),
+                    *(i.delay(ct) for i in self._incomingSockets.values()),
+                )
+                if d
+            ]
+            # n.b. after a long pause (a laptop sleeping) a delay may be negative.
+            delay = max(0, timing.timePeriodSeconds(min(delays))) if delays else None
+            if not xmit_only:
+                wrecv.append(self.socket.fileno())
+            if self._watches:
+                wrecv.extend(self._watches)
+        finally:
+            self._not_processing()
+
+        rerr: list[Any] = []
+        try:
+            rrecv, rsend = poll.select(wrecv, wsend, delay)
+        except (OSError, ValueError) as ex:
+            rrecv, rsend = [], []
+            bad = _selection_failed(self, ex, wrecv, wsend)
+            if bad is None:
+                continue
+            rerr = bad
+
+        _hold(self)
+        try:
+            for fileno in rerr:
+                self._cancel_fd_ops(fileno)
+            pending = len(self._transmitIntents) + len(self._waitingTransmits)
+            # The idle connections now (another thread may have sent meanwhile): their
+            # descriptors are those registered unless the table changed.
+            now_idle = list(getattr(self, "_openSockets", {}).values())
+            if now_idle != idle:
+                idle, idle_fds = now_idle, [s.socket.fileno() for s in now_idle]
+            for fileno in rrecv:
+                if fileno == self.socket.fileno() and not xmit_only:
+                    self._acceptNewIncoming()
+                elif fileno in self._incomingSockets:
+                    incoming = self._handlePossibleIncoming(
+                        self._incomingSockets.pop(fileno), fileno, has_exclusive_flag=True
+                    )
+                    if incoming:
+                        self._incomingSockets[incoming.socket.fileno()] = incoming
+                else:
+                    self._processIntents(fileno)
+            idle_turn(self, idle, idle_fds, rrecv)
+            # Sends after receives, which may have started some.
+            for fileno in rsend:
+                self._processIntents(fileno)
+            # Timeouts after sends: a send completing at its deadline succeeds.
+            self._processIntentTimeouts()
+            for fileno, incoming in list(self._incomingSockets.items()):
+                still = self._handlePossibleIncoming(incoming, -1, has_exclusive_flag=True)
+                if still:
+                    self._incomingSockets[fileno] = still
+                else:
+                    self._incomingSockets.pop(fileno, None)
+            watched = [w for w in self._watches if w in rrecv]
+            if watched:
+                self._incomingEnvelopes.append(
+                    ReceiveEnvelope(self.myAddress, WatchMessage(watched))
+                )
+        finally:
+            self._not_processing()
+
+        # Complete the sends done (which may start others).
+        done, self._finished_intents = self._finished_intents, []
+        for intent, status in done:
+            intent.tx_done(status)
+
+        if not rrecv and not rsend:
+            if not rerr and self.run_time.view().expired():
+                return Thespian__Run_Expired()
+            continue
+        if xmit_only:
+            left = len(self._transmitIntents) + len(self._waitingTransmits)
+            if pending > left or left == 0:
+                return left
+        else:
+            stop = _deliver(self, incomingHandler)
+            if stop is not None:
+                return stop
+
+    return Thespian__Run_Terminated() if hasattr(self, "_aborting_run") else Thespian__Run_Expired()
+
+
+def _deliver(transport: Any, handler: Any) -> Any:
+    """Hand what was received to ``handler``: None to go on, or what the loop returns (the
+    envelope itself if there is no handler, or the handler's result that says stop)."""
+    while transport._incomingEnvelopes:
+        envelope = transport._incomingEnvelopes.pop(0)
+        if handler is None:
+            return envelope
+        result = Thespian__Run_HandlerResult(handler(envelope))
+        if not result:
+            return result
+    return None
+
+
+def idle_turn(transport: Any, idle: list[Any], idle_fds: list[int], rrecv: list[int]) -> None:
+    """Thespian's turn for its idle connections (``idle``, the table's values after the wait,
+    and their descriptors), for the connections it concerns: one the table no longer holds (a
+    newer one replaced it, or a send took it), one readable (a message, or the other end
+    closing), and once every ``_IDLE_SCAN_SECONDS`` those unused for the idle period.  Thespian
+    walks every idle connection at every turn; for any other, its walk does nothing."""
+    table = getattr(transport, "_openSockets", {})
+    concerned: dict[int, Any] = {}
+    if len(table) != len(idle) or any(map(operator.is_not, table.values(), idle)):
+        held = set(map(id, table.values()))
+        concerned = {id(s): s for s in idle if id(s) not in held}
+    if rrecv:
+        readable = set(rrecv)
+        concerned.update((id(s), s) for s, fd in zip(idle, idle_fds, strict=True) if fd in readable)
+    now = timing.currentTime()
+    scan = transport.__dict__.get(_SCAN)
+    if scan is None or now >= scan:
+        transport.__dict__[_SCAN] = now + _IDLE_SCAN_SECONDS
+        concerned.update((id(s), s) for s in idle if s.expired())
+    for connection in concerned.values():
+        _idle_connection(transport, table, connection, rrecv)
+
+
+def _idle_connection(transport: Any, table: dict[Any, Any], idle: Any, rrecv: list[int]) -> None:
+    """What Thespian's loop does for one idle connection."""
+    key = TCPTransport.opsKey(idle.rmtaddr)
+    current = table.get(key)
+    if current and current != idle:
+        TCPTransport._safeSocketShutdown(idle)  # a newer connection to the same address
+        return
+    try:
+        fileno = idle.socket.fileno()
+    except OSError as ex:
+        if not err_bad_fileno(ex.errno):
+            raise
+        fileno = None
+    if fileno is None or fileno in rrecv:
+        table.pop(key, None)
+        if fileno:
+            incoming = transport._handlePossibleIncoming(
+                TCPTransport.TCPIncomingPersistent(idle.rmtaddr, idle.socket),
+                fileno,
+                has_exclusive_flag=True,
+            )
+            if incoming:
+                transport._incomingSockets[incoming.socket.fileno()] = incoming
+    elif idle.expired():
+        TCPTransport._safeSocketShutdown(idle)
+        table.pop(key, None)
+
+
+def _selection_failed(
+    transport: Any, ex: Exception, wrecv: list[int], wsend: list[int]
+) -> list[Any] | None:
+    """Thespian's answer to a wait that failed: None to turn again (interrupted, or a watched
+    descriptor was bad and is no longer watched), else the descriptors found bad, to cancel;
+    raises what it cannot handle."""
+    thesplog("selector exception: %s", ex, level=logging.DEBUG)
+    errnum = errno.EBADF if isinstance(ex, ValueError) else getattr(ex, "errno", ex.args[0])
+    if err_select_retry(errnum):
+        thesplog("select retry on %s", ex, level=logging.DEBUG)
+        transport._check_indicators()
+        return None
+    if not err_bad_fileno(errnum):
+        raise ex
+    bad_watches = [w for w in transport._watches if not _fd_ok(w)]
+    if bad_watches:
+        transport._watches = [w for w in transport._watches if w not in bad_watches]
+        return None
+    thesplog("bad internal file descriptor!")
+    # As Thespian: a bad listening socket is named by its method, not its number, so that
+    # ``_cancel_fd_ops`` does not take it for the listening socket and abort.
+    bad: list[Any] = [] if _fd_ok(transport.socket.fileno()) else [transport.socket.fileno]
+    bad.extend(fd for fd in [*wrecv, *wsend] if not _fd_ok(fd))
+    return bad
+
+
+def _fd_ok(fd: int) -> bool:
+    try:
+        TCPTransport.TCPTransport._check_fd(fd)
+    except Exception:  # noqa: BLE001 - any failure: a bad descriptor
+        return False
+    return True
