@@ -178,10 +178,12 @@ class KeptPoll:
     """The descriptors a transport's loop waits on, registered in one ``select.poll`` kept from
     turn to turn: each turn hands over those it wants and only what changed since the last is
     registered again (Thespian registers every open socket in a new selector at every turn).
-    ``poll`` names descriptors by number, so one closed and its number reused is watched as
-    Thespian's new selector would watch it.  Readiness is reported as
-    ``selectors.PollSelector`` reports it: an error or a hang-up counts as both readable and
-    writable, for the events asked."""
+    It answers as Thespian's new ``selectors.DefaultSelector`` (epoll) would: the same
+    readiness (an error or a hang-up counts as both readable and writable, for the events
+    asked), and OSError EBADF for a descriptor that is not open, which epoll refuses to
+    register and ``poll`` reports as POLLNVAL (a closed one whose number was taken again is
+    the new one's, to both).  A descriptor asked twice is asked once (a selector would raise
+    KeyError, which Thespian's loop does not catch)."""
 
     __slots__ = ("_poll", "_registered")
 
@@ -193,34 +195,41 @@ class KeptPoll:
         self, wrecv: list[int], wsend: list[int], timeout: float | None
     ) -> tuple[list[int], list[int]]:
         """The descriptors of ``wrecv`` ready to read and of ``wsend`` ready to write, waiting
-        up to ``timeout`` seconds (None: until one is); ValueError for a negative descriptor,
-        as a selector's ``register`` raises it."""
+        up to ``timeout`` seconds (None: until one is; 0 or less: not at all); ValueError for a
+        negative descriptor, as a selector's ``register`` raises it, and OSError EBADF for one
+        not open."""
         want = dict.fromkeys(wrecv, select.POLLIN)
         for fd in wsend:
             want[fd] = want.get(fd, 0) | select.POLLOUT
         if want and min(want) < 0:
             raise ValueError(f"Invalid file descriptor: {min(want)}")
         if want != self._registered:
-            try:
-                for fd in self._registered.keys() - want.keys():
-                    self._poll.unregister(fd)
-                for fd, mask in want.items() - self._registered.items():
-                    self._poll.register(fd, mask)
-            except BaseException:
-                self._poll, self._registered = select.poll(), {}
-                raise
-            self._registered = want
+            self._register(want)
         # Milliseconds, rounded up as selectors does; None: no limit.
-        wait = None if timeout is None or timeout < 0 else math.ceil(timeout * 1e3)
+        wait = None if timeout is None else max(0, math.ceil(timeout * 1e3))
         rrecv: list[int] = []
         rsend: list[int] = []
         for fd, event in self._poll.poll(wait):
+            if event & select.POLLNVAL:
+                raise OSError(errno.EBADF, f"Bad file descriptor: {fd}")
             mask = want.get(fd, 0)
             if mask & select.POLLIN and event & ~select.POLLOUT:
                 rrecv.append(fd)
             if mask & select.POLLOUT and event & ~select.POLLIN:
                 rsend.append(fd)
         return rrecv, rsend
+
+    def _register(self, want: dict[int, int]) -> None:
+        """Register what changed: ``want`` ({descriptor: poll mask}) from now on."""
+        try:
+            for fd in self._registered.keys() - want.keys():
+                self._poll.unregister(fd)
+            for fd, mask in want.items() - self._registered.items():
+                self._poll.register(fd, mask)
+        except BaseException:
+            self._poll, self._registered = select.poll(), {}  # start afresh next turn
+            raise
+        self._registered = want
 
 
 def _hold(transport: Any) -> None:
@@ -235,7 +244,14 @@ def run_with_expiry(self: Any, incomingHandler: Any) -> Any:  # noqa: C901, N803
     deliver what was received, wait for the descriptors, receive, send, time out and deliver.
     Two things are cheaper: the descriptors stay registered in a :class:`KeptPoll`, and an idle
     connection gets work only in a turn that concerns it (:func:`idle_turn`), where Thespian's
-    loop hashes, looks up and checks every idle connection at every turn."""
+    loop hashes, looks up and checks every idle connection at every turn.
+
+    Where Thespian's loop would stop or spin, this one goes on: an exception leaves the
+    processing flag free (Thespian's stays taken); a descriptor asked twice is asked once
+    (Thespian's selector raises KeyError); a closed descriptor is refused as EBADF even when
+    epoll, taking its number for itself, would say EINVAL (which Thespian retries, turn after
+    turn); an incoming socket added while the incoming sockets are looked at waits for the next
+    turn (Thespian raises, the dict having changed size)."""
     tcp = TCPTransport.TCPTransport
     xmit_only = incomingHandler == TransmitOnly or isinstance(incomingHandler, TransmitOnly)
     if hasattr(self, "_aborting_run"):
