@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from thespian.actors import ActorAddress
+from thespian.system import timing
 from thespian.system.timing import ExpirationTimer
 from thespian.system.transport import (
     IPBase,
@@ -47,6 +48,8 @@ ORIGINAL_IDENTIFY = (TransmitIntent.identify, ReceiveEnvelope.identify)
 ORIGINAL_HASH = IPBase.IPActorAddress.__hash__
 ORIGINAL_EXPIRED = TCPTransport.IdleSocket.expired
 ORIGINAL_LOOP = TCPTransport.TCPTransport._runWithExpiry
+SCAN = "_thespian_dd_idle_scan"
+"""Where the quick loop keeps, on the transport, when it next looks for expired connections."""
 
 
 PATCHED = [
@@ -397,25 +400,24 @@ def test_idle_turn_closes_an_expired_connection_at_its_scan_once_a_second(
     quickened: None,
 ) -> None:
     """A connection unused for the idle period is closed and leaves the table at the next scan
-    for expired ones, which runs once a second, not at every turn."""
+    for expired ones: a turn scans, and sets the next scan a second on; a turn before it
+    leaves the expired connection open, the first turn from it closes it."""
     (stale, s), (fresh, f) = _idle_pair(2005), _idle_pair(2006)
     with s, f, fresh.socket:
         endpoint = Endpoint([stale, fresh])
+        before = timing.currentTime()
         _turn(endpoint, [stale, fresh], [])  # the first turn scans
+        after = timing.currentTime()
+        next_scan = endpoint.__dict__[SCAN]
+        assert before + 1.0 <= next_scan <= after + 1.0
         stale.validity = ExpirationTimer(dt.timedelta(seconds=0))
-        _turn(endpoint, [stale, fresh], [])  # within the second: not scanned
+        endpoint.__dict__[SCAN] = timing.currentTime() + 60.0  # no scan due
+        _turn(endpoint, [stale, fresh], [])
         assert stale.socket.fileno() != -1
-
-        def scanned() -> bool:
-            _turn(endpoint, [stale, fresh], [])
-            return bool(stale.socket.fileno() == -1)
-
-        eventually(
-            scanned,
-            timeout=5.0,
-            interval=0.05,
-            what="the next scan closed the expired connection",
-        )
+        assert list(endpoint._openSockets.values()) == [stale, fresh]
+        endpoint.__dict__[SCAN] = timing.currentTime()  # the scan is due
+        _turn(endpoint, [stale, fresh], [])
+        assert stale.socket.fileno() == -1
         assert list(endpoint._openSockets.values()) == [fresh]
         assert fresh.socket.fileno() != -1
 
