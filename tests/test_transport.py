@@ -1,7 +1,8 @@
 """quicken_transport, Thespian's TCP transport made cheaper in the Replicator's process: each
-change computes what Thespian's own code computes (the selector's events, an idle socket's
-expiry, an address's hash, the debug descriptions), is never pickled into what another process
-reads, and is idempotent.  The multi-node tests run every Replicator quickened."""
+change computes what Thespian's own code computes (the loop's readiness and its work for idle
+connections, an idle socket's expiry, an address's hash, the debug descriptions), is never
+pickled into what another process reads, and is idempotent.  The multi-node tests run every
+Replicator quickened."""
 
 from __future__ import annotations
 

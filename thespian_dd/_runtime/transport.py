@@ -10,8 +10,9 @@ answers of the remote admins that created its Introducers came on connections Th
 open, idle, for 20 minutes.
 
 Each change but the idle period keeps what the transport does, computing the same values more
-cheaply; each is a plain attribute of Thespian's, set again by each call (so calling twice changes
-nothing):
+cheaply (the loop also goes on in the few cases where Thespian's would stop or spin: see
+:func:`run_with_expiry`); each is a plain attribute of Thespian's, set again by each call (so
+calling twice changes nothing):
 
 - the loop itself (:func:`run_with_expiry`): Thespian's, turn for turn, with the descriptors kept
   registered from turn to turn (:class:`KeptPoll`) and an idle connection given work only in a
