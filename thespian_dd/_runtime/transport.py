@@ -276,11 +276,14 @@ def run_with_expiry(self: Any, incomingHandler: Any) -> Any:  # noqa: C901, N803
 
         _hold(self)
         try:
-            sending = [t for t in self._transmitIntents.values() if not t.backoffPause()]
-            wsend = [tcp._socketFile(t) for t in sending if tcp._waitForSendable(t)]
-            wrecv = [tcp._socketFile(t) for t in sending if not tcp._waitForSendable(t)]
-            wrecv = [fd for fd in wrecv if fd]
-            wsend = [fd for fd in wsend if fd]
+            # A transmit not paused waits to send, or to read its acknowledgement.
+            wsend: list[int] = []
+            wrecv: list[int] = []
+            for intent in self._transmitIntents.values():
+                if not intent.backoffPause():
+                    fd = tcp._socketFile(intent)
+                    if fd:
+                        (wsend if tcp._waitForSendable(intent) else wrecv).append(fd)
             wrecv.extend(
                 fd
                 for fd, incoming in self._incomingSockets.items()
