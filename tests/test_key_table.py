@@ -401,6 +401,27 @@ def test_a_digest_computed_on_demand_equals_the_one_computed_from_the_encoding()
         assert on_demand.digests()["a"] == envelope_digest(digest(value), markers)
 
 
+def test_a_value_is_encoded_once_for_the_peers_it_goes_to_until_it_changes() -> None:
+    """A quorum write sends one value to many peers: its bytes are made once (the same object
+    comes back), in each format asked, and never outlive the value they encode."""
+    keys = KeyTable(never)
+    keys.put("k", counter(1))
+    first = keys.payload("k")
+    assert first == encode(counter(1))
+    assert keys.payload("k") is first
+    assert keys.payload("k", 1) == encode(counter(1), 1)
+    assert keys.payload("k") == first  # back to the current format: made again, the same bytes
+    given_bytes = encode(counter(2))
+    keys.put("k", counter(2), given_bytes)
+    assert keys.payload("k") is given_bytes  # the encoding given with the value is used
+    keys.put("k", counter(3))
+    assert keys.payload("k") == encode(counter(3))
+    keys.put("other", counter(3))  # an equal value, its own object: bytes made for it
+    assert keys.payload("other") == encode(counter(3))
+    keys.delete("k")
+    assert keys.payload("k") == TOMBSTONE
+
+
 def test_a_value_put_without_its_encoding_after_one_with_gets_a_fresh_digest() -> None:
     keys = KeyTable(never)
     keys.put("a", counter(1), encode(counter(1)))
@@ -772,6 +793,15 @@ def check(keys: KeyTable, model: Model, older: bool = False) -> None:
         assert keys.get(key) == (None if entry is None else entry[0])
         assert dict(keys.markers(key)) == ({} if entry is None else entry[1])
         assert keys.is_deleted(key) == (key in model.keys and entry is None)
+        for version in (FORMAT_VERSION, 1, FORMAT_VERSION):  # each twice: once made, once kept
+            for _ in range(2):
+                assert keys.payload(key, version) == (
+                    None
+                    if key not in model.keys
+                    else TOMBSTONE
+                    if entry is None
+                    else join_envelope(encode(entry[0], version), entry[1])
+                )
         bucket = bucket_of(key)
         in_bucket = {k: d for k, d in expected.items() if bucket_of(k) == bucket}
         assert keys.digests_in([bucket]) == in_bucket

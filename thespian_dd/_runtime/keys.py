@@ -180,6 +180,9 @@ class KeyTable:
         self._last_used: dict[str, float] = {}
         self._used_here: set[str] = set()  # used on this node since the last take_used_here()
         self._written: set[str] = set()  # given a value since the last take_written()
+        # The last encoding made or given: (value, its bytes).  A quorum write sends one value
+        # to many peers; it is encoded once.  Values are immutable, so the object is its key.
+        self._encoded: tuple[ReplicatedData | None, bytes] = (None, b"")
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -274,7 +277,13 @@ class KeyTable:
         if stored is not None and format_of(stored) == version:
             return stored
         value = self.get(key)
-        return None if value is None else codec.encode(value, version)
+        if value is None:
+            return None
+        last, raw = self._encoded
+        if last is not value or format_of(raw) != version:
+            raw = codec.encode(value, version)
+            self._encoded = (value, raw)
+        return raw
 
     def envelope(
         self, key: str, raw: bytes | None = None, version: int = codec.FORMAT_VERSION
@@ -311,6 +320,8 @@ class KeyTable:
             self._set_markers(key, markers)
         self._stored.pop(key, None)
         self._values[key] = value
+        if raw is not None:
+            self._encoded = (value, raw)
         self._changed(key, raw)
 
     def delete(self, key: str) -> None:
@@ -412,6 +423,7 @@ class KeyTable:
             keys.clear()
         self._current = _Digests(codec.FORMAT_VERSION)
         self._older.clear()
+        self._encoded = (None, b"")
 
     def _set_markers(self, key: str, markers: Markers) -> None:
         if markers:
