@@ -8,15 +8,15 @@ Performed markers) and as received (after a gap, the keys that need causal deliv
 
 from __future__ import annotations
 
-from functools import reduce
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from thespian_dd import GCounter, ORSet, ReplicaId, codec
+from thespian_dd import GCounter, GSet, ORSet, ReplicaId, codec
 from thespian_dd._canonical import Limits
-from thespian_dd._runtime.deltas import DeltaQueue
+from thespian_dd._runtime.deltas import DeltaQueue, rounds_to_reach_all, slice_size
 from thespian_dd._runtime.keys import KeyTable
 from thespian_dd._runtime.markers import Initialized, Marker, Performed, split_envelope
 from thespian_dd._runtime.protocol import PROTOCOL_VERSION, TOMBSTONE, DeltaPropagation
@@ -24,6 +24,12 @@ from thespian_dd._runtime.protocol import PROTOCOL_VERSION, TOMBSTONE, DeltaProp
 pytestmark = pytest.mark.timeout(60)
 
 A, B, C = ReplicaId("a", 1), ReplicaId("b", 1), ReplicaId("c", 1)
+P, Q, R, S, NEW = (ReplicaId(name, 1) for name in ("p", "q", "r", "s", "new"))
+
+
+def tick(q: DeltaQueue, peers: tuple[ReplicaId, ...] = (P,), size: int = 8) -> dict[ReplicaId, Any]:
+    """One tick to ``peers``: what each peer served gets, as (deltas, number)."""
+    return {name: (due.deltas, n) for due in q.due(peers, size) for name, n in due.numbers.items()}
 
 
 def test_deltas_of_one_key_merge_into_one() -> None:
@@ -31,19 +37,16 @@ def test_deltas_of_one_key_merge_into_one() -> None:
     q.add("k", GCounter().increment(A, 2))
     q.add("k", GCounter().increment(B, 3))
     q.add("k", GCounter().increment(A, 5))
-    assert len(q) == 1
-    assert q.take() == {"k": GCounter({A: 5, B: 3})}
+    assert tick(q) == {P: ({"k": GCounter({A: 5, B: 3})}, 1)}
 
 
 def test_deltas_of_different_keys_stay_apart() -> None:
     q = DeltaQueue()
     q.add("x", ORSet().add(A, 1))
     q.add("y", ORSet().add(A, 2))
-    taken = q.take()
+    taken, _ = tick(q)[P]
     assert set(taken) == {"x", "y"}
-    assert taken["x"] is not None
     assert taken["x"].value == {1}
-    assert taken["y"] is not None
     assert taken["y"].value == {2}
 
 
@@ -51,47 +54,127 @@ def test_a_tombstone_replaces_the_deltas_queued_before_it() -> None:
     q = DeltaQueue()
     q.add("k", GCounter().increment(A, 2))
     q.add("k", None)
-    assert q.take() == {"k": None}
+    assert tick(q) == {P: ({"k": None}, 1)}
 
 
-def test_take_numbers_propagations_and_an_empty_take_uses_no_number() -> None:
+def test_each_peer_numbers_its_propagations_and_a_tick_with_nothing_uses_no_number() -> None:
     q = DeltaQueue()
-    assert q.seq == 0
-    assert q.take() == {}
-    assert q.seq == 0
+    assert tick(q, (P, Q)) == {}
     for expected in (1, 2, 3):
         q.add("k", GCounter().increment(A, expected))
-        assert q.take() == {"k": GCounter({A: expected})}
-        assert q.seq == expected
-        assert q.take() == {}
-        assert q.seq == expected
-    assert len(q) == 0
+        assert tick(q, (P, Q)) == {
+            P: ({"k": GCounter({A: expected})}, expected),
+            Q: ({"k": GCounter({A: expected})}, expected),
+        }
+        assert tick(q, (P, Q)) == {}
+    q.add("k", GCounter().increment(A, 4))
+    assert tick(q, (P,)) == {P: ({"k": GCounter({A: 4})}, 4)}  # Q away: P's count only
+    assert (q.held(), q.waiting) == (0, False)
 
 
-def test_a_dropped_key_is_not_propagated() -> None:
+def test_a_dropped_key_is_not_propagated_even_from_a_batch_some_peers_had() -> None:
     q = DeltaQueue()
     q.add("expired", GCounter().increment(A, 1))
     q.add("kept", GCounter().increment(A, 2))
+    assert set(tick(q, (P, Q), size=1)[P][0]) == {"expired", "kept"}
     q.drop("expired")
     q.drop("never queued")
-    assert q.take() == {"kept": GCounter({A: 2})}
+    assert tick(q, (P, Q), size=1) == {Q: ({"kept": GCounter({A: 2})}, 1)}
 
 
-def test_dropping_the_only_key_leaves_nothing_to_number() -> None:
+def test_dropping_the_only_key_leaves_nothing_to_send() -> None:
     q = DeltaQueue()
     q.add("expired", GCounter().increment(A, 1))
     q.drop("expired")
-    assert q.take() == {}
-    assert q.seq == 0
+    assert tick(q) == {}
+    assert not q.waiting
+
+
+# -- a few peers a tick ----------------------------------------------------------------------------
+
+
+def test_the_defaults_reach_every_peer_within_a_second_a_few_peers_a_tick() -> None:
+    assert rounds_to_reach_all(2.0, 0.2) == 5  # the node command's defaults: 5 ticks, 1 s
+    assert rounds_to_reach_all(0.2, 0.1) == 1  # the test kit's: every peer every tick
+    assert rounds_to_reach_all(1.0, 0.3) == 1
+    assert rounds_to_reach_all(30.0, 0.1) == 150
+    assert [slice_size(n, 5) for n in (0, 1, 2, 3, 10, 11, 31, 63)] == [0, 1, 2, 2, 2, 3, 7, 13]
+    assert slice_size(31, 1) == 31
+
+
+def test_peers_are_served_in_turn_each_once_and_a_later_one_gets_every_batch_merged() -> None:
+    """Ten peers, three a tick: the batch of tick 1 goes to a0-a2, then a3-a5 get it with
+    tick 2's batch in one propagation, and so on round the ring; a batch is held until every
+    peer had it, and the timer is wanted until then."""
+    peers = tuple(ReplicaId(f"a{i}", 1) for i in range(10))
+    q = DeltaQueue()
+    q.add("k", GCounter().increment(A, 1))
+    first = tick(q, peers, size=3)
+    assert set(first) == {peers[0], peers[1], peers[2]}
+    assert first[peers[0]] == ({"k": GCounter({A: 1})}, 1)
+    assert (q.held(), q.waiting) == (1, True)
+    q.add("k", GCounter().increment(B, 1))
+    second = tick(q, peers, size=3)
+    assert set(second) == {peers[3], peers[4], peers[5]}
+    assert second[peers[3]] == ({"k": GCounter({A: 1, B: 1})}, 1)  # both batches, merged
+    third = tick(q, peers, size=3)
+    assert set(third) == {peers[6], peers[7], peers[8]}
+    fourth = tick(q, peers, size=3)  # a9, then round again: a0-a2 are owed tick 2's batch
+    assert set(fourth) == {peers[0], peers[1], peers[9]}
+    assert fourth[peers[0]] == ({"k": GCounter({B: 1})}, 2)
+    assert fourth[peers[9]] == ({"k": GCounter({A: 1, B: 1})}, 1)
+    assert set(tick(q, peers, size=3)) == {peers[2]}
+    assert (q.held(), q.waiting) == (0, False)
+    assert tick(q, peers, size=3) == {}
+
+
+def test_a_peer_away_holds_nothing_back_and_sees_a_gap_if_it_missed_a_batch() -> None:
+    """p and q; q is away for two ticks.  The batches go on without it (none is kept for it);
+    when it is back, its next number skips one, so it asks for the whole values of the keys
+    that need causal delivery.  Back while what it missed is still held, it gets it, no gap."""
+    q = DeltaQueue()
+    q.add("k", GCounter().increment(A, 1))
+    assert tick(q, (P, Q))[Q][1] == 1
+    q.add("k", GCounter().increment(A, 2))
+    assert tick(q, (P,)) == {P: ({"k": GCounter({A: 2})}, 2)}
+    assert (q.held(), q.waiting) == (0, False)
+    q.add("k", GCounter().increment(A, 3))
+    assert tick(q, (P, Q)) == {
+        P: ({"k": GCounter({A: 3})}, 3),
+        Q: ({"k": GCounter({A: 3})}, 3),  # 2 skipped: it missed tick 2's batch
+    }
+    # Away while a peer still here is owed the batch: it is kept, and r gets it, no gap.
+    q.add("k", GCounter().increment(A, 4))
+    four = (P, Q, R, S)  # r and s met now: they are owed this tick's batch
+    assert set(tick(q, four, size=1)) == {Q}  # the turn goes on after p
+    assert set(tick(q, (P, Q, S), size=1)) == {S}  # r away
+    assert (q.held(), q.waiting) == (1, True)  # p has not had it
+    assert set(tick(q, four, size=1)) == {P}
+    assert tick(q, four, size=1) == {R: ({"k": GCounter({A: 4})}, 1)}
+    assert (q.held(), q.waiting) == (0, False)
+
+
+def test_a_peer_met_later_gets_the_batches_from_then_on_and_no_gap() -> None:
+    q = DeltaQueue()
+    q.add("k", GCounter().increment(A, 1))
+    tick(q, (P,))
+    q.add("k", GCounter().increment(A, 2))
+    assert tick(q, (P, NEW)) == {
+        P: ({"k": GCounter({A: 2})}, 2),
+        NEW: ({"k": GCounter({A: 2})}, 1),
+    }
 
 
 # -- gaps ------------------------------------------------------------------------------------------
 
 
-def test_the_first_propagation_heard_from_an_origin_is_no_gap() -> None:
+def test_the_first_propagation_heard_from_an_origin_is_a_gap_unless_it_is_number_1() -> None:
+    """An origin numbers what it sends each peer from 1: a first one numbered otherwise means
+    the ones before it were lost (or it is a node of an earlier release, heard late)."""
     q = DeltaQueue()
     assert not q.received(A, 1)
-    assert not q.received(B, 17)  # a node that started hearing late
+    assert q.received(B, 17)
+    assert not q.received(B, 18)
 
 
 def test_the_next_number_is_no_gap_and_a_skip_or_a_repeat_is() -> None:
@@ -108,10 +191,10 @@ def test_the_next_number_is_no_gap_and_a_skip_or_a_repeat_is() -> None:
 def test_origins_are_counted_apart() -> None:
     q = DeltaQueue()
     assert not q.received(A, 1)
-    assert not q.received(B, 7)
+    assert not q.received(B, 1)
     assert not q.received(A, 2)
-    assert not q.received(B, 8)
-    assert q.received(B, 10)
+    assert not q.received(B, 2)
+    assert q.received(B, 4)
     assert not q.received(A, 3)
 
 
@@ -133,13 +216,14 @@ def test_forgetting_one_origin_keeps_the_others_count() -> None:
     assert q.received(B, 1)
 
 
-def test_the_queue_numbers_what_a_receiver_sees_without_gaps() -> None:
-    sender, receiver = DeltaQueue(), DeltaQueue()
-    for i in range(5):
+def test_the_queue_numbers_what_each_receiver_sees_without_gaps() -> None:
+    sender = DeltaQueue()
+    receivers = {peer: DeltaQueue() for peer in (P, Q, R)}
+    for i in range(6):
         sender.add("k", GCounter().increment(A, i + 1))
-        sender.take()
-        assert not receiver.received(A, sender.seq)
-        sender.take()  # nothing queued: no number, so still no gap
+        for _ in range(3):  # one peer a tick: each gets the batches it has not had, merged
+            for name, (_, number) in tick(sender, tuple(receivers), size=1).items():
+                assert not receivers[name].received(A, number)
 
 
 def test_a_propagation_after_one_numbered_with_a_non_number_is_a_gap_not_an_error() -> None:
@@ -156,52 +240,107 @@ def test_a_propagation_after_one_numbered_with_a_non_number_is_a_gap_not_an_erro
     to; a number that cannot be followed should count as a gap instead.
     """
     q = DeltaQueue()
-    assert not q.received(A, "1")
+    assert q.received(A, "1")  # now a gap already: a first one must be the number 1
     assert q.received(A, 2)
+    assert q.received(B, True)  # True == 1 in Python, but no number
 
 
-# -- a property ------------------------------------------------------------------------------------
+# -- against a model: every peer gets each change once, or sees a gap -----------------------------
 
 KEYS = ["x", "y", "z"]
-increments = st.tuples(st.sampled_from(KEYS), st.sampled_from([A, B, C]), st.integers(1, 5))
-steps = st.lists(st.one_of(increments, st.just("take")), max_size=40)
+PEERS = tuple(ReplicaId(f"a{i}", 1) for i in range(5))
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.sampled_from(KEYS)),
+        st.tuples(st.just("tick"), st.frozensets(st.sampled_from(PEERS)), st.integers(1, 5)),
+        st.tuples(st.just("drop"), st.sampled_from(KEYS)),
+    ),
+    max_size=60,
+)
 
 
-@given(steps)
-def test_merging_everything_taken_equals_merging_everything_added(
-    plan: list[tuple[str, ReplicaId, int] | str],
+@given(steps, st.integers(1, 5))
+def test_every_peer_gets_each_change_once_or_sees_a_gap(
+    plan: list[tuple[Any, ...]], size: int
 ) -> None:
-    """Each key's counter is incremented on some replica and its delta queued (as the
-    Replicator does); takes come in between.  Reference: per key, the merge of every delta
-    added.  Also: the number of the last propagation is the number of takes that sent some."""
+    """Each change adds an element of its own to a key's GSet, so what a peer got shows which
+    changes reached it.  Ticks go to random subsets of five peers (the reachable ones), a random
+    number of them a tick; keys expire (are dropped) now and then.  Each peer's propagations
+    pass through a receiver's gap check.  Then one more change, and ticks to every peer until
+    none is owed.  For every peer:
+
+    - it got no change twice, and none made before the tick it was first met;
+    - it got every change made from the tick it was first met, or from the last propagation that
+      showed it a gap, except those of a key dropped since, and none of a key dropped before
+      it had them (an expired key is not propagated);
+    - at the end nothing is held, no tick is wanted, and the last change reached every peer
+      within ``ceil(5 / size)`` ticks.
+    """
     q = DeltaQueue()
-    counters: dict[str, GCounter] = {}
-    added: dict[str, list[GCounter]] = {}
-    taken: dict[str, list[GCounter]] = {}
-    sends = 0
-    for step in [*plan, "take"]:
-        if step == "take":
-            batch = q.take()
-            sends += 1 if batch else 0
-            for key, delta in batch.items():
-                assert delta is not None
-                assert isinstance(delta, GCounter)
-                taken.setdefault(key, []).append(delta)
-            assert len(q) == 0
-            continue
-        assert isinstance(step, tuple)
-        key, replica, n = step
-        counter = counters.get(key, GCounter()).increment(replica, n)
-        delta = counter.delta
-        assert delta is not None
-        counters[key] = counter.reset_delta()
-        q.add(key, delta)
-        added.setdefault(key, []).append(delta)
-    assert q.seq == sends
-    assert set(taken) == set(added)
-    for key, deltas in added.items():
-        assert reduce(GCounter.merge, taken[key]) == reduce(GCounter.merge, deltas)
-        assert reduce(GCounter.merge, taken[key]).value == counters[key].value
+    receivers = {name: DeltaQueue() for name in PEERS}
+    batch_of: dict[int, int] = {}  # change -> the tick whose batch holds it
+    key_of: dict[int, str] = {}
+    dropped_at: dict[str, int] = {}  # key -> the last change made before its last drop
+    met: dict[ReplicaId, int] = {}  # peer -> the first tick it was reachable at
+    since: dict[ReplicaId, int] = {}  # peer -> the tick of its last propagation that showed a gap
+    got: dict[ReplicaId, list[int]] = {name: [] for name in PEERS}
+    forbidden: dict[ReplicaId, set[int]] = {}  # changes of a key dropped before they were had
+    queued: list[int] = []
+    ticks = 0
+
+    def run_tick(present: frozenset[ReplicaId], n: int) -> bool:
+        nonlocal ticks
+        ticks += 1
+        for change in queued:
+            batch_of[change] = ticks
+        queued.clear()
+        for name in present:
+            met.setdefault(name, ticks)
+        sent = False
+        dues = q.due(present, n)
+        assert sum(len(due.numbers) for due in dues) <= n
+        for due in dues:
+            changes = [c for d in due.deltas.values() if isinstance(d, GSet) for c in d]
+            for name, number in due.numbers.items():
+                assert name in present
+                sent = True
+                got[name].extend(changes)
+                if receivers[name].received(A, number):
+                    since[name] = ticks
+        return sent
+
+    for step in [*plan, ("add", KEYS[0])]:
+        if step[0] == "add":
+            change = len(key_of)
+            key_of[change] = step[1]
+            queued.append(change)
+            q.add(step[1], GSet([change]))
+        elif step[0] == "drop":
+            q.drop(step[1])
+            for name in PEERS:  # what it has not had of the key, it never gets
+                gone = {c for c, key in key_of.items() if key == step[1]} - set(got[name])
+                forbidden.setdefault(name, set()).update(gone)
+            dropped_at[step[1]] = len(key_of) - 1
+            queued[:] = [c for c in queued if key_of[c] != step[1]]
+        else:
+            run_tick(step[1], step[2])
+    last = len(key_of) - 1
+    flush = 0
+    while run_tick(frozenset(PEERS), size):
+        flush += 1
+        assert flush <= -(-len(PEERS) // size)
+    assert (q.held(), q.waiting) == (0, False)
+    for name in PEERS:
+        assert len(got[name]) == len(set(got[name])), f"{name} got a change twice"
+        assert all(batch_of[c] >= met[name] for c in got[name])
+        assert not forbidden.get(name, set()) & set(got[name]), f"{name} got an expired key"
+        assert last in got[name]
+        owed = {
+            c
+            for c, batch in batch_of.items()
+            if batch >= max(met[name], since.get(name, 0)) and c > dropped_at.get(key_of[c], -1)
+        }
+        assert owed <= set(got[name]), f"{name} missed {sorted(owed - set(got[name]))}"
 
 
 # -- propagations, as sent and received --------------------------------------------------------
@@ -220,11 +359,10 @@ def test_a_propagation_carries_the_queued_deltas_their_performed_markers_and_las
     keys.put("x", GCounter().increment(A, 1), markers=markers)
     keys.touch("x")
     q = DeltaQueue()
-    assert q.propagation(A, keys) is None  # nothing queued: nothing sent, no number used
     q.add("x", GCounter().increment(A, 1))
     q.add("y", None)
-    message = q.propagation(A, keys)
-    assert message is not None
+    (due,) = q.due([P], 1)
+    message = q.message(A, keys, due.deltas, due.numbers[P])
     assert (message.sender, message.seq) == (A, 1)
     assert message.entries["y"] == TOMBSTONE
     sent_markers, raw = split_envelope(message.entries["x"], Limits())

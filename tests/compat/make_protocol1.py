@@ -78,7 +78,8 @@ def messages() -> dict[str, object]:
     deltas = DeltaQueue()
     deltas.add("counter", GCounter().increment(A, 1))
     deltas.add("gone-key", None)
-    propagation = deltas.propagation(A, keys)
+    (due,) = deltas.due([A], 1)
+    propagation = deltas.message(A, keys, due.deltas, 1)
     hello = p.PeerHello(
         p.PROTOCOL_VERSION,
         A,

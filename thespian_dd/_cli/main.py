@@ -105,7 +105,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     for setting, help_text in [
         ("write-behind-interval", "seconds between write-behind commits (default 1.0)"),
         ("gossip-interval", "seconds between gossip rounds (default 2.0)"),
-        ("delta-interval", "seconds between delta propagations, 0 for none (default 0.2)"),
+        (
+            "delta-interval",
+            "seconds between delta propagations, each to a few peers, 0 for none (default 0.2)",
+        ),
         ("notify-interval", "seconds between notifications to subscribers (default 0.5)"),
         ("failure-timeout", "seconds of silence before a peer is unreachable (default 10)"),
         ("removal-timeout", "seconds unreachable before a peer is removed for good (default 300)"),

@@ -1,12 +1,23 @@
-"""The delta queue: local changes waiting for the next delta propagation, and the sequence
-numbers that let a receiver tell that deltas were lost.
+"""The delta queue: local changes waiting to be propagated, each tick to a few peers in turn, and
+the numbers that let a receiver tell that deltas were lost.
 
-Deltas of one key between two propagations are merged into one; a delete replaces them by a
-tombstone.  Propagations are numbered per origin incarnation; a receiver that sees a gap asks for
-the whole value of the keys that need causal delivery instead of merging their delta.
+Deltas of one key between two ticks are merged into one; a delete replaces them by a tombstone.
+At each tick what is queued becomes the next *batch*, and a few reachable peers in turn (as
+Akka's Replicator does: :func:`slice_size` of them) get, in one propagation, every batch made
+since their last one, merged.  So a node that writes sends a few propagations a tick, not one to
+every peer, and every peer still gets each change within :func:`rounds_to_reach_all` ticks (half
+a gossip interval).  A batch is kept until every reachable peer has had it.
+
+Propagations are numbered per receiver, 1, 2, 3 without gaps.  A receiver that sees a gap asks
+for the whole value of the keys that need causal delivery instead of merging their delta; so a
+peer that was away while batches it never had were dropped gets its next propagation with a
+number skipped.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from thespian_dd import codec
 from thespian_dd._runtime.antientropy import Merge
@@ -15,76 +26,142 @@ from thespian_dd._runtime.markers import join_envelope, only_performed
 from thespian_dd._runtime.protocol import PROTOCOL_VERSION, TOMBSTONE, DeltaPropagation
 from thespian_dd.data import ReplicaId, ReplicatedData, RequiresCausalDelivery
 
-__all__ = ["DeltaQueue"]
+__all__ = ["DeltaQueue", "Due", "rounds_to_reach_all", "slice_size"]
+
+Deltas = dict[str, ReplicatedData | None]
+"""Deltas by key (None: a tombstone)."""
+
+
+def rounds_to_reach_all(gossip_interval: float, delta_interval: float) -> int:
+    """The ticks within which every peer gets each change: those of half a gossip interval (at
+    least one; 5 with the defaults, so within a second)."""
+    return max(1, int(gossip_interval / (2 * delta_interval) + 1e-9))
+
+
+def slice_size(peers: int, rounds: int) -> int:
+    """How many of ``peers`` a tick sends to, so that ``rounds`` ticks reach them all: at least
+    two (all of them at 3 nodes)."""
+    return max(min(2, peers), -(-peers // rounds))
+
+
+@dataclass(frozen=True)
+class Due:
+    """Deltas owed to some peers at a tick (merged), and the number of each one's propagation."""
+
+    deltas: Deltas
+    numbers: dict[ReplicaId, int]
+
+
+def _fold(into: Deltas, key: str, delta: ReplicatedData | None) -> None:
+    queued = into.get(key)
+    if delta is None or queued is None:
+        into[key] = delta
+    else:
+        into[key] = queued.merge(delta)
 
 
 class DeltaQueue:
     def __init__(self) -> None:
-        self._queued: dict[str, ReplicatedData | None] = {}  # None: a tombstone
-        self.seq = 0
-        """The number of the last propagation taken."""
+        self._queued: Deltas = {}
+        self._batches: dict[int, Deltas] = {}  # by number, oldest first
+        self._made = 0  # the number of the last batch made
+        self._had: dict[ReplicaId, int] = {}  # peer -> the last batch it had (or did not need)
+        self._numbers: dict[ReplicaId, int] = {}  # peer -> the number of its last propagation
+        self._gap: set[ReplicaId] = set()  # peers whose next propagation must show a gap
+        self._last_served: ReplicaId | None = None  # the turn goes on with the peers after it
+        self.waiting = False
+        """Whether a reachable peer is owed batches after the last tick (tick again)."""
         self._seen: dict[ReplicaId, object] = {}  # the last seq of each origin, as it was sent
 
     def add(self, key: str, delta: ReplicatedData | None) -> None:
         """Queue ``delta`` of ``key`` (None: the key was deleted)."""
-        queued = self._queued.get(key)
-        if delta is None or queued is None:
-            self._queued[key] = delta
-        else:
-            self._queued[key] = queued.merge(delta)
+        _fold(self._queued, key, delta)
 
     def drop(self, key: str) -> None:
-        """``key`` expired: nothing of it is propagated."""
+        """``key`` expired: nothing of it is propagated (it must not come back elsewhere)."""
         self._queued.pop(key, None)
+        for batch in self._batches.values():
+            batch.pop(key, None)
 
-    def __len__(self) -> int:
-        return len(self._queued)
+    def held(self) -> int:
+        """Batches kept for peers that have not had them."""
+        return len(self._batches)
 
-    def take(self) -> dict[str, ReplicatedData | None]:
-        """What is queued, under the next sequence number (``seq``); empty: nothing to send and
-        no number used."""
-        if not self._queued:
-            return {}
-        queued, self._queued = self._queued, {}
-        self.seq += 1
-        return queued
+    def due(self, peers: Iterable[ReplicaId], size: int) -> list[Due]:
+        """A tick: what is queued becomes the next batch; of ``peers`` (the reachable ones),
+        the next ``size`` in turn that are owed batches get every batch they have not had,
+        merged (one :class:`Due` for those owed the same batches).  A peer first met gets
+        the batches from this tick on."""
+        before = self._made
+        if self._queued:
+            self._made += 1
+            self._batches[self._made] = self._queued
+            self._queued = {}
+        present = sorted(peers)
+        oldest = next(iter(self._batches), self._made + 1)
+        for name in present:
+            had = self._had.setdefault(name, before)
+            if had < oldest - 1:  # away while batches it never had were dropped
+                self._gap.add(name)
+                self._had[name] = oldest - 1
+        owed = [name for name in present if self._had[name] < self._made]
+        last = self._last_served
+        turn = 0 if last is None else next((i for i, p in enumerate(owed) if p > last), 0)
+        chosen = (owed[turn:] + owed[:turn])[:size]
+        groups: dict[int, list[ReplicaId]] = {}
+        for name in chosen:
+            groups.setdefault(self._had[name], []).append(name)
+            self._last_served = name
+        dues = [self._serve(had, names) for had, names in groups.items()]
+        low = min((self._had[name] for name in present), default=self._made)
+        for number in [n for n in self._batches if n <= low]:
+            del self._batches[number]
+        self.waiting = low < self._made
+        return dues
 
-    def received(self, origin: ReplicaId, seq: object) -> bool:
-        """Note propagation ``seq`` from ``origin``; returns whether deltas were lost before it
-        (a propagation from an origin not heard before starts its count; a number that cannot
-        be followed, because the peer sent no int, counts as a gap)."""
-        last = self._seen.get(origin)
-        self._seen[origin] = seq
-        if last is None:
-            return False
-        return not (_number(last) and _number(seq)) or seq != last + 1  # type: ignore[operator]
-
-    def propagation(
-        self, me: ReplicaId, keys: KeyTable, version: int = codec.FORMAT_VERSION
-    ) -> DeltaPropagation | None:
-        """What is queued, as the next propagation from ``me`` (None: nothing queued), in
-        format ``version``."""
-        deltas = self.take()
-        return self.message(me, keys, deltas, version) if deltas else None
+    def _serve(self, had: int, names: list[ReplicaId]) -> Due:
+        deltas: Deltas = {}
+        for number in range(had + 1, self._made + 1):
+            for key, delta in self._batches[number].items():
+                _fold(deltas, key, delta)
+        numbers = {}
+        for name in names:
+            step = 2 if name in self._gap else 1
+            self._gap.discard(name)
+            numbers[name] = self._numbers[name] = self._numbers.get(name, 0) + step
+            self._had[name] = self._made
+        return Due(deltas, numbers)
 
     def message(
         self,
         me: ReplicaId,
         keys: KeyTable,
-        deltas: dict[str, ReplicatedData | None],
+        deltas: Deltas,
+        seq: int,
         version: int = codec.FORMAT_VERSION,
     ) -> DeltaPropagation:
-        """``deltas`` (what :meth:`take` took) as propagation ``seq`` from ``me``, encoded in
-        format ``version`` (one message per format the peers use, all with the same number).
-        A delta carries only the Performed markers of its key: it is not the sender's whole
-        state, so it must not claim the sender has seen an Initialized one."""
+        """``deltas`` (of a :class:`Due`) as propagation ``seq`` from ``me``, encoded in format
+        ``version``.  A delta carries only the Performed markers of its key: it is not the
+        sender's whole state, so it must not claim the sender has seen an Initialized one."""
         entries = {
             key: TOMBSTONE
             if delta is None
             else join_envelope(codec.encode(delta, version), only_performed(keys.markers(key)))
             for key, delta in deltas.items()
         }
-        return DeltaPropagation(PROTOCOL_VERSION, me, self.seq, entries, keys.used(entries))
+        return DeltaPropagation(PROTOCOL_VERSION, me, seq, entries, keys.used(entries))
+
+    def received(self, origin: ReplicaId, seq: object) -> bool:
+        """Note propagation ``seq`` from ``origin``; returns whether deltas were lost before it.
+        An origin numbers the propagations it sends this node from 1, so the first one heard
+        is a gap unless it is 1 (a node of the first releases numbered all its propagations
+        alike: heard late, its first one costs the keys that need causal delivery asked for
+        once); a number that cannot be followed, because the peer sent no int, is a gap too."""
+        last = self._seen.get(origin)
+        self._seen[origin] = seq
+        if last is None:
+            return not (_number(seq) and seq == 1)
+        return not (_number(last) and _number(seq)) or seq != last + 1  # type: ignore[operator]
 
     def on_propagation(self, msg: DeltaPropagation, keys: KeyTable, merge: Merge) -> list[str]:
         """Merge a peer's propagation; returns the keys whose whole values to ask for instead
@@ -102,9 +179,13 @@ class DeltaQueue:
                 merge(key, payload, str(msg.sender), used.get(key))
         return want
 
-    def forget(self, origin: ReplicaId) -> None:
-        """``origin`` was replaced by a new incarnation, which numbers its own propagations."""
-        self._seen.pop(origin, None)
+    def forget(self, replica: ReplicaId) -> None:
+        """``replica`` was replaced by a new incarnation: its propagations are numbered anew, and
+        so are those it is sent (the new one is a peer first met)."""
+        self._seen.pop(replica, None)
+        self._had.pop(replica, None)
+        self._numbers.pop(replica, None)
+        self._gap.discard(replica)
 
 
 def _number(seq: object) -> bool:

@@ -13,14 +13,14 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
 from thespian_dd._canonical import CodecError
 from thespian_dd._runtime.antientropy import AntiEntropy
 from thespian_dd._runtime.checks import Rejections
-from thespian_dd._runtime.deltas import DeltaQueue
+from thespian_dd._runtime.deltas import DeltaQueue, rounds_to_reach_all, slice_size
 from thespian_dd._runtime.durability import Durability
 from thespian_dd._runtime.keys import KeyTable
 from thespian_dd._runtime.local import LocalData, stored_entry
@@ -137,6 +137,11 @@ class Parts:
             clock=clock,
         )
         self.deltas = DeltaQueue()
+        self._delta_rounds = (
+            rounds_to_reach_all(settings.gossip_interval, settings.delta_interval)
+            if settings.delta_interval
+            else 1
+        )
         self.versions = Versions(clock=clock)
         self.subscriptions = Subscriptions(
             transmit=hooks.transmit,
@@ -316,29 +321,33 @@ class Parts:
 
     def queue_delta(self, key: str, delta: ReplicatedData | None) -> None:
         """Queue a local change's delta (None: a delete) for the next propagation."""
-        interval = self.settings.delta_interval
-        if interval and len(self.peers):
-            if not self._delta_armed:
-                # Armed by the first delta, not every interval: an idle node has no timer to
-                # serve (at 32 nodes, 0.2 s timers cost about a third of a core).
-                self._delta_armed = True
-                self.hooks.wake(interval, DeltaTick())
+        if self.settings.delta_interval and len(self.peers):
             self.deltas.add(key, delta)
+            self._arm_deltas()
+
+    def _arm_deltas(self) -> None:
+        # Armed by the first delta and while peers are owed some, not every interval: an idle
+        # node has no timer to serve (at 32 nodes, 0.2 s timers cost about a third of a core).
+        if not self._delta_armed:
+            self._delta_armed = True
+            self.hooks.wake(self.settings.delta_interval, DeltaTick())
 
     def send_deltas(self) -> None:
-        """The delta timer: what is queued goes to every reachable peer."""
+        """The delta timer: what is queued becomes the next batch, and a few reachable peers in
+        turn get the batches they have not had (see :mod:`~thespian_dd._runtime.deltas`)."""
         self._delta_armed = False
-        deltas = self.deltas.take()
-        if not deltas:
-            return
-        messages: dict[int, DeltaPropagation] = {}  # one per codec format the peers use
-        for peer in self.peers:
-            if peer.reachable:
-                version = self.versions.format(peer.replica.node)
-                if version not in messages:
-                    me = self.hooks.me()
-                    messages[version] = self.deltas.message(me, self.keys, deltas, version)
-                self.membership.reply(peer, messages[version])
+        reachable = {peer.replica: peer for peer in self.peers if peer.reachable}
+        me = self.hooks.me()
+        for due in self.deltas.due(reachable, slice_size(len(reachable), self._delta_rounds)):
+            encoded: dict[int, DeltaPropagation] = {}  # one per codec format the peers use
+            for replica, number in due.numbers.items():
+                version = self.versions.format(replica.node)
+                if version not in encoded:
+                    encoded[version] = self.deltas.message(me, self.keys, due.deltas, 0, version)
+                message = replace(encoded[version], seq=number)
+                self.membership.reply(reachable[replica], message)
+        if self.deltas.waiting:
+            self._arm_deltas()
 
     # The parts made later, reached from those made before them.
 

@@ -33,7 +33,9 @@ class Settings:
     - ``notify_interval``: seconds between notifications of changes to subscribers
       (``FlushChanges`` notifies at once).
     - ``gossip_interval``: seconds between gossip rounds (each sends a status to a few peers).
-    - ``delta_interval``: seconds between delta propagations; 0 turns deltas off (gossip only).
+    - ``delta_interval``: seconds between delta propagations, each to a few peers in turn, so
+      that every peer gets each change within half a ``gossip_interval``; 0 turns deltas off
+      (gossip only).
     - ``failure_timeout``: seconds without a word from a peer before it counts as unreachable.
       On the multiprocess base, the Replicator's process (and its DurableWriter's) also closes
       a connection unused for three of these (at least 30 s; the next message reopens it).
