@@ -357,6 +357,35 @@ def test_two_nodes_converge_by_deltas_on_an_orset_written_on_both_sides() -> Non
     assert set_a == set_b
 
 
+def test_deltas_reach_every_peer_a_few_a_tick_within_half_a_gossip_interval() -> None:
+    """12 nodes with the node command's intervals (gossip 2 s, deltas 0.2 s): a change goes to
+    3 of the 11 peers a tick, in turn, so all hold it after 4 ticks, within the 5 of half a
+    gossip interval; a change made meanwhile reaches those served before with the next turn,
+    and those not served yet with the first.  The timer is armed again while a peer is owed."""
+    names = [f"n{i:02}" for i in range(12)]
+    net = network(*names, gossip_interval=2.0, delta_interval=0.2)
+    a = net.nodes["n00"]
+    assert a.parts.peers.reachable_count() == 11
+    a.update("set", ORSet[str](), add("x"))
+    per_tick = []
+    for tick in range(5):
+        if tick == 1:
+            a.update("set", ORSet[str](), add("y"))
+        if not any(isinstance(p, DeltaTick) for _, p in a.woken):
+            break
+        before = len(net.delivered)
+        a.fire(DeltaTick)
+        net.run()
+        per_tick.append(sum(isinstance(m, DeltaPropagation) for m in net.delivered[before:]))
+    # x to n01-n11, 3 a tick; y (made before the second tick) to n04-n11 with x, then n01-n03
+    assert per_tick == [3, 3, 3, 3, 2]
+    assert not any(isinstance(p, DeltaTick) for _, p in a.woken)
+    for name in names:
+        held = net.nodes[name].parts.keys.get("set")
+        assert isinstance(held, ORSet), name
+        assert held.elements == {"x", "y"}, name
+
+
 def test_two_nodes_converge_by_gossip_alone() -> None:
     net = network("a", "b", delta_interval=0)
     a, b = net.nodes["a"], net.nodes["b"]

@@ -10,6 +10,9 @@ the load, measured in the same run:
   nodes against 3 nodes.
 - Convergence: one node updates 1,000 keys; the time from its last write until every node holds
   them all, at N nodes against 3 nodes.
+- Every node writing: each node updates :data:`EACH` new keys of its own at once (one client
+  actor a node, one update after the other); the updates a second of all nodes together, at N
+  nodes against 3 nodes (each node's deltas to its peers compete for the cores with the writes).
 - Load: one node of 3 updates ``keys`` new keys one after the other (WriteLocal): the rate of
   the last 20,000 against the rate of the first 20,000 (the rate must not fall with the number
   of keys), and the gossip bytes every node sent meanwhile (until converged) against the bytes
@@ -45,6 +48,9 @@ DEFAULTS: dict[str, Any] = {
 
 CHUNK = 20_000
 """Keys in the first and in the last chunk of the load, whose rates are compared."""
+
+EACH = 300
+"""Keys each node updates when every node writes at once."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +181,23 @@ def _converge(cluster: Cluster, start: int, stop: int) -> float:
     return time.perf_counter() - written
 
 
+def _all_writing(cluster: Cluster, each: int) -> float:
+    """Updates a second of all nodes together, each updating ``each`` new keys of its own at
+    once (keys numbered from a million: apart from the other figures' keys)."""
+    loaders = [node.client.createActor(_Loader) for node in cluster.nodes]
+    started = time.perf_counter()
+    for j, (node, loader) in enumerate(zip(cluster.nodes, loaders, strict=True)):
+        first = 1_000_000 + j * each
+        node.client.tell(loader, _Fill(node.replicator, first, first + each))
+    for node in cluster.nodes:
+        done = node.client.listen(600)
+        while done is not None and not isinstance(done, _Filled):  # a late reply of an ask
+            done = node.client.listen(600)
+        if done is None:
+            raise TimeoutError(f"the bench loader of {node.name} did not finish")
+    return len(cluster.nodes) * each / (time.perf_counter() - started)
+
+
 @dataclass(frozen=True)
 class Figure:
     name: str
@@ -185,14 +208,18 @@ class Figure:
 
 
 def _cluster_figures(workdir: Path, n: int, out: Callable[[str], object]) -> dict[str, float]:
-    out(f"  scale: {n} nodes: mesh, idle CPU, WriteMajority, convergence of 1,000 keys ...")
+    out(
+        f"  scale: {n} nodes: mesh, idle CPU, WriteMajority, convergence of 1,000 keys, "
+        "every node writing ..."
+    )
     with Cluster(workdir, n, **DEFAULTS) as cluster:
         cluster.start()
         _meshed(cluster)
         cpu = _idle_cpu(cluster, 20.0)
         median = _write_majority_median(cluster, 40)
         converged = _converge(cluster, 0, 1000)
-    return {"cpu": cpu, "majority": median, "converged": converged}
+        everyone = _all_writing(cluster, EACH)
+    return {"cpu": cpu, "majority": median, "converged": converged, "everyone": everyone}
 
 
 def _load(workdir: Path, keys: int, out: Callable[[str], object]) -> dict[str, float]:
@@ -251,6 +278,13 @@ def scale_section(nodes: int, keys: int, out: Callable[[str], object]) -> list[F
             "s",
             large["converged"],
             small["converged"],
+            at3,
+        ),
+        Figure(
+            f"update rate, all {nodes} nodes writing at once",
+            "msg/s",
+            large["everyone"],
+            small["everyone"],
             at3,
         ),
         Figure(
