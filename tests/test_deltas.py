@@ -29,7 +29,9 @@ P, Q, R, S, NEW = (ReplicaId(name, 1) for name in ("p", "q", "r", "s", "new"))
 
 def tick(q: DeltaQueue, peers: tuple[ReplicaId, ...] = (P,), size: int = 8) -> dict[ReplicaId, Any]:
     """One tick to ``peers``: what each peer served gets, as (deltas, number)."""
-    return {name: (due.deltas, n) for due in q.due(peers, size) for name, n in due.numbers.items()}
+    return {
+        name: (due.deltas, n) for due in q.due(A, peers, size) for name, n in due.numbers.items()
+    }
 
 
 def test_deltas_of_one_key_merge_into_one() -> None:
@@ -152,6 +154,23 @@ def test_a_peer_away_holds_nothing_back_and_sees_a_gap_if_it_missed_a_batch() ->
     assert set(tick(q, four, size=1)) == {P}
     assert tick(q, four, size=1) == {R: ({"k": GCounter({A: 4})}, 1)}
     assert (q.held(), q.waiting) == (0, False)
+
+
+def test_a_new_incarnation_of_this_node_numbers_its_propagations_from_1_again() -> None:
+    """Pruned while it ran, this node goes on as a new incarnation: its peers hear a new origin,
+    whose first propagation must be number 1 to be no gap; a peer owed a gap still gets one."""
+    q = DeltaQueue()
+    for n in (1, 2):
+        q.add("k", GCounter().increment(A, n))
+        assert tick(q, (P, Q))[P][1] == n
+    q.add("k", GCounter().increment(A, 3))
+    tick(q, (P,))  # Q away: it misses this batch
+    q.add("k", GCounter().increment(A, 4))
+    again = ReplicaId("a", 2)
+    sent = {p: n for due in q.due(again, (P, Q), 8) for p, n in due.numbers.items()}
+    assert sent == {P: 1, Q: 2}
+    assert not DeltaQueue().received(again, sent[P])  # P's receiver: no gap
+    assert DeltaQueue().received(again, sent[Q])  # Q's: a gap
 
 
 def test_a_peer_met_later_gets_the_batches_from_then_on_and_no_gap() -> None:
@@ -297,7 +316,7 @@ def test_every_peer_gets_each_change_once_or_sees_a_gap(
         for name in present:
             met.setdefault(name, ticks)
         sent = False
-        dues = q.due(present, n)
+        dues = q.due(A, present, n)
         assert sum(len(due.numbers) for due in dues) <= n
         for due in dues:
             changes = [c for d in due.deltas.values() if isinstance(d, GSet) for c in d]
@@ -361,7 +380,7 @@ def test_a_propagation_carries_the_queued_deltas_their_performed_markers_and_las
     q = DeltaQueue()
     q.add("x", GCounter().increment(A, 1))
     q.add("y", None)
-    (due,) = q.due([P], 1)
+    (due,) = q.due(A, [P], 1)
     message = q.message(A, keys, due.deltas, due.numbers[P])
     assert (message.sender, message.seq) == (A, 1)
     assert message.entries["y"] == TOMBSTONE

@@ -320,7 +320,7 @@ def test_expire_idle_drops_the_queued_delta_tells_expired_and_deletes_the_row() 
     node.told()
     local.expire_idle()
     assert node.parts.keys.names() == {"session-2", OTHER}
-    (due,) = deltas.due([ReplicaId("peer", 1)], 1)
+    (due,) = deltas.due(A, [ReplicaId("peer", 1)], 1)
     assert due.deltas == {"session-2": counter(1), OTHER: counter(1)}
     assert node.told() == [Expired(LONE)]
     assert node.writes() == [{LONE: FORGOTTEN}]

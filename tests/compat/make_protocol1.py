@@ -78,7 +78,7 @@ def messages() -> dict[str, object]:
     deltas = DeltaQueue()
     deltas.add("counter", GCounter().increment(A, 1))
     deltas.add("gone-key", None)
-    (due,) = deltas.due([A], 1)
+    (due,) = deltas.due(A, [A], 1)
     propagation = deltas.message(A, keys, due.deltas, 1)
     hello = p.PeerHello(
         p.PROTOCOL_VERSION,

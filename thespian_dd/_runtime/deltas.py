@@ -8,10 +8,10 @@ since their last one, merged.  So a node that writes sends a few propagations a 
 every peer, and every peer still gets each change within :func:`rounds_to_reach_all` ticks (half
 a gossip interval).  A batch is kept until every reachable peer has had it.
 
-Propagations are numbered per receiver, 1, 2, 3 without gaps.  A receiver that sees a gap asks
-for the whole value of the keys that need causal delivery instead of merging their delta; so a
-peer that was away while batches it never had were dropped gets its next propagation with a
-number skipped.
+Propagations are numbered per receiver (and incarnation of this node), 1, 2, 3 without gaps.
+A receiver that sees a gap asks for the whole value of the keys that need causal delivery
+instead of merging their delta; so a peer that was away while batches it never had were dropped
+gets its next propagation with a number skipped.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ class DeltaQueue:
         self._numbers: dict[ReplicaId, int] = {}  # peer -> the number of its last propagation
         self._gap: set[ReplicaId] = set()  # peers whose next propagation must show a gap
         self._last_served: ReplicaId | None = None  # the turn goes on with the peers after it
+        self._origin: ReplicaId | None = None  # this node, as it numbers what it sends
         self.waiting = False
         """Whether a reachable peer is owed batches after the last tick (tick again)."""
         self._seen: dict[ReplicaId, object] = {}  # the last seq of each origin, as it was sent
@@ -87,11 +88,15 @@ class DeltaQueue:
         """Batches kept for peers that have not had them."""
         return len(self._batches)
 
-    def due(self, peers: Iterable[ReplicaId], size: int) -> list[Due]:
-        """A tick: what is queued becomes the next batch; of ``peers`` (the reachable ones),
-        the next ``size`` in turn that are owed batches get every batch they have not had,
-        merged (one :class:`Due` for those owed the same batches).  A peer first met gets
-        the batches from this tick on."""
+    def due(self, origin: ReplicaId, peers: Iterable[ReplicaId], size: int) -> list[Due]:
+        """A tick of ``origin`` (this node): what is queued becomes the next batch; of ``peers``
+        (the reachable ones), the next ``size`` in turn that are owed batches get every batch
+        they have not had, merged (one :class:`Due` for those owed the same batches).  A peer
+        first met gets the batches from this tick on.  A new incarnation of this node numbers
+        its propagations to each peer from 1 again (the peers hear a new origin)."""
+        if origin != self._origin:
+            self._origin = origin
+            self._numbers.clear()
         before = self._made
         if self._queued:
             self._made += 1

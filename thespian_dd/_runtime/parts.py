@@ -338,7 +338,8 @@ class Parts:
         self._delta_armed = False
         reachable = {peer.replica: peer for peer in self.peers if peer.reachable}
         me = self.hooks.me()
-        for due in self.deltas.due(reachable, slice_size(len(reachable), self._delta_rounds)):
+        size = slice_size(len(reachable), self._delta_rounds)
+        for due in self.deltas.due(me, reachable, size):
             encoded: dict[int, DeltaPropagation] = {}  # one per codec format the peers use
             for replica, number in due.numbers.items():
                 version = self.versions.format(replica.node)
