@@ -74,14 +74,34 @@ def test_each_peer_numbers_its_propagations_and_a_tick_with_nothing_uses_no_numb
     assert (q.held(), q.waiting) == (0, False)
 
 
+def warm(q: DeltaQueue, peers: tuple[ReplicaId, ...]) -> None:
+    """Each of ``peers`` gets its first propagation (number 1): from now on it is served in
+    turn, a few a tick."""
+    q.add("warm", GCounter().increment(A, 1))
+    assert {n for _, n in tick(q, peers, size=1).values()} == {1}
+
+
 def test_a_dropped_key_is_not_propagated_even_from_a_batch_some_peers_had() -> None:
     q = DeltaQueue()
+    warm(q, (P, Q))
     q.add("expired", GCounter().increment(A, 1))
     q.add("kept", GCounter().increment(A, 2))
     assert set(tick(q, (P, Q), size=1)[P][0]) == {"expired", "kept"}
     q.drop("expired")
     q.drop("never queued")
-    assert tick(q, (P, Q), size=1) == {Q: ({"kept": GCounter({A: 2})}, 1)}
+    assert tick(q, (P, Q), size=1) == {Q: ({"kept": GCounter({A: 2})}, 2)}
+
+
+def test_a_batch_emptied_by_expiry_sends_nothing_and_uses_no_number() -> None:
+    q = DeltaQueue()
+    warm(q, (P, Q))
+    q.add("expired", GCounter().increment(A, 1))
+    assert set(tick(q, (P, Q), size=1)) == {P}
+    q.drop("expired")
+    assert tick(q, (P, Q), size=1) == {}  # Q had nothing left to get
+    assert (q.held(), q.waiting) == (0, False)
+    q.add("k", GCounter().increment(A, 1))
+    assert {p: n for p, (_, n) in tick(q, (P, Q)).items()} == {P: 3, Q: 2}
 
 
 def test_dropping_the_only_key_leaves_nothing_to_send() -> None:
@@ -105,33 +125,51 @@ def test_the_defaults_reach_every_peer_within_a_second_a_few_peers_a_tick() -> N
 
 
 def test_peers_are_served_in_turn_each_once_and_a_later_one_gets_every_batch_merged() -> None:
-    """Ten peers, three a tick: the batch of tick 1 goes to a0-a2, then a3-a5 get it with
-    tick 2's batch in one propagation, and so on round the ring; a batch is held until every
-    peer had it, and the timer is wanted until then."""
+    """Ten peers, three a tick once each had its first propagation: the batch of a tick goes
+    to a0-a2, then a3-a5 get it with the next tick's batch in one propagation, and so on round
+    the ring; a batch is held until every peer had it, and the timer is wanted until then."""
     peers = tuple(ReplicaId(f"a{i}", 1) for i in range(10))
     q = DeltaQueue()
+    warm(q, peers)
     q.add("k", GCounter().increment(A, 1))
     first = tick(q, peers, size=3)
     assert set(first) == {peers[0], peers[1], peers[2]}
-    assert first[peers[0]] == ({"k": GCounter({A: 1})}, 1)
+    assert first[peers[0]] == ({"k": GCounter({A: 1})}, 2)
     assert (q.held(), q.waiting) == (1, True)
     q.add("k", GCounter().increment(B, 1))
     second = tick(q, peers, size=3)
     assert set(second) == {peers[3], peers[4], peers[5]}
-    assert second[peers[3]] == ({"k": GCounter({A: 1, B: 1})}, 1)  # both batches, merged
+    assert second[peers[3]] == ({"k": GCounter({A: 1, B: 1})}, 2)  # both batches, merged
     third = tick(q, peers, size=3)
     assert set(third) == {peers[6], peers[7], peers[8]}
-    fourth = tick(q, peers, size=3)  # a9, then round again: a0-a2 are owed tick 2's batch
+    fourth = tick(q, peers, size=3)  # a9, then round again: a0-a2 are owed the second batch
     assert set(fourth) == {peers[0], peers[1], peers[9]}
-    assert fourth[peers[0]] == ({"k": GCounter({B: 1})}, 2)
-    assert fourth[peers[9]] == ({"k": GCounter({A: 1, B: 1})}, 1)
+    assert fourth[peers[0]] == ({"k": GCounter({B: 1})}, 3)
+    assert fourth[peers[9]] == ({"k": GCounter({A: 1, B: 1})}, 2)
     assert set(tick(q, peers, size=3)) == {peers[2]}
     assert (q.held(), q.waiting) == (0, False)
     assert tick(q, peers, size=3) == {}
 
 
+def test_a_peer_never_sent_a_propagation_gets_its_first_at_once_numbered_1() -> None:
+    """A node of an earlier release takes the first number it hears for a start: so each
+    peer's first propagation is number 1 and holds every change since the peer was met.  A
+    peer away before it had one is met anew when it is back."""
+    q = DeltaQueue()
+    warm(q, (P, Q))
+    q.add("k", GCounter().increment(A, 1))
+    assert set(tick(q, (P, Q, R), size=1)) == {P, R}  # R: met now, served outside the turn
+    assert tick(q, (P, Q, R), size=1)[Q][1] == 2
+    q.add("k", GCounter().increment(A, 2))
+    tick(q, (P, Q), size=2)  # S is not there yet; nor is R
+    q.add("k", GCounter().increment(A, 3))
+    got = tick(q, (P, Q, R, S), size=1)
+    assert got[S] == ({"k": GCounter({A: 3})}, 1)  # met now: from this tick on, no gap
+    assert got[R][1] == 3  # had one already: missed a dropped batch, so a number skipped
+
+
 def test_a_peer_away_holds_nothing_back_and_sees_a_gap_if_it_missed_a_batch() -> None:
-    """p and q; q is away for two ticks.  The batches go on without it (none is kept for it);
+    """p and q; q is away for a tick.  The batches go on without it (none is kept for it);
     when it is back, its next number skips one, so it asks for the whole values of the keys
     that need causal delivery.  Back while what it missed is still held, it gets it, no gap."""
     q = DeltaQueue()
@@ -143,34 +181,34 @@ def test_a_peer_away_holds_nothing_back_and_sees_a_gap_if_it_missed_a_batch() ->
     q.add("k", GCounter().increment(A, 3))
     assert tick(q, (P, Q)) == {
         P: ({"k": GCounter({A: 3})}, 3),
-        Q: ({"k": GCounter({A: 3})}, 3),  # 2 skipped: it missed tick 2's batch
+        Q: ({"k": GCounter({A: 3})}, 3),  # 2 skipped: it missed the second batch
     }
-    # Away while a peer still here is owed the batch: it is kept, and r gets it, no gap.
+    # Away while a peer still here is owed the batch: it is kept, and R gets it, no gap.
+    q, four = DeltaQueue(), (P, Q, R, S)
+    warm(q, four)
     q.add("k", GCounter().increment(A, 4))
-    four = (P, Q, R, S)  # r and s met now: they are owed this tick's batch
-    assert set(tick(q, four, size=1)) == {Q}  # the turn goes on after p
-    assert set(tick(q, (P, Q, S), size=1)) == {S}  # r away
-    assert (q.held(), q.waiting) == (1, True)  # p has not had it
     assert set(tick(q, four, size=1)) == {P}
-    assert tick(q, four, size=1) == {R: ({"k": GCounter({A: 4})}, 1)}
+    assert set(tick(q, (P, Q, S), size=1)) == {Q}  # R away
+    assert (q.held(), q.waiting) == (1, True)  # S has not had it
+    assert tick(q, four, size=1) == {R: ({"k": GCounter({A: 4})}, 2)}
+    assert set(tick(q, four, size=1)) == {S}
     assert (q.held(), q.waiting) == (0, False)
 
 
 def test_a_new_incarnation_of_this_node_numbers_its_propagations_from_1_again() -> None:
     """Pruned while it ran, this node goes on as a new incarnation: its peers hear a new origin,
-    whose first propagation must be number 1 to be no gap; a peer owed a gap still gets one."""
+    whose first propagation must be number 1 to be no gap; it meets each peer anew."""
     q = DeltaQueue()
     for n in (1, 2):
         q.add("k", GCounter().increment(A, n))
         assert tick(q, (P, Q))[P][1] == n
     q.add("k", GCounter().increment(A, 3))
-    tick(q, (P,))  # Q away: it misses this batch
+    tick(q, (P,))  # Q away
     q.add("k", GCounter().increment(A, 4))
     again = ReplicaId("a", 2)
-    sent = {p: n for due in q.due(again, (P, Q), 8) for p, n in due.numbers.items()}
-    assert sent == {P: 1, Q: 2}
-    assert not DeltaQueue().received(again, sent[P])  # P's receiver: no gap
-    assert DeltaQueue().received(again, sent[Q])  # Q's: a gap
+    sent = {p: n for due in q.due(again, (P, Q), 1) for p, n in due.numbers.items()}
+    assert sent == {P: 1, Q: 1}  # both met anew, at once
+    assert not DeltaQueue().received(again, sent[P])
 
 
 def test_a_peer_met_later_gets_the_batches_from_then_on_and_no_gap() -> None:
@@ -286,12 +324,17 @@ def test_every_peer_gets_each_change_once_or_sees_a_gap(
     changes reached it.  Ticks go to random subsets of five peers (the reachable ones), a random
     number of them a tick; keys expire (are dropped) now and then.  Each peer's propagations
     pass through a receiver's gap check.  Then one more change, and ticks to every peer until
-    none is owed.  For every peer:
+    none is owed.  For every peer (met: the last tick it came back, or first came, before it
+    was sent anything):
 
-    - it got no change twice, and none made before the tick it was first met;
-    - it got every change made from the tick it was first met, or from the last propagation that
-      showed it a gap, except those of a key dropped since, and none of a key dropped before
-      it had them (an expired key is not propagated);
+    - its first propagation was number 1 (what a node of an earlier release, which takes any
+      first number for a start, needs to see every later gap);
+    - it got no change twice, and none made before it was met;
+    - it got every change made from the tick it was met, or from the last propagation that
+      showed it a gap (to this release's receiver and to an earlier one's alike), except those
+      of a key dropped since, and none of a key dropped before it had them (an expired key is
+      not propagated);
+    - at most ``size`` peers a tick were served besides those getting their first;
     - at the end nothing is held, no tick is wanted, and the last change reached every peer
       within ``ceil(5 / size)`` ticks.
     """
@@ -302,9 +345,12 @@ def test_every_peer_gets_each_change_once_or_sees_a_gap(
     dropped_at: dict[str, int] = {}  # key -> the last change made before its last drop
     met: dict[ReplicaId, int] = {}  # peer -> the first tick it was reachable at
     since: dict[ReplicaId, int] = {}  # peer -> the tick of its last propagation that showed a gap
+    numbers: dict[ReplicaId, list[int]] = {name: [] for name in PEERS}  # as each peer got them
+    since_earlier: dict[ReplicaId, int] = {}  # the same, to a receiver of an earlier release
     got: dict[ReplicaId, list[int]] = {name: [] for name in PEERS}
     forbidden: dict[ReplicaId, set[int]] = {}  # changes of a key dropped before they were had
     queued: list[int] = []
+    previous: set[ReplicaId] = set()  # the peers of the tick before
     ticks = 0
 
     def run_tick(present: frozenset[ReplicaId], n: int) -> bool:
@@ -313,11 +359,14 @@ def test_every_peer_gets_each_change_once_or_sees_a_gap(
         for change in queued:
             batch_of[change] = ticks
         queued.clear()
-        for name in present:
-            met.setdefault(name, ticks)
+        for name in present - previous:  # back (or new), and never sent anything: met now
+            if not numbers[name]:
+                met[name] = ticks
+        previous.clear()
+        previous.update(present)
         sent = False
         dues = q.due(A, present, n)
-        assert sum(len(due.numbers) for due in dues) <= n
+        assert sum(1 for due in dues for name in due.numbers if numbers[name]) <= n
         for due in dues:
             changes = [c for d in due.deltas.values() if isinstance(d, GSet) for c in d]
             for name, number in due.numbers.items():
@@ -326,6 +375,9 @@ def test_every_peer_gets_each_change_once_or_sees_a_gap(
                 got[name].extend(changes)
                 if receivers[name].received(A, number):
                     since[name] = ticks
+                if numbers[name] and number != numbers[name][-1] + 1:
+                    since_earlier[name] = ticks
+                numbers[name].append(number)
         return sent
 
     for step in [*plan, ("add", KEYS[0])]:
@@ -354,12 +406,14 @@ def test_every_peer_gets_each_change_once_or_sees_a_gap(
         assert all(batch_of[c] >= met[name] for c in got[name])
         assert not forbidden.get(name, set()) & set(got[name]), f"{name} got an expired key"
         assert last in got[name]
-        owed = {
-            c
-            for c, batch in batch_of.items()
-            if batch >= max(met[name], since.get(name, 0)) and c > dropped_at.get(key_of[c], -1)
-        }
-        assert owed <= set(got[name]), f"{name} missed {sorted(owed - set(got[name]))}"
+        assert numbers[name][0] == 1
+        for gaps in (since, since_earlier):
+            owed = {
+                c
+                for c, batch in batch_of.items()
+                if batch >= max(met[name], gaps.get(name, 0)) and c > dropped_at.get(key_of[c], -1)
+            }
+            assert owed <= set(got[name]), f"{name} missed {sorted(owed - set(got[name]))}"
 
 
 # -- propagations, as sent and received --------------------------------------------------------

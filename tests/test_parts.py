@@ -358,14 +358,20 @@ def test_two_nodes_converge_by_deltas_on_an_orset_written_on_both_sides() -> Non
 
 
 def test_deltas_reach_every_peer_a_few_a_tick_within_half_a_gossip_interval() -> None:
-    """12 nodes with the node command's intervals (gossip 2 s, deltas 0.2 s): a change goes to
-    3 of the 11 peers a tick, in turn, so all hold it after 4 ticks, within the 5 of half a
-    gossip interval; a change made meanwhile reaches those served before with the next turn,
-    and those not served yet with the first.  The timer is armed again while a peer is owed."""
+    """12 nodes with the node command's intervals (gossip 2 s, deltas 0.2 s): the first change
+    goes to all 11 peers at once (each one's first propagation); then a change goes to 3 of the
+    11 a tick, in turn, so all hold it after 4 ticks, within the 5 of half a gossip interval; a
+    change made meanwhile reaches those served before with the next turn, and those not served
+    yet with the first.  The timer is armed again while a peer is owed."""
     names = [f"n{i:02}" for i in range(12)]
     net = network(*names, gossip_interval=2.0, delta_interval=0.2)
     a = net.nodes["n00"]
     assert a.parts.peers.reachable_count() == 11
+    a.update("set", ORSet[str](), add("w"))
+    a.fire(DeltaTick)
+    net.run()
+    assert sum(isinstance(m, DeltaPropagation) for m in net.delivered) == 11
+    assert not any(isinstance(p, DeltaTick) for _, p in a.woken)
     a.update("set", ORSet[str](), add("x"))
     per_tick = []
     for tick in range(5):
@@ -383,7 +389,7 @@ def test_deltas_reach_every_peer_a_few_a_tick_within_half_a_gossip_interval() ->
     for name in names:
         held = net.nodes[name].parts.keys.get("set")
         assert isinstance(held, ORSet), name
-        assert held.elements == {"x", "y"}, name
+        assert held.elements == {"w", "x", "y"}, name
 
 
 def test_two_nodes_converge_by_gossip_alone() -> None:

@@ -90,13 +90,19 @@ class DeltaQueue:
 
     def due(self, origin: ReplicaId, peers: Iterable[ReplicaId], size: int) -> list[Due]:
         """A tick of ``origin`` (this node): what is queued becomes the next batch; of ``peers``
-        (the reachable ones), the next ``size`` in turn that are owed batches get every batch
-        they have not had, merged (one :class:`Due` for those owed the same batches).  A peer
-        first met gets the batches from this tick on.  A new incarnation of this node numbers
-        its propagations to each peer from 1 again (the peers hear a new origin)."""
+        (the reachable ones), those owed batches that were never sent one, and the next ``size``
+        in turn of the others, get every batch they have not had, merged (one :class:`Due` for
+        those owed the same batches; none where that is nothing, an expired key's).
+
+        A peer never sent a propagation is met anew at every tick until it is: it gets the
+        batches from that tick on, and its first propagation, number 1, at once.  So the first
+        number a peer hears is always 1, and it misses no batch before it (a node of an earlier
+        release takes any first number for a start).  A new incarnation of this node meets
+        every peer anew (they hear a new origin)."""
         if origin != self._origin:
             self._origin = origin
             self._numbers.clear()
+            self._gap.clear()
         before = self._made
         if self._queued:
             self._made += 1
@@ -104,37 +110,46 @@ class DeltaQueue:
             self._queued = {}
         present = sorted(peers)
         oldest = next(iter(self._batches), self._made + 1)
-        for name in present:
-            had = self._had.setdefault(name, before)
-            if had < oldest - 1:  # away while batches it never had were dropped
-                self._gap.add(name)
-                self._had[name] = oldest - 1
-        owed = [name for name in present if self._had[name] < self._made]
+        for peer in present:
+            if peer not in self._numbers:
+                self._had[peer] = before
+            elif self._had[peer] < oldest - 1:  # away while batches it never had were dropped
+                self._gap.add(peer)
+                self._had[peer] = oldest - 1
+        owed = [peer for peer in present if self._had[peer] < self._made]
+        first = [peer for peer in owed if peer not in self._numbers]
+        rest = [peer for peer in owed if peer in self._numbers]
         last = self._last_served
-        turn = 0 if last is None else next((i for i, p in enumerate(owed) if p > last), 0)
-        chosen = (owed[turn:] + owed[:turn])[:size]
+        turn = 0 if last is None else next((i for i, p in enumerate(rest) if p > last), 0)
+        chosen = (rest[turn:] + rest[:turn])[: max(size, 1)]
+        if chosen:
+            self._last_served = chosen[-1]
         groups: dict[int, list[ReplicaId]] = {}
-        for name in chosen:
-            groups.setdefault(self._had[name], []).append(name)
-            self._last_served = name
-        dues = [self._serve(had, names) for had, names in groups.items()]
-        low = min((self._had[name] for name in present), default=self._made)
+        for peer in first + chosen:
+            groups.setdefault(self._had[peer], []).append(peer)
+        dues = [due for had, group in groups.items() if (due := self._serve(had, group))]
+        low = min((self._had[peer] for peer in present), default=self._made)
         for number in [n for n in self._batches if n <= low]:
             del self._batches[number]
         self.waiting = low < self._made
         return dues
 
-    def _serve(self, had: int, names: list[ReplicaId]) -> Due:
+    def _serve(self, had: int, peers: list[ReplicaId]) -> Due | None:
+        """``peers``, which had batch ``had``, get the rest, numbered (None: they hold nothing,
+        every key of theirs expired; no number is used then, and a gap owed stays owed)."""
         deltas: Deltas = {}
         for number in range(had + 1, self._made + 1):
             for key, delta in self._batches[number].items():
                 _fold(deltas, key, delta)
+        for peer in peers:
+            self._had[peer] = self._made
+        if not deltas:
+            return None
         numbers = {}
-        for name in names:
-            step = 2 if name in self._gap else 1
-            self._gap.discard(name)
-            numbers[name] = self._numbers[name] = self._numbers.get(name, 0) + step
-            self._had[name] = self._made
+        for peer in peers:
+            step = 2 if peer in self._gap else 1
+            self._gap.discard(peer)
+            numbers[peer] = self._numbers[peer] = self._numbers.get(peer, 0) + step
         return Due(deltas, numbers)
 
     def message(

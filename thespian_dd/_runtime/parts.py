@@ -339,16 +339,19 @@ class Parts:
         reachable = {peer.replica: peer for peer in self.peers if peer.reachable}
         me = self.hooks.me()
         size = slice_size(len(reachable), self._delta_rounds)
-        for due in self.deltas.due(me, reachable, size):
-            encoded: dict[int, DeltaPropagation] = {}  # one per codec format the peers use
-            for replica, number in due.numbers.items():
-                version = self.versions.format(replica.node)
-                if version not in encoded:
-                    encoded[version] = self.deltas.message(me, self.keys, due.deltas, 0, version)
-                message = replace(encoded[version], seq=number)
-                self.membership.reply(reachable[replica], message)
-        if self.deltas.waiting:
-            self._arm_deltas()
+        try:
+            for due in self.deltas.due(me, reachable, size):
+                encoded: dict[int, DeltaPropagation] = {}  # one per codec format the peers use
+                for replica, number in due.numbers.items():
+                    version = self.versions.format(replica.node)
+                    if version not in encoded:
+                        deltas = due.deltas
+                        encoded[version] = self.deltas.message(me, self.keys, deltas, 0, version)
+                    message = replace(encoded[version], seq=number)
+                    self.membership.reply(reachable[replica], message)
+        finally:  # peers still owed batches get them at the next ticks, whatever failed here
+            if self.deltas.waiting:
+                self._arm_deltas()
 
     # The parts made later, reached from those made before them.
 

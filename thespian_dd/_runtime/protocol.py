@@ -178,8 +178,9 @@ class GossipEntries(PeerMessage):
 @wire_name(PEERS_MODULE)
 @dataclass(frozen=True)
 class DeltaPropagation(PeerMessage):
-    """Deltas of local updates (codec bytes of a delta state, or TOMBSTONE), numbered per
-    origin incarnation so a receiver can tell a gap."""
+    """Deltas of local updates (codec bytes of a delta state, or TOMBSTONE), numbered from 1
+    for each receiver by each origin incarnation, so a receiver can tell a gap (a node of the
+    first releases numbered them per origin incarnation for every receiver alike)."""
 
     seq: int
     entries: dict[str, bytes]
