@@ -49,12 +49,20 @@ ORIGINAL_IDENTIFY = (TransmitIntent.identify, ReceiveEnvelope.identify)
 ORIGINAL_HASH = IPBase.IPActorAddress.__hash__
 ORIGINAL_EXPIRED = TCPTransport.IdleSocket.expired
 ORIGINAL_LOOP = TCPTransport.TCPTransport._runWithExpiry
+ORIGINAL_STEPS = (
+    TCPTransport.TCPTransport._handleReadableIncoming,
+    TCPTransport.TCPTransport._next_XMIT_2,
+    TCPTransport.TCPTransport._next_XMIT_4,
+)
 SCAN = "_thespian_dd_idle_scan"
 """Where the quick loop keeps, on the transport, when it next looks for expired connections."""
 
 
 PATCHED = [
     (TCPTransport.TCPTransport, "_runWithExpiry"),
+    (TCPTransport.TCPTransport, "_handleReadableIncoming"),
+    (TCPTransport.TCPTransport, "_next_XMIT_2"),
+    (TCPTransport.TCPTransport, "_next_XMIT_4"),
     (TCPTransport.IdleSocket, "expired"),
     (TCPTransport, "MAX_IDLE_SOCKET_PERIOD"),
     (IPBase.IPActorAddress, "__hash__"),
@@ -198,7 +206,142 @@ def test_another_thespians_loop_is_left_alone(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(transport, "_THESPIANS_LOOP", "0" * 64)
     quicken_transport(45.0)
     assert TCPTransport.TCPTransport._runWithExpiry is ORIGINAL_LOOP
+    steps = TCPTransport.TCPTransport
+    assert (steps._handleReadableIncoming, steps._next_XMIT_2, steps._next_XMIT_4) == ORIGINAL_STEPS
     assert TransmitIntent.identify is not ORIGINAL_IDENTIFY[0]
+
+
+def _bare_transport() -> Any:
+    """A real TCPTransport with the state its reads and sends use, and no socket of its own
+    (its methods run on socket pairs)."""
+    tcp = object.__new__(TCPTransport.TCPTransport)
+    tcp.myAddress = _address(1910)
+    tcp._incomingEnvelopes = []
+    tcp._openSockets = {}
+    tcp._transmitIntents = {}
+    tcp._finished_intents = []
+    return tcp
+
+
+MESSAGE = "a message longer than the 20 bytes Thespian reads first " * 20
+SENDER = _address(1911)
+WIRE = TCPTransport.toSendBuffer((SENDER, MESSAGE))
+
+
+def _sending_intent(sock: socket.socket) -> Any:
+    """A transmit of MESSAGE on ``sock``, at its step of sending the data."""
+    intent = TransmitIntent(SENDER, MESSAGE)
+    intent.serMsg = WIRE
+    intent.socket = sock
+    intent.amtSent = 0
+    intent.stage = TCPTransport.TCPTransport._XMITStepSendData
+    return intent
+
+
+def test_a_message_that_came_whole_is_read_whole_in_one_turn(quickened: None) -> None:
+    """Thespian reads 20 bytes of a message first (its size) and the rest at its loop's next
+    turn: now one turn reads it all, acknowledges it and hands it on, and the connection is
+    idle again for the next message.  Thespian's own step leaves it unfinished."""
+    for read, whole in (
+        (TCPTransport.TCPTransport._handleReadableIncoming, True),
+        (ORIGINAL_STEPS[0], False),
+    ):
+        tcp = _bare_transport()
+        mine, theirs = socket.socketpair()
+        with mine, theirs:
+            mine.setblocking(False)
+            theirs.sendall(WIRE)
+            incoming = TCPTransport.TCPIncomingPersistent(SENDER, mine)
+            left = read(tcp, incoming)
+            if not whole:
+                assert left is incoming
+                assert tcp._incomingEnvelopes == []
+                continue
+            assert left is None
+            [envelope] = tcp._incomingEnvelopes
+            assert (envelope.sender, envelope.message) == (SENDER, MESSAGE)
+            assert theirs.recv(100) == TCPTransport.ackMsg
+            [idle] = tcp._openSockets.values()
+            assert (idle.socket, idle.rmtaddr) == (mine, SENDER)
+
+
+def test_a_message_still_coming_is_read_as_far_as_it_came(quickened: None) -> None:
+    """Part of a message: read as far as it came, without a failed read (which would pause
+    the connection), and finished by the turn its rest comes in; a sender that closes
+    mid-message has its connection dropped in the same turn, with nothing handed on."""
+    tcp = _bare_transport()
+    mine, theirs = socket.socketpair()
+    with mine, theirs:
+        mine.setblocking(False)
+        theirs.sendall(WIRE[:30])
+        incoming = TCPTransport.TCPIncomingPersistent(SENDER, mine)
+        assert tcp._handleReadableIncoming(incoming) is incoming
+        assert not incoming.backoffPause()
+        assert tcp._incomingEnvelopes == []
+        theirs.sendall(WIRE[30:])
+        assert tcp._handleReadableIncoming(incoming) is None
+        assert [e.message for e in tcp._incomingEnvelopes] == [MESSAGE]
+
+    tcp = _bare_transport()
+    mine, theirs = socket.socketpair()
+    with mine:
+        mine.setblocking(False)
+        theirs.sendall(WIRE[:30])
+        theirs.close()
+        incoming = TCPTransport.TCPIncomingPersistent(SENDER, mine)
+        assert tcp._handleReadableIncoming(incoming) is None
+        assert tcp._incomingEnvelopes == []
+        assert tcp._openSockets == {}
+
+
+def test_a_transmit_sent_whole_waits_for_its_acknowledgement_and_reads_it_in_one_turn(
+    quickened: None,
+) -> None:
+    """A transmit whose data went out whole waits for its acknowledgement at once (Thespian's
+    step left it waiting a turn for the socket to be writable); the acknowledgement, come
+    whole, is read in one turn (Thespian: 20 bytes, then the rest a turn later) and the transmit
+    is done, its connection idle for the next one; one that comes in two parts is read as far
+    as it came, without pausing the transmit."""
+    steps = TCPTransport.TCPTransport
+    for split in (None, 10):
+        tcp = _bare_transport()
+        mine, theirs = socket.socketpair()
+        with mine, theirs:
+            mine.setblocking(False)
+            intent = _sending_intent(mine)
+            assert tcp._next_XMIT_2(intent) is True
+            assert intent.stage == steps._XMITStepWaitForAck
+            assert not steps._waitForSendable(intent)
+            received = b""
+            while len(received) < len(WIRE):
+                received += theirs.recv(len(WIRE))
+            assert received == WIRE
+            if split is not None:
+                theirs.sendall(TCPTransport.ackMsg[:split])
+                assert tcp._next_XMIT_4(intent) is True
+                assert intent.stage == steps._XMITStepWaitForAck
+                assert not intent.backoffPause()
+                theirs.sendall(TCPTransport.ackMsg[split:])
+            else:
+                theirs.sendall(TCPTransport.ackMsg)
+            assert tcp._next_XMIT_4(intent) is False
+            assert tcp._finished_intents == [(intent, TCPTransport.SendStatus.Sent)]
+            [idle] = tcp._openSockets.values()
+            assert idle.socket is mine
+
+    # Thespian's own steps, for the contrast: a turn more for each.
+    tcp = _bare_transport()
+    mine, theirs = socket.socketpair()
+    with mine, theirs:
+        mine.setblocking(False)
+        intent = _sending_intent(mine)
+        assert ORIGINAL_STEPS[1](tcp, intent) is True
+        assert intent.stage == steps._XMITStepShutdownWrite
+        assert steps._waitForSendable(intent)
+        tcp._next_XMIT_3(intent)
+        theirs.sendall(TCPTransport.ackMsg)
+        assert ORIGINAL_STEPS[2](tcp, intent) is True
+        assert tcp._finished_intents == []
 
 
 def _selected(fds: dict[int, int]) -> set[tuple[int, int]]:

@@ -10,14 +10,22 @@ answers of the remote admins that created its Introducers came on connections Th
 open, idle, for 20 minutes.
 
 Each change but the idle period keeps what the transport does, computing the same values more
-cheaply (the loop also goes on in the few cases where Thespian's would stop or spin: see
-:func:`run_with_expiry`); each is a plain attribute of Thespian's, set again by each call (so
-calling twice changes nothing):
+cheaply or doing at once what Thespian's loop left for its next turn (the loop also goes on in
+the few cases where Thespian's would stop or spin: see :func:`run_with_expiry`); each is a plain
+attribute of Thespian's, set again by each call (so calling twice changes nothing):
 
 - the loop itself (:func:`run_with_expiry`): Thespian's, turn for turn, with the descriptors kept
   registered from turn to turn (:class:`KeptPoll`) and an idle connection given work only in a
   turn that concerns it (:func:`idle_turn`); only for the Thespian whose loop it was written
-  from (4.0.1, checked by the loop's source), another keeps its own;
+  from (4.0.1, checked by the loop's source), another keeps its own, and its own steps below;
+- a message, and a transmit's acknowledgement, read whole in one turn (:func:`read_incoming`,
+  :func:`read_acknowledgement`): Thespian reads the first 20 bytes to learn the size and the
+  rest at its loop's next turn, so each message received and each acknowledgement (23 bytes)
+  cost two turns;
+- a transmit whose data went out whole waits for its acknowledgement at once
+  (:func:`send_data`): Thespian's next step, a shutdown it no longer makes, waited a turn for
+  the socket to be writable.  With these two, a peer of a quorum write takes two turns of its
+  loop (the write; the acknowledgement of its answer), where it took five;
 - an idle socket's expiry read from its timer without building a view of it;
 - an idle connection closed after ``idle_seconds`` unused rather than 20 minutes (Thespian's own
   expiry, sooner: the next message to that address opens a new one);
@@ -36,6 +44,7 @@ import logging
 import math
 import operator
 import select
+import socket
 import time
 from typing import Any
 
@@ -60,7 +69,10 @@ __all__ = [
     "idle_connection_seconds",
     "idle_turn",
     "quicken_transport",
+    "read_acknowledgement",
+    "read_incoming",
     "run_with_expiry",
+    "send_data",
 ]
 
 
@@ -127,6 +139,63 @@ def _address_hash(address: Any) -> int:
     return kept
 
 
+_READ_INCOMING = TCPTransport.TCPTransport._handleReadableIncoming
+_READ_ACKNOWLEDGEMENT = TCPTransport.TCPTransport._next_XMIT_4
+_SEND_DATA = TCPTransport.TCPTransport._next_XMIT_2
+_PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
+
+
+def _more_come(sock: Any) -> bool:
+    """Whether a read of ``sock`` would not wait: bytes have come, or the other end closed (or
+    failed), which the read tells."""
+    try:
+        sock.recv(1, _PEEK)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def read_incoming(transport: Any, incoming: Any, has_exclusive_flag: bool = False) -> Any:
+    """``TCPTransport._handleReadableIncoming``, again at once while the message is unfinished
+    and more of it has come (what Thespian's next turn would read: no read waits, none is made
+    on a socket pausing after a failed one)."""
+    result = _READ_INCOMING(transport, incoming, has_exclusive_flag=has_exclusive_flag)
+    while (
+        result is incoming
+        and incoming.socket is not None
+        and not incoming.backoffPause()
+        and _more_come(incoming.socket)
+    ):
+        result = _READ_INCOMING(transport, incoming, has_exclusive_flag=has_exclusive_flag)
+    return result
+
+
+def read_acknowledgement(transport: Any, intent: Any) -> Any:
+    """``TCPTransport._next_XMIT_4`` (a transmit's wait for its acknowledgement), again at once
+    while the acknowledgement is unfinished and more of it has come."""
+    going = _READ_ACKNOWLEDGEMENT(transport, intent)
+    while (
+        going
+        and intent.stage == TCPTransport.TCPTransport._XMITStepWaitForAck
+        and getattr(intent, "socket", None) is not None
+        and not intent.backoffPause()
+        and _more_come(intent.socket)
+    ):
+        going = _READ_ACKNOWLEDGEMENT(transport, intent)
+    return going
+
+
+def send_data(transport: Any, intent: Any) -> Any:
+    """``TCPTransport._next_XMIT_2`` (a transmit's send), then, once the data went out whole,
+    its next step at once: the wait for the acknowledgement."""
+    going = _SEND_DATA(transport, intent)
+    if going and intent.stage == TCPTransport.TCPTransport._XMITStepShutdownWrite:
+        return transport._next_XMIT_3(intent)
+    return going
+
+
 def _address_state(address: Any) -> Any:
     """``IPActorAddress.__getstate__`` without the kept hash."""
     state = _ADDRESS_STATE(address)
@@ -149,6 +218,9 @@ def quicken_transport(idle_seconds: float) -> None:
     ReceiveEnvelope.__str__ = _envelope_str
     if hasattr(select, "poll") and _loop_is_thespians(_THESPIANS_LOOP):
         TCPTransport.TCPTransport._runWithExpiry = run_with_expiry
+        TCPTransport.TCPTransport._handleReadableIncoming = read_incoming
+        TCPTransport.TCPTransport._next_XMIT_4 = read_acknowledgement
+        TCPTransport.TCPTransport._next_XMIT_2 = send_data
 
 
 # -- the loop --------------------------------------------------------------------------------------
