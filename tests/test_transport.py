@@ -294,6 +294,20 @@ def test_a_message_still_coming_is_read_as_far_as_it_came(quickened: None) -> No
         assert tcp._openSockets == {}
 
 
+def test_a_connection_is_read_at_most_sixteen_times_a_turn(quickened: None) -> None:
+    """A sender that keeps sending (here bytes with no size, which Thespian reads 20 at a
+    time) gets at most 16 reads a turn: the loop goes on to its other connections."""
+    tcp = _bare_transport()
+    mine, theirs = socket.socketpair()
+    with mine, theirs:
+        mine.setblocking(False)
+        theirs.sendall(b"x" * 1000)
+        incoming = TCPTransport.TCPIncomingPersistent(SENDER, mine)
+        assert tcp._handleReadableIncoming(incoming) is incoming
+        assert not incoming.backoffPause()
+        assert len(mine.recv(2000)) == 1000 - 16 * 20
+
+
 def test_a_transmit_sent_whole_waits_for_its_acknowledgement_and_reads_it_in_one_turn(
     quickened: None,
 ) -> None:

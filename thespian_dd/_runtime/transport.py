@@ -143,6 +143,9 @@ _READ_INCOMING = TCPTransport.TCPTransport._handleReadableIncoming
 _READ_ACKNOWLEDGEMENT = TCPTransport.TCPTransport._next_XMIT_4
 _SEND_DATA = TCPTransport.TCPTransport._next_XMIT_2
 _PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
+_READS_A_TURN = 16
+"""At most this many reads of one connection a turn (each up to Thespian's 1 MB): a sender that
+keeps sending never holds the loop."""
 
 
 def _more_come(sock: Any) -> bool:
@@ -160,29 +163,33 @@ def _more_come(sock: Any) -> bool:
 def read_incoming(transport: Any, incoming: Any, has_exclusive_flag: bool = False) -> Any:
     """``TCPTransport._handleReadableIncoming``, again at once while the message is unfinished
     and more of it has come (what Thespian's next turn would read: no read waits, none is made
-    on a socket pausing after a failed one)."""
+    on a socket pausing after a failed one), up to ``_READS_A_TURN`` reads."""
     result = _READ_INCOMING(transport, incoming, has_exclusive_flag=has_exclusive_flag)
-    while (
-        result is incoming
-        and incoming.socket is not None
-        and not incoming.backoffPause()
-        and _more_come(incoming.socket)
-    ):
+    for _ in range(_READS_A_TURN - 1):
+        if not (
+            result is incoming
+            and incoming.socket is not None
+            and not incoming.backoffPause()
+            and _more_come(incoming.socket)
+        ):
+            break
         result = _READ_INCOMING(transport, incoming, has_exclusive_flag=has_exclusive_flag)
     return result
 
 
 def read_acknowledgement(transport: Any, intent: Any) -> Any:
     """``TCPTransport._next_XMIT_4`` (a transmit's wait for its acknowledgement), again at once
-    while the acknowledgement is unfinished and more of it has come."""
+    while the acknowledgement is unfinished and more of it has come, as :func:`read_incoming`."""
     going = _READ_ACKNOWLEDGEMENT(transport, intent)
-    while (
-        going
-        and intent.stage == TCPTransport.TCPTransport._XMITStepWaitForAck
-        and getattr(intent, "socket", None) is not None
-        and not intent.backoffPause()
-        and _more_come(intent.socket)
-    ):
+    for _ in range(_READS_A_TURN - 1):
+        if not (
+            going
+            and intent.stage == TCPTransport.TCPTransport._XMITStepWaitForAck
+            and getattr(intent, "socket", None) is not None
+            and not intent.backoffPause()
+            and _more_come(intent.socket)
+        ):
+            break
         going = _READ_ACKNOWLEDGEMENT(transport, intent)
     return going
 
