@@ -211,6 +211,23 @@ def test_another_thespians_loop_is_left_alone(monkeypatch: pytest.MonkeyPatch) -
     assert TransmitIntent.identify is not ORIGINAL_IDENTIFY[0]
 
 
+@pytest.mark.parametrize("step", range(4))
+def test_a_thespian_with_another_step_keeps_its_loop_and_steps(
+    monkeypatch: pytest.MonkeyPatch, step: int
+) -> None:
+    """The steps the quick reads and send call or take at once are checked by their sources
+    too: one that differs (here each in turn) leaves the loop and every step Thespian's."""
+    _keep_thespians(monkeypatch)
+    digests = dict(transport._THESPIANS_STEPS)
+    changed = list(digests)[step]
+    digests[changed] = "0" * 64
+    monkeypatch.setattr(transport, "_THESPIANS_STEPS", digests)
+    quicken_transport(45.0)
+    steps = TCPTransport.TCPTransport
+    assert steps._runWithExpiry is ORIGINAL_LOOP
+    assert (steps._handleReadableIncoming, steps._next_XMIT_2, steps._next_XMIT_4) == ORIGINAL_STEPS
+
+
 def _bare_transport() -> Any:
     """A real TCPTransport with the state its reads and sends use, and no socket of its own
     (its methods run on socket pairs)."""
@@ -292,6 +309,57 @@ def test_a_message_still_coming_is_read_as_far_as_it_came(quickened: None) -> No
         assert tcp._handleReadableIncoming(incoming) is None
         assert tcp._incomingEnvelopes == []
         assert tcp._openSockets == {}
+
+
+def test_a_read_stops_at_the_end_of_a_message_or_of_an_acknowledgement(quickened: None) -> None:
+    """What follows a message or an acknowledgement on the same connection (the next message)
+    is left whole in the socket for the turn that reads it as a message of its own."""
+    tcp = _bare_transport()
+    mine, theirs = socket.socketpair()
+    with mine, theirs:
+        mine.setblocking(False)
+        theirs.sendall(WIRE + WIRE)
+        incoming = TCPTransport.TCPIncomingPersistent(SENDER, mine)
+        assert tcp._handleReadableIncoming(incoming) is None
+        assert [e.message for e in tcp._incomingEnvelopes] == [MESSAGE]
+        assert mine.recv(2 * len(WIRE), socket.MSG_PEEK) == WIRE
+
+    tcp = _bare_transport()
+    mine, theirs = socket.socketpair()
+    with mine, theirs:
+        mine.setblocking(False)
+        intent = _sending_intent(mine)
+        assert tcp._next_XMIT_2(intent) is True
+        theirs.recv(len(WIRE) + 100)
+        theirs.sendall(TCPTransport.ackMsg + WIRE)
+        assert tcp._next_XMIT_4(intent) is False
+        assert tcp._finished_intents == [(intent, TCPTransport.SendStatus.Sent)]
+        assert mine.recv(2 * len(WIRE), socket.MSG_PEEK) == WIRE
+
+
+def test_a_transmit_waiting_for_its_acknowledgement_is_never_paused_by_a_read_of_nothing(
+    quickened: None,
+) -> None:
+    """Thespian's loop takes the acknowledgement step for a transmit it is not told is readable
+    when another connection to its target is idle; with nothing come, that step reads nothing
+    (Thespian's read failed and paused the transmit 34 ms, out of the loop's wait): the
+    acknowledgement that then comes is read at once."""
+    tcp = _bare_transport()
+    tcp._waitingTransmits = []
+    mine, theirs = socket.socketpair()
+    other, far = socket.socketpair()
+    with mine, theirs, other, far:
+        mine.setblocking(False)
+        tcp._openSockets[TCPTransport.opsKey(SENDER)] = TCPTransport.IdleSocket(other, SENDER)
+        intent = _sending_intent(mine)
+        assert tcp._next_XMIT_2(intent) is True
+        tcp._transmitIntents[mine.fileno()] = intent
+        tcp._processIntentTimeouts()
+        assert not intent.backoffPause()
+        assert tcp._transmitIntents == {mine.fileno(): intent}
+        theirs.sendall(TCPTransport.ackMsg)
+        assert tcp._next_XMIT_4(intent) is False
+        assert tcp._finished_intents == [(intent, TCPTransport.SendStatus.Sent)]
 
 
 def test_a_connection_is_read_at_most_sixteen_times_a_turn(quickened: None) -> None:

@@ -17,7 +17,8 @@ attribute of Thespian's, set again by each call (so calling twice changes nothin
 - the loop itself (:func:`run_with_expiry`): Thespian's, turn for turn, with the descriptors kept
   registered from turn to turn (:class:`KeptPoll`) and an idle connection given work only in a
   turn that concerns it (:func:`idle_turn`); only for the Thespian whose loop it was written
-  from (4.0.1, checked by the loop's source), another keeps its own, and its own steps below;
+  from (4.0.1, checked by the sources of the loop and of the steps below), another keeps its
+  own loop and its own steps;
 - a message, and a transmit's acknowledgement, read whole in one turn (:func:`read_incoming`,
   :func:`read_acknowledgement`): Thespian reads the first 20 bytes to learn the size and the
   rest at its loop's next turn, so each message received and each acknowledgement (23 bytes)
@@ -179,7 +180,14 @@ def read_incoming(transport: Any, incoming: Any, has_exclusive_flag: bool = Fals
 
 def read_acknowledgement(transport: Any, intent: Any) -> Any:
     """``TCPTransport._next_XMIT_4`` (a transmit's wait for its acknowledgement), again at once
-    while the acknowledgement is unfinished and more of it has come, as :func:`read_incoming`."""
+    while the acknowledgement is unfinished and more of it has come, as :func:`read_incoming`;
+    and no read at all while nothing has come.  Thespian's loop also takes this step for a
+    transmit it is not told is readable (when a connection to the same target is idle), and a
+    read that found nothing paused the transmit for 34 ms or more, the acknowledgement unread."""
+    sock = getattr(intent, "socket", None)
+    waiting = intent.stage == TCPTransport.TCPTransport._XMITStepWaitForAck
+    if waiting and sock is not None and not _more_come(sock):
+        return True
     going = _READ_ACKNOWLEDGEMENT(transport, intent)
     for _ in range(_READS_A_TURN - 1):
         if not (
@@ -223,7 +231,7 @@ def quicken_transport(idle_seconds: float) -> None:
     TransmitIntent.__str__ = _intent_str
     ReceiveEnvelope.identify = _identify_envelope
     ReceiveEnvelope.__str__ = _envelope_str
-    if hasattr(select, "poll") and _loop_is_thespians(_THESPIANS_LOOP):
+    if hasattr(select, "poll") and _loop_is_thespians(_THESPIANS_LOOP) and _steps_are_thespians():
         TCPTransport.TCPTransport._runWithExpiry = run_with_expiry
         TCPTransport.TCPTransport._handleReadableIncoming = read_incoming
         TCPTransport.TCPTransport._next_XMIT_4 = read_acknowledgement
@@ -235,6 +243,18 @@ def quicken_transport(idle_seconds: float) -> None:
 _THESPIANS_LOOP = "5a6c512c48e9fd0ab13cbc2ca91db058c7322a4af4af658a930631ccdbd51f96"
 """The SHA-256 of the source of Thespian 4.0.1's ``TCPTransport._runWithExpiry``, which
 :func:`run_with_expiry` does turn for turn.  Another Thespian keeps its own loop."""
+
+_THESPIANS_STEPS = {
+    _READ_INCOMING: "7e38436b43ee8783aec14cf5cf42710b413133e6b0bef0793e1f2003782a6569",
+    _SEND_DATA: "67f5dc3b7dc1ff392eacf8b07c3f75538b98f99a2e7774c8e9b67b89198069e5",
+    TCPTransport.TCPTransport._next_XMIT_3: (
+        "5f5ff30046f7a92ed8591100a1afc048bcaebfe70d5337ef2c0903d6c856079c"
+    ),
+    _READ_ACKNOWLEDGEMENT: "e41dc7486dd32f0d749afe607aa90d7935624b1cf524f9fc3f4f20e6844b27d8",
+}
+"""The SHA-256 of the source of each step of Thespian 4.0.1's transport that
+:func:`read_incoming`, :func:`send_data` and :func:`read_acknowledgement` call or take at once
+(Thespian's own, taken as this module is imported)."""
 
 _IDLE_SCAN_SECONDS = 1.0
 """How often the loop looks for connections unused for the idle period (Thespian: at every
@@ -252,6 +272,18 @@ def _loop_is_thespians(digest: str) -> bool:
     except (OSError, TypeError):
         return False
     return hashlib.sha256(source.encode()).hexdigest() == digest
+
+
+def _steps_are_thespians() -> bool:
+    """Whether every step in ``_THESPIANS_STEPS`` has the source it was written for."""
+    try:
+        sources = {step: inspect.getsource(step) for step in _THESPIANS_STEPS}
+    except (OSError, TypeError):
+        return False
+    return all(
+        hashlib.sha256(source.encode()).hexdigest() == _THESPIANS_STEPS[step]
+        for step, source in sources.items()
+    )
 
 
 class KeptPoll:
