@@ -255,6 +255,25 @@ def _sending_intent(sock: socket.socket) -> Any:
     return intent
 
 
+def _connection() -> tuple[socket.socket, socket.socket]:
+    """A connection's two ends: ours non-blocking, as Thespian's sockets are."""
+    mine, theirs = socket.socketpair()
+    mine.setblocking(False)
+    return mine, theirs
+
+
+def _sent(tcp: Any, mine: socket.socket, theirs: socket.socket) -> Any:
+    """A transmit of MESSAGE on ``mine``, its data sent whole by ``tcp``'s step and read by the
+    other end."""
+    intent = _sending_intent(mine)
+    assert tcp._next_XMIT_2(intent) is True
+    received = b""
+    while len(received) < len(WIRE):
+        received += theirs.recv(len(WIRE))
+    assert received == WIRE
+    return intent
+
+
 def test_a_message_that_came_whole_is_read_whole_in_one_turn(quickened: None) -> None:
     """Thespian reads 20 bytes of a message first (its size) and the rest at its loop's next
     turn: now one turn reads it all, acknowledges it and hands it on, and the connection is
@@ -264,9 +283,8 @@ def test_a_message_that_came_whole_is_read_whole_in_one_turn(quickened: None) ->
         (ORIGINAL_STEPS[0], False),
     ):
         tcp = _bare_transport()
-        mine, theirs = socket.socketpair()
+        mine, theirs = _connection()
         with mine, theirs:
-            mine.setblocking(False)
             theirs.sendall(WIRE)
             incoming = TCPTransport.TCPIncomingPersistent(SENDER, mine)
             left = read(tcp, incoming)
@@ -287,9 +305,8 @@ def test_a_message_still_coming_is_read_as_far_as_it_came(quickened: None) -> No
     the connection), and finished by the turn its rest comes in; a sender that closes
     mid-message has its connection dropped in the same turn, with nothing handed on."""
     tcp = _bare_transport()
-    mine, theirs = socket.socketpair()
+    mine, theirs = _connection()
     with mine, theirs:
-        mine.setblocking(False)
         theirs.sendall(WIRE[:30])
         incoming = TCPTransport.TCPIncomingPersistent(SENDER, mine)
         assert tcp._handleReadableIncoming(incoming) is incoming
@@ -300,9 +317,8 @@ def test_a_message_still_coming_is_read_as_far_as_it_came(quickened: None) -> No
         assert [e.message for e in tcp._incomingEnvelopes] == [MESSAGE]
 
     tcp = _bare_transport()
-    mine, theirs = socket.socketpair()
+    mine, theirs = _connection()
     with mine:
-        mine.setblocking(False)
         theirs.sendall(WIRE[:30])
         theirs.close()
         incoming = TCPTransport.TCPIncomingPersistent(SENDER, mine)
@@ -315,9 +331,8 @@ def test_a_read_stops_at_the_end_of_a_message_or_of_an_acknowledgement(quickened
     """What follows a message or an acknowledgement on the same connection (the next message)
     is left whole in the socket for the turn that reads it as a message of its own."""
     tcp = _bare_transport()
-    mine, theirs = socket.socketpair()
+    mine, theirs = _connection()
     with mine, theirs:
-        mine.setblocking(False)
         theirs.sendall(WIRE + WIRE)
         incoming = TCPTransport.TCPIncomingPersistent(SENDER, mine)
         assert tcp._handleReadableIncoming(incoming) is None
@@ -325,12 +340,9 @@ def test_a_read_stops_at_the_end_of_a_message_or_of_an_acknowledgement(quickened
         assert mine.recv(2 * len(WIRE), socket.MSG_PEEK) == WIRE
 
     tcp = _bare_transport()
-    mine, theirs = socket.socketpair()
+    mine, theirs = _connection()
     with mine, theirs:
-        mine.setblocking(False)
-        intent = _sending_intent(mine)
-        assert tcp._next_XMIT_2(intent) is True
-        theirs.recv(len(WIRE) + 100)
+        intent = _sent(tcp, mine, theirs)
         theirs.sendall(TCPTransport.ackMsg + WIRE)
         assert tcp._next_XMIT_4(intent) is False
         assert tcp._finished_intents == [(intent, TCPTransport.SendStatus.Sent)]
@@ -346,13 +358,11 @@ def test_a_transmit_waiting_for_its_acknowledgement_is_never_paused_by_a_read_of
     acknowledgement that then comes is read at once."""
     tcp = _bare_transport()
     tcp._waitingTransmits = []
-    mine, theirs = socket.socketpair()
+    mine, theirs = _connection()
     other, far = socket.socketpair()
     with mine, theirs, other, far:
-        mine.setblocking(False)
         tcp._openSockets[TCPTransport.opsKey(SENDER)] = TCPTransport.IdleSocket(other, SENDER)
-        intent = _sending_intent(mine)
-        assert tcp._next_XMIT_2(intent) is True
+        intent = _sent(tcp, mine, theirs)
         tcp._transmitIntents[mine.fileno()] = intent
         tcp._processIntentTimeouts()
         assert not intent.backoffPause()
@@ -366,9 +376,8 @@ def test_a_connection_is_read_at_most_sixteen_times_a_turn(quickened: None) -> N
     """A sender that keeps sending (here bytes with no size, which Thespian reads 20 at a
     time) gets at most 16 reads a turn: the loop goes on to its other connections."""
     tcp = _bare_transport()
-    mine, theirs = socket.socketpair()
+    mine, theirs = _connection()
     with mine, theirs:
-        mine.setblocking(False)
         theirs.sendall(b"x" * 1000)
         incoming = TCPTransport.TCPIncomingPersistent(SENDER, mine)
         assert tcp._handleReadableIncoming(incoming) is incoming
@@ -387,17 +396,11 @@ def test_a_transmit_sent_whole_waits_for_its_acknowledgement_and_reads_it_in_one
     steps = TCPTransport.TCPTransport
     for split in (None, 10):
         tcp = _bare_transport()
-        mine, theirs = socket.socketpair()
+        mine, theirs = _connection()
         with mine, theirs:
-            mine.setblocking(False)
-            intent = _sending_intent(mine)
-            assert tcp._next_XMIT_2(intent) is True
+            intent = _sent(tcp, mine, theirs)
             assert intent.stage == steps._XMITStepWaitForAck
             assert not steps._waitForSendable(intent)
-            received = b""
-            while len(received) < len(WIRE):
-                received += theirs.recv(len(WIRE))
-            assert received == WIRE
             if split is not None:
                 theirs.sendall(TCPTransport.ackMsg[:split])
                 assert tcp._next_XMIT_4(intent) is True
@@ -413,9 +416,8 @@ def test_a_transmit_sent_whole_waits_for_its_acknowledgement_and_reads_it_in_one
 
     # Thespian's own steps, for the contrast: a turn more for each.
     tcp = _bare_transport()
-    mine, theirs = socket.socketpair()
+    mine, theirs = _connection()
     with mine, theirs:
-        mine.setblocking(False)
         intent = _sending_intent(mine)
         assert ORIGINAL_STEPS[1](tcp, intent) is True
         assert intent.stage == steps._XMITStepShutdownWrite

@@ -179,23 +179,20 @@ def read_incoming(transport: Any, incoming: Any, has_exclusive_flag: bool = Fals
 
 
 def read_acknowledgement(transport: Any, intent: Any) -> Any:
-    """``TCPTransport._next_XMIT_4`` (a transmit's wait for its acknowledgement), again at once
-    while the acknowledgement is unfinished and more of it has come, as :func:`read_incoming`;
-    and no read at all while nothing has come.  Thespian's loop also takes this step for a
-    transmit it is not told is readable (when a connection to the same target is idle), and a
-    read that found nothing paused the transmit for 34 ms or more, the acknowledgement unread."""
-    sock = getattr(intent, "socket", None)
-    waiting = intent.stage == TCPTransport.TCPTransport._XMITStepWaitForAck
-    if waiting and sock is not None and not _more_come(sock):
-        return True
-    going = _READ_ACKNOWLEDGEMENT(transport, intent)
-    for _ in range(_READS_A_TURN - 1):
+    """``TCPTransport._next_XMIT_4`` (a transmit's wait for its acknowledgement), while the
+    acknowledgement is unfinished and more of it has come, up to ``_READS_A_TURN`` reads: none
+    while nothing has come.  Thespian's loop also takes this step for a transmit it is not told
+    is readable (when a connection to the same target is idle), and a read that found nothing
+    paused the transmit for 34 ms or more, the acknowledgement unread."""
+    going = True
+    for _ in range(_READS_A_TURN):
+        sock = getattr(intent, "socket", None)
         if not (
             going
             and intent.stage == TCPTransport.TCPTransport._XMITStepWaitForAck
-            and getattr(intent, "socket", None) is not None
+            and sock is not None
             and not intent.backoffPause()
-            and _more_come(intent.socket)
+            and _more_come(sock)
         ):
             break
         going = _READ_ACKNOWLEDGEMENT(transport, intent)
@@ -231,7 +228,11 @@ def quicken_transport(idle_seconds: float) -> None:
     TransmitIntent.__str__ = _intent_str
     ReceiveEnvelope.identify = _identify_envelope
     ReceiveEnvelope.__str__ = _envelope_str
-    if hasattr(select, "poll") and _loop_is_thespians(_THESPIANS_LOOP) and _steps_are_thespians():
+    if (
+        hasattr(select, "poll")
+        and _is_thespians(TCPTransport.TCPTransport._runWithExpiry, _THESPIANS_LOOP)
+        and all(_is_thespians(step, digest) for step, digest in _THESPIANS_STEPS.items())
+    ):
         TCPTransport.TCPTransport._runWithExpiry = run_with_expiry
         TCPTransport.TCPTransport._handleReadableIncoming = read_incoming
         TCPTransport.TCPTransport._next_XMIT_4 = read_acknowledgement
@@ -264,26 +265,13 @@ _POLL = "_thespian_dd_poll"
 _SCAN = "_thespian_dd_idle_scan"
 
 
-def _loop_is_thespians(digest: str) -> bool:
-    """Whether the installed Thespian's loop is the one of ``digest`` (False if its source
-    cannot be read)."""
+def _is_thespians(function: Any, digest: str) -> bool:
+    """Whether ``function``'s source is the one of ``digest`` (False if it cannot be read)."""
     try:
-        source = inspect.getsource(TCPTransport.TCPTransport._runWithExpiry)
+        source = inspect.getsource(function)
     except (OSError, TypeError):
         return False
     return hashlib.sha256(source.encode()).hexdigest() == digest
-
-
-def _steps_are_thespians() -> bool:
-    """Whether every step in ``_THESPIANS_STEPS`` has the source it was written for."""
-    try:
-        sources = {step: inspect.getsource(step) for step in _THESPIANS_STEPS}
-    except (OSError, TypeError):
-        return False
-    return all(
-        hashlib.sha256(source.encode()).hexdigest() == _THESPIANS_STEPS[step]
-        for step, source in sources.items()
-    )
 
 
 class KeptPoll:
