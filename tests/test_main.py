@@ -6,9 +6,11 @@ from __future__ import annotations
 import configparser
 import importlib
 import json
+import os
 import subprocess
 import sys
 import sysconfig
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 
 import thespian_dd
 import thespian_dd.__main__
+from thespian_dd._cli.bench import _cpu_clock
 from thespian_dd._cli.main import main
 
 
@@ -50,12 +53,38 @@ def test_the_bench_prints_each_figure_with_its_baseline_and_ratio(
     assert "GCounter key size after 3 restarts, pruned" in out
     assert "SQLite write-behind Update throughput, 16 client(s)" in out
     assert "SQLite sync Updates per second, 1 client, against the disk" in out
+    if sys.platform == "linux":  # a process's CPU clock (see test_a_process_cpu_clock_...)
+        assert "SQLite sync Replicator CPU per Update, 16 client(s)" in out
     assert "SQLite recovery of 5,000 keys" in out
     assert "Update (WriteLocal) throughput" in out
     assert "idle gossip per round, 1,000 keys" in out
     assert all(row["baseline"] > 0 and row["ratio"] > 0 for row in rows)
     assert plot.read_bytes().startswith(b"\x89PNG")
     assert any("growth" in row["name"] for row in rows)
+
+
+@pytest.mark.subprocess
+@pytest.mark.skipif(sys.platform != "linux", reason="/proc, to compare the clock with")
+def test_a_process_cpu_clock_reads_that_process_cpu_time_and_a_missing_one_has_none() -> None:
+    """The bench's Replicator CPU per Update reads the Replicator's process clock."""
+    work = "import sys; sum(range(3 * 10**7)); print('done', flush=True); sys.stdin.read()"
+    child = subprocess.Popen(
+        [sys.executable, "-c", work], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        clock = _cpu_clock(child.pid)
+        assert clock is not None
+        assert child.stdout is not None
+        assert child.stdout.readline() == "done\n"  # busy, now waiting on its stdin
+        used = time.clock_gettime(clock)
+        fields = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    finally:
+        child.kill()
+        child.wait()
+    assert used > 0
+    assert abs(used - ticks) <= 0.05, (used, ticks)  # the same time, to the kernel's tick
+    assert _cpu_clock(2**22 + 1) is None  # beyond Linux's largest pid
 
 
 @pytest.mark.subprocess

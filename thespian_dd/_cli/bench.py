@@ -29,6 +29,7 @@ Section ``crdt``: merge time and encoded size of ORSet and ORMap states of n ele
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import pickle
@@ -63,6 +64,7 @@ from thespian_dd import (
     WriteLocal,
 )
 from thespian_dd._cli.bench_scale import CHUNK, scale_section
+from thespian_dd._runtime.protocol import DescribeProcess, ProcessInfo
 from thespian_dd._runtime.rows import Entry
 from thespian_dd._runtime.store import Store
 from thespian_dd._testkit.harness import Cluster, Node, eventually, scratch_database, start_node
@@ -479,12 +481,46 @@ MODE_BLOCKS = 5
 """The durable section's Update throughputs are measured in this many blocks per mode."""
 
 
-def _update_rates(nodes: dict[str, Node], clients: int, n: int) -> dict[str, float]:
+@dataclass(frozen=True)
+class _Rates:
+    """What :func:`_update_rates` measured of each node (by mode)."""
+
+    per_second: dict[str, float]
+    """Updates a second."""
+    cpu: dict[str, float] | None
+    """Seconds of CPU the Replicator's process took per Update, all its threads (None where a
+    process's CPU clock cannot be read)."""
+
+
+def _cpu_clock(pid: int) -> int | None:
+    """The clock of the CPU time of process ``pid``, all its threads (libc's
+    ``clock_getcpuclockid``), for ``time.clock_gettime``; None where there is none."""
+    try:
+        getcpuclockid = ctypes.CDLL(None).clock_getcpuclockid
+        clock = ctypes.c_int()
+        if getcpuclockid(pid, ctypes.byref(clock)) != 0:
+            return None
+        time.clock_gettime(clock.value)
+    except (AttributeError, OSError, TypeError):
+        return None
+    return clock.value
+
+
+def _update_rates(nodes: dict[str, Node], clients: int, n: int) -> _Rates:
     """Updates per second of each node when ``clients`` driver actors each make sequential
     Updates (of their own key) at the same time, ``n`` in all per node: in :data:`MODE_BLOCKS`
     blocks, the nodes taken in turn (each block in the next order), each node's rate its
     Updates over the sum of its blocks' times.  Load that comes and goes on a shared machine
-    falls on every node alike, where measuring one node after the other gave it to one alone."""
+    falls on every node alike, where measuring one node after the other gave it to one alone.
+    And the CPU each node's Replicator took per Update in those blocks: the other nodes idle
+    meanwhile, so a busy machine slows each mode's Updates alike but leaves their CPU as it
+    is."""
+    clocks = {}
+    for mode, node in nodes.items():
+        info = node.ask(DescribeProcess())
+        assert isinstance(info, ProcessInfo), info
+        clocks[mode] = _cpu_clock(info.pid)
+    cpu = dict.fromkeys(nodes, 0.0)
     drivers = {
         mode: [node.asys.createActor(_Driver) for _ in range(clients)]
         for mode, node in nodes.items()
@@ -493,13 +529,24 @@ def _update_rates(nodes: dict[str, Node], clients: int, n: int) -> dict[str, flo
         for c, driver in enumerate(drivers[mode]):
             node.asys.ask(driver, _RoundTrips(node.replicator, "update", 20, f"bench-{c}"), 60)
     each = max(1, n // (clients * MODE_BLOCKS))
-    times = _interleaved(
-        list(nodes), MODE_BLOCKS, lambda mode: _block(nodes[mode], drivers[mode], each)
-    )
+
+    def measure(mode: str) -> float:
+        clock = clocks[mode]
+        before = 0.0 if clock is None else time.clock_gettime(clock)
+        seconds = _block(nodes[mode], drivers[mode], each)
+        if clock is not None:
+            cpu[mode] += time.clock_gettime(clock) - before
+        return seconds
+
+    times = _interleaved(list(nodes), MODE_BLOCKS, measure)
     for mode, node in nodes.items():
         for driver in drivers[mode]:
             node.asys.tell(driver, ActorExitRequest())
-    return {mode: each * clients * MODE_BLOCKS / sum(t) for mode, t in times.items()}
+    updates = each * clients * MODE_BLOCKS
+    return _Rates(
+        {mode: updates / sum(t) for mode, t in times.items()},
+        None if None in clocks.values() else {mode: c / updates for mode, c in cpu.items()},
+    )
 
 
 def _block(node: Node, drivers: list[Any], each: int) -> float:
@@ -567,12 +614,24 @@ def _durable(scale: float, postgresql: str | None, out: Callable[[str], object])
                         "durable",
                         f"{label} {mode} Update throughput, {clients} client(s)",
                         "msg/s",
-                        rates[mode],
-                        rates["memory"],
+                        rates.per_second[mode],
+                        rates.per_second["memory"],
                         f"in memory, {clients} client(s)",
                     )
                     for mode in ("sync", "write-behind")
                 ]
+                if rates.cpu is not None:
+                    results += [
+                        Result(
+                            "durable",
+                            f"{label} {mode} Replicator CPU per Update, {clients} client(s)",
+                            "µs",
+                            rates.cpu[mode] * 1e6,
+                            rates.cpu["memory"] * 1e6,
+                            f"in memory, {clients} client(s)",
+                        )
+                        for mode in ("sync", "write-behind")
+                    ]
                 if label == "SQLite" and clients == 1:
                     # What the disk allows: a sync Update waits for one commit, and no commit
                     # can be faster than sqlite3's own one-row transaction on this disk.
@@ -582,7 +641,7 @@ def _durable(scale: float, postgresql: str | None, out: Callable[[str], object])
                             "durable",
                             "SQLite sync Updates per second, 1 client, against the disk",
                             "msg/s",
-                            rates["sync"],
+                            rates.per_second["sync"],
                             commits,
                             "sqlite3 one-row commits/s (WAL, synchronous=FULL)",
                         )
