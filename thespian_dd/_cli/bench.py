@@ -512,9 +512,9 @@ def _update_rates(nodes: dict[str, Node], clients: int, n: int) -> _Rates:
     blocks, the nodes taken in turn (each block in the next order), each node's rate its
     Updates over the sum of its blocks' times.  Load that comes and goes on a shared machine
     falls on every node alike, where measuring one node after the other gave it to one alone.
-    And the CPU each node's Replicator took per Update in those blocks: the other nodes idle
-    meanwhile, so a busy machine slows each mode's Updates alike but leaves their CPU as it
-    is."""
+    And the CPU each node's Replicator took per Update in those blocks (the other nodes idle
+    meanwhile): where the rates follow every program on the machine, it counts the
+    Replicator's own work."""
     clocks = {}
     for mode, node in nodes.items():
         info = node.ask(DescribeProcess())
