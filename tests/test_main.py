@@ -52,6 +52,9 @@ def test_the_bench_prints_each_figure_with_its_baseline_and_ratio(
     assert {row["section"] for row in rows} == {"crdt", "replicator", "durable", "pruning"}
     assert "GCounter key size after 3 restarts, pruned" in out
     assert "SQLite write-behind Update throughput, 16 client(s)" in out
+    # 16 clients make 5 blocks of at least 100 Updates each (times the scale), where 2,000 a
+    # mode (at this scale 100: about one each a block) left the ratio to a block's last moments.
+    assert "SQLite, 16 client(s), 400 Updates per mode" in out
     assert "SQLite sync Updates per second, 1 client, against the disk" in out
     if sys.platform == "linux":  # a process's CPU clock (see test_a_process_cpu_clock_...)
         assert "SQLite sync Replicator CPU per Update, 16 client(s)" in out
