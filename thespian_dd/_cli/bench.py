@@ -481,10 +481,10 @@ MODE_BLOCKS = 5
 """The durable section's Update throughputs are measured in this many blocks per mode."""
 
 CLIENT_UPDATES_PER_BLOCK = 100
-"""The fewest Updates each client makes in a block of the durable section (times the scale):
-a block ends when its last client is done, and in its last moments fewer clients are left to
-share a sync commit; with 25 Updates a client, 16 clients' sync ratio read 0.70x-0.85x from run
-to run."""
+"""The fewest Updates each client makes in a block of the durable section (times the scale).
+A block ends when its last client is done, so the shorter the block, the more its last moments
+weigh, when fewer clients are left to share a sync commit; with 25 Updates a client (16 clients,
+2,000 a mode), 16 clients' sync ratio read 0.70x-0.85x from run to run."""
 
 
 @dataclass(frozen=True)
@@ -512,15 +512,15 @@ def _cpu_clock(pid: int) -> int | None:
     return clock.value
 
 
-def _update_rates(nodes: dict[str, Node], clients: int, n: int) -> _Rates:
+def _update_rates(nodes: dict[str, Node], clients: int, each: int) -> _Rates:
     """Updates per second of each node when ``clients`` driver actors each make sequential
-    Updates (of their own key) at the same time, ``n`` in all per node: in :data:`MODE_BLOCKS`
-    blocks, the nodes taken in turn (each block in the next order), each node's rate its
-    Updates over the sum of its blocks' times.  Load that comes and goes on a shared machine
-    falls on every node alike, where measuring one node after the other gave it to one alone.
-    And the CPU each node's Replicator took per Update in those blocks (the other nodes idle
-    meanwhile): where the rates follow every program on the machine, it counts the
-    Replicator's own work."""
+    Updates (of their own key) at the same time, ``each`` a driver in each of
+    :data:`MODE_BLOCKS` blocks, the nodes taken in turn (each block in the next order), each
+    node's rate its Updates over the sum of its blocks' times.  Load that comes and goes on a
+    shared machine falls on every node alike, where measuring one node after the other gave it
+    to one alone.  And the CPU each node's Replicator took per Update in those blocks (the
+    other nodes idle meanwhile): where the rates follow every program on the machine, it
+    counts the Replicator's own work."""
     clocks = {}
     for mode, node in nodes.items():
         info = node.ask(DescribeProcess())
@@ -534,7 +534,6 @@ def _update_rates(nodes: dict[str, Node], clients: int, n: int) -> _Rates:
     for mode, node in nodes.items():  # warm up: every key exists, every path is hot
         for c, driver in enumerate(drivers[mode]):
             node.asys.ask(driver, _RoundTrips(node.replicator, "update", 20, f"bench-{c}"), 60)
-    each = max(1, n // (clients * MODE_BLOCKS))
 
     def measure(mode: str) -> float:
         clock = clocks[mode]
@@ -591,6 +590,7 @@ def _durable(scale: float, postgresql: str | None, out: Callable[[str], object])
       median of three (three starts of the node, three runs of each baseline)."""
     results: list[Result] = []
     n = max(64, int(2000 * scale))
+    fewest = max(1, round(CLIENT_UPDATES_PER_BLOCK * scale))  # a client's Updates a block
     with tempfile.TemporaryDirectory() as workdir:
         if not postgresql:
             out(
@@ -599,7 +599,8 @@ def _durable(scale: float, postgresql: str | None, out: Callable[[str], object])
             )
         for label, template in _stores(workdir, postgresql):
             for clients in (1, 16):
-                updates = max(n, int(clients * MODE_BLOCKS * CLIENT_UPDATES_PER_BLOCK * scale))
+                each = max(fewest, n // (clients * MODE_BLOCKS))
+                updates = each * clients * MODE_BLOCKS
                 out(
                     f"  durable: {label}, {clients} client(s), {updates:,} Updates per mode, "
                     f"in {MODE_BLOCKS} blocks per mode taken in turn ..."
@@ -612,7 +613,7 @@ def _durable(scale: float, postgresql: str | None, out: Callable[[str], object])
                             settings["store"] = template.format(mode=f"{mode}-{clients}")
                             settings["write_mode"] = mode
                         nodes[mode] = start_node(**settings)
-                    rates = _update_rates(nodes, clients, updates)
+                    rates = _update_rates(nodes, clients, each)
                 finally:
                     for node in nodes.values():
                         node.asys.shutdown()
