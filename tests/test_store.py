@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from conftest import server_database
 
 from thespian_dd import GCounter, ReplicaId
 from thespian_dd._runtime.database import StoreError
@@ -250,6 +251,69 @@ def test_an_sqlite_batch_of_rows_is_one_statement_committed_as_it_returns(tmp_pa
     finally:
         other.close()
         store.close()
+
+
+def test_a_postgresql_batch_of_rows_is_one_statement_committed_as_it_returns() -> None:
+    """On PostgreSQL (psycopg) too a batch of rows alone is one upsert statement in autocommit
+    mode, with PostgreSQL's own placeholders: committed once ``write`` returns, as another
+    connection sees, and all or nothing (a trigger refusing its second row leaves the first
+    unwritten, the connection given up, the next batch written); so is a batch that is a
+    transaction (a forgotten key).  The pool gets its connection back out of autocommit mode,
+    where a transaction of whoever borrows it next is one."""
+    with server_database("postgresql") as url:
+        import psycopg  # the driver of the PostgreSQL tests only
+
+        store = Store(url)
+        other = sa.create_engine(url)
+        try:
+            entry = Entry("GCounter", encode(GCounter().increment(ReplicaId("n", 1), 1)), "n#1")
+            store.write("n", {"first": entry}, alive_every=3600)  # the alive record: a transaction
+            store.write("n", {"a": entry, "b": None}, alive_every=3600)
+            lent = store._writer
+            assert lent is not None
+            assert lent.driver_connection.autocommit  # while it commits
+            assert store._writes is not None
+            assert store._writes.rows_upsert is not None
+            assert "$9" in store._writes.rows_upsert.sql(1)
+            with other.connect() as conn:
+                count = conn.exec_driver_sql("SELECT count(*) FROM thespian_dd_entries").scalar()
+                assert count == 3
+                conn.exec_driver_sql(
+                    "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
+                    "IF NEW.key = 'bad' THEN RAISE EXCEPTION 'refused by the test'; END IF; "
+                    "RETURN NEW; END $$ LANGUAGE plpgsql"
+                )
+                conn.exec_driver_sql(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON thespian_dd_entries "
+                    "FOR EACH ROW EXECUTE FUNCTION refuse()"
+                )
+                conn.commit()
+            refused = {"new": entry, "bad": entry}
+            for batch in (refused, {**refused, "a": FORGOTTEN}):  # one statement; a transaction
+                with pytest.raises(psycopg.errors.RaiseException, match="refused by the test"):
+                    store.write("n", batch, alive_every=3600)
+                assert store._writer is None
+                assert set(_stored(store, "n")) == {"first", "a", "b"}
+                with store.engine.connect() as conn:  # the pool's connection, as the write left it
+                    driver = conn.connection.driver_connection
+                    assert driver is not None
+                    assert not driver.autocommit
+            store.write("n", {"new": entry}, alive_every=3600)
+            assert set(_stored(store, "n")) == {"first", "a", "b", "new"}
+            # The server drops the commits' connection (a restart): that batch fails, the
+            # connection, which can no longer roll back, is discarded, and the next one commits.
+            assert store._writer is not None
+            pid = store._writer.driver_connection.info.backend_pid
+            with other.connect() as conn:
+                conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+            with pytest.raises(psycopg.OperationalError):
+                store.write("n", {"lost": entry}, alive_every=3600)
+            assert store._writer is None
+            store.write("n", {"after": entry}, alive_every=3600)
+            assert set(_stored(store, "n")) == {"first", "a", "b", "new", "after"}
+        finally:
+            other.dispose()
+            store.close()
 
 
 def test_the_incarnation_is_persisted_and_grows(tmp_path: Path) -> None:

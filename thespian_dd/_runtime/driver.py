@@ -5,7 +5,8 @@ driver's own tuples (:func:`fetch_chunks`)."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -16,6 +17,7 @@ from thespian_dd._runtime.schema import entries_table, nodes_table, upsert_state
 __all__ = [
     "ROWS_PER_STATEMENT",
     "DriverStatement",
+    "PostgresRowsUpsert",
     "RowsUpsert",
     "Writes",
     "fetch_chunks",
@@ -82,6 +84,41 @@ class RowsUpsert:
         names = self.names
         return [row[name] for row in rows for name in names]
 
+    def cursor(self, connection: Any) -> Any:
+        """A cursor of the pool's DBAPI ``connection`` to run :meth:`sql` with."""
+        return connection.cursor()
+
+    @staticmethod
+    def autocommit(driver: Any) -> Callable[[], None]:
+        """Put the driver's connection ``driver`` in autocommit mode; returns what puts it back
+        (roll back first: psycopg refuses inside a transaction)."""
+        before = driver.isolation_level
+        driver.isolation_level = None
+        return partial(setattr, driver, "isolation_level", before)
+
+
+class PostgresRowsUpsert(RowsUpsert):
+    """:class:`RowsUpsert` on PostgreSQL through psycopg 3.2 or later: the statement is written
+    with PostgreSQL's own placeholders (``$1``) and run by psycopg's ``RawCursor``, which sends
+    it as it is.  psycopg's usual cursor parses a statement's ``%(name)s`` placeholders at every
+    execute of more than 50 parameters (a batch of 6 rows has 54), and ``executemany`` inside a
+    transaction sent ``BEGIN``, each row and ``COMMIT``: a batch of 6 rows took 300 µs of CPU
+    and 600 µs in all, one statement so 70 µs and 300 µs (a server on the same machine)."""
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        dollar: Any = type(dialect)  # a Dialect takes ``paramstyle``; the base type says not
+        super().__init__(dollar(paramstyle="numeric_dollar"))
+
+    def cursor(self, connection: Any) -> Any:
+        import psycopg  # the driver of a PostgreSQL store only: not imported before one is used
+
+        return psycopg.RawCursor(connection.driver_connection)
+
+    @staticmethod
+    def autocommit(driver: Any) -> Callable[[], None]:
+        driver.autocommit = True
+        return partial(setattr, driver, "autocommit", False)
+
 
 ROWS_PER_STATEMENT = 100
 """The most rows :class:`RowsUpsert` writes in one statement: 900 parameters, within SQLite's
@@ -100,7 +137,8 @@ class Writes(NamedTuple):
     alive: DriverStatement
     """Set ``node``'s ``last_alive``."""
     rows_upsert: RowsUpsert | None = None
-    """SQLite: a batch's rows in one statement, in autocommit mode."""
+    """SQLite, and PostgreSQL through psycopg 3.2 or later: a batch's rows in one statement, in
+    autocommit mode."""
 
 
 def writes(dialect: sa.Dialect) -> Writes:
@@ -124,8 +162,27 @@ def writes(dialect: sa.Dialect) -> Writes:
             .values(last_alive=sa.bindparam("last_alive")),
             dialect,
         ),
-        rows_upsert=RowsUpsert(dialect) if dialect.name == "sqlite" else None,
+        rows_upsert=_rows_upsert(dialect),
     )
+
+
+def _rows_upsert(dialect: sa.Dialect) -> RowsUpsert | None:
+    if dialect.name == "sqlite":
+        return RowsUpsert(dialect)
+    if dialect.name == "postgresql" and dialect.driver == "psycopg" and _raw_cursor():
+        return PostgresRowsUpsert(dialect)
+    # Elsewhere a transaction with executemany: the rows' statement runs in autocommit mode,
+    # and a batch with more in a BEGIN of ours, which only the drivers tested with it get.
+    return None
+
+
+def _raw_cursor() -> bool:
+    """Whether psycopg has its ``RawCursor`` (3.2 or later)."""
+    try:
+        import psycopg  # the driver of a PostgreSQL store only: not imported before one is used
+    except ImportError:
+        return False
+    return hasattr(psycopg, "RawCursor")
 
 
 def run(cursor: Any, statement: DriverStatement, rows: list[dict[str, Any]]) -> None:

@@ -15,9 +15,8 @@ and written in the current one when its key is next written; :meth:`Store.migrat
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -102,7 +101,7 @@ class Store:
         # fsync (see driver.DriverStatement).
         self._writes: Writes | None = None
         self._writer: Any = None  # the pool's DBAPI connection that commits, once used
-        self._isolation: str | None = ""  # its sqlite3 isolation_level before autocommit
+        self._restore: Callable[[], None] | None = None  # its driver's mode before autocommit
         self._alive_at: dict[str, float] = {}  # node -> when its last_alive was last written
         self._setting = url
         url = store_url(url)
@@ -308,11 +307,11 @@ class Store:
         one = statements.rows_upsert
         alone = 0 < len(rows) <= ROWS_PER_STATEMENT and not (forgotten or alive_rows)
         try:
-            cursor = connection.cursor()
+            cursor = one.cursor(connection) if one is not None and alone else connection.cursor()
             try:
                 if one is not None and alone:
-                    # SQLite, autocommit: the statement is its own transaction, committed once
-                    # it returns (see RowsUpsert).
+                    # Autocommit: the statement is its own transaction, committed once it
+                    # returns (see RowsUpsert).
                     cursor.execute(one.sql(len(rows)), one.params(rows))
                     return
                 if one is not None:  # autocommit: the transaction is begun here
@@ -354,23 +353,28 @@ class Store:
             if self._writes is None:  # the dialect knows its server once connected
                 self._writes = writes(self.engine.dialect)
             if self._writes.rows_upsert is not None:
-                # sqlite3's autocommit mode (given back as it was: see _drop_writer).
-                driver = writer.driver_connection
-                assert driver is not None
-                self._isolation = driver.isolation_level
-                driver.isolation_level = None
+                # The driver's autocommit mode (given back as it was: see _drop_writer).
+                self._restore = self._writes.rows_upsert.autocommit(writer.driver_connection)
             self._writer = writer
         return self._writer
 
     def _drop_writer(self) -> None:
         """Give the commits' connection back, its transaction rolled back (a connection that
-        fails to roll back is discarded by the pool)."""
+        fails to roll back is discarded by the pool), in the mode the pool lent it in: one
+        still in autocommit mode would commit each statement of whatever borrows it next, so
+        it is discarded if that mode cannot be given back."""
         writer, self._writer = self._writer, None
-        if writer is not None:
-            if self._writes is not None and self._writes.rows_upsert is not None:
-                with contextlib.suppress(Exception):  # a str: no COMMIT, as None would make
-                    writer.driver_connection.isolation_level = self._isolation
-            writer.close()
+        restore, self._restore = self._restore, None
+        if writer is None:
+            return
+        if restore is not None:
+            try:
+                writer.driver_connection.rollback()  # a BEGIN of ours, if a statement failed
+                restore()
+            except Exception:  # noqa: BLE001 - any failure: the pool must not lend it again
+                writer.invalidate()
+                return
+        writer.close()
 
     def _seal(self, node: str) -> RowSeal:
         """The seal of ``node``'s rows: their MAC with a signing key, else their checksum."""
