@@ -253,13 +253,16 @@ def test_an_sqlite_batch_of_rows_is_one_statement_committed_as_it_returns(tmp_pa
         store.close()
 
 
-def test_a_postgresql_batch_of_rows_is_one_statement_committed_as_it_returns() -> None:
+def test_a_postgresql_batch_of_rows_is_one_statement_committed_as_it_returns(
+    tmp_path: Path,
+) -> None:
     """On PostgreSQL (psycopg) too a batch of rows alone is one upsert statement in autocommit
-    mode, with PostgreSQL's own placeholders: committed once ``write`` returns, as another
-    connection sees, and all or nothing (a trigger refusing its second row leaves the first
-    unwritten, the connection given up, the next batch written); so is a batch that is a
-    transaction (a forgotten key).  The pool gets its connection back out of autocommit mode,
-    where a transaction of whoever borrows it next is one."""
+    mode, with PostgreSQL's own placeholders (no BEGIN, no COMMIT: libpq's trace of what the
+    connection sends): committed once ``write`` returns, as another connection sees, and all or
+    nothing (a trigger refusing its second row leaves the first unwritten, the connection given
+    up, the next batch written); so is a batch that is a transaction (a forgotten key).  The
+    pool gets the connection back out of autocommit mode and out of any transaction, where a
+    transaction of whoever borrows it next is one; one the server dropped is discarded."""
     with server_database("postgresql") as url:
         import psycopg  # the driver of the PostgreSQL tests only
 
@@ -268,13 +271,18 @@ def test_a_postgresql_batch_of_rows_is_one_statement_committed_as_it_returns() -
         try:
             entry = Entry("GCounter", encode(GCounter().increment(ReplicaId("n", 1), 1)), "n#1")
             store.write("n", {"first": entry}, alive_every=3600)  # the alive record: a transaction
-            store.write("n", {"a": entry, "b": None}, alive_every=3600)
             lent = store._writer
             assert lent is not None
-            assert lent.driver_connection.autocommit  # while it commits
-            assert store._writes is not None
-            assert store._writes.rows_upsert is not None
-            assert "$9" in store._writes.rows_upsert.sql(1)
+            driver = lent.driver_connection
+            assert driver.autocommit  # while it commits
+            trace = tmp_path / "libpq.trace"
+            with trace.open("w") as f:
+                driver.pgconn.trace(f.fileno())
+                store.write("n", {"a": entry, "b": None}, alive_every=3600)
+                driver.pgconn.untrace()
+            sent = [line for line in trace.read_text().splitlines() if "\tF\t" in line]
+            assert any("INSERT INTO thespian_dd_entries" in line for line in sent), sent
+            assert not any("BEGIN" in line or "COMMIT" in line for line in sent), sent
             with other.connect() as conn:
                 count = conn.exec_driver_sql("SELECT count(*) FROM thespian_dd_entries").scalar()
                 assert count == 3
@@ -290,25 +298,28 @@ def test_a_postgresql_batch_of_rows_is_one_statement_committed_as_it_returns() -
                 conn.commit()
             refused = {"new": entry, "bad": entry}
             for batch in (refused, {**refused, "a": FORGOTTEN}):  # one statement; a transaction
+                store.write("n", {}, alive_every=3600)  # takes the commits' connection
+                assert store._writer is not None
+                driver = store._writer.driver_connection
                 with pytest.raises(psycopg.errors.RaiseException, match="refused by the test"):
                     store.write("n", batch, alive_every=3600)
                 assert store._writer is None
+                assert not driver.closed  # given back to the pool, as the pool lent it
+                assert not driver.autocommit
+                assert driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
                 assert set(_stored(store, "n")) == {"first", "a", "b"}
-                with store.engine.connect() as conn:  # the pool's connection, as the write left it
-                    driver = conn.connection.driver_connection
-                    assert driver is not None
-                    assert not driver.autocommit
             store.write("n", {"new": entry}, alive_every=3600)
             assert set(_stored(store, "n")) == {"first", "a", "b", "new"}
             # The server drops the commits' connection (a restart): that batch fails, the
             # connection, which can no longer roll back, is discarded, and the next one commits.
             assert store._writer is not None
-            pid = store._writer.driver_connection.info.backend_pid
+            dropped = store._writer.driver_connection
             with other.connect() as conn:
-                conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+                conn.exec_driver_sql(f"SELECT pg_terminate_backend({dropped.info.backend_pid})")
             with pytest.raises(psycopg.OperationalError):
                 store.write("n", {"lost": entry}, alive_every=3600)
             assert store._writer is None
+            assert dropped.closed
             store.write("n", {"after": entry}, alive_every=3600)
             assert set(_stored(store, "n")) == {"first", "a", "b", "new", "after"}
         finally:

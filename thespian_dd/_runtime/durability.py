@@ -343,8 +343,8 @@ class Durability:
             # The replies first, then the next batch.  Handed over first, the batch woke the
             # commit thread, which then took the GIL at each reply's send (a system call) to
             # build its rows: a thread switch each (a send cost this thread 69 µs of CPU, against
-            # 58 µs sent first).  Handed over after, it also holds the writes that came during
-            # the sends: fewer, larger commits.  See docs/benchmark.md.
+            # 58 µs sent first).  Handed over after, its commit starts later, so the batch
+            # after it gathers more writes: fewer, larger commits.  See docs/benchmark.md.
             try:
                 for _, client, reply, _ in done:
                     self._send(client, reply)

@@ -360,9 +360,9 @@ class Store:
 
     def _drop_writer(self) -> None:
         """Give the commits' connection back, its transaction rolled back (a connection that
-        fails to roll back is discarded by the pool), in the mode the pool lent it in: one
-        still in autocommit mode would commit each statement of whatever borrows it next, so
-        it is discarded if that mode cannot be given back."""
+        fails to roll back is discarded by the pool), out of autocommit mode, as the pool lent
+        it: one still in autocommit mode would commit each statement of whatever borrows it
+        next, so it is discarded if it cannot be rolled back and taken out of that mode."""
         writer, self._writer = self._writer, None
         restore, self._restore = self._restore, None
         if writer is None:
