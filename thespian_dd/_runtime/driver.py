@@ -105,14 +105,13 @@ class PostgresRowsUpsert(RowsUpsert):
     transaction sent ``BEGIN``, each row and ``COMMIT``: ``Store.write`` of 6 rows took 300 µs
     of CPU and 600 µs in all, and takes 100 µs and 330 µs so (a server on the same machine)."""
 
-    def __init__(self, dialect: sa.Dialect) -> None:
+    def __init__(self, dialect: sa.Dialect, raw_cursor: Any) -> None:
         dollar: Any = type(dialect)  # a Dialect takes ``paramstyle``; the base type says not
         super().__init__(dollar(paramstyle="numeric_dollar"))
+        self._raw_cursor = raw_cursor  # psycopg.RawCursor
 
     def cursor(self, connection: Any) -> Any:
-        import psycopg  # the driver of a PostgreSQL store only: not imported before one is used
-
-        return psycopg.RawCursor(connection.driver_connection)
+        return self._raw_cursor(connection.driver_connection)
 
     @staticmethod
     def autocommit(driver: Any) -> Callable[[], None]:
@@ -171,21 +170,15 @@ def writes(dialect: sa.Dialect) -> Writes:
 def _rows_upsert(dialect: sa.Dialect) -> RowsUpsert | None:
     if dialect.name == "sqlite":
         return RowsUpsert(dialect)
-    if dialect.name == "postgresql" and dialect.driver == "psycopg" and _raw_cursor():
-        return PostgresRowsUpsert(dialect)
+    if dialect.name == "postgresql" and dialect.driver == "psycopg":
+        # Connected, so psycopg is there; its RawCursor came with 3.2.
+        raw_cursor = getattr(dialect.loaded_dbapi, "RawCursor", None)
+        if raw_cursor is not None:
+            return PostgresRowsUpsert(dialect, raw_cursor)
     # Elsewhere every batch is a transaction of the driver's (executemany).  The one statement
-    # runs in autocommit mode, where a batch with more than rows takes a BEGIN of ours and the
-    # driver's commit(): only the drivers tested with that get it.
+    # runs in autocommit mode, where a batch with more than rows to upsert takes a BEGIN of ours
+    # and the driver's commit(): only the drivers tested with that get it.
     return None
-
-
-def _raw_cursor() -> bool:
-    """Whether psycopg has its ``RawCursor`` (3.2 or later)."""
-    try:
-        import psycopg  # the driver of a PostgreSQL store only: not imported before one is used
-    except ImportError:
-        return False
-    return hasattr(psycopg, "RawCursor")
 
 
 def run(cursor: Any, statement: DriverStatement, rows: list[dict[str, Any]]) -> None:
