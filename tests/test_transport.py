@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import os
 import pickle
 import selectors
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from thespian.actors import ActorAddress
+from thespian.actors import ActorAddress, WatchMessage
 from thespian.system import timing
 from thespian.system.timing import ExpirationTimer
 from thespian.system.transport import (
     IPBase,
     ReceiveEnvelope,
     TCPTransport,
+    Thespian__Run_Expired,
     TransmitIntent,
 )
 
@@ -31,6 +34,7 @@ from thespian_dd._runtime import transport
 from thespian_dd._runtime.transport import (
     Described,
     KeptPoll,
+    at_turn_end,
     idle_connection_seconds,
     idle_turn,
     quicken_transport,
@@ -197,6 +201,7 @@ def test_with_this_thespian_the_loop_is_ours(quickened: None) -> None:
     """The loop is replaced only for the Thespian it was written from (the source of its loop,
     checked): CI fails here if the Thespian installed is another, whose loop would stay."""
     assert TCPTransport.TCPTransport._runWithExpiry is run_with_expiry
+    assert quicken_transport(45.0) is True  # says so: the Replicator's turn ends need it
 
 
 def test_another_thespians_loop_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -204,7 +209,7 @@ def test_another_thespians_loop_is_left_alone(monkeypatch: pytest.MonkeyPatch) -
     loop (the other changes still apply)."""
     _keep_thespians(monkeypatch)
     monkeypatch.setattr(transport, "_THESPIANS_LOOP", "0" * 64)
-    quicken_transport(45.0)
+    assert quicken_transport(45.0) is False
     assert TCPTransport.TCPTransport._runWithExpiry is ORIGINAL_LOOP
     steps = TCPTransport.TCPTransport
     assert (steps._handleReadableIncoming, steps._next_XMIT_2, steps._next_XMIT_4) == ORIGINAL_STEPS
@@ -648,6 +653,108 @@ def test_idle_turn_closes_an_expired_connection_at_its_scan_once_a_second(
         assert stale.socket.fileno() == -1
         assert list(endpoint._openSockets.values()) == [fresh]
         assert fresh.socket.fileno() != -1
+
+
+@pytest.fixture
+def turn_ends() -> Iterator[list[str]]:
+    """What this test's turn-end callbacks record; the process's callbacks as they were after
+    it (the list itself is kept: a fork clears that one)."""
+    before = list(transport._TURN_ENDS)
+    events: list[str] = []
+    try:
+        yield events
+    finally:
+        transport._TURN_ENDS[:] = before
+
+
+class LoopEndpoint:
+    """What :func:`run_with_expiry` reads and calls of a TCP transport with no connection and no
+    transmit: its listening socket, one watched descriptor, and messages already received."""
+
+    def __init__(self, listener: socket.socket, watch: int, received: list[str]) -> None:
+        self.myAddress = _address(1920)
+        self.socket = listener
+        self._watches = [watch]
+        self._incomingEnvelopes = [ReceiveEnvelope(SENDER, m) for m in received]
+        self._transmitIntents: dict[int, Any] = {}
+        self._waitingTransmits: list[Any] = []
+        self._incomingSockets: dict[int, Any] = {}
+        self._openSockets: dict[Any, Any] = {}
+        self._finished_intents: list[Any] = []
+        self.run_time = ExpirationTimer(dt.timedelta(seconds=0.3))
+
+    def _exclusively_processing(self) -> bool:
+        return True
+
+    def _not_processing(self) -> None:
+        pass
+
+    def _processIntentTimeouts(self) -> None:
+        pass
+
+    def _processIntents(self, fileno: int) -> None:
+        pass  # the loop asks for every descriptor readable; no transmit has one here
+
+
+def _run_loop(received: list[str], events: list[str]) -> None:
+    """The quick loop for 0.3 s on a :class:`LoopEndpoint` holding ``received``, its watched
+    pipe readable: each message handled, and the pipe's wake-up, go into ``events``."""
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"!")
+
+        def handler(envelope: Any) -> bool:
+            message = envelope.message
+            if isinstance(message, WatchMessage):
+                os.read(read_end, 1)
+                events.append("woken")
+            else:
+                events.append(message)
+            return True
+
+        with socket.create_server(("127.0.0.1", 0)) as listener:  # nobody connects
+            result = run_with_expiry(LoopEndpoint(listener, read_end, received), handler)
+        assert isinstance(result, Thespian__Run_Expired)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_the_loop_calls_the_turn_end_once_a_turn_s_messages_are_handled_before_it_waits(
+    turn_ends: list[str],
+) -> None:
+    """Two messages received, then a wake-up: each turn's messages are all handled before the
+    turn-end callback, which runs before the loop waits again (and at every turn after)."""
+    at_turn_end(lambda: turn_ends.append("end"))
+    _run_loop(["a", "b"], turn_ends)
+    assert turn_ends[:5] == ["a", "b", "end", "woken", "end"]
+    assert set(turn_ends[5:]) <= {"end"}  # turns that waited out the time left
+
+
+def test_a_turn_end_that_raises_is_logged_and_the_loop_goes_on(
+    turn_ends: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    def fails() -> None:
+        turn_ends.append("end")
+        raise RuntimeError("broken")
+
+    at_turn_end(fails)
+    _run_loop(["a"], turn_ends)
+    assert turn_ends[:4] == ["a", "end", "woken", "end"]
+    assert "the end of a turn failed" in caplog.text
+    assert "broken" in caplog.text
+
+
+def test_a_process_forked_from_one_with_turn_ends_has_none(turn_ends: list[str]) -> None:
+    """The DurableWriter's process is forked from the Replicator's: the Replicator's callback,
+    copied with its state, must never run there."""
+    at_turn_end(lambda: turn_ends.append("end"))
+    pid = os.fork()
+    if pid == 0:  # the child: exits at once, telling what it holds
+        os._exit(0 if transport._TURN_ENDS == [] else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(transport._TURN_ENDS) >= 1  # the parent keeps its own
 
 
 @pytest.mark.multinode

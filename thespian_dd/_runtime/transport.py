@@ -33,6 +33,9 @@ attribute of Thespian's, set again by each call (so calling twice changes nothin
 - an address's hash computed once and kept on it (never pickled: another process's string
   hashes differ);
 - the debug lines' descriptions formatted only if written (:class:`Described`).
+
+The loop also tells the Replicator when a turn's messages are all handled (:func:`at_turn_end`):
+its sync writes of the turn are then committed as one batch.
 """
 
 from __future__ import annotations
@@ -44,9 +47,11 @@ import inspect
 import logging
 import math
 import operator
+import os
 import select
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from thespian.actors import WatchMessage
@@ -67,6 +72,7 @@ from thespian.system.utilis import thesplog
 __all__ = [
     "Described",
     "KeptPoll",
+    "at_turn_end",
     "idle_connection_seconds",
     "idle_turn",
     "quicken_transport",
@@ -101,6 +107,8 @@ class Described:
     def __str__(self) -> str:
         return str(self._describe(self._of))
 
+
+log = logging.getLogger("thespian_dd.replicator")
 
 _IDENTIFY_INTENT = TransmitIntent.identify
 _IDENTIFY_ENVELOPE = ReceiveEnvelope.identify
@@ -216,10 +224,11 @@ def _address_state(address: Any) -> Any:
     return state
 
 
-def quicken_transport(idle_seconds: float) -> None:
+def quicken_transport(idle_seconds: float) -> bool:
     """Make Thespian's TCP transport in this process cheaper to run (see the module doc), its
     connections closed once unused for ``idle_seconds``: the Replicator calls it as it starts,
-    in its own process."""
+    in its own process.  Returns whether the loop is ours (:func:`run_with_expiry`), which
+    calls what :func:`at_turn_end` is given; another Thespian keeps its own."""
     TCPTransport.IdleSocket.expired = _idle_expired
     TCPTransport.MAX_IDLE_SOCKET_PERIOD = dt.timedelta(seconds=idle_seconds)
     IPBase.IPActorAddress.__hash__ = _address_hash
@@ -237,6 +246,28 @@ def quicken_transport(idle_seconds: float) -> None:
         TCPTransport.TCPTransport._handleReadableIncoming = read_incoming
         TCPTransport.TCPTransport._next_XMIT_4 = read_acknowledgement
         TCPTransport.TCPTransport._next_XMIT_2 = send_data
+    return TCPTransport.TCPTransport._runWithExpiry is run_with_expiry
+
+
+_TURN_ENDS: list[Callable[[], None]] = []
+os.register_at_fork(after_in_child=_TURN_ENDS.clear)
+
+
+def at_turn_end(callback: Callable[[], None]) -> None:
+    """Call ``callback()`` at each turn of the loop (:func:`run_with_expiry`) in this process,
+    once every message the turn received is handled, before the loop waits again; and in the
+    turn after a handler that ran outside the loop (Thespian runs a due timer's, between two
+    runs of the loop).  Not in a process forked from this one (the DurableWriter): the callback
+    belongs to this process's actor.  What it raises is logged and the loop goes on."""
+    _TURN_ENDS.append(callback)
+
+
+def _turn_ended() -> None:
+    for callback in _TURN_ENDS:
+        try:
+            callback()
+        except Exception:  # logged; the loop and its actor go on
+            log.exception("thespian_dd: the end of a turn failed")
 
 
 # -- the loop --------------------------------------------------------------------------------------
@@ -342,7 +373,8 @@ def _hold(transport: Any) -> None:
 def run_with_expiry(self: Any, incomingHandler: Any) -> Any:  # noqa: C901, N803, PLR0912, PLR0915 - Thespian's loop and name
     """``TCPTransport._runWithExpiry`` of Thespian 4.0.1 (``_THESPIANS_LOOP``), turn for turn:
     deliver what was received, wait for the descriptors, receive, send, time out and deliver.
-    Two things are cheaper: the descriptors stay registered in a :class:`KeptPoll`, and an idle
+    Once the turn's messages are delivered it calls what :func:`at_turn_end` was given.  Two
+    things are cheaper: the descriptors stay registered in a :class:`KeptPoll`, and an idle
     connection gets work only in a turn that concerns it (:func:`idle_turn`), where Thespian's
     loop hashes, looks up and checks every idle connection at every turn.
 
@@ -372,6 +404,8 @@ def run_with_expiry(self: Any, incomingHandler: Any) -> Any:  # noqa: C901, N803
             stop = _deliver(self, incomingHandler)
             if stop is not None:
                 return stop
+            if _TURN_ENDS:  # every message received handled: before the loop waits again
+                _turn_ended()
 
         _hold(self)
         try:
