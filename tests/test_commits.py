@@ -1,7 +1,7 @@
 """The CommitThread (:mod:`thespian_dd._runtime.commits`), which commits sync batches in the
 Replicator's own process, on a real SQLite file: answers through its pipe in order, on through a
-full pipe, failures, a pause that leaves nothing for a fork to copy, and a thread that ends
-mid-commit."""
+full pipe, failures, a pause that leaves nothing for a fork to copy, a thread that ends
+mid-commit, and batches committed on the caller's thread while its commits are quick."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from conftest import server_database
 from fakes import commit_answers, stored_rows
 
 from thespian_dd import GCounter
-from thespian_dd._runtime.commits import CommitThread
+from thespian_dd._runtime.commits import HERE_AT_MOST, CommitThread
 from thespian_dd._runtime.rows import Entry
 from thespian_dd._runtime.writer import Write, Written
 from thespian_dd._testkit.harness import eventually
@@ -35,7 +36,9 @@ def _open_files() -> set[str]:
 
 @pytest.fixture
 def commits() -> Iterator[CommitThread]:
-    thread = CommitThread()
+    """A CommitThread that commits here however long its last commit took (this machine runs
+    other tests meanwhile): the bound has a test of its own."""
+    thread = CommitThread(here_at_most=60.0)
     try:
         yield thread
     finally:
@@ -191,6 +194,41 @@ def test_a_failed_commit_here_is_answered_and_the_store_opened_afresh_by_the_thr
     commits.submit(Write(url, "n", 3, {"b": ENTRY}))  # the thread opens it (and its tables)
     assert commit_answers(commits, 1) == [Written(3)]
     assert stored_rows(url, "n") == [("b", ENTRY.payload)]
+
+
+def test_after_a_slow_commit_batches_go_to_the_thread_until_one_is_quick_again(
+    tmp_path: Path,
+) -> None:
+    """A commit here holds the Replicator: one that took longer than its bound (here another
+    program held SQLite's write lock for 0.5 s, against a bound of 0.25 s) sends the next
+    batches to the thread, and the thread's next quick commit brings them back here.  The
+    commit that opened the store is not counted (its tables created)."""
+    assert HERE_AT_MOST == 0.01  # the Replicator's bound; a looser one here, for a busy machine
+    commits = CommitThread(here_at_most=0.25)
+    path = tmp_path / "c.db"
+    url = f"sqlite:///{path}"
+    try:
+        commits.submit(Write(url, "n", 1, {"a": ENTRY}))
+        assert commit_answers(commits, 1) == [Written(1)]
+        with contextlib.closing(
+            sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        ) as other:
+            other.execute("BEGIN IMMEDIATE")  # the write lock, released 0.5 s later
+            release = threading.Timer(0.5, other.execute, ("COMMIT",))
+            release.start()
+            try:
+                started = time.monotonic()
+                assert commits.commit_here(Write(url, "n", 2, {"b": ENTRY})) == Written(2)
+                assert time.monotonic() - started >= 0.5
+            finally:
+                release.join()
+        assert commits.commit_here(Write(url, "n", 3, {"c": ENTRY})) is None  # slow: the thread
+        commits.submit(Write(url, "n", 3, {"c": ENTRY}))
+        assert commit_answers(commits, 1) == [Written(3)]
+        assert commits.commit_here(Write(url, "n", 4, {"d": ENTRY})) == Written(4)  # quick again
+        assert sorted(stored_rows(url, "n")) == [(k, ENTRY.payload) for k in "abcd"]
+    finally:
+        commits.stop()
 
 
 def test_an_in_memory_store_is_never_committed_here(commits: CommitThread) -> None:

@@ -8,8 +8,8 @@ a failed commit (its keys kept, failure replies, ``store_failures``, nothing sen
 retry); write-behind mode (acknowledged at once, one timer per interval, a timer that fires
 during a commit); keys that are not durable; a DurableWriter that exits; the keep-alive commit;
 a graceful stop; ``queue_depth``; batches committed through a ``commit`` callable (the
-Replicator's CommitThread, here also for real on an SQLite file, ending mid-commit); batches of
-a lone writer committed here (``commit_here``), company sending them back to the thread.
+Replicator's CommitThread, here also for real on an SQLite file, ending mid-commit); a turn's
+sync writes committed here at its end (``commit_here``), or by the thread when it cannot.
 
 The writer, the timers and the clock are a recording ``send``, a recording ``wake``, a
 ``create_writer`` that returns a fresh sentinel each time, and a fake clock.
@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from thespian_dd import codec
 from thespian_dd._runtime.commits import CommitThread
-from thespian_dd._runtime.durability import PROBE_EVERY, QUIET_BEFORE_HERE, Durability, LoadOutcome
+from thespian_dd._runtime.durability import Durability, LoadOutcome
 from thespian_dd._runtime.protocol import FlushTick, StoreRetry
 from thespian_dd._runtime.settings import Settings
 from thespian_dd._runtime.writer import (
@@ -1108,96 +1108,95 @@ class Here:
         return Written(write.seq, self.error)
 
 
-def here_node() -> tuple[Node, list[Write], Here]:
+def here_node(mode: str = "sync") -> tuple[Node, list[Write], Here]:
     committed: list[Write] = []
     here = Here()
-    node = Node(Settings(store=URL), commit_fn=committed.append, commit_here=here)
+    node = Node(Settings(store=URL, write_mode=mode), commit_fn=committed.append, commit_here=here)
     node.serve()
     return node, committed, here
 
 
-def lone_write(node: Node, key: str, raw: bytes) -> None:
-    """A lone writer's write: it waits for its reply before the next."""
+def client_write(node: Node, key: str, raw: bytes) -> None:
+    """An Update's write and its reply, waiting for the commit."""
     d = node.durability
     d.write(key, raw)
-    d.reply_when_stored(key, "client", f"stored {key}", failure_of(key))
-    d.settle()  # the end of the Update's handling
+    d.reply_when_stored(key, f"client {key}", f"stored {key}", failure_of(key))
 
 
-def quiet_batches(node: Node, committed: list[Write]) -> None:
-    """As many lone writes as make the writes quiet, each committed by the thread."""
-    for k in range(QUIET_BEFORE_HERE):
-        lone_write(node, f"k{k}", b"x")
-        node.durability.committed(Written(committed[-1].seq))
-
-
-def test_a_lone_writer_s_batches_are_committed_here_after_quiet_ones_on_the_thread() -> None:
+def test_given_commit_here_a_turn_s_sync_writes_are_one_batch_committed_here_at_its_end() -> None:
     node, committed, here = here_node()
     d = node.durability
-    for k in range(QUIET_BEFORE_HERE):  # the thread commits them, no write arriving meanwhile
-        lone_write(node, f"k{k}", b"x")
-        assert node.sent == []
-        d.committed(Written(committed[-1].seq))
-        assert node.take_sent() == [("client", f"stored k{k}")]
+    client_write(node, "a", b"A")
+    client_write(node, "b", b"B")
     assert here.batches == []
-    lone_write(node, "a", b"A")  # committed before the reply is registered: sent at once
+    assert committed == []
+    assert node.sent == []
+    d.end_of_turn()
     assert here.batches == [
-        Write(URL, NODE, QUIET_BEFORE_HERE + 1, {"a": entry("a", b"A")}, None, ALIVE)
+        Write(URL, NODE, 1, {"a": entry("a", b"A"), "b": entry("b", b"B")}, None, ALIVE)
     ]
-    assert node.take_sent() == [("client", "stored a")]
-    assert len(committed) == QUIET_BEFORE_HERE
+    assert node.take_sent() == [("client a", "stored a"), ("client b", "stored b")]
+    assert committed == []  # nothing went to the thread
     assert d.queue_depth() == 0
+    d.end_of_turn()  # a turn with no write commits nothing
     assert len(here.batches) == 1
 
 
-def test_every_probe_every_th_batch_goes_to_the_thread_and_company_keeps_them_there() -> None:
+def test_the_writes_of_one_message_are_one_commit_here_not_one_each() -> None:
+    """Found in review (of the commits here of a lone writer, before turns): every write was
+    committed here as it came, so a message that writes many keys (a peer's delta, an expiry, a
+    pruning round) ran up to 15 commits (fsyncs) one after the other on the Replicator's
+    thread.  They are one batch, committed at the end of the turn."""
     node, committed, here = here_node()
     d = node.durability
-    quiet_batches(node, committed)
-    for k in range(PROBE_EVERY - 1):
-        lone_write(node, f"h{k}", b"x")
-    assert len(here.batches) == PROBE_EVERY - 1
-    node.take_sent()
-    lone_write(node, "probe", b"P")  # the probe: to the thread
-    assert committed[-1].entries == {"probe": entry("probe", b"P")}
-    assert node.sent == []
-    lone_write(node, "company", b"C")  # a write while the probe commits: company
-    d.committed(Written(committed[-1].seq))
-    assert node.take_sent() == [("client", "stored probe")]
-    assert committed[-1].entries == {"company": entry("company", b"C")}  # the next batch
-    d.committed(Written(committed[-1].seq))
-    assert node.take_sent() == [("client", "stored company")]
-    lone_write(node, "after", b"A")  # no longer quiet: the thread again
-    assert committed[-1].entries == {"after": entry("after", b"A")}
-    assert len(here.batches) == PROBE_EVERY - 1
+    for k in range(40):  # one message's writes
+        d.write(f"m{k}", b"x")
+    assert here.batches == []  # none yet: the turn is still handling messages
+    d.end_of_turn()
+    assert [sorted(batch.entries) for batch in here.batches] == [sorted(f"m{k}" for k in range(40))]
+    assert committed == []
+    assert d.queue_depth() == 0
 
 
-def test_a_batch_that_cannot_be_committed_here_goes_to_the_thread() -> None:
+def test_a_batch_commit_here_refuses_goes_to_the_thread_and_the_next_waits_for_a_turn() -> None:
+    """``commit_here`` refuses (a batch of the thread unanswered, no store open yet, a slow
+    last commit): the turn's batch goes to the thread.  Writes of the turns while it commits
+    wait; its answer's turn sends its replies, and the end of that turn commits the rest here."""
     node, committed, here = here_node()
     d = node.durability
-    quiet_batches(node, committed)
-    here.able = False  # e.g. a batch of the thread still unanswered, or no store open yet
-    lone_write(node, "a", b"A")
+    here.able = False
+    client_write(node, "a", b"A")
+    d.end_of_turn()
     assert committed[-1].entries == {"a": entry("a", b"A")}
-    node.take_sent()
-    d.committed(Written(committed[-1].seq))
-    assert node.take_sent() == [("client", "stored a")]
+    here.able = True
+    client_write(node, "b", b"B")
+    d.end_of_turn()  # a batch is being committed: b waits
+    assert len(committed) == 1
+    assert here.batches == []
+    assert node.sent == []
+    d.committed(Written(committed[-1].seq))  # the thread's answer, in a later turn
+    assert node.take_sent() == [("client a", "stored a")]
+    assert here.batches == []
+    assert len(committed) == 1
+    d.end_of_turn()
+    assert [batch.entries for batch in here.batches] == [{"b": entry("b", b"B")}]
+    assert node.take_sent() == [("client b", "stored b")]
 
 
 def test_a_failed_commit_here_tells_its_writer_at_once_and_keeps_the_key_for_the_thread() -> None:
-    """The writer's reply is registered before the message's writes are committed here: a
-    failure tells it at once, as one on the thread does, and the key is kept and retried on the
-    thread."""
+    """A failure tells the writer at once, as one on the thread does, and the key is kept and
+    retried on the thread."""
     node, committed, here = here_node()
     d = node.durability
-    quiet_batches(node, committed)
-    node.take_sent()
     here.error = "disk full"
-    lone_write(node, "a", b"A")
-    assert node.take_sent() == [("client", Failed("a", "disk full"))]  # not acknowledged
+    client_write(node, "a", b"A")
+    d.end_of_turn()
+    assert node.take_sent() == [("client a", Failed("a", "disk full"))]  # not acknowledged
     assert d.error == "disk full"
     assert d.queue_depth() == 1
     assert node.retries() == [0.25]
+    d.end_of_turn()  # a retry is due: nothing is committed before it
+    assert len(here.batches) == 1
     assert d.retry_due() is False  # the retry goes to the thread
     assert committed[-1].entries == {"a": entry("a", None)}  # encoded again: its state now
     d.committed(Written(committed[-1].seq))
@@ -1205,18 +1204,13 @@ def test_a_failed_commit_here_tells_its_writer_at_once_and_keeps_the_key_for_the
     assert d.queue_depth() == 0
 
 
-def test_the_writes_of_one_message_are_one_commit_here_not_one_each() -> None:
-    """Found in review: once writes came one at a time, every write was committed here as it
-    came, so a message that writes many keys (a peer's delta, an expiry, a pruning round) ran
-    up to 15 commits (fsyncs) one after the other on the Replicator's thread, where the thread
-    groups them.  They are one batch, committed at the end of the message."""
-    node, committed, here = here_node()
+def test_in_write_behind_mode_the_end_of_a_turn_commits_nothing() -> None:
+    node, committed, here = here_node("write-behind")
     d = node.durability
-    quiet_batches(node, committed)
-    for k in range(40):  # one message's writes
-        d.write(f"m{k}", b"x")
-    assert here.batches == []  # none yet: the message is still being handled
-    d.settle()
-    assert [sorted(batch.entries) for batch in here.batches] == [sorted(f"m{k}" for k in range(40))]
-    assert len(committed) == QUIET_BEFORE_HERE  # nothing more went to the thread
-    assert d.queue_depth() == 0
+    d.write("a", b"A")
+    d.end_of_turn()
+    assert here.batches == []
+    assert committed == []
+    assert [payload for _, payload in node.woken] == [FlushTick()]
+    d.flush_due()
+    assert [batch.entries for batch in committed] == [{"a": entry("a", b"A")}]

@@ -442,6 +442,35 @@ def test_a_store_that_cannot_be_opened_is_refused_with_the_reason(tmp_path: Path
         start_node(store=f"sqlite:///{blocker}/n.db", node_name="n")
 
 
+def test_a_sync_write_to_a_node_with_no_timer_due_is_committed_and_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """Found while moving sync commits to the end of the loop's turn: the loop that runs the
+    turn ends is installed as the Replicator starts, but the loop already running is Thespian's,
+    which goes on until a timer ends its run.  A node whose timers were all far off (gossip
+    every 30 s, deltas with it) never ran the new loop, never committed its writes, and every
+    sync Update timed out.  The Replicator now ends that run at once."""
+    node = start_node(
+        store=f"sqlite:///{tmp_path}/n.db",
+        node_name="n",
+        gossip_interval=30.0,
+        delta_interval=0,
+        pruning_interval=600.0,
+    )
+    try:
+        for _ in range(3):
+            reply = node.ask(Update("hits", GCounter(), _increment(1)), timeout=5.0)
+            assert reply == UpdateSuccess("hits", None), reply
+        assert node.ask(GetStats()).store_queue_depth == 0
+    finally:
+        node.asys.shutdown()
+    node = start_node(store=f"sqlite:///{tmp_path}/n.db", node_name="n")
+    try:
+        assert node.ask(Get("hits")).data.value == 3
+    finally:
+        node.asys.shutdown()
+
+
 def test_quorum_writes_between_durable_nodes_are_acknowledged_after_commit(
     cluster_factory: Any, tmp_path: Path
 ) -> None:

@@ -30,6 +30,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import asdict
+from datetime import timedelta
 from typing import Any
 
 from thespian.actors import (
@@ -70,7 +71,11 @@ from thespian_dd._runtime.protocol import (
     StartReplicator,
 )
 from thespian_dd._runtime.settings import CAPABILITY_PREFIX, Settings
-from thespian_dd._runtime.transport import idle_connection_seconds, quicken_transport
+from thespian_dd._runtime.transport import (
+    at_turn_end,
+    idle_connection_seconds,
+    quicken_transport,
+)
 from thespian_dd._runtime.updates import modified, update_error
 from thespian_dd._runtime.window import transmit_within
 from thespian_dd._runtime.writer import (
@@ -155,7 +160,6 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         self._dispatch_message(msg, sender)
         if self._commits is None:
             return None
-        self._parts.durability.settle()  # this message's lone writes, committed here at once
         # Thespian watches what the last handler returned: the commit thread's answers wake us.
         return ThespianWatch([self._commits.fd])
 
@@ -223,10 +227,14 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
         multiprocess = self._capabilities.get(SYSTEM_NAME) == WATCHING_SYSTEM
         if settings.store is not None and multiprocess:
             self._commits = CommitThread()
-        if multiprocess:
-            # Its own process (and its DurableWriter's, forked from it): a cheaper turn of the
-            # transport's loop.  Elsewhere the process is the caller's, and stays as it is.
-            quicken_transport(idle_connection_seconds(settings.failure_timeout))
+        # Its own process (and its DurableWriter's, forked from it): a cheaper turn of the
+        # transport's loop.  Elsewhere the process is the caller's, and stays as it is.
+        ours = multiprocess and quicken_transport(idle_connection_seconds(settings.failure_timeout))
+        commit_here = None
+        if ours and self._commits is not None:
+            # The loop is ours: each turn's sync writes are one batch, committed at its end on
+            # this thread where the commit thread allows (see durability.py).
+            commit_here = self._commits.commit_here
         hooks = Hooks(
             send=self.send,
             wake=self.wakeupAfter,
@@ -236,11 +244,20 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
             reincarnate=self._reincarnate,
             create_writer=lambda: self.createActor(DurableWriter),
             commit=self._commits.submit if self._commits is not None else None,
-            commit_here=self._commits.commit_here if self._commits is not None else None,
+            commit_here=commit_here,
             slots=asyncTransportBase.MAX_PENDING_TRANSMITS,
             grow=_grow_transmits,
         )
         self._parts = Parts(settings, name, hooks, self._rejections)
+        if commit_here is not None:
+            at_turn_end(self._parts.durability.end_of_turn)
+        if ours:
+            # The loop running now is still Thespian's: entered before quicken_transport, it
+            # runs until a timer ends its run (Thespian then runs the loop anew: ours).  A node
+            # with its timers far off ran it for good, and never reached its turn ends (see
+            # test_a_sync_write_to_a_node_with_no_timer_due_is_committed_and_acknowledged).  A
+            # timer due now ends it; on_timer ignores its empty payload.
+            self.wakeupAfter(timedelta(0))
         if settings.store is None:
             self._serve()
         else:

@@ -8,13 +8,19 @@ import ctypes
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 from thespian_dd._runtime.database import read_signing_key
 from thespian_dd._runtime.store import Store
 from thespian_dd._runtime.writer import Write, Written, commit
 
-__all__ = ["CommitThread"]
+__all__ = ["HERE_AT_MOST", "CommitThread"]
+
+HERE_AT_MOST = 0.01
+"""A commit here holds the Replicator for as long as it takes: once one takes longer than this
+many seconds (a slow disk, another program holding SQLite's write lock), batches go to the
+thread until one is committed within it again."""
 
 
 def _write_holding_the_gil() -> Callable[[int, bytes, int], int] | None:
@@ -41,7 +47,8 @@ class CommitThread:
     :meth:`drain` s the answers.  Batches are committed in the order submitted.
 
     A batch may also be committed on the caller's thread (:meth:`commit_here`) when nothing
-    submitted is unanswered: no wake-up and no pipe, for a writer with no company.
+    submitted is unanswered and the last commit was quick: no wake-up, no pipe and no thread
+    taking the GIL in turn with the Replicator's.
 
     Forks: an actor creates its children by forking its own process, and a fork while another
     thread holds a lock (of SQLite, of logging) or an open connection leaves the child with a
@@ -54,7 +61,7 @@ class CommitThread:
     Replicator's usual retry after a failed commit (with backoff, answering every client
     waiting) starts a new thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, here_at_most: float = HERE_AT_MOST) -> None:
         # A batch, or the thread that is to end when it reads it (another thread skips it: a
         # thread that ended mid-commit leaves its own unread).
         self._jobs: queue.SimpleQueue[Write | threading.Thread] = queue.SimpleQueue()
@@ -67,6 +74,8 @@ class CommitThread:
         self._store: Store | None = None  # used by one thread at a time, holding _busy
         self._busy = threading.Lock()
         self._unanswered = 0  # batches submitted and not yet drained (the caller's count)
+        self._here_at_most = here_at_most
+        self._last_took = 0.0  # seconds the last commit took, here or on the thread
 
     @property
     def fd(self) -> int:
@@ -79,21 +88,27 @@ class CommitThread:
 
     def commit_here(self, msg: Write) -> Written | None:
         """Commit ``msg``'s batch on the caller's thread and return its :class:`Written`, if
-        nothing submitted is unanswered and the thread has opened a SQLite file (not an
-        in-memory SQLite, a database per thread; not a server, whose commit can stall with the
-        network and would stall the Replicator with it); else None, and the caller
-        :meth:`submit` s it.  It saves the thread's wake-up and the Replicator's extra turn of
-        its loop to see the pipe, and holds the Replicator for the commit: for a writer with no
-        company (see :class:`~thespian_dd._runtime.durability.Durability`)."""
+        nothing submitted is unanswered, the thread has opened a SQLite file (not an in-memory
+        SQLite, a database per thread; not a server, whose commit can stall with the network
+        and would stall the Replicator with it) and the last commit took at most
+        :data:`HERE_AT_MOST`; else None, and the caller :meth:`submit` s it.  It saves the
+        thread's wake-up, the Replicator's extra turn of its loop to see the pipe and the two
+        threads taking the GIL in turn, and holds the Replicator for the commit (see
+        :class:`~thespian_dd._runtime.durability.Durability`)."""
         store = self._store
-        if self._unanswered or store is None or not store.on_this_machine:
+        if (
+            self._unanswered
+            or store is None
+            or not store.on_this_machine
+            or self._last_took > self._here_at_most
+        ):
             return None
         # Free: the thread commits only what is unanswered.  Held all the same, so the store is
         # used by one thread at a time whatever the caller does.
         with self._busy:
             if self._store is not store:
                 return None
-            return commit(msg, self._open, self._close)
+            return self._commit(msg)
 
     def submit(self, msg: Write) -> None:
         """Commit ``msg``'s batch after those submitted before; its :class:`Written` follows."""
@@ -145,7 +160,7 @@ class CommitThread:
                     continue  # the end of a thread that ended before reading it
                 pending = job
                 with self._busy:
-                    written = commit(job, self._open, self._close)
+                    written = self._commit(job)
                 pending = None
                 self._answer(written)
         finally:
@@ -154,6 +169,16 @@ class CommitThread:
             if pending is not None:  # ended by what is not an Exception, mid-commit
                 self._ended = threading.current_thread()
                 self._answer(Written(pending.seq, "the commit thread ended mid-commit"))
+
+    def _commit(self, msg: Write) -> Written:
+        """Commit ``msg``'s batch (holding ``_busy``), timed: unless it opened the store (its
+        tables created or checked), which says nothing of how long a commit takes."""
+        opened = self._store is not None
+        started = time.perf_counter()
+        try:
+            return commit(msg, self._open, self._close)
+        finally:
+            self._last_took = time.perf_counter() - started if opened else 0.0
 
     def _answer(self, written: Written) -> None:
         """Queue ``written`` and wake the Replicator.  The byte is written without releasing

@@ -5,11 +5,13 @@
   recovered.  A load that fails is retried with backoff and, until it succeeds, requests are
   refused with the reason (nothing is served from a store that cannot be read).
 - Group commit: in sync mode a write is sent at once unless a batch is being committed; what
-  arrives meanwhile goes in the next batch.  In write-behind mode the first write after a commit
-  arms a timer of ``write_behind_interval`` that later writes never push back.
+  arrives meanwhile goes in the next batch.  Given ``commit_here`` (see below), the writes of a
+  whole turn of the Replicator's loop are one batch instead.  In write-behind mode the first
+  write after a commit arms a timer of ``write_behind_interval`` that later writes never push
+  back.
 - Replies after commit: a sync write is acknowledged only once its batch is committed (the
-  failure reply if the commit fails); the next batch is handed over before those replies are
-  sent, so it is committed while they go out.
+  failure reply if the commit fails); those replies are sent before the next batch is handed
+  over.
 - A failed commit answers every request waiting on the store with its failure, keeps its keys
   for the next batch, and is retried: after 0.25 s, doubling to at most 1 s, each delay
   shortened at random by up to half (nodes sharing a store do not retry in step), so a store
@@ -20,17 +22,14 @@
   Replicator's :class:`~thespian_dd._runtime.commits.CommitThread` on a system whose actors can
   watch a descriptor), by that; its answers come back through :meth:`Durability.committed`.
   Loads always go to the DurableWriter.
-- Committed here: given ``commit_here`` too, a sync batch is committed on the Replicator's own
-  thread while writes come one at a time (a lone writer, who waits for each reply before the
-  next write): the batch is answered before the handler returns, without the thread's wake-up and
-  the extra turn of Thespian's loop to see its answer.  Writes come one at a time once
-  ``QUIET_BEFORE_HERE`` batches in a row were committed by the thread with no write arriving
-  meanwhile; every ``PROBE_EVERY``-th batch still goes to the thread to see whether that still
-  holds.  All the writes of one message are one such batch, committed at its end
-  (:meth:`Durability.settle`).  With company (several clients, peers' writes) commits stay on
-  the thread, so writes arriving during a commit are handled meanwhile and grouped in the next
-  batch.  ``commit_here`` decides which stores it takes (the commit thread's: a SQLite file
-  only).
+- Committed here: given ``commit_here`` too, the caller calls :meth:`Durability.end_of_turn`
+  once each turn of its loop has handled every message the turn received, and the turn's sync
+  writes are committed then, as one batch, on the Replicator's own thread: answered before the
+  loop waits again, without the commit thread's wake-up, the extra turn of the loop to see its
+  answer and the two threads taking the GIL in turn.  Writes that arrive during that commit wait
+  in their sockets and make the next turn's batch.  ``commit_here`` decides which batches it
+  takes (a SQLite file's, while its commits are quick; see
+  :class:`~thespian_dd._runtime.commits.CommitThread`); the others go to ``commit``.
 
 The writer is an actor; this class reaches it only through the ``send`` and ``create_writer``
 callables it is given, and arms timers through ``wake``, so it runs without processes in tests.
@@ -64,12 +63,6 @@ LOAD_RETRY_PER_ROW = 1e-4
 """A failed load is tried again no sooner than this many seconds per row it had read (100,000
 rows, a tenth of a second's work: 10 s)."""
 
-QUIET_BEFORE_HERE = 4
-PROBE_EVERY = 16
-"""Batches are committed here after QUIET_BEFORE_HERE quiet ones in a row on the commit thread;
-then every PROBE_EVERY-th goes to the thread again to see whether it is still quiet.  With 16
-clients a quarter to a half of the thread's batches are quiet, so four in a row are rare."""
-
 
 def _jitter() -> float:
     return random.uniform(0.5, 1.0)  # noqa: S311 - spreads retries, no secret
@@ -92,7 +85,8 @@ class Durability:
     delay waited (random in [0.5, 1] unless given); ``commit(write)``, if given, commits the
     batches instead of the DurableWriter, and its answers come to :meth:`committed`;
     ``commit_here(write)``, if given, commits a batch at once and returns its answer, or returns
-    None if it cannot now (then ``commit`` gets it)."""
+    None if it cannot now (then ``commit`` gets it): sync batches are then made and committed at
+    :meth:`end_of_turn`, which the caller calls at the end of each turn of its loop."""
 
     def __init__(  # noqa: PLR0913 - what it acts through, each a callable
         self,
@@ -118,9 +112,6 @@ class Durability:
         self._jitter = jitter
         self._commit_fn = commit
         self._commit_here = commit_here
-        self._quiet = 0  # batches in a row the thread committed with no write arriving meanwhile
-        self._here = 0  # batches committed here since the last one sent to the thread
-        self._here_due = False  # writes left for settle() to commit here
         self.writer: Any = None
         # Loading.
         self.loading = False
@@ -235,16 +226,14 @@ class Durability:
     # -- writing -----------------------------------------------------------------------------------
 
     def write(self, key: str, raw: bytes | None) -> None:
-        """Queue ``key``'s current state (``raw``: its encoding, if known) if it is durable: at
-        once in sync mode (group commit), within the interval in write-behind mode."""
+        """Queue ``key``'s current state (``raw``: its encoding, if known) if it is durable: in
+        sync mode at once (group commit), or at :meth:`end_of_turn` given ``commit_here``; within
+        the interval in write-behind mode."""
         if not self.durable(key):
             return
         self._unwritten[key] = raw
         if self._settings.write_mode == "sync":
-            if self._commit_here is not None and self._quiet >= QUIET_BEFORE_HERE:
-                # With every other write of this message: see settle().
-                self._here_due = True
-            else:
+            if self._commit_here is None:
                 self.flush()
         elif not self._flush_timer:
             # Armed by the first write after a flush and never pushed back by later ones, so
@@ -252,21 +241,19 @@ class Durability:
             self._flush_timer = True
             self._wake(self._settings.write_behind_interval, FlushTick())
 
-    def settle(self) -> None:
-        """The end of a message's handling: the batch of writes that come one at a time, left
-        for now by :meth:`write`, is committed here with every write the message made (a peer's
-        delta, an expiry or a pruning round writes many keys in one message: one commit, not
-        one each)."""
-        if self._here_due:
-            self._here_due = False
+    def end_of_turn(self) -> None:
+        """The end of a turn of the Replicator's loop, every message it received handled (given
+        ``commit_here``): the turn's sync writes are one batch, committed here if
+        ``commit_here`` takes it, else handed to ``commit``; or, while a batch is being
+        committed, they wait for the turn of its answer."""
+        if self._unwritten and self._settings.write_mode == "sync":
             self.flush(here=True)
 
     def flush(self, *, stopping: bool = False, here: bool = False) -> None:
         """Send what is unwritten as one batch, unless a batch is being committed or the store
         is failing (a retry is due).  ``stopping``: a graceful stop sends it anyway (the
         DurableWriter commits its batches in order, before it handles its own exit request).
-        ``here``: writes come one at a time; commit it here (see ``commit_here``) but every
-        ``PROBE_EVERY``-th time."""
+        ``here``: commit it here if ``commit_here`` takes it."""
         busy = self._committing is not None or self._retry_pending
         if not self._unwritten or (busy and not stopping):
             return
@@ -293,14 +280,12 @@ class Durability:
             # The offline bound errs by at most 1% of its TTL (on the safe side: earlier).
             min(settings.durable_pruning_marker_ttl / 100, 60.0),
         )
-        if here and self._commit_here is not None and self._here < PROBE_EVERY - 1:
+        if here and self._commit_here is not None:
             answer = self._commit_here(write)
             if answer is not None:
-                self._here += 1
                 self.committed(answer)
                 return
         if self._commit_fn is not None:
-            self._here = 0
             self._commit_fn(write)
         else:
             self._send(self.writer, write)
@@ -332,8 +317,6 @@ class Durability:
         if msg.seq != self._batch or self._committing is None:
             return  # a batch sent again to a new DurableWriter, answered by the old one too
         committed, self._committing = self._committing, None
-        # Quiet: no write came while the thread committed (one committed here leaves none).
-        self._quiet = 0 if self._unwritten else self._quiet + 1
         done = [w for w in self._after_commit if w[0] <= msg.seq]
         self._after_commit = [w for w in self._after_commit if w[0] > msg.seq]
         if msg.error is None:
@@ -345,11 +328,13 @@ class Durability:
             # build its rows: a thread switch each (a send cost this thread 69 µs of CPU, against
             # 58 µs sent first).  Handed over after, its commit starts later, so the batch
             # after it gathers more writes: fewer, larger commits.  See docs/benchmark.md.
+            # Given commit_here, the next batch waits for the end of this turn (end_of_turn).
             try:
                 for _, client, reply, _ in done:
                     self._send(client, reply)
             finally:
-                if self._settings.write_mode == "sync" or self._flush_due:
+                sync_now = self._settings.write_mode == "sync" and self._commit_here is None
+                if sync_now or self._flush_due:
                     self._flush_due = False
                     self.flush()
             return
