@@ -117,10 +117,10 @@ def test_a_node_killed_and_restarted_recovers_every_acknowledged_value(
 def test_a_lone_writer_killed_right_after_an_acknowledgement_loses_nothing(
     cluster_factory: Any, tmp_path: Path
 ) -> None:
-    """A lone client waits for each reply before its next write, so no write comes while a batch
-    commits: after the first few on the commit thread, its batches are committed on the
-    Replicator's own thread (``commit_here``, see tests/test_durability.py) and each reply sent
-    after that commit returned.  kill -9 right after the last acknowledgement: all are there."""
+    """A lone client waits for each reply before its next write: each write is its turn's batch,
+    committed on the Replicator's own thread at the end of the turn (``commit_here``, see
+    tests/test_durability.py) and its reply sent after that commit returned.  kill -9 right
+    after the last acknowledgement: all are there."""
     cluster = cluster_factory(1, store=_store(tmp_path))
     for k in range(1, 61):
         reply = cluster.ask(0, Update("hits", GCounter(), _increment(1)))
