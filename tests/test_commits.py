@@ -215,9 +215,9 @@ def test_after_a_slow_commit_batches_go_to_the_thread_until_one_is_quick_again(
         ) as other:
             other.execute("BEGIN IMMEDIATE")  # the write lock, released 0.5 s later
             release = threading.Timer(0.5, other.execute, ("COMMIT",))
+            started = time.monotonic()
             release.start()
             try:
-                started = time.monotonic()
                 assert commits.commit_here(Write(url, "n", 2, {"b": ENTRY})) == Written(2)
                 assert time.monotonic() - started >= 0.5
             finally:
@@ -227,6 +227,35 @@ def test_after_a_slow_commit_batches_go_to_the_thread_until_one_is_quick_again(
         assert commit_answers(commits, 1) == [Written(3)]
         assert commits.commit_here(Write(url, "n", 4, {"d": ENTRY})) == Written(4)  # quick again
         assert sorted(stored_rows(url, "n")) == [(k, ENTRY.payload) for k in "abcd"]
+    finally:
+        commits.stop()
+
+
+def test_the_commit_that_opened_the_store_is_not_counted_slow(tmp_path: Path) -> None:
+    """The thread's first commit opens the store (creates or checks its tables): however long
+    it took, it says nothing of the commits after it, and the next batch is committed here."""
+    commits = CommitThread(here_at_most=0.25)
+    path = tmp_path / "c.db"
+    url = f"sqlite:///{path}"
+    try:
+        commits.submit(Write(url, "n", 1, {"a": ENTRY}))  # opens the store
+        assert commit_answers(commits, 1) == [Written(1)]
+        commits.pause()  # closes it: the next thread opens it again
+        with contextlib.closing(
+            sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        ) as other:
+            other.execute("BEGIN IMMEDIATE")  # the write lock, released 0.5 s later
+            release = threading.Timer(0.5, other.execute, ("COMMIT",))
+            started = time.monotonic()
+            release.start()
+            try:
+                commits.submit(Write(url, "n", 2, {"b": ENTRY}))  # opens it, waits for the lock
+                assert commit_answers(commits, 1) == [Written(2)]
+                assert time.monotonic() - started >= 0.5
+            finally:
+                release.join()
+        assert commits.commit_here(Write(url, "n", 3, {"c": ENTRY})) == Written(3)
+        assert sorted(stored_rows(url, "n")) == [(k, ENTRY.payload) for k in "abc"]
     finally:
         commits.stop()
 

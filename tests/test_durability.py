@@ -394,12 +394,15 @@ def test_the_replies_of_a_committed_batch_go_before_the_next_batch_is_handed_ove
     assert node.take_sent() == [("client 2", "stored b")]
 
 
-def test_replies_of_a_committed_batch_go_out_even_if_the_next_batch_cannot_be_built() -> None:
+def test_a_batch_that_cannot_be_built_fails_as_a_commit_would_and_is_retried() -> None:
     """Building the next batch (encoding its entries) raising must not swallow the replies of
-    the batch that was committed."""
+    the batch that was committed.  Found in review: nor may it leave the batch counted as being
+    committed for good, which held back every write after it (no reply, ever): it fails as a
+    commit does, its writers told, its keys kept for the retry."""
+    bad = {"bad"}
 
     def entry_or_raise(key: str, raw: bytes | None) -> Entry:
-        if key == "bad":
+        if key in bad:
             raise ValueError("cannot encode")
         return entry(key, raw)
 
@@ -407,12 +410,23 @@ def test_replies_of_a_committed_batch_go_out_even_if_the_next_batch_cannot_be_bu
     node.serve()
     d = node.durability
     d.write("a", b"A")
-    d.reply_when_stored("a", "client", "stored a", failure_of("a"))
+    d.reply_when_stored("a", "client a", "stored a", failure_of("a"))
     d.write("bad", b"X")
+    d.reply_when_stored("bad", "client bad", "stored bad", failure_of("bad"))
     node.take_sent()
-    with pytest.raises(ValueError, match="cannot encode"):
-        node.commit(1)
-    assert node.take_sent() == [("client", "stored a")]
+    node.commit(1)
+    why = "the batch could not be sent: cannot encode"
+    assert node.take_sent() == [("client a", "stored a"), ("client bad", Failed("bad", why))]
+    assert d.error == why
+    assert d.queue_depth() == 1
+    assert node.retries() == [0.25]
+    bad.clear()  # it can be encoded now
+    assert d.retry_due() is False
+    [retry] = node.writes()
+    assert retry.entries == {"bad": entry("bad", None)}
+    node.commit(retry.seq)
+    assert d.error is None
+    assert d.queue_depth() == 0
 
 
 def test_a_reply_waits_for_the_batch_holding_the_keys_latest_write() -> None:
@@ -1214,3 +1228,23 @@ def test_in_write_behind_mode_the_end_of_a_turn_commits_nothing() -> None:
     assert [payload for _, payload in node.woken] == [FlushTick()]
     d.flush_due()
     assert [batch.entries for batch in committed] == [{"a": entry("a", b"A")}]
+
+
+def test_a_keep_alive_between_turns_never_acknowledges_writes_waiting_for_the_turn_end() -> None:
+    """Found in review: a turn's writes wait for its end, and a timer's handler can run before it
+    (Thespian runs due timers between two runs of its loop).  The pruning round's keep-alive
+    then committed an empty batch under the number the writes' replies waited for, and its
+    answer acknowledged them, uncommitted.  A keep-alive now waits while writes are pending
+    (their own commit records the node alive)."""
+    node, committed, here = here_node()
+    d = node.durability
+    client_write(node, "k", b"K")
+    d.keep_alive()  # a long-idle node: its first keep-alive is due
+    for batch in list(committed):
+        d.committed(Written(batch.seq))  # whatever went to the thread, answered
+    assert node.take_sent() == []  # k is not acknowledged before its commit
+    d.end_of_turn()
+    assert [batch.entries for batch in here.batches] == [{"k": entry("k", b"K")}]
+    assert node.take_sent() == [("client k", "stored k")]
+    d.keep_alive()  # nothing pending now, and the commit was just made: not due
+    assert committed == []  # no empty batch went to the thread, before or after

@@ -172,13 +172,15 @@ class CommitThread:
 
     def _commit(self, msg: Write) -> Written:
         """Commit ``msg``'s batch (holding ``_busy``), timed: unless it opened the store (its
-        tables created or checked), which says nothing of how long a commit takes."""
-        opened = self._store is not None
+        tables created or checked), which says nothing of how long a commit takes (the time of
+        the commit before it stands)."""
+        was_open = self._store is not None
         started = time.perf_counter()
         try:
             return commit(msg, self._open, self._close)
         finally:
-            self._last_took = time.perf_counter() - started if opened else 0.0
+            if was_open:
+                self._last_took = time.perf_counter() - started
 
     def _answer(self, written: Written) -> None:
         """Queue ``written`` and wake the Replicator.  The byte is written without releasing

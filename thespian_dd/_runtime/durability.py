@@ -266,7 +266,13 @@ class Durability:
     def _commit(self, keys: Mapping[str, bytes | None], *, here: bool = False) -> None:
         self._committing = set(keys)
         self._batch += 1
-        self._send_batch(keys, here=here)
+        try:
+            self._send_batch(keys, here=here)
+        except Exception as e:  # the batch fails as a commit would, and is retried
+            # Its entries could not be made or it could not be handed over: left as it was, the
+            # batch would count as being committed for good, and no write after it would be.
+            log.exception("thespian_dd could not send a batch of %d keys to the store", len(keys))
+            self.committed(Written(self._batch, f"the batch could not be sent: {e}"))
 
     def _send_batch(self, keys: Mapping[str, bytes | None], *, here: bool = False) -> None:
         entries = {key: self._entry(key, raw) for key, raw in keys.items()}
@@ -392,10 +398,18 @@ class Durability:
 
     def keep_alive(self) -> None:
         """An idle durable node commits an empty batch now and then, so its store tells how long
-        it has really been offline (see ``durable_pruning_marker_ttl``)."""
+        it has really been offline (see ``durable_pruning_marker_ttl``).  Not while writes are
+        pending: their commit records it alive, and an empty batch would take the number their
+        replies wait for (writes wait for :meth:`end_of_turn`, and a timer's handler can run
+        before it)."""
         period = min(self._settings.durable_pruning_marker_ttl / 10, 3600.0)
         idle = self._clock() - (self.last_flush or 0.0)
-        ready = self.writer is not None and self._committing is None and not self._retry_pending
+        ready = (
+            self.writer is not None
+            and self._committing is None
+            and not self._retry_pending
+            and not self._unwritten
+        )
         if ready and idle > period:
             self._commit({})
 

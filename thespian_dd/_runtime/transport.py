@@ -255,10 +255,11 @@ os.register_at_fork(after_in_child=_TURN_ENDS.clear)
 
 def at_turn_end(callback: Callable[[], None]) -> None:
     """Call ``callback()`` at each turn of the loop (:func:`run_with_expiry`) in this process,
-    once every message the turn received is handled, before the loop waits again; and in the
-    turn after a handler that ran outside the loop (Thespian runs a due timer's, between two
-    runs of the loop).  Not in a process forked from this one (the DurableWriter): the callback
-    belongs to this process's actor.  What it raises is logged and the loop goes on."""
+    once every message the turn received is handled, before the loop waits again or returns for
+    a due timer (Thespian runs the timer's handler between two runs of the loop: the first turn
+    of the next run calls it again).  Not in a process forked from this one (the DurableWriter):
+    the callback belongs to this process's actor.  What it raises is logged and the loop goes
+    on."""
     _TURN_ENDS.append(callback)
 
 
@@ -396,6 +397,8 @@ def run_with_expiry(self: Any, incomingHandler: Any) -> Any:  # noqa: C901, N803
     ):
         ct = timing.currentTime()
         if self.run_time.view(ct).expired():
+            if _TURN_ENDS and not xmit_only:  # before a due timer's handler runs
+                _turn_ended()
             break
         if xmit_only:
             if not self._transmitIntents and not self._waitingTransmits:
