@@ -749,6 +749,8 @@ def test_a_turn_end_that_raises_is_logged_and_the_loop_goes_on(
     assert "broken" in caplog.text
 
 
+# The child only compares a list and exits: no lock another thread holds is touched.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_process_forked_from_one_with_turn_ends_has_none(turn_ends: list[str]) -> None:
     """The DurableWriter's process is forked from the Replicator's: the Replicator's callback,
     copied with its state, must never run there."""
