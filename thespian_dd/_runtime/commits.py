@@ -91,10 +91,10 @@ class CommitThread:
         nothing submitted is unanswered, the thread has opened a SQLite file (not an in-memory
         SQLite, a database per thread; not a server, whose commit can stall with the network
         and would stall the Replicator with it) and the last commit took at most
-        :data:`HERE_AT_MOST`; else None, and the caller :meth:`submit` s it.  It saves the
-        thread's wake-up, the Replicator's extra turn of its loop to see the pipe and the two
-        threads taking the GIL in turn, and holds the Replicator for the commit (see
-        :class:`~thespian_dd._runtime.durability.Durability`)."""
+        ``here_at_most`` seconds (:data:`HERE_AT_MOST` unless given); else None, and the caller
+        :meth:`submit` s it.  It saves the thread's wake-up, the Replicator's extra turn of its
+        loop to see the pipe and the two threads taking the GIL in turn, and holds the
+        Replicator for the commit (see :class:`~thespian_dd._runtime.durability.Durability`)."""
         store = self._store
         if (
             self._unanswered
