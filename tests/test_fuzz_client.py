@@ -194,7 +194,7 @@ def _broken_gcounter(units: Any) -> GCounter:
 
 BROKEN_INITIALS = st.sampled_from(
     [
-        ORSet({"a": 5}, None),  # type: ignore[arg-type, dict-item]
+        ORSet({"a": (FAKE, 5)}, CausalContext()),  # a dot outside its context: not decodable
         _broken_gcounter({"x": "y"}),
         _broken_gcounter(CausalContext({"x": (0, 5)})),  # type: ignore[dict-item]
         _broken_gcounter(CausalContext({FAKE: (-5, 0)})),
@@ -513,9 +513,9 @@ REGRESSIONS = [
     [Case("subscribe", "sentinel/*", subscriber=5)],
     # A request from another version, without one of its fields.
     [Case("stripped", "fz/a", obj=(Get, "consistency"))],
-    # A new key from an initial the codec cannot encode: accepted, then every gossip round
-    # raised (and was never scheduled again).
-    [Case("update", "fz/new/broken", DEFAULT, ORSet({"a": 5}, None), same)],  # type: ignore[arg-type, dict-item]
+    # A new key from an initial the codec cannot carry (encode, or decode what it wrote):
+    # accepted, then every gossip round raised (and was never scheduled again).
+    [Case("update", "fz/new/broken", DEFAULT, ORSet({"a": (FAKE, 5)}, CausalContext()), same)],
     [Case("update", "fz/new/unknown", DEFAULT, FuzzCRDT(), bump)],
 ]
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from textbook import Operation, Row, Tag, TextbookORSet, against_textbook
 
 from thespian_dd import ORSet, ReplicaId
+from thespian_dd.codec import decode, encode
 from thespian_dd.data import CausalContext
 from thespian_dd.orset import dots_of
 
@@ -50,9 +51,50 @@ def test_concurrent_adds_hold_both_dots_and_one_dot_again_after_a_re_add() -> No
     a, b = ORSet().add(A, "x"), ORSet().add(B, "x")
     both = a.merge(b)
     assert both.entries["x"] == frozenset({(A, 1), (B, 1)})
+    assert len(both) == 1
+    assert list(both) == ["x"]
+    assert "x" in both
     assert both == b.merge(a) == ORSet({"x": frozenset({(A, 1), (B, 1)})}, both.context)
     assert both.add(A, "x").entries["x"] == (A, 2)
     assert both.remove(B, "x").merge(a).value == frozenset()
+
+
+def test_an_element_added_again_on_one_side_is_settled_by_a_merge_either_way() -> None:
+    # a holds x by (A, 1); b saw that add, and added x again: (A, 2) replaced (A, 1).
+    a = ORSet().add(A, "x").add(A, "y").reset_delta()
+    b = a.add(A, "x").reset_delta()
+    assert a.merge(b) == b.merge(a) == b
+    assert a.merge(b).entries == {"x": (A, 3), "y": (A, 2)}
+
+
+def test_an_element_holds_two_dots_of_one_replica_after_deltas_out_of_order() -> None:
+    # A adds x (dot 1), removes it, and adds it again (dot 2).  One replica gets the first
+    # add's delta, another only the second's (out of order): each holds x by a dot the other
+    # has not seen, so merged, x holds both dots of A, until a state that has seen both comes.
+    first = ORSet().add(A, "x")
+    again = first.reset_delta().remove(A, "x").reset_delta().add(A, "x")
+    assert first.delta is not None
+    assert again.delta is not None
+    both = ORSet().merge(first.delta).merge(ORSet().merge(again.delta))
+    assert both.entries == {"x": frozenset({(A, 1), (A, 2)})}
+    assert len(both) == 1
+    assert list(both) == ["x"]
+    assert "x" in both
+    assert decode(encode(both.reset_delta())) == both.reset_delta()
+    assert pickle.loads(pickle.dumps(both)) == both.reset_delta()
+    assert both.merge(again).entries == {"x": (A, 2)} == again.merge(both).entries
+    assert both.add(B, "x").entries == {"x": (B, 1)}
+    assert both.remove(B, "x").value == frozenset()
+    assert both.remove(B, "x").merge(both).value == frozenset()
+
+
+def test_malformed_entries_are_refused_naming_the_problem() -> None:
+    with pytest.raises(TypeError, match=r"holds a \(replica, n\) dot or a collection of them"):
+        ORSet({"x": 5})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match=r"not \('a', 1, 2\)"):
+        ORSet({"x": ("a", 1, 2)})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="context is a CausalContext, not NoneType"):
+        ORSet({}, None)  # type: ignore[arg-type]
 
 
 def test_a_frozenset_of_one_dot_given_to_the_constructor_is_held_as_the_dot() -> None:
@@ -100,7 +142,7 @@ def test_the_acting_node_must_be_a_replica_id() -> None:
 def test_values_are_immutable() -> None:
     s = ORSet()
     with pytest.raises(AttributeError, match="immutable"):
-        s.entries = {}
+        s.context = CausalContext()
 
 
 # -- model-based: a row of the state machine of textbook.py ---------------------------------------

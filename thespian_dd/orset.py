@@ -8,9 +8,13 @@
   it; a dot the other side has seen but no longer holds was removed there.  So a remove only
   removes the adds it observed: an add concurrent with a remove wins.
 - Adding an element again replaces its dots with one new dot (as Akka does), so an element holds
-  one dot except briefly after concurrent adds.  Such an element holds its dot as it is (the
-  tuple), not in a frozenset of one: that saves a frozenset per element, and lets a merge read
-  the dot without iterating a set (see :func:`dots_of`).
+  one dot except briefly after concurrent adds.
+- Layout: the dots are kept by replica, ``{replica: {element: n}}`` (a sorted tuple of counters
+  for an element holding several dots of one replica, which only out-of-order deltas make).  A
+  merge then works replica by replica with plain int compares against the other side's runs of
+  that replica, never reading a dot tuple, and hands on unchanged replicas' dicts as they are;
+  an update copies only the dicts of the replicas whose dots it replaces.  :attr:`ORSet.entries`
+  gives the per-element view (each element's dot, or a frozenset of several).
 - Delta: the new dots and the context of what they replace; a remove's delta is just the removed
   dots.  Deltas must be applied in order per origin to keep the context compact
   (:class:`~thespian_dd.data.RequiresCausalDelivery`).
@@ -23,7 +27,9 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Collection, Hashable, Iterable, Iterator, Mapping
+from itertools import repeat
 from typing import Any, Generic
 
 from thespian_dd._typevars import A
@@ -43,15 +49,27 @@ __all__ = ["ORSet"]
 
 
 Held = Dot | frozenset[Dot]
-"""The dots of one element: the dot itself when it is one (nearly always), else a frozenset of
-two or more (after concurrent adds)."""
+"""The dots of one element as :attr:`ORSet.entries` gives them: the dot itself when it is one
+(nearly always), else a frozenset of two or more (after concurrent adds)."""
+
+Counters = int | tuple[int, ...]
+"""The counters of one replica's dots that one element holds: the counter when it is one (nearly
+always), else a sorted tuple of two or more."""
+
+ByReplica = dict[ReplicaId, dict[Any, Counters]]
+"""An ORSet's dots: for each replica, the elements holding dots of it and their counters.  No
+replica's dict is empty, and no dict is ever changed once a value holds it."""
+
+Runs = tuple[int, ...] | None
+"""One replica's runs of a causal context (see :class:`~thespian_dd.data.CausalContext`), None
+when it has seen no dot of that replica."""
 
 
 _EMPTY_CONTEXT = CausalContext()
 
 
 def dots_of(held: Held) -> Collection[Dot]:
-    """The dots an element holds (as stored in :attr:`ORSet.entries`), as a collection."""
+    """The dots an element holds (as :attr:`ORSet.entries` gives them), as a collection."""
     return held if isinstance(held, frozenset) else (held,)
 
 
@@ -64,12 +82,94 @@ def held_of(dots: Collection[Dot]) -> Held | None:
     return None
 
 
-def _normal(held: Any) -> Any:
-    """``held`` as the constructor stores it: a frozenset of one dot becomes that dot."""
-    if isinstance(held, frozenset) and len(held) == 1:
-        for dot in held:
-            return dot
-    return held
+def _counters(c: Counters) -> tuple[int, ...]:
+    return c if isinstance(c, tuple) else (c,)
+
+
+def _counters_of(counters: Iterable[int]) -> Counters | None:
+    """What an element holding ``counters`` of one replica stores, None for none."""
+    kept = sorted(set(counters))
+    if len(kept) > 1:
+        return tuple(kept)
+    return kept[0] if kept else None
+
+
+def _by_replica(entries: Mapping[Any, Any]) -> ByReplica:
+    """The layout of entries given as ``{element: dot or collection of dots}``."""
+    by: ByReplica = {}
+    for element, held in entries.items():
+        try:
+            if isinstance(held, tuple):  # one dot: nearly always
+                r, n = held
+                held_here = by.get(r)
+                if held_here is None:
+                    held_here = by[r] = {}
+                held_here[element] = n
+                continue
+            grouped: dict[ReplicaId, list[int]] = {}
+            for r, n in held:
+                grouped.setdefault(r, []).append(n)
+            for r, ns in grouped.items():
+                by.setdefault(r, {})[element] = _counters_of(ns)  # type: ignore[assignment]
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"an ORSet element holds a (replica, n) dot or a collection of them, not {held!r}"
+            ) from None
+    return by
+
+
+def _entries_of(by: ByReplica) -> dict[Any, Held]:
+    """The per-element view of ``by``: each element's dot, or a frozenset of its dots."""
+    entries: dict[Any, Held] = {}
+    for r, held_here in by.items():
+        if _plain(held_here):  # one counter each: the dots are made at C speed
+            dots = zip(repeat(r), held_here.values(), strict=False)
+            part: dict[Any, Any] = dict(zip(held_here, dots, strict=True))
+        else:
+            part = {e: _held_of(r, c) for e, c in held_here.items()}
+        if not entries:
+            entries = part
+            continue
+        for e in part.keys() & entries.keys():  # elements holding dots of several replicas
+            part[e] = frozenset((*dots_of(entries[e]), *dots_of(part[e])))
+        entries.update(part)
+    return entries
+
+
+def _plain(held_here: dict[Any, Counters]) -> bool:
+    """Whether every element of one replica's dict holds one counter (an int, not a tuple)."""
+    try:
+        return not isinstance(max(held_here.values()), tuple)  # int and tuple do not compare
+    except TypeError:
+        return False
+
+
+def _held_of(r: ReplicaId, c: Counters) -> Held:
+    return frozenset((r, n) for n in c) if isinstance(c, tuple) else (r, c)
+
+
+def _outside(by: ByReplica, context: CausalContext) -> bool:
+    """Whether some dot of ``by`` is outside ``context``."""
+    for r, held_here in by.items():
+        runs = context.ranges.get(r)
+        if runs is None:
+            return True
+        if len(runs) == 2 and not runs[0] and _plain(held_here):  # the highest counter decides
+            if max(held_here.values()) > runs[1]:  # type: ignore[operator]
+                return True
+            continue
+        if not all(_seen(runs, n) for c in held_here.values() for n in _counters(c)):
+            return True
+    return False
+
+
+def _seen(runs: Runs, n: int) -> bool:
+    """Whether a context whose runs of a replica are ``runs`` has seen that replica's dot ``n``."""
+    if runs is None:
+        return False
+    if len(runs) == 2:
+        return runs[0] < n <= runs[1]
+    return bisect_left(runs, n) % 2 == 1
 
 
 class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, DotBased, Generic[A]):
@@ -78,31 +178,91 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
     ``ORSet().add(node, "a").add(node, "b").remove(node, "a").value == frozenset({"b"})``
     """
 
-    __slots__ = ("_delta", "context", "entries")
+    __slots__ = ("_by", "_delta", "_entries", "_loose", "context")
 
-    entries: Mapping[Any, Held]
+    _by: ByReplica
     context: CausalContext
     _delta: ORSet[A] | None
+    _entries: dict[Any, Held] | None
+    _loose: bool
+    """Whether this value may hold a dot outside its own context: only one built by hand can
+    (merges of such a value look for what the usual case rules out)."""
 
     def __init__(
         self,
         entries: Mapping[Hashable, frozenset[Dot] | Dot] | None = None,
         context: CausalContext = _EMPTY_CONTEXT,
     ) -> None:
-        object.__setattr__(self, "entries", {e: _normal(h) for e, h in (entries or {}).items()})
+        if not isinstance(context, CausalContext):
+            raise TypeError(f"an ORSet's context is a CausalContext, not {type(context).__name__}")
+        by = _by_replica(entries or {})
+        object.__setattr__(self, "_by", by)
         object.__setattr__(self, "context", context)
         object.__setattr__(self, "_delta", None)
+        object.__setattr__(self, "_entries", None)
+        object.__setattr__(self, "_loose", _outside(by, context))
 
     @classmethod
     def _of(
-        cls, entries: dict[Any, Held], context: CausalContext, delta: ORSet[A] | None = None
+        cls,
+        by: ByReplica,
+        context: CausalContext,
+        delta: ORSet[A] | None = None,
+        *,
+        loose: bool = False,
     ) -> ORSet[A]:
-        """A set from entries already in the stored form, taken as they are (no copy)."""
+        """A set from its dots by replica, taken as they are (no copy, no empty dict);
+        ``loose``: some dot may be outside ``context``."""
         made = cls.__new__(cls)
-        object.__setattr__(made, "entries", entries)
+        object.__setattr__(made, "_by", by)
         object.__setattr__(made, "context", context)
         object.__setattr__(made, "_delta", delta)
+        object.__setattr__(made, "_entries", None)
+        object.__setattr__(made, "_loose", loose)
         return made
+
+    @classmethod
+    def _of_rows(
+        cls,
+        rows: Iterable[tuple[ReplicaId, Iterable[Any], Iterable[int]]],
+        more: Iterable[tuple[Any, Dot]],
+        context: CausalContext,
+    ) -> ORSet[A]:
+        """A set from each replica's elements with the counters of their dots, and more dots
+        of those elements, every dot in ``context`` (a decoder's shortcut: nothing is checked,
+        and each replica comes once in ``rows``)."""
+        by: ByReplica = {r: dict(zip(es, ns, strict=True)) for r, es, ns in rows}
+        for element, (r, n) in more:
+            held_here = by.setdefault(r, {})
+            old = held_here.get(element)
+            held_here[element] = n if old is None else _counters_of((*_counters(old), n))  # type: ignore[assignment]
+        return cls._of(by, context)
+
+    @property
+    def entries(self) -> Mapping[Any, Held]:
+        """Each element with its dots: the dot itself when it is one, else a frozenset."""
+        entries = self._entries
+        if entries is None:
+            entries = _entries_of(self._by)
+            object.__setattr__(self, "_entries", entries)
+        return entries
+
+    def _one_dot_each(self) -> dict[ReplicaId, dict[Any, int]] | None:
+        """The dots by replica when every element holds exactly one dot (nearly always), else
+        None."""
+        by = self._by
+        if not all(map(_plain, by.values())):
+            return None
+        if len(by) > 1 and sum(map(len, by.values())) != len(self):
+            return None  # an element holds dots of several replicas
+        return by  # type: ignore[return-value]
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._by == other._by and self.context == other.context
+
+    __hash__ = None  # type: ignore[assignment]
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Each element's dots as a frozenset, as releases before the one-dot form pickled them,
@@ -116,18 +276,30 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
     @property
     def value(self) -> frozenset[A]:
         """The elements present (those that hold at least one add's dot), as a frozenset."""
-        return frozenset(self.entries)
+        by = self._by
+        if len(by) == 1:
+            for held_here in by.values():
+                return frozenset(held_here)
+        return frozenset().union(*by.values())
 
     elements = value
 
     def __contains__(self, element: object) -> bool:
-        return element in self.entries
+        return any(element in held_here for held_here in self._by.values())
 
     def __iter__(self) -> Iterator[A]:
+        by = self._by
+        if len(by) == 1:
+            for held_here in by.values():
+                return iter(held_here)
         return iter(self.entries)
 
     def __len__(self) -> int:
-        return len(self.entries)
+        by = self._by
+        if len(by) == 1:
+            for held_here in by.values():
+                return len(held_here)
+        return len(self.value)
 
     def add(self, node: ReplicaId, element: A) -> ORSet[A]:
         """Add ``element`` on behalf of ``node`` (a new dot that wins over concurrent removes)."""
@@ -136,23 +308,24 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
     def add_all(self, node: ReplicaId, elements: Iterable[A]) -> ORSet[A]:
         """Add every element of ``elements`` in one step (one copy of the state, not one each)."""
         check_replica(node)
-        entries = dict(self.entries)
-        added: dict[Hashable, Held] = {}
+        _, first = self.context.next_dot(node)
+        changed = _Changes(self._by)
+        mine = changed.writable(node)
+        added: dict[Any, Counters] = {}
         replaced: list[Dot] = []
-        new_dots: list[Dot] = []
-        _, n = self.context.next_dot(node)
+        n = first
         for element in elements:
             check_hashable("an ORSet element", element)
-            old = entries.get(element)
-            if old is not None:
-                replaced += dots_of(old)
-            dot = (node, n + len(new_dots))
-            new_dots.append(dot)
-            entries[element] = added[element] = dot
+            replaced += changed.pop(element, but=node)
+            mine[element] = added[element] = n
+            n += 1
         if not added:
             return self
-        delta = ORSet._of(added, CausalContext.of_dots({*replaced, *new_dots}))
-        return ORSet._of(entries, self.context.add(new_dots), self._with_delta(delta))
+        new_dots = [(node, c) for c in range(first, n)]
+        delta = ORSet._of({node: added}, CausalContext.of_dots({*replaced, *new_dots}))
+        return ORSet._of(
+            changed.result(), self.context.add(new_dots), self._with_delta(delta), loose=self._loose
+        )
 
     def remove(self, node: ReplicaId, element: A) -> ORSet[A]:
         """Remove ``element`` as observed here; adds this replica has not seen survive."""
@@ -161,24 +334,27 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
     def remove_all(self, node: ReplicaId, elements: Iterable[A]) -> ORSet[A]:
         """Remove every element of ``elements`` that is present, as observed here."""
         check_replica(node)
-        entries = dict(self.entries)
+        changed = _Changes(self._by)
         removed: set[Dot] = set()
         for element in elements:
             check_hashable("an ORSet element", element)
-            old = entries.pop(element, None)
-            if old is not None:
-                removed.update(dots_of(old))
+            removed.update(changed.pop(element))
         if not removed:
             return self
         delta = ORSet._of({}, CausalContext.of_dots(removed))
-        return ORSet._of(entries, self.context, self._with_delta(delta))
+        return ORSet._of(changed.result(), self.context, self._with_delta(delta), loose=self._loose)
 
     def clear(self, node: ReplicaId) -> ORSet[A]:
         """Remove every element observed here."""
         check_replica(node)
-        if not self.entries:
+        if not self._by:
             return self
-        seen = [d for held in self.entries.values() for d in dots_of(held)]
+        seen = [
+            (r, n)
+            for r, held_here in self._by.items()
+            for c in held_here.values()
+            for n in _counters(c)
+        ]
         delta = ORSet._of({}, CausalContext.of_dots(seen))
         return ORSet._of({}, self.context, self._with_delta(delta))
 
@@ -192,8 +368,15 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         self._require_same_type(other)
         if other is self:
             return self
-        entries = _merge_entries(self.entries, self.context, other.entries, other.context)
-        return ORSet._of(entries, self.context.merge(other.context), self._delta)
+        a, b = self._by, other._by
+        a_runs, b_runs = self.context.ranges, other.context.ranges
+        loose = self._loose or other._loose
+        by: ByReplica = {}
+        for r in a if b.keys() <= a.keys() else [*a, *[r for r in b if r not in a]]:
+            merged = _merge_replica(a.get(r), a_runs.get(r), b.get(r), b_runs.get(r), loose=loose)
+            if merged:
+                by[r] = merged
+        return ORSet._of(by, self.context.merge(other.context), self._delta, loose=loose)
 
     def is_inflation_of(self, older: ORSet[A]) -> bool:
         """Whether this value is what changes made through the API could make of ``older``: it
@@ -201,14 +384,19 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
         if type(older) is not ORSet or not self.context.extends(older.context):
             return False
         # The merge drops what this state holds and ``older`` has seen but does not hold.
-        seen, theirs = older.context, older.entries
-        for element, held in self.entries.items():
-            old = theirs.get(element)
-            if old is held or old == held:
+        seen = older.context.ranges
+        for r, held_here in self._by.items():
+            old = older._by.get(r)
+            runs = seen.get(r)
+            if held_here is old or runs is None:
                 continue
-            new = dots_of(held) if old is None else set(dots_of(held)).difference(dots_of(old))
-            if any(d in seen for d in new):
-                return False
+            old_get = (old or {}).get
+            for element in [e for e, c in held_here.items() if old_get(e) != c]:
+                theirs = old_get(element)
+                new = set(_counters(held_here[element]))
+                new.difference_update(() if theirs is None else _counters(theirs))
+                if any(_seen(runs, n) for n in new):
+                    return False
         return True
 
     @property
@@ -219,7 +407,7 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
 
     def reset_delta(self) -> ORSet[A]:
         """This value without its pending delta."""
-        return self if self._delta is None else ORSet._of(dict(self.entries), self.context)
+        return self if self._delta is None else ORSet._of(self._by, self.context, loose=self._loose)
 
     def modified_by_nodes(self) -> frozenset[ReplicaId]:
         """Every replica whose dots this value has seen."""
@@ -245,18 +433,15 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
                 entries[element] = dot if len(kept) == 1 else frozenset(kept)
             else:
                 entries[element] = held
-        return ORSet._of(entries, context)
+        by = _by_replica(entries)
+        return ORSet._of(by, context, loose=_outside(by, context))
 
     def pruning_cleanup(self, removed: ReplicaId) -> ORSet[A]:
         """This value without any dot of ``removed`` (for a value merged in after pruning)."""
         if not self.needs_pruning_from(removed):
             return self
-        entries = {}
-        for element, held in self.entries.items():
-            kept = held_of([d for d in dots_of(held) if d[0] != removed])
-            if kept is not None:
-                entries[element] = kept
-        return ORSet._of(entries, self.context.without(removed))
+        by = {r: held_here for r, held_here in self._by.items() if r != removed}
+        return ORSet._of(by, self.context.without(removed), loose=self._loose)
 
     def marks(self) -> ORSet[A]:
         """An empty value that reserves every dot this one has seen, so a value created again in
@@ -265,135 +450,176 @@ class ORSet(DeltaReplicatedData, RemovedNodePruning, RequiresCausalDelivery, Dot
 
     def is_empty(self) -> bool:
         """Whether the value holds no dots."""
-        return not self.entries
+        return not self._by
 
 
-def _merge_entries(
-    a: Mapping[Any, Held], a_ctx: CausalContext, b: Mapping[Any, Held], b_ctx: CausalContext
-) -> dict[Any, Held]:
-    """The join of two sets' entries under their causal contexts.
+class _Changes:
+    """An update's changes to a value's dots (``by``): each replica's dict copied once, when
+    first changed; the dicts of the others are handed on as they are."""
 
-    A dot survives when both sides have it, or when one side has it and the other has not seen it
-    (a dot the other side has seen but does not hold was removed there).  Elements left without
-    dots are gone.  This is the ORSet merge of Almeida et al., "Delta State Replicated Data Types".
+    __slots__ = ("_copied", "by")
 
-    When both contexts are version vectors (the usual case: states, not deltas) the merge starts
-    from both entries copied at C speed and only settles the elements that can differ from that
-    copy: one both sides hold with different dots, or one held on one side by a dot the other
-    side's version vector covers (it was removed there).  An element both hold alike costs one
-    lookup and a compare; one held on one side by one dot costs a compare with the other side's
-    top counter of the dot's replica.  Other contexts take :func:`_merge_by_element`.
-    """
+    def __init__(self, by: ByReplica) -> None:
+        self.by = dict(by)
+        self._copied: set[ReplicaId] = set()
+
+    def writable(self, r: ReplicaId) -> dict[Any, Counters]:
+        held_here = self.by.get(r)
+        if held_here is None or r not in self._copied:
+            held_here = self.by[r] = held_here.copy() if held_here else {}
+            self._copied.add(r)
+        return held_here
+
+    def pop(self, element: Any, *, but: ReplicaId | None = None) -> list[Dot]:
+        """Take ``element`` out, but from the dict of ``but``, where the caller sets it again
+        (which keeps the element's object and place there); the dots it held."""
+        dots: list[Dot] = []
+        for r, held_here in self.by.items():
+            c = held_here.get(element)
+            if c is None:
+                continue
+            if r != but:
+                del self.writable(r)[element]  # replaces the value of a key: iterating is safe
+            if isinstance(c, tuple):
+                dots += ((r, n) for n in c)
+            else:
+                dots.append((r, c))
+        return dots
+
+    def result(self) -> ByReplica:
+        return {r: held_here for r, held_here in self.by.items() if held_here}
+
+
+def _merge_replica(
+    a: dict[Any, Counters] | None,
+    a_runs: Runs,
+    b: dict[Any, Counters] | None,
+    b_runs: Runs,
+    *,
+    loose: bool,
+) -> dict[Any, Counters] | None:
+    """One replica's dots of two sets merged: ``a`` and ``b`` the elements holding them on each
+    side, under each side's runs of that replica; ``loose``: a side may hold dots outside its
+    own context.
+
+    A side's dict is handed on as it is where that is the answer.  Otherwise the merge starts
+    from both copied at C speed and settles only the elements that can differ from that copy
+    (see :func:`_unsettled`).  An element costs an int compare with the other side's runs, and
+    a lookup if the other side has seen its counter."""
     if a is b:
-        return dict(a)
-    a_tops, b_tops = a_ctx.tops(), b_ctx.tops()
-    if a_tops is None or b_tops is None:
-        return _merge_by_element(a, a_ctx, b, b_ctx)
-    # Each side's top counter per replica, and 0 for a replica it has never seen whose dots the
-    # other side holds (their dots are in that side's context).
-    a_top = dict.fromkeys(b_ctx.ranges, 0) | a_tops
-    b_top = dict.fromkeys(a_ctx.ranges, 0) | b_tops
+        return a
+    if a is None or b is None:
+        return _unseen(b, a_runs) if a is None else _unseen(a, b_runs)  # type: ignore[arg-type]
+    if a_runs is None or b_runs is None:  # a side holds dots it has not seen: built by hand
+        return _merge_exact(a, a_runs, b, b_runs)
     try:
-        unsettled = _unsettled(a, b, b_top) + _unsettled(b, a, a_top, shared=False)
-    except KeyError:  # a dot outside its own side's context (a state built by hand)
-        return _merge_by_element(a, a_ctx, b, b_ctx)
-    b_get = b.get
-    out = {**a, **b}
-    a_get = a.get
+        unsettled = _unsettled(a, a_runs, b, b_runs, loose=loose)
+    except TypeError:  # an element holds several dots of this replica
+        return _merge_exact(a, a_runs, b, b_runs)
+    if not unsettled:
+        return _union(a, b)
+    out = a.copy()  # a clone of the table, where {**a} would insert each item
+    out.update(b)
+    a_get, b_get = a.get, b.get
     for e in unsettled:
         mine, theirs = a_get(e), b_get(e)
-        if mine is None or theirs is None:
-            only = theirs if mine is None else mine
-            if not isinstance(only, frozenset):  # one dot, listed above as seen by the other side
-                del out[e]
-                continue
-            kept = _unseen(only, a_ctx if mine is None else b_ctx)
-        else:
-            kept = _join(mine, a_ctx, theirs, b_ctx)
-        if kept is None:
-            del out[e]
+        kept = None if mine is None or theirs is None else _join(mine, a_runs, theirs, b_runs)
+        if kept is None:  # held on one side only, by a counter the other side has seen
+            out.pop(e, None)
         else:
             out[e] = kept
+    return out
+
+
+def _union(a: dict[Any, Counters], b: dict[Any, Counters]) -> dict[Any, Counters]:
+    """The union of two sides with nothing to settle: a side that holds all of it already, as
+    it is, else a new dict."""
+    if len(a) >= len(b) and b.keys() <= a.keys():
+        return a
+    if a.keys() <= b.keys():
+        return b
+    out = a.copy()
+    out.update(b)
     return out
 
 
 def _unsettled(
-    a: Mapping[Any, Held],
-    b: Mapping[Any, Held],
-    b_top: Mapping[ReplicaId, int],
+    a: Mapping[Any, Counters],
+    a_runs: tuple[int, ...],
+    b: Mapping[Any, Counters],
+    b_runs: tuple[int, ...],
     *,
-    shared: bool = True,
+    loose: bool,
 ) -> list[Any]:
-    """The elements ``a`` holds that ``b`` does not hold alike, under ``b``'s version vector
-    ``b_top``: those ``a`` alone holds by a dot ``b`` has seen (or by several), and, if
-    ``shared``, those both hold with different dots.  Raises ``KeyError`` for a dot of a replica
-    ``b_top`` does not know.
-
-    The first try reads every element as one dot, which is nearly always true and saves a type
-    check per element; an element holding several (a frozenset, not subscriptable) makes it
-    raise ``TypeError``, and the second asks each element."""
-    b_get = b.get
-    try:
-        if shared:
-            return [
-                e
-                for e, mine in a.items()
-                if ((theirs := b_get(e)) is None and mine[1] <= b_top[mine[0]])  # type: ignore[index]
-                or (theirs is not mine and theirs is not None and theirs != mine)
-            ]
-        return [e for e, mine in a.items() if e not in b and mine[1] <= b_top[mine[0]]]  # type: ignore[index]
-    except TypeError:
-        pass
-    if shared:
-        return [
-            e
-            for e, mine in a.items()
-            if (
-                (theirs := b_get(e)) is None
-                and (isinstance(mine, frozenset) or mine[1] <= b_top[mine[0]])
-            )
-            or (theirs is not mine and theirs is not None and theirs != mine)
+    """The elements whose counters in the union of ``a`` and ``b`` can be wrong: those whose
+    counter the other side has seen and does not hold alike (removed there), and those both
+    hold with different counters.  The second kind always is of the first when both sides'
+    runs start at 0 (version vectors) and neither holds a dot outside them, so then it is not
+    looked for.  Raises ``TypeError`` for an element holding several counters."""
+    unsettled = _dropped(a, b, b_runs) + _dropped(b, a, a_runs)
+    if loose or a_runs[0] or b_runs[0] or len(a_runs) > 2 or len(b_runs) > 2:
+        small, big = (a, b) if len(a) <= len(b) else (b, a)
+        big_get = big.get
+        unsettled += [
+            e for e, c in small.items() if (theirs := big_get(e)) is not None and theirs != c
         ]
-    return [
-        e
-        for e, mine in a.items()
-        if e not in b and (isinstance(mine, frozenset) or mine[1] <= b_top[mine[0]])
-    ]
+    return unsettled
 
 
-def _merge_by_element(
-    a: Mapping[Any, Held], a_ctx: CausalContext, b: Mapping[Any, Held], b_ctx: CausalContext
-) -> dict[Any, Held]:
-    """:func:`_merge_entries` for any contexts, element by element (runs with gaps: deltas,
-    values created again in a map)."""
-    out: dict[Any, Held] = {}
+def _dropped(
+    a: Mapping[Any, Counters], b: Mapping[Any, Counters], b_runs: tuple[int, ...]
+) -> list[Any]:
+    """The elements of ``a`` (one replica's dots) whose counter ``b``'s runs have seen but ``b``
+    does not hold alike.  Raises ``TypeError`` for an element of ``a`` holding several."""
+    b_get = b.get
+    if len(b_runs) == 2:
+        lo, hi = b_runs
+        return [e for e, c in a.items() if lo < c <= hi and b_get(e) != c]  # type: ignore[operator]
+    return [e for e, c in a.items() if bisect_left(b_runs, c) % 2 and b_get(e) != c]
+
+
+def _unseen(a: dict[Any, Counters], runs: Runs) -> dict[Any, Counters] | None:
+    """What ``a`` (one replica's dots) keeps in a merge with a side that holds none of them:
+    the counters ``runs`` has not seen; ``a`` itself when that is all."""
+    if runs is None:
+        return a
+    try:
+        gone = _dropped(a, {}, runs)
+    except TypeError:
+        return _merge_exact(a, None, {}, runs)
+    if not gone:
+        return a
+    out = a.copy()
+    for e in gone:
+        del out[e]
+    return out or None
+
+
+def _merge_exact(
+    a: Mapping[Any, Counters], a_runs: Runs, b: Mapping[Any, Counters], b_runs: Runs
+) -> dict[Any, Counters] | None:
+    """:func:`_merge_replica` element by element, for any dicts and runs."""
+    out: dict[Any, Counters] = {}
     b_get = b.get
     for e, mine in a.items():
-        theirs = b_get(e)
-        kept = _unseen(mine, b_ctx) if theirs is None else _join(mine, a_ctx, theirs, b_ctx)
+        kept = _join(mine, a_runs, b_get(e), b_runs)
         if kept is not None:
             out[e] = kept
     for e, theirs in b.items():
-        if e not in a and (kept := _unseen(theirs, a_ctx)) is not None:
+        if e not in a and (kept := _join(None, a_runs, theirs, b_runs)) is not None:
             out[e] = kept
-    return out
+    return out or None
 
 
-def _join(mine: Held, my_ctx: CausalContext, theirs: Held, their_ctx: CausalContext) -> Held | None:
-    """One element's dots merged, both sides holding it: those both hold, and those one side
+def _join(
+    mine: Counters | None, my_runs: Runs, theirs: Counters | None, their_runs: Runs
+) -> Counters | None:
+    """One element's counters of one replica merged: those both sides hold, and those one side
     holds and the other has not seen."""
     if mine == theirs:
         return mine
-    m, t = set(dots_of(mine)), set(dots_of(theirs))
-    kept = m & t
-    kept.update(d for d in m - t if d not in their_ctx)
-    kept.update(d for d in t - m if d not in my_ctx)
-    return held_of(kept)
-
-
-def _unseen(held: Held, context: CausalContext) -> Held | None:
-    """The dots of ``held`` that ``context`` has not seen: ``held`` itself when that is all."""
-    if not isinstance(held, frozenset):
-        return None if held in context else held
-    kept = [d for d in held if d not in context]
-    return held if len(kept) == len(held) else held_of(kept)
+    m = _counters(mine) if mine is not None else ()
+    t = _counters(theirs) if theirs is not None else ()
+    kept = [n for n in m if n in t or not _seen(their_runs, n)]
+    kept += (n for n in t if n not in m and not _seen(my_runs, n))
+    return _counters_of(kept)
