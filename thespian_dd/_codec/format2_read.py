@@ -24,7 +24,7 @@ from thespian_dd.gset import GSet
 from thespian_dd.lwwregister import LWWRegister
 from thespian_dd.mvregister import MVRegister
 from thespian_dd.ormap import ORMap
-from thespian_dd.orset import ORSet, dots_of
+from thespian_dd.orset import ORSet
 from thespian_dd.pncounter import PNCounter
 
 _INT = {int}
@@ -229,15 +229,25 @@ class _Reader:
 
     def firsts(self, context: CausalContext, groups: Any, steps: Any, n: int) -> list[Dot]:
         """The first dot of each of ``n`` rows."""
+        return [
+            dot
+            for r, counters in self.first_counters(context, groups, steps, n)
+            for dot in zip(repeat(r), counters, strict=False)
+        ]
+
+    def first_counters(
+        self, context: CausalContext, groups: Any, steps: Any, n: int
+    ) -> list[tuple[ReplicaId, list[int]]]:
+        """The counters of the first dots of ``n`` rows, by replica in row order."""
         if type(steps) is not list or len(steps) != n:
             raise CodecError("malformed state: one counter step per entry")
         if n and (set(map(type, steps)) != _INT or min(steps) < 0):
             raise CodecError("malformed state: counter steps are ints >= 0")
         self.count(n)
         tops = context.tops()
-        dots: list[Dot] = []
+        out = []
+        start = 0
         for r, size in self.pairs(groups, "groups"):
-            start = len(dots)
             if type(size) is not int or not 0 < size <= n - start:
                 raise CodecError("malformed state: group sizes are ints > 0 within the entries")
             if steps[start] < 1:
@@ -249,9 +259,10 @@ class _Reader:
                 expect(
                     all((r, c) in context for c in counters), "every dot is in the causal context"
                 )
-            dots += zip(repeat(r, size), counters, strict=True)
-        expect(len(dots) == n, "the groups cover every entry")
-        return dots
+            out.append((r, counters))
+            start += size
+        expect(start == n, "the groups cover every entry")
+        return out
 
     def extras(
         self, context: CausalContext, flat: Any, width: int, firsts: list[Dot]
@@ -287,15 +298,24 @@ class _Reader:
             )
         context = self.context(parts[0], parts[1])
         elements = self.users(parts[2], "ORSet elements")
-        firsts = self.firsts(context, parts[3], parts[4], len(elements))
+        groups = self.first_counters(context, parts[3], parts[4], len(elements))
         _shared_firsts_ordered(parts[2], parts[4])
-        entries: dict[Any, Any] = dict(zip(elements, firsts, strict=True))
-        if len(entries) != len(elements):
-            raise CodecError("malformed state: ORSet elements are distinct")
-        for pos, dot, _ in self.extras(context, parts[5], 3, firsts):
-            element = elements[pos]
-            entries[element] = frozenset((*dots_of(entries[element]), dot))
-        return ORSet(entries, context)
+        rows = []
+        start = 0
+        for r, counters in groups:
+            rows.append((r, elements[start : start + len(counters)], counters))
+            start += len(counters)
+        more = []
+        if parts[5] != []:  # elements holding more than one dot: rare
+            firsts = [
+                dot for r, counters in groups for dot in zip(repeat(r), counters, strict=False)
+            ]
+            more = [
+                (elements[pos], dot) for pos, dot, _ in self.extras(context, parts[5], 3, firsts)
+            ]
+        s: ORSet = ORSet._of_rows(rows, more, context)
+        expect(len(s) == len(elements), "ORSet elements are distinct")
+        return s
 
     def ormap(self, parts: list[Any]) -> ORMap:
         expect(
