@@ -89,10 +89,12 @@ def test_an_element_holds_two_dots_of_one_replica_after_deltas_out_of_order() ->
 
 
 def test_malformed_entries_are_refused_naming_the_problem() -> None:
-    with pytest.raises(TypeError, match=r"holds a \(replica, n\) dot or a collection of them"):
+    with pytest.raises(TypeError, match=r"holds a \(replica, n\) dot"):
         ORSet({"x": 5})  # type: ignore[dict-item]
     with pytest.raises(TypeError, match=r"not \('a', 1, 2\)"):
         ORSet({"x": ("a", 1, 2)})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match=r"n an int\) or a collection of them, not \('a', 'x'\)"):
+        ORSet({"x": ("a", "x")})  # type: ignore[dict-item]
     with pytest.raises(TypeError, match="context is a CausalContext, not NoneType"):
         ORSet({}, None)  # type: ignore[arg-type]
 

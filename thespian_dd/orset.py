@@ -30,7 +30,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Collection, Hashable, Iterable, Iterator, Mapping
 from itertools import repeat
-from typing import Any, Generic
+from typing import Any, Generic, NoReturn
 
 from thespian_dd._typevars import A
 from thespian_dd.data import (
@@ -95,27 +95,48 @@ def _counters_of(counters: Iterable[int]) -> Counters | None:
 
 
 def _by_replica(entries: Mapping[Any, Any]) -> ByReplica:
-    """The layout of entries given as ``{element: dot or collection of dots}``."""
+    """The layout of entries given as ``{element: dot or collection of dots}``; raises
+    ``TypeError`` naming an element that holds something else."""
     by: ByReplica = {}
+    last, held_here = None, {}  # the replica of the last dot (runs of one are usual), its dict
     for element, held in entries.items():
         try:
-            if isinstance(held, tuple):  # one dot: nearly always
-                r, n = held
-                held_here = by.get(r)
-                if held_here is None:
-                    held_here = by[r] = {}
+            dot = held
+            if not isinstance(held, tuple) and len(held) == 1:  # one dot in a set: as pickled
+                (dot,) = held
+            if isinstance(dot, tuple):  # one dot: nearly always
+                r, n = dot
+                if r is not last:
+                    last, held_here = r, by.setdefault(r, {})
                 held_here[element] = n
                 continue
             grouped: dict[ReplicaId, list[int]] = {}
             for r, n in held:
-                grouped.setdefault(r, []).append(n)
+                grouped.setdefault(r, []).append(_counter(n))
             for r, ns in grouped.items():
                 by.setdefault(r, {})[element] = _counters_of(ns)  # type: ignore[assignment]
         except (TypeError, ValueError):
-            raise TypeError(
-                f"an ORSet element holds a (replica, n) dot or a collection of them, not {held!r}"
-            ) from None
+            _refuse(held)
+    for r, held_here in by.items():  # the counters of one dot each, at C speed
+        if not set(map(type, held_here.values())) <= _COUNTERS:
+            _refuse(next((r, c) for c in held_here.values() if type(c) not in _COUNTERS))
     return by
+
+
+_COUNTERS = frozenset({int, tuple})
+
+
+def _counter(n: Any) -> int:
+    if type(n) is not int:
+        _refuse(n)
+    return n
+
+
+def _refuse(held: Any) -> NoReturn:
+    raise TypeError(
+        f"an ORSet element holds a (replica, n) dot (n an int) or a collection of them, "
+        f"not {held!r}"
+    ) from None
 
 
 def _entries_of(by: ByReplica) -> dict[Any, Held]:
@@ -139,7 +160,7 @@ def _entries_of(by: ByReplica) -> dict[Any, Held]:
 def _plain(held_here: dict[Any, Counters]) -> bool:
     """Whether every element of one replica's dict holds one counter (an int, not a tuple)."""
     try:
-        return not isinstance(max(held_here.values()), tuple)  # int and tuple do not compare
+        return not isinstance(max(held_here.values(), default=0), tuple)  # no int < tuple
     except TypeError:
         return False
 
