@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import strategies as st
@@ -93,8 +94,18 @@ def test_malformed_entries_are_refused_naming_the_problem() -> None:
         ORSet({"x": 5})  # type: ignore[dict-item]
     with pytest.raises(TypeError, match=r"not \('a', 1, 2\)"):
         ORSet({"x": ("a", 1, 2)})  # type: ignore[dict-item]
-    with pytest.raises(TypeError, match=r"n an int\) or a collection of them, not \('a', 'x'\)"):
+    with pytest.raises(
+        TypeError, match=r"n an int >= 1\) or a collection of them, not \('a', 'x'\)"
+    ):
         ORSet({"x": ("a", "x")})  # type: ignore[dict-item]
+    # Each of these was taken, and broke later: a counter of 0 (or below) sat outside a version
+    # vector unnoticed, so its merges skipped the look for elements both sides hold differently
+    # and were not commutative; a tuple as a counter was kept as several, unsorted; an empty set
+    # of dots kept an element that holds no add.
+    bad: list[Any] = [(A, 0), (A, -2), (A, (2, 1)), (A, True), (A, 1.0), frozenset(), {(A, 0)}]
+    for held in bad:
+        with pytest.raises(TypeError, match=r"n an int >= 1\) or a collection of them, not "):
+            ORSet({"x": held}, CausalContext.of_vv({A: 3}))
     with pytest.raises(TypeError, match="context is a CausalContext, not NoneType"):
         ORSet({}, None)  # type: ignore[arg-type]
 

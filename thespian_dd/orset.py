@@ -96,9 +96,10 @@ def _counters_of(counters: Iterable[int]) -> Counters | None:
 
 def _by_replica(entries: Mapping[Any, Any]) -> ByReplica:
     """The layout of entries given as ``{element: dot or collection of dots}``; raises
-    ``TypeError`` naming an element that holds something else."""
+    ``TypeError`` naming what an element holds if that is not one or more dots."""
     by: ByReplica = {}
-    last, held_here = None, {}  # the replica of the last dot (runs of one are usual), its dict
+    last: Any = _NO_REPLICA  # the replica of the last dot (runs of one are usual), and its dict
+    held_here: dict[Any, Counters] = {}
     for element, held in entries.items():
         try:
             dot = held
@@ -106,35 +107,37 @@ def _by_replica(entries: Mapping[Any, Any]) -> ByReplica:
                 (dot,) = held
             if isinstance(dot, tuple):  # one dot: nearly always
                 r, n = dot
+                if type(n) is not int or n < 1:
+                    _refuse(held)
                 if r is not last:
                     last, held_here = r, by.setdefault(r, {})
                 held_here[element] = n
                 continue
-            grouped: dict[ReplicaId, list[int]] = {}
-            for r, n in held:
-                grouped.setdefault(r, []).append(_counter(n))
-            for r, ns in grouped.items():
-                by.setdefault(r, {})[element] = _counters_of(ns)  # type: ignore[assignment]
+            for r, c in _by_replica_of(held).items():
+                by.setdefault(r, {})[element] = c
         except (TypeError, ValueError):
             _refuse(held)
-    for r, held_here in by.items():  # the counters of one dot each, at C speed
-        if not set(map(type, held_here.values())) <= _COUNTERS:
-            _refuse(next((r, c) for c in held_here.values() if type(c) not in _COUNTERS))
     return by
 
 
-_COUNTERS = frozenset({int, tuple})
+def _by_replica_of(dots: Iterable[Any]) -> dict[ReplicaId, Counters]:
+    """Each replica's counters in a collection of dots, which must not be empty."""
+    grouped: dict[ReplicaId, list[int]] = {}
+    for r, n in dots:
+        if type(n) is not int or n < 1:
+            _refuse(dots)
+        grouped.setdefault(r, []).append(n)
+    if not grouped:
+        _refuse(dots)
+    return {r: _counters_of(ns) for r, ns in grouped.items()}  # type: ignore[misc]
 
 
-def _counter(n: Any) -> int:
-    if type(n) is not int:
-        _refuse(n)
-    return n
+_NO_REPLICA = object()
 
 
 def _refuse(held: Any) -> NoReturn:
     raise TypeError(
-        f"an ORSet element holds a (replica, n) dot (n an int) or a collection of them, "
+        "an ORSet element holds a (replica, n) dot (n an int >= 1) or a collection of them, "
         f"not {held!r}"
     ) from None
 
@@ -175,7 +178,7 @@ def _outside(by: ByReplica, context: CausalContext) -> bool:
         runs = context.ranges.get(r)
         if runs is None:
             return True
-        if len(runs) == 2 and not runs[0] and _plain(held_here):  # the highest counter decides
+        if len(runs) == 2 and not runs[0] and _plain(held_here):  # the highest (all are >= 1)
             if max(held_here.values()) > runs[1]:  # type: ignore[operator]
                 return True
             continue
