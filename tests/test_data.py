@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from thespian_dd import ORSet, ReplicaId
 from thespian_dd.data import CausalContext, Dot
-from thespian_dd.orset import Held, dots_of, held_of
+from thespian_dd.orset import Held, dots_of
 
 B, C = ReplicaId("b", 1), ReplicaId("c", 1)
 A = ReplicaId("a", 1)
@@ -152,7 +152,9 @@ def _store_pairs(draw: st.DrawFn) -> tuple[Store, CausalContext, Store, CausalCo
 
 def _held(store: Store) -> dict[Hashable, Held]:
     """``store`` as an ORSet holds it: an element's one dot as the dot itself."""
-    return {key: held for key, dots in store.items() if (held := held_of(dots)) is not None}
+    return {
+        key: next(iter(dots)) if len(dots) == 1 else dots for key, dots in store.items() if dots
+    }
 
 
 def _sets(entries: Mapping[Hashable, Held]) -> Store:

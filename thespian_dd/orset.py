@@ -73,15 +73,6 @@ def dots_of(held: Held) -> Collection[Dot]:
     return held if isinstance(held, frozenset) else (held,)
 
 
-def held_of(dots: Collection[Dot]) -> Held | None:
-    """What an element holding ``dots`` (distinct) stores: the dot when it is one, None for none."""
-    if len(dots) > 1:
-        return dots if isinstance(dots, frozenset) else frozenset(dots)
-    for dot in dots:
-        return dot
-    return None
-
-
 def _counters(c: Counters) -> tuple[int, ...]:
     return c if isinstance(c, tuple) else (c,)
 
@@ -162,10 +153,17 @@ def _entries_of(by: ByReplica) -> dict[Any, Held]:
 
 def _plain(held_here: dict[Any, Counters]) -> bool:
     """Whether every element of one replica's dict holds one counter (an int, not a tuple)."""
+    return _highest(held_here) is not None
+
+
+def _highest(held_here: dict[Any, Counters]) -> int | None:
+    """The highest counter of one replica's dict (0 for none) if every element holds one,
+    else None."""
     try:
-        return not isinstance(max(held_here.values(), default=0), tuple)  # no int < tuple
-    except TypeError:
-        return False
+        top = max(held_here.values(), default=0)
+    except TypeError:  # an int and a tuple do not compare
+        return None
+    return None if isinstance(top, tuple) else top
 
 
 def _held_of(r: ReplicaId, c: Counters) -> Held:
@@ -178,8 +176,9 @@ def _outside(by: ByReplica, context: CausalContext) -> bool:
         runs = context.ranges.get(r)
         if runs is None:
             return True
-        if len(runs) == 2 and not runs[0] and _plain(held_here):  # the highest (all are >= 1)
-            if max(held_here.values()) > runs[1]:  # type: ignore[operator]
+        top = _highest(held_here) if len(runs) == 2 and not runs[0] else None
+        if top is not None:  # a version vector's entry: counters are >= 1, the highest decides
+            if top > runs[1]:
                 return True
             continue
         if not all(_seen(runs, n) for c in held_here.values() for n in _counters(c)):

@@ -90,6 +90,11 @@ def _replica_id(node: Any, incarnation: Any) -> ReplicaId:
     return replica
 
 
+def _dots(groups: list[tuple[ReplicaId, list[int]]]) -> list[Dot]:
+    """The dots of each replica's counters, in order."""
+    return [dot for r, counters in groups for dot in zip(repeat(r), counters, strict=False)]
+
+
 def _shared_firsts_ordered(spelled: list[Any], steps: list[int]) -> None:
     """Rows that share a first dot (a step of 0) come in the order of their keys' CBOR."""
     if steps and min(steps) == 0:
@@ -229,11 +234,7 @@ class _Reader:
 
     def firsts(self, context: CausalContext, groups: Any, steps: Any, n: int) -> list[Dot]:
         """The first dot of each of ``n`` rows."""
-        return [
-            dot
-            for r, counters in self.first_counters(context, groups, steps, n)
-            for dot in zip(repeat(r), counters, strict=False)
-        ]
+        return _dots(self.first_counters(context, groups, steps, n))
 
     def first_counters(
         self, context: CausalContext, groups: Any, steps: Any, n: int
@@ -307,12 +308,8 @@ class _Reader:
             start += len(counters)
         more = []
         if parts[5] != []:  # elements holding more than one dot: rare
-            firsts = [
-                dot for r, counters in groups for dot in zip(repeat(r), counters, strict=False)
-            ]
-            more = [
-                (elements[pos], dot) for pos, dot, _ in self.extras(context, parts[5], 3, firsts)
-            ]
+            extras = self.extras(context, parts[5], 3, _dots(groups))
+            more = [(elements[pos], dot) for pos, dot, _ in extras]
         s: ORSet = ORSet._of_rows(rows, more, context)
         expect(len(s) == len(elements), "ORSet elements are distinct")
         return s
