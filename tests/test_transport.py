@@ -6,12 +6,14 @@ Replicator quickened."""
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import errno
 import os
 import pickle
 import selectors
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,7 @@ from thespian.system.transport import (
     Thespian__Run_Expired,
     TransmitIntent,
 )
+from thespian.system.transport.asyncTransportBase import asyncTransportBase
 
 from thespian_dd import Changed, GCounter, Get, ReplicaId, Subscribe, Update, UpdateSuccess
 from thespian_dd._runtime import transport
@@ -57,6 +60,7 @@ ORIGINAL_STEPS = (
     TCPTransport.TCPTransport._handleReadableIncoming,
     TCPTransport.TCPTransport._next_XMIT_2,
     TCPTransport.TCPTransport._next_XMIT_4,
+    asyncTransportBase._runQueued,
 )
 SCAN = "_thespian_dd_idle_scan"
 """Where the quick loop keeps, on the transport, when it next looks for expired connections."""
@@ -67,6 +71,7 @@ PATCHED = [
     (TCPTransport.TCPTransport, "_handleReadableIncoming"),
     (TCPTransport.TCPTransport, "_next_XMIT_2"),
     (TCPTransport.TCPTransport, "_next_XMIT_4"),
+    (asyncTransportBase, "_runQueued"),
     (TCPTransport.IdleSocket, "expired"),
     (TCPTransport, "MAX_IDLE_SOCKET_PERIOD"),
     (IPBase.IPActorAddress, "__hash__"),
@@ -211,26 +216,35 @@ def test_another_thespians_loop_is_left_alone(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(transport, "_THESPIANS_LOOP", "0" * 64)
     assert quicken_transport(45.0) is False
     assert TCPTransport.TCPTransport._runWithExpiry is ORIGINAL_LOOP
-    steps = TCPTransport.TCPTransport
-    assert (steps._handleReadableIncoming, steps._next_XMIT_2, steps._next_XMIT_4) == ORIGINAL_STEPS
+    assert _steps() == ORIGINAL_STEPS
     assert TransmitIntent.identify is not ORIGINAL_IDENTIFY[0]
 
 
-@pytest.mark.parametrize("step", range(4))
+def _steps() -> tuple[Any, ...]:
+    steps = TCPTransport.TCPTransport
+    return (
+        steps._handleReadableIncoming,
+        steps._next_XMIT_2,
+        steps._next_XMIT_4,
+        asyncTransportBase._runQueued,
+    )
+
+
+@pytest.mark.parametrize("step", range(5))
 def test_a_thespian_with_another_step_keeps_its_loop_and_steps(
     monkeypatch: pytest.MonkeyPatch, step: int
 ) -> None:
-    """The steps the quick reads and send call or take at once are checked by their sources
-    too: one that differs (here each in turn) leaves the loop and every step Thespian's."""
+    """The steps the quick reads and send call or take at once, and the one mended, are checked
+    by their sources too: one that differs (here each in turn) leaves the loop and every step
+    Thespian's."""
     _keep_thespians(monkeypatch)
     digests = dict(transport._THESPIANS_STEPS)
     changed = list(digests)[step]
     digests[changed] = "0" * 64
     monkeypatch.setattr(transport, "_THESPIANS_STEPS", digests)
     quicken_transport(45.0)
-    steps = TCPTransport.TCPTransport
-    assert steps._runWithExpiry is ORIGINAL_LOOP
-    assert (steps._handleReadableIncoming, steps._next_XMIT_2, steps._next_XMIT_4) == ORIGINAL_STEPS
+    assert TCPTransport.TCPTransport._runWithExpiry is ORIGINAL_LOOP
+    assert _steps() == ORIGINAL_STEPS
 
 
 def _bare_transport() -> Any:
@@ -456,6 +470,68 @@ def _kept(poll: KeptPoll, fds: dict[int, int]) -> set[tuple[int, int]]:
     return set(events.items())
 
 
+def _queueing_transport(*queued: str) -> tuple[Any, list[Any]]:
+    """A transport with ``queued`` transmits waiting for a slot, and what it submits (to
+    nowhere: the list returned)."""
+    tcp = object.__new__(TCPTransport.TCPTransport)
+    tcp._aTB_lock = threading.Lock()
+    tcp._aTB_processing = False
+    tcp._aTB_sending = False
+    tcp._aTB_numPendingTransmits = 0
+    tcp._aTB_queuedPendingTransmits = collections.deque(
+        TransmitIntent(SENDER, message) for message in queued
+    )
+    submitted: list[Any] = []
+    tcp._submitTransmit = lambda intent, has_exclusive_flag=False: submitted.append(intent.message)
+    return tcp, submitted
+
+
+def _from_another_thread(call: Any) -> Any:
+    results: list[Any] = []
+    thread = threading.Thread(target=lambda: results.append(call()))
+    thread.start()
+    thread.join()
+    return results[0]
+
+
+def test_a_thread_that_finds_the_transport_held_leaves_the_hold(quickened: None) -> None:
+    """Found by loading 100,000 keys with a debug log: one start in ten failed, "100000 rows
+    were read but 98000 arrived".  The DurableWriter's read-ahead thread logged a record (the
+    store's pool checking a connection out), which Thespian forwards by a send from that thread.
+    Thespian's ``_runQueued``, finding the actor's thread in the transport, returned having
+    cleared that thread's hold; the thread's next send so ran the transport beside the actor's
+    thread, and sent a chunk of the load on a connection of its own, ahead of two chunks waiting
+    for the connection in use.  The Loaded message overtook them too.
+
+    Mended: a thread that finds the transport held leaves the hold, and its transmit queued."""
+    thespians = ORIGINAL_STEPS[3]
+    tcp, submitted = _queueing_transport("a chunk")
+    assert tcp._exclusively_processing()  # the actor's thread, in its loop
+    assert _from_another_thread(lambda: thespians(tcp)) is False
+    assert tcp._aTB_processing is False  # the history: Thespian's took the hold away
+
+    tcp, submitted = _queueing_transport("a chunk")
+    assert tcp._exclusively_processing()
+    assert _from_another_thread(lambda: asyncTransportBase._runQueued(tcp)) is False
+    assert tcp._aTB_processing is True  # still the actor's thread's
+    assert submitted == []
+    assert [i.message for i in tcp._aTB_queuedPendingTransmits] == ["a chunk"]
+
+
+def test_a_free_transport_sends_what_waits_in_order_and_frees_itself(quickened: None) -> None:
+    """Unheld, each call sends the first transmit waiting and leaves the transport free; a
+    caller that holds it (``has_exclusive_flag``) keeps its hold; nothing waiting: nothing."""
+    tcp, submitted = _queueing_transport("first", "second")
+    assert asyncTransportBase._runQueued(tcp) is True
+    assert (tcp._aTB_processing, tcp._aTB_sending) == (False, False)
+    assert tcp._exclusively_processing()
+    assert asyncTransportBase._runQueued(tcp, has_exclusive_flag=True) is True
+    assert (tcp._aTB_processing, tcp._aTB_sending) == (True, False)
+    tcp._not_processing()
+    assert asyncTransportBase._runQueued(tcp) is False
+    assert submitted == ["first", "second"]
+
+
 def test_a_kept_poll_reports_what_a_new_selector_reports_turn_after_turn() -> None:
     """One KeptPoll over turns whose descriptors change (added, dropped, asked for other
     events, closed while watched, a closed one's number taken by a new socket), against a new
@@ -669,9 +745,12 @@ def turn_ends() -> Iterator[list[str]]:
 
 class LoopEndpoint:
     """What :func:`run_with_expiry` reads and calls of a TCP transport with no connection and no
-    transmit: its listening socket, one watched descriptor, and messages already received."""
+    transmit: its listening socket, one watched descriptor, messages already received, and
+    transmits another thread queued (``sent`` once sent)."""
 
-    def __init__(self, listener: socket.socket, watch: int, received: list[str]) -> None:
+    def __init__(
+        self, listener: socket.socket, watch: int, received: list[str], queued: list[str]
+    ) -> None:
         self.myAddress = _address(1920)
         self.socket = listener
         self._watches = [watch]
@@ -682,8 +761,21 @@ class LoopEndpoint:
         self._openSockets: dict[Any, Any] = {}
         self._finished_intents: list[Any] = []
         self.run_time = ExpirationTimer(dt.timedelta(seconds=10))
+        self._aTB_queuedPendingTransmits: collections.deque[str] = collections.deque(queued)
+        self.sent: list[str] = []
+        self.held = 0  # how many tries find the transport held by another thread
 
     def _exclusively_processing(self) -> bool:
+        return True
+
+    def _canSendNow(self) -> bool:
+        return True
+
+    def _runQueued(self) -> bool:
+        if self.held:
+            self.held -= 1
+            return False
+        self.sent.append(self._aTB_queuedPendingTransmits.popleft())
         return True
 
     def _not_processing(self) -> None:
@@ -696,7 +788,7 @@ class LoopEndpoint:
         pass  # the loop asks for every descriptor readable; no transmit has one here
 
 
-def _run_loop(received: list[str], events: list[str]) -> None:
+def _run_loop(received: list[str], events: list[str], queued: list[str] | None = None) -> Any:
     """The quick loop on a :class:`LoopEndpoint` holding ``received``, its watched pipe
     readable: each message handled, and the pipe's wake-up, go into ``events``.  Handling the
     wake-up makes a timer due (the run's time is up), so the loop returns, as it does for
@@ -705,7 +797,7 @@ def _run_loop(received: list[str], events: list[str]) -> None:
     try:
         os.write(write_end, b"!")
         with socket.create_server(("127.0.0.1", 0)) as listener:  # nobody connects
-            endpoint = LoopEndpoint(listener, read_end, received)
+            endpoint = LoopEndpoint(listener, read_end, received, queued or [])
 
             def handler(envelope: Any) -> bool:
                 message = envelope.message
@@ -719,9 +811,38 @@ def _run_loop(received: list[str], events: list[str]) -> None:
 
             result = run_with_expiry(endpoint, handler)
         assert isinstance(result, Thespian__Run_Expired)
+        return endpoint
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_a_transmit_queued_while_another_thread_held_the_transport_is_tried_again_soon() -> None:
+    """The actor's Loaded, queued while the read-ahead thread held the transport, with nothing
+    else to send or read: Thespian's loop waited for an event that never came (no timer was
+    due, nothing was in flight), and the Replicator waited for the Loaded for good.  The loop
+    waits at most a millisecond while a transmit waits in the queue, and tries again."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # nobody connects
+        read_end, write_end = os.pipe()  # never readable
+        try:
+            endpoint = LoopEndpoint(listener, read_end, [], ["Loaded"])
+            endpoint.held = 3
+            endpoint.run_time = ExpirationTimer(dt.timedelta(seconds=0.3))
+            assert isinstance(run_with_expiry(endpoint, lambda envelope: True), Thespian__Run_Expired)
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+    assert endpoint.sent == ["Loaded"]  # tried four times; Thespian's loop: once, at its start
+
+
+def test_what_a_thread_queued_while_the_loop_held_the_transport_is_sent_at_its_next_turn(
+    turn_ends: list[str],
+) -> None:
+    """A thread that sends while the loop holds the transport queues its transmit and wakes the
+    loop (:func:`run_queued` no longer takes the hold from it): the loop's next turn sends it."""
+    endpoint = _run_loop([], turn_ends, queued=["from a thread", "and another"])
+    assert endpoint.sent == ["from a thread", "and another"]
+    assert not endpoint._aTB_queuedPendingTransmits
 
 
 def test_the_loop_calls_the_turn_end_once_a_turn_s_messages_are_handled_before_it_waits(

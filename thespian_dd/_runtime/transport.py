@@ -34,6 +34,11 @@ attribute of Thespian's, set again by each call (so calling twice changes nothin
   hashes differ);
 - the debug lines' descriptions formatted only if written (:class:`Described`).
 
+Two changes mend Thespian's sends from more than one thread (a thread of the process that
+logs sends its record): a thread that finds the transport held no longer takes the hold away
+(:func:`run_queued`), and what waits for a slot is sent at the loop's next turn, which comes
+soon while it waits (:func:`_send_queued`).
+
 The loop also tells the Replicator when a turn's messages are all handled (:func:`at_turn_end`):
 its sync writes of the turn are then committed as one batch.
 """
@@ -66,6 +71,7 @@ from thespian.system.transport import (
     TransmitIntent,
     TransmitOnly,
 )
+from thespian.system.transport.asyncTransportBase import asyncTransportBase
 from thespian.system.transport.errmgmt import err_bad_fileno, err_select_retry
 from thespian.system.utilis import thesplog
 
@@ -78,6 +84,7 @@ __all__ = [
     "quicken_transport",
     "read_acknowledgement",
     "read_incoming",
+    "run_queued",
     "run_with_expiry",
     "send_data",
 ]
@@ -151,6 +158,7 @@ def _address_hash(address: Any) -> int:
 _READ_INCOMING = TCPTransport.TCPTransport._handleReadableIncoming
 _READ_ACKNOWLEDGEMENT = TCPTransport.TCPTransport._next_XMIT_4
 _SEND_DATA = TCPTransport.TCPTransport._next_XMIT_2
+_RUN_QUEUED = asyncTransportBase._runQueued
 _PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
 _READS_A_TURN = 16
 """At most this many reads of one connection a turn (each up to Thespian's 1 MB): a sender that
@@ -216,6 +224,55 @@ def send_data(transport: Any, intent: Any) -> Any:
     return going
 
 
+def run_queued(self: Any, has_exclusive_flag: bool = False) -> bool:
+    """``asyncTransportBase._runQueued`` (send the first transmit that waits for a free slot,
+    if this thread may enter the transport), without its defect: Thespian's, called while
+    another thread holds the transport, returns having cleared that thread's hold.  A thread
+    of the process that logs sends its record so (Thespian forwards it to its logger); the
+    next send of that thread then ran the transport beside the actor's own thread.  In a
+    DurableWriter whose read-ahead thread logged, a chunk of its load so went out on a
+    connection of its own, ahead of the chunks waiting for the one in use: the Replicator
+    counted the load short (``test_a_thread_that_finds_the_transport_held_leaves_the_hold``).
+    ``has_exclusive_flag``: the caller holds the transport, and keeps it."""
+    _, expired = self._complete_expired_intents()
+    while expired:
+        _, expired = self._complete_expired_intents()
+    with self._aTB_lock:
+        if (
+            (self._aTB_processing and not has_exclusive_flag)
+            or self._aTB_sending
+            or not self._aTB_queuedPendingTransmits
+        ):
+            return False  # the holder sends it: at its loop's next turn at the latest
+        self._aTB_processing = True
+        self._aTB_sending = True
+        intent = self._aTB_queuedPendingTransmits.popleft()
+    try:
+        self._submitTransmit(intent)
+    finally:
+        self._aTB_sending = False
+        if not has_exclusive_flag:
+            self._aTB_processing = False
+    return True
+
+
+_QUEUED_RETRY = 0.001
+"""How soon the loop tries again to send what waits for a slot when another thread held the
+transport."""
+
+
+def _send_queued(transport: Any) -> None:
+    """Send what waits for a slot, while slots are free: what a thread queued while the loop
+    held the transport, and what the actor's thread queued while another held it.  Thespian
+    sends such a transmit only when another transmit of the process ends, and wakes its loop
+    for the first one only (a connection to itself; the flag it sets is cleared by a message
+    its TCP transport does not make): the DurableWriter's Loaded, queued while its read-ahead
+    thread logged, then waited for good, and its Replicator never served."""
+    while transport._aTB_queuedPendingTransmits and transport._canSendNow():
+        if not transport._runQueued():
+            return
+
+
 def _address_state(address: Any) -> Any:
     """``IPActorAddress.__getstate__`` without the kept hash."""
     state = _ADDRESS_STATE(address)
@@ -246,6 +303,7 @@ def quicken_transport(idle_seconds: float) -> bool:
         TCPTransport.TCPTransport._handleReadableIncoming = read_incoming
         TCPTransport.TCPTransport._next_XMIT_4 = read_acknowledgement
         TCPTransport.TCPTransport._next_XMIT_2 = send_data
+        asyncTransportBase._runQueued = run_queued
     return TCPTransport.TCPTransport._runWithExpiry is run_with_expiry
 
 
@@ -284,10 +342,11 @@ _THESPIANS_STEPS = {
         "5f5ff30046f7a92ed8591100a1afc048bcaebfe70d5337ef2c0903d6c856079c"
     ),
     _READ_ACKNOWLEDGEMENT: "e41dc7486dd32f0d749afe607aa90d7935624b1cf524f9fc3f4f20e6844b27d8",
+    _RUN_QUEUED: "716bf22ec01c320f87e52faa2d3d3fec3ed19c09f3c98f977b6987325f33d123",
 }
 """The SHA-256 of the source of each step of Thespian 4.0.1's transport that
-:func:`read_incoming`, :func:`send_data` and :func:`read_acknowledgement` call or take at once
-(Thespian's own, taken as this module is imported)."""
+:func:`read_incoming`, :func:`send_data` and :func:`read_acknowledgement` call or take at once,
+and of the one :func:`run_queued` mends (Thespian's own, taken as this module is imported)."""
 
 _IDLE_SCAN_SECONDS = 1.0
 """How often the loop looks for connections unused for the idle period (Thespian: at every
@@ -409,6 +468,7 @@ def run_with_expiry(self: Any, incomingHandler: Any) -> Any:  # noqa: C901, N803
                 return stop
             if _TURN_ENDS:  # every message received handled: before the loop waits again
                 _turn_ended()
+        _send_queued(self)
 
         _hold(self)
         try:
@@ -440,6 +500,10 @@ def run_with_expiry(self: Any, incomingHandler: Any) -> Any:  # noqa: C901, N803
             ]
             # n.b. after a long pause (a laptop sleeping) a delay may be negative.
             delay = max(0, timing.timePeriodSeconds(min(delays))) if delays else None
+            if self._aTB_queuedPendingTransmits and self._canSendNow():
+                # Another thread held the transport: try again soon, not at the next event
+                # (there may be none: the actor waits for an answer to what is queued).
+                delay = _QUEUED_RETRY if delay is None else min(delay, _QUEUED_RETRY)
             if not xmit_only:
                 wrecv.append(self.socket.fileno())
             if self._watches:
