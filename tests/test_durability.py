@@ -81,12 +81,13 @@ class Node:
     commit_here: Callable[[Write], Written | None] | None = None
     entry: Callable[[str, bytes | None], Any] = entry
     durability: Durability = field(init=False)
+    load: int = -1  # the number of the last Load sent, which the writer's answers carry
 
     def __post_init__(self) -> None:
         self.durability = Durability(
             settings=self.settings,
             node_name=NODE,
-            send=lambda address, message: self.sent.append((address, message)),
+            send=self.send,
             wake=self.wake,
             create_writer=self._create_writer,
             entry=self.entry,
@@ -95,6 +96,11 @@ class Node:
             commit=self.commit_fn,
             commit_here=self.commit_here,
         )
+
+    def send(self, address: Any, message: Any) -> None:
+        self.sent.append((address, message))
+        if isinstance(message, Load):
+            self.load = message.load
 
     def wake(self, seconds: float, payload: Any) -> None:
         self.woken.append((seconds, payload))
@@ -119,7 +125,7 @@ class Node:
     def serve(self) -> None:
         """Start and load an empty store."""
         self.durability.start()
-        outcome = self.durability.loaded(Loaded(1, 0), self.writer)
+        outcome = self.durability.loaded(Loaded(1, 0, load=self.load), self.writer)
         assert outcome == LoadOutcome(incarnation=1)
         self.take_sent()
 
@@ -164,7 +170,7 @@ def _collector_restored() -> Iterator[None]:
 def test_start_creates_the_writer_and_asks_it_for_every_stored_row() -> None:
     node = sync_node(durable_pruning_marker_ttl=5000.0, signing_key_file="/keys/k")
     node.durability.start()
-    assert node.take_sent() == [(node.writer, Load(URL, NODE, 5000.0, "/keys/k"))]
+    assert node.take_sent() == [(node.writer, Load(URL, NODE, 5000.0, "/keys/k", 0))]
     assert node.durability.loading
     assert not node.durability.serving
 
@@ -183,9 +189,9 @@ def test_it_serves_once_every_row_arrived_and_the_load_ended() -> None:
     d = node.durability
     d.start()
     assert d.chunk(LoadChunk([("a", b"1"), ("b", None)], [("c", "bad checksum")]), node.writer)
-    assert d.chunk(LoadChunk([("d", b"4")], []), node.writer)
+    assert d.chunk(LoadChunk([("d", b"4")], [], seq=1), node.writer)
     assert not d.serving
-    assert d.loaded(Loaded(42, 4), node.writer) == LoadOutcome(incarnation=42)
+    assert d.loaded(Loaded(42, 4, chunks=2), node.writer) == LoadOutcome(incarnation=42)
     assert d.serving
     assert d.loaded_rows == 4
     assert d.recovery_time is not None
@@ -233,6 +239,69 @@ def test_rows_read_but_not_arrived_fail_the_load() -> None:
     assert not d.serving
 
 
+def test_regression_a_loaded_that_overtook_chunks_of_its_load_waits_for_them() -> None:
+    """Found by loading 100,000 keys with a debug log: one start in ten failed, "100000 rows
+    were read but 98000 arrived".  The writer sent chunks 47, 48 and 49, then Loaded; Thespian
+    delivered 49 and Loaded first (chunk 49 had gone out on a connection of its own, while 47
+    and 48 waited for the one in use), and the load was counted short and failed.  Thespian
+    may deliver a load's messages in any order: the load ends once every chunk Loaded counts
+    has come, whichever comes last."""
+    node = sync_node()
+    d = node.durability
+    d.start()
+    assert d.chunk(LoadChunk([("a", b"1")], [], seq=0), node.writer)
+    assert d.chunk(LoadChunk([("c", b"3")], [], seq=2), node.writer)
+    assert d.ended() is None  # no Loaded yet
+    assert d.loaded(Loaded(7, 3, chunks=3), node.writer) is None  # chunk 1 is on its way
+    assert d.loading
+    assert not d.serving
+    assert d.chunk(LoadChunk([("b", b"2")], [], seq=1), node.writer)
+    assert d.ended() == LoadOutcome(incarnation=7)
+    assert d.serving
+    assert d.loaded_rows == 3
+    assert d.ended() is None  # ended once
+
+
+def test_a_chunk_delivered_twice_counts_once() -> None:
+    """Thespian sends a message again when its acknowledgement was lost: the copy is ignored,
+    neither restored nor counted."""
+    node = sync_node()
+    d = node.durability
+    d.start()
+    chunk = LoadChunk([("a", b"1"), ("b", b"2")], [("c", "unsigned")], seq=0)
+    assert d.chunk(chunk, node.writer)
+    assert not d.chunk(chunk, node.writer)
+    assert d.loaded(Loaded(3, 3, chunks=1), node.writer) == LoadOutcome(incarnation=3)
+    assert not d.chunk(chunk, node.writer)  # after the load: ignored too
+
+
+def test_a_chunk_or_loaded_of_an_earlier_load_does_not_count_in_the_next() -> None:
+    """A load that failed is asked again; what its writer had sent for the first and comes
+    late belongs to no load."""
+    node = sync_node()
+    d = node.durability
+    d.start()
+    assert d.chunk(LoadChunk([("a", b"1")], [], 0, 0), node.writer)
+    assert d.loaded(Loaded(0, 0, "connection lost", 0), node.writer) is not None
+    assert d.retry_due()
+    d.load()
+    assert not d.chunk(LoadChunk([("late", b"1")], [], 0, 1), node.writer)
+    assert d.loaded(Loaded(5, 2, load=0, chunks=2), node.writer) is None
+    assert d.chunk(LoadChunk([("a", b"1")], [], 1, 0), node.writer)
+    assert d.loaded(Loaded(6, 1, load=1, chunks=1), node.writer) == LoadOutcome(incarnation=6)
+    assert d.loaded_rows == 1
+
+
+def test_a_failed_load_ends_at_once_whatever_chunks_are_missing() -> None:
+    """The writer's failure is the load's end: chunks it sent before are not waited for."""
+    node = sync_node()
+    d = node.durability
+    d.start()
+    outcome = d.loaded(Loaded(0, 2, "disk I/O error", chunks=2), node.writer)
+    assert outcome == LoadOutcome(error="disk I/O error", first=True)
+    assert not d.chunk(LoadChunk([("a", b"1")], [], seq=0), node.writer)
+
+
 def test_the_first_failure_is_first_and_later_ones_are_not() -> None:
     node = sync_node()
     d = node.durability
@@ -244,13 +313,13 @@ def test_the_first_failure_is_first_and_later_ones_are_not() -> None:
     d.load()
     assert d.loading
     assert not d.serving
-    assert d.loaded(Loaded(0, 0, "still cannot open"), node.writer) == LoadOutcome(
+    assert d.loaded(Loaded(0, 0, "still cannot open", node.load), node.writer) == LoadOutcome(
         error="still cannot open", first=False
     )
     assert d.load_error == "still cannot open"
     assert d.retry_due()
     d.load()
-    assert d.loaded(Loaded(3, 0), node.writer) == LoadOutcome(incarnation=3)
+    assert d.loaded(Loaded(3, 0, load=node.load), node.writer) == LoadOutcome(incarnation=3)
     assert d.load_error is None
     assert d.serving
 
@@ -263,8 +332,10 @@ def test_a_retried_load_counts_its_rows_afresh() -> None:
     assert d.loaded(Loaded(0, 0, "connection lost"), node.writer) is not None
     assert d.retry_due()
     d.load()
-    d.chunk(LoadChunk([("a", b"1"), ("b", b"2"), ("c", b"3")], []), node.writer)
-    assert d.loaded(Loaded(2, 3), node.writer) == LoadOutcome(incarnation=2)
+    d.chunk(LoadChunk([("a", b"1"), ("b", b"2"), ("c", b"3")], [], node.load), node.writer)
+    assert d.loaded(Loaded(2, 3, load=node.load, chunks=1), node.writer) == LoadOutcome(
+        incarnation=2
+    )
 
 
 def test_a_retried_load_asks_the_writer_again() -> None:
@@ -276,7 +347,7 @@ def test_a_retried_load_asks_the_writer_again() -> None:
     assert node.take_sent() == []
     assert d.retry_due()
     d.load()
-    assert node.take_sent() == [(node.writer, Load(URL, NODE, 10 * 86400.0, None))]
+    assert node.take_sent() == [(node.writer, Load(URL, NODE, 10 * 86400.0, None, 1))]
 
 
 def test_load_retries_back_off_from_a_quarter_second_doubling_to_one() -> None:
@@ -284,7 +355,7 @@ def test_load_retries_back_off_from_a_quarter_second_doubling_to_one() -> None:
     d = node.durability
     d.start()
     for _ in range(5):
-        d.loaded(Loaded(0, 0, "locked"), node.writer)
+        d.loaded(Loaded(0, 0, "locked", node.load), node.writer)
         assert d.retry_due()
         d.load()
     assert node.retries() == [0.25, 0.5, 1.0, 1.0, 1.0]
@@ -306,8 +377,8 @@ def test_each_retry_delay_is_shortened_at_random_by_up_to_half() -> None:
         )
         d = node.durability
         d.start()
-        for _ in range(3):
-            d.loaded(Loaded(0, 0, "locked"), d.writer)
+        for load in range(3):
+            d.loaded(Loaded(0, 0, "locked", load), d.writer)
             d.retry_due()
             d.load()
         delays.append(node.retries())
@@ -328,7 +399,7 @@ def test_a_load_that_failed_after_reading_rows_is_not_read_again_at_once() -> No
     d.loaded(Loaded(0, 50_000, "database disk image is malformed"), node.writer)
     assert d.retry_due()
     d.load()
-    d.loaded(Loaded(0, 0, "database is locked"), node.writer)
+    d.loaded(Loaded(0, 0, "database is locked", node.load), node.writer)
     assert node.retries() == [5.0, 0.5]
 
 
@@ -337,10 +408,10 @@ def test_the_backoff_starts_over_after_a_load_succeeds() -> None:
     d = node.durability
     d.start()
     for _ in range(3):
-        d.loaded(Loaded(0, 0, "locked"), node.writer)
+        d.loaded(Loaded(0, 0, "locked", node.load), node.writer)
         assert d.retry_due()
         d.load()
-    d.loaded(Loaded(1, 0), node.writer)
+    d.loaded(Loaded(1, 0, load=node.load), node.writer)
     d.write("k", b"v")
     node.commit(1, "disk full")
     assert node.retries() == [0.25, 0.5, 1.0, 0.25]
@@ -699,13 +770,13 @@ def test_the_writer_exiting_during_the_load_asks_for_the_load_again() -> None:
     assert d.writer_exited(old)
     assert d.writer is node.writer
     assert d.writer is not old
-    assert d.loaded_rows == 0
     assert node.sent == []  # the caller forgets what was restored, then loads
     d.load()
-    assert node.take_sent() == [(node.writer, Load(URL, NODE, 10 * 86400.0, None))]
-    assert d.loaded(Loaded(1, 1), old) is None  # the dead writer's last word
-    d.chunk(LoadChunk([("a", b"1")], []), node.writer)
-    assert d.loaded(Loaded(2, 1), node.writer) == LoadOutcome(incarnation=2)
+    assert d.loaded_rows == 0
+    assert node.take_sent() == [(node.writer, Load(URL, NODE, 10 * 86400.0, None, 1))]
+    assert d.loaded(Loaded(1, 1, load=1), old) is None  # the dead writer's last word
+    d.chunk(LoadChunk([("a", b"1")], [], 1), node.writer)
+    assert d.loaded(Loaded(2, 1, load=1, chunks=1), node.writer) == LoadOutcome(incarnation=2)
 
 
 def test_the_writer_exiting_with_a_batch_in_flight_sends_it_again_with_the_same_number() -> None:

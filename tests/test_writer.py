@@ -87,6 +87,8 @@ def test_a_load_sends_every_row_in_chunks_of_load_chunk_rows_then_the_count(
         chunks, loaded = _load(asys, Load(url, "n"))
     total = 2 * LOAD_CHUNK_ROWS + 3
     assert [len(c.rows) + len(c.skipped) for c in chunks] == [LOAD_CHUNK_ROWS, LOAD_CHUNK_ROWS, 3]
+    assert [(c.load, c.seq) for c in chunks] == [(0, 0), (0, 1), (0, 2)]
+    assert loaded.chunks == 3
     rows = dict(row for chunk in chunks for row in chunk.rows)
     assert rows == {**dict.fromkeys(keys - {"k7"}, ENTRY.payload), "gone": None}
     skipped = [s for chunk in chunks for s in chunk.skipped]
@@ -98,9 +100,10 @@ def test_a_load_sends_every_row_in_chunks_of_load_chunk_rows_then_the_count(
     # The skipped row is logged, under the logger the DurableWriter has always used.
     logged = [r.name for r in caplog.records if "skipped stored key 'k7'" in r.getMessage()]
     assert logged == ["thespian_dd.durable"]
-    _, again = _load(asys, Load(url, "n"))
+    chunks, again = _load(asys, Load(url, "n", load=1))  # the Replicator's next
     assert again.incarnation > loaded.incarnation
-    assert again.rows == total
+    assert (again.rows, again.load, again.chunks) == (total, 1, 3)
+    assert {c.load for c in chunks} == {1}
 
 
 def test_regression_an_in_memory_store_is_loaded_on_the_writers_own_thread(asys: Any) -> None:
@@ -121,8 +124,8 @@ def test_a_chunk_ends_early_once_its_payloads_reach_load_chunk_bytes(
     store.write("n", {f"big{i}": big for i in range(6)})
     store.close()
     chunks, loaded = _load(asys, Load(url, "n"))
-    assert [len(chunk.rows) for chunk in chunks] == [4, 2]
-    assert loaded == Loaded(loaded.incarnation, 6)
+    assert [(len(chunk.rows), chunk.seq) for chunk in chunks] == [(4, 0), (2, 1)]
+    assert loaded == Loaded(loaded.incarnation, 6, chunks=2)
 
 
 def _chunks(

@@ -56,6 +56,7 @@ from thespian_dd._runtime.checks import (
     key_error,
 )
 from thespian_dd._runtime.commits import CommitThread
+from thespian_dd._runtime.durability import LoadOutcome
 from thespian_dd._runtime.parts import Hooks, Parts
 from thespian_dd._runtime.peers import Introducer
 from thespian_dd._runtime.protocol import (
@@ -266,11 +267,14 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     def receiveMsg_LoadChunk(self, msg: LoadChunk, sender: Any) -> None:
         if self._parts.durability.chunk(msg, sender):
             self._parts.local.restore(msg.rows, len(msg.skipped))
+            self._load_ended(self._parts.durability.ended())
 
     def receiveMsg_Loaded(self, msg: Loaded, sender: Any) -> None:
-        outcome = self._parts.durability.loaded(msg, sender)
+        self._load_ended(self._parts.durability.loaded(msg, sender))
+
+    def _load_ended(self, outcome: LoadOutcome | None) -> None:
         if outcome is None:
-            return  # from a DurableWriter that was replaced, or forged by another actor
+            return  # the load goes on; or from a replaced DurableWriter, or forged
         if outcome.incarnation is None:
             if outcome.first:
                 for message, client in self._parts.durability.take_stash():

@@ -119,6 +119,9 @@ class Durability:
         self._load_started = 0.0
         self._gc_was_enabled = False
         self.loaded_rows = 0
+        self._load = -1  # the number of the load under way (or the last): 0 for the first
+        self._chunks_seen: set[int] = set()  # the seq of each of its chunks arrived
+        self._loaded: Loaded | None = None  # its Loaded, come before some of its chunks
         self._stash: list[tuple[Any, Any]] = []
         self.recovery_time: float | None = None
         # Writing.
@@ -171,6 +174,10 @@ class Durability:
             gc.disable()
         self.loading = True
         self._load_started = time.perf_counter()
+        self._load += 1
+        self._chunks_seen = set()
+        self._loaded = None
+        self.loaded_rows = 0
         settings = self._settings
         self._send(
             self.writer,
@@ -179,6 +186,7 @@ class Durability:
                 self._node_name,
                 settings.durable_pruning_marker_ttl,
                 settings.signing_key_file,
+                self._load,
             ),
         )
 
@@ -191,16 +199,41 @@ class Durability:
         return stashed
 
     def chunk(self, msg: LoadChunk, sender: Any) -> bool:
-        """Whether a LoadChunk comes from the current writer (else ignore it); counts its rows."""
-        if sender != self.writer:
-            return False  # from a replaced DurableWriter, or forged by another actor
+        """Whether a LoadChunk is new and of the load under way, from its writer (else ignore
+        it: a copy, a chunk of an earlier load, or forged); counts its rows.  Thespian may
+        deliver a load's messages out of order, and a message twice (see :class:`LoadChunk`);
+        once it has the last chunk its Loaded counted, :meth:`ended` ends the load."""
+        if (
+            not self.loading
+            or sender != self.writer
+            or msg.load != self._load
+            or msg.seq in self._chunks_seen
+        ):
+            return False
+        self._chunks_seen.add(msg.seq)
         self.loaded_rows += len(msg.rows) + len(msg.skipped)
         return True
 
-    def loaded(self, msg: Loaded, sender: Any) -> LoadOutcome | None:
-        """The load ended (None: the message is not from the current load's writer)."""
-        if not self.loading or sender != self.writer:
+    def ended(self) -> LoadOutcome | None:
+        """The load's end, if its Loaded came before the chunk just counted, the last missing
+        (None: it goes on)."""
+        loaded = self._loaded
+        if loaded is None or len(self._chunks_seen) < loaded.chunks:
             return None
+        return self._end(loaded)
+
+    def loaded(self, msg: Loaded, sender: Any) -> LoadOutcome | None:
+        """The load ended (None: it goes on, for chunks sent before this message and not yet
+        come; or the message is not of the load under way, from its writer)."""
+        if not self.loading or sender != self.writer or msg.load != self._load:
+            return None
+        if msg.error is None and len(self._chunks_seen) < msg.chunks:
+            self._loaded = msg  # ended by the last of them (:meth:`ended`)
+            return None
+        return self._end(msg)
+
+    def _end(self, msg: Loaded) -> LoadOutcome:
+        self._loaded = None
         if self._gc_was_enabled:
             gc.enable()
         error = msg.error
@@ -422,7 +455,6 @@ class Durability:
         log.error("thespian_dd DurableWriter exited; starting a new one")
         self.writer = self._create_writer()
         if self.loading:
-            self.loaded_rows = 0
             return True
         if self._committing is not None and self._commit_fn is None:
             self._send_batch(dict.fromkeys(self._committing))

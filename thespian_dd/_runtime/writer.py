@@ -61,17 +61,30 @@ class Load:
     node: str
     max_offline: float | None = None
     signing_key_file: str | None = None
+    load: int = (
+        0  # the Replicator's number for this load (0: its first), which its chunks and Loaded carry
+    )
 
 
 @dataclass(frozen=True, repr=False)
 class LoadChunk:
+    """Rows of load ``load``, its ``seq``-th message (from 0).  Thespian may deliver a load's
+    messages out of order (a message can go out on a connection of its own, ahead of those
+    waiting for the one in use) and, when an acknowledgement is lost, twice: the Replicator
+    counts each ``seq`` once, and ends the load once it has every one Loaded counts."""
+
     rows: list[tuple[str, bytes | None]]  # (key, codec bytes or None: deleted)
     skipped: list[tuple[str, str]]  # (key, why)
+    load: int = 0
+    seq: int = 0
 
     def __repr__(self) -> str:
         # Thespian formats every message it transmits (for a debug log, whether logged or
         # not): the rows in full took a tenth of a 100,000-key load.
-        return f"LoadChunk(<{len(self.rows)} rows>, skipped={self.skipped!r:.200})"
+        return (
+            f"LoadChunk(<{len(self.rows)} rows>, skipped={self.skipped!r:.200}, "
+            f"load={self.load}, seq={self.seq})"
+        )
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,8 @@ class Loaded:
     incarnation: int
     rows: int  # how many rows the chunks held, so the Replicator knows it got them all
     error: str | None = None
+    load: int = 0
+    chunks: int = 0  # how many LoadChunk messages were sent (seq 0 to chunks - 1)
 
 
 @dataclass(frozen=True)
@@ -173,17 +188,21 @@ class _Loading:
     record: Any  # the node's record as read before its rows (see Store.next_incarnation)
     rows: _ReadAhead
     """The chunks of :meth:`Store.load_chunks`."""
-    count: int = 0
+    count: int = 0  # rows sent
+    sent: int = 0  # LoadChunk messages sent
+
+    def ended(self, incarnation: int, error: str | None = None) -> Loaded:
+        return Loaded(incarnation, self.count, error, self.message.load, self.sent)
 
 
-def _chunk_messages(
+def _chunk_pieces(
     rows: list[tuple[str, bytes | None]], skipped: list[tuple[str, str]]
-) -> list[LoadChunk]:
-    """The messages of one chunk the store read: one (the common case), or pieces that end
-    once their payloads reach :data:`LOAD_CHUNK_BYTES`, so a chunk of large values does not
-    make one huge message."""
+) -> list[tuple[list[tuple[str, bytes | None]], list[tuple[str, str]]]]:
+    """The (rows, skipped) of each message of one chunk the store read: one (the common case),
+    or pieces that end once their payloads reach :data:`LOAD_CHUNK_BYTES`, so a chunk of large
+    values does not make one huge message."""
     if sum([len(payload) for _, payload in rows if payload]) <= LOAD_CHUNK_BYTES:
-        return [LoadChunk(rows, skipped)]
+        return [(rows, skipped)]
     pieces: list[list[tuple[str, bytes | None]]] = [[]]
     size = 0
     for row in rows:
@@ -192,7 +211,7 @@ def _chunk_messages(
             size = 0
         pieces[-1].append(row)
         size += len(row[1] or b"")
-    return [LoadChunk(piece, skipped if i == 0 else []) for i, piece in enumerate(pieces)]
+    return [(piece, skipped if i == 0 else []) for i, piece in enumerate(pieces)]
 
 
 @dataclass(frozen=True)
@@ -263,7 +282,7 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
             self._loading = _Loading(msg, sender, record, rows)
         except Exception as e:  # noqa: BLE001 - reported to the Replicator, which retries
             self._close()
-            self.send(sender, Loaded(0, 0, first_line(e)))
+            self.send(sender, Loaded(0, 0, first_line(e), msg.load))
             return
         self._send_chunk()
 
@@ -289,9 +308,11 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
                 rows, skipped = chunk
                 for key, error in skipped:
                     log.error("skipped stored key %r of %s: %s", key, node, error)
-                for message in _chunk_messages(rows, skipped):
+                for piece, piece_skipped in _chunk_pieces(rows, skipped):
+                    message = LoadChunk(piece, piece_skipped, loading.message.load, loading.sent)
                     self.send(replicator, message)
-                    loading.count += len(message.rows) + len(message.skipped)
+                    loading.sent += 1
+                    loading.count += len(piece) + len(piece_skipped)
                 self.wakeupAfter(_CHUNK_PAUSE, _NextChunk(self._loads))
                 return
             self._loading = None
@@ -306,9 +327,9 @@ class DurableWriter(ActorTypeDispatcher):  # type: ignore[misc]
         except Exception as e:  # noqa: BLE001 - reported to the Replicator, which retries
             self._stop_loading()
             self._close()
-            self.send(replicator, Loaded(0, loading.count, first_line(e)))
+            self.send(replicator, loading.ended(0, first_line(e)))
             return
-        self.send(replicator, Loaded(incarnation, loading.count))
+        self.send(replicator, loading.ended(incarnation))
 
     def _stop_loading(self) -> None:
         if self._loading is not None:
