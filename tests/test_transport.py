@@ -828,11 +828,61 @@ def test_a_transmit_queued_while_another_thread_held_the_transport_is_tried_agai
             endpoint = LoopEndpoint(listener, read_end, [], ["Loaded"])
             endpoint.held = 3
             endpoint.run_time = ExpirationTimer(dt.timedelta(seconds=0.3))
-            assert isinstance(run_with_expiry(endpoint, lambda envelope: True), Thespian__Run_Expired)
+            assert isinstance(
+                run_with_expiry(endpoint, lambda envelope: True), Thespian__Run_Expired
+            )
         finally:
             os.close(read_end)
             os.close(write_end)
     assert endpoint.sent == ["Loaded"]  # tried four times; Thespian's loop: once, at its start
+
+
+class AlmostDue:
+    """A run's end less than half a microsecond away when the loop first looks at it (as a
+    timedelta: zero), and past when it looks again."""
+
+    def __init__(self) -> None:
+        self.looks = 0
+
+    def view(self, curtime: float | None = None) -> AlmostDue:
+        return self
+
+    def expired(self) -> bool:
+        self.looks += 1
+        return self.looks > 1
+
+    def remaining(self) -> dt.timedelta:
+        return dt.timedelta(seconds=3e-7)
+
+    def remainingSeconds(self) -> float:
+        return 3e-7
+
+
+def test_regression_a_timer_due_in_less_than_a_microsecond_ends_the_wait() -> None:
+    """Found by starting a node on 100,000 keys again and again: one start in about fifty
+    never ended.  The DurableWriter pauses 1 ms (a timer) between the chunks of a load; when
+    its loop looked with less than half a microsecond left, Thespian's loop took the time left
+    as a timedelta (zero) and dropped it as no delay, and waited for the next event: there was
+    none, and the load stopped for good, the Replicator waiting for its next chunk.  The loop
+    waits until the timer, however close."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # nobody connects
+        read_end, write_end = os.pipe()
+        # What ends the wait if the timer does not: a write to the watched pipe, 2 s later.
+        rescue = threading.Timer(2.0, lambda: os.write(write_end, b"!"))
+        rescue.start()
+        try:
+            endpoint = LoopEndpoint(listener, read_end, [], [])
+            endpoint.run_time = AlmostDue()
+            started = time.monotonic()
+            result = run_with_expiry(endpoint, lambda envelope: True)
+            waited = time.monotonic() - started
+        finally:
+            rescue.cancel()
+            rescue.join()
+            os.close(read_end)
+            os.close(write_end)
+    assert isinstance(result, Thespian__Run_Expired)
+    assert waited < 1.0
 
 
 def test_what_a_thread_queued_while_the_loop_held_the_transport_is_sent_at_its_next_turn(

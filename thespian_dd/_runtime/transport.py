@@ -491,7 +491,6 @@ def run_with_expiry(self: Any, incomingHandler: Any) -> Any:  # noqa: C901, N803
             delays = [
                 d
                 for d in (
-                    self.run_time.view(ct).remaining(),
                     *(t.delay(ct) for t in self._transmitIntents.values()),
                     *(w.delay() for w in self._waitingTransmits),
                     *(i.delay(ct) for i in self._incomingSockets.values()),
@@ -500,9 +499,18 @@ def run_with_expiry(self: Any, incomingHandler: Any) -> Any:  # noqa: C901, N803
             ]
             # n.b. after a long pause (a laptop sleeping) a delay may be negative.
             delay = max(0, timing.timePeriodSeconds(min(delays))) if delays else None
-            if self._aTB_queuedPendingTransmits and self._canSendNow():
+            # The run's end (its next timer) in seconds.  Thespian takes it as a timedelta,
+            # which rounds less than half a microsecond to zero, and drops it as no delay: the
+            # loop then waited for the next event, not the timer (once in about 2,000 of the
+            # DurableWriter's 1 ms pauses between chunks; the load stopped, for good if nothing
+            # else came).
+            left = self.run_time.view(ct).remainingSeconds()
+            if left is not None:
+                delay = left if delay is None else min(delay, left)
+            if not xmit_only and self._aTB_queuedPendingTransmits and self._canSendNow():
                 # Another thread held the transport: try again soon, not at the next event
-                # (there may be none: the actor waits for an answer to what is queued).
+                # (there may be none: the actor waits for an answer to what is queued).  Not
+                # while draining (Thespian's "tx-only" run, whose caller holds the queue).
                 delay = _QUEUED_RETRY if delay is None else min(delay, _QUEUED_RETRY)
             if not xmit_only:
                 wrecv.append(self.socket.fileno())
