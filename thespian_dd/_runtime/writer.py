@@ -61,9 +61,8 @@ class Load:
     node: str
     max_offline: float | None = None
     signing_key_file: str | None = None
-    load: int = (
-        0  # the Replicator's number for this load (0: its first), which its chunks and Loaded carry
-    )
+    # The Replicator's number for this load (0: its first), which its chunks and Loaded carry.
+    load: int = 0
 
 
 @dataclass(frozen=True, repr=False)
