@@ -30,8 +30,8 @@ from hypothesis import strategies as st
 
 from thespian_dd import codec
 from thespian_dd._runtime.commits import CommitThread
-from thespian_dd._runtime.durability import Durability, LoadOutcome
-from thespian_dd._runtime.protocol import FlushTick, StoreRetry
+from thespian_dd._runtime.durability import LOAD_STRAGGLERS_WAIT, Durability, LoadOutcome
+from thespian_dd._runtime.protocol import FlushTick, LoadOverdue, StoreRetry
 from thespian_dd._runtime.settings import Settings
 from thespian_dd._runtime.writer import (
     Entry,
@@ -260,6 +260,52 @@ def test_regression_a_loaded_that_overtook_chunks_of_its_load_waits_for_them() -
     assert d.serving
     assert d.loaded_rows == 3
     assert d.ended() is None  # ended once
+
+
+def test_a_load_whose_overtaken_chunks_stop_coming_fails_and_is_tried_again() -> None:
+    """A chunk Thespian gave up on never comes: the Loaded that overtook it does not wait for it
+    for good, but fails the load once no chunk came for LOAD_STRAGGLERS_WAIT seconds."""
+    node = sync_node()
+    d = node.durability
+    d.start()
+    assert d.chunk(LoadChunk([("a", b"1")], [], seq=0), node.writer)
+    assert d.loaded(Loaded(7, 3, chunks=3), node.writer) is None
+    assert node.woken == [(LOAD_STRAGGLERS_WAIT, LoadOverdue(0, 1))]
+    outcome = d.overdue(LoadOverdue(0, 1))
+    assert outcome == LoadOutcome(error="2 of 3 chunks did not arrive (none for 5 s)", first=True)
+    assert not d.loading
+    assert not d.serving
+    assert d.retry_due()  # the load is asked again
+    assert not d.chunk(LoadChunk([("b", b"2")], [], seq=1), node.writer)  # too late: ignored
+
+
+def test_overtaken_chunks_that_keep_coming_are_waited_for() -> None:
+    node = sync_node()
+    d = node.durability
+    d.start()
+    assert d.loaded(Loaded(7, 3, chunks=3), node.writer) is None
+    assert d.chunk(LoadChunk([("a", b"1")], [], seq=0), node.writer)
+    assert d.ended() is None
+    node.woken.clear()
+    assert d.overdue(LoadOverdue(0, 0)) is None  # one came since: wait on
+    assert node.woken == [(LOAD_STRAGGLERS_WAIT, LoadOverdue(0, 1))]
+    assert d.chunk(LoadChunk([("b", b"2")], [], seq=1), node.writer)
+    assert d.chunk(LoadChunk([("c", b"3")], [], seq=2), node.writer)
+    assert d.ended() == LoadOutcome(incarnation=7)
+    assert d.overdue(LoadOverdue(0, 1)) is None  # the load is over
+
+
+def test_an_overdue_timer_of_an_earlier_load_is_ignored() -> None:
+    node = sync_node()
+    d = node.durability
+    d.start()
+    d.loaded(Loaded(0, 0, "locked"), node.writer)
+    assert d.retry_due()
+    d.load()
+    assert d.loaded(Loaded(7, 1, load=1, chunks=1), node.writer) is None
+    assert d.overdue(LoadOverdue(0, 0)) is None  # load 0's
+    assert d.loading
+    assert d.overdue(LoadOverdue(1, 0)) is not None  # this load's
 
 
 def test_a_chunk_delivered_twice_counts_once() -> None:

@@ -42,10 +42,10 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from thespian_dd._runtime.protocol import FlushTick, StoreRetry
+from thespian_dd._runtime.protocol import FlushTick, LoadOverdue, StoreRetry
 from thespian_dd._runtime.settings import Settings
 from thespian_dd._runtime.writer import Entry, Load, LoadChunk, Loaded, Write, Written
 
@@ -62,6 +62,12 @@ probe that costs one commit attempt, so a store that comes back is used within a
 LOAD_RETRY_PER_ROW = 1e-4
 """A failed load is tried again no sooner than this many seconds per row it had read (100,000
 rows, a tenth of a second's work: 10 s)."""
+
+
+LOAD_STRAGGLERS_WAIT = 5.0
+"""A Loaded that came before some of its chunks waits for them while they keep coming, at
+least one every this many seconds; a load whose chunks stopped coming fails (and is tried
+again), as one counted short did before its chunks were waited for."""
 
 
 def _jitter() -> float:
@@ -228,9 +234,29 @@ class Durability:
         if not self.loading or sender != self.writer or msg.load != self._load:
             return None
         if msg.error is None and len(self._chunks_seen) < msg.chunks:
-            self._loaded = msg  # ended by the last of them (:meth:`ended`)
+            self._loaded = msg  # ended by the last of them (:meth:`ended`), or overdue
+            self._wake(LOAD_STRAGGLERS_WAIT, LoadOverdue(self._load, len(self._chunks_seen)))
             return None
         return self._end(msg)
+
+    def overdue(self, payload: LoadOverdue) -> LoadOutcome | None:
+        """The wait for the chunks a Loaded overtook is over: the load fails if none came since
+        (Thespian gave up on them), else it waits on (None: it goes on, or it is over)."""
+        loaded = self._loaded
+        if not self.loading or loaded is None or payload.load != self._load:
+            return None
+        seen = len(self._chunks_seen)
+        if seen > payload.seen:
+            self._wake(LOAD_STRAGGLERS_WAIT, LoadOverdue(self._load, seen))
+            return None
+        missing = loaded.chunks - seen
+        return self._end(
+            replace(
+                loaded,
+                error=f"{missing} of {loaded.chunks} chunks did not arrive "
+                f"(none for {LOAD_STRAGGLERS_WAIT:g} s)",
+            )
+        )
 
     def _end(self, msg: Loaded) -> LoadOutcome:
         self._loaded = None

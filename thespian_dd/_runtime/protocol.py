@@ -41,6 +41,7 @@ __all__ = [
     "Introduce",
     "Introduced",
     "IntroducerDone",
+    "LoadOverdue",
     "NotifyTick",
     "PartitionForTests",
     "PeerHello",
@@ -345,6 +346,15 @@ class Every:
 @dataclass(frozen=True)
 class StoreRetry:
     """Wakeup payload: try the store again (loading, or a failed batch)."""
+
+
+@dataclass(frozen=True)
+class LoadOverdue:
+    """Wakeup payload: load ``load`` had counted ``seen`` chunks when its Loaded came before the
+    rest (or when this was last looked at); if none more came, it ends as failed."""
+
+    load: int
+    seen: int
 
 
 @dataclass(frozen=True)
