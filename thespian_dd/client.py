@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import queue
 import socket
 import threading
@@ -32,6 +31,7 @@ from typing import Any, Self, overload
 from thespian.actors import ActorSystem, InvalidActorAddress
 
 from thespian_dd._ask import ask_until, new_token, reply_to
+from thespian_dd._log import Log
 from thespian_dd._typevars import D
 from thespian_dd.data import ReplicaId
 from thespian_dd.keys import Key
@@ -83,7 +83,7 @@ __all__ = [
     "UpdateTimeoutError",
 ]
 
-log = logging.getLogger(__name__)
+log = Log(__name__)
 
 Change = Changed | Deleted | Expired
 """What a subscription delivers: a key's new value, its deletion, or its expiry."""

@@ -25,7 +25,6 @@ subscribers are kept in lists and compared with ``==``.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from collections.abc import Mapping
@@ -48,6 +47,7 @@ from thespian.actors import (
 from thespian.system.transport import asyncTransportBase
 
 from thespian_dd._ask import ask_until, new_token
+from thespian_dd._log import Log
 from thespian_dd._runtime.checks import (
     Rejections,
     consistency_error,
@@ -133,7 +133,7 @@ __all__ = [
 REPLICATOR_NAME = "thespian_dd.replicator"
 """The globalName of every node's Replicator."""
 
-log = logging.getLogger(__name__)
+log = Log(__name__)
 
 SYSTEM_NAME = "Thespian ActorSystem Name"
 WATCHING_SYSTEM = "multiprocTCPBase"

@@ -100,8 +100,8 @@ def log_definitions(level: str | None, config_file: str | None) -> dict[str, Any
             f"the log configuration {config_file} must be a JSON object for "
             'logging.config.dictConfig, with "version": 1'
         )
-    # dictConfig's default would disable every logger that exists before it runs: in this
-    # process, which the actors are forked from, thespian_dd's own.
+    # dictConfig's default would disable every logger that exists before it runs in this
+    # process (SQLAlchemy's, made when it is imported).
     definitions.setdefault("disable_existing_loggers", False)
     return definitions
 

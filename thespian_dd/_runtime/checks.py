@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 from typing import Any
 
+from thespian_dd._log import Log
 from thespian_dd._runtime.protocol import PeerMessage
 from thespian_dd.messages import (
     Delete,
@@ -110,7 +111,7 @@ class Rejections:
     refusal logged once per origin, so a peer that keeps sending the same bad value cannot fill
     the log."""
 
-    def __init__(self, log: logging.Logger) -> None:
+    def __init__(self, log: Log | logging.Logger) -> None:
         self.count = 0
         self._log = log
         self._logged: set[tuple[str, str]] = set()

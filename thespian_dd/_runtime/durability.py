@@ -38,20 +38,20 @@ callables it is given, and arms timers through ``wake``, so it runs without proc
 from __future__ import annotations
 
 import gc
-import logging
 import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from thespian_dd._log import Log
 from thespian_dd._runtime.protocol import FlushTick, LoadOverdue, StoreRetry
 from thespian_dd._runtime.settings import Settings
 from thespian_dd._runtime.writer import Entry, Load, LoadChunk, Loaded, Write, Written
 
 __all__ = ["Durability", "LoadOutcome"]
 
-log = logging.getLogger("thespian_dd.replicator")
+log = Log("thespian_dd.replicator")
 
 MIN_RETRY = 0.25
 MAX_RETRY = 1.0

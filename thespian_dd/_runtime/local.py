@@ -9,7 +9,6 @@ a ``me`` callable (this node's incarnation changes), so it runs without processe
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 
 from thespian_dd import codec
 from thespian_dd._canonical import CodecError, Limits
+from thespian_dd._log import Log
 from thespian_dd._runtime.checks import Rejections, describe, seconds
 from thespian_dd._runtime.deltas import DeltaQueue
 from thespian_dd._runtime.durability import Durability
@@ -31,7 +31,7 @@ from thespian_dd.messages import Changed, Deleted, Expired
 
 __all__ = ["LocalData", "stored_entry"]
 
-log = logging.getLogger("thespian_dd.replicator")
+log = Log("thespian_dd.replicator")
 
 
 def stored_entry(keys: KeyTable, key: str, raw: bytes | None) -> Entry | None:

@@ -16,7 +16,6 @@ tell the quorum requests when a peer comes or goes.
 from __future__ import annotations
 
 import contextlib
-import logging
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -25,6 +24,7 @@ from typing import Any
 
 from thespian.actors import ActorAddress
 
+from thespian_dd._log import Log
 from thespian_dd._runtime.antientropy import AntiEntropy
 from thespian_dd._runtime.checks import Rejections
 from thespian_dd._runtime.keys import KeyTable
@@ -44,7 +44,7 @@ from thespian_dd.data import ReplicaId
 
 __all__ = ["Membership"]
 
-log = logging.getLogger("thespian_dd.replicator")
+log = Log("thespian_dd.replicator")
 
 
 @dataclass

@@ -9,7 +9,6 @@ nodes so, message by message).
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from functools import partial
 from typing import Any
 
 from thespian_dd._canonical import CodecError
+from thespian_dd._log import Log
 from thespian_dd._runtime.antientropy import AntiEntropy
 from thespian_dd._runtime.checks import Rejections
 from thespian_dd._runtime.deltas import DeltaQueue, rounds_to_reach_all, slice_size
@@ -62,7 +62,7 @@ from thespian_dd.messages import Changed
 
 __all__ = ["Hooks", "Parts"]
 
-log = logging.getLogger("thespian_dd.replicator")
+log = Log("thespian_dd.replicator")
 
 DECODE_SLICE = 0.02
 DECODE_PAUSE = 0.005

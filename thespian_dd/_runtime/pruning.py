@@ -9,13 +9,13 @@ the smallest live node name) or prune (the owner of a marker every live node has
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from thespian_dd import codec
 from thespian_dd._canonical import Limits
+from thespian_dd._log import Log
 from thespian_dd._runtime.checks import key_error
 from thespian_dd._runtime.keys import KeyTable
 from thespian_dd._runtime.markers import (
@@ -33,7 +33,7 @@ from thespian_dd.lwwregister import now_ms
 
 __all__ = ["Merge", "PrunedHere", "Pruning", "cleaned", "merge_payload"]
 
-log = logging.getLogger("thespian_dd.replicator")
+log = Log("thespian_dd.replicator")
 
 
 def cleaned(value: ReplicatedData, markers: Markers) -> ReplicatedData:

@@ -75,6 +75,8 @@ from thespian.system.transport.asyncTransportBase import asyncTransportBase
 from thespian.system.transport.errmgmt import err_bad_fileno, err_select_retry
 from thespian.system.utilis import thesplog
 
+from thespian_dd._log import Log
+
 __all__ = [
     "Described",
     "KeptPoll",
@@ -115,7 +117,7 @@ class Described:
         return str(self._describe(self._of))
 
 
-log = logging.getLogger("thespian_dd.replicator")
+log = Log("thespian_dd.replicator")
 
 _IDENTIFY_INTENT = TransmitIntent.identify
 _IDENTIFY_ENVELOPE = ReceiveEnvelope.identify

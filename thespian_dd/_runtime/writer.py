@@ -15,7 +15,6 @@ class (see :mod:`thespian_dd.durable`).
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 from collections.abc import Callable, Generator
@@ -25,6 +24,7 @@ from typing import Any
 
 from thespian.actors import ActorTypeDispatcher, WakeupMessage
 
+from thespian_dd._log import Log
 from thespian_dd._runtime.database import first_line, read_signing_key
 from thespian_dd._runtime.rows import FORGOTTEN, Entry
 from thespian_dd._runtime.store import Store
@@ -46,7 +46,7 @@ LOAD_CHUNK_BYTES = 4 * 1024 * 1024
 """A :class:`LoadChunk` ends early once its payloads reach this size."""
 
 # The logger the DurableWriter has always logged under, before it moved here.
-log = logging.getLogger("thespian_dd.durable")
+log = Log("thespian_dd.durable")
 
 
 @dataclass(frozen=True)
