@@ -44,9 +44,13 @@ def new_table() -> Iterator[_Records]:
 LOG = Log("thespian_dd.test")  # made before the table is replaced, as a module's is at import
 
 
+def _fails() -> None:
+    raise ValueError("no")
+
+
 def _logs_an_error() -> None:
     try:
-        raise ValueError("no")
+        _fails()
     except ValueError:
         LOG.exception("failed: %s", "why")
 
@@ -108,4 +112,3 @@ def test_regression_the_replicator_logs_through_the_actor_systems_log_definition
     logged = records.read_text()
     assert "recovered 0 keys" in logged
     assert "INFO|thespian_dd.replicator|thespian_dd Replicator logged#" in logged
-
