@@ -295,6 +295,43 @@ def test_overtaken_chunks_that_keep_coming_are_waited_for() -> None:
     assert d.overdue(LoadOverdue(0, 1)) is None  # the load is over
 
 
+def test_a_load_whose_last_chunk_came_without_ending_it_fails_when_overdue() -> None:
+    """A chunk counted whose restore raised (its handler never reached :meth:`ended`): the
+    load cannot end by its chunks, and fails at the next look, saying so."""
+    node = sync_node()
+    d = node.durability
+    d.start()
+    assert d.loaded(Loaded(7, 1, chunks=1), node.writer) is None
+    assert d.chunk(LoadChunk([("a", b"1")], [], seq=0), node.writer)  # ended() not called
+    assert d.overdue(LoadOverdue(0, 0)) is None  # a chunk came since: wait on
+    outcome = d.overdue(LoadOverdue(0, 1))
+    assert outcome == LoadOutcome(
+        error="the load did not end once its last chunk came (it could not be restored)",
+        first=True,
+    )
+
+
+def test_the_durabilitys_timers_each_do_their_part() -> None:
+    """:meth:`Durability.on_timer`, which the parts hand the store's timers to."""
+    node = write_behind()
+    d = node.durability
+    d.write("k", b"v")
+    assert node.woken[-1] == (1.0, FlushTick())
+    assert d.on_timer(FlushTick()) is None
+    assert [w.entries for w in node.writes()] == [{"k": entry("k", b"v")}]
+    loading = sync_node()
+    d = loading.durability
+    d.start()
+    d.loaded(Loaded(0, 0, "locked"), loading.writer)
+    loading.take_sent()
+    assert d.on_timer(StoreRetry()) is None
+    assert [m for _, m in loading.take_sent()] == [Load(URL, NODE, 10 * 86400.0, None, 1)]
+    assert d.loaded(Loaded(7, 1, load=1, chunks=1), loading.writer) is None
+    assert d.on_timer(LoadOverdue(1, 0)) == LoadOutcome(
+        error="1 of 1 chunks did not arrive (none for 5 s)"
+    )
+
+
 def test_an_overdue_timer_of_an_earlier_load_is_ignored() -> None:
     node = sync_node()
     d = node.durability

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import pkgutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,6 +76,20 @@ def test_a_log_made_before_the_logger_table_was_replaced_logs_to_the_new_root(
     )  # the caller's line, not Log's
     assert new_table.records[3].funcName == "_logs_an_error"
     assert new_table.records[3].exc_info is not None
+
+
+def test_no_module_of_the_package_keeps_a_logger_made_at_import() -> None:
+    """Each logs through a :class:`Log` (a ``logging.Logger`` got at import would bypass an
+    actor process's ``logDefs``, as the regression below shows)."""
+    kept = []
+    for module in pkgutil.walk_packages(thespian_dd.__path__, "thespian_dd."):
+        loaded = importlib.import_module(module.name)
+        kept += [
+            f"{module.name}.{name}"
+            for name, value in vars(loaded).items()
+            if isinstance(value, logging.Logger)
+        ]
+    assert kept == []
 
 
 @pytest.mark.multinode

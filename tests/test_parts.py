@@ -24,6 +24,7 @@ from thespian.actors import ActorAddress
 from thespian.system.transport import SendStatus
 
 from thespian_dd import GCounter, ORSet, ReplicaId
+from thespian_dd._runtime.durability import LoadOutcome
 from thespian_dd._runtime.markers import Performed
 from thespian_dd._runtime.protocol import (
     PROTOCOL_VERSION,
@@ -34,6 +35,7 @@ from thespian_dd._runtime.protocol import (
     GossipKeys,
     GossipStatus,
     Heartbeat,
+    LoadOverdue,
     PeerHello,
     PeerMessage,
     PeerRead,
@@ -45,6 +47,7 @@ from thespian_dd._runtime.protocol import (
 from thespian_dd._runtime.settings import Settings
 from thespian_dd._runtime.updates import modified
 from thespian_dd._runtime.versions import MINE
+from thespian_dd._runtime.writer import Loaded
 from thespian_dd.codec import FORMAT_VERSION, encode
 from thespian_dd.data import ReplicatedData
 from thespian_dd.messages import (
@@ -487,3 +490,17 @@ def test_a_new_subscriber_is_told_each_matching_value_in_key_order() -> None:
     told = [t.message for t in node.wire.sent if t.address == subscriber]
     assert [m.key for m in told] == ["cart-a", "cart-b"]
     assert all(m.data == GCounter().increment(node.me) for m in told)
+
+
+def test_a_timer_that_ends_the_load_gives_its_end_back_for_the_replicator() -> None:
+    """The store's timers go to the Durability, and the end of a load one of them made comes
+    back from on_timer (the Replicator serves, or refuses, on it: see its timer handler)."""
+    node = FakeNode(Settings(store="sqlite:///x.db"))
+    durability = node.parts.durability
+    durability.start()
+    writer = node.writers[-1]
+    assert durability.loaded(Loaded(7, 1, chunks=1), writer) is None  # its chunk is late
+    assert node.parts.on_timer(LoadOverdue(0, 0)) == LoadOutcome(
+        error="1 of 1 chunks did not arrive (none for 5 s)", first=True
+    )
+    assert node.parts.on_timer(DeltaTick()) is None  # any other timer: no load's end

@@ -65,7 +65,6 @@ from thespian_dd._runtime.protocol import (
     Introduce,
     Introduced,
     IntroducerDone,
-    LoadOverdue,
     PartitionForTests,
     PeerMessage,
     ProcessInfo,
@@ -389,10 +388,8 @@ class Replicator(ActorTypeDispatcher):  # type: ignore[misc]
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         if sender != self.myAddress:  # a timer is only ever our own; another actor forged it
             self._rejections.refuse()
-        elif isinstance(msg.payload, LoadOverdue):
-            self._load_ended(self._parts.durability.overdue(msg.payload))
         else:
-            self._parts.on_timer(msg.payload)
+            self._load_ended(self._parts.on_timer(msg.payload))
 
     # -- pruning -------------------------------------------------------------------------------
 

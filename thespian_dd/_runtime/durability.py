@@ -67,7 +67,9 @@ rows, a tenth of a second's work: 10 s)."""
 LOAD_STRAGGLERS_WAIT = 5.0
 """A Loaded that came before some of its chunks waits for them while they keep coming, at
 least one every this many seconds; a load whose chunks stopped coming fails (and is tried
-again), as one counted short did before its chunks were waited for."""
+again), as one counted short did before its chunks were waited for.  On purpose far shorter
+than Thespian's own patience with a send that failed (tried again 35 s later, given up after 5
+minutes): reading the store again takes about a second per 100,000 rows."""
 
 
 def _jitter() -> float:
@@ -239,9 +241,20 @@ class Durability:
             return None
         return self._end(msg)
 
+    def on_timer(self, payload: FlushTick | StoreRetry | LoadOverdue) -> LoadOutcome | None:
+        """One of its timers is due; the end of the load, if the timer ended it."""
+        if isinstance(payload, LoadOverdue):
+            return self.overdue(payload)
+        if isinstance(payload, FlushTick):
+            self.flush_due()
+        elif self.retry_due():
+            self.load()
+        return None
+
     def overdue(self, payload: LoadOverdue) -> LoadOutcome | None:
         """The wait for the chunks a Loaded overtook is over: the load fails if none came since
-        (Thespian gave up on them), else it waits on (None: it goes on, or it is over)."""
+        (Thespian lost them, or is trying them again much later), else it waits on (None: it
+        goes on, or it is over)."""
         loaded = self._loaded
         if not self.loading or loaded is None or payload.load != self._load:
             return None
@@ -250,13 +263,13 @@ class Durability:
             self._wake(LOAD_STRAGGLERS_WAIT, LoadOverdue(self._load, seen))
             return None
         missing = loaded.chunks - seen
-        return self._end(
-            replace(
-                loaded,
-                error=f"{missing} of {loaded.chunks} chunks did not arrive "
-                f"(none for {LOAD_STRAGGLERS_WAIT:g} s)",
-            )
+        error = (
+            f"{missing} of {loaded.chunks} chunks did not arrive "
+            f"(none for {LOAD_STRAGGLERS_WAIT:g} s)"
+            if missing
+            else "the load did not end once its last chunk came (it could not be restored)"
         )
+        return self._end(replace(loaded, error=error))
 
     def _end(self, msg: Loaded) -> LoadOutcome:
         self._loaded = None

@@ -21,7 +21,7 @@ from thespian_dd._log import Log
 from thespian_dd._runtime.antientropy import AntiEntropy
 from thespian_dd._runtime.checks import Rejections
 from thespian_dd._runtime.deltas import DeltaQueue, rounds_to_reach_all, slice_size
-from thespian_dd._runtime.durability import Durability
+from thespian_dd._runtime.durability import Durability, LoadOutcome
 from thespian_dd._runtime.keys import KeyTable
 from thespian_dd._runtime.local import LocalData, stored_entry
 from thespian_dd._runtime.membership import Membership
@@ -37,6 +37,7 @@ from thespian_dd._runtime.protocol import (
     GossipKeys,
     GossipStatus,
     Heartbeat,
+    LoadOverdue,
     NotifyTick,
     PeerHello,
     PeerMessage,
@@ -262,8 +263,11 @@ class Parts:
         ):
             self.hooks.wake(getattr(self.settings, interval), Every(method, interval))
 
-    def on_timer(self, payload: Any) -> None:
-        """One of this node's own timers is due (the Replicator checked it is its own)."""
+    def on_timer(self, payload: Any) -> LoadOutcome | None:
+        """One of this node's own timers is due (the Replicator checked it is its own); the end
+        of the load, if the timer ended it (the wait for chunks a Loaded overtook)."""
+        if isinstance(payload, (FlushTick, StoreRetry, LoadOverdue)):
+            return self.durability.on_timer(payload)
         if isinstance(payload, Every):
             try:
                 getattr(self, payload.round)()
@@ -272,11 +276,6 @@ class Parts:
         elif isinstance(payload, NotifyTick):
             self.subscriptions.due()
             self.local.notify()
-        elif isinstance(payload, FlushTick):
-            self.durability.flush_due()
-        elif isinstance(payload, StoreRetry):
-            if self.durability.retry_due():
-                self.durability.load()
         elif isinstance(payload, DeltaTick):
             self.send_deltas()
         elif isinstance(payload, DecodeTick):
@@ -284,6 +283,7 @@ class Parts:
                 self.hooks.wake(DECODE_PAUSE, payload)
         elif isinstance(payload, (RequestTimeout, AskSecondaries)):
             self.requests.timer(payload)
+        return None
 
     def decode_restored(self) -> None:
         """Decode the values a load restored, a slice at a time, while the node serves."""
