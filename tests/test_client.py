@@ -53,6 +53,7 @@ from thespian_dd import (
     start,
 )
 from thespian_dd import client as client_module
+from thespian_dd._procs import running
 from thespian_dd.client import _failure
 from thespian_dd.replicator import DescribeProcess, ProcessInfo
 from thespian_dd.testing import Cluster, Node, eventually, free_port, start_node
@@ -76,15 +77,6 @@ def _open_fds() -> int:
 
 def _client_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("thespian_dd")]
-
-
-def _gone(pid: int) -> bool:
-    """Whether process ``pid`` has exited (a zombie under a non-reaping init counts)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def _listening(port: int) -> bool:
@@ -553,7 +545,7 @@ def test_the_readme_way_leaves_no_process_and_no_port_behind() -> None:
     finally:
         asys.shutdown()
     assert _client_threads() == []
-    eventually(lambda: _gone(info.pid), timeout=10, what="the Replicator's process exited")
+    eventually(lambda: not running(info.pid), timeout=10, what="the Replicator's process exited")
     eventually(lambda: not _listening(port), timeout=10, what="the admin port closed")
 
 

@@ -29,6 +29,7 @@ from thespian.actors import ActorExitRequest, ActorSystem
 
 from thespian_dd._cli.metrics import MetricsServer, require_prometheus
 from thespian_dd._peers import NODE_CAPABILITY
+from thespian_dd._procs import running
 from thespian_dd._runtime.database import (
     StoreError,
     connect_args,
@@ -212,15 +213,6 @@ def _kill_group_at_eof(fd: int) -> None:
     os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
-def _gone(pid: int) -> bool:
-    """Whether process ``pid`` has exited (a zombie has)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
 def run_node(  # noqa: PLR0913 - the node command's options
     name: str,
     port: int,
@@ -319,5 +311,5 @@ def _recovered(asys: Any, replicator: Any, url: str | None, mode: str) -> str:
 
 def _wait_gone(pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while not _gone(pid) and time.monotonic() < deadline:
+    while running(pid) and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -32,6 +32,7 @@ from thespian.actors import ActorSystem, ActorSystemMessage, ActorTypeDispatcher
 
 from thespian_dd._ask import ask
 from thespian_dd._peers import PartitionForTests
+from thespian_dd._procs import port_holders, running_in_group
 from thespian_dd._testkit.netns import Network, unavailable
 from thespian_dd.replicator import DescribeProcess, ProcessInfo, start
 
@@ -260,14 +261,12 @@ def _option(value: Any, name: str) -> str:
     return value.format(name=name) if isinstance(value, str) else str(value)
 
 
-def _running_in_group(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` still runs (a zombie has exited)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
+def _free(port: int) -> bool:
+    """True if nothing listens on ``port``; else AssertionError naming what does."""
+    holders = port_holders(port)
+    if holders:
+        raise AssertionError(f"port {port} is held by {'; '.join(holders)}")
+    return True
 
 
 def _children(pid: int) -> list[int]:
@@ -454,7 +453,9 @@ class Cluster:
         def ready() -> str:
             assert node.popen is not None
             if node.popen.poll() is not None:
-                raise RuntimeError(f"{node.name} exited: {log.read_text()[-2000:]}")
+                holders = port_holders(node.port) if self.net is None else []
+                held = f" (port {node.port} is held by {'; '.join(holders)})" if holders else ""
+                raise RuntimeError(f"{node.name} exited{held}: {log.read_text()[-2000:]}")
             lines = [ln for ln in log.read_text().splitlines() if " ready: " in ln]
             return lines[-1] if len(lines) > node.starts else ""
 
@@ -498,10 +499,12 @@ class Cluster:
         # in the middle of an fsync dies only when it returns, and holds its ports until then).
         groups = [g for g in (node.actors_pgid, node.popen.pid if node.popen else None) if g]
         eventually(
-            lambda: not any(_running_in_group(g) for g in groups),
+            lambda: not any(running_in_group(g) for g in groups),
             timeout=10,
             what=f"{node.name}'s processes gone",
         )
+        if self.net is None:  # a node in a network namespace listens in that namespace
+            eventually(lambda: _free(node.port), timeout=10, what=f"{node.name}'s port free")
         node.client = node.replicator = None
 
     def kill_writer(self, i: int) -> int:
