@@ -291,7 +291,7 @@ def _refuse_new_admins_for_join_only() -> None:
 
 def connect_admin(port: int, timeout: float) -> Any:
     """An endpoint of the ActorSystem whose admin listens on ``port`` of this host (close it with
-    :func:`_disconnect`, never ``shutdown()``); ``ConnectionError`` if nothing listens there, or
+    :func:`disconnect`, never ``shutdown()``); ``ConnectionError`` if nothing listens there, or
     something that is no Thespian admin."""
     _require_node(port, timeout)
     _refuse_new_admins_for_join_only()
@@ -309,7 +309,7 @@ def connect_admin(port: int, timeout: float) -> Any:
     return asys
 
 
-def _disconnect(asys: Any) -> None:
+def disconnect(asys: Any) -> None:
     """Close this process's endpoint of an ActorSystem that others run.  ``shutdown()`` would
     stop the node itself, and Thespian has no public call for leaving it running: close its
     transport, and the connection to the admin that the transport's ``close`` leaves open."""
@@ -371,7 +371,7 @@ class Client:
         try:
             client = cls(asys, timeout=timeout)
         except BaseException:
-            _disconnect(asys)
+            disconnect(asys)
             raise
         client._connection = asys
         return client
@@ -402,7 +402,7 @@ class Client:
         self._contexts.close()
         connection, self._connection = self._connection, None
         if connection is not None:
-            _disconnect(connection)
+            disconnect(connection)
 
     # -- calls --------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import Any
 from thespian.system.messages.status import Thespian_StatusReq
 
 from thespian_dd._ask import ask
-from thespian_dd.client import _disconnect, connect_admin
+from thespian_dd.client import connect_admin, disconnect
 from thespian_dd.messages import GetStats, GetStatus, Stats, Status
 from thespian_dd.replicator import REPLICATOR_NAME
 
@@ -78,7 +78,7 @@ def node_status(port: int, timeout: float, *, full: bool = True) -> tuple[Stats,
             raise StatusError(f"the node on port {port} did not answer within {timeout} s")
         return stats, status
     finally:
-        _disconnect(asys)
+        disconnect(asys)
 
 
 def print_status(stats: Stats, status: Status, out: Callable[[str], object]) -> None:

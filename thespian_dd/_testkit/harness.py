@@ -34,6 +34,7 @@ from thespian_dd._ask import ask
 from thespian_dd._peers import PartitionForTests
 from thespian_dd._procs import port_holders, running_in_group
 from thespian_dd._testkit.netns import Network, unavailable
+from thespian_dd.client import connect_admin, disconnect
 from thespian_dd.replicator import DescribeProcess, ProcessInfo, start
 
 __all__ = [
@@ -463,9 +464,8 @@ class Cluster:
         node.starts += 1  # only a start that came up: one refused prints no ready line
         node.actors_pgid = int(line.rsplit(" ", 1)[1])
         if self.net is None:
-            node.client = ActorSystem(
-                "multiprocTCPBase", {"Admin Port": node.port}, transientUnique=True
-            )
+            # Never a new admin of this process's own on the port, should the node die now.
+            node.client = connect_admin(node.port, timeout)
         else:
             with self.net.inside(i):
                 client = ActorSystem(
@@ -505,6 +505,8 @@ class Cluster:
         )
         if self.net is None:  # a node in a network namespace listens in that namespace
             eventually(lambda: _free(node.port), timeout=10, what=f"{node.name}'s port free")
+        if isinstance(node.client, ActorSystem):
+            disconnect(node.client)  # its sockets and the transport's, at once
         node.client = node.replicator = None
 
     def kill_writer(self, i: int) -> int:
