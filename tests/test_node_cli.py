@@ -39,7 +39,9 @@ from thespian_dd import (
     Update,
     start,
 )
+from thespian_dd._procs import port_in_use, running
 from thespian_dd._runtime.store import Store
+from thespian_dd.client import connect_admin
 from thespian_dd.testing import FAST, Cluster, eventually, free_port
 
 FAST_OPTIONS = [f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()]
@@ -86,7 +88,7 @@ class _Node:
         return ready
 
     def client(self) -> Any:
-        return ActorSystem("multiprocTCPBase", {"Admin Port": self.port}, transientUnique=True)
+        return connect_admin(self.port, 10)  # never an admin of this process's own
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -115,13 +117,13 @@ def _listening(port: int) -> bool:
 
 
 def _live_processes(pgid: int) -> list[int]:
-    """The processes of group ``pgid`` that still run (zombies have exited)."""
+    """The processes of group ``pgid`` that still run (a thread of theirs has not exited)."""
     live = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                live.append(int(stat.parent.name))
+            pid = int(stat.parent.name)
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid and running(pid):
+                live.append(pid)
     return live
 
 
@@ -200,7 +202,7 @@ def test_kill_9_of_the_printed_pid_stops_every_process_and_a_restart_recovers(
 
     os.kill(pid, signal.SIGKILL)
     eventually(lambda: not _live_processes(pgid), 10, what="every process of the node gone")
-    eventually(lambda: not _listening(port), 10, what="the port free")
+    eventually(lambda: port_in_use(port) is None, 10, what="the port free")
 
     again = _Node(tmp_path, "k", port, "--store", store)
     nodes.append(again)

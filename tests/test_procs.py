@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from thespian_dd._procs import port_holders, running, running_in_group
+from thespian_dd._procs import port_holders, port_in_use, running, running_in_group
 from thespian_dd.testing import eventually
 
 pytestmark = [
@@ -50,35 +51,54 @@ def test_regression_a_process_whose_first_thread_is_a_zombie_runs_while_another_
         stdout=subprocess.PIPE,
         start_new_session=True,
     )
-    try:
-        assert child.stdout is not None
+    assert child.stdin is not None
+    assert child.stdout is not None
+    with child, child.stdin:  # on any failure: the second thread returns, the process exits
         pid, port = map(int, child.stdout.readline().split())
         eventually(lambda: _state(pid) == "Z", what="the first thread a zombie")
         assert running(pid)
         assert running_in_group(pid)  # a session's leader leads its group
         assert port_holders(port) == [f"pid {pid}: {sys.executable} -c {FIRST_THREAD_ENDS}".strip()]
-    finally:
-        assert child.stdin is not None
-        child.stdin.close()  # the second thread returns: the process exits
-        eventually(lambda: not running(pid), what="the process exited")
+        assert port_in_use(port) is not None
+
+        child.stdin.close()  # the second thread returns: the process exits, not reaped yet
+        eventually(lambda: not running(pid), what="every thread exited")
+        assert _state(pid) == "Z"
         assert not running_in_group(pid)
         assert port_holders(port) == []
-        child.wait(10)
+        assert port_in_use(port) is None
     assert not running(pid)  # reaped: no /proc entry at all
 
 
-def test_what_listens_on_a_port_is_named_and_nothing_once_it_closes() -> None:
-    with socket.create_server(("127.0.0.1", 0)) as listener:
+@pytest.mark.parametrize(
+    ("family", "address"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
+)
+def test_what_listens_on_a_port_is_named_and_nothing_once_it_closes(
+    family: socket.AddressFamily, address: str
+) -> None:
+    try:
+        listener = socket.create_server((address, 0), family=family)
+    except OSError as e:
+        pytest.skip(f"no {address} here: {e}")
+    with listener:
         port = listener.getsockname()[1]
         holders = port_holders(port)
         assert len(holders) == 1
         assert holders[0].startswith(f"pid {os.getpid()}: ")
-        with socket.create_connection(("127.0.0.1", port)):  # a connection is no listener
+        with socket.create_connection((address, port)):  # a connection is no listener
             assert port_holders(port) == holders
     assert port_holders(port) == []
+
+
+def test_a_port_in_use_says_why_and_a_free_one_is_none() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        assert port_in_use(port) == os.strerror(errno.EADDRINUSE)
+    assert port_in_use(port) is None
 
 
 def test_a_thread_that_runs_keeps_its_process_running() -> None:
     assert running(os.getpid())
     assert running_in_group(os.getpgid(0))
-    assert not running(2**22 + 1)  # above Linux's highest pid: no such process
+    assert not running(2**22 + 1)  # above Linux's highest pid: no such process, no error
+    assert not running_in_group(2**22 + 1)

@@ -1,5 +1,5 @@
-"""Processes and listening ports, as Linux's ``/proc`` shows them (the node command and the test
-harness wait on these before they go on).
+"""Processes and listening ports: what Linux's ``/proc`` shows of them, and whether a port may be
+listened on (the node command checks its ports; it and the test harness wait on these).
 
 A process has exited only when every one of its threads has: a process whose first thread is a
 zombie may still run other threads, and until the last of them exits the process keeps its open
@@ -9,9 +9,10 @@ files, its listening socket included.  ``/proc/PID/stat`` shows only the first t
 from __future__ import annotations
 
 import contextlib
+import socket
 from pathlib import Path
 
-__all__ = ["port_holders", "running", "running_in_group"]
+__all__ = ["port_holders", "port_in_use", "running", "running_in_group"]
 
 
 def _state_and_group(stat: Path) -> tuple[str, int]:
@@ -22,20 +23,34 @@ def _state_and_group(stat: Path) -> tuple[str, int]:
 
 def running(pid: int) -> bool:
     """Whether a thread of process ``pid`` has not exited yet (zombies and dead ones have)."""
-    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+    for task in _entries(Path(f"/proc/{pid}/task")):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            if _state_and_group(stat)[0] not in ("Z", "X"):
+            if _state_and_group(task / "stat")[0] not in ("Z", "X"):
                 return True
     return False
+
+
+def _entries(directory: Path) -> list[Path]:
+    """What ``directory`` holds now; nothing if it is gone (a process reaped while it is read)
+    or may not be read."""
+    try:
+        return list(directory.iterdir())  # read whole here: a vanished one raises here
+    except OSError:
+        return []
 
 
 def running_in_group(pgid: int) -> bool:
     """Whether a process of group ``pgid`` still runs (see :func:`running`)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc in _processes():
         with contextlib.suppress(OSError, ValueError, IndexError):
-            if _state_and_group(stat)[1] == pgid and running(int(stat.parent.name)):
+            if _state_and_group(proc / "stat")[1] == pgid and running(int(proc.name)):
                 return True
     return False
+
+
+def _processes() -> list[Path]:
+    """The /proc directory of each process now."""
+    return [entry for entry in _entries(Path("/proc")) if entry.name.isdigit()]
 
 
 def _listening_inodes(port: int) -> set[str]:
@@ -58,11 +73,11 @@ def port_holders(port: int) -> list[str]:
     user holds`` for one whose holder cannot be seen; empty when nothing listens."""
     inodes = _listening_inodes(port)
     holders, seen = [], set()
-    for proc in Path("/proc").glob("[0-9]*") if inodes else ():
+    for proc in _processes() if inodes else ():
         # A zombie first thread shows no files: the process's other threads still do.
         links = _files(proc)
         where = proc
-        for task in () if links else sorted(proc.glob("task/*")):
+        for task in () if links else _entries(proc / "task"):
             where, links = task, _files(task)
             if links:
                 break
@@ -70,8 +85,8 @@ def port_holders(port: int) -> list[str]:
         if held & inodes:
             seen |= held & inodes
             with contextlib.suppress(OSError):
-                command = (where / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                holders.append(f"pid {proc.name}: {command.strip()}")
+                command = (where / "cmdline").read_bytes().replace(b"\0", b" ")
+                holders.append(f"pid {proc.name}: {command.decode(errors='replace').strip()}")
     holders += ["a socket no process of this user holds"] * len(inodes - seen)
     return holders
 
@@ -80,8 +95,21 @@ def _files(task: Path) -> list[str]:
     """What the descriptors open in ``task`` (a process's or thread's /proc directory) point to,
     as far as this user may see (one closed while they are read is left out)."""
     links = []
-    with contextlib.suppress(OSError):
-        for fd in list((task / "fd").iterdir()):
-            with contextlib.suppress(OSError):
-                links.append(str(fd.readlink()))
+    for fd in _entries(task / "fd"):
+        with contextlib.suppress(OSError):
+            links.append(str(fd.readlink()))
     return links
+
+
+def port_in_use(port: int, host: str = "") -> str | None:
+    """Why nothing may listen on ``port`` of ``host`` (every address: "") now, or None.  A
+    socket in TIME_WAIT does not count (SO_REUSEADDR, as Thespian binds); a listener on any
+    address does."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+            probe.listen()
+        except OSError as e:
+            return e.strerror or str(e)
+    return None

@@ -294,6 +294,12 @@ def connect_admin(port: int, timeout: float) -> Any:
     :func:`disconnect`, never ``shutdown()``); ``ConnectionError`` if nothing listens there, or
     something that is no Thespian admin."""
     _require_node(port, timeout)
+    return join_admin(port)
+
+
+def join_admin(port: int) -> Any:
+    """:func:`connect_admin` without first trying a connection to ``port`` of 127.0.0.1 (in a
+    network namespace the admin may listen elsewhere): never starts an admin of its own."""
     _refuse_new_admins_for_join_only()
     capabilities = {"Admin Port": port, JOIN_ONLY: True}
     try:

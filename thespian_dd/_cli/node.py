@@ -16,7 +16,6 @@ import logging
 import logging.config
 import os
 import signal
-import socket
 import tempfile
 import threading
 import time
@@ -29,7 +28,7 @@ from thespian.actors import ActorExitRequest, ActorSystem
 
 from thespian_dd._cli.metrics import MetricsServer, require_prometheus
 from thespian_dd._peers import NODE_CAPABILITY
-from thespian_dd._procs import running
+from thespian_dd._procs import port_in_use, running
 from thespian_dd._runtime.database import (
     StoreError,
     connect_args,
@@ -154,29 +153,16 @@ def _unreachable(url: str) -> str | None:
     return None
 
 
-def _port_in_use(port: int, host: str = "") -> str | None:
-    """Why nothing may listen on ``port`` now (something else does), or None.  A socket in
-    TIME_WAIT does not count (SO_REUSEADDR, as Thespian binds); a listener on any address does."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-            probe.listen()
-        except OSError as e:
-            return e.strerror or str(e)
-    return None
-
-
 def _check_ports(port: int, metrics: tuple[str, int] | None) -> None:
     """Refuse a port something listens on, and metrics that cannot be served."""
-    problem = _port_in_use(port)
+    problem = port_in_use(port)
     if problem:
         raise NodeError(
             f"port {port} is in use ({problem}): another node or program listens on it; "
             "choose another --port"
         )
     if metrics is not None:
-        problem = require_prometheus() or _port_in_use(metrics[1], metrics[0])
+        problem = require_prometheus() or port_in_use(metrics[1], metrics[0])
         if problem:
             raise NodeError(f"--metrics-port {metrics[1]}: {problem}")
 

@@ -34,7 +34,7 @@ from thespian_dd._ask import ask
 from thespian_dd._peers import PartitionForTests
 from thespian_dd._procs import port_holders, running_in_group
 from thespian_dd._testkit.netns import Network, unavailable
-from thespian_dd.client import connect_admin, disconnect
+from thespian_dd.client import disconnect, join_admin
 from thespian_dd.replicator import DescribeProcess, ProcessInfo, start
 
 __all__ = [
@@ -445,6 +445,8 @@ class Cluster:
             # Thespian would otherwise guess its address (a UDP connect towards 8.8.8.8, which
             # fails in a host with no default route) and fall back to 127.0.0.1.
             env["THESPIAN_BASE_IPADDR"] = self.net.address(i)
+        if self.net is None:  # a killed node's last thread may hold it a moment longer
+            eventually(lambda: _free(node.port), timeout=10, what=f"{node.name}'s port free")
         with log.open("ab") as out:
             # Output to a file, never a pipe: the daemonised admin would hold a pipe open.
             node.popen = subprocess.Popen(  # noqa: S603 - our own interpreter and module
@@ -463,15 +465,12 @@ class Cluster:
         line = eventually(ready, timeout, what=f"{node.name} ready")
         node.starts += 1  # only a start that came up: one refused prints no ready line
         node.actors_pgid = int(line.rsplit(" ", 1)[1])
+        # Never an admin of this process's own on the port, should the node die now.
         if self.net is None:
-            # Never a new admin of this process's own on the port, should the node die now.
-            node.client = connect_admin(node.port, timeout)
+            node.client = join_admin(node.port)
         else:
             with self.net.inside(i):
-                client = ActorSystem(
-                    "multiprocTCPBase", {"Admin Port": node.port}, transientUnique=True
-                )
-            node.client = _InsideHost(client, self.net, i)
+                node.client = _InsideHost(join_admin(node.port), self.net, i)
         node.replicator = start(node.client)
 
     def ask(self, i: int, message: Any, timeout: float = 10.0) -> Any:
@@ -487,27 +486,27 @@ class Cluster:
         node.client.tell(node.replicator, message)
 
     def kill(self, i: int) -> None:
-        """SIGKILL the node: its admin and actors' process group, and the node CLI process."""
+        """SIGKILL the node: its admin and actors' process group, and the node CLI process;
+        returns once every thread of theirs has exited.  Nothing to do for a node killed
+        already."""
         node = self.nodes[i]
-        for pgid in (node.actors_pgid, node.popen.pid if node.popen else None):
-            if pgid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pgid, signal.SIGKILL)
+        if node.client is not None:  # its connection, closed at once
+            disconnect(node.client._asys if isinstance(node.client, _InsideHost) else node.client)
+        node.client = node.replicator = None
+        groups = [g for g in (node.actors_pgid, node.popen.pid if node.popen else None) if g]
+        for pgid in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
         if node.popen is not None:
             node.popen.wait(10)
         # As an operator's supervisor does: the restart waits until every process is gone (one
         # in the middle of an fsync dies only when it returns, and holds its ports until then).
-        groups = [g for g in (node.actors_pgid, node.popen.pid if node.popen else None) if g]
         eventually(
             lambda: not any(running_in_group(g) for g in groups),
             timeout=10,
             what=f"{node.name}'s processes gone",
         )
-        if self.net is None:  # a node in a network namespace listens in that namespace
-            eventually(lambda: _free(node.port), timeout=10, what=f"{node.name}'s port free")
-        if isinstance(node.client, ActorSystem):
-            disconnect(node.client)  # its sockets and the transport's, at once
-        node.client = node.replicator = None
+        node.popen = node.actors_pgid = None
 
     def kill_writer(self, i: int) -> int:
         """SIGKILL node ``i``'s DurableWriter (the Replicator creates a new one, by a fork made
@@ -589,10 +588,16 @@ class Cluster:
         for node in self.nodes:
             if node.popen is not None and node.popen.poll() is None:
                 node.popen.send_signal(signal.SIGTERM)
+        failures = []
         for i, node in enumerate(self.nodes):
             if node.popen is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     node.popen.wait(15)
+            try:
                 self.kill(i)
+            except AssertionError as e:  # the other nodes are stopped all the same
+                failures.append(e)
         if net is not None:
             net.close()
+        if failures:
+            raise failures[0]
