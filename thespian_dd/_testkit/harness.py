@@ -32,7 +32,7 @@ from thespian.actors import ActorSystem, ActorSystemMessage, ActorTypeDispatcher
 
 from thespian_dd._ask import ask
 from thespian_dd._peers import PartitionForTests
-from thespian_dd._procs import port_holders, running_in_group
+from thespian_dd._procs import port_holders, port_in_use, running_in_group
 from thespian_dd._testkit.netns import Network, unavailable
 from thespian_dd.client import disconnect, join_admin
 from thespian_dd.replicator import DescribeProcess, ProcessInfo, start
@@ -263,10 +263,12 @@ def _option(value: Any, name: str) -> str:
 
 
 def _free(port: int) -> bool:
-    """True if nothing listens on ``port``; else AssertionError naming what does."""
-    holders = port_holders(port)
-    if holders:
-        raise AssertionError(f"port {port} is held by {'; '.join(holders)}")
+    """True if a node may listen on ``port`` now (the node command's own check); else
+    AssertionError saying why, and what holds it."""
+    problem = port_in_use(port)
+    if problem:
+        holders = "; ".join(port_holders(port)) or "nothing this user can see"
+        raise AssertionError(f"port {port} is in use ({problem}), held by {holders}")
     return True
 
 
