@@ -17,10 +17,9 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/python -m thespian_dd demo
 
-# Two workers: the tests that start real nodes run one at a time on one of them (see
-# tests/conftest.py), the pure ones on the other.
+# Two workers, each taking the next test as it comes free (see tests/conftest.py).
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2
 
 # The fast tier: every test that starts no other process (no node, no network namespace, no
 # command line run), on both cores.  FAST_TIER="not multinode" adds the command line's tests.

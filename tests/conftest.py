@@ -85,15 +85,9 @@ def server_database(kind: str) -> Iterator[str]:
 
 
 # -- the run as a whole ---------------------------------------------------------------------------
-# `make test` runs two pytest-xdist workers: every test that starts real nodes or network
-# namespaces goes to one of them, in turn as before (they measure time and share the machine's
-# ports), while the pure tests use the other core.
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.get_closest_marker("multinode") or item.path.name == "test_netns.py":
-            item.add_marker(pytest.mark.xdist_group("nodes"))
+# `make test` runs two pytest-xdist workers, each taking tests of every kind as it comes free:
+# free_port draws each worker's ports from a share of its own, and each network namespace has a
+# name of its own.
 
 
 @pytest.fixture(autouse=True)

@@ -130,3 +130,23 @@ def test_free_port_stays_below_the_ports_of_outgoing_connections() -> None:
     # node started, by an outgoing connection of the nodes started before it.
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     assert all(1024 < free_port() < low for _ in range(200))
+
+
+def test_regression_two_xdist_workers_never_draw_the_same_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """History: under `make test`'s two workers, gw1's 12-node test started its node-6 on the
+    port gw0 had given node-8 of its 32-node test, which had not started yet: node-8 found the
+    port in use.  On CI a node of one worker, killed for a restart, lost its port so to a node
+    of the other worker.  The workers drew from one range, each checking only its own ports."""
+    drawn = {}
+    for worker in ("gw0", "gw1"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+        drawn[worker] = [free_port() for _ in range(300)]
+    assert max(drawn["gw0"]) < min(drawn["gw1"])  # shares apart, not only ports apart
+    monkeypatch.delenv("PYTEST_XDIST_WORKER")
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT")
+    alone = [free_port() for _ in range(300)]  # outside xdist: the whole range
+    assert min(alone) < max(drawn["gw0"])
+    assert max(alone) > min(drawn["gw1"])

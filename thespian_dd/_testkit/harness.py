@@ -101,6 +101,21 @@ _handed_out: set[int] = set()
 _LOWEST_PORT = 10_000
 
 
+def _worker_share(low: int, high: int) -> tuple[int, int]:
+    """The part of ports ``low`` to ``high`` (excluded) that this pytest-xdist worker draws
+    from (``PYTEST_XDIST_WORKER`` gwN of ``PYTEST_XDIST_WORKER_COUNT``); all of them outside
+    xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit()):
+        return low, high
+    index, workers = int(worker[2:]), int(count)
+    if not 0 <= index < workers or high - low < workers:
+        return low, high
+    size = (high - low) // workers
+    return low + index * size, low + (index + 1) * size
+
+
 def _ephemeral_ports() -> range:
     """The ports the kernel gives outgoing connections (and ``bind(0)``)."""
     try:
@@ -112,15 +127,18 @@ def _ephemeral_ports() -> range:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now, that this process was never
-    given before, and that is below the kernel's ephemeral range.  Handed out twice, two nodes
-    asked for before either started got the same port and the second silently joined the
-    first's ActorSystem; taken from the ephemeral range (as ``bind(0)`` does), a port chosen for
-    a node was now and then taken by an outgoing connection of the nodes started before it."""
+    given before, and that is below the kernel's ephemeral range; under pytest-xdist, from a
+    share of that range that no other worker draws from.  Handed out twice, two nodes asked
+    for before either started got the same port and the second silently joined the first's
+    ActorSystem; taken from the ephemeral range (as ``bind(0)`` does), a port chosen for a node
+    was now and then taken by an outgoing connection of the nodes started before it; drawn from
+    the range that another worker drew from, a port given to a node not started yet, or to one
+    killed for a restart, was now and then taken by a node of the other worker's test."""
     ephemeral = _ephemeral_ports()
-    high = max(_LOWEST_PORT + 1000, ephemeral.start)
-    rng = random.SystemRandom()  # another process (an xdist worker) draws other ports
+    low, high = _worker_share(_LOWEST_PORT, max(_LOWEST_PORT + 1000, ephemeral.start))
+    rng = random.SystemRandom()
     for _ in range(10_000):
-        port = rng.randrange(_LOWEST_PORT, high)
+        port = rng.randrange(low, high)
         if port in _handed_out or port in ephemeral:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
