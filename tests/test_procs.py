@@ -36,15 +36,11 @@ def _state(pid: int) -> str:
 
 
 @pytest.mark.subprocess
-def test_regression_a_process_whose_first_thread_is_a_zombie_runs_while_another_thread_does() -> (
-    None
-):
-    """History: on CI a node was killed (``kill -9`` of its process groups), the harness waited
-    until no process of the groups ran, as each ``/proc/PID/stat`` told, and started the node
-    again on its port: the new node found the port still listened on and exited ("port ... is
-    in use").  That file shows the first thread's state only: a process whose first thread has
-    exited reads as a zombie while its other threads still run and keep its files open, a
-    listening socket too.  The wait now asks every thread, and then for the port itself."""
+def test_a_process_whose_first_thread_is_a_zombie_runs_while_another_thread_does() -> None:
+    """Found while looking into a restart that found its port in use: the harness took a
+    process for gone once ``/proc/PID/stat`` said zombie, and that file shows the first
+    thread's state only.  A process whose first thread has exited reads as a zombie while its
+    other threads still run and keep its files open, a listening socket too."""
     child = subprocess.Popen(
         [sys.executable, "-c", FIRST_THREAD_ENDS],
         stdin=subprocess.PIPE,
