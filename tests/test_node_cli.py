@@ -39,7 +39,7 @@ from thespian_dd import (
     Update,
     start,
 )
-from thespian_dd._procs import port_in_use, running
+from thespian_dd._procs import port_in_use, running_in_group
 from thespian_dd._runtime.store import Store
 from thespian_dd.client import connect_admin
 from thespian_dd.testing import FAST, Cluster, eventually, free_port
@@ -116,17 +116,6 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _live_processes(pgid: int) -> list[int]:
-    """The processes of group ``pgid`` that still run (a thread of theirs has not exited)."""
-    live = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            pid = int(stat.parent.name)
-            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid and running(pid):
-                live.append(pid)
-    return live
-
-
 def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
@@ -198,10 +187,10 @@ def test_kill_9_of_the_printed_pid_stops_every_process_and_a_restart_recovers(
     assert isinstance(before, Stats)
     assert node.pgid is not None
     pgid = node.pgid
-    assert _live_processes(pgid)
+    assert running_in_group(pgid)
 
     os.kill(pid, signal.SIGKILL)
-    eventually(lambda: not _live_processes(pgid), 10, what="every process of the node gone")
+    eventually(lambda: not running_in_group(pgid), 10, what="every process of the node gone")
     eventually(lambda: port_in_use(port) is None, 10, what="the port free")
 
     again = _Node(tmp_path, "k", port, "--store", store)
@@ -362,7 +351,7 @@ def test_the_store_url_from_a_file_stays_out_of_argv_and_capabilities(
     assert capabilities["thespian_dd.store"] == f"file:{url_file}"
     assert "secret-store" not in repr(capabilities)
     assert node.pgid is not None
-    for pid in [*_live_processes(node.pgid), node.popen.pid]:
+    for pid in [*running_in_group(node.pgid), node.popen.pid]:
         assert b"secret-store" not in Path(f"/proc/{pid}/cmdline").read_bytes()
     node.stop()
     inspected = _cli("inspect", "--store-file", str(url_file), "--key", "hits")

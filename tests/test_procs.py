@@ -53,14 +53,14 @@ def test_a_process_whose_first_thread_is_a_zombie_runs_while_another_thread_does
         pid, port = map(int, child.stdout.readline().split())
         eventually(lambda: _state(pid) == "Z", what="the first thread a zombie")
         assert running(pid)
-        assert running_in_group(pid)  # a session's leader leads its group
+        assert running_in_group(pid) == [pid]  # a session's leader leads its group
         assert port_holders(port) == [f"pid {pid}: {sys.executable} -c {FIRST_THREAD_ENDS}".strip()]
         assert port_in_use(port) is not None
 
         child.stdin.close()  # the second thread returns: the process exits, not reaped yet
         eventually(lambda: not running(pid), what="every thread exited")
         assert _state(pid) == "Z"
-        assert not running_in_group(pid)
+        assert running_in_group(pid) == []
         assert port_holders(port) == []
         assert port_in_use(port) is None
     assert not running(pid)  # reaped: no /proc entry at all
@@ -95,6 +95,6 @@ def test_a_port_in_use_says_why_and_a_free_one_is_none() -> None:
 
 def test_a_thread_that_runs_keeps_its_process_running() -> None:
     assert running(os.getpid())
-    assert running_in_group(os.getpgid(0))
+    assert os.getpid() in running_in_group(os.getpgid(0))
     assert not running(2**22 + 1)  # above Linux's highest pid: no such process, no error
-    assert not running_in_group(2**22 + 1)
+    assert running_in_group(2**22 + 1) == []

@@ -39,13 +39,14 @@ def _entries(directory: Path) -> list[Path]:
         return []
 
 
-def running_in_group(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` still runs (see :func:`running`)."""
+def running_in_group(pgid: int) -> list[int]:
+    """The processes of group ``pgid`` that still run (see :func:`running`); empty if none."""
+    pids = []
     for proc in _processes():
         with contextlib.suppress(OSError, ValueError, IndexError):
             if _state_and_group(proc / "stat")[1] == pgid and running(int(proc.name)):
-                return True
-    return False
+                pids.append(int(proc.name))
+    return pids
 
 
 def _processes() -> list[Path]:
